@@ -1,0 +1,140 @@
+// Package keys creates, stores and loads ed25519 signing keys as PKCS#8 PEM
+// files readable only by their owner.
+package keys
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// ErrInsecure is returned for a key file that others can read or write.
+var ErrInsecure = errors.New("key file is accessible by others")
+
+// Key is a loaded signing key.
+type Key struct {
+	// ID is the TUF key ID (sha256 of the canonical public key).
+	ID     string
+	Public *metadata.Key
+	Signer signature.Signer
+	Path   string
+}
+
+// Generate creates a new ed25519 key and writes it to path with mode 0600.
+// It refuses to overwrite an existing file.
+func Generate(path string) (*Key, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("encode key: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		return nil, fmt.Errorf("key file %s already exists; refusing to overwrite it", path)
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	if err := WriteFileAtomic(path, data, 0o600); err != nil {
+		return nil, err
+	}
+	return fromPrivate(priv, path)
+}
+
+// Load reads a key written by Generate. It refuses a file whose mode lets
+// group or others read or write it, as ssh does.
+func Load(path string) (*Key, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: %s has mode %04o; run chmod 600 %s", ErrInsecure, path, st.Mode().Perm(), path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("load key %s: not a PEM private key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("load key %s: %w", path, err)
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("load key %s: not an ed25519 key", path)
+	}
+	return fromPrivate(priv, path)
+}
+
+func fromPrivate(priv ed25519.PrivateKey, path string) (*Key, error) {
+	s, err := signature.LoadED25519Signer(priv)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", path, err)
+	}
+	pub, err := metadata.KeyFromPublicKey(priv.Public())
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", path, err)
+	}
+	id, err := pub.ID()
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", path, err)
+	}
+	return &Key{ID: id, Public: pub, Signer: s, Path: path}, nil
+}
+
+// WriteFileAtomic writes data to a temporary file in the same directory,
+// fsyncs it, renames it over path and fsyncs the directory, so a crash
+// leaves either the old or the new content, never a mix.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	name := tmp.Name()
+	defer os.Remove(name)
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(name, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory so that a rename in it survives a power loss.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+// Package meta holds what signer, server and agent share about TUF
+// metadata: the custom fields of a Roadsign target, expiry rounding,
+// signing and root-chain verification.
+package meta
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/signer/keys"
+)
+
+// Custom is the custom metadata the signer puts on every image target.
+// Versions are strings and counters integers: canonical JSON has no floats.
+type Custom struct {
+	ECU            string   `json:"ecuType"`
+	HardwareIDs    []string `json:"hardwareIds"`
+	Version        string   `json:"version"`
+	ReleaseCounter int64    `json:"releaseCounter"`
+	ReleaseNotes   string   `json:"releaseNotes,omitempty"`
+}
+
+// TargetCustom decodes a target's custom metadata.
+func TargetCustom(tf *metadata.TargetFiles) (Custom, error) {
+	var c Custom
+	if tf == nil || tf.Custom == nil {
+		return c, errors.New("target has no custom metadata")
+	}
+	if err := json.Unmarshal(*tf.Custom, &c); err != nil {
+		return c, fmt.Errorf("decode target custom metadata: %w", err)
+	}
+	return c, nil
+}
+
+// Supports reports whether the target is built for this ECU type and hardware ID.
+func (c Custom) Supports(ecu, hardwareID string) bool {
+	return c.ECU == ecu && slices.Contains(c.HardwareIDs, hardwareID)
+}
+
+// Expires returns now+d in UTC truncated to the second: other TUF clients
+// reject expiry timestamps with fractional seconds.
+func Expires(now time.Time, d time.Duration) time.Time {
+	return now.Add(d).UTC().Truncate(time.Second)
+}
+
+// Sign replaces the signatures on m with signatures by ks (go-tuf's Sign
+// appends, so stale signatures would otherwise pile up).
+func Sign[T metadata.Roles](m *metadata.Metadata[T], ks ...*keys.Key) error {
+	m.ClearSignatures()
+	for _, k := range ks {
+		if _, err := m.Sign(k.Signer); err != nil {
+			return fmt.Errorf("sign with key %s: %w", k.ID, err)
+		}
+	}
+	return nil
+}
+
+// VerifyNextRoot checks that next is a valid successor of trusted: version
+// exactly one higher, signed by a threshold of the trusted root's keys and
+// by a threshold of its own keys.
+func VerifyNextRoot(trusted, next *metadata.Metadata[metadata.RootType]) error {
+	if next.Signed.Type != metadata.ROOT {
+		return fmt.Errorf("root version %d: wrong type %q", next.Signed.Version, next.Signed.Type)
+	}
+	if next.Signed.Version != trusted.Signed.Version+1 {
+		return fmt.Errorf("root version %d does not follow version %d", next.Signed.Version, trusted.Signed.Version)
+	}
+	if err := trusted.VerifyDelegate(metadata.ROOT, next); err != nil {
+		return fmt.Errorf("root version %d is not signed by a threshold of root version %d's keys: %w", next.Signed.Version, trusted.Signed.Version, err)
+	}
+	if err := next.VerifyDelegate(metadata.ROOT, next); err != nil {
+		return fmt.Errorf("root version %d is not signed by a threshold of its own keys: %w", next.Signed.Version, err)
+	}
+	return nil
+}
+
+// RoleKeyIDs returns the key IDs and threshold root assigns to role.
+func RoleKeyIDs(root *metadata.RootType, role string) ([]string, int) {
+	r, ok := root.Roles[role]
+	if !ok {
+		return nil, 0
+	}
+	return r.KeyIDs, r.Threshold
+}
