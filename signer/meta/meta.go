@@ -87,3 +87,46 @@ func RoleKeyIDs(root *metadata.RootType, role string) ([]string, int) {
 	}
 	return r.KeyIDs, r.Threshold
 }
+
+// OnlineKeys is online-keys.json: the public halves of the keys the server
+// signs with, written by `roadsign-server init` and read by `roadsign-signer
+// init` to build roots that delegate to them.
+type OnlineKeys struct {
+	Image struct {
+		Snapshot  *metadata.Key `json:"snapshot"`
+		Timestamp *metadata.Key `json:"timestamp"`
+	} `json:"image"`
+	Director struct {
+		Targets   *metadata.Key `json:"targets"`
+		Snapshot  *metadata.Key `json:"snapshot"`
+		Timestamp *metadata.Key `json:"timestamp"`
+	} `json:"director"`
+}
+
+// Validate checks that every key is present and ed25519.
+func (o *OnlineKeys) Validate() error {
+	for name, k := range map[string]*metadata.Key{
+		"image.snapshot": o.Image.Snapshot, "image.timestamp": o.Image.Timestamp,
+		"director.targets": o.Director.Targets, "director.snapshot": o.Director.Snapshot, "director.timestamp": o.Director.Timestamp,
+	} {
+		if k == nil {
+			return fmt.Errorf("online keys: %s is missing", name)
+		}
+		if _, err := k.ToPublicKey(); err != nil {
+			return fmt.Errorf("online keys: %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// KeyID returns k's TUF key ID, or "" for a nil or malformed key.
+func KeyID(k *metadata.Key) string {
+	if k == nil {
+		return ""
+	}
+	id, err := k.ID()
+	if err != nil {
+		return ""
+	}
+	return id
+}

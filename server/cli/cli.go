@@ -1,0 +1,263 @@
+// Package cli is roadsign-server's command line: it parses flags, wires the
+// stores and services together and runs the HTTP server until its context
+// ends. cmd/roadsign-server only calls Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/fsblob"
+	"github.com/roadsign/roadsign/server/httpapi"
+	"github.com/roadsign/roadsign/server/repo"
+	"github.com/roadsign/roadsign/server/s3blob"
+)
+
+// Exit codes (CONTRACT.md).
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// Env is the process environment Run works in; tests pass their own.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	// OnListen, if set, is called with the bound address once the server
+	// accepts connections (tests listen on 127.0.0.1:0).
+	OnListen func(addr string)
+}
+
+type usageError struct{ error }
+
+type config struct {
+	listen          string
+	data            string
+	blob            string
+	adminToken      string
+	timestampExpiry time.Duration
+	snapshotExpiry  time.Duration
+	maxTargetSize   int64
+	shutdownTimeout time.Duration
+	logLevel        string
+	logFormat       string
+}
+
+// Run runs roadsign-server with args (without the program name) and
+// returns the process exit code.
+func Run(ctx context.Context, args []string, env Env) int {
+	err := run(ctx, args, env)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
+		return exitError
+	}
+}
+
+func run(ctx context.Context, args []string, env Env) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve", "init":
+	case "help":
+		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve] [flags]; roadsign-server serve --help lists the flags")
+		return nil
+	default:
+		return usageError{fmt.Errorf("unknown command %q; want init or serve", cmd)}
+	}
+	cfg, err := parseFlags(cmd, args, env)
+	if err != nil {
+		return err
+	}
+	if cmd == "init" {
+		return initData(cfg.data, env.Stdout)
+	}
+	return serve(ctx, cfg, env)
+}
+
+func parseFlags(cmd string, args []string, env Env) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("roadsign-server "+cmd, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.StringVar(&c.data, "data", "./roadsign-data", "data directory: online keys, SQLite database, local blobs")
+	if cmd == "serve" {
+		fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "address to listen on")
+		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")
+		fs.DurationVar(&c.timestampExpiry, "timestamp-expiry", 24*time.Hour, "lifetime of signed timestamps; re-signed at half-life")
+		fs.DurationVar(&c.snapshotExpiry, "snapshot-expiry", 7*24*time.Hour, "lifetime of signed snapshots; re-signed at half-life")
+		fs.Int64Var(&c.maxTargetSize, "max-target-size", 8<<30, "largest target file accepted, in bytes")
+		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+	}
+	envflag.Usage(fs, "roadsign-server "+cmd+" [flags]")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err
+		}
+		return c, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return c, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if err := envflag.Apply(fs, env.Getenv); err != nil {
+		return c, usageError{err}
+	}
+	if c.timestampExpiry < 2*time.Second && cmd == "serve" {
+		return c, usageError{fmt.Errorf("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)}
+	}
+	return c, nil
+}
+
+func initData(dir string, out io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	_, created, err := repo.InitKeys(dir)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(dir, repo.PublicKeysFile)
+	if created {
+		fmt.Fprintf(out, "created online keys in %s; give %s to roadsign-signer init\n", dir, p)
+	} else {
+		fmt.Fprintf(out, "online keys already exist in %s; public keys: %s\n", dir, p)
+	}
+	return nil
+}
+
+func newLogger(c config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: want json or text", c.logFormat)}
+}
+
+func openBlobs(ctx context.Context, c config) (server.BlobStore, error) {
+	switch {
+	case c.blob == "":
+		return fsblob.New(filepath.Join(c.data, "blobs"))
+	case strings.HasPrefix(c.blob, "file://"):
+		return fsblob.New(strings.TrimPrefix(c.blob, "file://"))
+	case strings.HasPrefix(c.blob, "s3://"):
+		sc, err := s3blob.ParseURL(c.blob)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		return s3blob.New(ctx, sc)
+	}
+	return nil, usageError{fmt.Errorf("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)}
+}
+
+func serve(ctx context.Context, c config, env Env) error {
+	log, err := newLogger(c, env.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := initData(c.data, io.Discard); err != nil {
+		return err
+	}
+	keys, err := repo.LoadKeys(c.data)
+	if err != nil {
+		return err
+	}
+	blobs, err := openBlobs(ctx, c)
+	if err != nil {
+		return err
+	}
+	if c.adminToken == "" {
+		c.adminToken = env.Getenv("ROADSIGN_ADMIN_TOKEN")
+	}
+	if c.adminToken == "" {
+		log.Warn("no ROADSIGN_ADMIN_TOKEN set: admin routes (publish) refuse every request")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	images := repo.New(blobs, keys, repo.Config{
+		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
+	}, time.Now, log, reg)
+	handler := httpapi.New(httpapi.Deps{
+		Repo: images, AdminToken: c.adminToken, Log: log, Registry: reg,
+		Ready: map[string]httpapi.Pinger{"blobs": blobs},
+	})
+
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another server running there?)", c.listen, err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { images.RunResigner(bg) })
+	defer func() { stopBG(); wg.Wait() }()
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "data", c.data, "blob", blobDesc(c))
+	if env.OnListen != nil {
+		env.OnListen(ln.Addr().String())
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining in-flight requests", "timeout", c.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func blobDesc(c config) string {
+	if c.blob == "" {
+		return filepath.Join(c.data, "blobs")
+	}
+	if i := strings.IndexByte(c.blob, '?'); i > 0 {
+		return c.blob[:i]
+	}
+	return c.blob
+}

@@ -1,0 +1,282 @@
+// Package httpapi is the server's HTTP layer (gin): routing, auth checks,
+// request decoding and error rendering. Handlers stay thin and call the
+// services in the other server packages.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/repo"
+)
+
+// maxJSONBody caps JSON request bodies (publish carries targets metadata).
+const maxJSONBody = 16 << 20
+
+// Pinger is a dependency /readyz checks.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Deps are what the handlers call.
+type Deps struct {
+	Repo       *repo.Repo
+	Ready      map[string]Pinger
+	AdminToken string
+	Log        *slog.Logger
+	Registry   *prometheus.Registry
+}
+
+type api struct {
+	Deps
+	adminHash [32]byte
+}
+
+// New returns the server's http.Handler.
+func New(d Deps) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	a := &api{Deps: d, adminHash: sha256.Sum256([]byte(d.AdminToken))}
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.Use(a.recover, a.observe(newHTTPMetrics(d.Registry)))
+	r.NoRoute(func(c *gin.Context) { a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path)) })
+	r.NoMethod(func(c *gin.Context) {
+		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "method_not_allowed", Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
+	})
+
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	r.GET("/readyz", a.readyz)
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{})))
+
+	r.GET("/repo/*file", a.repoFile)
+	r.HEAD("/repo/*file", a.repoFile)
+
+	v1 := r.Group("/api/v1")
+	v1.POST("/repo/publish", a.requireAdmin, a.publish)
+	v1.PUT("/repo/targets/*file", a.requireAdmin, a.uploadTarget)
+	return r
+}
+
+// statusOf is the one place that maps error kinds to HTTP statuses.
+func statusOf(k server.Kind) int {
+	switch k {
+	case server.KindInvalid:
+		return http.StatusBadRequest
+	case server.KindUnauthorized:
+		return http.StatusUnauthorized
+	case server.KindForbidden:
+		return http.StatusForbidden
+	case server.KindNotFound:
+		return http.StatusNotFound
+	case server.KindConflict:
+		return http.StatusConflict
+	case server.KindTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case server.KindUnavailable:
+		return http.StatusServiceUnavailable
+	case server.KindLengthRequired:
+		return http.StatusLengthRequired
+	}
+	return http.StatusInternalServerError
+}
+
+func (a *api) fail(c *gin.Context, err error) {
+	e := server.ErrorOf(err)
+	if e.Kind == server.KindInternal {
+		a.Log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
+	}
+	if e.Code == "method_not_allowed" {
+		c.AbortWithStatusJSON(http.StatusMethodNotAllowed, gin.H{"error": gin.H{"code": e.Code, "message": e.Message}})
+		return
+	}
+	c.AbortWithStatusJSON(statusOf(e.Kind), gin.H{"error": gin.H{"code": e.Code, "message": e.Message}})
+}
+
+func (a *api) recover(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			a.Log.Error("panic in handler", "path", c.Request.URL.Path, "panic", v)
+			a.fail(c, fmt.Errorf("panic: %v", v))
+		}
+	}()
+	c.Next()
+}
+
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roadsign_http_requests_total", Help: "HTTP requests by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "roadsign_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"route", "method"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+// observe logs each request (slog) and records metrics by route pattern,
+// never by raw path, so VINs and hashes do not explode label cardinality.
+func (a *api) observe(m *httpMetrics) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		route := c.FullPath()
+		if route == "" {
+			route = "unmatched"
+		}
+		status := c.Writer.Status()
+		d := time.Since(start)
+		m.requests.WithLabelValues(route, c.Request.Method, strconv.Itoa(status)).Inc()
+		m.duration.WithLabelValues(route, c.Request.Method).Observe(d.Seconds())
+		if route == "/healthz" || route == "/metrics" {
+			return
+		}
+		a.Log.LogAttrs(c.Request.Context(), slog.LevelInfo, "http",
+			slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path),
+			slog.Int("status", status), slog.Int("bytes", c.Writer.Size()),
+			slog.Duration("duration", d), slog.String("remote", c.ClientIP()))
+	}
+}
+
+func bearer(c *gin.Context) string {
+	h := c.GetHeader("Authorization")
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+func (a *api) requireAdmin(c *gin.Context) {
+	tok := bearer(c)
+	if tok == "" {
+		a.fail(c, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN"))
+		return
+	}
+	h := sha256.Sum256([]byte(tok))
+	if a.AdminToken == "" || subtle.ConstantTimeCompare(h[:], a.adminHash[:]) != 1 {
+		a.fail(c, server.Errorf(server.KindForbidden, "this token may not publish; use an admin token"))
+		return
+	}
+	c.Next()
+}
+
+func (a *api) readyz(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), 3*time.Second)
+	defer cancel()
+	checks := gin.H{}
+	ok := true
+	for name, p := range a.Ready {
+		if err := p.Ping(ctx); err != nil {
+			checks[name] = err.Error()
+			ok = false
+		} else {
+			checks[name] = "ok"
+		}
+	}
+	if !ok {
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "checks": checks})
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "checks": checks})
+}
+
+// serveFile serves a repository file with caching headers; http.ServeContent
+// handles Range, If-Range and If-None-Match against the ETag set here.
+func serveFile(c *gin.Context, name string, f *repo.File) {
+	w := c.Writer.Header()
+	switch f.Kind {
+	case repo.Target:
+		w.Set("ETag", `"`+f.SHA256+`"`)
+		w.Set("Cache-Control", "public, max-age=31536000, immutable")
+		w.Set("Content-Type", "application/octet-stream")
+	case repo.Immutable:
+		w.Set("Cache-Control", "public, max-age=31536000, immutable")
+		w.Set("ETag", fmt.Sprintf(`"%d-%s"`, f.Size, name))
+	case repo.Mutable:
+		w.Set("Cache-Control", "no-cache")
+		w.Set("ETag", fmt.Sprintf(`"%d-%d"`, f.Size, f.ModTime.UnixNano()))
+	}
+	http.ServeContent(c.Writer, c.Request, name, time.Time{}, f)
+}
+
+func (a *api) repoFile(c *gin.Context) {
+	name := strings.TrimPrefix(c.Param("file"), "/")
+	f, err := a.Repo.Open(c.Request.Context(), name)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	defer f.Close()
+	serveFile(c, name, f)
+}
+
+// decodeJSON strictly decodes a size-limited JSON body.
+func decodeJSON(c *gin.Context, v any) error {
+	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return server.Errorf(server.KindTooLarge, "request body is over %d bytes", maxJSONBody)
+		}
+		return server.Errorf(server.KindInvalid, "request body is not valid JSON for this route: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return server.Errorf(server.KindInvalid, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+func (a *api) publish(c *gin.Context) {
+	var req repo.PublishRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	res, err := a.Repo.Publish(c.Request.Context(), req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, res)
+}
+
+func (a *api) uploadTarget(c *gin.Context) {
+	name := strings.TrimPrefix(c.Param("file"), "/")
+	created, err := a.Repo.UploadTarget(c.Request.Context(), name, c.Request.Body, c.Request.ContentLength)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if created {
+		c.JSON(http.StatusCreated, gin.H{"path": name, "created": true})
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"path": name, "created": false})
+}

@@ -1,0 +1,102 @@
+package repo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/signer/meta"
+)
+
+// OnlineKeys are the keys the server signs with while it runs: snapshot and
+// timestamp of the image repository, and the director's roles.
+type OnlineKeys struct {
+	ImageSnapshot     *keys.Key
+	ImageTimestamp    *keys.Key
+	DirectorTargets   *keys.Key
+	DirectorSnapshot  *keys.Key
+	DirectorTimestamp *keys.Key
+}
+
+// PublicKeysFile is where init writes the public halves for the signer.
+const PublicKeysFile = "online-keys.json"
+
+func keyFiles(k *OnlineKeys) map[string]**keys.Key {
+	return map[string]**keys.Key{
+		"image-snapshot.key":     &k.ImageSnapshot,
+		"image-timestamp.key":    &k.ImageTimestamp,
+		"director-targets.key":   &k.DirectorTargets,
+		"director-snapshot.key":  &k.DirectorSnapshot,
+		"director-timestamp.key": &k.DirectorTimestamp,
+	}
+}
+
+// InitKeys creates the online keys under dataDir/keys and writes
+// dataDir/online-keys.json, unless they exist already; it is safe to run
+// on every start. It reports whether it created them.
+func InitKeys(dataDir string) (*OnlineKeys, bool, error) {
+	dir := filepath.Join(dataDir, "keys")
+	k, err := LoadKeys(dataDir)
+	if err == nil {
+		return k, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, err
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		return nil, false, fmt.Errorf("online keys in %s are incomplete (%v); restore them from backup, or move the folder away to start a new repository", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("init online keys: %w", err)
+	}
+	k = &OnlineKeys{}
+	for name, dst := range keyFiles(k) {
+		if *dst, err = keys.Generate(filepath.Join(dir, name)); err != nil {
+			return nil, false, fmt.Errorf("init online keys: %w", err)
+		}
+	}
+	if err := writePublic(dataDir, k); err != nil {
+		return nil, false, err
+	}
+	return k, true, nil
+}
+
+// LoadKeys loads the online keys written by InitKeys.
+func LoadKeys(dataDir string) (*OnlineKeys, error) {
+	k := &OnlineKeys{}
+	for name, dst := range keyFiles(k) {
+		var err error
+		if *dst, err = keys.Load(filepath.Join(dataDir, "keys", name)); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, PublicKeysFile)); err != nil {
+		if err := writePublic(dataDir, k); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// Public returns the online-keys.json document for k.
+func (k *OnlineKeys) Public() meta.OnlineKeys {
+	var p meta.OnlineKeys
+	p.Image.Snapshot = k.ImageSnapshot.Public
+	p.Image.Timestamp = k.ImageTimestamp.Public
+	p.Director.Targets = k.DirectorTargets.Public
+	p.Director.Snapshot = k.DirectorSnapshot.Public
+	p.Director.Timestamp = k.DirectorTimestamp.Public
+	return p
+}
+
+func writePublic(dataDir string, k *OnlineKeys) error {
+	b, err := json.MarshalIndent(k.Public(), "", "  ")
+	if err != nil {
+		return err
+	}
+	return keys.WriteFileAtomic(filepath.Join(dataDir, PublicKeysFile), append(b, '\n'), 0o644)
+}

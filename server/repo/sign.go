@@ -1,0 +1,180 @@
+package repo
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/signer/meta"
+)
+
+// signSnapshotAndTimestamp writes snapshot v+1 naming targetsV and then
+// timestamp v+1 naming that snapshot. Versions only ever increase: a client
+// ignores a timestamp whose version it has seen, whatever its content.
+func (r *Repo) signSnapshotAndTimestamp(ctx context.Context, st *state, targetsV int64, now time.Time) (int64, int64, error) {
+	snapV := int64(1)
+	if st.snapshot != nil {
+		snapV = st.snapshot.Signed.Version + 1
+	}
+	snap := metadata.Snapshot(meta.Expires(now, r.cfg.SnapshotExpiry))
+	snap.Signed.Version = snapV
+	snap.Signed.Meta["targets.json"] = metadata.MetaFile(targetsV)
+	if err := meta.Sign(snap, r.keys.ImageSnapshot); err != nil {
+		return 0, 0, err
+	}
+	snapRaw, err := snap.ToBytes(false)
+	if err != nil {
+		return 0, 0, fmt.Errorf("encode snapshot v%d: %w", snapV, err)
+	}
+	if err := server.PutBytes(ctx, r.blobs, fmt.Sprintf("%s%d.snapshot.json", imagePrefix, snapV), snapRaw); err != nil {
+		return 0, 0, fmt.Errorf("store snapshot v%d: %w", snapV, err)
+	}
+	tsV, err := r.signTimestamp(ctx, st, snapV, snapRaw, now)
+	if err != nil {
+		return 0, 0, err
+	}
+	return snapV, tsV, nil
+}
+
+func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRaw []byte, now time.Time) (int64, error) {
+	tsV := int64(1)
+	if st.timestamp != nil {
+		tsV = st.timestamp.Signed.Version + 1
+	}
+	ts := metadata.Timestamp(meta.Expires(now, r.cfg.TimestampExpiry))
+	ts.Signed.Version = tsV
+	sum := sha256.Sum256(snapRaw)
+	mf := metadata.MetaFile(snapV)
+	mf.Length = int64(len(snapRaw))
+	mf.Hashes = metadata.Hashes{"sha256": sum[:]}
+	ts.Signed.Meta["snapshot.json"] = mf
+	if err := meta.Sign(ts, r.keys.ImageTimestamp); err != nil {
+		return 0, err
+	}
+	raw, err := ts.ToBytes(false)
+	if err != nil {
+		return 0, fmt.Errorf("encode timestamp v%d: %w", tsV, err)
+	}
+	if err := server.PutBytes(ctx, r.blobs, imagePrefix+"timestamp.json", raw); err != nil {
+		return 0, fmt.Errorf("store timestamp v%d: %w", tsV, err)
+	}
+	r.lastResign = now
+	r.resignErr = nil
+	r.m.lastSign.Set(float64(now.Unix()))
+	r.m.timestampExpiry.Set(float64(ts.Signed.Expires.Unix()))
+	return tsV, nil
+}
+
+// ResignIfNeeded re-signs the snapshot and/or timestamp when less than
+// half of their lifetime is left. It reports whether it signed anything.
+func (r *Repo) ResignIfNeeded(ctx context.Context) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	signed, err := r.resign(ctx)
+	if err != nil {
+		r.resignErr = err
+		r.m.resigns.WithLabelValues("error").Inc()
+	} else if signed {
+		r.m.resigns.WithLabelValues("ok").Inc()
+	}
+	return signed, err
+}
+
+func (r *Repo) resign(ctx context.Context) (bool, error) {
+	now := r.now()
+	st, err := r.loadState(ctx)
+	if err != nil {
+		return false, err
+	}
+	if st.timestamp == nil {
+		return false, nil // nothing published yet
+	}
+	if st.snapshot.Signed.Expires.Sub(now) < r.cfg.SnapshotExpiry/2 {
+		snapV, tsV, err := r.signSnapshotAndTimestamp(ctx, st, st.targetsV, now)
+		if err != nil {
+			return false, fmt.Errorf("re-sign snapshot: %w", err)
+		}
+		r.log.Info("re-signed snapshot and timestamp", "snapshot", snapV, "timestamp", tsV)
+		return true, nil
+	}
+	if st.timestamp.Signed.Expires.Sub(now) < r.cfg.TimestampExpiry/2 {
+		snapV := st.snapshot.Signed.Version
+		snapRaw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.snapshot.json", imagePrefix, snapV), maxMetadata)
+		if err != nil {
+			return false, fmt.Errorf("re-sign timestamp: %w", err)
+		}
+		tsV, err := r.signTimestamp(ctx, st, snapV, snapRaw, now)
+		if err != nil {
+			return false, fmt.Errorf("re-sign timestamp: %w", err)
+		}
+		r.log.Info("re-signed timestamp", "timestamp", tsV, "expires", meta.Expires(now, r.cfg.TimestampExpiry))
+		return true, nil
+	}
+	r.m.timestampExpiry.Set(float64(st.timestamp.Signed.Expires.Unix()))
+	return false, nil
+}
+
+// RunResigner re-signs in the background until ctx ends. It checks often
+// enough that metadata is re-signed with at least a third of its life left.
+func (r *Repo) RunResigner(ctx context.Context) {
+	interval := min(r.cfg.TimestampExpiry/8, time.Minute)
+	interval = max(interval, time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := r.ResignIfNeeded(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			r.log.Error("re-sign failed; will retry", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// SigningHealth reports when snapshot/timestamp were last signed and the
+// last re-sign error, for /status and /readyz.
+func (r *Repo) SigningHealth() (time.Time, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastResign, r.resignErr
+}
+
+type metrics struct {
+	publishes       *prometheus.CounterVec
+	resigns         *prometheus.CounterVec
+	lastSign        prometheus.Gauge
+	timestampExpiry prometheus.Gauge
+	uploadedBytes   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roadsign_repo_publishes_total", Help: "Publish requests by outcome (changed, unchanged, refused).",
+		}, []string{"outcome"}),
+		resigns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roadsign_repo_resigns_total", Help: "Background re-signs of snapshot/timestamp by result.",
+		}, []string{"result"}),
+		lastSign: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "roadsign_repo_timestamp_signed_seconds", Help: "Unix time the image timestamp was last signed.",
+		}),
+		timestampExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "roadsign_repo_timestamp_expiry_seconds", Help: "Unix time the served image timestamp expires.",
+		}),
+		uploadedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roadsign_repo_uploaded_bytes_total", Help: "Bytes of target files uploaded.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.publishes, m.resigns, m.lastSign, m.timestampExpiry, m.uploadedBytes)
+	}
+	return m
+}
