@@ -54,7 +54,9 @@ func New(d Deps) http.Handler {
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.Use(a.recover, a.observe(newHTTPMetrics(d.Registry)))
-	r.NoRoute(func(c *gin.Context) { a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path)) })
+	r.NoRoute(func(c *gin.Context) {
+		a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
+	})
 	r.NoMethod(func(c *gin.Context) {
 		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "method_not_allowed", Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
 	})

@@ -1,0 +1,314 @@
+// Package cli is roadsign-signer's command line; cmd/roadsign-signer only
+// calls Run.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/signer"
+	"github.com/roadsign/roadsign/signer/meta"
+)
+
+// Exit codes (CONTRACT.md).
+const (
+	exitOK       = 0
+	exitError    = 1
+	exitUsage    = 2
+	exitSecurity = 3
+)
+
+// Env is the process environment Run works in.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Now            func() time.Time
+}
+
+const usage = `usage: roadsign-signer COMMAND WORKSPACE [flags]
+
+commands:
+  init     WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2]
+  add      WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID... --version SEMVER [--release-counter N] [--release-notes TEXT]
+  publish  WORKSPACE --server URL --token TOKEN
+  status   WORKSPACE [--json]
+  rotate   WORKSPACE --role root|targets [--repository image|director] [--root-keys N --root-threshold M]
+
+'roadsign-signer COMMAND --help' lists a command's flags.`
+
+type usageError struct{ error }
+
+// Run runs roadsign-signer with args (without the program name).
+func Run(ctx context.Context, args []string, env Env) int {
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	err := run(ctx, args, env)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, new(usageError)), errors.Is(err, signer.ErrUsage):
+		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", strings.TrimPrefix(err.Error(), "usage: "))
+		return exitUsage
+	case errors.Is(err, signer.ErrSecurity):
+		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", err)
+		return exitSecurity
+	default:
+		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", err)
+		return exitError
+	}
+}
+
+func run(ctx context.Context, args []string, env Env) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
+		fmt.Fprintln(env.Stdout, usage)
+		if len(args) == 0 {
+			return usageError{errors.New("missing command")}
+		}
+		return nil
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "init":
+		return cmdInit(args, env)
+	case "add":
+		return cmdAdd(args, env)
+	case "publish":
+		return cmdPublish(ctx, args, env)
+	case "status":
+		return cmdStatus(args, env)
+	case "rotate":
+		return cmdRotate(args, env)
+	}
+	return usageError{fmt.Errorf("unknown command %q; run roadsign-signer help", cmd)}
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+// Set implements flag.Value; a comma-separated value adds several entries
+// (that is also how ROADSIGN_HARDWARE_ID=A,B sets more than one).
+func (s *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+// parse parses flags that may come before or after the positional
+// arguments, and applies ROADSIGN_* environment variables.
+func parse(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) ([]string, error) {
+	fs.SetOutput(env.Stderr)
+	envflag.Usage(fs, synopsis)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if err := envflag.Apply(fs, env.Getenv); err != nil {
+		return nil, usageError{err}
+	}
+	if len(pos) != positional {
+		return nil, usageError{fmt.Errorf("usage: %s", synopsis)}
+	}
+	return pos, nil
+}
+
+func cmdInit(args []string, env Env) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	online := fs.String("online-keys", "", "the server's online-keys.json (from roadsign-server init)")
+	n := fs.Int("root-keys", 3, "number of root keys for each repository")
+	m := fs.Int("root-threshold", 2, "signatures of root keys needed to sign a root")
+	rootExp := fs.Duration("root-expiry", 365*24*time.Hour, "lifetime of root metadata")
+	targetsExp := fs.Duration("targets-expiry", 365*24*time.Hour, "lifetime of targets metadata (cars park for months)")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer init WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2]")
+	if err != nil {
+		return err
+	}
+	if *online == "" {
+		return usageError{errors.New("init needs --online-keys FILE (written by roadsign-server init)")}
+	}
+	b, err := os.ReadFile(*online)
+	if err != nil {
+		return usageError{fmt.Errorf("--online-keys: %v", err)}
+	}
+	var ok meta.OnlineKeys
+	if err := json.Unmarshal(b, &ok); err != nil {
+		return usageError{fmt.Errorf("--online-keys %s: not an online-keys.json: %v", *online, err)}
+	}
+	w, err := signer.Init(pos[0], signer.InitOptions{
+		OnlineKeys: ok, RootKeys: *n, RootThreshold: *m, RootExpiry: *rootExp, TargetsExpiry: *targetsExp,
+	}, env.Now)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "created workspace %s: root keys %d-of-%d per repository, one targets key\n", w.Dir, *m, *n)
+	fmt.Fprintf(env.Stdout, "provision vehicles with %s/image.root.json and %s/director.root.json\n", w.Dir, w.Dir)
+	return nil
+}
+
+func cmdAdd(args []string, env Env) error {
+	fs := flag.NewFlagSet("add", flag.ContinueOnError)
+	var o signer.AddOptions
+	var hw stringList
+	fs.StringVar(&o.ECU, "ecu", "", "ECU type: head-unit or dcm")
+	fs.Var(&hw, "hardware-id", "hardware ID the image runs on (repeat for several)")
+	fs.StringVar(&o.Version, "version", "", "firmware version (semantic version)")
+	fs.Int64Var(&o.ReleaseCounter, "release-counter", 0, "anti-rollback counter (default: one above the highest for this ECU type)")
+	fs.StringVar(&o.ReleaseNotes, "release-notes", "", "release notes shown to owners and dealers")
+	pos, err := parse(fs, args, env, 2, "roadsign-signer add WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID --version SEMVER")
+	if err != nil {
+		return err
+	}
+	o.File, o.HardwareIDs, o.Progress = pos[1], hw, env.Stderr
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	res, err := w.Add(o)
+	if err != nil {
+		return err
+	}
+	if !res.Changed {
+		fmt.Fprintf(env.Stdout, "%s is already signed (release counter %d, targets v%d); nothing changed\n", res.Path, res.ReleaseCounter, res.TargetsVersion)
+		return nil
+	}
+	fmt.Fprintf(env.Stdout, "added %s (%d bytes, sha256 %s, release counter %d); signed targets v%d\n",
+		res.Path, res.Length, res.SHA256, res.ReleaseCounter, res.TargetsVersion)
+	return nil
+}
+
+func cmdPublish(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
+	var o signer.PublishOptions
+	fs.StringVar(&o.Server, "server", "", "server URL, e.g. http://127.0.0.1:8080")
+	fs.StringVar(&o.Token, "token", "", "admin bearer token")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer publish WORKSPACE --server URL --token TOKEN")
+	if err != nil {
+		return err
+	}
+	o.Progress = env.Stderr
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	res, err := w.Publish(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "uploaded %d target file(s) (%d bytes), %d already on the server\n", res.Uploaded, res.UploadedBytes, res.AlreadyThere)
+	if res.Changed {
+		fmt.Fprintf(env.Stdout, "published: root v%d, targets v%d, snapshot v%d, timestamp v%d\n", res.RootVersion, res.Targets, res.Snapshot, res.Timestamp)
+	} else {
+		fmt.Fprintf(env.Stdout, "server already has this: root v%d, targets v%d; nothing changed\n", res.RootVersion, res.Targets)
+	}
+	return nil
+}
+
+func cmdStatus(args []string, env Env) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer status WORKSPACE [--json]")
+	if err != nil {
+		return err
+	}
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	st, err := w.Status()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPOSITORY\tROLE\tVERSION\tEXPIRES\tTHRESHOLD\tKEYS\tKEY IDS")
+	now := env.Now()
+	for _, r := range st {
+		ver, exp := "-", "-"
+		if r.Version > 0 {
+			ver = fmt.Sprint(r.Version)
+			exp = r.Expires.Format(time.DateOnly)
+			if left := r.Expires.Sub(now); left < 30*24*time.Hour {
+				exp += fmt.Sprintf(" (in %s!)", left.Round(time.Hour))
+			}
+		}
+		kind := "offline"
+		if r.Online {
+			kind = "online"
+		}
+		ids := make([]string, len(r.KeyIDs))
+		for i, id := range r.KeyIDs {
+			ids[i] = id[:min(12, len(id))]
+		}
+		role := r.Role
+		if r.Targets > 0 {
+			role += fmt.Sprintf(" (%d images)", r.Targets)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Repository, role, ver, exp, r.Threshold, kind, strings.Join(ids, " "))
+	}
+	return tw.Flush()
+}
+
+func cmdRotate(args []string, env Env) error {
+	fs := flag.NewFlagSet("rotate", flag.ContinueOnError)
+	role := fs.String("role", "", "role whose keys to replace: root or targets")
+	repoName := fs.String("repository", signer.Image, "for --role root: image or director")
+	n := fs.Int("root-keys", 0, "for --role root: number of new root keys (default: as now)")
+	m := fs.Int("root-threshold", 0, "for --role root: new threshold (default: as now)")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer rotate WORKSPACE --role root|targets [--repository image|director]")
+	if err != nil {
+		return err
+	}
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	switch *role {
+	case "root":
+		v, err := w.RotateRoot(*repoName, *n, *m)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "rotated %s root keys: root v%d is signed by the old and the new keys; publish it\n", *repoName, v)
+	case "targets":
+		if *repoName != signer.Image {
+			return usageError{errors.New("--role targets applies to the image repository; the director's targets key is the server's online key")}
+		}
+		rv, tv, err := w.RotateTargets()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "rotated the targets key: root v%d lists it, targets v%d is signed with it; publish them\n", rv, tv)
+	default:
+		return usageError{fmt.Errorf("--role %q: want root or targets", *role)}
+	}
+	return nil
+}
