@@ -1,0 +1,317 @@
+package bootctl
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"github.com/roadsign/roadsign/client"
+)
+
+// checkpointEvery is how often a download fsyncs the slot and records the
+// progress in the journal, so that a restart resumes close to where it was.
+const checkpointEvery = 8 << 20
+
+// Hooks let failure simulation act at the phase boundaries.
+type Hooks struct {
+	// At is called at "write" (all bytes streamed, before the final fsync
+	// and verification), "switch" (boot control points at the new slot,
+	// before the trial boot) and "commit" (boot check passed, before the
+	// commit is recorded). A simulated power loss kills the process there.
+	At func(point string)
+	// FailBoot, if it returns an error, makes the trial boot fail with it.
+	FailBoot func() error
+}
+
+func (h Hooks) at(point string) {
+	if h.At != nil {
+		h.At(point)
+	}
+}
+
+// Writer streams an image into the inactive slot while hashing it.
+type Writer struct {
+	e       *ECU
+	j       *Journal
+	f       *os.File
+	h       hash.Hash
+	n       int64
+	lastChk int64
+	// WriteHook, if set, may fail a write (flash-error simulation).
+	WriteHook func(off int64) error
+}
+
+// Begin starts an install of j into the slot that is not active, or
+// resumes the one the journal records for the same image: the part already
+// fsynced is kept and re-hashed, the rest is downloaded again. The caller
+// writes the remaining bytes from Offset() on and then calls Finish.
+func (e *ECU) Begin(j Journal) (*Writer, error) {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return nil, err
+	}
+	if rec.Trial {
+		return nil, errors.New("a trial boot is pending; recover first")
+	}
+	j.Slot = rec.Active.Other()
+	j.Phase = PhaseDownload
+	old, err := e.LoadJournal()
+	if err != nil {
+		return nil, err
+	}
+	resume := old != nil && old.Phase == PhaseDownload && old.Slot == j.Slot &&
+		old.SHA256 == j.SHA256 && old.Length == j.Length && old.Target == j.Target
+	if resume {
+		j.Written, j.StartedAt = old.Written, old.StartedAt
+	} else {
+		j.Written, j.StartedAt = 0, e.now().UTC()
+		// The slot is about to be overwritten: forget what it held first.
+		if rec.Slots[j.Slot] != nil {
+			rec.Slots[j.Slot] = nil
+			if err := e.SaveRecord(rec); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := e.SaveJournal(&j); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(e.SlotPath(j.Slot), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
+	}
+	w := &Writer{e: e, j: &j, f: f, h: sha256.New()}
+	// Drop anything past the fsynced prefix: it may be torn.
+	if err := f.Truncate(j.Written); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
+	}
+	if j.Written > 0 {
+		n, err := io.Copy(w.h, io.LimitReader(f, j.Written))
+		if err != nil || n != j.Written {
+			f.Close()
+			return nil, fmt.Errorf("re-read slot %s for resume: %d of %d bytes: %v", j.Slot, n, j.Written, err)
+		}
+	}
+	if _, err := f.Seek(j.Written, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	w.n, w.lastChk = j.Written, j.Written
+	return w, nil
+}
+
+// Journal returns the install's journal.
+func (w *Writer) Journal() Journal { return *w.j }
+
+// Offset is where the download continues.
+func (w *Writer) Offset() int64 { return w.n }
+
+// Write writes to the slot, refusing bytes beyond the signed length.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.j.Length {
+		return 0, fmt.Errorf("%w: target %s: server sent more than the signed %d bytes; nothing installed", client.ErrRefused, w.j.Target, w.j.Length)
+	}
+	if w.WriteHook != nil {
+		if err := w.WriteHook(w.n); err != nil {
+			return 0, err
+		}
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("write slot %s: %w", w.j.Slot, err)
+	}
+	if w.n-w.lastChk >= checkpointEvery {
+		if err := w.checkpoint(); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (w *Writer) checkpoint() error {
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
+	}
+	w.j.Written, w.lastChk = w.n, w.n
+	return w.e.SaveJournal(w.j)
+}
+
+// Pause fsyncs what was written and records it, so a later attempt
+// resumes from here; the slot stays unverified and inactive.
+func (w *Writer) Pause() error {
+	err := w.checkpoint()
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Finish fsyncs the slot and checks its length and sha256 against the
+// signed values. On a mismatch the slot is wiped, the journal cleared and
+// an ErrRefused error returned: nothing unverified is ever switched to.
+func (w *Writer) Finish(hooks Hooks) error {
+	defer w.f.Close()
+	hooks.at("write")
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
+	}
+	got := hex.EncodeToString(w.h.Sum(nil))
+	switch {
+	case w.n != w.j.Length:
+		w.e.Abort()
+		return fmt.Errorf("%w: target %s: length mismatch (expected %d bytes, got %d); nothing installed", client.ErrRefused, w.j.Target, w.j.Length, w.n)
+	case got != w.j.SHA256:
+		w.e.Abort()
+		return fmt.Errorf("%w: target %s: sha256 mismatch (expected %s…, got %s…); nothing installed", client.ErrRefused, w.j.Target, w.j.SHA256[:12], got[:12])
+	}
+	w.j.Phase, w.j.Written = PhaseVerified, w.n
+	return w.e.SaveJournal(w.j)
+}
+
+// Abort forgets an install in progress: the inactive slot is emptied and
+// the journal cleared. The active slot is never touched.
+func (e *ECU) Abort() error {
+	j, err := e.LoadJournal()
+	if err != nil || j == nil {
+		return err
+	}
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return err
+	}
+	if j.Slot == rec.Active {
+		// The switch happened; aborting would be a rollback, not an abort.
+		return errors.New("install already switched slots; cannot abort")
+	}
+	if err := os.Truncate(e.SlotPath(j.Slot), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("wipe slot %s: %w", j.Slot, err)
+	}
+	return e.ClearJournal()
+}
+
+// Switch points boot control at the verified slot, on trial, and
+// "reboots" into it: the boot check runs and the slot is committed, or
+// boot control falls back to the previous slot. It returns nil when the
+// new image was committed and an ErrRolledBack error when it was not.
+func (e *ECU) Switch(hooks Hooks) error {
+	j, err := e.LoadJournal()
+	if err != nil {
+		return err
+	}
+	if j == nil || j.Phase != PhaseVerified {
+		return errors.New("no verified install to switch to")
+	}
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return err
+	}
+	rec.Slots[j.Slot] = &SlotInfo{Version: j.Version, SHA256: j.SHA256, Length: j.Length, Target: j.Target, ReleaseCounter: j.ReleaseCounter}
+	rec.Active, rec.Trial, rec.BootAttempts = j.Slot, true, 0
+	rec.LastResult = "trial boot of " + j.Version
+	if err := e.SaveRecord(rec); err != nil {
+		return err
+	}
+	j.Phase = PhaseSwitch
+	if err := e.SaveJournal(j); err != nil {
+		return err
+	}
+	hooks.at("switch")
+	return e.trialBoot(rec, hooks)
+}
+
+// trialBoot is the bootloader starting a slot on trial.
+func (e *ECU) trialBoot(rec *Record, hooks Hooks) error {
+	rec.BootAttempts++
+	if err := e.SaveRecord(rec); err != nil {
+		return err
+	}
+	_, err := e.BootCheck(rec.Active)
+	if err == nil && hooks.FailBoot != nil {
+		err = hooks.FailBoot()
+	}
+	if err != nil {
+		return e.rollback(rec, err)
+	}
+	hooks.at("commit")
+	return e.commit(rec)
+}
+
+func (e *ECU) commit(rec *Record) error {
+	rec.Trial = false
+	rec.LastResult = "installed " + rec.Slots[rec.Active].Version
+	if err := e.SaveRecord(rec); err != nil {
+		return err
+	}
+	return e.ClearJournal()
+}
+
+func (e *ECU) rollback(rec *Record, cause error) error {
+	failed := rec.Active
+	version := "?"
+	if s := rec.Slots[failed]; s != nil {
+		version = s.Version
+	}
+	rec.Active, rec.Trial = failed.Other(), false
+	prev := "?"
+	if s := rec.Slots[rec.Active]; s != nil {
+		prev = s.Version
+	}
+	rec.LastResult = fmt.Sprintf("rolled back from %s to %s: %v", version, prev, cause)
+	if err := e.SaveRecord(rec); err != nil {
+		return err
+	}
+	if err := e.ClearJournal(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s %s: new image %s failed its boot check (%v); running %s again", client.ErrRolledBack, e.Type, e.HardwareID, version, cause, prev)
+}
+
+// Recover finishes what a power loss interrupted, from the boot record and
+// journal: a pending trial boot is run (commit or fall back), a verified
+// but unswitched slot is re-checked and switched, a stale journal is
+// cleared. A download in progress is left for the next update to resume.
+// It returns a description of what it did ("" for nothing) and, like
+// Switch, an ErrRolledBack error if the new image did not boot.
+func (e *ECU) Recover(hooks Hooks) (string, error) {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return "", err
+	}
+	j, err := e.LoadJournal()
+	if err != nil {
+		return "", err
+	}
+	if rec.Trial {
+		v := rec.Slots[rec.Active]
+		err := e.trialBoot(rec, hooks)
+		if err != nil {
+			return "rebooted during a trial boot; rolled back", err
+		}
+		return fmt.Sprintf("rebooted during the trial boot of %s; committed it", v.Version), nil
+	}
+	if j == nil {
+		return "", nil
+	}
+	switch {
+	case j.Phase == PhaseSwitch || j.Slot == rec.Active:
+		// The switch was recorded and resolved; only the journal was left.
+		return "cleared a finished install's journal", e.ClearJournal()
+	case j.Phase == PhaseVerified:
+		sum, n, err := e.HashSlot(j.Slot)
+		if err != nil || sum != j.SHA256 || n != j.Length {
+			return "discarded a verified slot that no longer matches its hash", e.Abort()
+		}
+		if err := e.Switch(hooks); err != nil {
+			return "finished an interrupted install; it failed its boot check", err
+		}
+		return "finished an interrupted install of " + j.Version, nil
+	}
+	return "", nil
+}

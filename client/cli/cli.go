@@ -1,0 +1,287 @@
+// Package cli is roadsign-agent's command line; cmd/roadsign-agent only
+// calls Run. It must not import server code: the agent runs on an ECU.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/agent"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/client/vehicle"
+	"github.com/roadsign/roadsign/internal/envflag"
+)
+
+// Exit codes (CONTRACT.md).
+const (
+	exitOK         = 0
+	exitError      = 1
+	exitUsage      = 2
+	exitRefused    = 3
+	exitRolledBack = 4
+)
+
+// Env is the process environment Run works in.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Now            func() time.Time
+	// Policy overrides the download retry policy (tests).
+	Policy *download.Policy
+	// Kill overrides how a simulated power loss ends the process (tests).
+	Kill func()
+}
+
+const usage = `usage: roadsign-agent COMMAND --state DIR [flags]
+
+commands:
+  init     --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ...
+  update   --state DIR [--simulate FAULT,...]
+  status   --state DIR [--json]
+
+faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
+power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
+
+exit codes: 0 ok, 1 error, 2 usage, 3 refused for security (nothing installed),
+4 install failed and the ECU rolled back. 'roadsign-agent COMMAND --help' lists flags.`
+
+type usageError struct{ error }
+
+// Run runs roadsign-agent with args (without the program name).
+func Run(ctx context.Context, args []string, env Env) int {
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	err := run(ctx, args, env)
+	code := exitCode(err)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		msg := err.Error()
+		msg = strings.TrimPrefix(msg, "usage: ")
+		fmt.Fprintf(env.Stderr, "roadsign-agent: %s\n", msg)
+	}
+	return code
+}
+
+func exitCode(err error) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, new(usageError)), errors.Is(err, client.ErrUsage):
+		return exitUsage
+	case errors.Is(err, client.ErrRefused):
+		return exitRefused
+	case errors.Is(err, client.ErrRolledBack):
+		return exitRolledBack
+	}
+	return exitError
+}
+
+func run(ctx context.Context, args []string, env Env) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
+		fmt.Fprintln(env.Stdout, usage)
+		if len(args) == 0 {
+			return usageError{errors.New("missing command")}
+		}
+		return nil
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "init":
+		return cmdInit(args, env)
+	case "update":
+		return cmdUpdate(ctx, args, env)
+	case "status":
+		return cmdStatus(args, env)
+	}
+	return usageError{fmt.Errorf("unknown command %q; run roadsign-agent help", cmd)}
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, " ") }
+func (s *stringList) Set(v string) error { *s = append(*s, strings.Fields(v)...); return nil }
+
+func parse(fs *flag.FlagSet, args []string, env Env, synopsis string) error {
+	fs.SetOutput(env.Stderr)
+	envflag.Usage(fs, synopsis)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q; usage: %s", fs.Arg(0), synopsis)}
+	}
+	if err := envflag.Apply(fs, env.Getenv); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+func requireState(state string) error {
+	if state == "" {
+		return usageError{errors.New("--state DIR is required")}
+	}
+	return nil
+}
+
+func cmdInit(args []string, env Env) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	state := fs.String("state", "", "state directory of the simulated vehicle")
+	server := fs.String("server", "", "server URL, e.g. http://127.0.0.1:8080")
+	vinFlag := fs.String("vin", "", "vehicle identification number (17 characters)")
+	imageRoot := fs.String("image-root", "", "image repository root to pin (WORKSPACE/image.root.json)")
+	directorRoot := fs.String("director-root", "", "director repository root to pin (WORKSPACE/director.root.json)")
+	var ecus stringList
+	fs.Var(&ecus, "ecu", "ECU as TYPE:SERIAL:HWID:FIRMWARE_FILE (repeat; the firmware boots from slot A)")
+	synopsis := "roadsign-agent init --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ..."
+	if err := parse(fs, args, env, synopsis); err != nil {
+		return err
+	}
+	if err := requireState(*state); err != nil {
+		return err
+	}
+	if *server == "" || *vinFlag == "" || *imageRoot == "" || *directorRoot == "" {
+		return usageError{fmt.Errorf("init needs --server, --vin, --image-root and --director-root; usage: %s", synopsis)}
+	}
+	cfg := vehicle.Config{VIN: *vinFlag, Server: strings.TrimRight(*server, "/")}
+	firmware := map[string]string{}
+	for _, spec := range ecus {
+		parts := strings.SplitN(spec, ":", 4)
+		if len(parts) != 4 {
+			return usageError{fmt.Errorf("--ecu %q: want TYPE:SERIAL:HWID:FIRMWARE_FILE", spec)}
+		}
+		cfg.ECUs = append(cfg.ECUs, vehicle.ECUConfig{Type: parts[0], Serial: parts[1], HardwareID: parts[2]})
+		firmware[parts[1]] = parts[3]
+	}
+	ir, err := os.ReadFile(*imageRoot)
+	if err != nil {
+		return usageError{fmt.Errorf("--image-root: %v", err)}
+	}
+	dr, err := os.ReadFile(*directorRoot)
+	if err != nil {
+		return usageError{fmt.Errorf("--director-root: %v", err)}
+	}
+	v, err := vehicle.Create(*state, cfg, ir, dr, firmware, env.Now)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "provisioned vehicle %s in %s with %d ECU(s)\n", v.VIN, v.Dir, len(v.ECUs))
+	return nil
+}
+
+func cmdUpdate(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("update", flag.ContinueOnError)
+	state := fs.String("state", "", "state directory of the simulated vehicle")
+	simulate := fs.String("simulate", "", "faults to simulate, comma-separated (see roadsign-agent help)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args, env, "roadsign-agent update --state DIR [--simulate FAULT,...] [--json]"); err != nil {
+		return err
+	}
+	if err := requireState(*state); err != nil {
+		return err
+	}
+	faults, err := fault.Parse(*simulate)
+	if err != nil {
+		return usageError{fmt.Errorf("--simulate: %v", err)}
+	}
+	faults.Kill = env.Kill
+	v, err := vehicle.Open(*state, env.Now)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	policy := download.DefaultPolicy()
+	if env.Policy != nil {
+		policy = *env.Policy
+	}
+	a := &agent.Agent{
+		V: v, Client: download.NewHTTPClient(), Progress: env.Stderr, Faults: faults, Policy: policy,
+		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	rep, err := a.Update(ctx)
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	} else {
+		printReport(env.Stdout, rep)
+	}
+	return err
+}
+
+func printReport(w io.Writer, rep agent.Report) {
+	for _, e := range rep.ECUs {
+		switch e.Outcome {
+		case agent.Installed:
+			fmt.Fprintf(w, "%s %s: %s -> %s installed\n", e.Type, e.Serial, e.From, e.To)
+		case agent.UpToDate:
+			fmt.Fprintf(w, "%s %s: %s is up to date\n", e.Type, e.Serial, e.From)
+		default:
+			fmt.Fprintf(w, "%s %s: %s\n", e.Type, e.Serial, e.Outcome)
+		}
+	}
+}
+
+func cmdStatus(args []string, env Env) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	state := fs.String("state", "", "state directory of the simulated vehicle")
+	asJSON := fs.Bool("json", false, "print JSON (CONTRACT.md)")
+	if err := parse(fs, args, env, "roadsign-agent status --state DIR [--json]"); err != nil {
+		return err
+	}
+	if err := requireState(*state); err != nil {
+		return err
+	}
+	v, err := vehicle.OpenReadOnly(*state, env.Now)
+	if err != nil {
+		return err
+	}
+	st, err := agent.VehicleStatus(v)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   DTCs: %s\n", st.VIN, st.Authorization.State, dtcs(st.DTCs))
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ECU\tSERIAL\tHARDWARE\tACTIVE\tVERSION\tSLOT A\tSLOT B\tLAST RESULT")
+	for _, e := range st.ECUs {
+		active := e.ActiveSlot
+		if e.Trial {
+			active += " (trial)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Type, e.Serial, e.HardwareID, active, e.Version,
+			slotDesc(e.Slots["a"]), slotDesc(e.Slots["b"]), e.LastResult)
+	}
+	return tw.Flush()
+}
+
+func slotDesc(s *agent.SlotStatus) string {
+	if s == nil {
+		return "-"
+	}
+	return s.Version + " " + s.SHA256[:min(8, len(s.SHA256))]
+}
+
+func dtcs(d []string) string {
+	if len(d) == 0 {
+		return "none"
+	}
+	return strings.Join(d, ",")
+}

@@ -1,0 +1,215 @@
+// Package fault simulates the failures a vehicle meets during an update,
+// for tests and for dealers' training benches: corrupt or truncated
+// downloads, network drops, flash write errors, power loss in any phase and
+// images that fail their boot check.
+package fault
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/roadsign/roadsign/client/bootctl"
+)
+
+// Phases at which power can be lost.
+var Phases = []string{"download", "write", "switch", "commit"}
+
+// Set is the faults to simulate in one run.
+type Set struct {
+	CorruptDownload  bool
+	TruncateDownload bool
+	FlashError       bool
+	BootFail         bool
+	// NetworkDropPct > 0 drops the connection when that share of the image
+	// has arrived; the network stays down for the rest of the run.
+	NetworkDropPct int
+	// PowerLoss names the phase ("" for none) and, for download and
+	// write, the share of the image at which power goes.
+	PowerLoss    string
+	PowerLossPct int
+	// Kill ends the process at once; the default sends SIGKILL to itself,
+	// so nothing is cleaned up, as with a real power loss.
+	Kill func()
+}
+
+// ErrNetworkDrop is the simulated loss of connectivity.
+var ErrNetworkDrop = errors.New("simulated network drop")
+
+// ErrFlash is the simulated flash write failure.
+var ErrFlash = errors.New("simulated flash write error")
+
+// Parse reads a comma-separated list such as "network-drop:50,boot-fail".
+func Parse(s string) (Set, error) {
+	var f Set
+	if strings.TrimSpace(s) == "" {
+		return f, nil
+	}
+	for _, item := range strings.Split(s, ",") {
+		parts := strings.Split(strings.TrimSpace(item), ":")
+		switch parts[0] {
+		case "corrupt-download":
+			f.CorruptDownload = true
+		case "truncate-download":
+			f.TruncateDownload = true
+		case "flash-error":
+			f.FlashError = true
+		case "boot-fail":
+			f.BootFail = true
+		case "network-drop":
+			if len(parts) != 2 {
+				return f, fmt.Errorf("network-drop needs a percentage: network-drop:PCT")
+			}
+			pct, err := percent(parts[1])
+			if err != nil {
+				return f, fmt.Errorf("network-drop: %v", err)
+			}
+			f.NetworkDropPct = max(pct, 1)
+		case "power-loss":
+			if len(parts) < 2 || len(parts) > 3 {
+				return f, fmt.Errorf("power-loss needs a phase: power-loss:PHASE[:PCT] with PHASE one of %s", strings.Join(Phases, ", "))
+			}
+			if !contains(Phases, parts[1]) {
+				return f, fmt.Errorf("power-loss phase %q: want one of %s", parts[1], strings.Join(Phases, ", "))
+			}
+			f.PowerLoss, f.PowerLossPct = parts[1], 50
+			if len(parts) == 3 {
+				pct, err := percent(parts[2])
+				if err != nil {
+					return f, fmt.Errorf("power-loss: %v", err)
+				}
+				f.PowerLossPct = pct
+			}
+		default:
+			return f, fmt.Errorf("unknown fault %q; want corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error or boot-fail", item)
+		}
+	}
+	return f, nil
+}
+
+func percent(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 100 {
+		return 0, fmt.Errorf("%q is not a percentage from 0 to 100", s)
+	}
+	return n, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Any reports whether any fault is set.
+func (f Set) Any() bool {
+	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != ""
+}
+
+func (f Set) kill() {
+	if f.Kill != nil {
+		f.Kill()
+		return
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // never return: the process is gone
+}
+
+// Body wraps a download body for a target of the given length, starting at
+// offset off. It returns nil when no download fault is set.
+func (f Set) Body(length int64) func(r io.Reader, off int64) io.Reader {
+	if !f.CorruptDownload && !f.TruncateDownload && f.NetworkDropPct == 0 && f.PowerLoss != "download" {
+		return nil
+	}
+	return func(r io.Reader, off int64) io.Reader {
+		b := &body{r: r, pos: off, corruptAt: -1, endAt: -1, dropAt: -1, killAt: -1, kill: f.kill}
+		if f.CorruptDownload {
+			b.corruptAt = length / 2
+		}
+		if f.TruncateDownload {
+			b.endAt = length * 9 / 10
+		}
+		if f.NetworkDropPct > 0 && f.NetworkDropPct < 100 {
+			b.dropAt = length * int64(f.NetworkDropPct) / 100
+		}
+		if f.PowerLoss == "download" {
+			b.killAt = length * int64(f.PowerLossPct) / 100
+		}
+		return b
+	}
+}
+
+// body applies download faults at absolute image offsets.
+type body struct {
+	r                                io.Reader
+	pos                              int64
+	corruptAt, endAt, dropAt, killAt int64
+	kill                             func()
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	limit := int64(len(p))
+	for _, at := range []int64{b.endAt, b.dropAt, b.killAt} {
+		if at >= b.pos && at-b.pos < limit {
+			limit = at - b.pos
+		}
+	}
+	switch {
+	case b.pos == b.killAt:
+		b.kill()
+	case b.pos == b.dropAt:
+		return 0, ErrNetworkDrop
+	case b.pos == b.endAt:
+		return 0, io.EOF // the server's file "ends" here
+	}
+	n, err := b.r.Read(p[:limit])
+	if b.corruptAt >= b.pos && b.corruptAt < b.pos+int64(n) {
+		p[b.corruptAt-b.pos] ^= 0x5a
+	}
+	b.pos += int64(n)
+	return n, err
+}
+
+// Hooks returns the boot-control hooks for the switch, commit and write
+// power losses and for boot-fail.
+func (f Set) Hooks() bootctl.Hooks {
+	var h bootctl.Hooks
+	if f.PowerLoss != "" && f.PowerLoss != "download" {
+		h.At = func(point string) {
+			if point == f.PowerLoss && (point != "write" || f.PowerLossPct >= 100) {
+				f.kill()
+			}
+		}
+	}
+	if f.BootFail {
+		h.FailBoot = func() error {
+			return errors.New("simulated boot failure: watchdog reset before the health check passed")
+		}
+	}
+	return h
+}
+
+// WriteHook returns the flash-write hook for a target of the given length:
+// flash-error fails the write at the middle of the image, and
+// power-loss:write:PCT (PCT < 100) kills the process when the write reaches PCT.
+func (f Set) WriteHook(length int64) func(off int64) error {
+	if !f.FlashError && !(f.PowerLoss == "write" && f.PowerLossPct < 100) {
+		return nil
+	}
+	return func(off int64) error {
+		if f.PowerLoss == "write" && off >= length*int64(f.PowerLossPct)/100 {
+			f.kill()
+		}
+		if f.FlashError && off >= length/2 {
+			return ErrFlash
+		}
+		return nil
+	}
+}

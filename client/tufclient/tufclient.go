@@ -1,0 +1,145 @@
+// Package tufclient refreshes one TUF repository (image or director) with
+// go-tuf's updater, on top of a local metadata cache that survives power
+// loss: cached non-root files that no longer parse are dropped and fetched
+// again, and the cached root.json (never dropped) is what the updater
+// starts from, so root rotations seen earlier are never forgotten.
+package tufclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/download"
+)
+
+// Repo is a repository's local cache and remote location.
+type Repo struct {
+	// Name is used in messages ("image", "director").
+	Name string
+	// Dir holds root.json and the cached top-level metadata.
+	Dir string
+	// MetadataURL is where N.root.json, timestamp.json, ... are served.
+	MetadataURL string
+	Client      *http.Client
+	Log         *slog.Logger
+}
+
+// Trusted is a repository's verified state after a refresh.
+type Trusted struct {
+	up *updater.Updater
+}
+
+// Pin writes the provisioning root as the cache's root.json.
+func Pin(dir string, root []byte) error {
+	m, err := metadata.Root().FromBytes(root)
+	if err != nil {
+		return fmt.Errorf("not root metadata: %w", err)
+	}
+	if err := m.VerifyDelegate(metadata.ROOT, m); err != nil {
+		return fmt.Errorf("root v%d is not signed by a threshold of its own keys: %w", m.Signed.Version, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "root.json"), root, 0o600)
+}
+
+// Refresh runs the TUF client workflow (root, timestamp, snapshot,
+// targets). Security failures wrap client.ErrRefused.
+func (r *Repo) Refresh(ctx context.Context) (*Trusted, error) {
+	root, err := os.ReadFile(filepath.Join(r.Dir, "root.json"))
+	if err != nil {
+		return nil, fmt.Errorf("%s repository: no trusted root (was the vehicle provisioned?): %w", r.Name, err)
+	}
+	r.dropDamaged()
+	cfg, err := config.New(strings.TrimRight(r.MetadataURL, "/"), root)
+	if err != nil {
+		return nil, fmt.Errorf("%s repository: %w", r.Name, err)
+	}
+	cfg.LocalMetadataDir = r.Dir
+	cfg.LocalTargetsDir = filepath.Join(r.Dir, "unused-targets")
+	cfg.Fetcher = &download.MetadataFetcher{Ctx: ctx, Client: r.Client, Timeout: time.Minute}
+	up, err := updater.New(cfg)
+	if err != nil {
+		return nil, r.classify(err)
+	}
+	if err := up.Refresh(); err != nil {
+		return nil, r.classify(err)
+	}
+	return &Trusted{up: up}, nil
+}
+
+// dropDamaged removes cached non-root metadata that does not parse, as a
+// power loss during a write may leave (go-tuf would otherwise fail every
+// later refresh on it). root.json is never dropped: it anchors trust.
+func (r *Repo) dropDamaged() {
+	checks := map[string]func([]byte) error{
+		"timestamp.json": func(b []byte) error { _, err := metadata.Timestamp().FromBytes(b); return err },
+		"snapshot.json":  func(b []byte) error { _, err := metadata.Snapshot().FromBytes(b); return err },
+		"targets.json":   func(b []byte) error { _, err := metadata.Targets().FromBytes(b); return err },
+	}
+	for name, check := range checks {
+		p := filepath.Join(r.Dir, name)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if err := check(b); err != nil {
+			r.Log.Warn("dropping damaged cached metadata; it will be fetched again", "repository", r.Name, "file", name, "err", err)
+			os.Remove(p)
+		}
+	}
+}
+
+// classify wraps security failures in client.ErrRefused.
+func (r *Repo) classify(err error) error {
+	switch {
+	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
+		return fmt.Errorf("%w: %s repository: metadata has expired (%v); the server must re-sign it — check the server's /status", client.ErrRefused, r.Name, err)
+	case errors.Is(err, &metadata.ErrBadVersionNumber{}):
+		return fmt.Errorf("%w: %s repository: rollback attack suspected: %v", client.ErrRefused, r.Name, err)
+	case errors.Is(err, &metadata.ErrRepository{}), errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
+		return fmt.Errorf("%w: %s repository: %v", client.ErrRefused, r.Name, err)
+	case download.IsNotFound(err):
+		return fmt.Errorf("%s repository at %s has no published metadata yet (%v)", r.Name, r.MetadataURL, err)
+	}
+	return fmt.Errorf("%s repository at %s: %w", r.Name, r.MetadataURL, err)
+}
+
+// Targets returns the top-level targets.
+func (t *Trusted) Targets() map[string]*metadata.TargetFiles {
+	return t.up.GetTopLevelTargets()
+}
+
+// TargetInfo resolves a target path through delegations.
+func (t *Trusted) TargetInfo(path string) (*metadata.TargetFiles, error) {
+	return t.up.GetTargetInfo(path)
+}
+
+// Version returns the trusted version of a top-level role.
+func (t *Trusted) Version(role string) int64 {
+	s := t.up.GetTrustedMetadataSet()
+	switch role {
+	case metadata.ROOT:
+		return s.Root.Signed.Version
+	case metadata.TIMESTAMP:
+		return s.Timestamp.Signed.Version
+	case metadata.SNAPSHOT:
+		return s.Snapshot.Signed.Version
+	case metadata.TARGETS:
+		return s.Targets[metadata.TARGETS].Signed.Version
+	}
+	return 0
+}

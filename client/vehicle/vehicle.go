@@ -1,0 +1,181 @@
+// Package vehicle is the agent's state directory: the simulated vehicle's
+// identity (VIN, ECUs, key pair), its pinned TUF roots and metadata caches,
+// and each ECU's slots.
+package vehicle
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/bootctl"
+	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/vin"
+	"github.com/roadsign/roadsign/signer/keys"
+)
+
+// ECUConfig is one ECU of the vehicle.
+type ECUConfig struct {
+	Type       string `json:"type"`
+	Serial     string `json:"serial"`
+	HardwareID string `json:"hardwareId"`
+}
+
+// Config is STATE/vehicle.json.
+type Config struct {
+	VIN       string      `json:"vin"`
+	Server    string      `json:"server"`
+	ECUs      []ECUConfig `json:"ecus"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// Vehicle is an opened state directory.
+type Vehicle struct {
+	Dir string
+	Config
+	now  func() time.Time
+	lock *os.File
+}
+
+const configFile = "vehicle.json"
+
+// Validate checks the configuration: a valid VIN and server URL, at least
+// one ECU, known ECU types, unique serials.
+func (c Config) Validate() error {
+	if err := vin.Validate(c.VIN); err != nil {
+		return err
+	}
+	if c.Server == "" {
+		return errors.New("no server URL")
+	}
+	if len(c.ECUs) == 0 {
+		return errors.New("no ECUs: give at least one --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE")
+	}
+	seen := map[string]bool{}
+	for _, e := range c.ECUs {
+		if !fwimage.ValidECU(e.Type) {
+			return fmt.Errorf("ECU %s: type %q is not head-unit or dcm", e.Serial, e.Type)
+		}
+		if e.Serial == "" || e.HardwareID == "" {
+			return fmt.Errorf("ECU of type %s needs a serial and a hardware ID", e.Type)
+		}
+		if filepath.Base(e.Serial) != e.Serial || e.Serial == "." || e.Serial == ".." {
+			return fmt.Errorf("ECU serial %q may not contain path separators", e.Serial)
+		}
+		if seen[e.Serial] {
+			return fmt.Errorf("ECU serial %s appears twice", e.Serial)
+		}
+		seen[e.Serial] = true
+	}
+	return nil
+}
+
+// Create provisions a new vehicle in dir: each ECU boots its factory
+// firmware from slot A, both roots are pinned, and a key pair is made.
+func Create(dir string, c Config, imageRoot, directorRoot []byte, firmware map[string]string, now func() time.Time) (*Vehicle, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", client.ErrUsage, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, configFile)); err == nil {
+		return nil, fmt.Errorf("%w: %s already holds a vehicle; use another --state directory", client.ErrUsage, dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	v := &Vehicle{Dir: dir, Config: c, now: now}
+	if err := tufclient.Pin(v.ImageRepoDir(), imageRoot); err != nil {
+		return nil, fmt.Errorf("%w: --image-root: %v", client.ErrUsage, err)
+	}
+	if err := tufclient.Pin(v.DirectorRepoDir(), directorRoot); err != nil {
+		return nil, fmt.Errorf("%w: --director-root: %v", client.ErrUsage, err)
+	}
+	for _, e := range c.ECUs {
+		if _, err := v.ECU(e).Provision(firmware[e.Serial]); err != nil {
+			return nil, fmt.Errorf("%w: ECU %s: %v", client.ErrUsage, e.Serial, err)
+		}
+	}
+	if _, err := keys.Generate(v.KeyPath()); err != nil {
+		return nil, err
+	}
+	v.CreatedAt = now().UTC()
+	b, err := json.MarshalIndent(v.Config, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	// vehicle.json last: a half-provisioned directory is not a vehicle.
+	if err := keys.WriteFileAtomic(filepath.Join(dir, configFile), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Open opens an existing state directory and takes its lock, so two agent
+// processes never install on one vehicle at once. Close releases it.
+func Open(dir string, now func() time.Time) (*Vehicle, error) {
+	b, err := os.ReadFile(filepath.Join(dir, configFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s holds no vehicle; create one with roadsign-agent init", client.ErrUsage, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open vehicle: %w", err)
+	}
+	v := &Vehicle{Dir: dir, now: now}
+	if err := json.Unmarshal(b, &v.Config); err != nil {
+		return nil, fmt.Errorf("open vehicle: %s is damaged: %w", configFile, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open vehicle lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("another roadsign-agent is working on %s; wait for it to finish", dir)
+	}
+	v.lock = lock
+	return v, nil
+}
+
+// OpenReadOnly opens the state without taking the lock (for status).
+func OpenReadOnly(dir string, now func() time.Time) (*Vehicle, error) {
+	b, err := os.ReadFile(filepath.Join(dir, configFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s holds no vehicle; create one with roadsign-agent init", client.ErrUsage, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open vehicle: %w", err)
+	}
+	v := &Vehicle{Dir: dir, now: now}
+	if err := json.Unmarshal(b, &v.Config); err != nil {
+		return nil, fmt.Errorf("open vehicle: %s is damaged: %w", configFile, err)
+	}
+	return v, nil
+}
+
+// Close releases the lock.
+func (v *Vehicle) Close() error {
+	if v.lock == nil {
+		return nil
+	}
+	return v.lock.Close()
+}
+
+// ImageRepoDir is the image repository's metadata cache.
+func (v *Vehicle) ImageRepoDir() string { return filepath.Join(v.Dir, "tuf", "image") }
+
+// DirectorRepoDir is the director repository's metadata cache.
+func (v *Vehicle) DirectorRepoDir() string { return filepath.Join(v.Dir, "tuf", "director") }
+
+// KeyPath is the vehicle's private key.
+func (v *Vehicle) KeyPath() string { return filepath.Join(v.Dir, "vehicle.key") }
+
+// ECU returns the slots and boot control of one ECU.
+func (v *Vehicle) ECU(e ECUConfig) *bootctl.ECU {
+	return bootctl.New(filepath.Join(v.Dir, "ecus", e.Serial), e.Type, e.HardwareID, v.now)
+}
