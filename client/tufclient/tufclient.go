@@ -107,11 +107,11 @@ func (r *Repo) dropDamaged() {
 func (r *Repo) classify(err error) error {
 	switch {
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
-		return fmt.Errorf("%w: %s repository: metadata has expired (%v); the server must re-sign it — check the server's /status", client.ErrRefused, r.Name, err)
+		return fmt.Errorf("%w: %s repository: metadata has expired (%v); nothing installed; the server must re-sign it, check its /status", client.ErrRefused, r.Name, err)
 	case errors.Is(err, &metadata.ErrBadVersionNumber{}):
-		return fmt.Errorf("%w: %s repository: rollback attack suspected: %v", client.ErrRefused, r.Name, err)
+		return fmt.Errorf("%w: %s repository: rollback attack suspected: %v; nothing installed", client.ErrRefused, r.Name, err)
 	case errors.Is(err, &metadata.ErrRepository{}), errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
-		return fmt.Errorf("%w: %s repository: %v", client.ErrRefused, r.Name, err)
+		return fmt.Errorf("%w: %s repository: %v; nothing installed", client.ErrRefused, r.Name, err)
 	case download.IsNotFound(err):
 		return fmt.Errorf("%s repository at %s has no published metadata yet (%v)", r.Name, r.MetadataURL, err)
 	}

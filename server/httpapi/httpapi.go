@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -24,6 +25,9 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/repo"
 )
+
+// ginMode sets gin's process-wide mode once; gin keeps it in a global.
+var ginMode sync.Once
 
 // maxJSONBody caps JSON request bodies (publish carries targets metadata).
 const maxJSONBody = 16 << 20
@@ -49,7 +53,7 @@ type api struct {
 
 // New returns the server's http.Handler.
 func New(d Deps) http.Handler {
-	gin.SetMode(gin.ReleaseMode)
+	ginMode.Do(func() { gin.SetMode(gin.ReleaseMode) })
 	a := &api{Deps: d, adminHash: sha256.Sum256([]byte(d.AdminToken))}
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
