@@ -43,7 +43,7 @@ type sample struct {
 
 func samplesDir() string { return filepath.Join("..", "..", "firmware-samples") }
 
-func loadSamples(t *testing.T) []sample {
+func loadSamples(t testing.TB) []sample {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(samplesDir(), "samples.json"))
 	if err != nil {
@@ -56,7 +56,7 @@ func loadSamples(t *testing.T) []sample {
 	return s
 }
 
-func findSample(t *testing.T, hw, version string) sample {
+func findSample(t testing.TB, hw, version string) sample {
 	t.Helper()
 	for _, s := range loadSamples(t) {
 		if s.HardwareID == hw && s.Version == version {
@@ -69,7 +69,7 @@ func findSample(t *testing.T, hw, version string) sample {
 
 // world is one server with a signing workspace and its vehicles.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	data   string
 	url    string
@@ -99,7 +99,7 @@ func (l *lockedBuffer) String() string {
 }
 
 // newWorld starts a server on 127.0.0.1:0 with extra flags.
-func newWorld(t *testing.T, extra ...string) *world {
+func newWorld(t testing.TB, extra ...string) *world {
 	t.Helper()
 	w := &world{t: t, dir: t.TempDir(), extra: extra, env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
 	w.data = filepath.Join(w.dir, "data")
@@ -178,7 +178,7 @@ func (w *world) mustSigner(args ...string) result {
 var instantRetry = download.Policy{MaxAttempts: 3, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 	Sleep: func(ctx context.Context, d time.Duration) error { return ctx.Err() }}
 
-func agent(t *testing.T, args ...string) result {
+func agent(t testing.TB, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
 	p := instantRetry
@@ -282,7 +282,7 @@ type ecuStatus struct {
 	LastResult string `json:"lastResult"`
 }
 
-func status(t *testing.T, v vehicleState) map[string]ecuStatus {
+func status(t testing.TB, v vehicleState) map[string]ecuStatus {
 	t.Helper()
 	r := agent(t, "status", "--state", v.dir, "--json")
 	if r.code != 0 {
@@ -302,7 +302,7 @@ func status(t *testing.T, v vehicleState) map[string]ecuStatus {
 }
 
 // activeBytes hashes each ECU's active slot file as it is on disk.
-func activeBytes(t *testing.T, v vehicleState) map[string]string {
+func activeBytes(t testing.TB, v vehicleState) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for typ, e := range status(t, v) {
@@ -319,7 +319,7 @@ func activeBytes(t *testing.T, v vehicleState) map[string]string {
 	return out
 }
 
-func versions(t *testing.T, v vehicleState) map[string]string {
+func versions(t testing.TB, v vehicleState) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for typ, e := range status(t, v) {
@@ -398,7 +398,7 @@ func (w *world) forgeSnapshotAndTimestamp(tv int64, exp time.Time) {
 	w.writeBlob("repo/timestamp.json", raw)
 }
 
-func httpGet(t *testing.T, url string, hdr map[string]string) (*http.Response, []byte) {
+func httpGet(t testing.TB, url string, hdr map[string]string) (*http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
