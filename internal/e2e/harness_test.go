@@ -23,8 +23,8 @@ import (
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
 	"github.com/roadsign/roadsign/client/download"
-	"github.com/roadsign/roadsign/server/repo"
 	servercli "github.com/roadsign/roadsign/server/cli"
+	"github.com/roadsign/roadsign/server/repo"
 	signercli "github.com/roadsign/roadsign/signer/cli"
 	"github.com/roadsign/roadsign/signer/meta"
 )
@@ -331,7 +331,9 @@ func versions(t testing.TB, v vehicleState) map[string]string {
 // --- direct access to the server's repository, playing an attacker who
 // holds the online keys or the storage ---
 
-func (w *world) blobPath(key string) string { return filepath.Join(w.data, "blobs", filepath.FromSlash(key)) }
+func (w *world) blobPath(key string) string {
+	return filepath.Join(w.data, "blobs", filepath.FromSlash(key))
+}
 
 func (w *world) readBlob(key string) []byte {
 	w.t.Helper()

@@ -10,8 +10,8 @@ func TestValidate(t *testing.T) {
 		vin     string
 		wantErr string
 	}{
-		{"1M8GDM9AXKP042788", ""},  // the textbook example
-		{"11111111111111111", ""},  // all ones: check digit 1
+		{"1M8GDM9AXKP042788", ""}, // the textbook example
+		{"11111111111111111", ""}, // all ones: check digit 1
 		{"JTMBFREV0ND001001", "check digit"},
 		{"1M8GDM9AXKP04278", "17"},
 		{"1M8GDM9AXKP0427888", "17"},

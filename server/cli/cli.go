@@ -168,14 +168,14 @@ func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 	return nil, usageError{fmt.Errorf("--log-format %q: want json or text", c.logFormat)}
 }
 
-func openBlobs(ctx context.Context, c config) (server.BlobStore, error) {
+func openBlobs(ctx context.Context, c config, getenv func(string) string) (server.BlobStore, error) {
 	switch {
 	case c.blob == "":
 		return fsblob.New(filepath.Join(c.data, "blobs"))
 	case strings.HasPrefix(c.blob, "file://"):
 		return fsblob.New(strings.TrimPrefix(c.blob, "file://"))
 	case strings.HasPrefix(c.blob, "s3://"):
-		sc, err := s3blob.ParseURL(c.blob)
+		sc, err := s3blob.ParseURL(c.blob, getenv)
 		if err != nil {
 			return nil, usageError{err}
 		}
@@ -196,7 +196,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return err
 	}
-	blobs, err := openBlobs(ctx, c)
+	blobs, err := openBlobs(ctx, c, env.Getenv)
 	if err != nil {
 		return err
 	}

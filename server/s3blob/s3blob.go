@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 
 	"github.com/minio/minio-go/v7"
@@ -42,8 +41,9 @@ type Config struct {
 }
 
 // ParseURL reads s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false&region=R.
-// Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
-func ParseURL(raw string) (Config, error) {
+// Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, looked
+// up with getenv.
+func ParseURL(raw string, getenv func(string) string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "s3" || u.Host == "" {
 		return Config{}, fmt.Errorf("blob URL %q: want s3://BUCKET?endpoint=HOST:PORT&secure=false", raw)
@@ -54,8 +54,8 @@ func ParseURL(raw string) (Config, error) {
 		Bucket:    u.Host,
 		Region:    q.Get("region"),
 		Secure:    true,
-		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"),
-		SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
+		AccessKey: getenv("AWS_ACCESS_KEY_ID"),
+		SecretKey: getenv("AWS_SECRET_ACCESS_KEY"),
 	}
 	if p := u.Path; len(p) > 1 {
 		c.Prefix = p[1:]

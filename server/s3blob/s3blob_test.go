@@ -47,7 +47,7 @@ func TestParseURL(t *testing.T) {
 		{in: "s3://fw?endpoint=h:1&secure=maybe", wantErr: true},
 	}
 	for _, tt := range tests {
-		got, err := s3blob.ParseURL(tt.in)
+		got, err := s3blob.ParseURL(tt.in, func(string) string { return "" })
 		if (err != nil) != tt.wantErr {
 			t.Errorf("%s: err = %v", tt.in, err)
 			continue
