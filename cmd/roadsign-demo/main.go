@@ -1,0 +1,266 @@
+// Command roadsign-demo walks through Roadsign end to end on embedded
+// defaults, running the real binaries and printing every command: a server
+// in a temporary directory, a signing workspace, the committed firmware
+// samples signed and published, a vehicle on version 1 of each ECU, one
+// update, and the vehicle's status before and after. `make demo` runs it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/roadsign/roadsign/internal/vin"
+)
+
+type sample struct {
+	File           string `json:"file"`
+	ECU            string `json:"ecu"`
+	HardwareID     string `json:"hardwareId"`
+	Version        string `json:"version"`
+	ReleaseCounter int    `json:"releaseCounter"`
+	Bootable       bool   `json:"bootable"`
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "roadsign-demo: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type demo struct {
+	bin, tmp string
+	out      io.Writer
+	env      []string
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("roadsign-demo", flag.ContinueOnError)
+	bin := fs.String("bin", "bin", "directory with roadsign-server, roadsign-signer and roadsign-agent")
+	samples := fs.String("samples", "firmware-samples", "firmware samples directory")
+	keep := fs.Bool("keep", false, "keep the temporary directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	absBin, err := filepath.Abs(*bin)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "roadsign-demo-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(tmp)
+	}
+	d := &demo{bin: absBin, tmp: tmp, out: out}
+	start := time.Now()
+
+	list, err := loadSamples(*samples)
+	if err != nil {
+		return err
+	}
+	token := fmt.Sprintf("demo-admin-%d", time.Now().UnixNano())
+	d.env = append(os.Environ(), "ROADSIGN_ADMIN_TOKEN="+token)
+	data := filepath.Join(tmp, "server-data")
+	ws := filepath.Join(tmp, "signing-workspace")
+	state := filepath.Join(tmp, "vehicle")
+
+	d.step("1. The operator creates the server's online keys and starts it on embedded defaults (SQLite + local files).")
+	if err := d.cmd(ctx, "roadsign-server", "init", "--data", data); err != nil {
+		return err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	url := "http://" + addr
+	srv, err := d.startServer(data, addr, url)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	d.step("2. The release engineer creates an offline signing workspace (2-of-3 root keys) from the server's public online keys.")
+	if err := d.cmd(ctx, "roadsign-signer", "init", ws, "--online-keys", filepath.Join(data, "online-keys.json")); err != nil {
+		return err
+	}
+	d.step("3. ...signs every bootable firmware sample with its ECU type, hardware ID, version and release counter...")
+	for _, s := range list {
+		if !s.Bootable {
+			continue
+		}
+		if err := d.cmd(ctx, "roadsign-signer", "add", ws, filepath.Join(*samples, s.File), "--ecu", s.ECU,
+			"--hardware-id", s.HardwareID, "--version", s.Version, "--release-counter", fmt.Sprint(s.ReleaseCounter)); err != nil {
+			return err
+		}
+	}
+	d.step("4. ...and publishes: images are uploaded, the server signs snapshot and timestamp with its online keys.")
+	if err := d.cmd(ctx, "roadsign-signer", "publish", ws, "--server", url, "--token", token); err != nil {
+		return err
+	}
+	if err := d.cmd(ctx, "roadsign-signer", "status", ws); err != nil {
+		return err
+	}
+
+	hu, dcm := oldest(list, "head-unit"), oldest(list, "dcm")
+	v, err := makeVIN(1)
+	if err != nil {
+		return err
+	}
+	d.step("5. A vehicle is provisioned: its head unit and DCM run version 1 from slot A; both roots are pinned.")
+	if err := d.cmd(ctx, "roadsign-agent", "init", "--state", state, "--server", url, "--vin", v,
+		"--image-root", filepath.Join(ws, "image.root.json"), "--director-root", filepath.Join(ws, "director.root.json"),
+		"--ecu", fmt.Sprintf("head-unit:HU000001:%s:%s", hu.HardwareID, filepath.Join(*samples, hu.File)),
+		"--ecu", fmt.Sprintf("dcm:DCM000001:%s:%s", dcm.HardwareID, filepath.Join(*samples, dcm.File))); err != nil {
+		return err
+	}
+	d.step("Status before the update:")
+	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
+		return err
+	}
+	d.step("6. The vehicle updates: verify the image repository from its pinned root, stream each image into the inactive slot, check length and sha256, trial-boot, commit.")
+	if err := d.cmd(ctx, "roadsign-agent", "update", "--state", state); err != nil {
+		return err
+	}
+	d.step("Status after the update:")
+	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
+		return err
+	}
+	if err := srv.stop(); err != nil {
+		return err
+	}
+	d.step(fmt.Sprintf("Done in %s; the server was stopped with SIGTERM and exited cleanly.", time.Since(start).Round(100*time.Millisecond)))
+	return nil
+}
+
+func (d *demo) step(s string) { fmt.Fprintf(d.out, "\n== %s\n", s) }
+
+func (d *demo) cmd(ctx context.Context, name string, args ...string) error {
+	fmt.Fprintf(d.out, "$ %s %s\n", name, strings.ReplaceAll(strings.Join(args, " "), d.tmp, "$DEMO"))
+	c := exec.CommandContext(ctx, filepath.Join(d.bin, name), args...)
+	c.Stdout, c.Stderr, c.Env = d.out, d.out, d.env
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w", name, args[0], err)
+	}
+	return nil
+}
+
+type server struct {
+	cmd  *exec.Cmd
+	done chan error
+	log  string
+}
+
+func (d *demo) startServer(data, addr, url string) (*server, error) {
+	logPath := filepath.Join(d.tmp, "server.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(d.out, "$ roadsign-server --listen %s --data $DEMO/server-data   (log: $DEMO/server.log)\n", addr)
+	c := exec.Command(filepath.Join(d.bin, "roadsign-server"), "--listen", addr, "--data", data)
+	c.Stdout, c.Stderr, c.Env = logf, logf, d.env
+	if err := c.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	s := &server{cmd: c, done: make(chan error, 1), log: logPath}
+	go func() { s.done <- c.Wait(); logf.Close() }()
+	for i := 0; i < 100; i++ {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return s, nil
+		}
+		select {
+		case err := <-s.done:
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("server exited: %v\n%s", err, b)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	s.stop()
+	return nil, errors.New("server did not answer /healthz within 10s")
+}
+
+func (s *server) stop() error {
+	if s.cmd.ProcessState != nil {
+		return nil
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			return fmt.Errorf("server did not exit cleanly on SIGTERM: %w", err)
+		}
+		return nil
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		return errors.New("server ignored SIGTERM for 20s; killed it")
+	}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func loadSamples(dir string) ([]sample, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "samples.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read samples: %w", err)
+	}
+	var list []sample
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("samples.json: %w", err)
+	}
+	return list, nil
+}
+
+// oldest returns the first release of the first hardware ID of an ECU type.
+func oldest(list []sample, ecu string) sample {
+	var c []sample
+	for _, s := range list {
+		if s.ECU == ecu && s.Bootable {
+			c = append(c, s)
+		}
+	}
+	sort.Slice(c, func(i, j int) bool {
+		if c[i].HardwareID != c[j].HardwareID {
+			return c[i].HardwareID > c[j].HardwareID
+		}
+		return c[i].ReleaseCounter < c[j].ReleaseCounter
+	})
+	return c[0]
+}
+
+func makeVIN(n int) (string, error) {
+	base := fmt.Sprintf("JTMBFREV0N%07d", n)
+	d, err := vin.CheckDigit(base)
+	if err != nil {
+		return "", err
+	}
+	return base[:8] + string(d) + base[9:], nil
+}
