@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path"
 	"sort"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/progress"
+	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // PublishOptions say where to publish.
@@ -79,8 +79,7 @@ func (w *Workspace) Publish(ctx context.Context, o PublishOptions) (PublishResul
 		if !ok {
 			return res, fmt.Errorf("%w: target %s is signed but the workspace does not know its file; add it again", ErrUsage, p)
 		}
-		dir, name := path.Split(p)
-		rel := escapePath(dir + hex.EncodeToString(tf.Hashes["sha256"]) + "." + name)
+		rel := meta.ConsistentPath(p, hex.EncodeToString(tf.Hashes["sha256"]), true)
 		there, err := exists(ctx, o.Client, base+"/repo/targets/"+rel, tf.Length)
 		if err != nil {
 			return res, err
@@ -130,14 +129,6 @@ func (w *Workspace) Publish(ctx context.Context, o PublishOptions) (PublishResul
 		return res, fmt.Errorf("publish metadata: bad answer from server: %w", err)
 	}
 	return res, nil
-}
-
-func escapePath(p string) string {
-	segs := strings.Split(p, "/")
-	for i, s := range segs {
-		segs[i] = url.PathEscape(s)
-	}
-	return strings.Join(segs, "/")
 }
 
 func exists(ctx context.Context, c *http.Client, target string, length int64) (bool, error) {

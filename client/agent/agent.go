@@ -12,10 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"path"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -234,8 +232,8 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	if w.Offset() > 0 {
 		a.Log.Info("resuming download", "target", p.path, "offset", w.Offset(), "length", p.tf.Length)
 	}
-	dir, name := path.Split(p.path)
-	url := a.V.Server + "/repo/targets/" + escapePath(dir+sum+"."+name)
+	name := path.Base(p.path)
+	url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(p.path, sum, true)
 	bar := progress.New(a.Progress, "downloading "+name, p.tf.Length, w.Offset())
 	res, err := download.Fetch(ctx, a.Client, download.Target{
 		URL: url, Length: p.tf.Length, Offset: w.Offset(), W: w,
@@ -261,14 +259,6 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	}
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
 	return n, w.Finish(a.Faults.Hooks())
-}
-
-func escapePath(p string) string {
-	segs := strings.Split(p, "/")
-	for i, s := range segs {
-		segs[i] = url.PathEscape(s)
-	}
-	return strings.Join(segs, "/")
 }
 
 // Status is the vehicle's state as `status --json` prints it (CONTRACT.md).

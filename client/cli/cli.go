@@ -56,8 +56,6 @@ power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
 exit codes: 0 ok, 1 error, 2 usage, 3 refused for security (nothing installed),
 4 install failed and the ECU rolled back. 'roadsign-agent COMMAND --help' lists flags.`
 
-type usageError struct{ error }
-
 // Run runs roadsign-agent with args (without the program name).
 func Run(ctx context.Context, args []string, env Env) int {
 	if env.Now == nil {
@@ -77,7 +75,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
-	case errors.As(err, new(usageError)), errors.Is(err, client.ErrUsage):
+	case errors.As(err, new(envflag.UsageError)), errors.Is(err, client.ErrUsage):
 		return exitUsage
 	case errors.Is(err, client.ErrRefused):
 		return exitRefused
@@ -88,23 +86,11 @@ func exitCode(err error) int {
 }
 
 func run(ctx context.Context, args []string, env Env) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprintln(env.Stdout, usage)
-		if len(args) == 0 {
-			return usageError{errors.New("missing command")}
-		}
-		return nil
-	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "init":
-		return cmdInit(args, env)
-	case "update":
-		return cmdUpdate(ctx, args, env)
-	case "status":
-		return cmdStatus(args, env)
-	}
-	return usageError{fmt.Errorf("unknown command %q; run roadsign-agent help", cmd)}
+	return envflag.Dispatch("roadsign-agent", usage, args, env.Stdout, map[string]func([]string) error{
+		"init":   func(a []string) error { return cmdInit(a, env) },
+		"update": func(a []string) error { return cmdUpdate(ctx, a, env) },
+		"status": func(a []string) error { return cmdStatus(a, env) },
+	})
 }
 
 type stringList []string
@@ -114,25 +100,13 @@ func (s *stringList) Set(v string) error { *s = append(*s, strings.Fields(v)...)
 
 func parse(fs *flag.FlagSet, args []string, env Env, synopsis string) error {
 	fs.SetOutput(env.Stderr)
-	envflag.Usage(fs, synopsis)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q; usage: %s", fs.Arg(0), synopsis)}
-	}
-	if err := envflag.Apply(fs, env.Getenv); err != nil {
-		return usageError{err}
-	}
-	return nil
+	_, err := envflag.Parse(fs, args, env.Getenv, 0, synopsis)
+	return err
 }
 
 func requireState(state string) error {
 	if state == "" {
-		return usageError{errors.New("--state DIR is required")}
+		return envflag.Usagef("--state DIR is required")
 	}
 	return nil
 }
@@ -154,25 +128,25 @@ func cmdInit(args []string, env Env) error {
 		return err
 	}
 	if *server == "" || *vinFlag == "" || *imageRoot == "" || *directorRoot == "" {
-		return usageError{fmt.Errorf("init needs --server, --vin, --image-root and --director-root; usage: %s", synopsis)}
+		return envflag.Usagef("init needs --server, --vin, --image-root and --director-root; usage: %s", synopsis)
 	}
 	cfg := vehicle.Config{VIN: *vinFlag, Server: strings.TrimRight(*server, "/")}
 	firmware := map[string]string{}
 	for _, spec := range ecus {
 		parts := strings.SplitN(spec, ":", 4)
 		if len(parts) != 4 {
-			return usageError{fmt.Errorf("--ecu %q: want TYPE:SERIAL:HWID:FIRMWARE_FILE", spec)}
+			return envflag.Usagef("--ecu %q: want TYPE:SERIAL:HWID:FIRMWARE_FILE", spec)
 		}
 		cfg.ECUs = append(cfg.ECUs, vehicle.ECUConfig{Type: parts[0], Serial: parts[1], HardwareID: parts[2]})
 		firmware[parts[1]] = parts[3]
 	}
 	ir, err := os.ReadFile(*imageRoot)
 	if err != nil {
-		return usageError{fmt.Errorf("--image-root: %v", err)}
+		return envflag.Usagef("--image-root: %v", err)
 	}
 	dr, err := os.ReadFile(*directorRoot)
 	if err != nil {
-		return usageError{fmt.Errorf("--director-root: %v", err)}
+		return envflag.Usagef("--director-root: %v", err)
 	}
 	v, err := vehicle.Create(*state, cfg, ir, dr, firmware, env.Now)
 	if err != nil {
@@ -195,7 +169,7 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 	}
 	faults, err := fault.Parse(*simulate)
 	if err != nil {
-		return usageError{fmt.Errorf("--simulate: %v", err)}
+		return envflag.Usagef("--simulate: %v", err)
 	}
 	faults.Kill = env.Kill
 	v, err := vehicle.Open(*state, env.Now)

@@ -119,16 +119,9 @@ func Create(dir string, c Config, imageRoot, directorRoot []byte, firmware map[s
 // Open opens an existing state directory and takes its lock, so two agent
 // processes never install on one vehicle at once. Close releases it.
 func Open(dir string, now func() time.Time) (*Vehicle, error) {
-	b, err := os.ReadFile(filepath.Join(dir, configFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s holds no vehicle; create one with roadsign-agent init", client.ErrUsage, dir)
-	}
+	v, err := OpenReadOnly(dir, now)
 	if err != nil {
-		return nil, fmt.Errorf("open vehicle: %w", err)
-	}
-	v := &Vehicle{Dir: dir, now: now}
-	if err := json.Unmarshal(b, &v.Config); err != nil {
-		return nil, fmt.Errorf("open vehicle: %s is damaged: %w", configFile, err)
+		return nil, err
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,17 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/vin"
 )
-
-type sample struct {
-	File           string `json:"file"`
-	ECU            string `json:"ecu"`
-	HardwareID     string `json:"hardwareId"`
-	Version        string `json:"version"`
-	ReleaseCounter int    `json:"releaseCounter"`
-	Bootable       bool   `json:"bootable"`
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -73,7 +64,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d := &demo{bin: absBin, tmp: tmp, out: out}
 	start := time.Now()
 
-	list, err := loadSamples(*samples)
+	list, err := fwimage.LoadSamples(*samples)
 	if err != nil {
 		return err
 	}
@@ -227,21 +218,9 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func loadSamples(dir string) ([]sample, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "samples.json"))
-	if err != nil {
-		return nil, fmt.Errorf("read samples: %w", err)
-	}
-	var list []sample
-	if err := json.Unmarshal(b, &list); err != nil {
-		return nil, fmt.Errorf("samples.json: %w", err)
-	}
-	return list, nil
-}
-
 // oldest returns the first release of the first hardware ID of an ECU type.
-func oldest(list []sample, ecu string) sample {
-	var c []sample
+func oldest(list []fwimage.Sample, ecu string) fwimage.Sample {
+	var c []fwimage.Sample
 	for _, s := range list {
 		if s.ECU == ecu && s.Bootable {
 			c = append(c, s)

@@ -16,17 +16,6 @@ import (
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 )
 
-// Sample is one entry of samples.json.
-type Sample struct {
-	File           string `json:"file"`
-	ECU            string `json:"ecu"`
-	HardwareID     string `json:"hardwareId"`
-	Version        string `json:"version"`
-	ReleaseCounter int    `json:"releaseCounter"`
-	Bootable       bool   `json:"bootable"`
-	Size           int64  `json:"size"`
-}
-
 func main() {
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "gen: %v\n", err)
@@ -83,8 +72,8 @@ func writeImage(path string, s fwimage.Spec) error {
 
 // catalogue is the committed sample set: two hardware IDs per ECU type,
 // three versions each, and one DCM image that verifies but does not boot.
-func catalogue() []Sample {
-	var out []Sample
+func catalogue() []fwimage.Sample {
+	var out []fwimage.Sample
 	hw := []struct{ ecu, id string }{
 		{fwimage.HeadUnit, "HU-GEN5-NA"}, {fwimage.HeadUnit, "HU-GEN5-EU"},
 		{fwimage.DCM, "DCM-4G-24MM"}, {fwimage.DCM, "DCM-5G-25MM"},
@@ -92,14 +81,14 @@ func catalogue() []Sample {
 	versions := []string{"1.0.0", "1.1.0", "2.0.0"}
 	for i, h := range hw {
 		for j, v := range versions {
-			out = append(out, Sample{
+			out = append(out, fwimage.Sample{
 				File: fmt.Sprintf("%s-%s-%s.img", h.ecu, h.id, v), ECU: h.ecu, HardwareID: h.id,
 				Version: v, ReleaseCounter: j + 1, Bootable: true,
 				Size: int64(192+32*i+64*j) << 10,
 			})
 		}
 	}
-	out = append(out, Sample{
+	out = append(out, fwimage.Sample{
 		File: "dcm-DCM-4G-24MM-2.1.0-bootfail.img", ECU: fwimage.DCM, HardwareID: "DCM-4G-24MM",
 		Version: "2.1.0", ReleaseCounter: 4, Bootable: false, Size: 200 << 10,
 	})
@@ -109,8 +98,7 @@ func catalogue() []Sample {
 func writeSamples(dir string) error {
 	list := catalogue()
 	for _, s := range list {
-		spec := fwimage.Spec{ECU: s.ECU, HardwareID: s.HardwareID, Version: s.Version, Size: s.Size, Unbootable: !s.Bootable}
-		if err := writeImage(filepath.Join(dir, s.File), spec); err != nil {
+		if err := writeImage(filepath.Join(dir, s.File), s.Spec()); err != nil {
 			return err
 		}
 	}

@@ -23,6 +23,7 @@ import (
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
 	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	servercli "github.com/roadsign/roadsign/server/cli"
 	"github.com/roadsign/roadsign/server/repo"
 	signercli "github.com/roadsign/roadsign/signer/cli"
@@ -31,26 +32,14 @@ import (
 
 const adminToken = "e2e-admin-token"
 
-// sample is an entry of firmware-samples/samples.json.
-type sample struct {
-	File           string `json:"file"`
-	ECU            string `json:"ecu"`
-	HardwareID     string `json:"hardwareId"`
-	Version        string `json:"version"`
-	ReleaseCounter int    `json:"releaseCounter"`
-	Bootable       bool   `json:"bootable"`
-}
+type sample = fwimage.Sample
 
 func samplesDir() string { return filepath.Join("..", "..", "firmware-samples") }
 
 func loadSamples(t testing.TB) []sample {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(samplesDir(), "samples.json"))
+	s, err := fwimage.LoadSamples(samplesDir())
 	if err != nil {
-		t.Fatal(err)
-	}
-	var s []sample
-	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
 	return s

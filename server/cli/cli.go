@@ -45,8 +45,6 @@ type Env struct {
 	OnListen func(addr string)
 }
 
-type usageError struct{ error }
-
 type config struct {
 	listen          string
 	data            string
@@ -69,7 +67,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
-	case errors.As(err, new(usageError)):
+	case errors.As(err, new(envflag.UsageError)):
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
 		return exitUsage
 	default:
@@ -89,7 +87,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve] [flags]; roadsign-server serve --help lists the flags")
 		return nil
 	default:
-		return usageError{fmt.Errorf("unknown command %q; want init or serve", cmd)}
+		return envflag.Usagef("unknown command %q; want init or serve", cmd)
 	}
 	cfg, err := parseFlags(cmd, args, env)
 	if err != nil {
@@ -117,21 +115,11 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 	}
-	envflag.Usage(fs, "roadsign-server "+cmd+" [flags]")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return c, err
-		}
-		return c, usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return c, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	if err := envflag.Apply(fs, env.Getenv); err != nil {
-		return c, usageError{err}
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server "+cmd+" [flags]"); err != nil {
+		return c, err
 	}
 	if c.timestampExpiry < 2*time.Second && cmd == "serve" {
-		return c, usageError{fmt.Errorf("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)}
+		return c, envflag.Usagef("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)
 	}
 	return c, nil
 }
@@ -156,7 +144,7 @@ func initData(dir string, out io.Writer) error {
 func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return nil, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)}
+		return nil, envflag.Usagef("--log-level %q: want debug, info, warn or error", c.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch c.logFormat {
@@ -165,7 +153,7 @@ func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
-	return nil, usageError{fmt.Errorf("--log-format %q: want json or text", c.logFormat)}
+	return nil, envflag.Usagef("--log-format %q: want json or text", c.logFormat)
 }
 
 func openBlobs(ctx context.Context, c config, getenv func(string) string) (server.BlobStore, error) {
@@ -177,11 +165,11 @@ func openBlobs(ctx context.Context, c config, getenv func(string) string) (serve
 	case strings.HasPrefix(c.blob, "s3://"):
 		sc, err := s3blob.ParseURL(c.blob, getenv)
 		if err != nil {
-			return nil, usageError{err}
+			return nil, envflag.UsageError{Err: err}
 		}
 		return s3blob.New(ctx, sc)
 	}
-	return nil, usageError{fmt.Errorf("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)}
+	return nil, envflag.Usagef("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)
 }
 
 func serve(ctx context.Context, c config, env Env) error {

@@ -385,8 +385,7 @@ func TargetKey(targetPath string, tf *metadata.TargetFiles) (string, error) {
 	if !ok || len(h) != sha256.Size {
 		return "", errors.New("target has no sha256 hash")
 	}
-	dir, name := path.Split(targetPath)
-	key := imagePrefix + "targets/" + dir + hex.EncodeToString(h) + "." + name
+	key := imagePrefix + "targets/" + meta.ConsistentPath(targetPath, hex.EncodeToString(h), false)
 	if err := server.CheckBlobKey(key); err != nil {
 		return "", fmt.Errorf("unsafe target path: %w", err)
 	}

@@ -45,8 +45,6 @@ commands:
 
 'roadsign-signer COMMAND --help' lists a command's flags.`
 
-type usageError struct{ error }
-
 // Run runs roadsign-signer with args (without the program name).
 func Run(ctx context.Context, args []string, env Env) int {
 	if env.Now == nil {
@@ -56,7 +54,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
-	case errors.As(err, new(usageError)), errors.Is(err, signer.ErrUsage):
+	case errors.As(err, new(envflag.UsageError)), errors.Is(err, signer.ErrUsage):
 		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", strings.TrimPrefix(err.Error(), "usage: "))
 		return exitUsage
 	case errors.Is(err, signer.ErrSecurity):
@@ -69,27 +67,13 @@ func Run(ctx context.Context, args []string, env Env) int {
 }
 
 func run(ctx context.Context, args []string, env Env) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprintln(env.Stdout, usage)
-		if len(args) == 0 {
-			return usageError{errors.New("missing command")}
-		}
-		return nil
-	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "init":
-		return cmdInit(args, env)
-	case "add":
-		return cmdAdd(args, env)
-	case "publish":
-		return cmdPublish(ctx, args, env)
-	case "status":
-		return cmdStatus(args, env)
-	case "rotate":
-		return cmdRotate(args, env)
-	}
-	return usageError{fmt.Errorf("unknown command %q; run roadsign-signer help", cmd)}
+	return envflag.Dispatch("roadsign-signer", usage, args, env.Stdout, map[string]func([]string) error{
+		"init":    func(a []string) error { return cmdInit(a, env) },
+		"add":     func(a []string) error { return cmdAdd(a, env) },
+		"publish": func(a []string) error { return cmdPublish(ctx, a, env) },
+		"status":  func(a []string) error { return cmdStatus(a, env) },
+		"rotate":  func(a []string) error { return cmdRotate(a, env) },
+	})
 }
 
 // stringList is a repeatable string flag.
@@ -108,33 +92,9 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
-// parse parses flags that may come before or after the positional
-// arguments, and applies ROADSIGN_* environment variables.
 func parse(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) ([]string, error) {
 	fs.SetOutput(env.Stderr)
-	envflag.Usage(fs, synopsis)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, usageError{err}
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-	if err := envflag.Apply(fs, env.Getenv); err != nil {
-		return nil, usageError{err}
-	}
-	if len(pos) != positional {
-		return nil, usageError{fmt.Errorf("usage: %s", synopsis)}
-	}
-	return pos, nil
+	return envflag.Parse(fs, args, env.Getenv, positional, synopsis)
 }
 
 func cmdInit(args []string, env Env) error {
@@ -149,15 +109,15 @@ func cmdInit(args []string, env Env) error {
 		return err
 	}
 	if *online == "" {
-		return usageError{errors.New("init needs --online-keys FILE (written by roadsign-server init)")}
+		return envflag.Usagef("init needs --online-keys FILE (written by roadsign-server init)")
 	}
 	b, err := os.ReadFile(*online)
 	if err != nil {
-		return usageError{fmt.Errorf("--online-keys: %v", err)}
+		return envflag.Usagef("--online-keys: %v", err)
 	}
 	var ok meta.OnlineKeys
 	if err := json.Unmarshal(b, &ok); err != nil {
-		return usageError{fmt.Errorf("--online-keys %s: not an online-keys.json: %v", *online, err)}
+		return envflag.Usagef("--online-keys %s: not an online-keys.json: %v", *online, err)
 	}
 	w, err := signer.Init(pos[0], signer.InitOptions{
 		OnlineKeys: ok, RootKeys: *n, RootThreshold: *m, RootExpiry: *rootExp, TargetsExpiry: *targetsExp,
@@ -300,7 +260,7 @@ func cmdRotate(args []string, env Env) error {
 		fmt.Fprintf(env.Stdout, "rotated %s root keys: root v%d is signed by the old and the new keys; publish it\n", *repoName, v)
 	case "targets":
 		if *repoName != signer.Image {
-			return usageError{errors.New("--role targets applies to the image repository; the director's targets key is the server's online key")}
+			return envflag.Usagef("--role targets applies to the image repository; the director's targets key is the server's online key")
 		}
 		rv, tv, err := w.RotateTargets()
 		if err != nil {
@@ -308,7 +268,7 @@ func cmdRotate(args []string, env Env) error {
 		}
 		fmt.Fprintf(env.Stdout, "rotated the targets key: root v%d lists it, targets v%d is signed with it; publish them\n", rv, tv)
 	default:
-		return usageError{fmt.Errorf("--role %q: want root or targets", *role)}
+		return envflag.Usagef("--role %q: want root or targets", *role)
 	}
 	return nil
 }

@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
+	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -40,6 +43,22 @@ func TargetCustom(tf *metadata.TargetFiles) (Custom, error) {
 // Supports reports whether the target is built for this ECU type and hardware ID.
 func (c Custom) Supports(ecu, hardwareID string) bool {
 	return c.ECU == ecu && slices.Contains(c.HardwareIDs, hardwareID)
+}
+
+// ConsistentPath is where a target is stored under consistent snapshots:
+// DIR/SHA256.NAME for target path DIR/NAME. With escape, each segment is
+// URL-path-escaped, ready to append to a base URL.
+func ConsistentPath(targetPath, sha256hex string, escape bool) string {
+	dir, name := path.Split(targetPath)
+	p := dir + sha256hex + "." + name
+	if !escape {
+		return p
+	}
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return strings.Join(segs, "/")
 }
 
 // Expires returns now+d in UTC truncated to the second: other TUF clients
