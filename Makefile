@@ -6,7 +6,10 @@ VERSITYGW := $(TOOLS)/versitygw
 # Pinned S3-compatible server for the S3 blob-store suite (loopback only).
 VERSITYGW_VERSION := v1.8.0
 
-.PHONY: all build test demo bench lint tools clean
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+.PHONY: all build test demo bench torture lint tools clean
 
 all: build
 
@@ -16,7 +19,12 @@ build:
 # All tests, with the race detector, including the S3 suite against a real
 # versitygw that this target installs (first run: about 2-3 minutes).
 test: tools
-	ROADSIGN_REQUIRE_S3=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 14m ./...
+	ROADSIGN_REQUIRE_S3=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
+	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
+
+# SIGKILLs the real agent at random points of 500 installs.
+torture:
+	ROADSIGN_TORTURE_INSTALLS=500 $(GO) test -count=1 -timeout 30m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 
 # End to end on embedded defaults: server, signer, one vehicle, one update.
 demo: build

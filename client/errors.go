@@ -14,4 +14,7 @@ var (
 	ErrRolledBack = errors.New("rolled back")
 	// ErrUsage: bad flags or arguments (exit 2).
 	ErrUsage = errors.New("usage")
+	// ErrUnreachable: the server could not be reached or answered 5xx
+	// (exit 1; the daemon backs off and records DTC B15C4).
+	ErrUnreachable = errors.New("server unreachable")
 )

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path"
+	"slices"
 	"sort"
 	"time"
 
@@ -64,7 +65,16 @@ type ECUResult struct {
 
 // Report is the outcome of one update cycle.
 type Report struct {
-	ECUs []ECUResult `json:"ecus"`
+	// Recovery says what was finished or rolled back from the journal
+	// before the cycle (after a power loss).
+	Recovery []RecoveryNote `json:"recovery,omitempty"`
+	ECUs     []ECUResult    `json:"ecus"`
+}
+
+// RecoveryNote is what recovery did on one ECU.
+type RecoveryNote struct {
+	Serial string `json:"serial"`
+	What   string `json:"what"`
 }
 
 // plan is one chosen install.
@@ -93,10 +103,10 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 		did, err := a.V.ECU(e).Recover(hooks)
 		if did != "" {
 			a.Log.Info("recovered from journal", "ecu", e.Serial, "what", did)
+			rep.Recovery = append(rep.Recovery, RecoveryNote{Serial: e.Serial, What: did})
 		}
 		if errors.Is(err, client.ErrRolledBack) {
 			rolledBack = err
-			rep.ECUs = append(rep.ECUs, ECUResult{Type: e.Type, Serial: e.Serial, Outcome: RolledBack, Detail: err.Error()})
 			continue
 		}
 		if err != nil {
@@ -203,6 +213,10 @@ func (a *Agent) choose(e vehicle.ECUConfig, trusted *tufclient.Trusted) (*plan, 
 		if err != nil || !c.Supports(e.Type, e.HardwareID) || c.ReleaseCounter <= counter {
 			continue
 		}
+		if slices.Contains(rec.Failed, hex.EncodeToString(tf.Hashes["sha256"])) {
+			res.Detail = fmt.Sprintf("skipping %s: it failed its boot check on this ECU before", p)
+			continue
+		}
 		if best == nil || c.ReleaseCounter > best.custom.ReleaseCounter {
 			best = &plan{ecu: e, boot: boot, path: p, tf: tf, custom: c, from: from}
 		}
@@ -255,7 +269,10 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 		if perr := w.Pause(); perr != nil {
 			return n, fmt.Errorf("download %s: %v; and saving progress failed: %w", p.path, err, perr)
 		}
-		return n, fmt.Errorf("download %s: %w (%d of %d bytes kept; the next update resumes)", p.path, err, w.Offset(), p.tf.Length)
+		if errors.Is(err, download.ErrNotFound) {
+			return n, fmt.Errorf("download %s: %w (%d of %d bytes kept; the next update resumes)", p.path, err, w.Offset(), p.tf.Length)
+		}
+		return n, fmt.Errorf("%w: download %s: %v (%d of %d bytes kept; the next update resumes)", client.ErrUnreachable, p.path, err, w.Offset(), p.tf.Length)
 	}
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
 	return n, w.Finish(a.Faults.Hooks())
@@ -263,10 +280,10 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 
 // Status is the vehicle's state as `status --json` prints it (CONTRACT.md).
 type Status struct {
-	VIN           string      `json:"vin"`
-	ECUs          []ECUStatus `json:"ecus"`
-	Authorization AuthStatus  `json:"authorization"`
-	DTCs          []string    `json:"dtcs"`
+	VIN           string        `json:"vin"`
+	ECUs          []ECUStatus   `json:"ecus"`
+	Authorization AuthStatus    `json:"authorization"`
+	DTCs          []vehicle.DTC `json:"dtcs"`
 }
 
 // ECUStatus is one ECU's state.
@@ -296,7 +313,14 @@ type AuthStatus struct {
 
 // VehicleStatus reads the state directory.
 func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
-	st := Status{VIN: v.VIN, DTCs: []string{}, Authorization: AuthStatus{State: "not_authorized"}}
+	st := Status{VIN: v.VIN, DTCs: []vehicle.DTC{}, Authorization: AuthStatus{State: "not_authorized"}}
+	dtcs, err := v.DTCs()
+	if err != nil {
+		return st, err
+	}
+	if dtcs != nil {
+		st.DTCs = dtcs
+	}
 	for _, e := range v.ECUs {
 		b := v.ECU(e)
 		rec, err := b.LoadRecord()

@@ -56,7 +56,10 @@ type Record struct {
 	BootAttempts int                `json:"bootAttempts"`
 	Slots        map[Slot]*SlotInfo `json:"slots"`
 	LastResult   string             `json:"lastResult,omitempty"`
-	UpdatedAt    time.Time          `json:"updatedAt"`
+	// Failed lists sha256s of images that failed their boot check on this
+	// ECU; they are not tried again.
+	Failed    []string  `json:"failed,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // Phases of an install, in order; the journal names the one in progress.

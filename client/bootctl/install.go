@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/roadsign/roadsign/client"
 )
@@ -257,6 +258,9 @@ func (e *ECU) rollback(rec *Record, cause error) error {
 	version := "?"
 	if s := rec.Slots[failed]; s != nil {
 		version = s.Version
+		if !slices.Contains(rec.Failed, s.SHA256) {
+			rec.Failed = append(rec.Failed, s.SHA256)
+		}
 	}
 	rec.Active, rec.Trial = failed.Other(), false
 	prev := "?"

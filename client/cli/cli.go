@@ -48,6 +48,7 @@ const usage = `usage: roadsign-agent COMMAND --state DIR [flags]
 commands:
   init     --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ...
   update   --state DIR [--simulate FAULT,...]
+  run      --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]
   status   --state DIR [--json]
 
 faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
@@ -90,6 +91,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		"init":   func(a []string) error { return cmdInit(a, env) },
 		"update": func(a []string) error { return cmdUpdate(ctx, a, env) },
 		"status": func(a []string) error { return cmdStatus(a, env) },
+		"run":    func(a []string) error { return cmdRun(ctx, a, env) },
 	})
 }
 
@@ -177,15 +179,7 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	defer v.Close()
-	policy := download.DefaultPolicy()
-	if env.Policy != nil {
-		policy = *env.Policy
-	}
-	a := &agent.Agent{
-		V: v, Client: download.NewHTTPClient(), Progress: env.Stderr, Faults: faults, Policy: policy,
-		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}
-	rep, err := a.Update(ctx)
+	rep, err := newAgent(v, faults, env).Update(ctx)
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
@@ -196,15 +190,67 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 	return err
 }
 
+func cmdRun(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	state := fs.String("state", "", "state directory of the simulated vehicle")
+	interval := fs.Duration("interval", time.Hour, "time between check-ins")
+	retryMin := fs.Duration("retry-min", 10*time.Second, "first retry after the server could not be reached (doubles up to --interval)")
+	jitter := fs.Float64("jitter", 0.2, "spread each wait by up to this fraction")
+	if err := parse(fs, args, env, "roadsign-agent run --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]"); err != nil {
+		return err
+	}
+	if err := requireState(*state); err != nil {
+		return err
+	}
+	if *interval <= 0 || *retryMin <= 0 || *jitter < 0 || *jitter >= 1 {
+		return envflag.Usagef("--interval and --retry-min must be positive and --jitter in [0, 1)")
+	}
+	v, err := vehicle.OpenReadOnly(*state, env.Now)
+	if err != nil {
+		return err
+	}
+	a := newAgent(v, fault.Set{}, env)
+	a.Log = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a.Progress = io.Discard
+	return a.Run(ctx, agent.DaemonConfig{
+		Interval: *interval, RetryMin: *retryMin, Jitter: *jitter, Sleep: download.DefaultPolicy().Sleep,
+		OnCycle: func(rep agent.Report, err error, wait time.Duration) {
+			printReport(env.Stdout, rep)
+			if err != nil {
+				fmt.Fprintf(env.Stdout, "check-in failed: %v\n", err)
+			}
+			fmt.Fprintf(env.Stdout, "next check-in in %s\n", wait.Round(time.Second))
+		},
+	})
+}
+
+func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) *agent.Agent {
+	policy := download.DefaultPolicy()
+	if env.Policy != nil {
+		policy = *env.Policy
+	}
+	return &agent.Agent{
+		V: v, Client: download.NewHTTPClient(), Progress: env.Stderr, Faults: faults, Policy: policy,
+		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+}
+
 func printReport(w io.Writer, rep agent.Report) {
+	for _, r := range rep.Recovery {
+		fmt.Fprintf(w, "%s: recovered after an interruption: %s\n", r.Serial, r.What)
+	}
 	for _, e := range rep.ECUs {
 		switch e.Outcome {
 		case agent.Installed:
 			fmt.Fprintf(w, "%s %s: %s -> %s installed\n", e.Type, e.Serial, e.From, e.To)
 		case agent.UpToDate:
-			fmt.Fprintf(w, "%s %s: %s is up to date\n", e.Type, e.Serial, e.From)
+			fmt.Fprintf(w, "%s %s: %s is up to date", e.Type, e.Serial, e.From)
+			if e.Detail != "" {
+				fmt.Fprintf(w, " (%s)", e.Detail)
+			}
+			fmt.Fprintln(w)
 		default:
-			fmt.Fprintf(w, "%s %s: %s\n", e.Type, e.Serial, e.Outcome)
+			fmt.Fprintf(w, "%s %s: %s %s -> %s: %s\n", e.Type, e.Serial, e.Outcome, e.From, e.To, e.Detail)
 		}
 	}
 }
@@ -253,9 +299,13 @@ func slotDesc(s *agent.SlotStatus) string {
 	return s.Version + " " + s.SHA256[:min(8, len(s.SHA256))]
 }
 
-func dtcs(d []string) string {
+func dtcs(d []vehicle.DTC) string {
 	if len(d) == 0 {
 		return "none"
 	}
-	return strings.Join(d, ",")
+	var parts []string
+	for _, x := range d {
+		parts = append(parts, fmt.Sprintf("%s (%s since %s)", x.Code, x.Description, x.Since.Local().Format(time.DateTime)))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -70,6 +70,16 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 	return b, nil
 }
 
+// IsUnreachable reports whether err means the server could not be
+// reached or is failing (5xx): worth backing off and retrying later.
+func IsUnreachable(err error) bool {
+	var h *metadata.ErrDownloadHTTP
+	if errors.As(err, &h) {
+		return h.StatusCode >= 500
+	}
+	return errors.Is(err, &metadata.ErrDownload{})
+}
+
 // IsNotFound reports whether err is an HTTP 404 from a fetch.
 func IsNotFound(err error) bool {
 	var h *metadata.ErrDownloadHTTP

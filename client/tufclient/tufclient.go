@@ -114,6 +114,8 @@ func (r *Repo) classify(err error) error {
 		return fmt.Errorf("%w: %s repository: %v; nothing installed", client.ErrRefused, r.Name, err)
 	case download.IsNotFound(err):
 		return fmt.Errorf("%s repository at %s has no published metadata yet (%v)", r.Name, r.MetadataURL, err)
+	case download.IsUnreachable(err):
+		return fmt.Errorf("%w: %s repository at %s: %v", client.ErrUnreachable, r.Name, r.MetadataURL, err)
 	}
 	return fmt.Errorf("%s repository at %s: %w", r.Name, r.MetadataURL, err)
 }

@@ -123,16 +123,29 @@ func Open(dir string, now func() time.Time) (*Vehicle, error) {
 	if err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err := v.Lock(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// ErrBusy means another agent process holds the vehicle's lock.
+var ErrBusy = errors.New("another roadsign-agent is working on this vehicle")
+
+// Lock takes the state directory's lock, or fails at once with ErrBusy.
+// The kernel releases it if the process dies, so a power loss never
+// leaves a vehicle locked.
+func (v *Vehicle) Lock() error {
+	lock, err := os.OpenFile(filepath.Join(v.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open vehicle lock: %w", err)
+		return fmt.Errorf("open vehicle lock: %w", err)
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("another roadsign-agent is working on %s; wait for it to finish", dir)
+		return fmt.Errorf("%w (%s); wait for it to finish", ErrBusy, v.Dir)
 	}
 	v.lock = lock
-	return v, nil
+	return nil
 }
 
 // OpenReadOnly opens the state without taking the lock (for status).
@@ -151,12 +164,14 @@ func OpenReadOnly(dir string, now func() time.Time) (*Vehicle, error) {
 	return v, nil
 }
 
-// Close releases the lock.
+// Close releases the lock, if held.
 func (v *Vehicle) Close() error {
 	if v.lock == nil {
 		return nil
 	}
-	return v.lock.Close()
+	err := v.lock.Close()
+	v.lock = nil
+	return err
 }
 
 // ImageRepoDir is the image repository's metadata cache.

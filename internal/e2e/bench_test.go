@@ -31,14 +31,10 @@ func BenchmarkAgentInstall(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
-	bin := filepath.Join(b.TempDir(), "roadsign-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/roadsign-agent").CombinedOutput(); err != nil {
-		b.Fatalf("build agent: %v\n%s", err, out)
-	}
 	for _, mib := range sizes {
 		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
 			for range b.N {
-				benchInstall(b, bin, mib<<20)
+				benchInstall(b, agentBin, mib<<20)
 			}
 		})
 	}

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/vehicle"
+)
+
+// DaemonConfig paces the daemon.
+type DaemonConfig struct {
+	// Interval between check-ins while the server answers.
+	Interval time.Duration
+	// Jitter spreads a fleet's check-ins: each wait is scaled by a random
+	// factor in [1-Jitter, 1+Jitter].
+	Jitter float64
+	// RetryMin is the first wait after the server could not be reached;
+	// it doubles per failure up to Interval.
+	RetryMin time.Duration
+	// Sleep waits (tests make it fast).
+	Sleep func(ctx context.Context, d time.Duration) error
+	// OnCycle, if set, sees every cycle's outcome.
+	OnCycle func(Report, error, time.Duration)
+}
+
+// NextWait returns how long to wait after a cycle, given how many cycles
+// in a row could not reach the server.
+func (c DaemonConfig) NextWait(failures int, rnd func() float64) time.Duration {
+	d := c.Interval
+	if failures > 0 {
+		d = c.RetryMin << min(failures-1, 30)
+		if d > c.Interval || d <= 0 {
+			d = c.Interval
+		}
+	}
+	if c.Jitter > 0 {
+		d = time.Duration(float64(d) * (1 - c.Jitter + 2*c.Jitter*rnd()))
+	}
+	return d
+}
+
+// Run checks in every interval until ctx ends. While the server cannot be
+// reached (or answers 5xx) it backs off and keeps DTC B15C4 set; the first
+// cycle that reaches the server clears it. The vehicle lock is held only
+// during a cycle, so a manual update can run in between.
+func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
+	failures := 0
+	for {
+		var rep Report
+		err := a.V.Lock()
+		if err == nil {
+			rep, err = a.Update(ctx)
+			a.V.Close()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch {
+		case errors.Is(err, vehicle.ErrBusy):
+			a.Log.Info("another agent is updating; skipping this check-in")
+		case errors.Is(err, client.ErrUnreachable):
+			failures++
+			if derr := a.V.SetDTC(vehicle.DTCTelematicsConnection, err.Error()); derr != nil {
+				a.Log.Error("record DTC", "err", derr)
+			}
+			a.Log.Warn("server unreachable; backing off", "failures", failures, "err", err)
+		default:
+			if failures > 0 {
+				a.Log.Info("server reachable again", "after_failures", failures)
+			}
+			failures = 0
+			if derr := a.V.ClearDTC(vehicle.DTCTelematicsConnection); derr != nil {
+				a.Log.Error("clear DTC", "err", derr)
+			}
+			if err != nil {
+				a.Log.Warn("update cycle failed", "err", err)
+			}
+		}
+		wait := c.NextWait(failures, rand.Float64)
+		if c.OnCycle != nil {
+			c.OnCycle(rep, err, wait)
+		}
+		if err := c.Sleep(ctx, wait); err != nil {
+			return nil
+		}
+	}
+}
