@@ -159,6 +159,7 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 	// 5. Switch, trial-boot and commit (or roll back) each ECU.
 	for _, p := range plans {
 		a.Log.Info("switching to new slot", "ecu", p.ecu.Serial, "version", p.custom.Version)
+		a.say("installing %s %s on %s: switching slots, trial boot, boot check...", p.ecu.Type, p.custom.Version, p.ecu.Serial)
 		err := p.boot.Switch(hooks)
 		r := &rep.ECUs[p.idx]
 		switch {
@@ -173,6 +174,13 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 		}
 	}
 	return rep, rolledBack
+}
+
+// say tells a person at a terminal what is happening (logs get slog).
+func (a *Agent) say(format string, args ...any) {
+	if progress.IsTerminal(a.Progress) {
+		fmt.Fprintf(a.Progress, format+"\n", args...)
+	}
 }
 
 // installed finds what the active slot runs, as the repository knows it:
@@ -275,6 +283,7 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 		return n, fmt.Errorf("%w: download %s: %v (%d of %d bytes kept; the next update resumes)", client.ErrUnreachable, p.path, err, w.Offset(), p.tf.Length)
 	}
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
+	a.say("verifying %s: length and sha256 against signed metadata", name)
 	return n, w.Finish(a.Faults.Hooks())
 }
 
