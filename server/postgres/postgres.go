@@ -1,0 +1,55 @@
+// Package postgres is the fleet-scale state store: PostgreSQL through pgx,
+// shared by several server replicas.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+
+	"github.com/roadsign/roadsign/server/sqlstore"
+)
+
+// migrationLock is the advisory lock key that serializes migrations when
+// several replicas start at once.
+const migrationLock = 0x526f6164 // "Road"
+
+// Dialect is PostgreSQL's.
+var Dialect = sqlstore.Dialect{
+	Name:        "postgres",
+	Placeholder: func(n int) string { return "$" + strconv.Itoa(n) },
+	AutoID:      "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+	Blob:        "BYTEA",
+	IsUnique: func(err error) bool {
+		var pe *pgconn.PgError
+		return errors.As(err, &pe) && pe.Code == "23505"
+	},
+	LockMigrations: func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock)
+		return err
+	},
+}
+
+// Open connects to url (postgres://...) and migrates the schema.
+func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(20)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	s := sqlstore.New(db, Dialect)
+	if err := s.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return s, nil
+}

@@ -1,0 +1,42 @@
+package postgres_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/postgres"
+	"github.com/roadsign/roadsign/server/postgres/pgtest"
+	"github.com/roadsign/roadsign/server/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) server.Store {
+		s, err := postgres.Open(context.Background(), pgtest.Schema(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+// TestConcurrentMigrations: several replicas starting at once migrate once.
+func TestConcurrentMigrations(t *testing.T) {
+	url := pgtest.Schema(t)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			s, err := postgres.Open(context.Background(), url)
+			if err == nil {
+				s.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}

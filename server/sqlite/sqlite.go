@@ -1,0 +1,47 @@
+// Package sqlite is the embedded state store: SQLite (pure Go, no cgo) in
+// WAL mode, the default for a single-process server.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"strings"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/roadsign/roadsign/server/sqlstore"
+)
+
+// Dialect is SQLite's.
+var Dialect = sqlstore.Dialect{
+	Name:   "sqlite",
+	AutoID: "INTEGER PRIMARY KEY AUTOINCREMENT",
+	Blob:   "BLOB",
+	IsUnique: func(err error) bool {
+		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+	},
+}
+
+// Open opens (creating if needed) the database file at path and migrates it.
+func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "foreign_keys(1)", "synchronous(NORMAL)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate") // writers queue on BEGIN instead of failing on upgrade
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	// One writer at a time is SQLite's model; a small pool keeps readers
+	// concurrent under WAL without piling up busy writers.
+	db.SetMaxOpenConns(4)
+	s := sqlstore.New(db, Dialect)
+	if err := s.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	return s, nil
+}

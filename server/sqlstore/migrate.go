@@ -1,0 +1,92 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// migrations are applied in order, once each, and never edited after they
+// ship: add a new one instead. {{AUTOID}} and {{BLOB}} are per dialect.
+var migrations = []string{
+	// 1: registry, jobs, audit, director.
+	`CREATE TABLE accounts (
+		id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
+		password_hash TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);
+	CREATE TABLE vehicles (
+		vin TEXT PRIMARY KEY, model TEXT NOT NULL, year INTEGER NOT NULL, region TEXT NOT NULL,
+		public_key {{BLOB}} NOT NULL, created_at BIGINT NOT NULL, last_seen BIGINT NOT NULL);
+	CREATE TABLE ecus (
+		serial TEXT PRIMARY KEY, vin TEXT NOT NULL REFERENCES vehicles(vin), type TEXT NOT NULL,
+		hardware_id TEXT NOT NULL, installed_target TEXT NOT NULL DEFAULT '', installed_version TEXT NOT NULL DEFAULT '',
+		installed_sha256 TEXT NOT NULL DEFAULT '', reported_at BIGINT NOT NULL DEFAULT 0, position INTEGER NOT NULL);
+	CREATE INDEX ecus_vin ON ecus (vin);
+	CREATE INDEX ecus_hardware_vin ON ecus (hardware_id, vin);
+	CREATE TABLE nonces (vin TEXT NOT NULL, nonce TEXT NOT NULL, used_at BIGINT NOT NULL, PRIMARY KEY (vin, nonce));
+	CREATE TABLE jobs (
+		id TEXT PRIMARY KEY, vin TEXT NOT NULL, ecu_serial TEXT NOT NULL, ecu_type TEXT NOT NULL,
+		target_path TEXT NOT NULL, version TEXT NOT NULL, forced INTEGER NOT NULL, reason TEXT NOT NULL,
+		state TEXT NOT NULL, created_by TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+		attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, next_attempt_at BIGINT NOT NULL,
+		cancel_requested INTEGER NOT NULL, phase TEXT NOT NULL);
+	CREATE INDEX jobs_vin ON jobs (vin, created_at);
+	CREATE INDEX jobs_state ON jobs (state, created_at);
+	CREATE TABLE job_events (
+		id {{AUTOID}}, job_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
+		percent INTEGER NOT NULL, message TEXT NOT NULL);
+	CREATE INDEX job_events_job ON job_events (job_id, id);
+	CREATE TABLE audit (
+		id {{AUTOID}}, at BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+		action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL);
+	CREATE TABLE director_heads (
+		vin TEXT PRIMARY KEY, targets_version BIGINT NOT NULL, snapshot_version BIGINT NOT NULL,
+		timestamp_version BIGINT NOT NULL, assignment_hash TEXT NOT NULL, timestamp_expires BIGINT NOT NULL);
+	CREATE TABLE director_files (
+		vin TEXT NOT NULL, role TEXT NOT NULL, version BIGINT NOT NULL, body {{BLOB}} NOT NULL,
+		expires BIGINT NOT NULL, PRIMARY KEY (vin, role, version));`,
+}
+
+// Migrate applies the migrations not yet applied and records them in
+// schema_migrations, all in one transaction under the dialect's migration
+// lock, so replicas starting together neither race nor half-migrate.
+func (s *Store) Migrate(ctx context.Context) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if s.d.LockMigrations != nil {
+			if err := s.d.LockMigrations(ctx, tx); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+			return err
+		}
+		for i, m := range migrations {
+			v := i + 1
+			var n int
+			if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				continue
+			}
+			ddl := strings.NewReplacer("{{AUTOID}}", s.d.AutoID, "{{BLOB}}", s.d.Blob).Replace(m)
+			for _, stmt := range strings.Split(ddl, ";") {
+				if strings.TrimSpace(stmt) == "" {
+					continue
+				}
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("migration %d: %s: %w", v, strings.Join(strings.Fields(stmt)[:3], " "), err)
+				}
+			}
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`), v, time.Now().UnixMicro()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,525 @@
+// Package sqlstore implements server.Store in portable SQL over
+// database/sql. The sqlite and postgres packages open the database and
+// supply a Dialect (placeholders, DDL types, error codes, locking); the
+// queries themselves are shared so both backends behave the same.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/roadsign/roadsign/server"
+)
+
+// Dialect is what differs between SQL backends.
+type Dialect struct {
+	Name string
+	// Placeholder returns the n-th (1-based) bind parameter.
+	Placeholder func(n int) string
+	// Types substitutes {{AUTOID}} and {{BLOB}} in the schema.
+	AutoID, Blob string
+	// IsUnique reports a unique-constraint violation.
+	IsUnique func(error) bool
+	// LockMigrations serializes migrations across processes (may be nil).
+	LockMigrations func(ctx context.Context, tx *sql.Tx) error
+}
+
+// Store is a server.Store on a *sql.DB.
+type Store struct {
+	db *sql.DB
+	d  Dialect
+}
+
+var _ server.Store = (*Store)(nil)
+
+// New wraps db. Call Migrate before use.
+func New(db *sql.DB, d Dialect) *Store { return &Store{db: db, d: d} }
+
+// DB returns the underlying database (for backend-specific checks in tests).
+func (s *Store) DB() *sql.DB { return s.db }
+
+// q rewrites "?" placeholders for the dialect. Queries here never contain
+// a literal question mark.
+func (s *Store) q(query string) string {
+	if s.d.Placeholder == nil {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteString(s.d.Placeholder(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(v).UTC()
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *Store) wrap(what string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("%s: %w", what, server.ErrNotFound)
+	case s.d.IsUnique(err):
+		return fmt.Errorf("%s: %w", what, server.ErrConflict)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Ping implements server.Store.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Close implements server.Store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// --- accounts ---
+
+// CreateAccount implements server.Store.
+func (s *Store) CreateAccount(ctx context.Context, a server.Account) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		a.ID, string(a.Role), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt))
+	return s.wrap("create account "+a.Name, err)
+}
+
+func (s *Store) account(ctx context.Context, where string, arg any) (server.Account, error) {
+	var a server.Account
+	var role string
+	var created int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, role, name, password_hash, token_hash, created_at FROM accounts WHERE `+where+` = ?`), arg).
+		Scan(&a.ID, &role, &a.Name, &a.PasswordHash, &a.TokenHash, &created)
+	a.Role, a.CreatedAt = server.Role(role), fromMicros(created)
+	return a, s.wrap("account", err)
+}
+
+// AccountByTokenHash implements server.Store.
+func (s *Store) AccountByTokenHash(ctx context.Context, h string) (server.Account, error) {
+	return s.account(ctx, "token_hash", h)
+}
+
+// AccountByName implements server.Store.
+func (s *Store) AccountByName(ctx context.Context, name string) (server.Account, error) {
+	return s.account(ctx, "name", name)
+}
+
+// --- vehicles ---
+
+// CreateVehicle implements server.Store.
+func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
+	return s.wrap("create vehicle "+v.VIN, s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO vehicles (vin, model, year, region, public_key, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, 0)`),
+			v.VIN, v.Model, v.Year, v.Region, v.PublicKey, micros(v.CreatedAt)); err != nil {
+			return err
+		}
+		for i, e := range v.ECUs {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO ecus (serial, vin, type, hardware_id, position) VALUES (?, ?, ?, ?, ?)`),
+				e.Serial, v.VIN, e.Type, e.HardwareID, i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen`
+
+func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
+	var v server.Vehicle
+	var created, seen int64
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen)
+	v.CreatedAt, v.LastSeen = fromMicros(created), fromMicros(seen)
+	return v, err
+}
+
+func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]server.ECU, error) {
+	out := map[string][]server.ECU{}
+	if len(vins) == 0 {
+		return out, nil
+	}
+	ph := strings.TrimSuffix(strings.Repeat("?, ", len(vins)), ", ")
+	args := make([]any, len(vins))
+	for i, v := range vins {
+		args[i] = v
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT vin, serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at
+		FROM ecus WHERE vin IN (`+ph+`) ORDER BY vin, position`), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var vin string
+		var e server.ECU
+		var rep int64
+		if err := rows.Scan(&vin, &e.Serial, &e.Type, &e.HardwareID, &e.InstalledTarget, &e.InstalledVersion, &e.InstalledSHA256, &rep); err != nil {
+			return nil, err
+		}
+		e.ReportedAt = fromMicros(rep)
+		out[vin] = append(out[vin], e)
+	}
+	return out, rows.Err()
+}
+
+// Vehicle implements server.Store.
+func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error) {
+	v, err := scanVehicle(s.db.QueryRowContext(ctx, s.q(`SELECT `+vehicleCols+` FROM vehicles WHERE vin = ?`), vin))
+	if err != nil {
+		return v, s.wrap("vehicle "+vin, err)
+	}
+	ecus, err := s.loadECUs(ctx, []string{vin})
+	v.ECUs = ecus[vin]
+	return v, s.wrap("vehicle "+vin, err)
+}
+
+// ListVehicles implements server.Store: keyset pagination by VIN, so every
+// page is an index range scan however deep it is.
+func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]server.Vehicle, error) {
+	if f.Limit <= 0 || f.Limit > 1000 {
+		f.Limit = 100
+	}
+	var rows *sql.Rows
+	var err error
+	if f.HardwareID != "" {
+		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+prefixCols("v.", vehicleCols)+` FROM vehicles v
+			WHERE v.vin IN (SELECT e.vin FROM ecus e WHERE e.hardware_id = ? AND e.vin > ?)
+			ORDER BY v.vin LIMIT ?`), f.HardwareID, f.After, f.Limit)
+	} else {
+		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`), f.After, f.Limit)
+	}
+	if err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	defer rows.Close()
+	var out []server.Vehicle
+	var vins []string
+	for rows.Next() {
+		v, err := scanVehicle(rows)
+		if err != nil {
+			return nil, s.wrap("list vehicles", err)
+		}
+		out = append(out, v)
+		vins = append(vins, v.VIN)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	ecus, err := s.loadECUs(ctx, vins)
+	if err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	for i := range out {
+		out[i].ECUs = ecus[out[i].VIN]
+	}
+	return out, nil
+}
+
+func prefixCols(p, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i := range parts {
+		parts[i] = p + parts[i]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ReportECUs implements server.Store.
+func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, at time.Time) error {
+	return s.wrap("report ECUs of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE vehicles SET last_seen = ? WHERE vin = ?`), micros(at), vin)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return sql.ErrNoRows
+		}
+		for _, e := range ecus {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`),
+				e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at), vin, e.Serial); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+// nonceWindow is how long used nonces are kept; manifests older than this
+// are refused by the service, so a pruned nonce cannot be replayed.
+const nonceWindow = 48 * time.Hour
+
+// UseNonce implements server.Store.
+func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) error {
+	if _, err := s.db.ExecContext(ctx, s.q(`DELETE FROM nonces WHERE vin = ? AND used_at < ?`), vin, micros(at.Add(-nonceWindow))); err != nil {
+		return s.wrap("prune nonces", err)
+	}
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?)`), vin, nonce, micros(at))
+	return s.wrap("nonce", err)
+}
+
+// --- jobs ---
+
+const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase`
+
+func jobArgs(j server.Job) []any {
+	return []any{j.ID, j.VIN, j.ECUSerial, j.ECUType, j.TargetPath, j.Version, boolInt(j.Forced), j.Reason, j.State, j.CreatedBy,
+		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase}
+}
+
+func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
+	var j server.Job
+	var forced, cancel int
+	var created, updated, next int64
+	err := sc.Scan(&j.ID, &j.VIN, &j.ECUSerial, &j.ECUType, &j.TargetPath, &j.Version, &forced, &j.Reason, &j.State, &j.CreatedBy,
+		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase)
+	j.Forced, j.CancelRequested = forced == 1, cancel == 1
+	j.CreatedAt, j.UpdatedAt, j.NextAttemptAt = fromMicros(created), fromMicros(updated), fromMicros(next)
+	return j, err
+}
+
+// CreateJob implements server.Store.
+func (s *Store) CreateJob(ctx context.Context, j server.Job) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`), jobArgs(j)...)
+	if err != nil {
+		return s.wrap("create job", err)
+	}
+	for _, e := range j.Events {
+		if err := s.AddJobEvent(ctx, j.ID, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) events(ctx context.Context, ids []string) (map[string][]server.JobEvent, error) {
+	out := map[string][]server.JobEvent{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	ph := strings.TrimSuffix(strings.Repeat("?, ", len(ids)), ", ")
+	args := make([]any, len(ids))
+	for i, v := range ids {
+		args[i] = v
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT job_id, at, kind, percent, message FROM job_events WHERE job_id IN (`+ph+`) ORDER BY id`), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var e server.JobEvent
+		var at int64
+		if err := rows.Scan(&id, &at, &e.Kind, &e.Percent, &e.Message); err != nil {
+			return nil, err
+		}
+		e.At = fromMicros(at)
+		out[id] = append(out[id], e)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) jobs(ctx context.Context, what, where string, args ...any) ([]server.Job, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+jobCols+` FROM jobs WHERE `+where), args...)
+	if err != nil {
+		return nil, s.wrap(what, err)
+	}
+	defer rows.Close()
+	var out []server.Job
+	var ids []string
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, s.wrap(what, err)
+		}
+		out = append(out, j)
+		ids = append(ids, j.ID)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap(what, err)
+	}
+	ev, err := s.events(ctx, ids)
+	if err != nil {
+		return nil, s.wrap(what, err)
+	}
+	for i := range out {
+		out[i].Events = ev[out[i].ID]
+		if out[i].Events == nil {
+			out[i].Events = []server.JobEvent{}
+		}
+	}
+	return out, nil
+}
+
+// Job implements server.Store.
+func (s *Store) Job(ctx context.Context, id string) (server.Job, error) {
+	js, err := s.jobs(ctx, "job "+id, `id = ?`, id)
+	if err != nil {
+		return server.Job{}, err
+	}
+	if len(js) == 0 {
+		return server.Job{}, fmt.Errorf("job %s: %w", id, server.ErrNotFound)
+	}
+	return js[0], nil
+}
+
+// JobsByVIN implements server.Store.
+func (s *Store) JobsByVIN(ctx context.Context, vin string) ([]server.Job, error) {
+	return s.jobs(ctx, "jobs of "+vin, `vin = ? ORDER BY created_at, id`, vin)
+}
+
+// OpenJobs implements server.Store.
+func (s *Store) OpenJobs(ctx context.Context, limit int) ([]server.Job, error) {
+	return s.jobs(ctx, "open jobs", `state IN ('queued', 'in_progress') ORDER BY created_at, id LIMIT ?`, limit)
+}
+
+// UpdateJob implements server.Store.
+func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string) error {
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
+		WHERE id = ? AND state = ?`),
+		j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from)
+	if err != nil {
+		return s.wrap("update job "+j.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("update job %s: not in state %s: %w", j.ID, from, server.ErrConflict)
+	}
+	return nil
+}
+
+// AddJobEvent implements server.Store.
+func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`),
+		id, micros(e.At), e.Kind, e.Percent, e.Message)
+	return s.wrap("job event", err)
+}
+
+// --- audit ---
+
+// AppendAudit implements server.Store.
+func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)`),
+		micros(e.At), e.Actor, e.Role, e.Action, e.Subject, e.Detail)
+	return s.wrap("audit", err)
+}
+
+// ListAudit implements server.Store.
+func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server.AuditEntry, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, at, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
+	if err != nil {
+		return nil, s.wrap("audit", err)
+	}
+	defer rows.Close()
+	var out []server.AuditEntry
+	for rows.Next() {
+		var e server.AuditEntry
+		var at int64
+		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Role, &e.Action, &e.Subject, &e.Detail); err != nil {
+			return nil, s.wrap("audit", err)
+		}
+		e.At = fromMicros(at)
+		out = append(out, e)
+	}
+	return out, s.wrap("audit", rows.Err())
+}
+
+// --- director ---
+
+// DirectorHead implements server.Store; a VIN never signed has a zero head.
+func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHead, error) {
+	h := server.DirectorHead{VIN: vin}
+	var exp int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires FROM director_heads WHERE vin = ?`), vin).
+		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return h, nil
+	}
+	h.TimestampExpires = fromMicros(exp)
+	return h, s.wrap("director head "+vin, err)
+}
+
+// directorKeep is how many old versions of each director file are kept for
+// vehicles in the middle of a refresh.
+const directorKeep = 8
+
+// SaveDirector implements server.Store.
+func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
+	return s.wrap("save director metadata of "+next.VIN, s.tx(ctx, func(tx *sql.Tx) error {
+		if prev.TimestampVersion == 0 {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)`),
+				next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires)); err != nil {
+				return err
+			}
+		} else {
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE director_heads SET targets_version = ?, snapshot_version = ?, timestamp_version = ?, assignment_hash = ?, timestamp_expires = ?
+				WHERE vin = ? AND timestamp_version = ?`),
+				next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), next.VIN, prev.TimestampVersion)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return server.ErrConflict
+			}
+		}
+		for _, f := range files {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_files (vin, role, version, body, expires) VALUES (?, ?, ?, ?, ?)`),
+				f.VIN, f.Role, f.Version, f.Body, micros(f.Expires)); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM director_files WHERE vin = ? AND role = ? AND version < ?`),
+				f.VIN, f.Role, f.Version-directorKeep); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+// DirectorFile implements server.Store.
+func (s *Store) DirectorFile(ctx context.Context, vin, role string, version int64) (server.DirectorMeta, error) {
+	m := server.DirectorMeta{VIN: vin, Role: role, Version: version}
+	var exp int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT body, expires FROM director_files WHERE vin = ? AND role = ? AND version = ?`), vin, role, version).Scan(&m.Body, &exp)
+	m.Expires = fromMicros(exp)
+	return m, s.wrap("director "+role+" v"+strconv.FormatInt(version, 10)+" of "+vin, err)
+}

@@ -1,0 +1,199 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Store errors. Backends return these (wrapped) so services can tell them apart.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+)
+
+// Role is what an account may do.
+type Role string
+
+// Roles.
+const (
+	RoleAdmin  Role = "admin"
+	RoleDealer Role = "dealer"
+	RoleOwner  Role = "owner"
+)
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool { return r == RoleAdmin || r == RoleDealer || r == RoleOwner }
+
+// Account is a person or system that calls the API with a bearer token.
+type Account struct {
+	ID           string
+	Role         Role
+	Name         string
+	PasswordHash string // argon2id, owners only
+	TokenHash    string // sha256 of the bearer token, hex
+	CreatedAt    time.Time
+}
+
+// ECU is one ECU of a registered vehicle and what it last reported.
+type ECU struct {
+	Serial     string `json:"serial"`
+	Type       string `json:"type"`
+	HardwareID string `json:"hardwareId"`
+	// What the vehicle last reported as installed.
+	InstalledTarget  string    `json:"installedTarget,omitempty"`
+	InstalledVersion string    `json:"installedVersion,omitempty"`
+	InstalledSHA256  string    `json:"installedSha256,omitempty"`
+	ReportedAt       time.Time `json:"reportedAt,omitzero"`
+}
+
+// Vehicle is a registered vehicle.
+type Vehicle struct {
+	VIN       string    `json:"vin"`
+	Model     string    `json:"model"`
+	Year      int       `json:"year"`
+	Region    string    `json:"region"`
+	PublicKey []byte    `json:"publicKey"`
+	ECUs      []ECU     `json:"ecus"`
+	CreatedAt time.Time `json:"createdAt"`
+	LastSeen  time.Time `json:"lastSeen,omitzero"`
+}
+
+// ECUBySerial returns the vehicle's ECU with that serial.
+func (v *Vehicle) ECUBySerial(serial string) (ECU, bool) {
+	for _, e := range v.ECUs {
+		if e.Serial == serial {
+			return e, true
+		}
+	}
+	return ECU{}, false
+}
+
+// VehicleFilter selects vehicles; results are ordered by VIN and paged
+// with After (the last VIN of the previous page).
+type VehicleFilter struct {
+	HardwareID string
+	After      string
+	Limit      int
+}
+
+// Job states.
+const (
+	JobQueued     = "queued"
+	JobInProgress = "in_progress"
+	JobSucceeded  = "succeeded"
+	JobFailed     = "failed"
+	JobRolledBack = "rolled_back"
+	JobCanceled   = "canceled"
+	JobTimedOut   = "timed_out"
+)
+
+// JobTerminal reports whether a job in state s is finished.
+func JobTerminal(s string) bool {
+	switch s {
+	case JobSucceeded, JobFailed, JobRolledBack, JobCanceled, JobTimedOut:
+		return true
+	}
+	return false
+}
+
+// Job is a dealer reflash job: install one image on one ECU of one vehicle.
+type Job struct {
+	ID              string     `json:"id"`
+	VIN             string     `json:"vin"`
+	ECUSerial       string     `json:"ecuSerial"`
+	ECUType         string     `json:"ecuType"`
+	TargetPath      string     `json:"target"`
+	Version         string     `json:"version"`
+	Forced          bool       `json:"forced"`
+	Reason          string     `json:"reason"`
+	State           string     `json:"state"`
+	CreatedBy       string     `json:"createdBy"`
+	CreatedAt       time.Time  `json:"createdAt"`
+	UpdatedAt       time.Time  `json:"updatedAt"`
+	Attempts        int        `json:"attempts"`
+	MaxAttempts     int        `json:"maxAttempts"`
+	NextAttemptAt   time.Time  `json:"nextAttemptAt,omitzero"`
+	CancelRequested bool       `json:"cancelRequested,omitempty"`
+	Phase           string     `json:"phase,omitempty"` // last reported progress event
+	Events          []JobEvent `json:"events"`
+}
+
+// JobEvent is one entry of a job's history.
+type JobEvent struct {
+	At      time.Time `json:"at"`
+	Kind    string    `json:"kind"` // queued, downloading, installing, rebooting, succeeded, ...
+	Percent int       `json:"percent,omitempty"`
+	Message string    `json:"message,omitempty"`
+}
+
+// AuditEntry is one append-only audit record.
+type AuditEntry struct {
+	ID      int64     `json:"id"`
+	At      time.Time `json:"at"`
+	Actor   string    `json:"actor"`
+	Role    string    `json:"role"`
+	Action  string    `json:"action"`
+	Subject string    `json:"subject"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// DirectorMeta is one signed director metadata file of a VIN.
+type DirectorMeta struct {
+	VIN     string
+	Role    string // targets, snapshot, timestamp
+	Version int64
+	Body    []byte
+	Expires time.Time
+}
+
+// DirectorHead is a VIN's current director state.
+type DirectorHead struct {
+	VIN              string
+	TargetsVersion   int64
+	SnapshotVersion  int64
+	TimestampVersion int64
+	// AssignmentHash identifies what the current targets assign, so
+	// unchanged assignments are not re-signed.
+	AssignmentHash   string
+	TimestampExpires time.Time
+}
+
+// Store is the server's state. Every method is safe for concurrent use by
+// several server replicas sharing one database.
+type Store interface {
+	CreateAccount(ctx context.Context, a Account) error
+	AccountByTokenHash(ctx context.Context, tokenHash string) (Account, error)
+	AccountByName(ctx context.Context, name string) (Account, error)
+
+	// CreateVehicle returns ErrConflict if the VIN or an ECU serial exists.
+	CreateVehicle(ctx context.Context, v Vehicle) error
+	Vehicle(ctx context.Context, vin string) (Vehicle, error)
+	ListVehicles(ctx context.Context, f VehicleFilter) ([]Vehicle, error)
+	// ReportECUs records what the vehicle says is installed.
+	ReportECUs(ctx context.Context, vin string, ecus []ECU, at time.Time) error
+	// UseNonce records a manifest nonce; ErrConflict if it was used before.
+	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
+
+	CreateJob(ctx context.Context, j Job) error
+	Job(ctx context.Context, id string) (Job, error)
+	JobsByVIN(ctx context.Context, vin string) ([]Job, error)
+	// UpdateJob writes j if the stored job is still in state from
+	// (optimistic concurrency); ErrConflict otherwise.
+	UpdateJob(ctx context.Context, j Job, from string) error
+	AddJobEvent(ctx context.Context, jobID string, e JobEvent) error
+	// OpenJobs lists jobs not yet finished (for the sweeper), oldest first.
+	OpenJobs(ctx context.Context, limit int) ([]Job, error)
+
+	AppendAudit(ctx context.Context, e AuditEntry) error
+	ListAudit(ctx context.Context, afterID int64, limit int) ([]AuditEntry, error)
+
+	DirectorHead(ctx context.Context, vin string) (DirectorHead, error)
+	// SaveDirector stores new metadata files and the new head, if the head
+	// is still prev (ErrConflict otherwise: another replica got there first).
+	SaveDirector(ctx context.Context, prev, next DirectorHead, files []DirectorMeta) error
+	DirectorFile(ctx context.Context, vin, role string, version int64) (DirectorMeta, error)
+
+	Ping(ctx context.Context) error
+	Close() error
+}

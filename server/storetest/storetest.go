@@ -1,0 +1,296 @@
+// Package storetest is the conformance suite every server.Store backend
+// must pass; the sqlite and postgres tests run it against real databases.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/roadsign/roadsign/server"
+)
+
+// Run runs the suite; newStore returns an empty, migrated store.
+func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s server.Store)
+	}{
+		{"Accounts", testAccounts},
+		{"Vehicles", testVehicles},
+		{"VehiclePagination", testPagination},
+		{"Nonces", testNonces},
+		{"Jobs", testJobs},
+		{"JobConcurrency", testJobConcurrency},
+		{"Audit", testAudit},
+		{"Director", testDirector},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
+	}
+}
+
+var ctx = context.Background()
+
+var now = time.Date(2026, 11, 29, 10, 0, 0, 123000, time.UTC)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wantErr(t *testing.T, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("err = %v, want %v", err, want)
+	}
+}
+
+func testAccounts(t *testing.T, s server.Store) {
+	a := server.Account{ID: uuid.NewString(), Role: server.RoleDealer, Name: "dealer-1", TokenHash: "h1", CreatedAt: now}
+	must(t, s.CreateAccount(ctx, a))
+	got, err := s.AccountByTokenHash(ctx, "h1")
+	must(t, err)
+	if got != a {
+		t.Fatalf("got %+v, want %+v", got, a)
+	}
+	got, err = s.AccountByName(ctx, "dealer-1")
+	must(t, err)
+	if got.ID != a.ID {
+		t.Fatal("by name: wrong account")
+	}
+	dup := a
+	dup.ID, dup.TokenHash = uuid.NewString(), "h2"
+	wantErr(t, s.CreateAccount(ctx, dup), server.ErrConflict)
+	_, err = s.AccountByTokenHash(ctx, "nope")
+	wantErr(t, err, server.ErrNotFound)
+}
+
+func vehicle(vin string, serials ...string) server.Vehicle {
+	v := server.Vehicle{VIN: vin, Model: "Roadster", Year: 2024, Region: "EU", PublicKey: []byte{1, 2, 3}, CreatedAt: now}
+	for i, s := range serials {
+		typ, hw := "dcm", "DCM-4G"
+		if i == 0 {
+			typ, hw = "head-unit", "HU-5"
+		}
+		v.ECUs = append(v.ECUs, server.ECU{Serial: s, Type: typ, HardwareID: hw})
+	}
+	return v
+}
+
+func testVehicles(t *testing.T, s server.Store) {
+	v := vehicle("VIN00000000000001", "HU1", "DCM1")
+	must(t, s.CreateVehicle(ctx, v))
+	got, err := s.Vehicle(ctx, v.VIN)
+	must(t, err)
+	if len(got.ECUs) != 2 || got.ECUs[0].Serial != "HU1" || got.ECUs[1].HardwareID != "DCM-4G" || string(got.PublicKey) != "\x01\x02\x03" || !got.CreatedAt.Equal(now) {
+		t.Fatalf("got %+v", got)
+	}
+	wantErr(t, s.CreateVehicle(ctx, v), server.ErrConflict)
+	// A serial already bound to another vehicle: nothing of the new one is stored.
+	wantErr(t, s.CreateVehicle(ctx, vehicle("VIN00000000000002", "HU2", "DCM1")), server.ErrConflict)
+	_, err = s.Vehicle(ctx, "VIN00000000000002")
+	wantErr(t, err, server.ErrNotFound)
+
+	rep := []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/x.img", InstalledVersion: "2.0.0", InstalledSHA256: "ab"}}
+	must(t, s.ReportECUs(ctx, v.VIN, rep, now.Add(time.Minute)))
+	got, _ = s.Vehicle(ctx, v.VIN)
+	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) {
+		t.Fatalf("after report: %+v", got)
+	}
+	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, now), server.ErrNotFound)
+}
+
+func testPagination(t *testing.T, s server.Store) {
+	for i := range 25 {
+		v := vehicle(fmt.Sprintf("VIN%014d", i), fmt.Sprintf("HU%d", i), fmt.Sprintf("DCM%d", i))
+		if i%2 == 1 {
+			v.ECUs[1].HardwareID = "DCM-5G"
+		}
+		must(t, s.CreateVehicle(ctx, v))
+	}
+	var all []string
+	after := ""
+	for {
+		page, err := s.ListVehicles(ctx, server.VehicleFilter{After: after, Limit: 10})
+		must(t, err)
+		if len(page) == 0 {
+			break
+		}
+		for _, v := range page {
+			all = append(all, v.VIN)
+			if len(v.ECUs) != 2 {
+				t.Fatalf("%s: %d ECUs", v.VIN, len(v.ECUs))
+			}
+		}
+		after = page[len(page)-1].VIN
+	}
+	if len(all) != 25 || all[0] != "VIN00000000000000" || all[24] != "VIN00000000000024" {
+		t.Fatalf("pages gave %d vehicles: %v", len(all), all)
+	}
+	five, err := s.ListVehicles(ctx, server.VehicleFilter{HardwareID: "DCM-5G", Limit: 100})
+	must(t, err)
+	if len(five) != 12 {
+		t.Fatalf("DCM-5G vehicles: %d, want 12", len(five))
+	}
+	page, err := s.ListVehicles(ctx, server.VehicleFilter{HardwareID: "DCM-5G", After: five[9].VIN, Limit: 100})
+	must(t, err)
+	if len(page) != 2 {
+		t.Fatalf("DCM-5G after the 10th: %d, want 2", len(page))
+	}
+}
+
+func testNonces(t *testing.T, s server.Store) {
+	must(t, s.UseNonce(ctx, "VIN1", "n1", now))
+	wantErr(t, s.UseNonce(ctx, "VIN1", "n1", now.Add(time.Second)), server.ErrConflict)
+	must(t, s.UseNonce(ctx, "VIN2", "n1", now))
+	// Concurrent replays: exactly one wins.
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if s.UseNonce(ctx, "VIN1", "race", now) == nil {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent uses of one nonce succeeded", wins.Load())
+	}
+}
+
+func job(vin, serial string, created time.Time) server.Job {
+	return server.Job{ID: uuid.NewString(), VIN: vin, ECUSerial: serial, ECUType: "dcm", TargetPath: "dcm/x.img", Version: "2.0.0",
+		Reason: "test", State: server.JobQueued, CreatedBy: "dealer", CreatedAt: created, UpdatedAt: created, MaxAttempts: 3,
+		Events: []server.JobEvent{{At: created, Kind: "queued", Message: "created"}}}
+}
+
+func testJobs(t *testing.T, s server.Store) {
+	j1, j2 := job("VIN1", "DCM1", now), job("VIN1", "HU1", now.Add(time.Second))
+	j2.Forced = true
+	must(t, s.CreateJob(ctx, j1))
+	must(t, s.CreateJob(ctx, j2))
+	must(t, s.CreateJob(ctx, job("VIN2", "DCM2", now)))
+	got, err := s.Job(ctx, j2.ID)
+	must(t, err)
+	if !got.Forced || got.State != server.JobQueued || len(got.Events) != 1 || got.Events[0].Kind != "queued" {
+		t.Fatalf("got %+v", got)
+	}
+	list, err := s.JobsByVIN(ctx, "VIN1")
+	must(t, err)
+	if len(list) != 2 || list[0].ID != j1.ID {
+		t.Fatalf("jobs by VIN: %+v", list)
+	}
+	j1.State, j1.Phase, j1.UpdatedAt = server.JobInProgress, "downloading", now.Add(time.Minute)
+	must(t, s.UpdateJob(ctx, j1, server.JobQueued))
+	wantErr(t, s.UpdateJob(ctx, j1, server.JobQueued), server.ErrConflict)
+	must(t, s.AddJobEvent(ctx, j1.ID, server.JobEvent{At: now.Add(time.Minute), Kind: "downloading", Percent: 40}))
+	got, _ = s.Job(ctx, j1.ID)
+	if got.State != server.JobInProgress || got.Phase != "downloading" || len(got.Events) != 2 || got.Events[1].Percent != 40 {
+		t.Fatalf("after update: %+v", got)
+	}
+	j1.State = server.JobSucceeded
+	must(t, s.UpdateJob(ctx, j1, server.JobInProgress))
+	open, err := s.OpenJobs(ctx, 10)
+	must(t, err)
+	if len(open) != 2 {
+		t.Fatalf("open jobs: %d, want 2", len(open))
+	}
+	_, err = s.Job(ctx, uuid.NewString())
+	wantErr(t, err, server.ErrNotFound)
+}
+
+func testJobConcurrency(t *testing.T, s server.Store) {
+	j := job("VIN1", "DCM1", now)
+	must(t, s.CreateJob(ctx, j))
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			u := j
+			u.State = []string{server.JobCanceled, server.JobInProgress}[i%2]
+			if s.UpdateJob(ctx, u, server.JobQueued) == nil {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent transitions from queued succeeded, want 1", wins.Load())
+	}
+}
+
+func testAudit(t *testing.T, s server.Store) {
+	for i := range 5 {
+		must(t, s.AppendAudit(ctx, server.AuditEntry{At: now, Actor: "a", Role: "admin", Action: fmt.Sprintf("act%d", i), Subject: "x"}))
+	}
+	first, err := s.ListAudit(ctx, 0, 3)
+	must(t, err)
+	if len(first) != 3 || first[0].Action != "act0" {
+		t.Fatalf("first page: %+v", first)
+	}
+	rest, err := s.ListAudit(ctx, first[2].ID, 10)
+	must(t, err)
+	if len(rest) != 2 || rest[1].Action != "act4" {
+		t.Fatalf("second page: %+v", rest)
+	}
+}
+
+func testDirector(t *testing.T, s server.Store) {
+	h, err := s.DirectorHead(ctx, "VIN1")
+	must(t, err)
+	if h.TimestampVersion != 0 {
+		t.Fatalf("fresh head: %+v", h)
+	}
+	next := server.DirectorHead{VIN: "VIN1", TargetsVersion: 1, SnapshotVersion: 1, TimestampVersion: 1, AssignmentHash: "a1", TimestampExpires: now}
+	files := []server.DirectorMeta{{VIN: "VIN1", Role: "targets", Version: 1, Body: []byte("t1"), Expires: now}}
+	must(t, s.SaveDirector(ctx, h, next, files))
+	wantErr(t, s.SaveDirector(ctx, h, next, nil), server.ErrConflict) // someone else saved first
+	got, err := s.DirectorHead(ctx, "VIN1")
+	must(t, err)
+	if got != next {
+		t.Fatalf("head %+v, want %+v", got, next)
+	}
+	f, err := s.DirectorFile(ctx, "VIN1", "targets", 1)
+	must(t, err)
+	if string(f.Body) != "t1" {
+		t.Fatalf("file %q", f.Body)
+	}
+	// Versions climb; old files are pruned.
+	prev := next
+	for v := int64(2); v <= 20; v++ {
+		n := prev
+		n.TargetsVersion, n.TimestampVersion = v, v
+		must(t, s.SaveDirector(ctx, prev, n, []server.DirectorMeta{{VIN: "VIN1", Role: "targets", Version: v, Body: []byte("t"), Expires: now}}))
+		prev = n
+	}
+	_, err = s.DirectorFile(ctx, "VIN1", "targets", 1)
+	wantErr(t, err, server.ErrNotFound)
+	_, err = s.DirectorFile(ctx, "VIN1", "targets", 20)
+	must(t, err)
+	// Concurrent regenerations from one head: exactly one wins.
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			n := prev
+			n.TimestampVersion++
+			if s.SaveDirector(ctx, prev, n, nil) == nil {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent director saves from one head succeeded", wins.Load())
+	}
+}
