@@ -30,6 +30,8 @@ type AddOptions struct {
 	// the highest for the ECU type.
 	ReleaseCounter int64
 	ReleaseNotes   string
+	// AllowDowngrade lets a forced dealer job install this image over a newer one.
+	AllowDowngrade bool
 	// Progress receives a progress bar while the file is hashed (if a terminal).
 	Progress io.Writer
 }
@@ -81,7 +83,8 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 		oc, _ := meta.TargetCustom(old)
 		if old.Length == length && slices.Equal(old.Hashes["sha256"], sum) &&
 			oc.Version == o.Version && slices.Equal(oc.HardwareIDs, o.HardwareIDs) &&
-			(o.ReleaseCounter == 0 || o.ReleaseCounter == oc.ReleaseCounter) && o.ReleaseNotes == oc.ReleaseNotes {
+			(o.ReleaseCounter == 0 || o.ReleaseCounter == oc.ReleaseCounter) && o.ReleaseNotes == oc.ReleaseNotes &&
+			o.AllowDowngrade == oc.AllowDowngrade {
 			res.ReleaseCounter = oc.ReleaseCounter
 			w.State.TargetFiles[path] = abs
 			return res, w.save()
@@ -111,7 +114,7 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 	}
 	custom, err := json.Marshal(meta.Custom{
 		ECU: o.ECU, HardwareIDs: o.HardwareIDs, Version: o.Version,
-		ReleaseCounter: counter, ReleaseNotes: o.ReleaseNotes,
+		ReleaseCounter: counter, ReleaseNotes: o.ReleaseNotes, AllowDowngrade: o.AllowDowngrade,
 	})
 	if err != nil {
 		return AddResult{}, err

@@ -1,17 +1,21 @@
 // Package agent runs the vehicle's update cycle: recover from the journal,
-// refresh and verify repository metadata, pick an image per ECU, stream
-// and verify every image into its inactive slot, then switch, trial-boot
-// and commit each ECU (or roll it back).
+// refresh and verify both repositories (image and director), check the
+// director's assignment against the image repository, stream and verify
+// every image into its inactive slot, then switch, trial-boot and commit
+// each ECU (or roll it back), reporting job progress and checking in a
+// signed manifest.
 package agent
 
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path"
 	"slices"
 	"sort"
@@ -20,12 +24,14 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/progress"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -33,7 +39,9 @@ import (
 type Agent struct {
 	V      *vehicle.Vehicle
 	Client *http.Client
-	Log    *slog.Logger
+	// API talks to the server as this vehicle (job events, check-in).
+	API *api.Client
+	Log *slog.Logger
 	// Progress receives progress bars (drawn only on a terminal).
 	Progress io.Writer
 	Faults   fault.Set
@@ -47,7 +55,7 @@ const (
 	RolledBack = "rolled-back"
 	Refused    = "refused"
 	Failed     = "failed"
-	Recovered  = "recovered"
+	Canceled   = "canceled"
 )
 
 // ECUResult is what happened to one ECU.
@@ -57,6 +65,7 @@ type ECUResult struct {
 	From    string `json:"from"`
 	To      string `json:"to,omitempty"`
 	Target  string `json:"target,omitempty"`
+	JobID   string `json:"jobId,omitempty"`
 	Outcome string `json:"outcome"`
 	Detail  string `json:"detail,omitempty"`
 	// Transferred is how many image bytes were downloaded in this cycle.
@@ -77,23 +86,37 @@ type RecoveryNote struct {
 	What   string `json:"what"`
 }
 
-// plan is one chosen install.
+// plan is one install the director assigned and both repositories agree on.
 type plan struct {
 	ecu    vehicle.ECUConfig
 	boot   *bootctl.ECU
 	path   string
 	tf     *metadata.TargetFiles
 	custom meta.Custom
-	from   string
+	jobID  string
 	w      *bootctl.Writer
 	// idx is this ECU's entry in Report.ECUs.
 	idx int
 }
 
+var errJobCanceled = errors.New("job canceled on the server")
+
 // Update runs one cycle. The error, if any, wraps client.ErrRefused
 // (nothing installed), client.ErrRolledBack (an ECU is back on its old
 // image) or is operational.
 func (a *Agent) Update(ctx context.Context) (Report, error) {
+	rep, err := a.update(ctx)
+	// Check in whatever happened, so the server's inventory is current.
+	if cerr := a.checkIn(ctx); cerr != nil && !errors.Is(err, client.ErrUnreachable) {
+		a.Log.Warn("check-in failed; the next cycle reports again", "err", cerr)
+		if err == nil && errors.Is(cerr, client.ErrUnreachable) {
+			err = cerr
+		}
+	}
+	return rep, err
+}
+
+func (a *Agent) update(ctx context.Context) (Report, error) {
 	var rep Report
 	hooks := a.Faults.Hooks()
 
@@ -114,25 +137,27 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 		}
 	}
 
-	// 2. Verify the image repository.
+	// 2. Verify both repositories from their pinned roots.
 	image := &tufclient.Repo{Name: "image", Dir: a.V.ImageRepoDir(), MetadataURL: a.V.Server + "/repo", Client: a.Client, Log: a.Log}
-	trusted, err := image.Refresh(ctx)
+	images, err := image.Refresh(ctx)
+	if err != nil {
+		return rep, err
+	}
+	dir := &tufclient.Repo{Name: "director", Dir: a.V.DirectorRepoDir(), MetadataURL: a.V.Server + "/director/" + url.PathEscape(a.V.VIN),
+		Client: a.Client, Log: a.Log, Sign: a.API.SignGet}
+	directed, err := dir.Refresh(ctx)
 	if err != nil {
 		return rep, err
 	}
 
-	// 3. Choose, per ECU, the newest image built for it.
-	var plans []*plan
-	for _, e := range a.V.ECUs {
-		p, res, err := a.choose(e, trusted)
-		if err != nil {
-			return rep, err
+	// 3. What the director assigns, checked against the image repository.
+	plans, results, err := a.plan(images, directed)
+	rep.ECUs = results
+	if err != nil {
+		for _, p := range plans {
+			a.event(ctx, p, eventFailed, 0, err.Error())
 		}
-		rep.ECUs = append(rep.ECUs, res)
-		if p != nil {
-			p.idx = len(rep.ECUs) - 1
-			plans = append(plans, p)
-		}
+		return rep, err
 	}
 	if len(plans) == 0 {
 		return rep, rolledBack
@@ -140,40 +165,77 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 
 	// 4. Stream and verify every image before any slot switches, so a
 	// refusal leaves every ECU as it was.
+	var live []*plan
 	for i, p := range plans {
 		n, err := a.fetch(ctx, p)
 		rep.ECUs[p.idx].Transferred = n
-		if err != nil {
-			if errors.Is(err, client.ErrRefused) {
-				for _, q := range plans[:i+1] {
-					q.boot.Abort()
-					rep.ECUs[q.idx].Outcome, rep.ECUs[q.idx].Detail = Refused, err.Error()
-				}
-			} else {
-				rep.ECUs[p.idx].Outcome, rep.ECUs[p.idx].Detail = Failed, err.Error()
+		switch {
+		case errors.Is(err, errJobCanceled):
+			p.boot.Abort()
+			rep.ECUs[p.idx].Outcome, rep.ECUs[p.idx].Detail = Canceled, "the job was canceled before flashing; nothing installed"
+			continue
+		case errors.Is(err, client.ErrRefused):
+			for _, q := range plans[:i+1] {
+				q.boot.Abort()
+				rep.ECUs[q.idx].Outcome, rep.ECUs[q.idx].Detail = Refused, err.Error()
+			}
+			for _, q := range plans {
+				a.event(ctx, q, eventFailed, 0, err.Error())
+			}
+			return rep, err
+		case err != nil:
+			rep.ECUs[p.idx].Outcome, rep.ECUs[p.idx].Detail = Failed, err.Error()
+			if errors.Is(err, client.ErrRolledBack) { // flash write error: nothing switched
+				a.event(ctx, p, eventFailed, 0, err.Error())
 			}
 			return rep, err
 		}
+		live = append(live, p)
 	}
 
 	// 5. Switch, trial-boot and commit (or roll back) each ECU.
-	for _, p := range plans {
+	for _, p := range live {
 		a.Log.Info("switching to new slot", "ecu", p.ecu.Serial, "version", p.custom.Version)
 		a.say("installing %s %s on %s: switching slots, trial boot, boot check...", p.ecu.Type, p.custom.Version, p.ecu.Serial)
+		a.event(ctx, p, "installing", 100, "switching to slot "+string(p.w.Journal().Slot))
+		a.event(ctx, p, "rebooting", 100, "trial boot of "+p.custom.Version)
 		err := p.boot.Switch(hooks)
 		r := &rep.ECUs[p.idx]
 		switch {
 		case err == nil:
 			r.Outcome = Installed
+			a.event(ctx, p, "succeeded", 100, p.custom.Version+" booted and committed")
 		case errors.Is(err, client.ErrRolledBack):
 			r.Outcome, r.Detail = RolledBack, err.Error()
 			rolledBack = err
+			a.event(ctx, p, "rolled_back", 100, err.Error())
 		default:
 			r.Outcome, r.Detail = Failed, err.Error()
+			a.event(ctx, p, eventFailed, 0, err.Error())
 			return rep, fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
 		}
 	}
 	return rep, rolledBack
+}
+
+// eventFailed is the job event for a failed attempt.
+const eventFailed = "failed"
+
+// event reports job progress; without a job it does nothing. It returns
+// errJobCanceled when the server says the job was canceled.
+func (a *Agent) event(ctx context.Context, p *plan, kind string, pct int, msg string) error {
+	if p.jobID == "" || a.API == nil {
+		return nil
+	}
+	err := a.API.JobEvent(ctx, p.jobID, kind, pct, msg)
+	var apiErr *api.Error
+	if errors.As(err, &apiErr) && apiErr.Code == "job_canceled" {
+		return errJobCanceled
+	}
+	if err != nil {
+		a.Log.Warn("job event not delivered", "job", p.jobID, "kind", kind, "err", err)
+	}
+	return nil
 }
 
 // say tells a person at a terminal what is happening (logs get slog).
@@ -185,12 +247,22 @@ func (a *Agent) say(format string, args ...any) {
 
 // installed finds what the active slot runs, as the repository knows it:
 // the target whose hash matches the slot's, else the recorded counter.
-func installed(rec *bootctl.Record, targets map[string]*metadata.TargetFiles) (version string, counter int64) {
+func installed(rec *bootctl.Record, images *tufclient.Trusted, serialTarget string) (version string, counter int64) {
 	s := rec.Slots[rec.Active]
 	if s == nil {
 		return "", 0
 	}
-	for _, tf := range targets {
+	for _, p := range []string{s.Target, serialTarget} {
+		if p == "" {
+			continue
+		}
+		if tf, err := images.TargetInfo(p); err == nil && hex.EncodeToString(tf.Hashes["sha256"]) == s.SHA256 {
+			if c, err := meta.TargetCustom(tf); err == nil {
+				return s.Version, c.ReleaseCounter
+			}
+		}
+	}
+	for _, tf := range images.Targets() {
 		if hex.EncodeToString(tf.Hashes["sha256"]) == s.SHA256 && tf.Length == s.Length {
 			if c, err := meta.TargetCustom(tf); err == nil {
 				return s.Version, c.ReleaseCounter
@@ -200,39 +272,135 @@ func installed(rec *bootctl.Record, targets map[string]*metadata.TargetFiles) (v
 	return s.Version, s.ReleaseCounter
 }
 
-func (a *Agent) choose(e vehicle.ECUConfig, trusted *tufclient.Trusted) (*plan, ECUResult, error) {
-	boot := a.V.ECU(e)
-	rec, err := boot.LoadRecord()
-	if err != nil {
-		return nil, ECUResult{}, err
+// directorCustom is the director's custom metadata on a target.
+type directorCustom struct {
+	ECUIdentifiers map[string]struct {
+		HardwareID string `json:"hardwareId"`
+	} `json:"ecuIdentifiers"`
+	JobID     string `json:"jobId"`
+	Downgrade bool   `json:"downgrade"`
+}
+
+// plan checks the director's assignment (Uptane full verification) and
+// returns the installs to do. Any violation refuses the whole cycle: the
+// director must name this VIN, only this vehicle's ECU serials, each at
+// most once, with their hardware IDs; the image repository must list the
+// same target with the same length and hashes, built for that ECU; and
+// the release counter must not go down unless a dealer job forces it and
+// the image permits it.
+func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult, error) {
+	var results []ECUResult
+	byserial := map[string]vehicle.ECUConfig{}
+	for _, e := range a.V.ECUs {
+		byserial[e.Serial] = e
 	}
-	targets := trusted.Targets()
-	from, counter := installed(rec, targets)
-	res := ECUResult{Type: e.Type, Serial: e.Serial, From: from, Outcome: UpToDate}
-	var best *plan
-	paths := make([]string, 0, len(targets))
-	for p := range targets {
+	// Jobs named in refused metadata still hear that their attempt failed.
+	var jobPlans []*plan
+	refuse := func(format string, args ...any) ([]*plan, []ECUResult, error) {
+		return jobPlans, results, fmt.Errorf("%w: director: "+format+"; nothing installed", append([]any{client.ErrRefused}, args...)...)
+	}
+	if vin, _ := directed.TargetsCustom()["vin"].(string); vin != a.V.VIN {
+		return refuse("metadata is for VIN %q, this vehicle is %s", vin, a.V.VIN)
+	}
+	assigned := map[string]*plan{}
+	paths := make([]string, 0)
+	for p := range directed.Targets() {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
 	for _, p := range paths {
-		tf := targets[p]
-		c, err := meta.TargetCustom(tf)
-		if err != nil || !c.Supports(e.Type, e.HardwareID) || c.ReleaseCounter <= counter {
-			continue
+		dtf := directed.Targets()[p]
+		var dc directorCustom
+		if dtf.Custom == nil || json.Unmarshal(*dtf.Custom, &dc) != nil || len(dc.ECUIdentifiers) == 0 {
+			return refuse("target %s names no ECU", p)
 		}
-		if slices.Contains(rec.Failed, hex.EncodeToString(tf.Hashes["sha256"])) {
-			res.Detail = fmt.Sprintf("skipping %s: it failed its boot check on this ECU before", p)
-			continue
+		if dc.JobID != "" {
+			jobPlans = append(jobPlans, &plan{path: p, jobID: dc.JobID})
 		}
-		if best == nil || c.ReleaseCounter > best.custom.ReleaseCounter {
-			best = &plan{ecu: e, boot: boot, path: p, tf: tf, custom: c, from: from}
+		itf, err := images.TargetInfo(p)
+		if err != nil {
+			return refuse("target %s is not in the image repository (%v)", p, err)
+		}
+		if itf.Length != dtf.Length || !hashesEqual(itf.Hashes, dtf.Hashes) {
+			return refuse("target %s: length or hashes differ between director and image repository", p)
+		}
+		ic, err := meta.TargetCustom(itf)
+		if err != nil {
+			return refuse("target %s: %v", p, err)
+		}
+		for serial, id := range dc.ECUIdentifiers {
+			e, ok := byserial[serial]
+			switch {
+			case !ok:
+				return refuse("target %s names ECU serial %s, which this vehicle does not have", p, serial)
+			case assigned[serial] != nil:
+				return refuse("ECU serial %s is assigned twice (%s and %s)", serial, assigned[serial].path, p)
+			case id.HardwareID != e.HardwareID:
+				return refuse("target %s is for hardware %s, ECU %s is %s", p, id.HardwareID, serial, e.HardwareID)
+			case !ic.Supports(e.Type, e.HardwareID):
+				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
+			}
+			assigned[serial] = &plan{ecu: e, boot: a.V.ECU(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
+			if dc.Downgrade && !ic.AllowDowngrade {
+				return refuse("target %s: the director asks for a downgrade the image does not permit", p)
+			}
+			assigned[serial].custom.AllowDowngrade = dc.Downgrade && ic.AllowDowngrade
 		}
 	}
-	if best != nil {
-		res.To, res.Target = best.custom.Version, best.path
+	var plans []*plan
+	for _, e := range a.V.ECUs {
+		boot := a.V.ECU(e)
+		rec, err := boot.LoadRecord()
+		if err != nil {
+			return nil, results, err
+		}
+		p := assigned[e.Serial]
+		target := ""
+		if p != nil {
+			target = p.path
+		}
+		from, counter := installed(rec, images, target)
+		res := ECUResult{Type: e.Type, Serial: e.Serial, From: from, Outcome: UpToDate}
+		if p == nil {
+			res.Detail = "no update assigned"
+			results = append(results, res)
+			continue
+		}
+		res.To, res.Target, res.JobID = p.custom.Version, p.path, p.jobID
+		sum := hex.EncodeToString(p.tf.Hashes["sha256"])
+		switch {
+		case rec.Slots[rec.Active] != nil && rec.Slots[rec.Active].SHA256 == sum:
+			res.Detail = "already running the assigned image"
+			results = append(results, res)
+			if p.jobID != "" {
+				a.event(context.Background(), p, "succeeded", 100, p.custom.Version+" was already installed")
+			}
+			continue
+		case p.custom.ReleaseCounter < counter && !p.custom.AllowDowngrade:
+			results = append(results, res)
+			return refuse("target %s has release counter %d, lower than the installed %d (rollback refused)", p.path, p.custom.ReleaseCounter, counter)
+		case p.jobID == "" && slices.Contains(rec.Failed, sum):
+			res.Detail = fmt.Sprintf("skipping %s: it failed its boot check on this ECU before", p.path)
+			results = append(results, res)
+			continue
+		}
+		p.idx = len(results)
+		results = append(results, res)
+		plans = append(plans, p)
 	}
-	return best, res, nil
+	return plans, results, nil
+}
+
+func hashesEqual(a, b metadata.Hashes) bool {
+	if len(a) == 0 || len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if hex.EncodeToString(v) != hex.EncodeToString(b[k]) {
+			return false
+		}
+	}
+	return true
 }
 
 // fetch streams one image into its ECU's inactive slot and verifies it.
@@ -244,7 +412,7 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	}
 	w, err := p.boot.Begin(bootctl.Journal{
 		Target: p.path, Length: p.tf.Length, SHA256: sum,
-		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter,
+		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
@@ -254,16 +422,33 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	if w.Offset() > 0 {
 		a.Log.Info("resuming download", "target", p.path, "offset", w.Offset(), "length", p.tf.Length)
 	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	canceled := false
+	if err := a.event(ctx, p, "downloading", int(100*w.Offset()/max(p.tf.Length, 1)), "downloading "+p.path); errors.Is(err, errJobCanceled) {
+		w.Pause()
+		return 0, errJobCanceled
+	}
 	name := path.Base(p.path)
-	url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(p.path, sum, true)
 	bar := progress.New(a.Progress, "downloading "+name, p.tf.Length, w.Offset())
-	res, err := download.Fetch(ctx, a.Client, download.Target{
+	prog := &jobProgress{bar: bar, done: w.Offset(), total: p.tf.Length, next: 25 * (1 + int(100*w.Offset()/max(p.tf.Length, 1))/25),
+		report: func(pct int) {
+			if err := a.event(ctx, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
+				canceled = true
+				cancel()
+			}
+		}}
+	url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(p.path, sum, true)
+	res, err := download.Fetch(dctx, a.Client, download.Target{
 		URL: url, Length: p.tf.Length, Offset: w.Offset(), W: w,
-		Body: a.Faults.Body(p.tf.Length), Progress: bar,
+		Body: a.Faults.Body(p.tf.Length), Progress: prog,
 	}, a.Policy)
 	bar.Finish()
 	n := res.Transferred
 	switch {
+	case canceled:
+		w.Pause()
+		return n, errJobCanceled
 	case errors.Is(err, download.ErrServerLength):
 		w.Pause()
 		p.boot.Abort()
@@ -285,6 +470,45 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
 	a.say("verifying %s: length and sha256 against signed metadata", name)
 	return n, w.Finish(a.Faults.Hooks())
+}
+
+// jobProgress feeds the progress bar and reports every 25% to the job.
+type jobProgress struct {
+	bar         *progress.Bar
+	done, total int64
+	next        int
+	report      func(pct int)
+}
+
+func (j *jobProgress) Add(n int64) {
+	j.bar.Add(n)
+	j.done += n
+	if pct := int(100 * j.done / max(j.total, 1)); pct >= j.next && j.next < 100 {
+		j.report(pct)
+		for j.next <= pct {
+			j.next += 25
+		}
+	}
+}
+
+// checkIn posts the signed manifest of what every ECU runs.
+func (a *Agent) checkIn(ctx context.Context) error {
+	if a.API == nil {
+		return nil
+	}
+	var ecus []vehicleauth.ECUReport
+	for _, e := range a.V.ECUs {
+		rec, err := a.V.ECU(e).LoadRecord()
+		if err != nil {
+			return err
+		}
+		r := vehicleauth.ECUReport{Serial: e.Serial, LastResult: rec.LastResult}
+		if s := rec.Slots[rec.Active]; s != nil {
+			r.InstalledTarget, r.Version, r.SHA256, r.Length = s.Target, s.Version, s.SHA256, s.Length
+		}
+		ecus = append(ecus, r)
+	}
+	return a.API.CheckIn(ctx, ecus, nil)
 }
 
 // Status is the vehicle's state as `status --json` prints it (CONTRACT.md).

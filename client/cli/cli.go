@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,10 +18,12 @@ import (
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/agent"
+	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // Exit codes (CONTRACT.md).
@@ -46,7 +49,7 @@ type Env struct {
 const usage = `usage: roadsign-agent COMMAND --state DIR [flags]
 
 commands:
-  init     --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ...
+  init     --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ... [--token TOKEN]
   update   --state DIR [--simulate FAULT,...]
   run      --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]
   status   --state DIR [--json]
@@ -122,6 +125,10 @@ func cmdInit(args []string, env Env) error {
 	directorRoot := fs.String("director-root", "", "director repository root to pin (WORKSPACE/director.root.json)")
 	var ecus stringList
 	fs.Var(&ecus, "ecu", "ECU as TYPE:SERIAL:HWID:FIRMWARE_FILE (repeat; the firmware boots from slot A)")
+	token := fs.String("token", "", "admin or dealer token: also register the vehicle with the server")
+	model := fs.String("model", "Roadsign demo car", "model, for registration")
+	year := fs.Int("year", env.Now().Year(), "model year, for registration")
+	region := fs.String("region", "NA", "region code, for registration")
 	synopsis := "roadsign-agent init --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ..."
 	if err := parse(fs, args, env, synopsis); err != nil {
 		return err
@@ -155,6 +162,22 @@ func cmdInit(args []string, env Env) error {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "provisioned vehicle %s in %s with %d ECU(s)\n", v.VIN, v.Dir, len(v.ECUs))
+	if *token == "" {
+		return nil
+	}
+	key, err := keys.Load(v.KeyPath())
+	if err != nil {
+		return err
+	}
+	reg := api.Registration{VIN: v.VIN, Model: *model, Year: *year, Region: *region, PublicKey: key.Private.Public().(ed25519.PublicKey)}
+	for _, e := range v.ECUs {
+		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
+	}
+	c := &api.Client{Base: v.Server, HTTP: download.NewHTTPClient(), VIN: v.VIN, Key: key.Private, Now: env.Now}
+	if err := c.Register(context.Background(), *token, reg); err != nil {
+		return fmt.Errorf("register %s with %s: %w (the vehicle is provisioned; register it with POST /api/v1/vehicles)", v.VIN, v.Server, err)
+	}
+	fmt.Fprintf(env.Stdout, "registered %s with %s\n", v.VIN, v.Server)
 	return nil
 }
 
@@ -179,7 +202,11 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	defer v.Close()
-	rep, err := newAgent(v, faults, env).Update(ctx)
+	a, err := newAgent(v, faults, env)
+	if err != nil {
+		return err
+	}
+	rep, err := a.Update(ctx)
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
@@ -209,7 +236,10 @@ func cmdRun(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	a := newAgent(v, fault.Set{}, env)
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
 	a.Log = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	a.Progress = io.Discard
 	return a.Run(ctx, agent.DaemonConfig{
@@ -224,15 +254,21 @@ func cmdRun(ctx context.Context, args []string, env Env) error {
 	})
 }
 
-func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) *agent.Agent {
+func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, error) {
 	policy := download.DefaultPolicy()
 	if env.Policy != nil {
 		policy = *env.Policy
 	}
-	return &agent.Agent{
-		V: v, Client: download.NewHTTPClient(), Progress: env.Stderr, Faults: faults, Policy: policy,
-		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	key, err := keys.Load(v.KeyPath())
+	if err != nil {
+		return nil, fmt.Errorf("vehicle key: %w", err)
 	}
+	hc := download.NewHTTPClient()
+	return &agent.Agent{
+		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy,
+		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: env.Now},
+		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}, nil
 }
 
 func printReport(w io.Writer, rep agent.Report) {

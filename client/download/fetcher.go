@@ -35,6 +35,8 @@ type MetadataFetcher struct {
 	Client *http.Client
 	// Timeout bounds one metadata download (they are small).
 	Timeout time.Duration
+	// Sign, if set, adds credentials to each request.
+	Sign func(*http.Request)
 }
 
 // DownloadFile implements fetcher.Fetcher.
@@ -48,6 +50,9 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if f.Sign != nil {
+		f.Sign(req)
 	}
 	resp, err := f.Client.Do(req)
 	if err != nil {

@@ -34,6 +34,9 @@ type Repo struct {
 	MetadataURL string
 	Client      *http.Client
 	Log         *slog.Logger
+	// Sign, if set, authenticates each metadata request (the director
+	// serves a VIN's metadata to that vehicle only).
+	Sign func(*http.Request)
 }
 
 // Trusted is a repository's verified state after a refresh.
@@ -70,7 +73,7 @@ func (r *Repo) Refresh(ctx context.Context) (*Trusted, error) {
 	}
 	cfg.LocalMetadataDir = r.Dir
 	cfg.LocalTargetsDir = filepath.Join(r.Dir, "unused-targets")
-	cfg.Fetcher = &download.MetadataFetcher{Ctx: ctx, Client: r.Client, Timeout: time.Minute}
+	cfg.Fetcher = &download.MetadataFetcher{Ctx: ctx, Client: r.Client, Timeout: time.Minute, Sign: r.Sign}
 	up, err := updater.New(cfg)
 	if err != nil {
 		return nil, r.classify(err)
@@ -118,6 +121,14 @@ func (r *Repo) classify(err error) error {
 		return fmt.Errorf("%w: %s repository at %s: %v", client.ErrUnreachable, r.Name, r.MetadataURL, err)
 	}
 	return fmt.Errorf("%s repository at %s: %w", r.Name, r.MetadataURL, err)
+}
+
+// TargetsCustom returns the top-level targets' signed "custom" object
+// (the director puts the VIN there), or nil.
+func (t *Trusted) TargetsCustom() map[string]any {
+	s := t.up.GetTrustedMetadataSet()
+	c, _ := s.Targets[metadata.TARGETS].Signed.UnrecognizedFields["custom"].(map[string]any)
+	return c
 }
 
 // Targets returns the top-level targets.

@@ -221,7 +221,8 @@ func (w *world) vehicle(n int) vehicleState {
 	r := agent(w.t, "init", "--state", st, "--server", w.url, "--vin", vin,
 		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
 		"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", n, huHW, filepath.Join(samplesDir(), hu.File)),
-		"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", n, dcmHW, filepath.Join(samplesDir(), dcm.File)))
+		"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", n, dcmHW, filepath.Join(samplesDir(), dcm.File)),
+		"--token", adminToken)
 	if r.code != 0 {
 		w.t.Fatalf("agent init: %s", r)
 	}

@@ -129,7 +129,7 @@ func TestServerPublishChecks(t *testing.T) {
 		wantCode   string
 	}{
 		{"publish without token", "POST", "/api/v1/repo/publish", "", []byte(`{}`), 401, "unauthorized"},
-		{"publish with wrong token", "POST", "/api/v1/repo/publish", "nope", []byte(`{}`), 403, "forbidden"},
+		{"publish with unknown token", "POST", "/api/v1/repo/publish", "nope", []byte(`{}`), 401, "unauthorized"},
 		{"upload without token", "PUT", "/api/v1/repo/targets/dcm/" + name, "", content, 401, "unauthorized"},
 		{"upload whose hash does not match its name", "PUT", "/api/v1/repo/targets/dcm/" + name, adminToken, content, 400, "hash_mismatch"},
 		{"upload with an unhashed name", "PUT", "/api/v1/repo/targets/dcm/x.img", adminToken, content, 400, "invalid"},

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,10 +24,16 @@ import (
 
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/fsblob"
 	"github.com/roadsign/roadsign/server/httpapi"
+	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/postgres"
+	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"
+	"github.com/roadsign/roadsign/server/sqlite"
 )
 
 // Exit codes (CONTRACT.md).
@@ -48,7 +55,12 @@ type Env struct {
 type config struct {
 	listen          string
 	data            string
+	database        string
 	blob            string
+	autoAssign      string
+	directorExpiry  time.Duration
+	jobTimeout      time.Duration
+	jobRetry        time.Duration
 	adminToken      string
 	timestampExpiry time.Duration
 	snapshotExpiry  time.Duration
@@ -106,6 +118,11 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	fs.StringVar(&c.data, "data", "./roadsign-data", "data directory: online keys, SQLite database, local blobs")
 	if cmd == "serve" {
 		fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "address to listen on")
+		fs.StringVar(&c.database, "database", "", "state store: empty for SQLite at DATA/roadsign.db, or postgres://USER@HOST:PORT/DB")
+		fs.StringVar(&c.autoAssign, "auto-assign", director.AutoLatest, "what the director assigns to an ECU no job covers: latest (newest image for its hardware) or none")
+		fs.DurationVar(&c.directorExpiry, "director-expiry", 24*time.Hour, "lifetime of per-VIN director metadata; re-signed at half-life when fetched")
+		fs.DurationVar(&c.jobTimeout, "job-timeout", 72*time.Hour, "a job the vehicle does not report on for this long is timed_out")
+		fs.DurationVar(&c.jobRetry, "job-retry", time.Minute, "first retry delay of a failed job (doubles per attempt)")
 		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")
 		fs.DurationVar(&c.timestampExpiry, "timestamp-expiry", 24*time.Hour, "lifetime of signed timestamps; re-signed at half-life")
@@ -117,6 +134,12 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server "+cmd+" [flags]"); err != nil {
 		return c, err
+	}
+	if cmd == "serve" && c.autoAssign != director.AutoLatest && c.autoAssign != director.AutoNone {
+		return c, envflag.Usagef("--auto-assign %q: want latest or none", c.autoAssign)
+	}
+	if cmd == "serve" && c.directorExpiry < 2*time.Second {
+		return c, envflag.Usagef("--director-expiry %s is too short; use at least 2s", c.directorExpiry)
 	}
 	if c.timestampExpiry < 2*time.Second && cmd == "serve" {
 		return c, envflag.Usagef("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)
@@ -172,6 +195,18 @@ func openBlobs(ctx context.Context, c config, getenv func(string) string) (serve
 	return nil, envflag.Usagef("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)
 }
 
+func openStore(ctx context.Context, c config) (server.Store, error) {
+	switch {
+	case c.database == "":
+		return sqlite.Open(ctx, filepath.Join(c.data, "roadsign.db"))
+	case strings.HasPrefix(c.database, "postgres://"), strings.HasPrefix(c.database, "postgresql://"):
+		return postgres.Open(ctx, c.database)
+	case strings.HasPrefix(c.database, "sqlite://"):
+		return sqlite.Open(ctx, strings.TrimPrefix(c.database, "sqlite://"))
+	}
+	return nil, envflag.Usagef("--database %q: want postgres://... or sqlite:///PATH (empty: SQLite in --data)", c.database)
+}
+
 func serve(ctx context.Context, c config, env Env) error {
 	log, err := newLogger(c, env.Stderr)
 	if err != nil {
@@ -188,20 +223,28 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return err
 	}
+	store, err := openStore(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
 	if c.adminToken == "" {
 		c.adminToken = env.Getenv("ROADSIGN_ADMIN_TOKEN")
 	}
 	if c.adminToken == "" {
-		log.Warn("no ROADSIGN_ADMIN_TOKEN set: admin routes (publish) refuse every request")
+		log.Warn("no ROADSIGN_ADMIN_TOKEN set: only accounts made earlier can call admin routes")
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
 	}, time.Now, log, reg)
+	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
+	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
 	handler := httpapi.New(httpapi.Deps{
-		Repo: images, AdminToken: c.adminToken, Log: log, Registry: reg,
-		Ready: map[string]httpapi.Pinger{"blobs": blobs},
+		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registry.New(store, time.Now),
+		Director: directorSvc, Jobs: jobSvc, Store: store, Log: log, Metrics: reg, Now: time.Now,
+		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -217,11 +260,12 @@ func serve(ctx context.Context, c config, env Env) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { images.RunResigner(bg) })
+	wg.Go(func() { jobSvc.RunSweeper(bg, min(c.jobTimeout/10, time.Minute)) })
 	defer func() { stopBG(); wg.Wait() }()
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "data", c.data, "blob", blobDesc(c))
+	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "data", c.data, "blob", blobDesc(c), "database", dbDesc(c), "auto_assign", c.autoAssign)
 	if env.OnListen != nil {
 		env.OnListen(ln.Addr().String())
 	}
@@ -238,6 +282,17 @@ func serve(ctx context.Context, c config, env Env) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+func dbDesc(c config) string {
+	if c.database == "" {
+		return filepath.Join(c.data, "roadsign.db")
+	}
+	if u, err := url.Parse(c.database); err == nil {
+		u.User = nil // never log a password
+		return u.String()
+	}
+	return "(unparsable URL)"
 }
 
 func blobDesc(c config) string {

@@ -5,8 +5,6 @@ package httpapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,9 +18,12 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/director"
+	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 )
 
@@ -39,42 +40,39 @@ type Pinger interface {
 
 // Deps are what the handlers call.
 type Deps struct {
-	Repo       *repo.Repo
-	Ready      map[string]Pinger
-	AdminToken string
-	Log        *slog.Logger
-	Registry   *prometheus.Registry
+	Repo     *repo.Repo
+	Accounts *accounts.Service
+	Registry *registry.Service
+	Director *director.Service
+	Jobs     *jobs.Service
+	Store    server.Store
+	Ready    map[string]Pinger
+	Log      *slog.Logger
+	Metrics  *prometheus.Registry
+	Now      func() time.Time
 }
 
 type api struct {
 	Deps
-	adminHash [32]byte
 }
 
-// New returns the server's http.Handler.
+// New returns the server's http.Handler: every route comes from the route
+// table (routes.go), which also produces the OpenAPI document.
 func New(d Deps) http.Handler {
 	ginMode.Do(func() { gin.SetMode(gin.ReleaseMode) })
-	a := &api{Deps: d, adminHash: sha256.Sum256([]byte(d.AdminToken))}
+	a := &api{Deps: d}
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
-	r.Use(a.recover, a.observe(newHTTPMetrics(d.Registry)))
+	r.Use(a.recover, a.observe(newHTTPMetrics(d.Metrics)), a.authenticate)
 	r.NoRoute(func(c *gin.Context) {
 		a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
 	r.NoMethod(func(c *gin.Context) {
 		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "method_not_allowed", Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
 	})
-
-	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
-	r.GET("/readyz", a.readyz)
-	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{})))
-
-	r.GET("/repo/*file", a.repoFile)
-	r.HEAD("/repo/*file", a.repoFile)
-
-	v1 := r.Group("/api/v1")
-	v1.POST("/repo/publish", a.requireAdmin, a.publish)
-	v1.PUT("/repo/targets/*file", a.requireAdmin, a.uploadTarget)
+	for _, rt := range a.routes() {
+		r.Handle(rt.Method, rt.Path, a.allow(rt.Who), rt.handler)
+	}
 	return r
 }
 
@@ -167,28 +165,6 @@ func (a *api) observe(m *httpMetrics) gin.HandlerFunc {
 			slog.Int("status", status), slog.Int("bytes", c.Writer.Size()),
 			slog.Duration("duration", d), slog.String("remote", c.ClientIP()))
 	}
-}
-
-func bearer(c *gin.Context) string {
-	h := c.GetHeader("Authorization")
-	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(t)
-	}
-	return ""
-}
-
-func (a *api) requireAdmin(c *gin.Context) {
-	tok := bearer(c)
-	if tok == "" {
-		a.fail(c, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN"))
-		return
-	}
-	h := sha256.Sum256([]byte(tok))
-	if a.AdminToken == "" || subtle.ConstantTimeCompare(h[:], a.adminHash[:]) != 1 {
-		a.fail(c, server.Errorf(server.KindForbidden, "this token may not publish; use an admin token"))
-		return
-	}
-	c.Next()
 }
 
 func (a *api) readyz(c *gin.Context) {

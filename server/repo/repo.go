@@ -62,6 +62,10 @@ type Repo struct {
 	// lastResign is when snapshot/timestamp were last signed successfully.
 	lastResign time.Time
 	resignErr  error
+
+	cacheMu       sync.Mutex
+	cachedTargets *metadata.Metadata[metadata.TargetsType]
+	cachedAt      time.Time
 }
 
 // New returns a Repo. reg may be nil.
@@ -168,6 +172,11 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest) (PublishResult, 
 		outcome = "unchanged"
 	}
 	r.m.publishes.WithLabelValues(outcome).Inc()
+	if res.Changed {
+		r.cacheMu.Lock()
+		r.cachedAt = time.Time{} // this replica sees its own publish at once
+		r.cacheMu.Unlock()
+	}
 	return res, err
 }
 
@@ -479,4 +488,49 @@ func ParseVersionedName(name string) (int64, string, bool) {
 		return 0, "", false
 	}
 	return v, strings.TrimSuffix(name[dot+1:], ".json"), true
+}
+
+// CurrentTargets returns the published top-level targets of the image
+// repository and their version (0 and nil before the first publish).
+// Parsed targets are cached by version; the head is re-read at most every
+// two seconds, so replicas see a publish within that.
+func (r *Repo) CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error) {
+	r.cacheMu.Lock()
+	defer r.cacheMu.Unlock()
+	now := r.now()
+	if r.cachedTargets != nil && now.Sub(r.cachedAt) < 2*time.Second {
+		return r.cachedTargets.Signed.Targets, r.cachedTargets.Signed.Version, nil
+	}
+	st, err := r.loadState(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	if st.targetsV == 0 {
+		return nil, 0, nil
+	}
+	if r.cachedTargets == nil || r.cachedTargets.Signed.Version != st.targetsV {
+		raw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.targets.json", imagePrefix, st.targetsV), maxMetadata)
+		if err != nil {
+			return nil, 0, fmt.Errorf("load targets v%d: %w", st.targetsV, err)
+		}
+		t, err := metadata.Targets().FromBytes(raw)
+		if err != nil {
+			return nil, 0, fmt.Errorf("parse targets v%d: %w", st.targetsV, err)
+		}
+		for p, tf := range t.Signed.Targets {
+			tf.Path = p
+		}
+		r.cachedTargets = t
+	}
+	r.cachedAt = now
+	return r.cachedTargets.Signed.Targets, r.cachedTargets.Signed.Version, nil
+}
+
+// OpenDirectorRoot opens a director root file (N.root.json) as published
+// by the signer; every VIN's director shares the root.
+func (r *Repo) OpenDirectorRoot(ctx context.Context, name string) (*File, error) {
+	if _, role, ok := ParseVersionedName(name); !ok || role != "root" {
+		return nil, server.Errorf(server.KindNotFound, "no such director file %q", name)
+	}
+	return openRepoFile(ctx, r.blobs, directorPrefix, name)
 }

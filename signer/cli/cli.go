@@ -139,6 +139,7 @@ func cmdAdd(args []string, env Env) error {
 	fs.StringVar(&o.Version, "version", "", "firmware version (semantic version)")
 	fs.Int64Var(&o.ReleaseCounter, "release-counter", 0, "anti-rollback counter (default: one above the highest for this ECU type)")
 	fs.StringVar(&o.ReleaseNotes, "release-notes", "", "release notes shown to owners and dealers")
+	fs.BoolVar(&o.AllowDowngrade, "allow-downgrade", false, "let a forced dealer job install this image over a newer one")
 	pos, err := parse(fs, args, env, 2, "roadsign-signer add WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID --version SEMVER")
 	if err != nil {
 		return err

@@ -25,7 +25,9 @@ type Key struct {
 	ID     string
 	Public *metadata.Key
 	Signer signature.Signer
-	Path   string
+	// Private is the raw key, for signing that is not TUF metadata.
+	Private ed25519.PrivateKey
+	Path    string
 }
 
 // Generate creates a new ed25519 key and writes it to path with mode 0600.
@@ -91,7 +93,7 @@ func fromPrivate(priv ed25519.PrivateKey, path string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", path, err)
 	}
-	return &Key{ID: id, Public: pub, Signer: s, Path: path}, nil
+	return &Key{ID: id, Public: pub, Signer: s, Private: priv, Path: path}, nil
 }
 
 // WriteFileAtomic writes data to a temporary file in the same directory,

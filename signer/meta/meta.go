@@ -26,6 +26,9 @@ type Custom struct {
 	Version        string   `json:"version"`
 	ReleaseCounter int64    `json:"releaseCounter"`
 	ReleaseNotes   string   `json:"releaseNotes,omitempty"`
+	// AllowDowngrade lets a forced dealer job install this image over a
+	// newer one (the signer must opt in with --allow-downgrade).
+	AllowDowngrade bool `json:"allowDowngrade,omitempty"`
 }
 
 // TargetCustom decodes a target's custom metadata.

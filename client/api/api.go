@@ -1,0 +1,133 @@
+// Package api is the agent's client for the server's REST API: vehicle
+// registration, signed job events and signed check-in manifests.
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+)
+
+// Client talks to one server as one vehicle.
+type Client struct {
+	Base string
+	HTTP *http.Client
+	VIN  string
+	Key  ed25519.PrivateKey
+	Now  func() time.Time
+}
+
+// Error is an error answer from the server.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("server answered %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// Sign adds the vehicle's signature to a request with the given body.
+func (c *Client) Sign(req *http.Request, body []byte) {
+	req.Header.Set("Authorization", vehicleauth.Header(c.Key, c.VIN, req.Method, req.URL.Path, body, c.Now()))
+}
+
+// SignGet signs a body-less request (for the TUF fetcher).
+func (c *Client) SignGet(req *http.Request) { c.Sign(req, nil) }
+
+// do sends a JSON request; auth is "vehicle", a bearer token, or "".
+func (c *Client) do(ctx context.Context, method, path, bearer string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	} else {
+		c.Sign(req, body)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %s %s: %v", client.ErrUnreachable, method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		json.Unmarshal(raw, &e)
+		apiErr := &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+		if resp.StatusCode >= 500 {
+			return fmt.Errorf("%w: %v", client.ErrUnreachable, apiErr)
+		}
+		return apiErr
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+// ECU is one ECU in a registration.
+type ECU struct {
+	Type       string `json:"type"`
+	Serial     string `json:"serial"`
+	HardwareID string `json:"hardwareId"`
+}
+
+// Registration is the body of POST /api/v1/vehicles.
+type Registration struct {
+	VIN       string `json:"vin"`
+	Model     string `json:"model"`
+	Year      int    `json:"year"`
+	Region    string `json:"region"`
+	PublicKey []byte `json:"publicKey"` // base64 in JSON
+	ECUs      []ECU  `json:"ecus"`
+}
+
+// Register registers the vehicle with an admin or dealer token.
+func (c *Client) Register(ctx context.Context, token string, r Registration) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vehicles", token, r, nil)
+}
+
+// JobEvent reports progress on a job.
+func (c *Client) JobEvent(ctx context.Context, jobID, kind string, percent int, message string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/jobs/"+url.PathEscape(jobID)+"/events", "",
+		map[string]any{"kind": kind, "percent": percent, "message": message}, nil)
+}
+
+// CheckIn posts a signed manifest with a fresh nonce.
+func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string) error {
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return err
+	}
+	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline}
+	signed, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	sm := vehicleauth.SignedManifest{Signed: signed, Signature: ed25519.Sign(c.Key, signed)}
+	return c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, nil)
+}

@@ -1,0 +1,114 @@
+package httpapi
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+)
+
+var ginParam = regexp.MustCompile(`[:*]([A-Za-z]+)`)
+
+// OpenAPIPath turns a gin path (/jobs/:id, /repo/*file) into OpenAPI's form.
+func OpenAPIPath(p string) string { return ginParam.ReplaceAllString(p, "{$1}") }
+
+// schemas are the request bodies the API keeps (CONTRACT.md).
+var schemas = map[string]any{
+	"AccountRequest": obj(map[string]any{"role": enum("admin", "dealer", "owner"), "name": str(), "password": str()}, "role", "name"),
+	"VehicleRequest": obj(map[string]any{
+		"vin": str(), "model": str(), "year": map[string]any{"type": "integer"}, "region": str(),
+		"publicKey": map[string]any{"type": "string", "description": "ed25519 public key, base64"},
+		"ecus":      map[string]any{"type": "array", "items": obj(map[string]any{"type": enum("head-unit", "dcm"), "serial": str(), "hardwareId": str()}, "type", "serial", "hardwareId")},
+	}, "vin", "model", "year", "region", "publicKey", "ecus"),
+	"JobRequest": obj(map[string]any{
+		"vin": str(), "ecu": map[string]any{"type": "string", "description": "dcm, head-unit or an ECU serial"},
+		"version": map[string]any{"type": "string", "description": "a version such as 1.1.0, or latest"},
+		"forced":  map[string]any{"type": "boolean"}, "reason": str(),
+	}, "vin", "ecu", "version", "reason"),
+	"JobEvent": obj(map[string]any{
+		"kind":    enum("downloading", "installing", "rebooting", "succeeded", "failed", "rolled_back"),
+		"percent": map[string]any{"type": "integer"}, "message": str(),
+	}, "kind"),
+	"SignedManifest": obj(map[string]any{
+		"signed":    map[string]any{"type": "string", "format": "byte", "description": "the manifest's JSON bytes"},
+		"signature": map[string]any{"type": "string", "format": "byte", "description": "ed25519 signature of signed"},
+	}, "signed", "signature"),
+	"PublishRequest": obj(map[string]any{
+		"imageRoots":    map[string]any{"type": "array", "items": map[string]any{"type": "object"}},
+		"targets":       map[string]any{"type": "object"},
+		"directorRoots": map[string]any{"type": "array", "items": map[string]any{"type": "object"}},
+	}),
+	"Error": obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
+}
+
+func str() map[string]any { return map[string]any{"type": "string"} }
+
+func enum(v ...string) map[string]any { return map[string]any{"type": "string", "enum": v} }
+
+func obj(props map[string]any, required ...string) map[string]any {
+	o := map[string]any{"type": "object", "properties": props}
+	if len(required) > 0 {
+		o["required"] = required
+	}
+	return o
+}
+
+// OpenAPI builds the OpenAPI 3 document from the route table.
+func (a *api) OpenAPI() map[string]any {
+	paths := map[string]map[string]any{}
+	for _, rt := range a.routes() {
+		p := OpenAPIPath(rt.Path)
+		if paths[p] == nil {
+			paths[p] = map[string]any{}
+		}
+		op := map[string]any{
+			"summary":           rt.Summary,
+			"operationId":       strings.ToLower(rt.Method) + strings.NewReplacer("/", "_", "{", "", "}", "", ".", "_").Replace(p),
+			"x-roadsign-access": rt.Who,
+			"responses": map[string]any{
+				"default": map[string]any{"description": "error", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Error"}}}},
+				"200":     map[string]any{"description": "success"},
+			},
+		}
+		var sec []map[string][]string
+		for _, w := range rt.Who {
+			switch w {
+			case Admin, Dealer, Owner:
+				if len(sec) == 0 || sec[0]["bearer"] == nil {
+					sec = append([]map[string][]string{{"bearer": {}}}, sec...)
+				}
+			case Vehicle:
+				sec = append(sec, map[string][]string{"vehicle": {}})
+			}
+		}
+		if sec != nil {
+			op["security"] = sec
+		}
+		if rt.Body != "" {
+			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/" + rt.Body}}}}
+		}
+		var params []map[string]any
+		for _, m := range ginParam.FindAllStringSubmatch(rt.Path, -1) {
+			params = append(params, map[string]any{"name": m[1], "in": "path", "required": true, "schema": str()})
+		}
+		if params != nil {
+			op["parameters"] = params
+		}
+		paths[p][strings.ToLower(rt.Method)] = op
+	}
+	return map[string]any{
+		"openapi": "3.0.3",
+		"info":    map[string]any{"title": "Roadsign API", "version": "1", "description": "Firmware signing, distribution and installation for vehicle ECUs. Errors are {\"error\":{\"code\",\"message\"}}."},
+		"paths":   paths,
+		"components": map[string]any{
+			"securitySchemes": map[string]any{
+				"bearer":  map[string]any{"type": "http", "scheme": "bearer"},
+				"vehicle": map[string]any{"type": "apiKey", "in": "header", "name": "Authorization", "description": "RoadsignVehicle vin=VIN,ts=UNIX,sig=ed25519(method, path, vin, ts, sha256(body))"},
+			},
+			"schemas": schemas,
+		},
+	}
+}
+
+func (a *api) openapi(c *gin.Context) { c.JSON(http.StatusOK, a.OpenAPI()) }

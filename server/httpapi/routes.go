@@ -1,0 +1,260 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/registry"
+)
+
+// route is one entry of the route table: gin registers it and the OpenAPI
+// document describes it, so the two cannot drift apart.
+type route struct {
+	Method  string
+	Path    string // gin syntax: :param, *wildcard
+	Who     []string
+	Summary string
+	Body    string // request schema name in the OpenAPI components, if any
+	handler gin.HandlerFunc
+}
+
+func (a *api) routes() []route {
+	pub, admin, adminDealer := []string{Public}, []string{Admin}, []string{Admin, Dealer}
+	return []route{
+		{"GET", "/healthz", pub, "Liveness", "", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }},
+		{"GET", "/readyz", pub, "Readiness: state and blob stores reachable", "", a.readyz},
+		{"GET", "/metrics", pub, "Prometheus metrics", "", gin.WrapH(promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))},
+		{"GET", "/api/v1/openapi.json", pub, "This document", "", a.openapi},
+
+		{"GET", "/repo/*file", pub, "Image repository metadata and target files (consistent snapshots; Range, ETag)", "", a.repoFile},
+		{"HEAD", "/repo/*file", pub, "Image repository file headers", "", a.repoFile},
+		{"GET", "/director/:vin/*file", []string{Vehicle}, "Per-VIN director metadata, for that vehicle only", "", a.directorFile},
+
+		{"POST", "/api/v1/repo/publish", admin, "Publish signed root and targets metadata (signer)", "PublishRequest", a.publish},
+		{"PUT", "/api/v1/repo/targets/*file", admin, "Upload a target file at DIR/SHA256.NAME (streamed, verified)", "", a.uploadTarget},
+
+		{"POST", "/api/v1/accounts", admin, "Create an account; the token is shown only in the answer", "AccountRequest", a.createAccount},
+
+		{"POST", "/api/v1/vehicles", adminDealer, "Register a vehicle", "VehicleRequest", a.registerVehicle},
+		{"GET", "/api/v1/vehicles", adminDealer, "List vehicles (keyset pages: ?after=VIN&limit=&hardwareId=)", "", a.listVehicles},
+		{"GET", "/api/v1/vehicles/:vin", []string{Admin, Dealer, Owner}, "A vehicle: ECUs, installed versions, open jobs", "", a.getVehicle},
+		{"POST", "/api/v1/vehicles/:vin/manifest", []string{Vehicle}, "Signed version manifest (check-in)", "SignedManifest", a.manifest},
+
+		{"POST", "/api/v1/jobs", adminDealer, "Create a reflash job", "JobRequest", a.createJob},
+		{"GET", "/api/v1/jobs", adminDealer, "Jobs of a vehicle (?vin=)", "", a.listJobs},
+		{"GET", "/api/v1/jobs/:id", adminDealer, "A job with its event history", "", a.getJob},
+		{"POST", "/api/v1/jobs/:id/cancel", adminDealer, "Cancel a job", "", a.cancelJob},
+		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent},
+
+		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit},
+	}
+}
+
+func (a *api) createAccount(c *gin.Context) {
+	var req accounts.CreateRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	created, err := a.Accounts.Create(c.Request.Context(), p, req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := accounts.Audit(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "role="+created.Role); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, created)
+}
+
+func (a *api) registerVehicle(c *gin.Context) {
+	var req registry.RegisterRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	v, err := a.Registry.Register(c.Request.Context(), p, req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, v)
+}
+
+func (a *api) listVehicles(c *gin.Context) {
+	limit, _ := strconv.Atoi(c.Query("limit"))
+	vs, err := a.Registry.List(c.Request.Context(), server.VehicleFilter{HardwareID: c.Query("hardwareId"), After: c.Query("after"), Limit: limit})
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	next := ""
+	if len(vs) > 0 {
+		next = vs[len(vs)-1].VIN
+	}
+	c.JSON(http.StatusOK, gin.H{"vehicles": nonNil(vs), "next": next})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func (a *api) getVehicle(c *gin.Context) {
+	p, _ := principal(c)
+	v, err := a.Registry.Get(c.Request.Context(), p, c.Param("vin"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	all, err := a.Jobs.ByVIN(c.Request.Context(), v.VIN)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	open := []server.Job{}
+	for _, j := range all {
+		if !server.JobTerminal(j.State) {
+			open = append(open, j)
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"vehicle": v, "openJobs": open, "authorization": gin.H{"state": "unknown"}})
+}
+
+func (a *api) manifest(c *gin.Context) {
+	var sm vehicleauth.SignedManifest
+	if err := decodeJSON(c, &sm); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := a.Registry.CheckIn(c.Request.Context(), c.Param("vin"), sm); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "recorded"})
+}
+
+func (a *api) createJob(c *gin.Context) {
+	var req jobs.CreateRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	j, err := a.Jobs.Create(c.Request.Context(), p, req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, j)
+}
+
+func (a *api) listJobs(c *gin.Context) {
+	vin := c.Query("vin")
+	if vin == "" {
+		a.fail(c, server.Errorf(server.KindInvalid, "give ?vin=VIN"))
+		return
+	}
+	js, err := a.Jobs.ByVIN(c.Request.Context(), vin)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"jobs": nonNil(js)})
+}
+
+func (a *api) getJob(c *gin.Context) {
+	j, err := a.Jobs.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, j)
+}
+
+func (a *api) cancelJob(c *gin.Context) {
+	p, _ := principal(c)
+	j, err := a.Jobs.Cancel(c.Request.Context(), p, c.Param("id"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	status := http.StatusOK
+	if !server.JobTerminal(j.State) {
+		status = http.StatusAccepted // flashing: the install finishes or rolls back first
+	}
+	c.JSON(status, j)
+}
+
+func (a *api) jobEvent(c *gin.Context) {
+	var req jobs.EventRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	j, err := a.Jobs.Event(c.Request.Context(), p.VIN, c.Param("id"), req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"id": j.ID, "state": j.State})
+}
+
+func (a *api) audit(c *gin.Context) {
+	after, _ := strconv.ParseInt(c.Query("after"), 10, 64)
+	limit, _ := strconv.Atoi(c.Query("limit"))
+	es, err := a.Store.ListAudit(c.Request.Context(), after, limit)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"entries": nonNil(es)})
+}
+
+func (a *api) directorFile(c *gin.Context) {
+	ctx := c.Request.Context()
+	vin, name := c.Param("vin"), strings.TrimPrefix(c.Param("file"), "/")
+	if strings.HasSuffix(name, ".root.json") {
+		f, err := a.Repo.OpenDirectorRoot(ctx, name)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		defer f.Close()
+		serveFile(c, name, f)
+		return
+	}
+	p, _ := principal(c)
+	v, err := a.Registry.Get(ctx, p, vin)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var body []byte
+	if name == "timestamp.json" {
+		body, err = a.Director.Timestamp(ctx, v)
+		c.Header("Cache-Control", "no-store")
+	} else {
+		body, err = a.Director.File(ctx, vin, name)
+		c.Header("Cache-Control", "private, max-age=31536000, immutable")
+	}
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.Data(http.StatusOK, "application/json", body)
+}

@@ -1,0 +1,338 @@
+// Package jobs runs dealer reflash jobs: one image on one ECU of one VIN.
+//
+//	queued → in_progress → succeeded | failed | rolled_back | canceled | timed_out
+//
+// A job is succeeded only when the vehicle reports the new image booted
+// and was committed. Only the oldest open job of an ECU is active; later
+// ones wait. Failed jobs are retried with backoff a bounded number of
+// times; a job the vehicle never reports on times out. Cancel before the
+// download finishes cancels; once flashing started the install finishes
+// or rolls back, and the job says which.
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/director"
+	"github.com/roadsign/roadsign/signer/meta"
+)
+
+// Config tunes retries and timeouts.
+type Config struct {
+	MaxAttempts int
+	RetryBase   time.Duration
+	// Timeout ends a job the vehicle has not reported on for this long.
+	Timeout time.Duration
+}
+
+// Service manages jobs.
+type Service struct {
+	store  server.Store
+	images director.Images
+	cfg    Config
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+// New returns a job service.
+func New(store server.Store, images director.Images, cfg Config, now func() time.Time, log *slog.Logger) *Service {
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = time.Minute
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 72 * time.Hour
+	}
+	return &Service{store: store, images: images, cfg: cfg, now: now, log: log}
+}
+
+// CreateRequest is the body of POST /api/v1/jobs.
+type CreateRequest struct {
+	VIN     string `json:"vin"`
+	ECU     string `json:"ecu"`     // dcm, head-unit or an ECU serial
+	Version string `json:"version"` // e.g. 1.1.0, or latest
+	Forced  bool   `json:"forced"`  // allow a downgrade (the image must permit it)
+	Reason  string `json:"reason"`
+}
+
+// Create queues a job after resolving the ECU and the image.
+func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateRequest) (server.Job, error) {
+	v, err := s.store.Vehicle(ctx, r.VIN)
+	if errors.Is(err, server.ErrNotFound) {
+		return server.Job{}, server.Errorf(server.KindNotFound, "no vehicle %s is registered", r.VIN)
+	}
+	if err != nil {
+		return server.Job{}, err
+	}
+	ecu, err := pickECU(v, r.ECU)
+	if err != nil {
+		return server.Job{}, err
+	}
+	if strings.TrimSpace(r.Reason) == "" {
+		return server.Job{}, server.Errorf(server.KindInvalid, "reason is required: say why this ECU is reflashed (it is audited)")
+	}
+	targets, _, err := s.images.CurrentTargets(ctx)
+	if err != nil {
+		return server.Job{}, err
+	}
+	path, c, err := pickImage(targets, ecu, r.Version)
+	if err != nil {
+		return server.Job{}, err
+	}
+	if ecu.InstalledTarget != "" {
+		if tf, ok := targets[ecu.InstalledTarget]; ok {
+			if ic, err := meta.TargetCustom(tf); err == nil && c.ReleaseCounter < ic.ReleaseCounter {
+				if !r.Forced {
+					return server.Job{}, server.Errorf(server.KindConflict, "%s is older than the installed %s (release %d < %d); set forced to downgrade", c.Version, ic.Version, c.ReleaseCounter, ic.ReleaseCounter)
+				}
+				if !c.AllowDowngrade {
+					return server.Job{}, server.Errorf(server.KindConflict, "image %s does not permit downgrades; the release engineer must sign it with --allow-downgrade", path)
+				}
+			}
+		}
+	}
+	now := s.now().UTC()
+	j := server.Job{
+		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: ecu.Serial, ECUType: ecu.Type, TargetPath: path, Version: c.Version,
+		Forced: r.Forced, Reason: r.Reason, State: server.JobQueued, CreatedBy: by.Name, CreatedAt: now, UpdatedAt: now,
+		MaxAttempts: s.cfg.MaxAttempts,
+		Events:      []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, by %s: %s", c.Version, ecu.Type, ecu.Serial, by.Name, r.Reason)}},
+	}
+	if err := s.store.CreateJob(ctx, j); err != nil {
+		return server.Job{}, err
+	}
+	if err := accounts.Audit(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
+		return server.Job{}, err
+	}
+	return j, nil
+}
+
+func pickECU(v server.Vehicle, want string) (server.ECU, error) {
+	if e, ok := v.ECUBySerial(want); ok {
+		return e, nil
+	}
+	var found []server.ECU
+	for _, e := range v.ECUs {
+		if e.Type == want {
+			found = append(found, e)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return server.ECU{}, server.Errorf(server.KindInvalid, "ecu %q: %s has no ECU of that type or serial", want, v.VIN)
+	}
+	return server.ECU{}, server.Errorf(server.KindInvalid, "ecu %q: %s has %d of those; name the serial", want, v.VIN, len(found))
+}
+
+func pickImage(targets map[string]*metadata.TargetFiles, e server.ECU, version string) (string, meta.Custom, error) {
+	if version == "" || version == "latest" {
+		p, _, c, ok := director.Latest(targets, e.Type, e.HardwareID)
+		if !ok {
+			return "", c, server.Errorf(server.KindConflict, "no image is published for %s hardware %s", e.Type, e.HardwareID)
+		}
+		return p, c, nil
+	}
+	var best string
+	var bc meta.Custom
+	for p, tf := range targets {
+		c, err := meta.TargetCustom(tf)
+		if err == nil && c.Supports(e.Type, e.HardwareID) && c.Version == version && (best == "" || c.ReleaseCounter > bc.ReleaseCounter) {
+			best, bc = p, c
+		}
+	}
+	if best == "" {
+		return "", bc, server.Errorf(server.KindConflict, "no image version %s is published for %s hardware %s", version, e.Type, e.HardwareID)
+	}
+	return best, bc, nil
+}
+
+// Get returns a job.
+func (s *Service) Get(ctx context.Context, id string) (server.Job, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return server.Job{}, server.Errorf(server.KindNotFound, "no job %q (job IDs are UUIDs)", id)
+	}
+	j, err := s.store.Job(ctx, id)
+	if errors.Is(err, server.ErrNotFound) {
+		return j, server.Errorf(server.KindNotFound, "no job %s", id)
+	}
+	return j, err
+}
+
+// ByVIN lists a vehicle's jobs, oldest first.
+func (s *Service) ByVIN(ctx context.Context, vin string) ([]server.Job, error) {
+	return s.store.JobsByVIN(ctx, vin)
+}
+
+// flashing reports whether the vehicle has started writing or booting.
+func flashing(j server.Job) bool { return j.Phase == "installing" || j.Phase == "rebooting" }
+
+// Cancel cancels a job that has not started flashing; once flashing has
+// started it records the request and the job ends as the install does.
+func (s *Service) Cancel(ctx context.Context, by accounts.Principal, id string) (server.Job, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		j, err := s.Get(ctx, id)
+		if err != nil {
+			return j, err
+		}
+		if server.JobTerminal(j.State) {
+			return j, server.Errorf(server.KindConflict, "job %s is already %s", id, j.State)
+		}
+		from := j.State
+		now := s.now().UTC()
+		ev := server.JobEvent{At: now, Kind: server.JobCanceled, Message: "canceled by " + by.Name}
+		if flashing(j) {
+			j.CancelRequested = true
+			ev = server.JobEvent{At: now, Kind: "cancel_requested", Message: "cancel requested by " + by.Name + " while flashing; the install will finish or roll back"}
+		} else {
+			j.State = server.JobCanceled
+		}
+		j.UpdatedAt = now
+		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+			continue
+		} else if err != nil {
+			return j, err
+		}
+		if err := s.store.AddJobEvent(ctx, j.ID, ev); err != nil {
+			return j, err
+		}
+		if err := accounts.Audit(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
+			return j, err
+		}
+		return s.Get(ctx, id)
+	}
+	return server.Job{}, server.Errorf(server.KindUnavailable, "job %s changed while canceling; retry", id)
+}
+
+// EventRequest is the body of POST /api/v1/jobs/{id}/events.
+type EventRequest struct {
+	Kind    string `json:"kind"`
+	Percent int    `json:"percent,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+var eventKinds = map[string]bool{"downloading": true, "installing": true, "rebooting": true,
+	server.JobSucceeded: true, server.JobFailed: true, server.JobRolledBack: true}
+
+// Event records a progress report from the job's vehicle and moves the
+// job's state. It answers job_canceled (409) when the job was canceled, so
+// the vehicle abandons a download.
+func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (server.Job, error) {
+	if !eventKinds[r.Kind] {
+		return server.Job{}, server.Errorf(server.KindInvalid, "event kind %q: want downloading, installing, rebooting, succeeded, failed or rolled_back", r.Kind)
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		j, err := s.Get(ctx, id)
+		if err != nil {
+			return j, err
+		}
+		if j.VIN != vin {
+			return j, server.Errorf(server.KindForbidden, "job %s belongs to another vehicle", id)
+		}
+		if j.State == server.JobCanceled {
+			return j, server.CodedErrorf(server.KindConflict, "job_canceled", "job %s was canceled; abandon it", id)
+		}
+		if server.JobTerminal(j.State) {
+			return j, server.Errorf(server.KindConflict, "job %s is already %s", id, j.State)
+		}
+		from, now := j.State, s.now().UTC()
+		j.UpdatedAt = now
+		msg := r.Message
+		switch r.Kind {
+		case "downloading", "installing", "rebooting":
+			j.State, j.Phase = server.JobInProgress, r.Kind
+		case server.JobSucceeded, server.JobRolledBack:
+			j.State, j.Phase = r.Kind, r.Kind
+			if j.CancelRequested {
+				msg = strings.TrimSpace(msg + " (cancel was requested while flashing; the install " + map[string]string{server.JobSucceeded: "finished", server.JobRolledBack: "rolled back"}[r.Kind] + ")")
+			}
+		case server.JobFailed:
+			j.Attempts++
+			if j.Attempts < j.MaxAttempts && !j.CancelRequested {
+				j.State, j.Phase = server.JobQueued, ""
+				j.NextAttemptAt = now.Add(s.cfg.RetryBase << (j.Attempts - 1))
+				msg = fmt.Sprintf("%s; retry %d of %d at %s", msg, j.Attempts, j.MaxAttempts-1, j.NextAttemptAt.Format(time.RFC3339))
+			} else {
+				j.State, j.Phase = server.JobFailed, server.JobFailed
+			}
+		}
+		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+			continue
+		} else if err != nil {
+			return j, err
+		}
+		if err := s.store.AddJobEvent(ctx, id, server.JobEvent{At: now, Kind: r.Kind, Percent: r.Percent, Message: msg}); err != nil {
+			return j, err
+		}
+		if from != j.State {
+			if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
+				return j, err
+			}
+		}
+		return j, nil
+	}
+	return server.Job{}, server.Errorf(server.KindUnavailable, "job %s changed concurrently; retry", id)
+}
+
+// Sweep times out jobs the vehicle has not reported on within the
+// timeout. Safe to run on every replica: transitions are conditional.
+func (s *Service) Sweep(ctx context.Context) (int, error) {
+	open, err := s.store.OpenJobs(ctx, 1000)
+	if err != nil {
+		return 0, err
+	}
+	now := s.now().UTC()
+	n := 0
+	for _, j := range open {
+		if now.Sub(j.UpdatedAt) < s.cfg.Timeout {
+			continue
+		}
+		from := j.State
+		j.State, j.UpdatedAt = server.JobTimedOut, now
+		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+			continue
+		} else if err != nil {
+			return n, err
+		}
+		msg := fmt.Sprintf("no report from the vehicle for %s", s.cfg.Timeout)
+		if err := s.store.AddJobEvent(ctx, j.ID, server.JobEvent{At: now, Kind: server.JobTimedOut, Message: msg}); err != nil {
+			return n, err
+		}
+		if err := s.store.AppendAudit(ctx, server.AuditEntry{At: now, Actor: "server", Role: "system", Action: "job.state", Subject: j.ID, Detail: from + " -> timed_out: " + msg}); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// RunSweeper sweeps every interval until ctx ends.
+func (s *Service) RunSweeper(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("job sweep failed", "err", err)
+		} else if n > 0 {
+			s.log.Info("jobs timed out", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

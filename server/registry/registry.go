@@ -1,0 +1,171 @@
+// Package registry keeps the fleet: it registers vehicles (VIN, ECUs,
+// vehicle key), answers who a vehicle is for signed requests, and takes
+// the vehicles' signed check-in manifests.
+package registry
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+	"github.com/roadsign/roadsign/internal/vin"
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
+)
+
+// Service is the vehicle registry.
+type Service struct {
+	store server.Store
+	now   func() time.Time
+}
+
+// New returns a registry.
+func New(store server.Store, now func() time.Time) *Service { return &Service{store: store, now: now} }
+
+// ECURequest is one ECU in a registration.
+type ECURequest struct {
+	Type       string `json:"type"`
+	Serial     string `json:"serial"`
+	HardwareID string `json:"hardwareId"`
+}
+
+// RegisterRequest is the body of POST /api/v1/vehicles.
+type RegisterRequest struct {
+	VIN       string       `json:"vin"`
+	Model     string       `json:"model"`
+	Year      int          `json:"year"`
+	Region    string       `json:"region"`
+	PublicKey string       `json:"publicKey"`
+	ECUs      []ECURequest `json:"ecus"`
+}
+
+// Register validates and stores a vehicle.
+func (s *Service) Register(ctx context.Context, by accounts.Principal, r RegisterRequest) (server.Vehicle, error) {
+	if err := vin.Validate(r.VIN); err != nil {
+		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, "invalid_vin", "%v", err)
+	}
+	if strings.TrimSpace(r.Model) == "" {
+		return server.Vehicle{}, server.Errorf(server.KindInvalid, "model is required")
+	}
+	if r.Year < 1980 || r.Year > 2100 {
+		return server.Vehicle{}, server.Errorf(server.KindInvalid, "year %d: want a model year between 1980 and 2100", r.Year)
+	}
+	if r.Region == "" || len(r.Region) > 16 {
+		return server.Vehicle{}, server.Errorf(server.KindInvalid, "region: give a region code such as NA or EU")
+	}
+	key, err := base64.StdEncoding.DecodeString(r.PublicKey)
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, "invalid_public_key", "publicKey: want a base64 ed25519 public key (32 bytes)")
+	}
+	if len(r.ECUs) == 0 {
+		return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus: register at least one ECU")
+	}
+	v := server.Vehicle{VIN: r.VIN, Model: r.Model, Year: r.Year, Region: r.Region, PublicKey: key, CreatedAt: s.now().UTC()}
+	seen := map[string]bool{}
+	for i, e := range r.ECUs {
+		switch {
+		case !fwimage.ValidECU(e.Type):
+			return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus[%d].type %q: want head-unit or dcm", i, e.Type)
+		case e.Serial == "" || len(e.Serial) > 64 || strings.ContainsAny(e.Serial, "/\\ "):
+			return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus[%d].serial %q: want 1 to 64 characters, no slashes or spaces", i, e.Serial)
+		case e.HardwareID == "":
+			return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus[%d].hardwareId is required", i)
+		case seen[e.Serial]:
+			return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus: serial %s appears twice", e.Serial)
+		}
+		seen[e.Serial] = true
+		v.ECUs = append(v.ECUs, server.ECU{Serial: e.Serial, Type: e.Type, HardwareID: e.HardwareID})
+	}
+	if err := s.store.CreateVehicle(ctx, v); err != nil {
+		if errors.Is(err, server.ErrConflict) {
+			return server.Vehicle{}, server.Errorf(server.KindConflict, "VIN %s or one of its ECU serials is already registered; a replaced ECU is re-provisioned, not registered again", v.VIN)
+		}
+		return server.Vehicle{}, err
+	}
+	detail, _ := json.Marshal(r.ECUs)
+	if err := accounts.Audit(ctx, s.store, s.now(), by, "vehicle.register", v.VIN, string(detail)); err != nil {
+		return server.Vehicle{}, err
+	}
+	return v, nil
+}
+
+// Get returns a vehicle; admins and dealers see any, owners only their own.
+func (s *Service) Get(ctx context.Context, by accounts.Principal, vinStr string) (server.Vehicle, error) {
+	if by.Role == server.RoleOwner {
+		// Owner links arrive with the owner portal; until then owners see none.
+		return server.Vehicle{}, server.Errorf(server.KindForbidden, "vehicle %s is not linked to your account", vinStr)
+	}
+	v, err := s.store.Vehicle(ctx, vinStr)
+	if errors.Is(err, server.ErrNotFound) {
+		return v, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vinStr)
+	}
+	return v, err
+}
+
+// List pages through vehicles, optionally by hardware ID.
+func (s *Service) List(ctx context.Context, f server.VehicleFilter) ([]server.Vehicle, error) {
+	return s.store.ListVehicles(ctx, f)
+}
+
+// VehicleKey returns the registered public key of a VIN.
+func (s *Service) VehicleKey(ctx context.Context, vinStr string) (ed25519.PublicKey, error) {
+	v, err := s.store.Vehicle(ctx, vinStr)
+	if errors.Is(err, server.ErrNotFound) {
+		return nil, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle", "vehicle %s is not registered; register it (roadsign-agent init --token)", vinStr)
+	}
+	return ed25519.PublicKey(v.PublicKey), err
+}
+
+// CheckIn verifies a signed manifest and records what the vehicle runs.
+// A manifest must be fresh, name the VIN it is posted for, list only the
+// vehicle's ECU serials, and carry a nonce never seen before.
+func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.SignedManifest) error {
+	key, err := s.VehicleKey(ctx, vinStr)
+	if err != nil {
+		return err
+	}
+	if err := sm.Verify(key); err != nil {
+		return server.CodedErrorf(server.KindUnauthorized, "bad_signature", "manifest signature does not verify with the key registered for %s; a replaced ECU needs re-provisioning", vinStr)
+	}
+	var m vehicleauth.Manifest
+	if err := json.Unmarshal(sm.Signed, &m); err != nil {
+		return server.Errorf(server.KindInvalid, "manifest: %v", err)
+	}
+	now := s.now()
+	switch {
+	case m.VIN != vinStr:
+		return server.Errorf(server.KindInvalid, "manifest is for VIN %s, posted for %s", m.VIN, vinStr)
+	case len(m.Nonce) < 16:
+		return server.Errorf(server.KindInvalid, "manifest nonce is missing or too short")
+	case now.Sub(m.Time) > 24*time.Hour || m.Time.Sub(now) > vehicleauth.MaxSkew:
+		return server.CodedErrorf(server.KindInvalid, "stale_manifest", "manifest time %s is too far from now; check the vehicle clock", m.Time.Format(time.RFC3339))
+	}
+	v, err := s.store.Vehicle(ctx, vinStr)
+	if err != nil {
+		return err
+	}
+	var ecus []server.ECU
+	for _, e := range m.ECUs {
+		if _, ok := v.ECUBySerial(e.Serial); !ok {
+			return server.Errorf(server.KindInvalid, "manifest names ECU %s, which %s does not have", e.Serial, vinStr)
+		}
+		ecus = append(ecus, server.ECU{Serial: e.Serial, InstalledTarget: e.InstalledTarget, InstalledVersion: e.Version, InstalledSHA256: e.SHA256})
+	}
+	if err := s.store.UseNonce(ctx, vinStr, m.Nonce, now); err != nil {
+		if errors.Is(err, server.ErrConflict) {
+			return server.CodedErrorf(server.KindConflict, "replayed_manifest", "manifest nonce was used before: replayed manifest refused")
+		}
+		return err
+	}
+	if err := s.store.ReportECUs(ctx, vinStr, ecus, now); err != nil {
+		return fmt.Errorf("check-in %s: %w", vinStr, err)
+	}
+	return nil
+}
