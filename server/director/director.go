@@ -203,7 +203,7 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 			f, err := d.store.DirectorFile(ctx, v.VIN, metadata.TIMESTAMP, head.TimestampVersion)
 			return f.Body, err
 		}
-		next, metas, err := d.sign(v.VIN, head, files, hash, now)
+		next, metas, err := d.Sign(v.VIN, head, files, hash, now)
 		if err != nil {
 			return nil, err
 		}
@@ -220,7 +220,9 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 	return nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
 }
 
-func (d *Service) sign(vin string, head server.DirectorHead, files map[string]*metadata.TargetFiles, hash string, now time.Time) (server.DirectorHead, []server.DirectorMeta, error) {
+// Sign signs director targets (files), snapshot and timestamp for a VIN
+// as the versions after head. The caller stores them with SaveDirector.
+func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*metadata.TargetFiles, hash string, now time.Time) (server.DirectorHead, []server.DirectorMeta, error) {
 	exp := meta.Expires(now, d.expiry)
 	next := server.DirectorHead{VIN: vin, TargetsVersion: head.TargetsVersion + 1, SnapshotVersion: head.SnapshotVersion + 1,
 		TimestampVersion: head.TimestampVersion + 1, AssignmentHash: hash, TimestampExpires: exp}
