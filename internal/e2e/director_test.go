@@ -365,3 +365,25 @@ func TestManifestReplayIsRejected(t *testing.T) {
 		t.Fatalf("manifest changed after signing: %d %s, want 401 bad_signature", code, body)
 	}
 }
+
+// TestJobsForOneECUQueueBehindEachOther: two jobs for the same ECU never
+// deadlock: the older runs first, the other waits, then runs.
+func TestJobsForOneECUQueueBehindEachOther(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none")
+	w.setup(nil)
+	v := w.vehicle(1)
+	first := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "1.1.0", "reason": "first"})
+	second := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "DCM000001", "version": "2.0.0", "reason": "second"})
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update 1: %s", r)
+	}
+	if got := versions(t, v)["dcm"]; got != "1.1.0" || w.getJob(adminToken, first.ID).State != "succeeded" || w.getJob(adminToken, second.ID).State != "queued" {
+		t.Fatalf("after the first update: dcm %s, jobs %s/%s", got, w.getJob(adminToken, first.ID).State, w.getJob(adminToken, second.ID).State)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update 2: %s", r)
+	}
+	if got := versions(t, v)["dcm"]; got != "2.0.0" || w.getJob(adminToken, second.ID).State != "succeeded" {
+		t.Fatalf("after the second update: dcm %s, job %s", got, w.getJob(adminToken, second.ID).State)
+	}
+}

@@ -231,9 +231,6 @@ var eventKinds = map[string]bool{"downloading": true, "installing": true, "reboo
 // job's state. It answers job_canceled (409) when the job was canceled, so
 // the vehicle abandons a download.
 func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (server.Job, error) {
-	if !eventKinds[r.Kind] {
-		return server.Job{}, server.Errorf(server.KindInvalid, "event kind %q: want downloading, installing, rebooting, succeeded, failed or rolled_back", r.Kind)
-	}
 	for attempt := 0; attempt < 3; attempt++ {
 		j, err := s.Get(ctx, id)
 		if err != nil {
@@ -241,6 +238,9 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 		}
 		if j.VIN != vin {
 			return j, server.Errorf(server.KindForbidden, "job %s belongs to another vehicle", id)
+		}
+		if !eventKinds[r.Kind] {
+			return server.Job{}, server.Errorf(server.KindInvalid, "event kind %q: want downloading, installing, rebooting, succeeded, failed or rolled_back", r.Kind)
 		}
 		if j.State == server.JobCanceled {
 			return j, server.CodedErrorf(server.KindConflict, "job_canceled", "job %s was canceled; abandon it", id)

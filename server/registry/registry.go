@@ -127,6 +127,9 @@ func (s *Service) VehicleKey(ctx context.Context, vinStr string) (ed25519.Public
 // A manifest must be fresh, name the VIN it is posted for, list only the
 // vehicle's ECU serials, and carry a nonce never seen before.
 func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.SignedManifest) error {
+	if len(sm.Signed) == 0 || len(sm.Signature) == 0 {
+		return server.Errorf(server.KindInvalid, "manifest needs signed (the manifest JSON, base64) and signature")
+	}
 	key, err := s.VehicleKey(ctx, vinStr)
 	if err != nil {
 		return err

@@ -44,7 +44,7 @@ func TestQueriesUseIndexes(t *testing.T) {
 	defer s.Close()
 	for _, q := range []string{
 		`SELECT vin FROM vehicles WHERE vin > 'A' ORDER BY vin LIMIT 100`,
-		`SELECT e.vin FROM ecus e WHERE e.hardware_id = 'X' AND e.vin > 'A'`,
+		`SELECT v.vin FROM ecus e JOIN vehicles v ON v.vin = e.vin WHERE e.hardware_id = 'X' AND e.vin > 'A' ORDER BY e.vin LIMIT 100`,
 		`SELECT id FROM jobs WHERE vin = 'X' ORDER BY created_at`,
 		`SELECT id FROM jobs WHERE state IN ('queued', 'in_progress') ORDER BY created_at LIMIT 10`,
 		`SELECT body FROM director_files WHERE vin = 'X' AND role = 'targets' AND version = 3`,

@@ -220,9 +220,9 @@ func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]ser
 	var rows *sql.Rows
 	var err error
 	if f.HardwareID != "" {
-		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+prefixCols("v.", vehicleCols)+` FROM vehicles v
-			WHERE v.vin IN (SELECT e.vin FROM ecus e WHERE e.hardware_id = ? AND e.vin > ?)
-			ORDER BY v.vin LIMIT ?`), f.HardwareID, f.After, f.Limit)
+		// Walks the (hardware_id, vin) index in order and stops at the limit.
+		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+prefixCols("v.", vehicleCols)+` FROM ecus e JOIN vehicles v ON v.vin = e.vin
+			WHERE e.hardware_id = ? AND e.vin > ? ORDER BY e.vin LIMIT ?`), f.HardwareID, f.After, f.Limit)
 	} else {
 		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`), f.After, f.Limit)
 	}
@@ -236,6 +236,9 @@ func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]ser
 		v, err := scanVehicle(rows)
 		if err != nil {
 			return nil, s.wrap("list vehicles", err)
+		}
+		if len(vins) > 0 && vins[len(vins)-1] == v.VIN {
+			continue // two ECUs of one vehicle with that hardware ID
 		}
 		out = append(out, v)
 		vins = append(vins, v.VIN)

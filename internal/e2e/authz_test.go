@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+	"github.com/roadsign/roadsign/signer/keys"
+)
+
+// TestAuthorizationMatrix calls every route with every kind of caller (and
+// none) and checks the status against CONTRACT.md's table: a caller who
+// may not call a route gets 401 without credentials and 403 with the
+// wrong ones; one who may never gets 401 or 403.
+func TestAuthorizationMatrix(t *testing.T) {
+	w := newWorld(t)
+	w.setup(nil)
+	v1, v2 := w.vehicle(1), w.vehicle(2)
+	dealer, owner := w.account("dealer", "dealer-1"), w.account("owner", "owner-1")
+	job := w.job(dealer, map[string]any{"vin": v1.vin, "ecu": "dcm", "version": "latest", "reason": "authz test"})
+	vkey := func(v vehicleState) ed25519.PrivateKey {
+		k, err := keys.Load(filepath.Join(v.dir, "vehicle.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.Private
+	}
+	k1, k2 := vkey(v1), vkey(v2)
+
+	const all = "none admin dealer owner vehicle other-vehicle"
+	matrix := []struct {
+		method, path, concrete string
+		allowed                string
+	}{
+		{"GET", "/healthz", "", all},
+		{"GET", "/readyz", "", all},
+		{"GET", "/metrics", "", all},
+		{"GET", "/api/v1/openapi.json", "", all},
+		{"GET", "/repo/{file}", "/repo/timestamp.json", all},
+		{"HEAD", "/repo/{file}", "/repo/timestamp.json", all},
+		{"GET", "/director/{vin}/{file}", "/director/" + v1.vin + "/timestamp.json", "vehicle"},
+		{"POST", "/api/v1/repo/publish", "", "admin"},
+		{"PUT", "/api/v1/repo/targets/{file}", "/api/v1/repo/targets/dcm/" + strings.Repeat("ab", 32) + ".x.img", "admin"},
+		{"POST", "/api/v1/accounts", "", "admin"},
+		{"POST", "/api/v1/vehicles", "", "admin dealer"},
+		{"GET", "/api/v1/vehicles", "", "admin dealer"},
+		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer"}, // owner-1 owns no vehicle
+		{"POST", "/api/v1/vehicles/{vin}/manifest", "/api/v1/vehicles/" + v1.vin + "/manifest", "vehicle"},
+		{"POST", "/api/v1/jobs", "", "admin dealer"},
+		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, "admin dealer"},
+		{"GET", "/api/v1/jobs/{id}", "/api/v1/jobs/" + job.ID, "admin dealer"},
+		{"POST", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/" + job.ID + "/cancel", "admin dealer"},
+		{"POST", "/api/v1/jobs/{id}/events", "/api/v1/jobs/" + job.ID + "/events", "vehicle"},
+		{"GET", "/api/v1/audit", "", "admin"},
+	}
+
+	// Every route the server documents is in the matrix, and only those.
+	var doc struct {
+		Paths map[string]map[string]any `json:"paths"`
+	}
+	if code := w.api("GET", "/api/v1/openapi.json", "", nil, &doc); code != 200 {
+		t.Fatalf("openapi: %d", code)
+	}
+	var documented, tested []string
+	for p, ops := range doc.Paths {
+		for m := range ops {
+			documented = append(documented, strings.ToUpper(m)+" "+p)
+		}
+	}
+	for _, m := range matrix {
+		tested = append(tested, m.method+" "+m.path)
+	}
+	sort.Strings(documented)
+	sort.Strings(tested)
+	if strings.Join(documented, "\n") != strings.Join(tested, "\n") {
+		t.Fatalf("routes documented:\n%s\nroutes in this test:\n%s", strings.Join(documented, "\n"), strings.Join(tested, "\n"))
+	}
+
+	callers := strings.Fields(all)
+	for _, m := range matrix {
+		path := m.path
+		if m.concrete != "" {
+			path = m.concrete
+		}
+		for _, caller := range callers {
+			body := []byte(`{}`)
+			if m.method == "GET" || m.method == "HEAD" {
+				body = nil
+			}
+			req, err := http.NewRequest(m.method, w.url+path, bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			urlPath := strings.SplitN(path, "?", 2)[0]
+			switch caller {
+			case "admin":
+				req.Header.Set("Authorization", "Bearer "+adminToken)
+			case "dealer":
+				req.Header.Set("Authorization", "Bearer "+dealer)
+			case "owner":
+				req.Header.Set("Authorization", "Bearer "+owner)
+			case "vehicle":
+				req.Header.Set("Authorization", vehicleauth.Header(k1, v1.vin, m.method, urlPath, body, time.Now()))
+			case "other-vehicle":
+				req.Header.Set("Authorization", vehicleauth.Header(k2, v2.vin, m.method, urlPath, body, time.Now()))
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var e struct {
+				Error struct{ Code, Message string } `json:"error"`
+			}
+			json.NewDecoder(resp.Body).Decode(&e)
+			resp.Body.Close()
+			allowed := strings.Contains(" "+m.allowed+" ", " "+caller+" ")
+			denied := resp.StatusCode == 401 || resp.StatusCode == 403
+			want := "allowed"
+			switch {
+			case allowed && denied:
+			case !allowed && caller == "none" && resp.StatusCode != 401:
+				want = "401"
+			case !allowed && caller != "none" && resp.StatusCode != 403:
+				want = "403"
+			default:
+				continue
+			}
+			t.Errorf("%s %s as %s: got %d (%s), want %s", m.method, m.path, caller, resp.StatusCode, e.Error.Message, want)
+		}
+	}
+}
