@@ -16,10 +16,12 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# All tests, with the race detector, including the S3 suite against a real
-# versitygw that this target installs (first run: about 2-3 minutes).
+# All tests, with the race detector, including the state-store suite on
+# PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)
+# and the S3 suite against a real versitygw that this target installs
+# (first run: about 2-3 minutes).
 test: tools
-	ROADSIGN_REQUIRE_S3=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 
 # SIGKILLs the real agent at random points of 500 installs.

@@ -6,7 +6,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -74,7 +76,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	ws := filepath.Join(tmp, "signing-workspace")
 	state := filepath.Join(tmp, "vehicle")
 
-	d.step("1. The operator creates the server's online keys and starts it on embedded defaults (SQLite + local files).")
+	d.step("1. The operator creates the server's online keys and starts it on embedded defaults (SQLite + local files),\n   with --auto-assign none: vehicles get only what a dealer job or campaign assigns.")
 	if err := d.cmd(ctx, "roadsign-server", "init", "--data", data); err != nil {
 		return err
 	}
@@ -83,7 +85,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	url := "http://" + addr
-	srv, err := d.startServer(data, addr, url)
+	srv, err := d.startServer(data, addr, url, "--auto-assign", "none")
 	if err != nil {
 		return err
 	}
@@ -116,20 +118,61 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d.step("5. A vehicle is provisioned: its head unit and DCM run version 1 from slot A; both roots are pinned.")
+	d.step("5. The admin creates a dealer account (the token is shown once).")
+	var dealer struct {
+		Token string `json:"token"`
+	}
+	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "dealer", "name": "dealer-demo"}, &dealer); err != nil {
+		return err
+	}
+	d.step("6. A vehicle is provisioned and registered by the dealer: its head unit and DCM run version 1 from slot A;\n   both roots (image and director) are pinned.")
 	if err := d.cmd(ctx, "roadsign-agent", "init", "--state", state, "--server", url, "--vin", v,
 		"--image-root", filepath.Join(ws, "image.root.json"), "--director-root", filepath.Join(ws, "director.root.json"),
 		"--ecu", fmt.Sprintf("head-unit:HU000001:%s:%s", hu.HardwareID, filepath.Join(*samples, hu.File)),
-		"--ecu", fmt.Sprintf("dcm:DCM000001:%s:%s", dcm.HardwareID, filepath.Join(*samples, dcm.File))); err != nil {
+		"--ecu", fmt.Sprintf("dcm:DCM000001:%s:%s", dcm.HardwareID, filepath.Join(*samples, dcm.File)),
+		"--token", dealer.Token); err != nil {
 		return err
 	}
 	d.step("Status before the update:")
 	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
 		return err
 	}
-	d.step("6. The vehicle updates: verify the image repository from its pinned root, stream each image into the inactive slot, check length and sha256, trial-boot, commit.")
+	d.step("7. The dealer pushes a reflash job for each ECU: the newest image for its hardware.")
+	var jobIDs []string
+	for _, ecu := range []string{"head-unit", "dcm"} {
+		var j struct {
+			ID string `json:"id"`
+		}
+		if err := d.api(ctx, url, dealer.Token, "POST", "/api/v1/jobs", map[string]any{"vin": v, "ecu": ecu, "version": "latest", "reason": "connected services fail to authorize"}, &j); err != nil {
+			return err
+		}
+		jobIDs = append(jobIDs, j.ID)
+	}
+	d.step("8. The vehicle updates: verify both repositories from their pinned roots, check the director's assignment\n   against the image repository, stream each image into the inactive slot, check length and sha256,\n   trial-boot, commit, report job progress, check in a signed manifest.")
 	if err := d.cmd(ctx, "roadsign-agent", "update", "--state", state); err != nil {
 		return err
+	}
+	d.step("The dealer sees the jobs succeed (only after the new images booted and were committed):")
+	for _, id := range jobIDs {
+		var j struct {
+			State  string `json:"state"`
+			Target string `json:"target"`
+			Events []struct {
+				Kind    string `json:"kind"`
+				Percent int    `json:"percent"`
+			} `json:"events"`
+		}
+		if err := d.api(ctx, url, dealer.Token, "GET", "/api/v1/jobs/"+id, nil, &j); err != nil {
+			return err
+		}
+		var evs []string
+		for _, e := range j.Events {
+			evs = append(evs, e.Kind)
+		}
+		fmt.Fprintf(d.out, "   job %s  %-10s %s  [%s]\n", id[:8], j.State, j.Target, strings.Join(evs, " "))
+		if j.State != "succeeded" {
+			return fmt.Errorf("job %s ended %s", id, j.State)
+		}
 	}
 	d.step("Status after the update:")
 	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
@@ -143,6 +186,37 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func (d *demo) step(s string) { fmt.Fprintf(d.out, "\n== %s\n", s) }
+
+// api makes one REST call, printing it the way curl would be typed.
+func (d *demo) api(ctx context.Context, base, token, method, path string, in, out any) error {
+	var body io.Reader
+	shown := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, shown = bytes.NewReader(b), " '"+string(b)+"'"
+	}
+	fmt.Fprintf(d.out, "$ curl -X %s $SERVER%s -H 'Authorization: Bearer …'%s\n", method, path, shown)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, raw)
+	}
+	fmt.Fprintf(d.out, "  -> %s\n", resp.Status)
+	return json.Unmarshal(raw, out)
+}
 
 func (d *demo) cmd(ctx context.Context, name string, args ...string) error {
 	fmt.Fprintf(d.out, "$ %s %s\n", name, strings.ReplaceAll(strings.Join(args, " "), d.tmp, "$DEMO"))
@@ -160,14 +234,14 @@ type server struct {
 	log  string
 }
 
-func (d *demo) startServer(data, addr, url string) (*server, error) {
+func (d *demo) startServer(data, addr, url string, extra ...string) (*server, error) {
 	logPath := filepath.Join(d.tmp, "server.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(d.out, "$ roadsign-server --listen %s --data $DEMO/server-data   (log: $DEMO/server.log)\n", addr)
-	c := exec.Command(filepath.Join(d.bin, "roadsign-server"), "--listen", addr, "--data", data)
+	fmt.Fprintf(d.out, "$ roadsign-server --listen %s --data $DEMO/server-data %s   (log: $DEMO/server.log)\n", addr, strings.Join(extra, " "))
+	c := exec.Command(filepath.Join(d.bin, "roadsign-server"), append([]string{"--listen", addr, "--data", data}, extra...)...)
 	c.Stdout, c.Stderr, c.Env = logf, logf, d.env
 	if err := c.Start(); err != nil {
 		logf.Close()

@@ -130,7 +130,7 @@ func TestDealerJobInstallsExactlyTheChosenImage(t *testing.T) {
 		t.Fatalf("vehicle 2 changed: %v -> %v", before2, after2)
 	}
 	got := w.getJob(dealer, j.ID)
-	if got.State != "succeeded" || kinds(got) != "queued,downloading,downloading,downloading,downloading,installing,rebooting,succeeded" {
+	if k := kinds(got); got.State != "succeeded" || !strings.HasPrefix(k, "queued,downloading,") || !strings.HasSuffix(k, ",downloading,installing,rebooting,succeeded") {
 		t.Fatalf("job %s: %s", got.State, kinds(got))
 	}
 	// The check-in reported the new version to the inventory.
