@@ -194,6 +194,11 @@ type Store interface {
 	SaveDirector(ctx context.Context, prev, next DirectorHead, files []DirectorMeta) error
 	DirectorFile(ctx context.Context, vin, role string, version int64) (DirectorMeta, error)
 
+	// AcquireLease takes (or renews) a named lease for ttl; false if
+	// another holder has it. Replicas use it to take turns at singleton work.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
+
 	Ping(ctx context.Context) error
 	Close() error
 }

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -239,6 +240,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
 	}, time.Now, log, reg)
+	images.UseLeases(store, uuid.NewString())
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
 	handler := httpapi.New(httpapi.Deps{

@@ -47,8 +47,23 @@ type Config struct {
 	MaxTargetSize int64
 }
 
+// Leaser hands out named leases shared by all replicas (the state store).
+type Leaser interface {
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// leaseName is the lease a replica holds while it writes the image
+// repository's snapshot and timestamp: two replicas signing at once would
+// publish different files under the same version.
+const leaseName = "image-repository"
+
 // Repo is the image repository service.
 type Repo struct {
+	// leases and holder make writers take turns across replicas (nil: one process).
+	leases Leaser
+	holder string
+
 	blobs server.BlobStore
 	keys  *OnlineKeys
 	cfg   Config
@@ -83,6 +98,38 @@ func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time
 		cfg.MaxTargetSize = 8 << 30
 	}
 	return &Repo{blobs: blobs, keys: k, cfg: cfg, now: now, log: log, m: newMetrics(reg)}
+}
+
+// UseLeases makes publish and re-sign take the shared lease first, so
+// several replicas never sign the same version twice.
+func (r *Repo) UseLeases(l Leaser, holder string) { r.leases, r.holder = l, holder }
+
+// lease takes the shared lease, waiting up to wait for it. It returns a
+// release function, or ok=false if another replica kept it.
+func (r *Repo) lease(ctx context.Context, wait time.Duration) (release func(), ok bool, err error) {
+	if r.leases == nil {
+		return func() {}, true, nil
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		// Wall-clock time: the lease measures real elapsed time, whatever
+		// clock signs metadata.
+		ok, err := r.leases.AcquireLease(ctx, leaseName, r.holder, time.Minute, time.Now())
+		if err != nil {
+			return nil, false, err
+		}
+		if ok {
+			return func() { r.leases.ReleaseLease(context.WithoutCancel(ctx), leaseName, r.holder) }, true, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // PublishRequest is the body of POST /api/v1/repo/publish: the signer's
@@ -163,6 +210,14 @@ func (r *Repo) loadState(ctx context.Context) (*state, error) {
 func (r *Repo) Publish(ctx context.Context, req PublishRequest) (PublishResult, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	release, ok, err := r.lease(ctx, 30*time.Second)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	if !ok {
+		return PublishResult{}, server.Errorf(server.KindUnavailable, "another replica is publishing or re-signing the image repository; retry in a minute")
+	}
+	defer release()
 	res, err := r.publish(ctx, req)
 	outcome := "changed"
 	switch {

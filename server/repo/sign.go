@@ -76,6 +76,11 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 func (r *Repo) ResignIfNeeded(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	release, ok, err := r.lease(ctx, 0)
+	if err != nil || !ok {
+		return false, err // another replica holds the lease and does the work
+	}
+	defer release()
 	signed, err := r.resign(ctx)
 	if err != nil {
 		r.resignErr = err

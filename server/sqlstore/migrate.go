@@ -46,6 +46,8 @@ var migrations = []string{
 	CREATE TABLE director_files (
 		vin TEXT NOT NULL, role TEXT NOT NULL, version BIGINT NOT NULL, body {{BLOB}} NOT NULL,
 		expires BIGINT NOT NULL, PRIMARY KEY (vin, role, version));`,
+	// 2: leases, so one replica at a time signs the image repository.
+	`CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -526,3 +526,24 @@ func (s *Store) DirectorFile(ctx context.Context, vin, role string, version int6
 	m.Expires = fromMicros(exp)
 	return m, s.wrap("director "+role+" v"+strconv.FormatInt(version, 10)+" of "+vin, err)
 }
+
+// --- leases ---
+
+// AcquireLease implements server.Store: it takes the lease if it is free,
+// expired, or already held by holder (renewal).
+func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+		WHERE leases.expires < ? OR leases.holder = ?`), name, holder, micros(now.Add(ttl)), micros(now), holder)
+	if err != nil {
+		return false, s.wrap("acquire lease "+name, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, s.wrap("acquire lease "+name, err)
+}
+
+// ReleaseLease implements server.Store.
+func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM leases WHERE name = ? AND holder = ?`), name, holder)
+	return s.wrap("release lease "+name, err)
+}

@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"JobConcurrency", testJobConcurrency},
 		{"Audit", testAudit},
 		{"Director", testDirector},
+		{"Leases", testLeases},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -292,5 +293,47 @@ func testDirector(t *testing.T, s server.Store) {
 	wg.Wait()
 	if wins.Load() != 1 {
 		t.Fatalf("%d concurrent director saves from one head succeeded", wins.Load())
+	}
+}
+
+func testLeases(t *testing.T, s server.Store) {
+	got := func(holder string, at time.Time) bool {
+		ok, err := s.AcquireLease(ctx, "image-repository", holder, time.Minute, at)
+		must(t, err)
+		return ok
+	}
+	if !got("a", now) {
+		t.Fatal("a free lease was refused")
+	}
+	if got("b", now.Add(30*time.Second)) {
+		t.Fatal("b took a lease a holds")
+	}
+	if !got("a", now.Add(30*time.Second)) {
+		t.Fatal("a could not renew its lease")
+	}
+	if !got("b", now.Add(2*time.Minute)) {
+		t.Fatal("b could not take an expired lease")
+	}
+	must(t, s.ReleaseLease(ctx, "image-repository", "a")) // not a's any more: no effect
+	if got("a", now.Add(2*time.Minute)) {
+		t.Fatal("a released b's lease")
+	}
+	must(t, s.ReleaseLease(ctx, "image-repository", "b"))
+	if !got("a", now.Add(2*time.Minute)) {
+		t.Fatal("a released lease was not free")
+	}
+	// Concurrent takers: exactly one wins.
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if ok, _ := s.AcquireLease(ctx, "race", fmt.Sprint(i), time.Minute, now); ok {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent takers got the lease", wins.Load())
 	}
 }
