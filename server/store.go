@@ -57,6 +57,12 @@ type Vehicle struct {
 	ECUs      []ECU     `json:"ecus"`
 	CreatedAt time.Time `json:"createdAt"`
 	LastSeen  time.Time `json:"lastSeen,omitzero"`
+	// AuthState is the outcome of the last connected-services handshake
+	// ("authorized" or a failure code), AuthAt when it happened.
+	AuthState string    `json:"authState,omitempty"`
+	AuthAt    time.Time `json:"authAt,omitzero"`
+	// DTCs are the trouble codes the vehicle last reported, comma-separated.
+	DTCs string `json:"dtcs,omitempty"`
 }
 
 // ECUBySerial returns the vehicle's ECU with that serial.
@@ -159,6 +165,18 @@ type DirectorHead struct {
 	TimestampExpires time.Time
 }
 
+// Link ties a vehicle to its owner's account, with the owner's
+// connected-services subscription.
+type Link struct {
+	VIN              string    `json:"vin"`
+	OwnerID          string    `json:"ownerId"`
+	LinkedAt         time.Time `json:"linkedAt"`
+	SubscriptionEnds time.Time `json:"subscriptionEnds"`
+	// PendingOwnerID is a new owner waiting for the previous one to
+	// release the vehicle (or a dealer to transfer it).
+	PendingOwnerID string `json:"pendingOwnerId,omitempty"`
+}
+
 // Store is the server's state. Every method is safe for concurrent use by
 // several server replicas sharing one database.
 type Store interface {
@@ -170,8 +188,10 @@ type Store interface {
 	CreateVehicle(ctx context.Context, v Vehicle) error
 	Vehicle(ctx context.Context, vin string) (Vehicle, error)
 	ListVehicles(ctx context.Context, f VehicleFilter) ([]Vehicle, error)
-	// ReportECUs records what the vehicle says is installed.
-	ReportECUs(ctx context.Context, vin string, ecus []ECU, at time.Time) error
+	// ReportECUs records what the vehicle says is installed and its DTCs.
+	ReportECUs(ctx context.Context, vin string, ecus []ECU, dtcs string, at time.Time) error
+	// RecordAuth records the outcome of a connected-services handshake.
+	RecordAuth(ctx context.Context, vin, state string, at time.Time) error
 	// UseNonce records a manifest nonce; ErrConflict if it was used before.
 	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
 
@@ -193,6 +213,20 @@ type Store interface {
 	// is still prev (ErrConflict otherwise: another replica got there first).
 	SaveDirector(ctx context.Context, prev, next DirectorHead, files []DirectorMeta) error
 	DirectorFile(ctx context.Context, vin, role string, version int64) (DirectorMeta, error)
+
+	// SetLinkCode stores the (hashed) one-time code a vehicle displays.
+	SetLinkCode(ctx context.Context, vin, codeHash string, expires time.Time) error
+	// TakeLinkCode consumes the code if it matches and has not expired;
+	// ErrNotFound otherwise.
+	TakeLinkCode(ctx context.Context, vin, codeHash string, now time.Time) error
+	Link(ctx context.Context, vin string) (Link, error)
+	LinksByOwner(ctx context.Context, ownerID string) ([]Link, error)
+	SaveLink(ctx context.Context, l Link) error
+	DeleteLink(ctx context.Context, vin string) error
+	AccountByID(ctx context.Context, id string) (Account, error)
+	// ReplaceECU binds a new ECU (serial, hardware) in place of oldSerial
+	// and the vehicle's new public key, revoking the old one.
+	ReplaceECU(ctx context.Context, vin, oldSerial string, e ECU, publicKey []byte) error
 
 	// AcquireLease takes (or renews) a named lease for ttl; false if
 	// another holder has it. Replicas use it to take turns at singleton work.

@@ -29,6 +29,7 @@ import (
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/client/usb"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/progress"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
@@ -46,6 +47,10 @@ type Agent struct {
 	Progress io.Writer
 	Faults   fault.Set
 	Policy   download.Policy
+	// Now is the clock metadata expiry is checked against (nil: time.Now).
+	Now func() time.Time
+	// bundle is set for an offline install from a USB bundle.
+	bundle *usb.Bundle
 }
 
 // Outcomes of one ECU in a cycle.
@@ -113,7 +118,83 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 			err = cerr
 		}
 	}
+	if installedAny(rep) {
+		if _, aerr := a.Reauthorize(ctx); aerr != nil {
+			a.Log.Warn("reauthorization after the install failed", "err", aerr)
+		}
+	}
 	return rep, err
+}
+
+func installedAny(rep Report) bool {
+	for _, e := range rep.ECUs {
+		if e.Outcome == Installed {
+			return true
+		}
+	}
+	return false
+}
+
+// InstallUSB installs from a USB bundle with the same verification as
+// online, without the network: the bundle must be for this VIN, unexpired,
+// and not older than metadata the vehicle has already seen. The install
+// is reported at the next online check-in.
+func (a *Agent) InstallUSB(ctx context.Context, b *usb.Bundle) (Report, error) {
+	if b.Manifest.VIN != a.V.VIN {
+		return Report{}, fmt.Errorf("%w: this USB bundle is for VIN %s, this vehicle is %s; nothing installed", client.ErrRefused, b.Manifest.VIN, a.V.VIN)
+	}
+	if a.now().After(b.Manifest.ValidUntil) {
+		return Report{}, fmt.Errorf("%w: this USB bundle expired on %s; download a new one; nothing installed", client.ErrRefused, b.Manifest.ValidUntil.Format(time.DateOnly))
+	}
+	a.bundle = b
+	api := a.API
+	a.API = nil // offline: no job events, no check-in
+	defer func() { a.bundle, a.API = nil, api }()
+	rep, err := a.update(ctx)
+	for _, e := range rep.ECUs {
+		if e.Outcome == Installed {
+			note := fmt.Sprintf("%s %s: %s -> %s from USB bundle issued %s", e.Type, e.Serial, e.From, e.To, b.Manifest.IssuedAt.Format(time.RFC3339))
+			if nerr := a.V.AddOfflineInstall(note); nerr != nil {
+				a.Log.Warn("could not record the offline install", "err", nerr)
+			}
+		}
+	}
+	return rep, err
+}
+
+func (a *Agent) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+// Reauthorize runs the connected-services handshake and records the outcome.
+func (a *Agent) Reauthorize(ctx context.Context) (vehicle.Auth, error) {
+	var fw []api.Firmware
+	for _, e := range a.V.ECUs {
+		rec, err := a.V.ECU(e).LoadRecord()
+		if err != nil {
+			return vehicle.Auth{}, err
+		}
+		if s := rec.Slots[rec.Active]; s != nil {
+			fw = append(fw, api.Firmware{Serial: e.Serial, SHA256: s.SHA256})
+		}
+	}
+	res, err := a.API.Authorize(ctx, fw)
+	st := vehicle.Auth{State: "authorized", Token: res.Token, ExpiresAt: res.ExpiresAt, At: a.now().UTC()}
+	var apiErr *api.Error
+	switch {
+	case errors.As(err, &apiErr):
+		st = vehicle.Auth{State: apiErr.Code, Message: apiErr.Message, At: a.now().UTC()}
+		err = fmt.Errorf("authorization failed: %s: %s", apiErr.Code, apiErr.Message)
+	case err != nil:
+		return vehicle.Auth{}, err // unreachable: keep the last known state
+	}
+	if serr := a.V.SaveAuth(st); serr != nil {
+		return st, serr
+	}
+	return st, err
 }
 
 func (a *Agent) update(ctx context.Context) (Report, error) {
@@ -137,14 +218,23 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 		}
 	}
 
-	// 2. Verify both repositories from their pinned roots.
-	image := &tufclient.Repo{Name: "image", Dir: a.V.ImageRepoDir(), MetadataURL: a.V.Server + "/repo", Client: a.Client, Log: a.Log}
+	// 2. Verify both repositories from their pinned roots (online, or
+	// from the USB bundle with the same caches, so older metadata than
+	// the vehicle has seen is refused either way).
+	image := &tufclient.Repo{Name: "image", Dir: a.V.ImageRepoDir(), MetadataURL: a.V.Server + "/repo", Client: a.Client, Log: a.Log, Now: a.Now}
+	dir := &tufclient.Repo{Name: "director", Dir: a.V.DirectorRepoDir(), MetadataURL: a.V.Server + "/director/" + url.PathEscape(a.V.VIN),
+		Client: a.Client, Log: a.Log, Now: a.Now}
+	if a.API != nil {
+		dir.Sign = a.API.SignGet
+	}
+	if a.bundle != nil {
+		image.MetadataURL, image.Fetcher = usb.Scheme+"image", a.bundle
+		dir.MetadataURL, dir.Fetcher = usb.Scheme+"director", a.bundle
+	}
 	images, err := image.Refresh(ctx)
 	if err != nil {
 		return rep, err
 	}
-	dir := &tufclient.Repo{Name: "director", Dir: a.V.DirectorRepoDir(), MetadataURL: a.V.Server + "/director/" + url.PathEscape(a.V.VIN),
-		Client: a.Client, Log: a.Log, Sign: a.API.SignGet}
 	directed, err := dir.Refresh(ctx)
 	if err != nil {
 		return rep, err
@@ -438,11 +528,16 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 				cancel()
 			}
 		}}
-	url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(p.path, sum, true)
-	res, err := download.Fetch(dctx, a.Client, download.Target{
-		URL: url, Length: p.tf.Length, Offset: w.Offset(), W: w,
-		Body: a.Faults.Body(p.tf.Length), Progress: prog,
-	}, a.Policy)
+	var res download.Result
+	if a.bundle != nil {
+		res, err = copyFromBundle(a.bundle, "targets/"+meta.ConsistentPath(p.path, sum, false), w, p.tf.Length, prog)
+	} else {
+		url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(p.path, sum, true)
+		res, err = download.Fetch(dctx, a.Client, download.Target{
+			URL: url, Length: p.tf.Length, Offset: w.Offset(), W: w,
+			Body: a.Faults.Body(p.tf.Length), Progress: prog,
+		}, a.Policy)
+	}
 	bar.Finish()
 	n := res.Transferred
 	switch {
@@ -471,6 +566,28 @@ func (a *Agent) fetch(ctx context.Context, p *plan) (int64, error) {
 	a.say("verifying %s: length and sha256 against signed metadata", name)
 	return n, w.Finish(a.Faults.Hooks())
 }
+
+// copyFromBundle copies an image from a USB bundle into the slot writer,
+// from the writer's offset, never reading past the signed length.
+func copyFromBundle(b *usb.Bundle, name string, w *bootctl.Writer, length int64, prog *jobProgress) (download.Result, error) {
+	f, err := b.OpenFile(name)
+	if err != nil {
+		if download.IsNotFound(err) {
+			return download.Result{}, fmt.Errorf("%w: the bundle lacks %s", download.ErrServerLength, name)
+		}
+		return download.Result{}, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(w.Offset(), io.SeekStart); err != nil {
+		return download.Result{}, err
+	}
+	n, err := io.Copy(w, io.TeeReader(io.LimitReader(f, length-w.Offset()), progressWriter{prog}))
+	return download.Result{Transferred: n, Attempts: 1, Done: err == nil}, err
+}
+
+type progressWriter struct{ p *jobProgress }
+
+func (p progressWriter) Write(b []byte) (int, error) { p.p.Add(int64(len(b))); return len(b), nil }
 
 // jobProgress feeds the progress bar and reports every 25% to the job.
 type jobProgress struct {
@@ -508,7 +625,19 @@ func (a *Agent) checkIn(ctx context.Context) error {
 		}
 		ecus = append(ecus, r)
 	}
-	return a.API.CheckIn(ctx, ecus, nil)
+	offline, err := a.V.OfflineInstalls()
+	if err != nil {
+		return err
+	}
+	var codes []string
+	dtcs, _ := a.V.DTCs()
+	for _, d := range dtcs {
+		codes = append(codes, d.Code)
+	}
+	if err := a.API.CheckIn(ctx, ecus, offline, codes); err != nil {
+		return err
+	}
+	return a.V.ClearOfflineInstalls()
 }
 
 // Status is the vehicle's state as `status --json` prints it (CONTRACT.md).
@@ -542,11 +671,17 @@ type SlotStatus struct {
 type AuthStatus struct {
 	State     string    `json:"state"`
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	Message   string    `json:"message,omitempty"`
 }
 
 // VehicleStatus reads the state directory.
 func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
-	st := Status{VIN: v.VIN, DTCs: []vehicle.DTC{}, Authorization: AuthStatus{State: "not_authorized"}}
+	st := Status{VIN: v.VIN, DTCs: []vehicle.DTC{}}
+	auth, err := v.Auth()
+	if err != nil {
+		return st, err
+	}
+	st.Authorization = AuthStatus{State: auth.State, ExpiresAt: auth.ExpiresAt, Message: auth.Message}
 	dtcs, err := v.DTCs()
 	if err != nil {
 		return st, err

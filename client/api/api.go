@@ -118,16 +118,54 @@ func (c *Client) JobEvent(ctx context.Context, jobID, kind string, percent int, 
 }
 
 // CheckIn posts a signed manifest with a fresh nonce.
-func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string) error {
+func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline, dtcs []string) error {
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
-	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline}
+	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline, DTCs: dtcs}
 	signed, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	sm := vehicleauth.SignedManifest{Signed: signed, Signature: ed25519.Sign(c.Key, signed)}
 	return c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, nil)
+}
+
+// Firmware is what one ECU runs, for the authorization handshake.
+type Firmware struct {
+	Serial string `json:"serial"`
+	SHA256 string `json:"sha256"`
+}
+
+// Authorization is a connected-services token.
+type Authorization struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// Authorize runs the challenge/response handshake: ask for a challenge,
+// then answer it (the request is signed with the vehicle key) with the
+// firmware every ECU runs.
+func (c *Client) Authorize(ctx context.Context, fw []Firmware) (Authorization, error) {
+	path := "/api/v1/vehicles/" + url.PathEscape(c.VIN) + "/auth"
+	var ch struct {
+		Challenge string `json:"challenge"`
+	}
+	if err := c.do(ctx, http.MethodPost, path, "", map[string]any{}, &ch); err != nil {
+		return Authorization{}, err
+	}
+	var a Authorization
+	err := c.do(ctx, http.MethodPost, path, "", map[string]any{"challenge": ch.Challenge, "firmware": fw}, &a)
+	return a, err
+}
+
+// LinkCode asks the server for a one-time code the owner types in.
+func (c *Client) LinkCode(ctx context.Context) (string, time.Time, error) {
+	var out struct {
+		Code      string    `json:"code"`
+		ExpiresAt time.Time `json:"expiresAt"`
+	}
+	err := c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/link-code", "", map[string]any{}, &out)
+	return out.Code, out.ExpiresAt, err
 }

@@ -5,6 +5,7 @@ package cli
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,6 +22,7 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/client/usb"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/signer/keys"
@@ -53,6 +55,11 @@ commands:
   update   --state DIR [--simulate FAULT,...]
   run      --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]
   status   --state DIR [--json]
+  install-usb --state DIR BUNDLE        offline install from a USB bundle (archive or directory)
+  reauthorize --state DIR               connected-services handshake
+  link-code   --state DIR               show a one-time code for the owner to link this vehicle
+  replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE
+                                        fit a replacement ECU (new key pair; prints the public key)
 
 faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
 power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
@@ -95,6 +102,11 @@ func run(ctx context.Context, args []string, env Env) error {
 		"update": func(a []string) error { return cmdUpdate(ctx, a, env) },
 		"status": func(a []string) error { return cmdStatus(a, env) },
 		"run":    func(a []string) error { return cmdRun(ctx, a, env) },
+
+		"install-usb": func(a []string) error { return cmdInstallUSB(ctx, a, env) },
+		"reauthorize": func(a []string) error { return cmdReauthorize(ctx, a, env) },
+		"link-code":   func(a []string) error { return cmdLinkCode(ctx, a, env) },
+		"replace-ecu": func(a []string) error { return cmdReplaceECU(a, env) },
 	})
 }
 
@@ -265,7 +277,7 @@ func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, erro
 	}
 	hc := download.NewHTTPClient()
 	return &agent.Agent{
-		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy,
+		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy, Now: env.Now,
 		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: env.Now},
 		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
@@ -344,4 +356,110 @@ func dtcs(d []vehicle.DTC) string {
 		parts = append(parts, fmt.Sprintf("%s (%s since %s)", x.Code, x.Description, x.Since.Local().Format(time.DateTime)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+func openForCommand(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) (*vehicle.Vehicle, []string, error) {
+	state := fs.String("state", "", "state directory of the simulated vehicle")
+	fs.SetOutput(env.Stderr)
+	pos, err := envflag.Parse(fs, args, env.Getenv, positional, synopsis)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := requireState(*state); err != nil {
+		return nil, nil, err
+	}
+	v, err := vehicle.Open(*state, env.Now)
+	return v, pos, err
+}
+
+func cmdInstallUSB(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("install-usb", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	v, pos, err := openForCommand(fs, args, env, 1, "roadsign-agent install-usb --state DIR BUNDLE")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	b, err := usb.Open(pos[0], v.Dir)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	rep, err := a.InstallUSB(ctx, b)
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	} else {
+		printReport(env.Stdout, rep)
+		if err == nil {
+			fmt.Fprintln(env.Stdout, "installed from USB; the install is reported at the next online check-in")
+		}
+	}
+	return err
+}
+
+func cmdReauthorize(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("reauthorize", flag.ContinueOnError)
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent reauthorize --state DIR")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	st, err := a.Reauthorize(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "connected services authorized until %s\n", st.ExpiresAt.Local().Format(time.DateTime))
+	return nil
+}
+
+func cmdLinkCode(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("link-code", flag.ContinueOnError)
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent link-code --state DIR")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	code, exp, err := a.API.LinkCode(ctx)
+	if err != nil {
+		return fmt.Errorf("get a link code: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", v.VIN, code, exp.Local().Format(time.TimeOnly))
+	return nil
+}
+
+func cmdReplaceECU(args []string, env Env) error {
+	fs := flag.NewFlagSet("replace-ecu", flag.ContinueOnError)
+	old := fs.String("serial", "", "serial of the ECU being replaced")
+	n := fs.String("new-serial", "", "serial of the new ECU")
+	hw := fs.String("hardware-id", "", "hardware ID of the new ECU")
+	fw := fs.String("firmware", "", "factory firmware of the new ECU (boots from slot A)")
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	if *old == "" || *n == "" || *hw == "" || *fw == "" {
+		return envflag.Usagef("replace-ecu needs --serial, --new-serial, --hardware-id and --firmware")
+	}
+	pub, err := v.ReplaceECU(*old, vehicle.ECUConfig{Serial: *n, HardwareID: *hw}, *fw)
+	if err != nil {
+		return fmt.Errorf("%w: %v", client.ErrUsage, err)
+	}
+	fmt.Fprintf(env.Stdout, "fitted %s in place of %s with a new vehicle key; the dealer re-provisions it:\n", *n, *old)
+	fmt.Fprintf(env.Stdout, "publicKey %s\n", base64.StdEncoding.EncodeToString(pub))
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/roadsign/roadsign/client"
@@ -37,6 +38,10 @@ type Repo struct {
 	// Sign, if set, authenticates each metadata request (the director
 	// serves a VIN's metadata to that vehicle only).
 	Sign func(*http.Request)
+	// Fetcher, if set, replaces HTTP (a USB bundle).
+	Fetcher fetcher.Fetcher
+	// Now, if set, is the clock expiry is checked against.
+	Now func() time.Time
 }
 
 // Trusted is a repository's verified state after a refresh.
@@ -74,9 +79,15 @@ func (r *Repo) Refresh(ctx context.Context) (*Trusted, error) {
 	cfg.LocalMetadataDir = r.Dir
 	cfg.LocalTargetsDir = filepath.Join(r.Dir, "unused-targets")
 	cfg.Fetcher = &download.MetadataFetcher{Ctx: ctx, Client: r.Client, Timeout: time.Minute, Sign: r.Sign}
+	if r.Fetcher != nil {
+		cfg.Fetcher = r.Fetcher
+	}
 	up, err := updater.New(cfg)
 	if err != nil {
 		return nil, r.classify(err)
+	}
+	if r.Now != nil {
+		up.UnsafeSetRefTime(r.Now())
 	}
 	if err := up.Refresh(); err != nil {
 		return nil, r.classify(err)

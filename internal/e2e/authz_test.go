@@ -51,7 +51,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/api/v1/accounts", "", "admin"},
 		{"POST", "/api/v1/vehicles", "", "admin dealer"},
 		{"GET", "/api/v1/vehicles", "", "admin dealer"},
-		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer"}, // owner-1 owns no vehicle
+		// Owners may call it; for a VIN not theirs they get 404 (tested below).
+		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer owner"},
 		{"POST", "/api/v1/vehicles/{vin}/manifest", "/api/v1/vehicles/" + v1.vin + "/manifest", "vehicle"},
 		{"POST", "/api/v1/jobs", "", "admin dealer"},
 		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, "admin dealer"},
@@ -59,6 +60,14 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/" + job.ID + "/cancel", "admin dealer"},
 		{"POST", "/api/v1/jobs/{id}/events", "/api/v1/jobs/" + job.ID + "/events", "vehicle"},
 		{"GET", "/api/v1/audit", "", "admin"},
+		{"POST", "/api/v1/vehicles/{vin}/link-code", "/api/v1/vehicles/" + v1.vin + "/link-code", "vehicle"},
+		{"POST", "/api/v1/owners/me/vehicles", "", "owner"},
+		{"GET", "/api/v1/owners/me/vehicles", "", "owner"},
+		{"DELETE", "/api/v1/owners/me/vehicles/{vin}", "/api/v1/owners/me/vehicles/" + v1.vin, "owner"},
+		{"POST", "/api/v1/vehicles/{vin}/owner", "/api/v1/vehicles/" + v1.vin + "/owner", "admin dealer"},
+		{"GET", "/api/v1/vehicles/{vin}/usb-bundle", "/api/v1/vehicles/" + v1.vin + "/usb-bundle", "dealer owner"},
+		{"POST", "/api/v1/vehicles/{vin}/auth", "/api/v1/vehicles/" + v1.vin + "/auth", "vehicle"},
+		{"POST", "/api/v1/vehicles/{vin}/ecus/{serial}/replace", "/api/v1/vehicles/" + v1.vin + "/ecus/DCM000001/replace", "dealer"},
 	}
 
 	// Every route the server documents is in the matrix, and only those.

@@ -105,6 +105,8 @@ type Manifest struct {
 	ECUs  []ECUReport `json:"ecus"`
 	// Offline lists installs done without the server (USB), for the record.
 	Offline []string `json:"offline,omitempty"`
+	// DTCs are the active diagnostic trouble codes.
+	DTCs []string `json:"dtcs,omitempty"`
 }
 
 // SignedManifest is the body of POST /api/v1/vehicles/{vin}/manifest:

@@ -26,10 +26,13 @@ import (
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/fsblob"
 	"github.com/roadsign/roadsign/server/httpapi"
 	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/postgres"
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
@@ -243,9 +246,18 @@ func serve(ctx context.Context, c config, env Env) error {
 	images.UseLeases(store, uuid.NewString())
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
+	secret, err := connect.LoadSecret(c.data)
+	if err != nil {
+		return fmt.Errorf("connected-services secret: %w", err)
+	}
+	ownerSvc := owners.New(store, time.Now)
+	registrySvc := registry.New(store, time.Now)
+	registrySvc.Owns = ownerSvc.Owns
 	handler := httpapi.New(httpapi.Deps{
-		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registry.New(store, time.Now),
-		Director: directorSvc, Jobs: jobSvc, Store: store, Log: log, Metrics: reg, Now: time.Now,
+		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registrySvc,
+		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connect.New(store, directorSvc, images, secret, time.Now),
+		Bundles: bundle.New(images, directorSvc, time.Now),
+		Store:   store, Log: log, Metrics: reg, Now: time.Now,
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})
 

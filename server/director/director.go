@@ -281,3 +281,40 @@ func (d *Service) File(ctx context.Context, vin, name string) ([]byte, error) {
 	}
 	return f.Body, err
 }
+
+// ForBundle signs director metadata for a USB bundle: the current
+// assignment, from the VIN's own version counter (so the vehicle's online
+// metadata continues from it), valid until at least until.
+func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, until time.Time) ([]server.DirectorMeta, []Assigned, error) {
+	for attempt := 0; attempt < 5; attempt++ {
+		head, err := d.store.DirectorHead(ctx, v.VIN)
+		if err != nil {
+			return nil, nil, err
+		}
+		as, err := d.Assignment(ctx, v)
+		if err != nil {
+			return nil, nil, err
+		}
+		files, hash, err := build(v.VIN, as)
+		if err != nil {
+			return nil, nil, err
+		}
+		now := d.now()
+		saved := d.expiry
+		d2 := *d
+		d2.expiry = max(saved, until.Sub(now)+time.Hour)
+		next, metas, err := d2.Sign(v.VIN, head, files, hash, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		err = d.store.SaveDirector(ctx, head, next, metas)
+		if errors.Is(err, server.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return metas, as, nil
+	}
+	return nil, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
+}

@@ -72,11 +72,11 @@ func (a *api) authenticate(c *gin.Context) {
 		c.Request.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	if err := claim.Verify(key, c.Request.Method, c.Request.URL.Path, body, a.Now()); err != nil {
-		code := "bad_signature"
-		if !errors.Is(err, vehicleauth.ErrBadSignature) {
-			code = "unauthorized"
+		if errors.Is(err, vehicleauth.ErrBadSignature) {
+			a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key", "the request is not signed by the key registered for %s; a replaced DCM must be re-provisioned by a dealer", claim.VIN))
+			return
 		}
-		a.fail(c, server.CodedErrorf(server.KindUnauthorized, code, "%v; a replaced ECU or vehicle key needs re-provisioning", err))
+		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unauthorized", "%v", err))
 		return
 	}
 	c.Set(principalKey, accounts.Principal{VIN: claim.VIN, Name: claim.VIN})

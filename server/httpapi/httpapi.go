@@ -21,8 +21,11 @@ import (
 
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 )
@@ -45,6 +48,9 @@ type Deps struct {
 	Registry *registry.Service
 	Director *director.Service
 	Jobs     *jobs.Service
+	Owners   *owners.Service
+	Connect  *connect.Service
+	Bundles  *bundle.Service
 	Store    server.Store
 	Ready    map[string]Pinger
 	Log      *slog.Logger

@@ -39,7 +39,11 @@ var schemas = map[string]any{
 		"targets":       map[string]any{"type": "object"},
 		"directorRoots": map[string]any{"type": "array", "items": map[string]any{"type": "object"}},
 	}),
-	"Error": obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
+	"LinkRequest":     obj(map[string]any{"vin": str(), "code": str()}, "vin", "code"),
+	"TransferRequest": obj(map[string]any{"owner": str(), "subscriptionEnds": map[string]any{"type": "string", "format": "date-time"}}, "owner"),
+	"AuthRequest":     obj(map[string]any{"challenge": str(), "firmware": map[string]any{"type": "array", "items": obj(map[string]any{"serial": str(), "sha256": str()})}}),
+	"ReplaceRequest":  obj(map[string]any{"serial": str(), "hardwareId": str(), "publicKey": str(), "reason": str()}, "serial", "hardwareId", "publicKey", "reason"),
+	"Error":           obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
 }
 
 func str() map[string]any { return map[string]any{"type": "string"} }

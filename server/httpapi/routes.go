@@ -1,9 +1,11 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -11,7 +13,9 @@ import (
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
 )
 
@@ -55,6 +59,15 @@ func (a *api) routes() []route {
 		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent},
 
 		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit},
+
+		{"POST", "/api/v1/vehicles/:vin/link-code", []string{Vehicle}, "A one-time code the vehicle shows, for its owner to link it", "", a.linkCode},
+		{"POST", "/api/v1/owners/me/vehicles", []string{Owner}, "Link a vehicle with the code it shows", "LinkRequest", a.linkVehicle},
+		{"GET", "/api/v1/owners/me/vehicles", []string{Owner}, "My vehicles with ECU versions and subscription state", "", a.myVehicles},
+		{"DELETE", "/api/v1/owners/me/vehicles/:vin", []string{Owner}, "Release a vehicle (sold); a pending new owner takes over", "", a.releaseVehicle},
+		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle},
+		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle},
+		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth},
+		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU},
 	}
 }
 
@@ -257,4 +270,152 @@ func (a *api) directorFile(c *gin.Context) {
 		return
 	}
 	c.Data(http.StatusOK, "application/json", body)
+}
+
+func (a *api) linkCode(c *gin.Context) {
+	code, exp, err := a.Owners.NewLinkCode(c.Request.Context(), c.Param("vin"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"code": code, "expiresAt": exp})
+}
+
+func (a *api) linkVehicle(c *gin.Context) {
+	var req owners.LinkRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	l, err := a.Owners.LinkWithCode(c.Request.Context(), p, req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, l)
+}
+
+// OwnedVehicle is one entry of an owner's vehicle list.
+type OwnedVehicle struct {
+	Vehicle      server.Vehicle `json:"vehicle"`
+	Link         server.Link    `json:"link"`
+	Subscription string         `json:"subscription"`
+}
+
+func (a *api) ownedVehicles(c *gin.Context) ([]OwnedVehicle, error) {
+	p, _ := principal(c)
+	links, err := a.Owners.Mine(c.Request.Context(), p)
+	if err != nil {
+		return nil, err
+	}
+	out := []OwnedVehicle{}
+	for _, l := range links {
+		v, err := a.Store.Vehicle(c.Request.Context(), l.VIN)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, OwnedVehicle{Vehicle: v, Link: l, Subscription: a.Owners.SubscriptionState(l)})
+	}
+	return out, nil
+}
+
+func (a *api) myVehicles(c *gin.Context) {
+	vs, err := a.ownedVehicles(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"vehicles": vs})
+}
+
+func (a *api) releaseVehicle(c *gin.Context) {
+	p, _ := principal(c)
+	if err := a.Owners.Release(c.Request.Context(), p, c.Param("vin")); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "released"})
+}
+
+func (a *api) transferVehicle(c *gin.Context) {
+	var req owners.TransferRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	l, err := a.Owners.Transfer(c.Request.Context(), p, c.Param("vin"), req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, l)
+}
+
+func (a *api) usbBundle(c *gin.Context) {
+	ctx := c.Request.Context()
+	p, _ := principal(c)
+	v, err := a.Registry.Get(ctx, p, c.Param("vin")) // owners: only their own (404 otherwise)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	days := 30
+	if s := c.Query("valid_days"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 365 {
+			a.fail(c, server.Errorf(server.KindInvalid, "valid_days %q: want 1 to 365", s))
+			return
+		}
+		days = n
+	}
+	plan, err := a.Bundles.Prepare(ctx, v, time.Duration(days)*24*time.Hour)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := accounts.Audit(ctx, a.Store, a.Now(), p, "bundle.issue", v.VIN, fmt.Sprintf("valid until %s; images %v", plan.Manifest.ValidUntil.Format(time.RFC3339), plan.Manifest.Images)); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.Header("Content-Type", "application/x-tar")
+	c.Header("Content-Disposition", fmt.Sprintf(`attachment; filename="roadsign-usb-%s-%s.tar"`, v.VIN, plan.Manifest.IssuedAt.Format("20060102")))
+	c.Header("Cache-Control", "no-store")
+	c.Status(http.StatusOK)
+	if err := plan.Write(ctx, c.Writer); err != nil {
+		// Headers are gone; cutting the stream makes the download fail
+		// visibly instead of leaving a bundle that looks complete.
+		a.Log.ErrorContext(ctx, "bundle stream failed", "vin", v.VIN, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (a *api) auth(c *gin.Context) {
+	var req connect.Request
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	ans, err := a.Connect.Handle(c.Request.Context(), c.Param("vin"), req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, ans)
+}
+
+func (a *api) replaceECU(c *gin.Context) {
+	var req registry.ReplaceRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	v, err := a.Registry.ReplaceECU(c.Request.Context(), p, c.Param("vin"), c.Param("serial"), req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, v)
 }

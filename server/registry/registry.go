@@ -24,6 +24,8 @@ import (
 type Service struct {
 	store server.Store
 	now   func() time.Time
+	// Owns, if set, tells whether an owner is linked to a VIN.
+	Owns func(ctx context.Context, p accounts.Principal, vin string) (bool, error)
 }
 
 // New returns a registry.
@@ -99,8 +101,17 @@ func (s *Service) Register(ctx context.Context, by accounts.Principal, r Registe
 // Get returns a vehicle; admins and dealers see any, owners only their own.
 func (s *Service) Get(ctx context.Context, by accounts.Principal, vinStr string) (server.Vehicle, error) {
 	if by.Role == server.RoleOwner {
-		// Owner links arrive with the owner portal; until then owners see none.
-		return server.Vehicle{}, server.Errorf(server.KindForbidden, "vehicle %s is not linked to your account", vinStr)
+		ok, err := false, error(nil)
+		if s.Owns != nil {
+			ok, err = s.Owns(ctx, by, vinStr)
+		}
+		if err != nil {
+			return server.Vehicle{}, err
+		}
+		if !ok {
+			// 404, not 403: an owner learns nothing about a stranger's VIN.
+			return server.Vehicle{}, server.Errorf(server.KindNotFound, "vehicle %s is not linked to your account", vinStr)
+		}
 	}
 	v, err := s.store.Vehicle(ctx, vinStr)
 	if errors.Is(err, server.ErrNotFound) {
@@ -167,8 +178,62 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		}
 		return err
 	}
-	if err := s.store.ReportECUs(ctx, vinStr, ecus, now); err != nil {
+	if err := s.store.ReportECUs(ctx, vinStr, ecus, strings.Join(m.DTCs, ","), now); err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
 	}
+	if len(m.Offline) > 0 {
+		if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(m.Offline, "; ")); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// ReplaceRequest is the body of POST /api/v1/vehicles/{vin}/ecus/{serial}/replace.
+type ReplaceRequest struct {
+	Serial     string `json:"serial"`
+	HardwareID string `json:"hardwareId"`
+	PublicKey  string `json:"publicKey"`
+	Reason     string `json:"reason"`
+}
+
+// ReplaceECU re-provisions a replaced ECU: the new serial and hardware ID
+// take the old one's place on the VIN, and the vehicle key becomes the new
+// one (the old key is refused from now on). The director assigns for the
+// new serial on the vehicle's next refresh.
+func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr, oldSerial string, r ReplaceRequest) (server.Vehicle, error) {
+	v, err := s.store.Vehicle(ctx, vinStr)
+	if errors.Is(err, server.ErrNotFound) {
+		return v, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vinStr)
+	}
+	if err != nil {
+		return v, err
+	}
+	old, ok := v.ECUBySerial(oldSerial)
+	if !ok {
+		return v, server.Errorf(server.KindNotFound, "%s has no ECU with serial %s", vinStr, oldSerial)
+	}
+	key, err := base64.StdEncoding.DecodeString(r.PublicKey)
+	switch {
+	case err != nil || len(key) != ed25519.PublicKeySize:
+		return v, server.CodedErrorf(server.KindInvalid, "invalid_public_key", "publicKey: want the new unit's base64 ed25519 public key (32 bytes)")
+	case r.Serial == "" || strings.ContainsAny(r.Serial, "/\\ "):
+		return v, server.Errorf(server.KindInvalid, "serial: give the new ECU's serial")
+	case r.HardwareID == "":
+		return v, server.Errorf(server.KindInvalid, "hardwareId: give the new ECU's hardware ID")
+	case strings.TrimSpace(r.Reason) == "":
+		return v, server.Errorf(server.KindInvalid, "reason is required (it is audited)")
+	}
+	err = s.store.ReplaceECU(ctx, vinStr, oldSerial, server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID}, key)
+	if errors.Is(err, server.ErrConflict) {
+		return v, server.Errorf(server.KindConflict, "ECU serial %s is already registered to a vehicle", r.Serial)
+	}
+	if err != nil {
+		return v, err
+	}
+	if err := accounts.Audit(ctx, s.store, s.now(), by, "ecu.replace", vinStr,
+		fmt.Sprintf("%s %s (%s) -> %s (%s); vehicle key replaced, old key revoked; reason=%q", old.Type, oldSerial, old.HardwareID, r.Serial, r.HardwareID, r.Reason)); err != nil {
+		return v, err
+	}
+	return s.store.Vehicle(ctx, vinStr)
 }

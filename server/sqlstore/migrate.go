@@ -48,6 +48,15 @@ var migrations = []string{
 		expires BIGINT NOT NULL, PRIMARY KEY (vin, role, version));`,
 	// 2: leases, so one replica at a time signs the image repository.
 	`CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL);`,
+	// 3: owners' vehicle links with subscriptions, one-time link codes.
+	`CREATE TABLE links (
+		vin TEXT PRIMARY KEY REFERENCES vehicles(vin), owner_id TEXT NOT NULL, linked_at BIGINT NOT NULL,
+		subscription_ends BIGINT NOT NULL, pending_owner_id TEXT NOT NULL);
+	CREATE INDEX links_owner ON links (owner_id);
+	CREATE TABLE link_codes (vin TEXT PRIMARY KEY, code_hash TEXT NOT NULL, expires BIGINT NOT NULL);
+	ALTER TABLE vehicles ADD COLUMN auth_state TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vehicles ADD COLUMN auth_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN dtcs TEXT NOT NULL DEFAULT '';`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

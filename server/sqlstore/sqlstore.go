@@ -137,6 +137,11 @@ func (s *Store) AccountByTokenHash(ctx context.Context, h string) (server.Accoun
 	return s.account(ctx, "token_hash", h)
 }
 
+// AccountByID implements server.Store.
+func (s *Store) AccountByID(ctx context.Context, id string) (server.Account, error) {
+	return s.account(ctx, "id", id)
+}
+
 // AccountByName implements server.Store.
 func (s *Store) AccountByName(ctx context.Context, name string) (server.Account, error) {
 	return s.account(ctx, "name", name)
@@ -161,14 +166,20 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 	}))
 }
 
-const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen`
+const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, dtcs`
 
 func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
-	var created, seen int64
-	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen)
-	v.CreatedAt, v.LastSeen = fromMicros(created), fromMicros(seen)
+	var created, seen, authAt int64
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.DTCs)
+	v.CreatedAt, v.LastSeen, v.AuthAt = fromMicros(created), fromMicros(seen), fromMicros(authAt)
 	return v, err
+}
+
+// RecordAuth implements server.Store.
+func (s *Store) RecordAuth(ctx context.Context, vin, state string, at time.Time) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET auth_state = ?, auth_at = ? WHERE vin = ?`), state, micros(at), vin)
+	return s.wrap("record auth of "+vin, err)
 }
 
 func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]server.ECU, error) {
@@ -265,9 +276,9 @@ func prefixCols(p, cols string) string {
 }
 
 // ReportECUs implements server.Store.
-func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, at time.Time) error {
+func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, dtcs string, at time.Time) error {
 	return s.wrap("report ECUs of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE vehicles SET last_seen = ? WHERE vin = ?`), micros(at), vin)
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE vehicles SET last_seen = ?, dtcs = ? WHERE vin = ?`), micros(at), dtcs, vin)
 		if err != nil {
 			return err
 		}
@@ -546,4 +557,88 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM leases WHERE name = ? AND holder = ?`), name, holder)
 	return s.wrap("release lease "+name, err)
+}
+
+// --- owners ---
+
+// SetLinkCode implements server.Store.
+func (s *Store) SetLinkCode(ctx context.Context, vin, codeHash string, expires time.Time) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO link_codes (vin, code_hash, expires) VALUES (?, ?, ?)
+		ON CONFLICT (vin) DO UPDATE SET code_hash = excluded.code_hash, expires = excluded.expires`), vin, codeHash, micros(expires))
+	return s.wrap("set link code", err)
+}
+
+// TakeLinkCode implements server.Store.
+func (s *Store) TakeLinkCode(ctx context.Context, vin, codeHash string, now time.Time) error {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM link_codes WHERE vin = ? AND code_hash = ? AND expires > ?`), vin, codeHash, micros(now))
+	if err != nil {
+		return s.wrap("take link code", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("link code for %s: %w", vin, server.ErrNotFound)
+	}
+	return nil
+}
+
+func scanLink(sc interface{ Scan(...any) error }) (server.Link, error) {
+	var l server.Link
+	var linked, ends int64
+	err := sc.Scan(&l.VIN, &l.OwnerID, &linked, &ends, &l.PendingOwnerID)
+	l.LinkedAt, l.SubscriptionEnds = fromMicros(linked), fromMicros(ends)
+	return l, err
+}
+
+// Link implements server.Store.
+func (s *Store) Link(ctx context.Context, vin string) (server.Link, error) {
+	l, err := scanLink(s.db.QueryRowContext(ctx, s.q(`SELECT vin, owner_id, linked_at, subscription_ends, pending_owner_id FROM links WHERE vin = ?`), vin))
+	return l, s.wrap("link of "+vin, err)
+}
+
+// LinksByOwner implements server.Store.
+func (s *Store) LinksByOwner(ctx context.Context, owner string) ([]server.Link, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT vin, owner_id, linked_at, subscription_ends, pending_owner_id FROM links WHERE owner_id = ? ORDER BY vin`), owner)
+	if err != nil {
+		return nil, s.wrap("links", err)
+	}
+	defer rows.Close()
+	var out []server.Link
+	for rows.Next() {
+		l, err := scanLink(rows)
+		if err != nil {
+			return nil, s.wrap("links", err)
+		}
+		out = append(out, l)
+	}
+	return out, s.wrap("links", rows.Err())
+}
+
+// SaveLink implements server.Store.
+func (s *Store) SaveLink(ctx context.Context, l server.Link) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO links (vin, owner_id, linked_at, subscription_ends, pending_owner_id) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (vin) DO UPDATE SET owner_id = excluded.owner_id, linked_at = excluded.linked_at,
+		subscription_ends = excluded.subscription_ends, pending_owner_id = excluded.pending_owner_id`),
+		l.VIN, l.OwnerID, micros(l.LinkedAt), micros(l.SubscriptionEnds), l.PendingOwnerID)
+	return s.wrap("save link", err)
+}
+
+// DeleteLink implements server.Store.
+func (s *Store) DeleteLink(ctx context.Context, vin string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM links WHERE vin = ?`), vin)
+	return s.wrap("delete link", err)
+}
+
+// ReplaceECU implements server.Store.
+func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.ECU, key []byte) error {
+	return s.wrap("replace ECU "+oldSerial+" of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0
+			WHERE vin = ? AND serial = ?`), e.Serial, e.HardwareID, vin, oldSerial)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return sql.ErrNoRows
+		}
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE vehicles SET public_key = ? WHERE vin = ?`), key, vin)
+		return err
+	}))
 }

@@ -31,6 +31,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Audit", testAudit},
 		{"Director", testDirector},
 		{"Leases", testLeases},
+		{"Owners", testOwners},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -102,12 +103,14 @@ func testVehicles(t *testing.T, s server.Store) {
 	wantErr(t, err, server.ErrNotFound)
 
 	rep := []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/x.img", InstalledVersion: "2.0.0", InstalledSHA256: "ab"}}
-	must(t, s.ReportECUs(ctx, v.VIN, rep, now.Add(time.Minute)))
+	must(t, s.ReportECUs(ctx, v.VIN, rep, "B15C4", now.Add(time.Minute)))
+	must(t, s.RecordAuth(ctx, v.VIN, "authorized", now))
 	got, _ = s.Vehicle(ctx, v.VIN)
-	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) {
+	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) ||
+		got.DTCs != "B15C4" || got.AuthState != "authorized" || !got.AuthAt.Equal(now) {
 		t.Fatalf("after report: %+v", got)
 	}
-	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, now), server.ErrNotFound)
+	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, "", now), server.ErrNotFound)
 }
 
 func testPagination(t *testing.T, s server.Store) {
@@ -336,4 +339,42 @@ func testLeases(t *testing.T, s server.Store) {
 	if wins.Load() != 1 {
 		t.Fatalf("%d concurrent takers got the lease", wins.Load())
 	}
+}
+
+func testOwners(t *testing.T, s server.Store) {
+	must(t, s.CreateVehicle(ctx, vehicle("VIN00000000000001", "HU1", "DCM1")))
+	must(t, s.SetLinkCode(ctx, "VIN00000000000001", "h1", now.Add(time.Minute)))
+	wantErr(t, s.TakeLinkCode(ctx, "VIN00000000000001", "wrong", now), server.ErrNotFound)
+	wantErr(t, s.TakeLinkCode(ctx, "VIN00000000000001", "h1", now.Add(2*time.Minute)), server.ErrNotFound) // expired
+	must(t, s.SetLinkCode(ctx, "VIN00000000000001", "h2", now.Add(time.Minute)))
+	must(t, s.TakeLinkCode(ctx, "VIN00000000000001", "h2", now))
+	wantErr(t, s.TakeLinkCode(ctx, "VIN00000000000001", "h2", now), server.ErrNotFound) // one-time
+
+	_, err := s.Link(ctx, "VIN00000000000001")
+	wantErr(t, err, server.ErrNotFound)
+	l := server.Link{VIN: "VIN00000000000001", OwnerID: "o1", LinkedAt: now, SubscriptionEnds: now.Add(time.Hour)}
+	must(t, s.SaveLink(ctx, l))
+	l.PendingOwnerID = "o2"
+	must(t, s.SaveLink(ctx, l))
+	got, err := s.Link(ctx, "VIN00000000000001")
+	must(t, err)
+	if got != l {
+		t.Fatalf("link %+v, want %+v", got, l)
+	}
+	list, err := s.LinksByOwner(ctx, "o1")
+	must(t, err)
+	if len(list) != 1 {
+		t.Fatalf("links of o1: %+v", list)
+	}
+	must(t, s.DeleteLink(ctx, "VIN00000000000001"))
+	_, err = s.Link(ctx, "VIN00000000000001")
+	wantErr(t, err, server.ErrNotFound)
+
+	must(t, s.ReplaceECU(ctx, "VIN00000000000001", "DCM1", server.ECU{Serial: "DCM9", HardwareID: "DCM-5G"}, []byte{9}))
+	v, err := s.Vehicle(ctx, "VIN00000000000001")
+	must(t, err)
+	if e, ok := v.ECUBySerial("DCM9"); !ok || e.HardwareID != "DCM-5G" || string(v.PublicKey) != "\x09" {
+		t.Fatalf("after replace: %+v", v)
+	}
+	wantErr(t, s.ReplaceECU(ctx, "VIN00000000000001", "DCM1", server.ECU{Serial: "DCMx"}, []byte{9}), server.ErrNotFound)
 }

@@ -1,0 +1,266 @@
+// Package bundle builds the USB update for one VIN: a tar archive with
+// the director metadata for that VIN and the image repository metadata,
+// each with its whole root chain, exactly the images the director assigns,
+// and a README. It is written while it streams (images are copied from
+// the blob store, never held in memory), its director metadata comes from
+// the VIN's own version counter, and it is refused before the first byte
+// if any metadata in it would expire before the promised validity.
+package bundle
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/director"
+	"github.com/roadsign/roadsign/server/repo"
+)
+
+// Manifest is bundle.json, the bundle's description.
+type Manifest struct {
+	VIN        string    `json:"vin"`
+	IssuedAt   time.Time `json:"issuedAt"`
+	ValidUntil time.Time `json:"validUntil"`
+	Images     []string  `json:"images"`
+}
+
+// Service builds bundles.
+type Service struct {
+	repo     *repo.Repo
+	director *director.Service
+	now      func() time.Time
+}
+
+// New returns the bundle service.
+func New(r *repo.Repo, d *director.Service, now func() time.Time) *Service {
+	return &Service{repo: r, director: d, now: now}
+}
+
+type file struct {
+	name string
+	data []byte // metadata and text
+	// or a blob, streamed
+	open func(ctx context.Context) (io.ReadCloser, int64, error)
+	size int64
+}
+
+// Plan is a checked bundle, ready to stream.
+type Plan struct {
+	Manifest Manifest
+	files    []file
+}
+
+// Prepare gathers and checks everything the bundle will hold. It signs
+// fresh director metadata for the VIN valid for the whole period, and
+// fails with a conflict if the image repository's metadata expires sooner.
+func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Duration) (*Plan, error) {
+	now := s.now().UTC()
+	until := now.Add(valid)
+	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}}
+
+	// Image repository: root chain, timestamp, snapshot, targets.
+	img, err := s.chain(ctx, "image", func(n string) (*repo.File, error) { return s.repo.Open(ctx, n) }, until)
+	if err != nil {
+		return nil, err
+	}
+	p.files = append(p.files, img...)
+
+	// Director: root chain, then this VIN's metadata signed for the period.
+	dirRoots, err := s.roots(ctx, "director", func(n string) (*repo.File, error) { return s.repo.OpenDirectorRoot(ctx, n) }, until)
+	if err != nil {
+		return nil, err
+	}
+	p.files = append(p.files, dirRoots...)
+	signed, assigned, err := s.director.ForBundle(ctx, v, until)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range signed {
+		name := fmt.Sprintf("director/%d.%s.json", m.Version, m.Role)
+		if m.Role == metadata.TIMESTAMP {
+			name = "director/timestamp.json"
+		}
+		p.files = append(p.files, file{name: name, data: m.Body})
+	}
+	for _, a := range assigned {
+		key, err := repo.TargetKey(a.Path, a.Target)
+		if err != nil {
+			return nil, err
+		}
+		rel := strings.TrimPrefix(key, "repo/")
+		tf := a.Target
+		p.files = append(p.files, file{name: rel, size: tf.Length, open: func(ctx context.Context) (io.ReadCloser, int64, error) {
+			f, err := s.repo.Open(ctx, rel)
+			if err != nil {
+				return nil, 0, err
+			}
+			return f, f.Size, nil
+		}})
+		p.Manifest.Images = append(p.Manifest.Images, fmt.Sprintf("%s -> ECU %s (%s %s)", a.Path, a.Serial, a.ECUType, a.Image.Version))
+	}
+	return p, nil
+}
+
+func readAll(f *repo.File, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 16<<20))
+}
+
+type expirer interface{ IsExpired(time.Time) bool }
+
+func checkExpiry(what string, e expirer, exp time.Time, until time.Time) error {
+	if e.IsExpired(until) {
+		return server.CodedErrorf(server.KindConflict, "metadata_expires_too_soon",
+			"%s expires at %s, before the bundle's validity ends at %s; ask for fewer days (?valid_days=) or have the operator raise the expiry of online metadata (--timestamp-expiry, --snapshot-expiry) or re-sign offline metadata",
+			what, exp.Format(time.RFC3339), until.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// roots adds a repository's whole root chain (1.root.json up to the current).
+func (s *Service) roots(ctx context.Context, dir string, open func(string) (*repo.File, error), until time.Time) ([]file, error) {
+	cur, err := readAll(open("1.root.json"))
+	if err != nil {
+		return nil, fmt.Errorf("%s root v1: %w", dir, err)
+	}
+	var out []file
+	for v := 1; ; v++ {
+		b := cur
+		if v > 1 {
+			b, err = readAll(open(fmt.Sprintf("%d.root.json", v)))
+			if err != nil {
+				break // the chain ends at the first missing version
+			}
+		}
+		out = append(out, file{name: fmt.Sprintf("%s/%d.root.json", dir, v), data: b})
+		cur = b
+	}
+	root, err := metadata.Root().FromBytes(cur)
+	if err != nil {
+		return nil, err
+	}
+	return out, checkExpiry(dir+" root", &root.Signed, root.Signed.Expires, until)
+}
+
+func (s *Service) chain(ctx context.Context, dir string, open func(string) (*repo.File, error), until time.Time) ([]file, error) {
+	out, err := s.roots(ctx, dir, open, until)
+	if err != nil {
+		return nil, err
+	}
+	tsb, err := readAll(open("timestamp.json"))
+	if err != nil {
+		return nil, fmt.Errorf("image timestamp: %w", err)
+	}
+	ts, err := metadata.Timestamp().FromBytes(tsb)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkExpiry("the image repository's timestamp", &ts.Signed, ts.Signed.Expires, until); err != nil {
+		return nil, err
+	}
+	sv := ts.Signed.Meta["snapshot.json"].Version
+	sb, err := readAll(open(fmt.Sprintf("%d.snapshot.json", sv)))
+	if err != nil {
+		return nil, err
+	}
+	snap, err := metadata.Snapshot().FromBytes(sb)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkExpiry("the image repository's snapshot", &snap.Signed, snap.Signed.Expires, until); err != nil {
+		return nil, err
+	}
+	tv := snap.Signed.Meta["targets.json"].Version
+	tb, err := readAll(open(fmt.Sprintf("%d.targets.json", tv)))
+	if err != nil {
+		return nil, err
+	}
+	tg, err := metadata.Targets().FromBytes(tb)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkExpiry("the image repository's targets", &tg.Signed, tg.Signed.Expires, until); err != nil {
+		return nil, err
+	}
+	return append(out,
+		file{name: dir + "/timestamp.json", data: tsb},
+		file{name: fmt.Sprintf("%s/%d.snapshot.json", dir, sv), data: sb},
+		file{name: fmt.Sprintf("%s/%d.targets.json", dir, tv), data: tb}), nil
+}
+
+const readme = `Roadsign USB update for VIN %s
+Issued %s, valid until %s.
+
+What is inside: signed metadata of the director (what this car must run)
+and of the image repository (every released image), each with its whole
+chain of root keys, and the firmware images assigned to this car:
+%s
+How to install:
+ 1. Copy this file, unchanged, to a FAT32 or exFAT USB stick.
+ 2. With the engine running and the car parked, plug the stick into the
+    USB port of the head unit.
+ 3. Confirm "Software update from USB" on the screen. The car checks every
+    signature and hash; a bundle for another VIN, an expired or an older
+    bundle is refused and nothing is installed.
+ 4. Wait until the screen says the update is complete; do not switch off.
+ 5. Connected services re-authorize automatically once the car is online.
+    The install is reported to the server at the next connection.
+
+(Bench equivalent: roadsign-agent install-usb --state DIR THIS_FILE)
+`
+
+// Write streams the bundle as a tar archive.
+func (p *Plan) Write(ctx context.Context, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	mb, _ := json.MarshalIndent(p.Manifest, "", "  ")
+	var images strings.Builder
+	for _, i := range p.Manifest.Images {
+		images.WriteString(" - " + i + "\n")
+	}
+	if len(p.Manifest.Images) == 0 {
+		images.WriteString(" (none: this car already runs what it should)\n")
+	}
+	head := []file{
+		{name: "README.txt", data: []byte(fmt.Sprintf(readme, p.Manifest.VIN, p.Manifest.IssuedAt.Format(time.RFC3339), p.Manifest.ValidUntil.Format(time.RFC3339), images.String()))},
+		{name: "bundle.json", data: mb},
+	}
+	for _, f := range append(head, p.files...) {
+		if err := writeFile(ctx, tw, f, p.Manifest.IssuedAt); err != nil {
+			return fmt.Errorf("bundle %s: %w", f.name, err)
+		}
+	}
+	return tw.Close()
+}
+
+func writeFile(ctx context.Context, tw *tar.Writer, f file, mod time.Time) error {
+	if f.open == nil {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: mod, Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err := tw.Write(f.data)
+		return err
+	}
+	rc, size, err := f.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if size != f.size {
+		return fmt.Errorf("stored image is %d bytes, metadata says %d", size, f.size)
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: size, ModTime: mod, Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	_, err = io.CopyN(tw, rc, size)
+	return err
+}
