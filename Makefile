@@ -9,7 +9,7 @@ VERSITYGW_VERSION := v1.8.0
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build test demo bench torture lint tools clean
+.PHONY: all build test demo bench torture lint tools browser clean
 
 all: build
 
@@ -19,9 +19,9 @@ build:
 # All tests, with the race detector, including the state-store suite on
 # PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)
 # and the S3 suite against a real versitygw that this target installs
-# (first run: about 2-3 minutes).
-test: tools
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
+# (first run: about 2-3 minutes), and the web pages in headless Chromium.
+test: tools browser
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 
 # SIGKILLs the real agent at random points of 500 installs.
@@ -42,6 +42,11 @@ lint:
 	$(GO) vet ./...
 
 tools: $(VERSITYGW)
+
+# Headless Chromium (Debian's package) for the web page tests; screenshots
+# of each page land in screenshots/.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(VERSITYGW):
 	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)

@@ -13,12 +13,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/repo"
 )
@@ -263,4 +265,17 @@ func writeFile(ctx context.Context, tw *tar.Writer, f file, mod time.Time) error
 	}
 	_, err = io.CopyN(tw, rc, size)
 	return err
+}
+
+// Serve audits the issue and streams the bundle as a download.
+func (p *Plan) Serve(ctx context.Context, w http.ResponseWriter, store server.Store, by accounts.Principal, now time.Time) error {
+	if err := accounts.Audit(ctx, store, now, by, "bundle.issue", p.Manifest.VIN,
+		fmt.Sprintf("valid until %s; images %v", p.Manifest.ValidUntil.Format(time.RFC3339), p.Manifest.Images)); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/x-tar")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="roadsign-usb-%s-%s.tar"`, p.Manifest.VIN, p.Manifest.IssuedAt.Format("20060102")))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	return p.Write(ctx, w)
 }

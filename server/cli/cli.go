@@ -38,6 +38,7 @@ import (
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"
 	"github.com/roadsign/roadsign/server/sqlite"
+	"github.com/roadsign/roadsign/server/web"
 )
 
 // Exit codes (CONTRACT.md).
@@ -253,11 +254,20 @@ func serve(ctx context.Context, c config, env Env) error {
 	ownerSvc := owners.New(store, time.Now)
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
+	bundles := bundle.New(images, directorSvc, time.Now)
+	pages, err := web.New(web.Deps{
+		Accounts: accounts.New(store, c.adminToken, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
+		Bundles: bundles, Store: store, Secret: secret, Now: time.Now, Log: log,
+		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs) },
+	})
+	if err != nil {
+		return err
+	}
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connect.New(store, directorSvc, images, secret, time.Now),
-		Bundles: bundle.New(images, directorSvc, time.Now),
-		Store:   store, Log: log, Metrics: reg, Now: time.Now,
+		Bundles: bundles, Web: pages,
+		Store: store, Log: log, Metrics: reg, Now: time.Now,
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})
 
@@ -317,4 +327,47 @@ func blobDesc(c config) string {
 		return c.blob[:i]
 	}
 	return c.blob
+}
+
+// statusChecks is what /status shows an owner before they blame the car.
+func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore) []web.Check {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var out []web.Check
+	h, err := images.Health(ctx)
+	switch {
+	case err != nil:
+		out = append(out, web.Check{Name: "Image repository", Detail: err.Error()})
+	case !h.Published:
+		out = append(out, web.Check{Name: "Image repository", Detail: "nothing published yet"})
+	default:
+		ok := time.Now().Before(h.TimestampExpires)
+		out = append(out, web.Check{Name: "Image repository", OK: ok, Detail: fmt.Sprintf("timestamp v%d valid until %s", h.TimestampVersion, h.TimestampExpires.Format(time.RFC3339))})
+	}
+	resign := web.Check{Name: "Timestamp re-signing", OK: h.ResignErr == nil && h.Published}
+	switch {
+	case h.ResignErr != nil:
+		resign.Detail = "last attempt failed: " + h.ResignErr.Error()
+	case !h.LastResign.IsZero():
+		resign.Detail = "last successful re-sign " + h.LastResign.UTC().Format(time.RFC3339)
+	default:
+		resign.Detail = "no re-sign needed since this server started"
+	}
+	out = append(out, resign)
+	if v, err := images.DirectorRootVersion(ctx); err != nil || v == 0 {
+		out = append(out, web.Check{Name: "Director", Detail: "no director root published"})
+	} else {
+		out = append(out, web.Check{Name: "Director", OK: true, Detail: fmt.Sprintf("root v%d; per-vehicle metadata signed on demand", v)})
+	}
+	for _, p := range []struct {
+		name string
+		p    interface{ Ping(context.Context) error }
+	}{{"State store", store}, {"Blob store", blobs}} {
+		if err := p.p.Ping(ctx); err != nil {
+			out = append(out, web.Check{Name: p.name, Detail: err.Error()})
+		} else {
+			out = append(out, web.Check{Name: p.name, OK: true, Detail: "reachable"})
+		}
+	}
+	return out
 }

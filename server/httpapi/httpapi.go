@@ -28,6 +28,7 @@ import (
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
+	"github.com/roadsign/roadsign/server/web"
 )
 
 // ginMode sets gin's process-wide mode once; gin keeps it in a global.
@@ -51,6 +52,7 @@ type Deps struct {
 	Owners   *owners.Service
 	Connect  *connect.Service
 	Bundles  *bundle.Service
+	Web      *web.Web
 	Store    server.Store
 	Ready    map[string]Pinger
 	Log      *slog.Logger

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -31,6 +30,18 @@ type route struct {
 }
 
 func (a *api) routes() []route {
+	rs := a.apiRoutes()
+	if a.Web != nil {
+		// Pages do their own session checks (cookie + CSRF), so the table
+		// lists them as public.
+		for _, p := range a.Web.Routes() {
+			rs = append(rs, route{p.Method, p.Path, []string{Public}, p.Summary, "", p.Handler})
+		}
+	}
+	return rs
+}
+
+func (a *api) apiRoutes() []route {
 	pub, admin, adminDealer := []string{Public}, []string{Admin}, []string{Admin, Dealer}
 	return []route{
 		{"GET", "/healthz", pub, "Liveness", "", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }},
@@ -375,15 +386,7 @@ func (a *api) usbBundle(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	if err := accounts.Audit(ctx, a.Store, a.Now(), p, "bundle.issue", v.VIN, fmt.Sprintf("valid until %s; images %v", plan.Manifest.ValidUntil.Format(time.RFC3339), plan.Manifest.Images)); err != nil {
-		a.fail(c, err)
-		return
-	}
-	c.Header("Content-Type", "application/x-tar")
-	c.Header("Content-Disposition", fmt.Sprintf(`attachment; filename="roadsign-usb-%s-%s.tar"`, v.VIN, plan.Manifest.IssuedAt.Format("20060102")))
-	c.Header("Cache-Control", "no-store")
-	c.Status(http.StatusOK)
-	if err := plan.Write(ctx, c.Writer); err != nil {
+	if err := plan.Serve(ctx, c.Writer, a.Store, p, a.Now()); err != nil {
 		// Headers are gone; cutting the stream makes the download fail
 		// visibly instead of leaving a bundle that looks complete.
 		a.Log.ErrorContext(ctx, "bundle stream failed", "vin", v.VIN, "err", err)

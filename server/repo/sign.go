@@ -183,3 +183,40 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	return m
 }
+
+// Health describes the served timestamp, for the status page.
+type Health struct {
+	Published        bool
+	TimestampVersion int64
+	TimestampExpires time.Time
+	LastResign       time.Time
+	ResignErr        error
+}
+
+// Health reads the served timestamp and the re-signer's last outcome.
+func (r *Repo) Health(ctx context.Context) (Health, error) {
+	last, rerr := r.SigningHealth()
+	h := Health{LastResign: last, ResignErr: rerr}
+	raw, err := server.ReadBlob(ctx, r.blobs, imagePrefix+"timestamp.json", maxMetadata)
+	if errors.Is(err, server.ErrBlobNotFound) {
+		return h, nil
+	}
+	if err != nil {
+		return h, err
+	}
+	ts, err := metadata.Timestamp().FromBytes(raw)
+	if err != nil {
+		return h, err
+	}
+	h.Published, h.TimestampVersion, h.TimestampExpires = true, ts.Signed.Version, ts.Signed.Expires
+	return h, nil
+}
+
+// DirectorRootVersion is the published director root's version (0: none).
+func (r *Repo) DirectorRootVersion(ctx context.Context) (int64, error) {
+	root, _, err := r.loadRoot(ctx, directorPrefix)
+	if err != nil || root == nil {
+		return 0, err
+	}
+	return root.Signed.Version, nil
+}
