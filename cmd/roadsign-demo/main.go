@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -118,11 +119,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d.step("5. The admin creates a dealer account (the token is shown once).")
-	var dealer struct {
+	d.step("5. The admin creates a dealer account and an owner account (tokens are shown once).")
+	var dealer, owner struct {
 		Token string `json:"token"`
 	}
 	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "dealer", "name": "dealer-demo"}, &dealer); err != nil {
+		return err
+	}
+	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "owner", "name": "owner-demo", "password": "demo-password"}, &owner); err != nil {
 		return err
 	}
 	d.step("6. A vehicle is provisioned and registered by the dealer: its head unit and DCM run version 1 from slot A;\n   both roots (image and director) are pinned.")
@@ -131,6 +135,18 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		"--ecu", fmt.Sprintf("head-unit:HU000001:%s:%s", hu.HardwareID, filepath.Join(*samples, hu.File)),
 		"--ecu", fmt.Sprintf("dcm:DCM000001:%s:%s", dcm.HardwareID, filepath.Join(*samples, dcm.File)),
 		"--token", dealer.Token); err != nil {
+		return err
+	}
+	d.step("The owner links the car with the one-time code it shows.")
+	shown, err := d.output(ctx, "roadsign-agent", "link-code", "--state", state)
+	if err != nil {
+		return err
+	}
+	m := regexp.MustCompile(`link code for \S+: (\S+)`).FindStringSubmatch(shown)
+	if m == nil {
+		return fmt.Errorf("no link code in %q", shown)
+	}
+	if err := d.api(ctx, url, owner.Token, "POST", "/api/v1/owners/me/vehicles", map[string]any{"vin": v, "code": m[1]}, &struct{}{}); err != nil {
 		return err
 	}
 	d.step("Status before the update:")
@@ -148,7 +164,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		jobIDs = append(jobIDs, j.ID)
 	}
-	d.step("8. The vehicle updates: verify both repositories from their pinned roots, check the director's assignment\n   against the image repository, stream each image into the inactive slot, check length and sha256,\n   trial-boot, commit, report job progress, check in a signed manifest.")
+	d.step("8. The vehicle updates: verify both repositories from their pinned roots, check the director's assignment\n   against the image repository, stream each image into the inactive slot, check length and sha256,\n   trial-boot, commit, report job progress, check in a signed manifest, then re-authorize\n   connected services.")
 	if err := d.cmd(ctx, "roadsign-agent", "update", "--state", state); err != nil {
 		return err
 	}
@@ -216,6 +232,16 @@ func (d *demo) api(ctx context.Context, base, token, method, path string, in, ou
 	}
 	fmt.Fprintf(d.out, "  -> %s\n", resp.Status)
 	return json.Unmarshal(raw, out)
+}
+
+// output runs a command like cmd and also returns what it printed.
+func (d *demo) output(ctx context.Context, name string, args ...string) (string, error) {
+	var buf bytes.Buffer
+	out := d.out
+	d.out = io.MultiWriter(out, &buf)
+	err := d.cmd(ctx, name, args...)
+	d.out = out
+	return buf.String(), err
 }
 
 func (d *demo) cmd(ctx context.Context, name string, args ...string) error {
