@@ -403,9 +403,11 @@ func cmdInstallUSB(ctx context.Context, args []string, env Env) error {
 	return err
 }
 
-func cmdReauthorize(ctx context.Context, args []string, env Env) error {
-	fs := flag.NewFlagSet("reauthorize", flag.ContinueOnError)
-	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent reauthorize --state DIR")
+// withAgent opens the vehicle named by --state (taking its lock) and runs
+// fn with an agent for it.
+func withAgent(name string, args []string, env Env, fn func(a *agent.Agent) error) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent "+name+" --state DIR")
 	if err != nil {
 		return err
 	}
@@ -414,31 +416,29 @@ func cmdReauthorize(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	st, err := a.Reauthorize(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.Stdout, "connected services authorized until %s\n", st.ExpiresAt.Local().Format(time.DateTime))
-	return nil
+	return fn(a)
+}
+
+func cmdReauthorize(ctx context.Context, args []string, env Env) error {
+	return withAgent("reauthorize", args, env, func(a *agent.Agent) error {
+		st, err := a.Reauthorize(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "connected services authorized until %s\n", st.ExpiresAt.Local().Format(time.DateTime))
+		return nil
+	})
 }
 
 func cmdLinkCode(ctx context.Context, args []string, env Env) error {
-	fs := flag.NewFlagSet("link-code", flag.ContinueOnError)
-	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent link-code --state DIR")
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	a, err := newAgent(v, fault.Set{}, env)
-	if err != nil {
-		return err
-	}
-	code, exp, err := a.API.LinkCode(ctx)
-	if err != nil {
-		return fmt.Errorf("get a link code: %w", err)
-	}
-	fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", v.VIN, code, exp.Local().Format(time.TimeOnly))
-	return nil
+	return withAgent("link-code", args, env, func(a *agent.Agent) error {
+		code, exp, err := a.API.LinkCode(ctx)
+		if err != nil {
+			return fmt.Errorf("get a link code: %w", err)
+		}
+		fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", a.V.VIN, code, exp.Local().Format(time.TimeOnly))
+		return nil
+	})
 }
 
 func cmdReplaceECU(args []string, env Env) error {
