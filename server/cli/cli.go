@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -273,7 +274,10 @@ func serve(ctx context.Context, c config, env Env) error {
 
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another server running there?)", c.listen, err)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("listen on %s: %w; another server runs there: stop it or choose another --listen", c.listen, err)
+		}
+		return envflag.Usagef("--listen %s: %v", c.listen, err)
 	}
 	srv := &http.Server{
 		Handler:           handler,
