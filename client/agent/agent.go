@@ -431,9 +431,8 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
 			}
 			assigned[serial] = &plan{ecu: e, boot: a.V.ECU(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
-			if dc.Downgrade && !ic.AllowDowngrade {
-				return refuse("target %s: the director asks for a downgrade the image does not permit", p)
-			}
+			// A downgrade needs both: the director (a forced dealer job)
+			// and the signer (the image permits it).
 			assigned[serial].custom.AllowDowngrade = dc.Downgrade && ic.AllowDowngrade
 		}
 	}
@@ -468,7 +467,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 			continue
 		case p.custom.ReleaseCounter < counter && !p.custom.AllowDowngrade:
 			results = append(results, res)
-			return refuse("target %s has release counter %d, lower than the installed %d (rollback refused)", p.path, p.custom.ReleaseCounter, counter)
+			return refuse("target %s has release counter %d, lower than the installed %d (rollback refused: a downgrade needs a forced dealer job and an image signed with --allow-downgrade)", p.path, p.custom.ReleaseCounter, counter)
 		case p.jobID == "" && slices.Contains(rec.Failed, sum):
 			res.Detail = fmt.Sprintf("skipping %s: it failed its boot check on this ECU before", p.path)
 			results = append(results, res)
