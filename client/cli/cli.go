@@ -115,22 +115,8 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, " ") }
 func (s *stringList) Set(v string) error { *s = append(*s, strings.Fields(v)...); return nil }
 
-func parse(fs *flag.FlagSet, args []string, env Env, synopsis string) error {
-	fs.SetOutput(env.Stderr)
-	_, err := envflag.Parse(fs, args, env.Getenv, 0, synopsis)
-	return err
-}
-
-func requireState(state string) error {
-	if state == "" {
-		return envflag.Usagef("--state DIR is required")
-	}
-	return nil
-}
-
 func cmdInit(args []string, env Env) error {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
-	state := fs.String("state", "", "state directory of the simulated vehicle")
 	server := fs.String("server", "", "server URL, e.g. http://127.0.0.1:8080")
 	vinFlag := fs.String("vin", "", "vehicle identification number (17 characters)")
 	imageRoot := fs.String("image-root", "", "image repository root to pin (WORKSPACE/image.root.json)")
@@ -142,10 +128,8 @@ func cmdInit(args []string, env Env) error {
 	year := fs.Int("year", env.Now().Year(), "model year, for registration")
 	region := fs.String("region", "NA", "region code, for registration")
 	synopsis := "roadsign-agent init --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ..."
-	if err := parse(fs, args, env, synopsis); err != nil {
-		return err
-	}
-	if err := requireState(*state); err != nil {
+	state, _, err := parseState(fs, args, env, 0, synopsis)
+	if err != nil {
 		return err
 	}
 	if *server == "" || *vinFlag == "" || *imageRoot == "" || *directorRoot == "" {
@@ -169,7 +153,7 @@ func cmdInit(args []string, env Env) error {
 	if err != nil {
 		return envflag.Usagef("--director-root: %v", err)
 	}
-	v, err := vehicle.Create(*state, cfg, ir, dr, firmware, env.Now)
+	v, err := vehicle.Create(state, cfg, ir, dr, firmware, env.Now)
 	if err != nil {
 		return err
 	}
@@ -195,13 +179,10 @@ func cmdInit(args []string, env Env) error {
 
 func cmdUpdate(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("update", flag.ContinueOnError)
-	state := fs.String("state", "", "state directory of the simulated vehicle")
 	simulate := fs.String("simulate", "", "faults to simulate, comma-separated (see roadsign-agent help)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := parse(fs, args, env, "roadsign-agent update --state DIR [--simulate FAULT,...] [--json]"); err != nil {
-		return err
-	}
-	if err := requireState(*state); err != nil {
+	state, _, err := parseState(fs, args, env, 0, "roadsign-agent update --state DIR [--simulate FAULT,...] [--json]")
+	if err != nil {
 		return err
 	}
 	faults, err := fault.Parse(*simulate)
@@ -209,7 +190,7 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 		return envflag.Usagef("--simulate: %v", err)
 	}
 	faults.Kill = env.Kill
-	v, err := vehicle.Open(*state, env.Now)
+	v, err := vehicle.Open(state, env.Now)
 	if err != nil {
 		return err
 	}
@@ -231,20 +212,17 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 
 func cmdRun(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	state := fs.String("state", "", "state directory of the simulated vehicle")
 	interval := fs.Duration("interval", time.Hour, "time between check-ins")
 	retryMin := fs.Duration("retry-min", 10*time.Second, "first retry after the server could not be reached (doubles up to --interval)")
 	jitter := fs.Float64("jitter", 0.2, "spread each wait by up to this fraction")
-	if err := parse(fs, args, env, "roadsign-agent run --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]"); err != nil {
-		return err
-	}
-	if err := requireState(*state); err != nil {
+	state, _, err := parseState(fs, args, env, 0, "roadsign-agent run --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]")
+	if err != nil {
 		return err
 	}
 	if *interval <= 0 || *retryMin <= 0 || *jitter < 0 || *jitter >= 1 {
 		return envflag.Usagef("--interval and --retry-min must be positive and --jitter in [0, 1)")
 	}
-	v, err := vehicle.OpenReadOnly(*state, env.Now)
+	v, err := vehicle.OpenReadOnly(state, env.Now)
 	if err != nil {
 		return err
 	}
@@ -305,15 +283,12 @@ func printReport(w io.Writer, rep agent.Report) {
 
 func cmdStatus(args []string, env Env) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	state := fs.String("state", "", "state directory of the simulated vehicle")
 	asJSON := fs.Bool("json", false, "print JSON (CONTRACT.md)")
-	if err := parse(fs, args, env, "roadsign-agent status --state DIR [--json]"); err != nil {
+	state, _, err := parseState(fs, args, env, 0, "roadsign-agent status --state DIR [--json]")
+	if err != nil {
 		return err
 	}
-	if err := requireState(*state); err != nil {
-		return err
-	}
-	v, err := vehicle.OpenReadOnly(*state, env.Now)
+	v, err := vehicle.OpenReadOnly(state, env.Now)
 	if err != nil {
 		return err
 	}
@@ -358,17 +333,27 @@ func dtcs(d []vehicle.DTC) string {
 	return strings.Join(parts, ", ")
 }
 
-func openForCommand(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) (*vehicle.Vehicle, []string, error) {
+// parseState declares --state on fs, parses args and requires --state.
+func parseState(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) (string, []string, error) {
 	state := fs.String("state", "", "state directory of the simulated vehicle")
 	fs.SetOutput(env.Stderr)
 	pos, err := envflag.Parse(fs, args, env.Getenv, positional, synopsis)
 	if err != nil {
+		return "", nil, err
+	}
+	if *state == "" {
+		return "", nil, envflag.Usagef("--state DIR is required")
+	}
+	return *state, pos, nil
+}
+
+// openForCommand parses like parseState and opens the vehicle, taking its lock.
+func openForCommand(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) (*vehicle.Vehicle, []string, error) {
+	state, pos, err := parseState(fs, args, env, positional, synopsis)
+	if err != nil {
 		return nil, nil, err
 	}
-	if err := requireState(*state); err != nil {
-		return nil, nil, err
-	}
-	v, err := vehicle.Open(*state, env.Now)
+	v, err := vehicle.Open(state, env.Now)
 	return v, pos, err
 }
 

@@ -1,16 +1,8 @@
 package vehicle
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"time"
-
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // DTCTelematicsConnection is set while the agent cannot reach the server.
@@ -29,20 +21,13 @@ type DTC struct {
 	Detail      string    `json:"detail,omitempty"`
 }
 
-func (v *Vehicle) dtcPath() string { return filepath.Join(v.Dir, "dtcs.json") }
+const dtcFile = "dtcs.json"
 
 // DTCs returns the active trouble codes, sorted by code.
 func (v *Vehicle) DTCs() ([]DTC, error) {
-	b, err := os.ReadFile(v.dtcPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read DTCs: %w", err)
-	}
 	var m map[string]DTC
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, nil // a damaged DTC file holds nothing worth keeping
+	if err := v.readJSON(dtcFile, &m); err != nil {
+		return nil, err
 	}
 	out := make([]DTC, 0, len(m))
 	for _, d := range m {
@@ -57,11 +42,7 @@ func (v *Vehicle) saveDTCs(list []DTC) error {
 	for _, d := range list {
 		m[d.Code] = d
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	return keys.WriteFileAtomic(v.dtcPath(), append(b, '\n'), 0o600)
+	return v.writeJSON(dtcFile, m)
 }
 
 // SetDTC records code (or counts one more occurrence of it).

@@ -105,12 +105,8 @@ func Create(dir string, c Config, imageRoot, directorRoot []byte, firmware map[s
 		return nil, err
 	}
 	v.CreatedAt = now().UTC()
-	b, err := json.MarshalIndent(v.Config, "", "  ")
-	if err != nil {
-		return nil, err
-	}
 	// vehicle.json last: a half-provisioned directory is not a vehicle.
-	if err := keys.WriteFileAtomic(filepath.Join(dir, configFile), append(b, '\n'), 0o600); err != nil {
+	if err := v.writeJSON(configFile, v.Config); err != nil {
 		return nil, err
 	}
 	return v, nil

@@ -224,13 +224,13 @@ func (w *world) forgeDirector(v vehicleState, targets map[string]*metadata.Targe
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	// Longer-lived than the server's own, so it does not re-sign over it.
-	d := director.New(st, nil, k, director.AutoNone, 72*time.Hour, time.Now, slog.New(slog.DiscardHandler))
+	d := director.New(st, nil, k, director.AutoNone, time.Hour, time.Now, slog.New(slog.DiscardHandler))
 	head, err := st.DirectorHead(ctx, v.vin)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	next, files, err := d.Sign(vin, head, targets, head.AssignmentHash, time.Now())
+	// Longer-lived than the server's own, so it does not re-sign over it.
+	next, files, err := d.Sign(vin, head, targets, head.AssignmentHash, time.Now(), 72*time.Hour)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Dura
 	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}}
 
 	// Image repository: root chain, timestamp, snapshot, targets.
-	img, err := s.chain(ctx, "image", func(n string) (*repo.File, error) { return s.repo.Open(ctx, n) }, until)
+	img, err := s.imageRepo(ctx, until)
 	if err != nil {
 		return nil, err
 	}
@@ -154,50 +154,34 @@ func (s *Service) roots(ctx context.Context, dir string, open func(string) (*rep
 	return out, checkExpiry(dir+" root", &root.Signed, root.Signed.Expires, until)
 }
 
-func (s *Service) chain(ctx context.Context, dir string, open func(string) (*repo.File, error), until time.Time) ([]file, error) {
-	out, err := s.roots(ctx, dir, open, until)
+// imageRepo adds the image repository: its root chain and the published
+// timestamp, snapshot and targets, each checked against until.
+func (s *Service) imageRepo(ctx context.Context, until time.Time) ([]file, error) {
+	out, err := s.roots(ctx, "image", func(n string) (*repo.File, error) { return s.repo.Open(ctx, n) }, until)
 	if err != nil {
 		return nil, err
 	}
-	tsb, err := readAll(open("timestamp.json"))
-	if err != nil {
-		return nil, fmt.Errorf("image timestamp: %w", err)
-	}
-	ts, err := metadata.Timestamp().FromBytes(tsb)
+	h, err := s.repo.Head(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkExpiry("the image repository's timestamp", &ts.Signed, ts.Signed.Expires, until); err != nil {
-		return nil, err
-	}
-	sv := ts.Signed.Meta["snapshot.json"].Version
-	sb, err := readAll(open(fmt.Sprintf("%d.snapshot.json", sv)))
-	if err != nil {
-		return nil, err
-	}
-	snap, err := metadata.Snapshot().FromBytes(sb)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkExpiry("the image repository's snapshot", &snap.Signed, snap.Signed.Expires, until); err != nil {
-		return nil, err
-	}
-	tv := snap.Signed.Meta["targets.json"].Version
-	tb, err := readAll(open(fmt.Sprintf("%d.targets.json", tv)))
-	if err != nil {
-		return nil, err
-	}
-	tg, err := metadata.Targets().FromBytes(tb)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkExpiry("the image repository's targets", &tg.Signed, tg.Signed.Expires, until); err != nil {
-		return nil, err
+	for _, c := range []struct {
+		what string
+		e    expirer
+		exp  time.Time
+	}{
+		{"the image repository's timestamp", &h.Timestamp.Signed, h.Timestamp.Signed.Expires},
+		{"the image repository's snapshot", &h.Snapshot.Signed, h.Snapshot.Signed.Expires},
+		{"the image repository's targets", &h.Targets.Signed, h.Targets.Signed.Expires},
+	} {
+		if err := checkExpiry(c.what, c.e, c.exp, until); err != nil {
+			return nil, err
+		}
 	}
 	return append(out,
-		file{name: dir + "/timestamp.json", data: tsb},
-		file{name: fmt.Sprintf("%s/%d.snapshot.json", dir, sv), data: sb},
-		file{name: fmt.Sprintf("%s/%d.targets.json", dir, tv), data: tb}), nil
+		file{name: "image/timestamp.json", data: h.TimestampRaw},
+		file{name: fmt.Sprintf("image/%d.snapshot.json", h.Snapshot.Signed.Version), data: h.SnapshotRaw},
+		file{name: fmt.Sprintf("image/%d.targets.json", h.Targets.Signed.Version), data: h.TargetsRaw}), nil
 }
 
 const readme = `Roadsign USB update for VIN %s

@@ -184,46 +184,70 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 // Timestamp returns the VIN's current timestamp.json, re-signing the
 // director metadata first if the assignment changed or it is half expired.
 func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, error) {
+	head, metas, _, err := d.refresh(ctx, v, d.expiry, false)
+	if err != nil {
+		return nil, err
+	}
+	if metas != nil {
+		return metas[2].Body, nil
+	}
+	f, err := d.store.DirectorFile(ctx, v.VIN, metadata.TIMESTAMP, head.TimestampVersion)
+	return f.Body, err
+}
+
+// ForBundle signs director metadata for a USB bundle: the current
+// assignment, from the VIN's own version counter (so the vehicle's online
+// metadata continues from it), valid until at least until.
+func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, until time.Time) ([]server.DirectorMeta, []Assigned, error) {
+	_, metas, as, err := d.refresh(ctx, v, max(d.expiry, until.Sub(d.now())+time.Hour), true)
+	return metas, as, err
+}
+
+// refresh re-signs the VIN's director metadata, valid for life, when force
+// is set, the assignment changed, or less than half of life is left. It
+// returns the new files (nil when the current ones stand) and the head.
+// Concurrent refreshes (other requests, other replicas) are resolved by
+// the store: the loser reloads and uses the winner's metadata.
+func (d *Service) refresh(ctx context.Context, v server.Vehicle, life time.Duration, force bool) (server.DirectorHead, []server.DirectorMeta, []Assigned, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		head, err := d.store.DirectorHead(ctx, v.VIN)
 		if err != nil {
-			return nil, err
+			return head, nil, nil, err
 		}
 		as, err := d.Assignment(ctx, v)
 		if err != nil {
-			return nil, err
+			return head, nil, nil, err
 		}
 		files, hash, err := build(v.VIN, as)
 		if err != nil {
-			return nil, err
+			return head, nil, nil, err
 		}
 		now := d.now()
-		fresh := head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > d.expiry/2
-		if fresh {
-			f, err := d.store.DirectorFile(ctx, v.VIN, metadata.TIMESTAMP, head.TimestampVersion)
-			return f.Body, err
+		if !force && head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 {
+			return head, nil, as, nil
 		}
-		next, metas, err := d.Sign(v.VIN, head, files, hash, now)
+		next, metas, err := d.Sign(v.VIN, head, files, hash, now, life)
 		if err != nil {
-			return nil, err
+			return head, nil, nil, err
 		}
 		err = d.store.SaveDirector(ctx, head, next, metas)
 		if errors.Is(err, server.ErrConflict) {
-			continue // another request or replica signed first; use theirs
+			continue
 		}
 		if err != nil {
-			return nil, err
+			return head, nil, nil, err
 		}
 		d.log.Info("signed director metadata", "vin", v.VIN, "targets", next.TargetsVersion, "timestamp", next.TimestampVersion, "ecus_assigned", len(as))
-		return metas[2].Body, nil
+		return next, metas, as, nil
 	}
-	return nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
+	return server.DirectorHead{}, nil, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
 }
 
 // Sign signs director targets (files), snapshot and timestamp for a VIN
-// as the versions after head. The caller stores them with SaveDirector.
-func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*metadata.TargetFiles, hash string, now time.Time) (server.DirectorHead, []server.DirectorMeta, error) {
-	exp := meta.Expires(now, d.expiry)
+// as the versions after head, valid for life. The caller stores them
+// with SaveDirector.
+func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*metadata.TargetFiles, hash string, now time.Time, life time.Duration) (server.DirectorHead, []server.DirectorMeta, error) {
+	exp := meta.Expires(now, life)
 	next := server.DirectorHead{VIN: vin, TargetsVersion: head.TargetsVersion + 1, SnapshotVersion: head.SnapshotVersion + 1,
 		TimestampVersion: head.TimestampVersion + 1, AssignmentHash: hash, TimestampExpires: exp}
 
@@ -239,28 +263,13 @@ func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*m
 	if err != nil {
 		return next, nil, fmt.Errorf("encode director targets: %w", err)
 	}
-	snap := metadata.Snapshot(exp)
-	snap.Signed.Version = next.SnapshotVersion
-	snap.Signed.Meta["targets.json"] = metadata.MetaFile(next.TargetsVersion)
-	if err := meta.Sign(snap, d.keys.DirectorSnapshot); err != nil {
+	sRaw, err := meta.SignSnapshot(next.SnapshotVersion, next.TargetsVersion, exp, d.keys.DirectorSnapshot)
+	if err != nil {
 		return next, nil, err
 	}
-	sRaw, err := snap.ToBytes(false)
+	tsRaw, err := meta.SignTimestamp(next.TimestampVersion, next.SnapshotVersion, sRaw, exp, d.keys.DirectorTimestamp)
 	if err != nil {
-		return next, nil, fmt.Errorf("encode director snapshot: %w", err)
-	}
-	ts := metadata.Timestamp(exp)
-	ts.Signed.Version = next.TimestampVersion
-	mf := metadata.MetaFile(next.SnapshotVersion)
-	sum := sha256.Sum256(sRaw)
-	mf.Length, mf.Hashes = int64(len(sRaw)), metadata.Hashes{"sha256": sum[:]}
-	ts.Signed.Meta["snapshot.json"] = mf
-	if err := meta.Sign(ts, d.keys.DirectorTimestamp); err != nil {
 		return next, nil, err
-	}
-	tsRaw, err := ts.ToBytes(false)
-	if err != nil {
-		return next, nil, fmt.Errorf("encode director timestamp: %w", err)
 	}
 	return next, []server.DirectorMeta{
 		{VIN: vin, Role: metadata.TARGETS, Version: next.TargetsVersion, Body: tRaw, Expires: exp},
@@ -280,41 +289,4 @@ func (d *Service) File(ctx context.Context, vin, name string) ([]byte, error) {
 		return nil, server.Errorf(server.KindNotFound, "no director file %s for %s", name, vin)
 	}
 	return f.Body, err
-}
-
-// ForBundle signs director metadata for a USB bundle: the current
-// assignment, from the VIN's own version counter (so the vehicle's online
-// metadata continues from it), valid until at least until.
-func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, until time.Time) ([]server.DirectorMeta, []Assigned, error) {
-	for attempt := 0; attempt < 5; attempt++ {
-		head, err := d.store.DirectorHead(ctx, v.VIN)
-		if err != nil {
-			return nil, nil, err
-		}
-		as, err := d.Assignment(ctx, v)
-		if err != nil {
-			return nil, nil, err
-		}
-		files, hash, err := build(v.VIN, as)
-		if err != nil {
-			return nil, nil, err
-		}
-		now := d.now()
-		saved := d.expiry
-		d2 := *d
-		d2.expiry = max(saved, until.Sub(now)+time.Hour)
-		next, metas, err := d2.Sign(v.VIN, head, files, hash, now)
-		if err != nil {
-			return nil, nil, err
-		}
-		err = d.store.SaveDirector(ctx, head, next, metas)
-		if errors.Is(err, server.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		return metas, as, nil
-	}
-	return nil, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
 }

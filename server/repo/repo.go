@@ -158,6 +158,8 @@ type state struct {
 	timestamp *metadata.Metadata[metadata.TimestampType]
 	snapshot  *metadata.Metadata[metadata.SnapshotType]
 	targetsV  int64
+	// tsRaw and snapRaw are the served bytes of timestamp and snapshot.
+	tsRaw, snapRaw []byte
 }
 
 func (r *Repo) loadRoot(ctx context.Context, prefix string) (*metadata.Metadata[metadata.RootType], []byte, error) {
@@ -191,6 +193,7 @@ func (r *Repo) loadState(ctx context.Context) (*state, error) {
 	if s.timestamp, err = metadata.Timestamp().FromBytes(raw); err != nil {
 		return nil, fmt.Errorf("parse timestamp: %w", err)
 	}
+	s.tsRaw = raw
 	snapV := s.timestamp.Signed.Meta["snapshot.json"].Version
 	raw, err = server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.snapshot.json", imagePrefix, snapV), maxMetadata)
 	if err != nil {
@@ -199,10 +202,38 @@ func (r *Repo) loadState(ctx context.Context) (*state, error) {
 	if s.snapshot, err = metadata.Snapshot().FromBytes(raw); err != nil {
 		return nil, fmt.Errorf("parse snapshot v%d: %w", snapV, err)
 	}
+	s.snapRaw = raw
 	if tm, ok := s.snapshot.Signed.Meta["targets.json"]; ok {
 		s.targetsV = tm.Version
 	}
 	return s, nil
+}
+
+// Head is the published top-level metadata, as served and parsed.
+type Head struct {
+	TimestampRaw, SnapshotRaw, TargetsRaw []byte
+	Timestamp                             *metadata.Metadata[metadata.TimestampType]
+	Snapshot                              *metadata.Metadata[metadata.SnapshotType]
+	Targets                               *metadata.Metadata[metadata.TargetsType]
+}
+
+// Head returns the published timestamp, snapshot and targets.
+func (r *Repo) Head(ctx context.Context) (*Head, error) {
+	st, err := r.loadState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if st.timestamp == nil || st.targetsV == 0 {
+		return nil, server.Errorf(server.KindConflict, "nothing is published in the image repository yet")
+	}
+	h := &Head{TimestampRaw: st.tsRaw, SnapshotRaw: st.snapRaw, Timestamp: st.timestamp, Snapshot: st.snapshot}
+	if h.TargetsRaw, err = server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.targets.json", imagePrefix, st.targetsV), maxMetadata); err != nil {
+		return nil, fmt.Errorf("load targets v%d: %w", st.targetsV, err)
+	}
+	if h.Targets, err = metadata.Targets().FromBytes(h.TargetsRaw); err != nil {
+		return nil, fmt.Errorf("parse targets v%d: %w", st.targetsV, err)
+	}
+	return h, nil
 }
 
 // Publish verifies and stores the signer's metadata, then signs a new

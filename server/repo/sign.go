@@ -2,7 +2,6 @@ package repo
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -22,15 +21,9 @@ func (r *Repo) signSnapshotAndTimestamp(ctx context.Context, st *state, targetsV
 	if st.snapshot != nil {
 		snapV = st.snapshot.Signed.Version + 1
 	}
-	snap := metadata.Snapshot(meta.Expires(now, r.cfg.SnapshotExpiry))
-	snap.Signed.Version = snapV
-	snap.Signed.Meta["targets.json"] = metadata.MetaFile(targetsV)
-	if err := meta.Sign(snap, r.keys.ImageSnapshot); err != nil {
-		return 0, 0, err
-	}
-	snapRaw, err := snap.ToBytes(false)
+	snapRaw, err := meta.SignSnapshot(snapV, targetsV, meta.Expires(now, r.cfg.SnapshotExpiry), r.keys.ImageSnapshot)
 	if err != nil {
-		return 0, 0, fmt.Errorf("encode snapshot v%d: %w", snapV, err)
+		return 0, 0, err
 	}
 	if err := server.PutBytes(ctx, r.blobs, fmt.Sprintf("%s%d.snapshot.json", imagePrefix, snapV), snapRaw); err != nil {
 		return 0, 0, fmt.Errorf("store snapshot v%d: %w", snapV, err)
@@ -47,19 +40,10 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 	if st.timestamp != nil {
 		tsV = st.timestamp.Signed.Version + 1
 	}
-	ts := metadata.Timestamp(meta.Expires(now, r.cfg.TimestampExpiry))
-	ts.Signed.Version = tsV
-	sum := sha256.Sum256(snapRaw)
-	mf := metadata.MetaFile(snapV)
-	mf.Length = int64(len(snapRaw))
-	mf.Hashes = metadata.Hashes{"sha256": sum[:]}
-	ts.Signed.Meta["snapshot.json"] = mf
-	if err := meta.Sign(ts, r.keys.ImageTimestamp); err != nil {
-		return 0, err
-	}
-	raw, err := ts.ToBytes(false)
+	exp := meta.Expires(now, r.cfg.TimestampExpiry)
+	raw, err := meta.SignTimestamp(tsV, snapV, snapRaw, exp, r.keys.ImageTimestamp)
 	if err != nil {
-		return 0, fmt.Errorf("encode timestamp v%d: %w", tsV, err)
+		return 0, err
 	}
 	if err := server.PutBytes(ctx, r.blobs, imagePrefix+"timestamp.json", raw); err != nil {
 		return 0, fmt.Errorf("store timestamp v%d: %w", tsV, err)
@@ -67,7 +51,7 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 	r.lastResign = now
 	r.resignErr = nil
 	r.m.lastSign.Set(float64(now.Unix()))
-	r.m.timestampExpiry.Set(float64(ts.Signed.Expires.Unix()))
+	r.m.timestampExpiry.Set(float64(exp.Unix()))
 	return tsV, nil
 }
 

@@ -4,6 +4,7 @@
 package meta
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -151,4 +152,38 @@ func KeyID(k *metadata.Key) string {
 		return ""
 	}
 	return id
+}
+
+// SignSnapshot returns a signed snapshot naming targets version targetsV.
+func SignSnapshot(version, targetsV int64, expires time.Time, k *keys.Key) ([]byte, error) {
+	snap := metadata.Snapshot(expires)
+	snap.Signed.Version = version
+	snap.Signed.Meta["targets.json"] = metadata.MetaFile(targetsV)
+	if err := Sign(snap, k); err != nil {
+		return nil, err
+	}
+	raw, err := snap.ToBytes(false)
+	if err != nil {
+		return nil, fmt.Errorf("encode snapshot v%d: %w", version, err)
+	}
+	return raw, nil
+}
+
+// SignTimestamp returns a signed timestamp naming snapshot version snapV
+// with its length and sha256 (so a swapped snapshot file is caught).
+func SignTimestamp(version, snapV int64, snapRaw []byte, expires time.Time, k *keys.Key) ([]byte, error) {
+	ts := metadata.Timestamp(expires)
+	ts.Signed.Version = version
+	sum := sha256.Sum256(snapRaw)
+	mf := metadata.MetaFile(snapV)
+	mf.Length, mf.Hashes = int64(len(snapRaw)), metadata.Hashes{"sha256": sum[:]}
+	ts.Signed.Meta["snapshot.json"] = mf
+	if err := Sign(ts, k); err != nil {
+		return nil, err
+	}
+	raw, err := ts.ToBytes(false)
+	if err != nil {
+		return nil, fmt.Errorf("encode timestamp v%d: %w", version, err)
+	}
+	return raw, nil
 }
