@@ -9,12 +9,25 @@ VERSITYGW_VERSION := v1.8.0
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
+# What --version prints. The date is the commit's (or SOURCE_DATE_EPOCH),
+# so the same commit builds the same binary.
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null | sed 's/^v//' || true)
+ifeq ($(VERSION),)
+VERSION := 0.0.0-dev
+endif
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+DATE    ?= $(shell date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION) \
+           -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
+           -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
+
 .PHONY: all build test demo bench torture lint tools browser clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 # All tests, with the race detector, including the state-store suite on
 # PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)

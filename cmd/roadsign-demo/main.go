@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/vin"
 )
 
@@ -50,8 +51,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	bin := fs.String("bin", "bin", "directory with roadsign-server, roadsign-signer and roadsign-agent")
 	samples := fs.String("samples", "firmware-samples", "firmware samples directory")
 	keep := fs.Bool("keep", false, "keep the temporary directory")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *version {
+		fmt.Fprintln(out, buildinfo.String("roadsign-demo"))
+		return nil
 	}
 	absBin, err := filepath.Abs(*bin)
 	if err != nil {

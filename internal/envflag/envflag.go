@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/roadsign/roadsign/internal/buildinfo"
 )
 
 // EnvName returns the variable that sets flag name.
@@ -90,9 +92,14 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, position
 	return pos, nil
 }
 
-// Dispatch runs the subcommand named by args[0], or prints usage for
-// help. An unknown or missing command is a UsageError.
+// Dispatch runs the subcommand named by args[0], prints usage for help,
+// or the build's version for --version (or "version"). An unknown or
+// missing command is a UsageError.
 func Dispatch(program, usage string, args []string, stdout io.Writer, commands map[string]func(args []string) error) error {
+	if len(args) > 0 && IsVersion(args[0]) {
+		fmt.Fprintln(stdout, buildinfo.String(program))
+		return nil
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
 		fmt.Fprintln(stdout, usage)
 		if len(args) == 0 {
@@ -105,4 +112,9 @@ func Dispatch(program, usage string, args []string, stdout io.Writer, commands m
 		return Usagef("unknown command %q; run %s help", args[0], program)
 	}
 	return cmd(args[1:])
+}
+
+// IsVersion reports whether arg asks for the program's version.
+func IsVersion(arg string) bool {
+	return arg == "--version" || arg == "-version" || arg == "version"
 }
