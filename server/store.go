@@ -58,9 +58,13 @@ type Vehicle struct {
 	CreatedAt time.Time `json:"createdAt"`
 	LastSeen  time.Time `json:"lastSeen,omitzero"`
 	// AuthState is the outcome of the last connected-services handshake
-	// ("authorized" or a failure code), AuthAt when it happened.
-	AuthState string    `json:"authState,omitempty"`
-	AuthAt    time.Time `json:"authAt,omitzero"`
+	// ("authorized" or a failure code), AuthAt when it happened,
+	// AuthMessage what the vehicle was told and AuthExpires when the
+	// token it got (if authorized) runs out.
+	AuthState   string    `json:"authState,omitempty"`
+	AuthAt      time.Time `json:"authAt,omitzero"`
+	AuthMessage string    `json:"authMessage,omitempty"`
+	AuthExpires time.Time `json:"authExpires,omitzero"`
 	// DTCs are the trouble codes the vehicle last reported, comma-separated.
 	DTCs string `json:"dtcs,omitempty"`
 }
@@ -94,6 +98,15 @@ const (
 	JobTimedOut   = "timed_out"
 )
 
+// Job origins: who decided the install.
+const (
+	// OriginDealer is a job a dealer or admin created.
+	OriginDealer = "dealer"
+	// OriginAutoAssign is an install the server's --auto-assign policy
+	// decided; it is recorded as a job so it has progress and history.
+	OriginAutoAssign = "auto-assign"
+)
+
 // JobTerminal reports whether a job in state s is finished.
 func JobTerminal(s string) bool {
 	switch s {
@@ -112,6 +125,7 @@ type Job struct {
 	TargetPath      string     `json:"target"`
 	Version         string     `json:"version"`
 	Forced          bool       `json:"forced"`
+	Origin          string     `json:"origin"`
 	Reason          string     `json:"reason"`
 	State           string     `json:"state"`
 	CreatedBy       string     `json:"createdBy"`
@@ -133,10 +147,13 @@ type JobEvent struct {
 	Message string    `json:"message,omitempty"`
 }
 
-// AuditEntry is one append-only audit record.
+// AuditEntry is one append-only audit record. ActorID identifies the
+// actor (an account's UUID, "bootstrap-admin", a VIN for a vehicle, or
+// "server"); Actor is its name at the time, for people.
 type AuditEntry struct {
 	ID      int64     `json:"id"`
 	At      time.Time `json:"at"`
+	ActorID string    `json:"actorId"`
 	Actor   string    `json:"actor"`
 	Role    string    `json:"role"`
 	Action  string    `json:"action"`
@@ -165,6 +182,14 @@ type DirectorHead struct {
 	TimestampExpires time.Time
 }
 
+// AuthRecord is the outcome of one connected-services handshake.
+type AuthRecord struct {
+	State   string // "authorized" or a failure code
+	Message string
+	At      time.Time
+	Expires time.Time // the token's expiry, when authorized
+}
+
 // Link ties a vehicle to its owner's account, with the owner's
 // connected-services subscription.
 type Link struct {
@@ -191,7 +216,7 @@ type Store interface {
 	// ReportECUs records what the vehicle says is installed and its DTCs.
 	ReportECUs(ctx context.Context, vin string, ecus []ECU, dtcs string, at time.Time) error
 	// RecordAuth records the outcome of a connected-services handshake.
-	RecordAuth(ctx context.Context, vin, state string, at time.Time) error
+	RecordAuth(ctx context.Context, vin string, a AuthRecord) error
 	// UseNonce records a manifest nonce; ErrConflict if it was used before.
 	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
 
@@ -213,6 +238,9 @@ type Store interface {
 	// is still prev (ErrConflict otherwise: another replica got there first).
 	SaveDirector(ctx context.Context, prev, next DirectorHead, files []DirectorMeta) error
 	DirectorFile(ctx context.Context, vin, role string, version int64) (DirectorMeta, error)
+	// NextBundleVersion returns the next version of the VIN's USB bundle
+	// metadata (1, 2, ...), durable and never handed out twice.
+	NextBundleVersion(ctx context.Context, vin string) (int64, error)
 
 	// SetLinkCode stores the (hashed) one-time code a vehicle displays.
 	SetLinkCode(ctx context.Context, vin, codeHash string, expires time.Time) error

@@ -118,12 +118,27 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 			err = cerr
 		}
 	}
-	if installedAny(rep) {
+	if a.needsReauthorization(rep) && !errors.Is(err, client.ErrUnreachable) {
 		if _, aerr := a.Reauthorize(ctx); aerr != nil {
-			a.Log.Warn("reauthorization after the install failed", "err", aerr)
+			a.Log.Warn("reauthorization failed", "err", aerr)
 		}
 	}
 	return rep, err
+}
+
+// needsReauthorization: after an install, whenever the car is not
+// authorized (a USB install, a failed handshake whose cause may have been
+// fixed since), and when the token nears its expiry.
+func (a *Agent) needsReauthorization(rep Report) bool {
+	if installedAny(rep) {
+		return true
+	}
+	auth, err := a.V.Auth()
+	if err != nil || auth.State != vehicle.Authorized {
+		return true
+	}
+	renew := auth.RenewAt()
+	return renew.IsZero() || !a.now().Before(renew)
 }
 
 func installedAny(rep Report) bool {
@@ -159,6 +174,15 @@ func (a *Agent) InstallUSB(ctx context.Context, b *usb.Bundle) (Report, error) {
 			}
 		}
 	}
+	if installedAny(rep) {
+		// The token was bound to the old firmware: the next online
+		// contact runs the handshake again.
+		pending := vehicle.Auth{State: vehicle.PendingReauthorization, At: a.now().UTC(),
+			Message: "installed from USB; connected services reauthorize at the next online contact"}
+		if serr := a.V.SaveAuth(pending); serr != nil {
+			a.Log.Warn("could not record the pending reauthorization", "err", serr)
+		}
+	}
 	return rep, err
 }
 
@@ -182,7 +206,7 @@ func (a *Agent) Reauthorize(ctx context.Context) (vehicle.Auth, error) {
 		}
 	}
 	res, err := a.API.Authorize(ctx, fw)
-	st := vehicle.Auth{State: "authorized", Token: res.Token, ExpiresAt: res.ExpiresAt, At: a.now().UTC()}
+	st := vehicle.Auth{State: vehicle.Authorized, Token: res.Token, ExpiresAt: res.ExpiresAt, At: a.now().UTC()}
 	var apiErr *api.Error
 	switch {
 	case errors.As(err, &apiErr):

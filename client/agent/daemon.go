@@ -83,8 +83,31 @@ func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
 		if c.OnCycle != nil {
 			c.OnCycle(rep, err, wait)
 		}
-		if err := c.Sleep(ctx, wait); err != nil {
+		if err := a.waitRenewing(ctx, c, wait); err != nil {
 			return nil
 		}
 	}
+}
+
+// waitRenewing waits d, renewing the connected-services token on the way
+// if it comes due before the next check-in (once: a failed renewal is
+// retried by the next cycle, with its backoff).
+func (a *Agent) waitRenewing(ctx context.Context, c DaemonConfig, d time.Duration) error {
+	next := a.now().Add(d)
+	if auth, err := a.V.Auth(); err == nil {
+		if renew := auth.RenewAt(); !renew.IsZero() && renew.Before(next) {
+			if err := c.Sleep(ctx, max(renew.Sub(a.now()), 0)); err != nil {
+				return err
+			}
+			if err := a.V.Lock(); err == nil {
+				if _, err := a.Reauthorize(ctx); err != nil {
+					a.Log.Warn("token renewal failed; the next check-in retries", "err", err)
+				} else {
+					a.Log.Info("connected-services token renewed")
+				}
+				a.V.Close()
+			}
+		}
+	}
+	return c.Sleep(ctx, max(next.Sub(a.now()), 0))
 }

@@ -301,7 +301,7 @@ func cmdStatus(args []string, env Env) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   DTCs: %s\n", st.VIN, st.Authorization.State, dtcs(st.DTCs))
+	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   DTCs: %s\n", st.VIN, authDesc(st.Authorization), dtcs(st.DTCs))
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ECU\tSERIAL\tHARDWARE\tACTIVE\tVERSION\tSLOT A\tSLOT B\tLAST RESULT")
 	for _, e := range st.ECUs {
@@ -313,6 +313,16 @@ func cmdStatus(args []string, env Env) error {
 			slotDesc(e.Slots["a"]), slotDesc(e.Slots["b"]), e.LastResult)
 	}
 	return tw.Flush()
+}
+
+func authDesc(a agent.AuthStatus) string {
+	switch {
+	case a.State == vehicle.Authorized && !a.ExpiresAt.IsZero():
+		return fmt.Sprintf("%s until %s", a.State, a.ExpiresAt.Local().Format(time.DateTime))
+	case a.Message != "":
+		return a.State + " (" + a.Message + ")"
+	}
+	return a.State
 }
 
 func slotDesc(s *agent.SlotStatus) string {

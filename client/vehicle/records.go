@@ -13,13 +13,35 @@ import (
 	"github.com/roadsign/roadsign/signer/keys"
 )
 
+// Authorization states besides the server's failure codes.
+const (
+	Authorized = "authorized"
+	// Expired: authorized once, and the token has run out since.
+	Expired = "expired"
+	// NotAuthorized: no handshake has been run yet.
+	NotAuthorized = "not_authorized"
+	// PendingReauthorization: the firmware changed offline (USB); the
+	// next online contact runs the handshake.
+	PendingReauthorization = "pending_reauthorization"
+)
+
 // Auth is the connected-services authorization state (STATE/auth.json).
 type Auth struct {
-	State     string    `json:"state"` // authorized, or a failure code
+	State     string    `json:"state"` // one of the states above, or a failure code
 	Message   string    `json:"message,omitempty"`
 	Token     string    `json:"token,omitempty"`
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 	At        time.Time `json:"at"`
+}
+
+// RenewAt is when an authorized vehicle renews its token: with a third
+// of its lifetime left, so a daemon that wakes a little late still
+// renews in time. Zero if there is no token to renew.
+func (a Auth) RenewAt() time.Time {
+	if a.State != Authorized || a.ExpiresAt.IsZero() || a.At.IsZero() || !a.ExpiresAt.After(a.At) {
+		return time.Time{}
+	}
+	return a.ExpiresAt.Add(-a.ExpiresAt.Sub(a.At) / 3)
 }
 
 func (v *Vehicle) readJSON(name string, into any) error {
@@ -44,12 +66,13 @@ func (v *Vehicle) writeJSON(name string, val any) error {
 	return keys.WriteFileAtomic(filepath.Join(v.Dir, name), append(b, '\n'), 0o600)
 }
 
-// Auth returns the last authorization state ("not_authorized" if none).
+// Auth returns the authorization state now: NotAuthorized if no
+// handshake ran yet, Expired once an authorized token has run out.
 func (v *Vehicle) Auth() (Auth, error) {
-	a := Auth{State: "not_authorized"}
+	a := Auth{State: NotAuthorized}
 	err := v.readJSON("auth.json", &a)
-	if a.State == "authorized" && !a.ExpiresAt.IsZero() && v.now().After(a.ExpiresAt) {
-		a.State, a.Message = "expired", "the connected-services token expired; run roadsign-agent reauthorize"
+	if a.State == Authorized && !a.ExpiresAt.IsZero() && !v.now().Before(a.ExpiresAt) {
+		a.State, a.Message = Expired, "the connected-services token expired at "+a.ExpiresAt.Format(time.RFC3339)+"; the agent renews it at its next contact with the server (or run roadsign-agent reauthorize)"
 	}
 	return a, err
 }

@@ -204,7 +204,9 @@ func TestFaultMatrix(t *testing.T) {
 
 	worlds := map[bool]*world{}
 	for _, unboot := range []bool{false, true} {
-		w := newWorld(t)
+		// Auto-assigned installs are jobs: a failed attempt is retried
+		// after --job-retry, which the back-to-back runs here make short.
+		w := newWorld(t, "--job-retry", "1ms")
 		w.signerInit()
 		w.add(findSample(t, huHW, "1.1.0"))
 		if unboot {

@@ -25,6 +25,23 @@ const MaxSkew = 5 * time.Minute
 // ErrBadSignature is returned when a signature does not verify.
 var ErrBadSignature = errors.New("vehicle signature does not verify")
 
+// ClockSkewError is returned for a request whose signature verifies but
+// whose time is more than MaxSkew from the verifier's clock: the vehicle's
+// key is fine, its clock is not.
+type ClockSkewError struct {
+	// Skew is the verifier's time minus the request's.
+	Skew time.Duration
+}
+
+func (e *ClockSkewError) Error() string {
+	dir := "behind"
+	if e.Skew < 0 {
+		dir = "ahead of"
+	}
+	return fmt.Sprintf("the vehicle clock is %s %s the server's (more than %s): fix the vehicle clock (GNSS or network time) and retry",
+		e.Skew.Abs().Round(time.Second), dir, MaxSkew)
+}
+
 func stringToSign(method, path, vin string, ts int64, body []byte) []byte {
 	sum := sha256.Sum256(body)
 	return []byte("roadsign-vehicle-request-v1\n" + method + "\n" + path + "\n" + vin + "\n" + strconv.FormatInt(ts, 10) + "\n" + hex.EncodeToString(sum[:]))
@@ -76,13 +93,15 @@ func Parse(h string) (Claim, bool, error) {
 	return c, true, nil
 }
 
-// Verify checks a claim against the VIN's registered key.
+// Verify checks a claim against the VIN's registered key, then its time.
+// The signature comes first: only the key's holder learns that its clock
+// is off (*ClockSkewError); anyone else gets ErrBadSignature.
 func (c Claim) Verify(pub ed25519.PublicKey, method, path string, body []byte, now time.Time) error {
-	if d := now.Sub(time.Unix(c.TS, 0)); d > MaxSkew || d < -MaxSkew {
-		return fmt.Errorf("%w: request time is %s off the server's clock; check the vehicle clock", ErrBadSignature, d.Round(time.Second))
-	}
 	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, stringToSign(method, path, c.VIN, c.TS, body), c.Sig) {
 		return ErrBadSignature
+	}
+	if d := now.Sub(time.Unix(c.TS, 0)); d > MaxSkew || d < -MaxSkew {
+		return &ClockSkewError{Skew: d}
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/crypto/argon2"
 
+	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -96,6 +97,9 @@ func (s *Service) Create(ctx context.Context, by Principal, req CreateRequest) (
 	if name == "" || len(name) > 100 {
 		return Created{}, server.Errorf(server.KindInvalid, "name: give 1 to 100 characters")
 	}
+	if reserved(name) {
+		return Created{}, server.CodedErrorf(server.KindInvalid, "reserved_name", "name %q is reserved (it names the server, a role or a vehicle in the audit log); choose another name", name)
+	}
 	a := server.Account{ID: uuid.NewString(), Role: role, Name: name, CreatedAt: s.now().UTC()}
 	if role == server.RoleOwner {
 		if len(req.Password) < 8 {
@@ -115,6 +119,21 @@ func (s *Service) Create(ctx context.Context, by Principal, req CreateRequest) (
 		return Created{}, err
 	}
 	return Created{ID: a.ID, Role: string(role), Name: name, Token: token}, nil
+}
+
+// reservedNames are what the audit log calls the server, the bootstrap
+// token and the roles; an account may not pass itself off as one of them.
+var reservedNames = []string{"bootstrap-admin", "server", "system", "vehicle", "admin", "dealer", "owner", "root", "anonymous"}
+
+// reserved reports whether name is reserved: one of reservedNames (in any
+// case) or a VIN, which is how vehicles appear in the audit log.
+func reserved(name string) bool {
+	for _, r := range reservedNames {
+		if strings.EqualFold(name, r) {
+			return true
+		}
+	}
+	return vin.Validate(strings.ToUpper(name)) == nil
 }
 
 // NewToken returns a random bearer token.
@@ -163,11 +182,16 @@ func CheckPassword(hash, password string) bool {
 	return subtle.ConstantTimeCompare(got, want) == 1
 }
 
-// Audit appends an audit record for an action by p.
+// System is the server itself acting (timeouts, auto-assign), for the audit log.
+var System = Principal{ID: "server", Name: "server", Role: "system"}
+
+// Audit appends an audit record for an action by p, naming p by ID (an
+// account's UUID, "bootstrap-admin", a vehicle's VIN, or "server") as
+// well as by name and role.
 func Audit(ctx context.Context, store server.Store, now time.Time, p Principal, action, subject, detail string) error {
-	actor, role := p.Name, string(p.Role)
+	id, actor, role := p.ID, p.Name, string(p.Role)
 	if p.IsVehicle() {
-		actor, role = p.VIN, "vehicle"
+		id, actor, role = p.VIN, p.VIN, "vehicle"
 	}
-	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
+	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), ActorID: id, Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
 }

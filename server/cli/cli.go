@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
@@ -95,6 +96,10 @@ func Run(ctx context.Context, args []string, env Env) int {
 }
 
 func run(ctx context.Context, args []string, env Env) error {
+	if len(args) > 0 && envflag.IsVersion(args[0]) {
+		fmt.Fprintln(env.Stdout, buildinfo.String("roadsign-server"))
+		return nil
+	}
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -248,6 +253,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	images.UseLeases(store, uuid.NewString())
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
+	directorSvc.UseJobs(jobSvc)
 	secret, err := connect.LoadSecret(c.data)
 	if err != nil {
 		return fmt.Errorf("connected-services secret: %w", err)

@@ -95,6 +95,30 @@ type Answer struct {
 
 const challengeTTL = 2 * time.Minute
 
+// State is a vehicle's connected-services authorization as the server
+// last saw it: the outcome of its last handshake, and whether the token it
+// got has run out since.
+type State struct {
+	// State is "authorized", "expired" (authorized, token since run out),
+	// "never" (no handshake yet), or the failure code of the last handshake.
+	State     string    `json:"state"`
+	At        time.Time `json:"at,omitzero"`
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	Message   string    `json:"message,omitempty"`
+}
+
+// StateOf reads v's last handshake at time now.
+func StateOf(v server.Vehicle, now time.Time) State {
+	st := State{State: v.AuthState, At: v.AuthAt, ExpiresAt: v.AuthExpires, Message: v.AuthMessage}
+	switch {
+	case v.AuthState == "":
+		st.State, st.Message = "never", "the vehicle has not run the connected-services handshake yet"
+	case v.AuthState == "authorized" && !v.AuthExpires.IsZero() && now.After(v.AuthExpires):
+		st.State, st.Message = "expired", "the vehicle's token ran out and it has not renewed it; it renews at its next contact with the server"
+	}
+	return st
+}
+
 // Handle runs one step of the handshake for a vehicle whose request
 // signature the HTTP layer has verified.
 func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, error) {
@@ -109,16 +133,16 @@ func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, er
 	if err := s.checkChallenge(vin, r.Challenge, now); err != nil {
 		return Answer{}, err
 	}
-	state, err := s.authorize(ctx, vin, r.Firmware, now)
-	code := "authorized"
+	ans, err := s.authorize(ctx, vin, r.Firmware, now)
+	rec := server.AuthRecord{State: "authorized", At: now, Expires: ans.ExpiresAt}
 	var se *server.Error
 	if errors.As(err, &se) {
-		code = se.Code
+		rec = server.AuthRecord{State: se.Code, Message: se.Message, At: now}
 	}
-	if rerr := s.store.RecordAuth(ctx, vin, code, now); rerr != nil && err == nil {
+	if rerr := s.store.RecordAuth(ctx, vin, rec); rerr != nil && err == nil {
 		return Answer{}, rerr
 	}
-	return state, err
+	return ans, err
 }
 
 func (s *Service) checkChallenge(vin, c string, now time.Time) error {

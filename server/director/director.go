@@ -36,10 +36,18 @@ type Images interface {
 	CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error)
 }
 
+// AutoJobs records installs the auto-assign policy decides as jobs, so
+// they have progress and history (the jobs service).
+type AutoJobs interface {
+	CreateAuto(ctx context.Context, v server.Vehicle, e server.ECU, path string, c meta.Custom) (server.Job, error)
+	Supersede(ctx context.Context, j server.Job, why string) error
+}
+
 // Service is the director.
 type Service struct {
 	store      server.Store
 	images     Images
+	jobs       AutoJobs
 	keys       *repo.OnlineKeys
 	autoAssign string
 	expiry     time.Duration
@@ -51,6 +59,9 @@ type Service struct {
 func New(store server.Store, images Images, keys *repo.OnlineKeys, autoAssign string, expiry time.Duration, now func() time.Time, log *slog.Logger) *Service {
 	return &Service{store: store, images: images, keys: keys, autoAssign: autoAssign, expiry: expiry, now: now, log: log}
 }
+
+// UseJobs makes the director record what auto-assign decides as jobs.
+func (d *Service) UseJobs(j AutoJobs) { d.jobs = j }
 
 // Assigned is one ECU's assignment.
 type Assigned struct {
@@ -64,10 +75,24 @@ type Assigned struct {
 	Downgrade  bool
 }
 
-// Assignment decides what each ECU of v must run. An ECU with an open job
-// runs the job's image (once its retry time has come); other ECUs follow
-// the auto-assign policy.
+// Assignment decides what each ECU of v must run, without changing
+// anything (see assign).
 func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned, error) {
+	return d.assign(ctx, v, false)
+}
+
+// assign decides what each ECU of v must run. Precedence, per ECU: its
+// oldest open dealer job (once its retry time has come); else, with
+// --auto-assign latest, the newest image for its hardware. Auto-assign
+// does not push an image again onto an ECU where an auto-assigned install
+// of it failed or rolled back (a dealer job can).
+//
+// With record set (the vehicle is fetching its metadata) decisions are
+// written down: an auto-assigned install the ECU does not run yet gets a
+// job, and open auto-assign jobs that no longer match the decision are
+// superseded.
+func (d *Service) assign(ctx context.Context, v server.Vehicle, record bool) ([]Assigned, error) {
+	record = record && d.jobs != nil
 	targets, _, err := d.images.CurrentTargets(ctx)
 	if err != nil {
 		return nil, err
@@ -76,58 +101,112 @@ func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned,
 	if err != nil {
 		return nil, err
 	}
-	current := map[string]server.Job{}
-	for _, j := range jobs { // oldest first: the first open job per ECU is the active one
-		if _, ok := current[j.ECUSerial]; !ok && !server.JobTerminal(j.State) {
-			current[j.ECUSerial] = j
-		}
-	}
 	now := d.now()
 	var out []Assigned
 	for _, e := range v.ECUs {
-		if j, ok := current[e.Serial]; ok {
-			if j.State == server.JobQueued && j.NextAttemptAt.After(now) {
-				continue // covered by a job waiting for its retry: assign nothing yet
+		var dealer *server.Job
+		var autos []server.Job
+		for i, j := range jobs { // oldest first: the first open dealer job is the active one
+			switch {
+			case j.ECUSerial != e.Serial || server.JobTerminal(j.State):
+			case j.Origin == server.OriginAutoAssign:
+				autos = append(autos, j)
+			case dealer == nil:
+				dealer = &jobs[i]
 			}
-			tf, ok := targets[j.TargetPath]
-			if !ok {
-				d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", j.TargetPath)
-				continue
+		}
+		supersede := func(keep string, why string) error {
+			if !record {
+				return nil
 			}
-			c, err := meta.TargetCustom(tf)
+			for _, j := range autos {
+				if j.ID != keep {
+					if err := d.jobs.Supersede(ctx, j, why); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		if dealer != nil {
+			if err := supersede("", "superseded by dealer job "+dealer.ID); err != nil {
+				return nil, err
+			}
+			if a, ok := d.fromJob(e, *dealer, targets, now); ok {
+				out = append(out, a)
+			}
+			continue
+		}
+		p, tf, c, ok := meta.Latest(targets, e.Type, e.HardwareID)
+		if d.autoAssign != AutoLatest || !ok {
+			if err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var job *server.Job
+		for i, j := range autos {
+			if j.TargetPath == p && job == nil {
+				job = &autos[i]
+			}
+		}
+		keep := ""
+		if job != nil {
+			keep = job.ID
+		}
+		if err := supersede(keep, "superseded by "+p); err != nil {
+			return nil, err
+		}
+		if job == nil && failedBefore(jobs, e.Serial, p) {
+			continue
+		}
+		if job == nil && record && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
+			j, err := d.jobs.CreateAuto(ctx, v, e, p, c)
 			if err != nil {
-				continue
+				return nil, err // ErrConflict: another request recorded it first
 			}
-			out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: j.TargetPath, Target: tf, Image: c, JobID: j.ID, Downgrade: j.Forced})
+			job = &j
+		}
+		if job != nil {
+			if a, ok := d.fromJob(e, *job, targets, now); ok {
+				out = append(out, a)
+			}
 			continue
 		}
-		if d.autoAssign != AutoLatest {
-			continue
-		}
-		if p, tf, c, ok := Latest(targets, e.Type, e.HardwareID); ok {
-			out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
-		}
+		out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
 	}
 	return out, nil
 }
 
-// Latest returns the image with the highest release counter for an ECU.
-func Latest(targets map[string]*metadata.TargetFiles, ecuType, hw string) (string, *metadata.TargetFiles, meta.Custom, bool) {
-	var best string
-	var bc meta.Custom
-	for p, tf := range targets {
-		c, err := meta.TargetCustom(tf)
-		if err != nil || !c.Supports(ecuType, hw) {
-			continue
-		}
-		if best == "" || c.ReleaseCounter > bc.ReleaseCounter || (c.ReleaseCounter == bc.ReleaseCounter && p > best) {
-			best, bc = p, c
+// fromJob is what an open job assigns to e: its image, unless the job
+// waits for a retry or names an image the repository no longer has.
+func (d *Service) fromJob(e server.ECU, j server.Job, targets map[string]*metadata.TargetFiles, now time.Time) (Assigned, bool) {
+	if j.State == server.JobQueued && j.NextAttemptAt.After(now) {
+		return Assigned{}, false // waiting for its retry: assign nothing yet
+	}
+	tf, ok := targets[j.TargetPath]
+	if !ok {
+		d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", j.TargetPath)
+		return Assigned{}, false
+	}
+	c, err := meta.TargetCustom(tf)
+	if err != nil {
+		return Assigned{}, false
+	}
+	return Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: j.TargetPath, Target: tf, Image: c,
+		JobID: j.ID, Downgrade: j.Forced}, true
+}
+
+// failedBefore reports whether an auto-assigned install of path on serial
+// failed or rolled back.
+func failedBefore(jobs []server.Job, serial, path string) bool {
+	for _, j := range jobs {
+		if j.ECUSerial == serial && j.TargetPath == path && j.Origin == server.OriginAutoAssign &&
+			(j.State == server.JobFailed || j.State == server.JobRolledBack) {
+			return true
 		}
 	}
-	if best == "" {
-		return "", nil, bc, false
-	}
-	return best, targets[best], bc, true
+	return false
 }
 
 // TargetCustom is the custom metadata of a director target (Uptane's
@@ -214,7 +293,10 @@ func (d *Service) refresh(ctx context.Context, v server.Vehicle, life time.Durat
 		if err != nil {
 			return head, nil, nil, err
 		}
-		as, err := d.Assignment(ctx, v)
+		as, err := d.assign(ctx, v, true)
+		if errors.Is(err, server.ErrConflict) {
+			continue
+		}
 		if err != nil {
 			return head, nil, nil, err
 		}

@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http"
@@ -25,6 +27,13 @@ const (
 )
 
 const principalKey = "roadsign.principal"
+
+// unknownVehicleKey stands in for the key of an unregistered VIN: a valid
+// ed25519 public key whose private half nobody has.
+var unknownVehicleKey = func() ed25519.PublicKey {
+	seed := sha256.Sum256([]byte("roadsign: no vehicle holds this key"))
+	return ed25519.NewKeyFromSeed(seed[:]).Public().(ed25519.PublicKey)
+}()
 
 // maxVehicleBody caps a signed vehicle request's body (manifests, events).
 const maxVehicleBody = 1 << 20
@@ -58,7 +67,11 @@ func (a *api) authenticate(c *gin.Context) {
 		return
 	}
 	key, err := a.Registry.VehicleKey(c.Request.Context(), claim.VIN)
-	if err != nil {
+	if errors.Is(err, server.ErrNotFound) {
+		// Verify against a key nobody holds, so an unregistered VIN costs
+		// and answers the same as a registered one with a bad signature.
+		key = unknownVehicleKey
+	} else if err != nil {
 		a.fail(c, err)
 		return
 	}
@@ -71,12 +84,15 @@ func (a *api) authenticate(c *gin.Context) {
 		}
 		c.Request.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	if err := claim.Verify(key, c.Request.Method, c.Request.URL.Path, body, a.Now()); err != nil {
-		if errors.Is(err, vehicleauth.ErrBadSignature) {
-			a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key", "the request is not signed by the key registered for %s; a replaced DCM must be re-provisioned by a dealer", claim.VIN))
-			return
-		}
-		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unauthorized", "%v", err))
+	err = claim.Verify(key, c.Request.Method, c.Request.URL.Path, body, a.Now())
+	var skew *vehicleauth.ClockSkewError
+	switch {
+	case errors.As(err, &skew):
+		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error()))
+		return
+	case err != nil:
+		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
+			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN))
 		return
 	}
 	c.Set(principalKey, accounts.Principal{VIN: claim.VIN, Name: claim.VIN})

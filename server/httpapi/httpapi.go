@@ -249,22 +249,38 @@ func (a *api) publish(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	res, err := a.Repo.Publish(c.Request.Context(), req)
+	ctx := c.Request.Context()
+	res, err := a.Repo.Publish(ctx, req)
 	if err != nil {
 		a.fail(c, err)
 		return
+	}
+	if res.Changed {
+		p, _ := principal(c)
+		detail := fmt.Sprintf("image root v%d, targets v%d, snapshot v%d, timestamp v%d; director root v%d",
+			res.RootVersion, res.TargetsVersion, res.SnapshotVersion, res.TimestampVersion, res.DirectorRoot)
+		if err := accounts.Audit(ctx, a.Store, a.Now(), p, "repo.publish", "image repository", detail); err != nil {
+			a.fail(c, err)
+			return
+		}
 	}
 	c.JSON(http.StatusOK, res)
 }
 
 func (a *api) uploadTarget(c *gin.Context) {
+	ctx := c.Request.Context()
 	name := strings.TrimPrefix(c.Param("file"), "/")
-	created, err := a.Repo.UploadTarget(c.Request.Context(), name, c.Request.Body, c.Request.ContentLength)
+	created, err := a.Repo.UploadTarget(ctx, name, c.Request.Body, c.Request.ContentLength)
 	if err != nil {
 		a.fail(c, err)
 		return
 	}
 	if created {
+		p, _ := principal(c)
+		if err := accounts.Audit(ctx, a.Store, a.Now(), p, "repo.target_upload", name, fmt.Sprintf("%d bytes", c.Request.ContentLength)); err != nil {
+			a.fail(c, err)
+			return
+		}
 		c.JSON(http.StatusCreated, gin.H{"path": name, "created": true})
 		return
 	}

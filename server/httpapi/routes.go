@@ -155,7 +155,7 @@ func (a *api) getVehicle(c *gin.Context) {
 			open = append(open, j)
 		}
 	}
-	c.JSON(http.StatusOK, gin.H{"vehicle": v, "openJobs": open, "authorization": gin.H{"state": "unknown"}})
+	c.JSON(http.StatusOK, gin.H{"vehicle": v, "openJobs": open, "authorization": connect.StateOf(v, a.Now())})
 }
 
 func (a *api) manifest(c *gin.Context) {

@@ -23,7 +23,6 @@ import (
 
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
-	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -35,17 +34,22 @@ type Config struct {
 	Timeout time.Duration
 }
 
+// Images is the image repository as jobs need it.
+type Images interface {
+	CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error)
+}
+
 // Service manages jobs.
 type Service struct {
 	store  server.Store
-	images director.Images
+	images Images
 	cfg    Config
 	now    func() time.Time
 	log    *slog.Logger
 }
 
 // New returns a job service.
-func New(store server.Store, images director.Images, cfg Config, now func() time.Time, log *slog.Logger) *Service {
+func New(store server.Store, images Images, cfg Config, now func() time.Time, log *slog.Logger) *Service {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
@@ -106,9 +110,9 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	now := s.now().UTC()
 	j := server.Job{
 		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: ecu.Serial, ECUType: ecu.Type, TargetPath: path, Version: c.Version,
-		Forced: r.Forced, Reason: r.Reason, State: server.JobQueued, CreatedBy: by.Name, CreatedAt: now, UpdatedAt: now,
-		MaxAttempts: s.cfg.MaxAttempts,
-		Events:      []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, by %s: %s", c.Version, ecu.Type, ecu.Serial, by.Name, r.Reason)}},
+		Forced: r.Forced, Reason: r.Reason, State: server.JobQueued, CreatedBy: by.Name, Origin: server.OriginDealer,
+		CreatedAt: now, UpdatedAt: now, MaxAttempts: s.cfg.MaxAttempts,
+		Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, by %s: %s", c.Version, ecu.Type, ecu.Serial, by.Name, r.Reason)}},
 	}
 	if err := s.store.CreateJob(ctx, j); err != nil {
 		return server.Job{}, err
@@ -116,7 +120,51 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := accounts.Audit(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
 		return server.Job{}, err
 	}
+	// A dealer job beats auto-assign: an auto-assigned install still open
+	// on this ECU ends now (or, mid-flash, as the install does).
+	open, err := s.store.JobsByVIN(ctx, v.VIN)
+	if err != nil {
+		return server.Job{}, err
+	}
+	for _, o := range open {
+		if o.ECUSerial == ecu.Serial && o.Origin == server.OriginAutoAssign && !server.JobTerminal(o.State) {
+			if err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
+				return server.Job{}, err
+			}
+		}
+	}
 	return j, nil
+}
+
+// CreateAuto records an install the --auto-assign policy decided for ECU
+// e of v, so it has progress and history like a dealer job.
+func (s *Service) CreateAuto(ctx context.Context, v server.Vehicle, e server.ECU, path string, c meta.Custom) (server.Job, error) {
+	now := s.now().UTC()
+	j := server.Job{
+		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: e.Serial, ECUType: e.Type, TargetPath: path, Version: c.Version,
+		Reason: "auto-assign latest: the newest image for " + e.HardwareID, State: server.JobQueued,
+		CreatedBy: accounts.System.Name, Origin: server.OriginAutoAssign, CreatedAt: now, UpdatedAt: now, MaxAttempts: s.cfg.MaxAttempts,
+		Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, assigned by the server's auto-assign policy", c.Version, e.Type, e.Serial)}},
+	}
+	if err := s.store.CreateJob(ctx, j); err != nil {
+		return server.Job{}, err
+	}
+	if err := accounts.Audit(ctx, s.store, now, accounts.System, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s origin=auto-assign", j.VIN, j.ECUSerial, path)); err != nil {
+		return server.Job{}, err
+	}
+	return j, nil
+}
+
+// Supersede ends an open job the server no longer assigns (a dealer job
+// or a newer image took its place), with the same semantics as a cancel:
+// before flashing it is canceled, while flashing it ends as the install does.
+func (s *Service) Supersede(ctx context.Context, j server.Job, why string) error {
+	_, err := s.cancel(ctx, accounts.System, j.ID, why)
+	var se *server.Error
+	if errors.As(err, &se) && se.Kind == server.KindConflict {
+		return nil // it ended meanwhile
+	}
+	return err
 }
 
 func pickECU(v server.Vehicle, want string) (server.ECU, error) {
@@ -140,7 +188,7 @@ func pickECU(v server.Vehicle, want string) (server.ECU, error) {
 
 func pickImage(targets map[string]*metadata.TargetFiles, e server.ECU, version string) (string, meta.Custom, error) {
 	if version == "" || version == "latest" {
-		p, _, c, ok := director.Latest(targets, e.Type, e.HardwareID)
+		p, _, c, ok := meta.Latest(targets, e.Type, e.HardwareID)
 		if !ok {
 			return "", c, server.Errorf(server.KindConflict, "no image is published for %s hardware %s", e.Type, e.HardwareID)
 		}
@@ -183,6 +231,10 @@ func flashing(j server.Job) bool { return j.Phase == "installing" || j.Phase == 
 // Cancel cancels a job that has not started flashing; once flashing has
 // started it records the request and the job ends as the install does.
 func (s *Service) Cancel(ctx context.Context, by accounts.Principal, id string) (server.Job, error) {
+	return s.cancel(ctx, by, id, "canceled by "+by.Name)
+}
+
+func (s *Service) cancel(ctx context.Context, by accounts.Principal, id, why string) (server.Job, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		j, err := s.Get(ctx, id)
 		if err != nil {
@@ -193,10 +245,10 @@ func (s *Service) Cancel(ctx context.Context, by accounts.Principal, id string) 
 		}
 		from := j.State
 		now := s.now().UTC()
-		ev := server.JobEvent{At: now, Kind: server.JobCanceled, Message: "canceled by " + by.Name}
+		ev := server.JobEvent{At: now, Kind: server.JobCanceled, Message: why}
 		if flashing(j) {
 			j.CancelRequested = true
-			ev = server.JobEvent{At: now, Kind: "cancel_requested", Message: "cancel requested by " + by.Name + " while flashing; the install will finish or roll back"}
+			ev = server.JobEvent{At: now, Kind: "cancel_requested", Message: why + " while flashing; the install will finish or roll back"}
 		} else {
 			j.State = server.JobCanceled
 		}
@@ -311,7 +363,7 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		if err := s.store.AddJobEvent(ctx, j.ID, server.JobEvent{At: now, Kind: server.JobTimedOut, Message: msg}); err != nil {
 			return n, err
 		}
-		if err := s.store.AppendAudit(ctx, server.AuditEntry{At: now, Actor: "server", Role: "system", Action: "job.state", Subject: j.ID, Detail: from + " -> timed_out: " + msg}); err != nil {
+		if err := accounts.Audit(ctx, s.store, now, accounts.System, "job.state", j.ID, from+" -> timed_out: "+msg); err != nil {
 			return n, err
 		}
 		n++

@@ -128,10 +128,10 @@ func (s *Service) List(ctx context.Context, f server.VehicleFilter) ([]server.Ve
 // VehicleKey returns the registered public key of a VIN.
 func (s *Service) VehicleKey(ctx context.Context, vinStr string) (ed25519.PublicKey, error) {
 	v, err := s.store.Vehicle(ctx, vinStr)
-	if errors.Is(err, server.ErrNotFound) {
-		return nil, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle", "vehicle %s is not registered; register it (roadsign-agent init --token)", vinStr)
+	if err != nil {
+		return nil, fmt.Errorf("key of %s: %w", vinStr, err) // server.ErrNotFound for an unregistered VIN
 	}
-	return ed25519.PublicKey(v.PublicKey), err
+	return ed25519.PublicKey(v.PublicKey), nil
 }
 
 // CheckIn verifies a signed manifest and records what the vehicle runs.
@@ -142,6 +142,9 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		return server.Errorf(server.KindInvalid, "manifest needs signed (the manifest JSON, base64) and signature")
 	}
 	key, err := s.VehicleKey(ctx, vinStr)
+	if errors.Is(err, server.ErrNotFound) {
+		return server.Errorf(server.KindNotFound, "no vehicle %s is registered", vinStr)
+	}
 	if err != nil {
 		return err
 	}

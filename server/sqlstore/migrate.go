@@ -57,6 +57,15 @@ var migrations = []string{
 	ALTER TABLE vehicles ADD COLUMN auth_state TEXT NOT NULL DEFAULT '';
 	ALTER TABLE vehicles ADD COLUMN auth_at BIGINT NOT NULL DEFAULT 0;
 	ALTER TABLE vehicles ADD COLUMN dtcs TEXT NOT NULL DEFAULT '';`,
+	// 4: audit entries name the account ID; the last handshake keeps its
+	// message and token expiry; jobs say where they came from; each VIN
+	// counts the USB bundles issued for it.
+	`ALTER TABLE audit ADD COLUMN actor_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vehicles ADD COLUMN auth_message TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vehicles ADD COLUMN auth_expires BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'dealer';
+	CREATE UNIQUE INDEX jobs_one_open_auto ON jobs (vin, ecu_serial) WHERE origin = 'auto-assign' AND state IN ('queued', 'in_progress');
+	ALTER TABLE director_heads ADD COLUMN bundle_version BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -166,19 +166,20 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 	}))
 }
 
-const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, dtcs`
+const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs`
 
 func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
-	var created, seen, authAt int64
-	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.DTCs)
-	v.CreatedAt, v.LastSeen, v.AuthAt = fromMicros(created), fromMicros(seen), fromMicros(authAt)
+	var created, seen, authAt, authExp int64
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs)
+	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
 	return v, err
 }
 
 // RecordAuth implements server.Store.
-func (s *Store) RecordAuth(ctx context.Context, vin, state string, at time.Time) error {
-	_, err := s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET auth_state = ?, auth_at = ? WHERE vin = ?`), state, micros(at), vin)
+func (s *Store) RecordAuth(ctx context.Context, vin string, a server.AuthRecord) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET auth_state = ?, auth_at = ?, auth_message = ?, auth_expires = ? WHERE vin = ?`),
+		a.State, micros(a.At), a.Message, micros(a.Expires), vin)
 	return s.wrap("record auth of "+vin, err)
 }
 
@@ -310,11 +311,15 @@ func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) e
 
 // --- jobs ---
 
-const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase`
+const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase, origin`
 
 func jobArgs(j server.Job) []any {
+	origin := j.Origin
+	if origin == "" {
+		origin = server.OriginDealer
+	}
 	return []any{j.ID, j.VIN, j.ECUSerial, j.ECUType, j.TargetPath, j.Version, boolInt(j.Forced), j.Reason, j.State, j.CreatedBy,
-		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase}
+		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, origin}
 }
 
 func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
@@ -322,7 +327,7 @@ func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
 	var forced, cancel int
 	var created, updated, next int64
 	err := sc.Scan(&j.ID, &j.VIN, &j.ECUSerial, &j.ECUType, &j.TargetPath, &j.Version, &forced, &j.Reason, &j.State, &j.CreatedBy,
-		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase)
+		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase, &j.Origin)
 	j.Forced, j.CancelRequested = forced == 1, cancel == 1
 	j.CreatedAt, j.UpdatedAt, j.NextAttemptAt = fromMicros(created), fromMicros(updated), fromMicros(next)
 	return j, err
@@ -330,7 +335,7 @@ func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
 
 // CreateJob implements server.Store.
 func (s *Store) CreateJob(ctx context.Context, j server.Job) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`), jobArgs(j)...)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`), jobArgs(j)...)
 	if err != nil {
 		return s.wrap("create job", err)
 	}
@@ -449,8 +454,8 @@ func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) e
 
 // AppendAudit implements server.Store.
 func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)`),
-		micros(e.At), e.Actor, e.Role, e.Action, e.Subject, e.Detail)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor_id, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		micros(e.At), e.ActorID, e.Actor, e.Role, e.Action, e.Subject, e.Detail)
 	return s.wrap("audit", err)
 }
 
@@ -459,7 +464,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, at, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, at, actor_id, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
 	if err != nil {
 		return nil, s.wrap("audit", err)
 	}
@@ -468,7 +473,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 	for rows.Next() {
 		var e server.AuditEntry
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Role, &e.Action, &e.Subject, &e.Detail); err != nil {
+		if err := rows.Scan(&e.ID, &at, &e.ActorID, &e.Actor, &e.Role, &e.Action, &e.Subject, &e.Detail); err != nil {
 			return nil, s.wrap("audit", err)
 		}
 		e.At = fromMicros(at)
@@ -499,21 +504,17 @@ const directorKeep = 8
 // SaveDirector implements server.Store.
 func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
 	return s.wrap("save director metadata of "+next.VIN, s.tx(ctx, func(tx *sql.Tx) error {
-		if prev.TimestampVersion == 0 {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)`),
-				next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires)); err != nil {
-				return err
-			}
-		} else {
-			res, err := tx.ExecContext(ctx, s.q(`UPDATE director_heads SET targets_version = ?, snapshot_version = ?, timestamp_version = ?, assignment_hash = ?, timestamp_expires = ?
-				WHERE vin = ? AND timestamp_version = ?`),
-				next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), next.VIN, prev.TimestampVersion)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				return server.ErrConflict
-			}
+		// The row may exist with version 0 (a USB bundle was counted first).
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (vin) DO UPDATE SET targets_version = excluded.targets_version, snapshot_version = excluded.snapshot_version,
+			timestamp_version = excluded.timestamp_version, assignment_hash = excluded.assignment_hash, timestamp_expires = excluded.timestamp_expires
+			WHERE director_heads.timestamp_version = ?`),
+			next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), prev.TimestampVersion)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return server.ErrConflict
 		}
 		for _, f := range files {
 			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_files (vin, role, version, body, expires) VALUES (?, ?, ?, ?, ?)`),
@@ -527,6 +528,16 @@ func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead
 		}
 		return nil
 	}))
+}
+
+// NextBundleVersion implements server.Store.
+func (s *Store) NextBundleVersion(ctx context.Context, vin string) (int64, error) {
+	var v int64
+	err := s.db.QueryRowContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires, bundle_version)
+		VALUES (?, 0, 0, 0, '', 0, 1)
+		ON CONFLICT (vin) DO UPDATE SET bundle_version = director_heads.bundle_version + 1
+		RETURNING bundle_version`), vin).Scan(&v)
+	return v, s.wrap("next bundle version of "+vin, err)
 }
 
 // DirectorFile implements server.Store.

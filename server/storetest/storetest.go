@@ -104,11 +104,16 @@ func testVehicles(t *testing.T, s server.Store) {
 
 	rep := []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/x.img", InstalledVersion: "2.0.0", InstalledSHA256: "ab"}}
 	must(t, s.ReportECUs(ctx, v.VIN, rep, "B15C4", now.Add(time.Minute)))
-	must(t, s.RecordAuth(ctx, v.VIN, "authorized", now))
+	must(t, s.RecordAuth(ctx, v.VIN, server.AuthRecord{State: "authorized", At: now, Expires: now.Add(time.Hour)}))
 	got, _ = s.Vehicle(ctx, v.VIN)
 	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) ||
-		got.DTCs != "B15C4" || got.AuthState != "authorized" || !got.AuthAt.Equal(now) {
+		got.DTCs != "B15C4" || got.AuthState != "authorized" || !got.AuthAt.Equal(now) || !got.AuthExpires.Equal(now.Add(time.Hour)) {
 		t.Fatalf("after report: %+v", got)
+	}
+	must(t, s.RecordAuth(ctx, v.VIN, server.AuthRecord{State: "subscription_expired", Message: "renew it", At: now.Add(time.Hour)}))
+	got, _ = s.Vehicle(ctx, v.VIN)
+	if got.AuthState != "subscription_expired" || got.AuthMessage != "renew it" || !got.AuthExpires.IsZero() {
+		t.Fatalf("after a failed handshake: %+v", got)
 	}
 	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, "", now), server.ErrNotFound)
 }
@@ -174,19 +179,19 @@ func testNonces(t *testing.T, s server.Store) {
 
 func job(vin, serial string, created time.Time) server.Job {
 	return server.Job{ID: uuid.NewString(), VIN: vin, ECUSerial: serial, ECUType: "dcm", TargetPath: "dcm/x.img", Version: "2.0.0",
-		Reason: "test", State: server.JobQueued, CreatedBy: "dealer", CreatedAt: created, UpdatedAt: created, MaxAttempts: 3,
+		Reason: "test", State: server.JobQueued, CreatedBy: "dealer", Origin: server.OriginDealer, CreatedAt: created, UpdatedAt: created, MaxAttempts: 3,
 		Events: []server.JobEvent{{At: created, Kind: "queued", Message: "created"}}}
 }
 
 func testJobs(t *testing.T, s server.Store) {
 	j1, j2 := job("VIN1", "DCM1", now), job("VIN1", "HU1", now.Add(time.Second))
-	j2.Forced = true
+	j2.Forced, j2.Origin = true, server.OriginAutoAssign
 	must(t, s.CreateJob(ctx, j1))
 	must(t, s.CreateJob(ctx, j2))
 	must(t, s.CreateJob(ctx, job("VIN2", "DCM2", now)))
 	got, err := s.Job(ctx, j2.ID)
 	must(t, err)
-	if !got.Forced || got.State != server.JobQueued || len(got.Events) != 1 || got.Events[0].Kind != "queued" {
+	if !got.Forced || got.Origin != server.OriginAutoAssign || got.State != server.JobQueued || len(got.Events) != 1 || got.Events[0].Kind != "queued" {
 		t.Fatalf("got %+v", got)
 	}
 	list, err := s.JobsByVIN(ctx, "VIN1")
@@ -235,11 +240,11 @@ func testJobConcurrency(t *testing.T, s server.Store) {
 
 func testAudit(t *testing.T, s server.Store) {
 	for i := range 5 {
-		must(t, s.AppendAudit(ctx, server.AuditEntry{At: now, Actor: "a", Role: "admin", Action: fmt.Sprintf("act%d", i), Subject: "x"}))
+		must(t, s.AppendAudit(ctx, server.AuditEntry{At: now, ActorID: "id-a", Actor: "a", Role: "admin", Action: fmt.Sprintf("act%d", i), Subject: "x"}))
 	}
 	first, err := s.ListAudit(ctx, 0, 3)
 	must(t, err)
-	if len(first) != 3 || first[0].Action != "act0" {
+	if len(first) != 3 || first[0].Action != "act0" || first[0].ActorID != "id-a" || first[0].Role != "admin" {
 		t.Fatalf("first page: %+v", first)
 	}
 	rest, err := s.ListAudit(ctx, first[2].ID, 10)
@@ -296,6 +301,44 @@ func testDirector(t *testing.T, s server.Store) {
 	wg.Wait()
 	if wins.Load() != 1 {
 		t.Fatalf("%d concurrent director saves from one head succeeded", wins.Load())
+	}
+
+	// USB bundle versions count per VIN, also before any online metadata,
+	// and never hand out one number twice.
+	b, err := s.NextBundleVersion(ctx, "VIN2")
+	must(t, err)
+	if b != 1 {
+		t.Fatalf("first bundle version %d, want 1", b)
+	}
+	var mu sync.Mutex
+	seen := map[int64]bool{}
+	for range 6 {
+		wg.Go(func() {
+			v, err := s.NextBundleVersion(ctx, "VIN2")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			seen[v] = true
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(seen) != 6 || seen[1] {
+		t.Fatalf("concurrent bundle versions: %v", seen)
+	}
+	// A VIN whose bundle was counted first still gets its first online head.
+	h2, err := s.DirectorHead(ctx, "VIN2")
+	must(t, err)
+	first := server.DirectorHead{VIN: "VIN2", TargetsVersion: 1, SnapshotVersion: 1, TimestampVersion: 1, AssignmentHash: "a", TimestampExpires: now}
+	must(t, s.SaveDirector(ctx, h2, first, nil))
+	wantErr(t, s.SaveDirector(ctx, h2, first, nil), server.ErrConflict)
+	if b, _ := s.NextBundleVersion(ctx, "VIN2"); b != 8 {
+		t.Fatalf("bundle version after an online save: %d, want 8", b)
+	}
+	if got, _ := s.DirectorHead(ctx, "VIN2"); got != first {
+		t.Fatalf("head after counting a bundle: %+v, want %+v", got, first)
 	}
 }
 

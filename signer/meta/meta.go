@@ -49,6 +49,26 @@ func (c Custom) Supports(ecu, hardwareID string) bool {
 	return c.ECU == ecu && slices.Contains(c.HardwareIDs, hardwareID)
 }
 
+// Latest returns the image with the highest release counter built for an
+// ECU type and hardware ID (ties: the greatest path).
+func Latest(targets map[string]*metadata.TargetFiles, ecuType, hw string) (string, *metadata.TargetFiles, Custom, bool) {
+	var best string
+	var bc Custom
+	for p, tf := range targets {
+		c, err := TargetCustom(tf)
+		if err != nil || !c.Supports(ecuType, hw) {
+			continue
+		}
+		if best == "" || c.ReleaseCounter > bc.ReleaseCounter || (c.ReleaseCounter == bc.ReleaseCounter && p > best) {
+			best, bc = p, c
+		}
+	}
+	if best == "" {
+		return "", nil, bc, false
+	}
+	return best, targets[best], bc, true
+}
+
 // ConsistentPath is where a target is stored under consistent snapshots:
 // DIR/SHA256.NAME for target path DIR/NAME. With escape, each segment is
 // URL-path-escaped, ready to append to a base URL.
