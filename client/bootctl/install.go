@@ -42,8 +42,9 @@ type Writer struct {
 	h       hash.Hash
 	n       int64
 	lastChk int64
-	// WriteHook, if set, may fail a write (flash-error simulation).
-	WriteHook func(off int64) error
+	// WriteHook, if set, may fail a write of n bytes at off (flash-error
+	// simulation).
+	WriteHook func(off, n int64) error
 }
 
 // Begin starts an install of j into the slot that is not active, or
@@ -118,7 +119,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("%w: target %s: server sent more than the signed %d bytes; nothing installed", client.ErrRefused, w.j.Target, w.j.Length)
 	}
 	if w.WriteHook != nil {
-		if err := w.WriteHook(w.n); err != nil {
+		if err := w.WriteHook(w.n, int64(len(p))); err != nil {
 			return 0, err
 		}
 	}

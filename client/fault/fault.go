@@ -196,18 +196,20 @@ func (f Set) Hooks() bootctl.Hooks {
 	return h
 }
 
-// WriteHook returns the flash-write hook for a target of the given length:
-// flash-error fails the write at the middle of the image, and
-// power-loss:write:PCT (PCT < 100) kills the process when the write reaches PCT.
-func (f Set) WriteHook(length int64) func(off int64) error {
+// WriteHook returns the flash-write hook for a target of the given length,
+// called before each write of n bytes at off: flash-error fails the write
+// that would reach the middle of the image, and power-loss:write:PCT
+// (PCT < 100) kills the process before the write that would reach PCT.
+// The whole range counts, however large one write is.
+func (f Set) WriteHook(length int64) func(off, n int64) error {
 	if !f.FlashError && !(f.PowerLoss == "write" && f.PowerLossPct < 100) {
 		return nil
 	}
-	return func(off int64) error {
-		if f.PowerLoss == "write" && off >= length*int64(f.PowerLossPct)/100 {
+	return func(off, n int64) error {
+		if f.PowerLoss == "write" && off+n > length*int64(f.PowerLossPct)/100 {
 			f.kill()
 		}
-		if f.FlashError && off >= length/2 {
+		if f.FlashError && off+n > length/2 {
 			return ErrFlash
 		}
 		return nil
