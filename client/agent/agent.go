@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -242,24 +244,9 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 		}
 	}
 
-	// 2. Verify both repositories from their pinned roots (online, or
-	// from the USB bundle with the same caches, so older metadata than
-	// the vehicle has seen is refused either way).
-	image := &tufclient.Repo{Name: "image", Dir: a.V.ImageRepoDir(), MetadataURL: a.V.Server + "/repo", Client: a.Client, Log: a.Log, Now: a.Now}
-	dir := &tufclient.Repo{Name: "director", Dir: a.V.DirectorRepoDir(), MetadataURL: a.V.Server + "/director/" + url.PathEscape(a.V.VIN),
-		Client: a.Client, Log: a.Log, Now: a.Now}
-	if a.API != nil {
-		dir.Sign = a.API.SignGet
-	}
-	if a.bundle != nil {
-		image.MetadataURL, image.Fetcher = usb.Scheme+"image", a.bundle
-		dir.MetadataURL, dir.Fetcher = usb.Scheme+"director", a.bundle
-	}
-	images, err := image.Refresh(ctx)
-	if err != nil {
-		return rep, err
-	}
-	directed, err := dir.Refresh(ctx)
+	// 2. Verify both repositories from their pinned roots, online or
+	// from the USB bundle.
+	images, directed, err := a.refresh(ctx)
 	if err != nil {
 		return rep, err
 	}
@@ -330,6 +317,83 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 		}
 	}
 	return rep, rolledBack
+}
+
+// refresh verifies both repositories: online from the server, or from
+// the USB bundle being installed.
+func (a *Agent) refresh(ctx context.Context) (images, directed *tufclient.Trusted, err error) {
+	if a.bundle != nil {
+		return a.refreshBundle(ctx)
+	}
+	image := &tufclient.Repo{Name: "image", Dir: a.V.ImageRepoDir(), MetadataURL: a.V.Server + "/repo", Client: a.Client, Log: a.Log, Now: a.Now}
+	dir := &tufclient.Repo{Name: "director", Dir: a.V.DirectorRepoDir(), MetadataURL: a.V.Server + "/director/" + url.PathEscape(a.V.VIN),
+		Client: a.Client, Log: a.Log, Now: a.Now}
+	if a.API != nil {
+		dir.Sign = a.API.SignGet
+	}
+	if images, err = image.Refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	if directed, err = dir.Refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	return images, directed, nil
+}
+
+// refreshBundle verifies a USB bundle's metadata, offline, in caches of
+// its own (the online ones never see bundle metadata):
+//   - the director's, from the vehicle's trusted director root, checked
+//     now: it must be marked as made for a bundle (meta.USBBundle), for
+//     this VIN, and not older than a bundle installed before;
+//   - the image repository's, from the trusted image root, checked as of
+//     the issue time the director signed: the bundle carries the timestamp
+//     and snapshot that were current then, and the director pins that
+//     timestamp by hash. Root and targets, signed offline, must also be
+//     valid now, and targets not older than what the vehicle trusts online.
+func (a *Agent) refreshBundle(ctx context.Context) (images, directed *tufclient.Trusted, err error) {
+	refuse := func(format string, args ...any) (*tufclient.Trusted, *tufclient.Trusted, error) {
+		return nil, nil, fmt.Errorf("%w: USB bundle: "+format+"; nothing installed", append([]any{client.ErrRefused}, args...)...)
+	}
+	b := a.bundle
+	dir := &tufclient.Repo{Name: "director (USB bundle)", Dir: a.V.DirectorUSBDir(), MetadataURL: usb.Scheme + "director", Fetcher: b, Log: a.Log, Now: a.Now}
+	image := &tufclient.Repo{Name: "image (USB bundle)", Dir: a.V.ImageUSBDir(), MetadataURL: usb.Scheme + "image", Fetcher: b, Log: a.Log}
+	if err := tufclient.SeedRoot(a.V.DirectorRepoDir(), dir.Dir); err != nil {
+		return nil, nil, err
+	}
+	if err := tufclient.SeedRoot(a.V.ImageRepoDir(), image.Dir); err != nil {
+		return nil, nil, err
+	}
+	if directed, err = dir.Refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	ub, err := meta.USBBundleOf(directed.TargetsCustom())
+	switch {
+	case err != nil:
+		return refuse("%v", err)
+	case ub.VIN != a.V.VIN:
+		return refuse("made for VIN %s, this vehicle is %s", ub.VIN, a.V.VIN)
+	case !a.now().Before(ub.ValidUntil):
+		return refuse("it expired on %s; download a new one", ub.ValidUntil.Format(time.DateOnly))
+	}
+	image.Now = func() time.Time { return ub.IssuedAt }
+	if images, err = image.Refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	raw, err := b.ReadFile("image/timestamp.json", 1<<20)
+	if err != nil {
+		return refuse("no image timestamp: %v", err)
+	}
+	if sum := sha256.Sum256(raw); hex.EncodeToString(sum[:]) != ub.ImageTimestampSHA256 || images.Version(metadata.TIMESTAMP) != ub.ImageTimestampVersion {
+		return refuse("its image timestamp is not the one its director metadata pins (v%d)", ub.ImageTimestampVersion)
+	}
+	if what := images.Expired(a.now()); what != "" {
+		return refuse("image repository %s; download a new bundle", what)
+	}
+	if online := tufclient.CachedVersion(a.V.ImageRepoDir(), metadata.TARGETS); images.Version(metadata.TARGETS) < online {
+		return refuse("its image targets v%d are older than v%d, which this vehicle already trusts; download a new bundle",
+			images.Version(metadata.TARGETS), online)
+	}
+	return images, directed, nil
 }
 
 // eventFailed is the job event for a failed attempt.
@@ -486,7 +550,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 			res.Detail = "already running the assigned image"
 			results = append(results, res)
 			if p.jobID != "" {
-				a.event(context.Background(), p, "succeeded", 100, p.custom.Version+" was already installed")
+				a.event(context.Background(), p, "succeeded", 100, p.custom.Version+" "+a.installedHow(e.Serial))
 			}
 			continue
 		case p.custom.ReleaseCounter < counter && !p.custom.AllowDowngrade:
@@ -502,6 +566,18 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 		plans = append(plans, p)
 	}
 	return plans, results, nil
+}
+
+// installedHow says how an ECU came to run what a job asks for: from a
+// USB bundle not yet reported, or it already did.
+func (a *Agent) installedHow(serial string) string {
+	notes, _ := a.V.OfflineInstalls()
+	for _, n := range notes {
+		if strings.Contains(n, " "+serial+": ") {
+			return "was installed offline: " + n
+		}
+	}
+	return "was already installed"
 }
 
 func hashesEqual(a, b metadata.Hashes) bool {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // NewHTTPClient returns a client with connection and header timeouts and
@@ -71,6 +73,11 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 	}
 	if int64(len(b)) > maxLength {
 		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s is more than the %d bytes allowed", url, maxLength)}
+	}
+	// Refused before go-tuf sees (and caches) it: long-lived metadata
+	// made for a USB bundle, replayed online, could freeze the vehicle.
+	if meta.IsUSBBundleMetadata(b) {
+		return nil, &metadata.ErrRepository{Msg: fmt.Sprintf("%s is metadata made for a USB bundle, which is never trusted online (a replayed bundle?)", url)}
 	}
 	return b, nil
 }

@@ -7,6 +7,7 @@ package tufclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // Repo is a repository's local cache and remote location.
@@ -62,6 +64,47 @@ func Pin(dir string, root []byte) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "root.json"), root, 0o600)
+}
+
+// SeedRoot makes the root in dir at least as new as the one in from (both
+// caches verified their roots from the same pinned one): a USB cache
+// starts from every rotation the vehicle has seen online.
+func SeedRoot(from, dir string) error {
+	src, err := os.ReadFile(filepath.Join(from, "root.json"))
+	if err != nil {
+		return fmt.Errorf("no trusted root in %s: %w", from, err)
+	}
+	srcRoot, err := metadata.Root().FromBytes(src)
+	if err != nil {
+		return fmt.Errorf("trusted root in %s: %w", from, err)
+	}
+	if cur, err := os.ReadFile(filepath.Join(dir, "root.json")); err == nil {
+		if r, err := metadata.Root().FromBytes(cur); err == nil && r.Signed.Version >= srcRoot.Signed.Version {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return keys.WriteFileAtomic(filepath.Join(dir, "root.json"), src, 0o600)
+}
+
+// CachedVersion returns the version of a role's metadata cached in dir
+// (verified when it was written), or 0 if none is cached.
+func CachedVersion(dir, role string) int64 {
+	b, err := os.ReadFile(filepath.Join(dir, role+".json"))
+	if err != nil {
+		return 0
+	}
+	var m struct {
+		Signed struct {
+			Version int64 `json:"version"`
+		} `json:"signed"`
+	}
+	if json.Unmarshal(b, &m) != nil {
+		return 0
+	}
+	return m.Signed.Version
 }
 
 // Refresh runs the TUF client workflow (root, timestamp, snapshot,
@@ -150,6 +193,20 @@ func (t *Trusted) Targets() map[string]*metadata.TargetFiles {
 // TargetInfo resolves a target path through delegations.
 func (t *Trusted) TargetInfo(path string) (*metadata.TargetFiles, error) {
 	return t.up.GetTargetInfo(path)
+}
+
+// Expired reports which of the trusted root and top-level targets has
+// expired at t ("" if neither).
+func (t *Trusted) Expired(at time.Time) string {
+	s := t.up.GetTrustedMetadataSet()
+	switch {
+	case s.Root.Signed.IsExpired(at):
+		return fmt.Sprintf("root v%d expired at %s", s.Root.Signed.Version, s.Root.Signed.Expires.Format(time.RFC3339))
+	case s.Targets[metadata.TARGETS].Signed.IsExpired(at):
+		tg := s.Targets[metadata.TARGETS].Signed
+		return fmt.Sprintf("targets v%d expired at %s", tg.Version, tg.Expires.Format(time.RFC3339))
+	}
+	return ""
 }
 
 // Version returns the trusted version of a top-level role.

@@ -58,7 +58,7 @@ func Open(src, scratch string) (*Bundle, error) {
 			return nil, err
 		}
 	}
-	raw, err := b.read("bundle.json", 1<<20)
+	raw, err := b.ReadFile("bundle.json", 1<<20)
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("%w: not a Roadsign USB bundle (no readable bundle.json): %v; nothing installed", client.ErrRefused, err)
@@ -130,8 +130,8 @@ func confine(name string) (string, error) {
 	return filepath.FromSlash(clean), nil
 }
 
-// read returns a bundle file, at most limit bytes, refusing links.
-func (b *Bundle) read(name string, limit int64) ([]byte, error) {
+// ReadFile returns a bundle file, at most limit bytes, refusing links.
+func (b *Bundle) ReadFile(name string, limit int64) ([]byte, error) {
 	f, err := b.OpenFile(name)
 	if err != nil {
 		return nil, err
@@ -174,5 +174,5 @@ func (b *Bundle) DownloadFile(url string, maxLength int64, _ time.Duration) ([]b
 	if !ok {
 		return nil, fmt.Errorf("%w: bundle fetcher asked for %q", client.ErrRefused, url)
 	}
-	return b.read(name, maxLength)
+	return b.ReadFile(name, maxLength)
 }

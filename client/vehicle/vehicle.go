@@ -176,6 +176,14 @@ func (v *Vehicle) ImageRepoDir() string { return filepath.Join(v.Dir, "tuf", "im
 // DirectorRepoDir is the director repository's metadata cache.
 func (v *Vehicle) DirectorRepoDir() string { return filepath.Join(v.Dir, "tuf", "director") }
 
+// ImageUSBDir and DirectorUSBDir cache what USB bundles carried. They are
+// kept apart from the online caches: bundle metadata is long-lived and
+// trusted offline only, and the online caches must never hold it.
+func (v *Vehicle) ImageUSBDir() string { return filepath.Join(v.Dir, "tuf", "image-usb") }
+
+// DirectorUSBDir: see ImageUSBDir.
+func (v *Vehicle) DirectorUSBDir() string { return filepath.Join(v.Dir, "tuf", "director-usb") }
+
 // KeyPath is the vehicle's private key.
 func (v *Vehicle) KeyPath() string { return filepath.Join(v.Dir, "vehicle.key") }
 

@@ -4,15 +4,22 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
 )
@@ -54,25 +61,59 @@ func (w *world) download(t *testing.T, vin, token, query string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-func longLived(extra ...string) []string {
-	return append([]string{"--timestamp-expiry", "1000h", "--snapshot-expiry", "1000h"}, extra...)
+// portalLogin logs an owner into the portal and returns a client that
+// carries the session cookie, as a browser would.
+func (w *world) portalLogin(t *testing.T, name, password string) *http.Client {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Jar: jar}
+	resp, err := c.PostForm(w.url+"/login", url.Values{"name": {name}, "secret": {password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	u, _ := url.Parse(w.url)
+	if len(jar.Cookies(u)) == 0 {
+		t.Fatalf("portal log-in of %s set no session (status %d)", name, resp.StatusCode)
+	}
+	return c
 }
 
-// TestUSBBundleOfflineInstall: an owner links the car with its code,
-// downloads the bundle for their VIN through the API, the agent installs
-// it with the server down, then reauthorizes, and the next online
-// check-in reports the offline install.
-func TestUSBBundleOfflineInstall(t *testing.T) {
-	w := newWorld(t, longLived()...)
-	w.setup(nil)
+// TestUSBBundleOnEmbeddedDefaults: on default settings an owner logs in
+// to the portal, sees until when a bundle works, downloads it, and the
+// agent installs it 14 days later with the server down. When the server
+// is back, the agent's next cycle reauthorizes and reports the install
+// (its job succeeds), and a later online update still installs.
+func TestUSBBundleOnEmbeddedDefaults(t *testing.T) {
+	w := newWorld(t)
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" }) // 1.1.0 is the newest for now
 	owner := w.account("owner", "alice")
 	v := w.vehicle(1)
 	if code := w.linkOwner(t, v, owner); code != 201 {
 		t.Fatalf("link: %d", code)
 	}
-	code, bundle := w.download(t, v.vin, owner, "")
-	if code != 200 {
-		t.Fatalf("bundle: %d %s", code, bundle)
+	portal := w.portalLogin(t, "alice", "correct horse battery")
+	resp, err := portal.Get(w.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	until := time.Now().Add(30 * 24 * time.Hour).UTC().Format("2 Jan 2006")
+	if !strings.Contains(string(page), "Download USB update") || !strings.Contains(string(page), until) {
+		t.Fatalf("the portal should offer the USB update and say it works until %s:\n%s", until, page)
+	}
+	resp, err = portal.Get(w.url + "/vehicles/" + v.vin + "/usb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("portal bundle download: %d %s", resp.StatusCode, bundle)
 	}
 	names := tarNames(t, bundle)
 	for _, want := range []string{"README.txt", "bundle.json", "image/1.root.json", "image/timestamp.json", "director/1.root.json", "director/timestamp.json"} {
@@ -83,40 +124,177 @@ func TestUSBBundleOfflineInstall(t *testing.T) {
 	if strings.Count(names, "targets/") != 2 {
 		t.Errorf("bundle should hold exactly the two assigned images:\n%s", names)
 	}
+	if readme := tarFile(t, bundle, "README.txt"); !strings.Contains(readme, "Install it before "+until) {
+		t.Errorf("the bundle's README should say until when it installs (%s):\n%s", until, readme)
+	}
 	file := filepath.Join(w.dir, "usb.tar")
 	os.WriteFile(file, bundle, 0o644)
 
-	w.shutdown() // offline from here
-	r := agent(t, "install-usb", "--state", v.dir, file)
+	w.shutdown() // offline from here, two weeks later
+	r := agentAt(t, time.Now().Add(14*24*time.Hour), "install-usb", "--state", v.dir, file)
 	if r.code != 0 {
-		t.Fatalf("install-usb: %s", r)
+		t.Fatalf("install-usb 14 days later: %s", r)
 	}
-	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
+	if got := versions(t, v); got["head-unit"] != "1.1.0" || got["dcm"] != "1.1.0" {
 		t.Fatalf("after USB install: %v", got)
 	}
-	w.extra = append(w.extra, "--listen", strings.TrimPrefix(w.url, "http://"))
-	w.start()
-	if r := agent(t, "reauthorize", "--state", v.dir); r.code != 0 || !strings.Contains(r.stdout, "authorized") {
-		t.Fatalf("reauthorize: %s", r)
+	if st := agent(t, "status", "--state", v.dir, "--json").stdout; !strings.Contains(st, `"state": "pending_reauthorization"`) {
+		t.Fatalf("after a USB install the car should wait to reauthorize:\n%s", st)
 	}
-	if !strings.Contains(agent(t, "status", "--state", v.dir).stdout, "authorization: authorized") {
-		t.Error("status does not show the authorization")
-	}
+
+	w.restart()
 	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("online check-in: %s", r)
+		t.Fatalf("first online cycle after the USB install: %s", r)
 	}
-	var audit struct {
-		Entries []struct{ Action, Detail string } `json:"entries"`
+	if st := agent(t, "status", "--state", v.dir).stdout; !strings.Contains(st, "authorization: authorized until") {
+		t.Fatalf("the first online cycle should reauthorize:\n%s", st)
 	}
-	w.api("GET", "/api/v1/audit", adminToken, nil, &audit)
-	found := false
-	for _, e := range audit.Entries {
-		if e.Action == "vehicle.offline_install" && strings.Contains(e.Detail, "from USB bundle") {
-			found = true
+	var view struct {
+		Authorization struct{ State string } `json:"authorization"`
+	}
+	w.api("GET", "/api/v1/vehicles/"+v.vin, adminToken, nil, &view)
+	if view.Authorization.State != "authorized" {
+		t.Fatalf("server's vehicle view: %+v", view)
+	}
+	var jobs struct {
+		Jobs []jobView `json:"jobs"`
+	}
+	w.api("GET", "/api/v1/jobs?vin="+v.vin, adminToken, nil, &jobs)
+	if len(jobs.Jobs) != 2 {
+		t.Fatalf("want the two auto-assigned installs as jobs, got %+v", jobs.Jobs)
+	}
+	for _, j := range jobs.Jobs {
+		if j.State != "succeeded" || !strings.Contains(fmt.Sprint(j.Events), "USB") {
+			t.Errorf("job %s should have succeeded through the USB install: %s %+v", j.ID, j.State, j.Events)
 		}
 	}
-	if !found {
-		t.Fatalf("the offline install was not reported: %+v", audit.Entries)
+	if !strings.Contains(fmt.Sprint(w.auditActions(t)), "vehicle.offline_install") {
+		t.Error("the offline install was not reported")
+	}
+
+	// A later release installs online, from the caches the USB install left alone.
+	w.add(findSample(t, huHW, "2.0.0"))
+	w.add(findSample(t, dcmHW, "2.0.0"))
+	w.publish()
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("online update after the USB install: %s", r)
+	}
+	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
+		t.Fatalf("after the online update: %v", got)
+	}
+}
+
+// TestUSBBundleMetadataStaysOffline: issuing a bundle leaves the
+// vehicle's online metadata short-lived, and a captured bundle served to
+// an online vehicle (a freeze attempt) is refused before anything is cached.
+func TestUSBBundleMetadataStaysOffline(t *testing.T) {
+	w := newWorld(t)
+	w.setup(nil)
+	dealer := w.account("dealer", "dealer-1")
+	v := w.vehicle(1)
+	code, bundle := w.download(t, v.vin, dealer, "?valid_days=60")
+	if code != 200 {
+		t.Fatalf("bundle: %d %.300s", code, bundle)
+	}
+	// The captured director metadata lives 60 days...
+	bts, err := metadata.Timestamp().FromBytes([]byte(tarFile(t, bundle, "director/timestamp.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bts.Signed.Expires.Before(time.Now().Add(59 * 24 * time.Hour)) {
+		t.Fatalf("bundle director timestamp expires %s", bts.Signed.Expires)
+	}
+	// ...the vehicle's online metadata still lives a day.
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update: %s", r)
+	}
+	online := filepath.Join(v.dir, "tuf", "director", "timestamp.json")
+	ots, err := metadata.Timestamp().FromFile(online)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ots.Signed.Expires.After(time.Now().Add(25 * time.Hour)) {
+		t.Fatalf("online director timestamp expires %s: issuing a bundle made it long-lived", ots.Signed.Expires)
+	}
+	before, _ := os.ReadFile(online)
+
+	// An attacker on the network answers with the captured bundle's director metadata.
+	real, _ := url.Parse(w.url)
+	proxy := httputil.NewSingleHostReverseProxy(real)
+	evil := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		prefix := "/director/" + v.vin + "/"
+		if name, ok := strings.CutPrefix(req.URL.Path, prefix); ok && !strings.HasSuffix(name, ".root.json") {
+			if body := tarFile(t, bundle, "director/"+name); body != "" {
+				rw.Write([]byte(body))
+				return
+			}
+		}
+		proxy.ServeHTTP(rw, req)
+	}))
+	defer evil.Close()
+	setServer(t, v, evil.URL)
+	r := agent(t, "update", "--state", v.dir)
+	if r.code != 3 || !strings.Contains(r.stderr, "made for a USB bundle") {
+		t.Fatalf("bundle metadata served online: want exit 3, got %s", r)
+	}
+	if after, _ := os.ReadFile(online); !bytes.Equal(before, after) {
+		t.Fatal("the refused bundle metadata reached the online cache")
+	}
+	setServer(t, v, w.url)
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("back on the real server: %s", r)
+	}
+}
+
+// setServer points a provisioned vehicle at another server URL.
+func setServer(t *testing.T, v vehicleState, url string) {
+	t.Helper()
+	p := filepath.Join(v.dir, "vehicle.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	json.Unmarshal(b, &cfg)
+	cfg["server"] = url
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(p, b, 0o600)
+}
+
+// restart starts the server again on the address it had.
+func (w *world) restart() {
+	w.t.Helper()
+	w.shutdown()
+	w.extra = append(w.extra, "--listen", strings.TrimPrefix(w.url, "http://"))
+	w.start()
+}
+
+func (w *world) auditActions(t *testing.T) []string {
+	t.Helper()
+	var audit struct {
+		Entries []struct{ Action string } `json:"entries"`
+	}
+	w.api("GET", "/api/v1/audit?limit=1000", adminToken, nil, &audit)
+	var out []string
+	for _, e := range audit.Entries {
+		out = append(out, e.Action)
+	}
+	return out
+}
+
+// tarFile returns one file of a tar archive ("" if it is not there).
+func tarFile(t *testing.T, b []byte, name string) string {
+	t.Helper()
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return ""
+		}
+		if h.Name == name {
+			data, _ := io.ReadAll(tr)
+			return string(data)
+		}
 	}
 }
 
@@ -138,8 +316,15 @@ func tarNames(t *testing.T, b []byte) string {
 }
 
 func TestUSBBundleRefusals(t *testing.T) {
-	w := newWorld(t, longLived()...)
-	w.setup(nil)
+	w := newWorld(t)
+	// Targets signed to live 100 days: a longer bundle cannot be promised.
+	w.mustSigner("init", w.ws, "--online-keys", filepath.Join(w.data, "online-keys.json"), "--targets-expiry", "2400h")
+	for _, s := range loadSamples(t) {
+		if s.Bootable {
+			w.add(s)
+		}
+	}
+	w.publish()
 	alice, bob := w.account("owner", "alice"), w.account("owner", "bob")
 	dealer := w.account("dealer", "dealer-1")
 	v1, v2 := w.vehicle(1), w.vehicle(2)
@@ -207,9 +392,9 @@ func TestUSBBundleRefusals(t *testing.T) {
 			t.Fatalf("want exit 3 (rollback), got %s", r)
 		}
 	})
-	t.Run("metadata expiring before the promised validity", func(t *testing.T) {
-		code, body := w.download(t, v1.vin, dealer, "?valid_days=100")
-		if code != 409 || !strings.Contains(string(body), "metadata_expires_too_soon") {
+	t.Run("offline-signed metadata expiring before the promised validity", func(t *testing.T) {
+		code, body := w.download(t, v1.vin, dealer, "?valid_days=120")
+		if code != 409 || !strings.Contains(string(body), "metadata_expires_too_soon") || !strings.Contains(string(body), "image repository's targets expires") {
 			t.Fatalf("got %d %s", code, body)
 		}
 	})

@@ -61,7 +61,7 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 }
 
 func TestWebOwnerLinksAndDownloadsUSBBundle(t *testing.T) {
-	w := newWorld(t, longLived()...)
+	w := newWorld(t)
 	w.setup(nil)
 	w.account("owner", "alice")
 	v := w.vehicle(1)

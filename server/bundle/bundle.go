@@ -1,15 +1,24 @@
 // Package bundle builds the USB update for one VIN: a tar archive with
-// the director metadata for that VIN and the image repository metadata,
-// each with its whole root chain, exactly the images the director assigns,
-// and a README. It is written while it streams (images are copied from
-// the blob store, never held in memory), its director metadata comes from
-// the VIN's own version counter, and it is refused before the first byte
-// if any metadata in it would expire before the promised validity.
+// the image repository's metadata as published, director metadata made
+// for this bundle, both root chains, exactly the images the director
+// assigns, and a README. It is written while it streams (images are
+// copied from the blob store, never held in memory).
+//
+// Offline freshness: the image repository's timestamp and snapshot live a
+// day or a week, a bundle weeks. So the bundle's director metadata (signed
+// by the online director keys for this VIN, expiring when the bundle does)
+// is marked as USB bundle metadata and pins the image timestamp it ships
+// with; the agent checks the image repository as of the issue time the
+// director vouches for, and the offline-signed root and targets as of now.
+// Marked metadata is never trusted online, and issuing a bundle changes
+// nothing the vehicle fetches online. docs/security.md has the argument.
 package bundle
 
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,7 +32,12 @@ import (
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/repo"
+	"github.com/roadsign/roadsign/signer/meta"
 )
+
+// DefaultValidity is how long a bundle installs when the caller does not
+// say: long enough to fetch a USB stick and find time for the car.
+const DefaultValidity = 30 * 24 * time.Hour
 
 // Manifest is bundle.json, the bundle's description.
 type Manifest struct {
@@ -59,28 +73,30 @@ type Plan struct {
 	files    []file
 }
 
-// Prepare gathers and checks everything the bundle will hold. It signs
-// fresh director metadata for the VIN valid for the whole period, and
-// fails with a conflict if the image repository's metadata expires sooner.
+// Prepare gathers and checks everything the bundle will hold, valid for
+// valid from now. It fails with a conflict (metadata_expires_too_soon) if
+// an offline-signed root or targets expires before the bundle would.
 func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Duration) (*Plan, error) {
-	now := s.now().UTC()
+	now := s.now().UTC().Truncate(time.Second)
 	until := now.Add(valid)
 	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}}
 
 	// Image repository: root chain, timestamp, snapshot, targets.
-	img, err := s.imageRepo(ctx, until)
+	img, head, err := s.imageRepo(ctx, now, until)
 	if err != nil {
 		return nil, err
 	}
 	p.files = append(p.files, img...)
 
-	// Director: root chain, then this VIN's metadata signed for the period.
+	// Director: root chain, then metadata made for this bundle.
 	dirRoots, err := s.roots(ctx, "director", func(n string) (*repo.File, error) { return s.repo.OpenDirectorRoot(ctx, n) }, until)
 	if err != nil {
 		return nil, err
 	}
 	p.files = append(p.files, dirRoots...)
-	signed, assigned, err := s.director.ForBundle(ctx, v, until)
+	tsSum := sha256.Sum256(head.TimestampRaw)
+	signed, assigned, err := s.director.ForBundle(ctx, v, meta.USBBundle{IssuedAt: now, ValidUntil: until,
+		ImageTimestampVersion: head.Timestamp.Signed.Version, ImageTimestampSHA256: hex.EncodeToString(tsSum[:])})
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +139,7 @@ type expirer interface{ IsExpired(time.Time) bool }
 func checkExpiry(what string, e expirer, exp time.Time, until time.Time) error {
 	if e.IsExpired(until) {
 		return server.CodedErrorf(server.KindConflict, "metadata_expires_too_soon",
-			"%s expires at %s, before the bundle's validity ends at %s; ask for fewer days (?valid_days=) or have the operator raise the expiry of online metadata (--timestamp-expiry, --snapshot-expiry) or re-sign offline metadata",
+			"%s expires at %s, before the bundle's validity ends at %s; ask for fewer days (?valid_days=), or have the release engineer re-sign it with a later expiry and publish",
 			what, exp.Format(time.RFC3339), until.Format(time.RFC3339))
 	}
 	return nil
@@ -155,15 +171,17 @@ func (s *Service) roots(ctx context.Context, dir string, open func(string) (*rep
 }
 
 // imageRepo adds the image repository: its root chain and the published
-// timestamp, snapshot and targets, each checked against until.
-func (s *Service) imageRepo(ctx context.Context, until time.Time) ([]file, error) {
+// timestamp, snapshot and targets. Timestamp and snapshot must be valid
+// now (the agent checks them as of the issue time); root and targets,
+// signed offline, must outlast the bundle.
+func (s *Service) imageRepo(ctx context.Context, now, until time.Time) ([]file, *repo.Head, error) {
 	out, err := s.roots(ctx, "image", func(n string) (*repo.File, error) { return s.repo.Open(ctx, n) }, until)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h, err := s.repo.Head(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, c := range []struct {
 		what string
@@ -172,20 +190,23 @@ func (s *Service) imageRepo(ctx context.Context, until time.Time) ([]file, error
 	}{
 		{"the image repository's timestamp", &h.Timestamp.Signed, h.Timestamp.Signed.Expires},
 		{"the image repository's snapshot", &h.Snapshot.Signed, h.Snapshot.Signed.Expires},
-		{"the image repository's targets", &h.Targets.Signed, h.Targets.Signed.Expires},
 	} {
-		if err := checkExpiry(c.what, c.e, c.exp, until); err != nil {
-			return nil, err
+		if c.e.IsExpired(now) {
+			return nil, nil, server.Errorf(server.KindUnavailable, "%s expired at %s and has not been re-signed; check the server's /status", c.what, c.exp.Format(time.RFC3339))
 		}
+	}
+	if err := checkExpiry("the image repository's targets", &h.Targets.Signed, h.Targets.Signed.Expires, until); err != nil {
+		return nil, nil, err
 	}
 	return append(out,
 		file{name: "image/timestamp.json", data: h.TimestampRaw},
 		file{name: fmt.Sprintf("image/%d.snapshot.json", h.Snapshot.Signed.Version), data: h.SnapshotRaw},
-		file{name: fmt.Sprintf("image/%d.targets.json", h.Targets.Signed.Version), data: h.TargetsRaw}), nil
+		file{name: fmt.Sprintf("image/%d.targets.json", h.Targets.Signed.Version), data: h.TargetsRaw}), h, nil
 }
 
 const readme = `Roadsign USB update for VIN %s
-Issued %s, valid until %s.
+Issued %s. Install it before %s (%s); after that the car refuses it
+and you download a new one.
 
 What is inside: signed metadata of the director (what this car must run)
 and of the image repository (every released image), each with its whole
@@ -196,8 +217,9 @@ How to install:
  2. With the engine running and the car parked, plug the stick into the
     USB port of the head unit.
  3. Confirm "Software update from USB" on the screen. The car checks every
-    signature and hash; a bundle for another VIN, an expired or an older
-    bundle is refused and nothing is installed.
+    signature and hash; a bundle for another VIN, an expired bundle, or
+    one older than a bundle the car already installed is refused and
+    nothing is installed.
  4. Wait until the screen says the update is complete; do not switch off.
  5. Connected services re-authorize automatically once the car is online.
     The install is reported to the server at the next connection.
@@ -217,7 +239,8 @@ func (p *Plan) Write(ctx context.Context, w io.Writer) error {
 		images.WriteString(" (none: this car already runs what it should)\n")
 	}
 	head := []file{
-		{name: "README.txt", data: []byte(fmt.Sprintf(readme, p.Manifest.VIN, p.Manifest.IssuedAt.Format(time.RFC3339), p.Manifest.ValidUntil.Format(time.RFC3339), images.String()))},
+		{name: "README.txt", data: []byte(fmt.Sprintf(readme, p.Manifest.VIN, p.Manifest.IssuedAt.Format(time.RFC3339),
+			p.Manifest.ValidUntil.Format("2 Jan 2006"), p.Manifest.ValidUntil.Format(time.RFC3339), images.String()))},
 		{name: "bundle.json", data: mb},
 	}
 	for _, f := range append(head, p.files...) {

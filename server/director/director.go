@@ -263,7 +263,7 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 // Timestamp returns the VIN's current timestamp.json, re-signing the
 // director metadata first if the assignment changed or it is half expired.
 func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, error) {
-	head, metas, _, err := d.refresh(ctx, v, d.expiry, false)
+	head, metas, err := d.refresh(ctx, v)
 	if err != nil {
 		return nil, err
 	}
@@ -274,55 +274,80 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 	return f.Body, err
 }
 
-// ForBundle signs director metadata for a USB bundle: the current
-// assignment, from the VIN's own version counter (so the vehicle's online
-// metadata continues from it), valid until at least until.
-func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, until time.Time) ([]server.DirectorMeta, []Assigned, error) {
-	_, metas, as, err := d.refresh(ctx, v, max(d.expiry, until.Sub(d.now())+time.Hour), true)
+// ForBundle signs director metadata for one USB bundle: the current
+// assignment (recorded as for an online fetch), for the vehicle b.VIN,
+// expiring at b.ValidUntil and marked with b (meta.USBBundle) in all three
+// roles, so the agent trusts it offline only. Its versions come from the
+// VIN's own bundle counter, so a vehicle never takes an older bundle after
+// a newer one. None of it is stored: the vehicle's online metadata, and
+// its expiry, are untouched.
+func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBundle) ([]server.DirectorMeta, []Assigned, error) {
+	var as []Assigned
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if as, err = d.assign(ctx, v, true); !errors.Is(err, server.ErrConflict) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	files, _, err := build(v.VIN, as)
+	if err != nil {
+		return nil, nil, err
+	}
+	n, err := d.store.NextBundleVersion(ctx, v.VIN)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.VIN = v.VIN
+	metas, err := d.sign(v.VIN, n, n, n, files, b.ValidUntil.UTC().Truncate(time.Second), b.Custom())
 	return metas, as, err
 }
 
-// refresh re-signs the VIN's director metadata, valid for life, when force
-// is set, the assignment changed, or less than half of life is left. It
-// returns the new files (nil when the current ones stand) and the head.
+// refresh re-signs the VIN's director metadata, valid for the director
+// expiry, when the assignment changed or less than half of its life is
+// left. It returns the head and the new files (nil when the current ones
+// stand).
 // Concurrent refreshes (other requests, other replicas) are resolved by
 // the store: the loser reloads and uses the winner's metadata.
-func (d *Service) refresh(ctx context.Context, v server.Vehicle, life time.Duration, force bool) (server.DirectorHead, []server.DirectorMeta, []Assigned, error) {
+func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.DirectorHead, []server.DirectorMeta, error) {
+	life := d.expiry
 	for attempt := 0; attempt < 5; attempt++ {
 		head, err := d.store.DirectorHead(ctx, v.VIN)
 		if err != nil {
-			return head, nil, nil, err
+			return head, nil, err
 		}
 		as, err := d.assign(ctx, v, true)
 		if errors.Is(err, server.ErrConflict) {
 			continue
 		}
 		if err != nil {
-			return head, nil, nil, err
+			return head, nil, err
 		}
 		files, hash, err := build(v.VIN, as)
 		if err != nil {
-			return head, nil, nil, err
+			return head, nil, err
 		}
 		now := d.now()
-		if !force && head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 {
-			return head, nil, as, nil
+		if head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 {
+			return head, nil, nil
 		}
 		next, metas, err := d.Sign(v.VIN, head, files, hash, now, life)
 		if err != nil {
-			return head, nil, nil, err
+			return head, nil, err
 		}
 		err = d.store.SaveDirector(ctx, head, next, metas)
 		if errors.Is(err, server.ErrConflict) {
 			continue
 		}
 		if err != nil {
-			return head, nil, nil, err
+			return head, nil, err
 		}
 		d.log.Info("signed director metadata", "vin", v.VIN, "targets", next.TargetsVersion, "timestamp", next.TimestampVersion, "ecus_assigned", len(as))
-		return next, metas, as, nil
+		return next, metas, nil
 	}
-	return server.DirectorHead{}, nil, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
+	return server.DirectorHead{}, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
 }
 
 // Sign signs director targets (files), snapshot and timestamp for a VIN
@@ -332,31 +357,42 @@ func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*m
 	exp := meta.Expires(now, life)
 	next := server.DirectorHead{VIN: vin, TargetsVersion: head.TargetsVersion + 1, SnapshotVersion: head.SnapshotVersion + 1,
 		TimestampVersion: head.TimestampVersion + 1, AssignmentHash: hash, TimestampExpires: exp}
+	// The VIN is signed into the targets: a vehicle refuses another's.
+	metas, err := d.sign(vin, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, files, exp, map[string]any{"vin": vin})
+	return next, metas, err
+}
 
+// sign signs targets (with custom in targets; in snapshot and timestamp
+// too when it marks a USB bundle), snapshot and timestamp at the given
+// versions, all expiring at exp.
+func (d *Service) sign(vin string, targetsV, snapV, tsV int64, files map[string]*metadata.TargetFiles, exp time.Time, custom map[string]any) ([]server.DirectorMeta, error) {
 	t := metadata.Targets(exp)
-	t.Signed.Version = next.TargetsVersion
+	t.Signed.Version = targetsV
 	t.Signed.Targets = files
-	// The VIN is signed into the metadata: a vehicle refuses another's.
-	t.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{"vin": vin}}
+	t.Signed.UnrecognizedFields = map[string]any{"custom": custom}
 	if err := meta.Sign(t, d.keys.DirectorTargets); err != nil {
-		return next, nil, err
+		return nil, err
 	}
 	tRaw, err := t.ToBytes(false)
 	if err != nil {
-		return next, nil, fmt.Errorf("encode director targets: %w", err)
+		return nil, fmt.Errorf("encode director targets: %w", err)
 	}
-	sRaw, err := meta.SignSnapshot(next.SnapshotVersion, next.TargetsVersion, exp, d.keys.DirectorSnapshot)
+	var outer map[string]any
+	if _, ok := custom[meta.USBBundleField]; ok {
+		outer = custom
+	}
+	sRaw, err := meta.SignSnapshot(snapV, targetsV, exp, outer, d.keys.DirectorSnapshot)
 	if err != nil {
-		return next, nil, err
+		return nil, err
 	}
-	tsRaw, err := meta.SignTimestamp(next.TimestampVersion, next.SnapshotVersion, sRaw, exp, d.keys.DirectorTimestamp)
+	tsRaw, err := meta.SignTimestamp(tsV, snapV, sRaw, exp, outer, d.keys.DirectorTimestamp)
 	if err != nil {
-		return next, nil, err
+		return nil, err
 	}
-	return next, []server.DirectorMeta{
-		{VIN: vin, Role: metadata.TARGETS, Version: next.TargetsVersion, Body: tRaw, Expires: exp},
-		{VIN: vin, Role: metadata.SNAPSHOT, Version: next.SnapshotVersion, Body: sRaw, Expires: exp},
-		{VIN: vin, Role: metadata.TIMESTAMP, Version: next.TimestampVersion, Body: tsRaw, Expires: exp},
+	return []server.DirectorMeta{
+		{VIN: vin, Role: metadata.TARGETS, Version: targetsV, Body: tRaw, Expires: exp},
+		{VIN: vin, Role: metadata.SNAPSHOT, Version: snapV, Body: sRaw, Expires: exp},
+		{VIN: vin, Role: metadata.TIMESTAMP, Version: tsV, Body: tsRaw, Expires: exp},
 	}, nil
 }
 

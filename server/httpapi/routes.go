@@ -12,6 +12,7 @@ import (
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
@@ -372,16 +373,16 @@ func (a *api) usbBundle(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	days := 30
+	valid := bundle.DefaultValidity
 	if s := c.Query("valid_days"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 365 {
 			a.fail(c, server.Errorf(server.KindInvalid, "valid_days %q: want 1 to 365", s))
 			return
 		}
-		days = n
+		valid = time.Duration(n) * 24 * time.Hour
 	}
-	plan, err := a.Bundles.Prepare(ctx, v, time.Duration(days)*24*time.Hour)
+	plan, err := a.Bundles.Prepare(ctx, v, valid)
 	if err != nil {
 		a.fail(c, err)
 		return

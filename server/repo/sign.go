@@ -21,7 +21,7 @@ func (r *Repo) signSnapshotAndTimestamp(ctx context.Context, st *state, targetsV
 	if st.snapshot != nil {
 		snapV = st.snapshot.Signed.Version + 1
 	}
-	snapRaw, err := meta.SignSnapshot(snapV, targetsV, meta.Expires(now, r.cfg.SnapshotExpiry), r.keys.ImageSnapshot)
+	snapRaw, err := meta.SignSnapshot(snapV, targetsV, meta.Expires(now, r.cfg.SnapshotExpiry), nil, r.keys.ImageSnapshot)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -41,7 +41,7 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 		tsV = st.timestamp.Signed.Version + 1
 	}
 	exp := meta.Expires(now, r.cfg.TimestampExpiry)
-	raw, err := meta.SignTimestamp(tsV, snapV, snapRaw, exp, r.keys.ImageTimestamp)
+	raw, err := meta.SignTimestamp(tsV, snapV, snapRaw, exp, nil, r.keys.ImageTimestamp)
 	if err != nil {
 		return 0, err
 	}

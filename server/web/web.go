@@ -201,6 +201,8 @@ type page struct {
 	Vehicle                         *server.Vehicle
 	VIN                             string
 	Jobs                            []server.Job
+	// USBValidUntil is until when a USB bundle downloaded now installs.
+	USBValidUntil time.Time
 }
 
 func (w *Web) render(c *gin.Context, status int, name string, p page) {
@@ -260,6 +262,7 @@ func (w *Web) ownerPage(c *gin.Context) {
 	}
 	p := w.base(c, s, "My vehicles")
 	p.Vehicles = vs
+	p.USBValidUntil = w.Now().Add(bundle.DefaultValidity)
 	w.render(c, http.StatusOK, "owner", p)
 }
 
@@ -324,7 +327,7 @@ func (w *Web) usb(c *gin.Context) {
 		c.String(http.StatusNotFound, message(err))
 		return
 	}
-	plan, err := w.Bundles.Prepare(ctx, v, 30*24*time.Hour)
+	plan, err := w.Bundles.Prepare(ctx, v, bundle.DefaultValidity)
 	if err != nil {
 		c.String(http.StatusConflict, message(err))
 		return

@@ -174,11 +174,15 @@ func KeyID(k *metadata.Key) string {
 	return id
 }
 
-// SignSnapshot returns a signed snapshot naming targets version targetsV.
-func SignSnapshot(version, targetsV int64, expires time.Time, k *keys.Key) ([]byte, error) {
+// SignSnapshot returns a signed snapshot naming targets version targetsV,
+// with custom (if not nil) as its signed "custom" object.
+func SignSnapshot(version, targetsV int64, expires time.Time, custom map[string]any, k *keys.Key) ([]byte, error) {
 	snap := metadata.Snapshot(expires)
 	snap.Signed.Version = version
 	snap.Signed.Meta["targets.json"] = metadata.MetaFile(targetsV)
+	if custom != nil {
+		snap.Signed.UnrecognizedFields = map[string]any{"custom": custom}
+	}
 	if err := Sign(snap, k); err != nil {
 		return nil, err
 	}
@@ -190,10 +194,14 @@ func SignSnapshot(version, targetsV int64, expires time.Time, k *keys.Key) ([]by
 }
 
 // SignTimestamp returns a signed timestamp naming snapshot version snapV
-// with its length and sha256 (so a swapped snapshot file is caught).
-func SignTimestamp(version, snapV int64, snapRaw []byte, expires time.Time, k *keys.Key) ([]byte, error) {
+// with its length and sha256 (so a swapped snapshot file is caught), with
+// custom (if not nil) as its signed "custom" object.
+func SignTimestamp(version, snapV int64, snapRaw []byte, expires time.Time, custom map[string]any, k *keys.Key) ([]byte, error) {
 	ts := metadata.Timestamp(expires)
 	ts.Signed.Version = version
+	if custom != nil {
+		ts.Signed.UnrecognizedFields = map[string]any{"custom": custom}
+	}
 	sum := sha256.Sum256(snapRaw)
 	mf := metadata.MetaFile(snapV)
 	mf.Length, mf.Hashes = int64(len(snapRaw)), metadata.Hashes{"sha256": sum[:]}
