@@ -112,9 +112,17 @@ var errJobCanceled = errors.New("job canceled on the server")
 // (nothing installed), client.ErrRolledBack (an ECU is back on its old
 // image) or is operational.
 func (a *Agent) Update(ctx context.Context) (Report, error) {
+	// Uptane order: the director hears what the vehicle runs before it
+	// decides. After the first time, the check-in at the end of each
+	// cycle keeps it current.
+	if at, _ := a.V.LastCheckIn(); at.IsZero() && a.API != nil {
+		if err := a.CheckIn(ctx); err != nil {
+			a.Log.Warn("first check-in failed", "err", err)
+		}
+	}
 	rep, err := a.update(ctx)
 	// Check in whatever happened, so the server's inventory is current.
-	if cerr := a.checkIn(ctx); cerr != nil && !errors.Is(err, client.ErrUnreachable) {
+	if cerr := a.CheckIn(ctx); cerr != nil && !errors.Is(err, client.ErrUnreachable) {
 		a.Log.Warn("check-in failed; the next cycle reports again", "err", cerr)
 		if err == nil && errors.Is(cerr, client.ErrUnreachable) {
 			err = cerr
@@ -707,8 +715,8 @@ func (j *jobProgress) Add(n int64) {
 	}
 }
 
-// checkIn posts the signed manifest of what every ECU runs.
-func (a *Agent) checkIn(ctx context.Context) error {
+// CheckIn posts the signed manifest of what every ECU runs.
+func (a *Agent) CheckIn(ctx context.Context) error {
 	if a.API == nil {
 		return nil
 	}
@@ -734,6 +742,9 @@ func (a *Agent) checkIn(ctx context.Context) error {
 		codes = append(codes, d.Code)
 	}
 	if err := a.API.CheckIn(ctx, ecus, offline, codes); err != nil {
+		return err
+	}
+	if err := a.V.SaveCheckIn(a.now()); err != nil {
 		return err
 	}
 	return a.V.ClearOfflineInstalls()

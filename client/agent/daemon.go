@@ -89,25 +89,35 @@ func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
 	}
 }
 
-// waitRenewing waits d, renewing the connected-services token on the way
-// if it comes due before the next check-in (once: a failed renewal is
-// retried by the next cycle, with its backoff).
+// waitRenewing waits d, renewing the connected-services token each time
+// it comes due before the next check-in. A failed renewal is left to the
+// next cycle (and its backoff).
 func (a *Agent) waitRenewing(ctx context.Context, c DaemonConfig, d time.Duration) error {
 	next := a.now().Add(d)
-	if auth, err := a.V.Auth(); err == nil {
-		if renew := auth.RenewAt(); !renew.IsZero() && renew.Before(next) {
-			if err := c.Sleep(ctx, max(renew.Sub(a.now()), 0)); err != nil {
-				return err
-			}
-			if err := a.V.Lock(); err == nil {
-				if _, err := a.Reauthorize(ctx); err != nil {
-					a.Log.Warn("token renewal failed; the next check-in retries", "err", err)
-				} else {
-					a.Log.Info("connected-services token renewed")
-				}
-				a.V.Close()
-			}
+	last := time.Time{}
+	for {
+		auth, err := a.V.Auth()
+		if err != nil {
+			break
 		}
+		renew := auth.RenewAt()
+		if renew.IsZero() || !renew.Before(next) || !renew.After(last) {
+			break
+		}
+		last = renew
+		if err := c.Sleep(ctx, max(renew.Sub(a.now()), 0)); err != nil {
+			return err
+		}
+		if err := a.V.Lock(); err != nil {
+			break // an update is running; it reauthorizes as needed
+		}
+		_, err = a.Reauthorize(ctx)
+		a.V.Close()
+		if err != nil {
+			a.Log.Warn("token renewal failed; the next check-in retries", "err", err)
+			break
+		}
+		a.Log.Info("connected-services token renewed")
 	}
 	return c.Sleep(ctx, max(next.Sub(a.now()), 0))
 }

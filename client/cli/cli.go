@@ -169,11 +169,18 @@ func cmdInit(args []string, env Env) error {
 	for _, e := range v.ECUs {
 		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
 	}
-	c := &api.Client{Base: v.Server, HTTP: download.NewHTTPClient(), VIN: v.VIN, Key: key.Private, Now: env.Now}
-	if err := c.Register(context.Background(), *token, reg); err != nil {
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	if err := a.API.Register(context.Background(), *token, reg); err != nil {
 		return fmt.Errorf("register %s with %s: %w (the vehicle is provisioned; register it with POST /api/v1/vehicles)", v.VIN, v.Server, err)
 	}
 	fmt.Fprintf(env.Stdout, "registered %s with %s\n", v.VIN, v.Server)
+	// The server learns the factory firmware at once.
+	if err := a.CheckIn(context.Background()); err != nil {
+		fmt.Fprintf(env.Stderr, "roadsign-agent: first check-in failed (the next update retries): %v\n", err)
+	}
 	return nil
 }
 

@@ -5,6 +5,7 @@ package download
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -62,7 +63,7 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: url}
+		return nil, serverError(resp, url)
 	}
 	if resp.ContentLength > maxLength {
 		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s is %d bytes, more than the %d allowed", url, resp.ContentLength, maxLength)}
@@ -80,6 +81,35 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 		return nil, &metadata.ErrRepository{Msg: fmt.Sprintf("%s is metadata made for a USB bundle, which is never trusted online (a replayed bundle?)", url)}
 	}
 	return b, nil
+}
+
+// ServerError is an HTTP error answer with the server's code and message
+// (clock_skew, unknown_vehicle_key, ...). It unwraps to go-tuf's
+// ErrDownloadHTTP, so a 404 still ends the root walk.
+type ServerError struct {
+	HTTP          *metadata.ErrDownloadHTTP
+	Code, Message string
+}
+
+func (e *ServerError) Error() string {
+	if e.Code == "" {
+		return e.HTTP.Error()
+	}
+	return fmt.Sprintf("server answered %d %s: %s", e.HTTP.StatusCode, e.Code, e.Message)
+}
+
+func (e *ServerError) Unwrap() error { return e.HTTP }
+
+// serverError reads a failed response's JSON error, if it has one.
+func serverError(resp *http.Response, url string) error {
+	e := &ServerError{HTTP: &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: url}}
+	var body struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if b, err := io.ReadAll(io.LimitReader(resp.Body, 4096)); err == nil && json.Unmarshal(b, &body) == nil {
+		e.Code, e.Message = body.Error.Code, body.Error.Message
+	}
+	return e
 }
 
 // IsUnreachable reports whether err means the server could not be

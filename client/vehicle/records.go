@@ -80,6 +80,20 @@ func (v *Vehicle) Auth() (Auth, error) {
 // SaveAuth records the authorization state.
 func (v *Vehicle) SaveAuth(a Auth) error { return v.writeJSON("auth.json", a) }
 
+// LastCheckIn is when the server last took a check-in (zero: never).
+func (v *Vehicle) LastCheckIn() (time.Time, error) {
+	var c struct {
+		At time.Time `json:"at"`
+	}
+	err := v.readJSON("checkin.json", &c)
+	return c.At, err
+}
+
+// SaveCheckIn records a check-in the server took.
+func (v *Vehicle) SaveCheckIn(at time.Time) error {
+	return v.writeJSON("checkin.json", map[string]time.Time{"at": at.UTC()})
+}
+
 // OfflineInstalls are installs done from USB, not yet reported.
 func (v *Vehicle) OfflineInstalls() ([]string, error) {
 	var list []string

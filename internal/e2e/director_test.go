@@ -67,9 +67,12 @@ func (w *world) account(role, name string) string {
 }
 
 type jobView struct {
-	ID     string `json:"id"`
-	State  string `json:"state"`
-	Target string `json:"target"`
+	ID      string `json:"id"`
+	State   string `json:"state"`
+	Target  string `json:"target"`
+	Origin  string `json:"origin"`
+	ECUType string `json:"ecuType"`
+	Version string `json:"version"`
 	Events []struct {
 		Kind    string `json:"kind"`
 		Percent int    `json:"percent"`

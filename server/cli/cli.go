@@ -68,6 +68,7 @@ type config struct {
 	directorExpiry  time.Duration
 	jobTimeout      time.Duration
 	jobRetry        time.Duration
+	authTokenTTL    time.Duration
 	adminToken      string
 	timestampExpiry time.Duration
 	snapshotExpiry  time.Duration
@@ -134,6 +135,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.DurationVar(&c.directorExpiry, "director-expiry", 24*time.Hour, "lifetime of per-VIN director metadata; re-signed at half-life when fetched")
 		fs.DurationVar(&c.jobTimeout, "job-timeout", 72*time.Hour, "a job the vehicle does not report on for this long is timed_out")
 		fs.DurationVar(&c.jobRetry, "job-retry", time.Minute, "first retry delay of a failed job (doubles per attempt)")
+		fs.DurationVar(&c.authTokenTTL, "auth-token-ttl", time.Hour, "lifetime of a connected-services token; vehicles renew it with a third left")
 		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")
 		fs.DurationVar(&c.timestampExpiry, "timestamp-expiry", 24*time.Hour, "lifetime of signed timestamps; re-signed at half-life")
@@ -151,6 +153,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && c.directorExpiry < 2*time.Second {
 		return c, envflag.Usagef("--director-expiry %s is too short; use at least 2s", c.directorExpiry)
+	}
+	if cmd == "serve" && c.authTokenTTL < time.Second {
+		return c, envflag.Usagef("--auth-token-ttl %s is too short; use at least 1s", c.authTokenTTL)
 	}
 	if c.timestampExpiry < 2*time.Second && cmd == "serve" {
 		return c, envflag.Usagef("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)
@@ -258,6 +263,8 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return fmt.Errorf("connected-services secret: %w", err)
 	}
+	connectSvc := connect.New(store, directorSvc, images, secret, time.Now)
+	connectSvc.TokenTTL = c.authTokenTTL
 	ownerSvc := owners.New(store, time.Now)
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
@@ -272,7 +279,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	}
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registrySvc,
-		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connect.New(store, directorSvc, images, secret, time.Now),
+		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
 		Bundles: bundles, Web: pages,
 		Store: store, Log: log, Metrics: reg, Now: time.Now,
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},

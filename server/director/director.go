@@ -78,8 +78,20 @@ type Assigned struct {
 // Assignment decides what each ECU of v must run, without changing
 // anything (see assign).
 func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned, error) {
-	return d.assign(ctx, v, false)
+	return d.assign(ctx, v, recordNothing)
 }
+
+// What assign writes down.
+type recordMode int
+
+const (
+	recordNothing recordMode = iota
+	// recordReported: jobs for installs an ECU needs by its last check-in.
+	recordReported
+	// recordAll: also for ECUs that never reported (a USB bundle is
+	// issued for them: its install deserves a record).
+	recordAll
+)
 
 // assign decides what each ECU of v must run. Precedence, per ECU: its
 // oldest open dealer job (once its retry time has come); else, with
@@ -87,12 +99,12 @@ func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned,
 // does not push an image again onto an ECU where an auto-assigned install
 // of it failed or rolled back (a dealer job can).
 //
-// With record set (the vehicle is fetching its metadata) decisions are
+// Unless mode is recordNothing (a read-only question), decisions are
 // written down: an auto-assigned install the ECU does not run yet gets a
 // job, and open auto-assign jobs that no longer match the decision are
 // superseded.
-func (d *Service) assign(ctx context.Context, v server.Vehicle, record bool) ([]Assigned, error) {
-	record = record && d.jobs != nil
+func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode) ([]Assigned, error) {
+	record := mode != recordNothing && d.jobs != nil
 	targets, _, err := d.images.CurrentTargets(ctx)
 	if err != nil {
 		return nil, err
@@ -160,7 +172,10 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, record bool) ([]
 		if job == nil && failedBefore(jobs, e.Serial, p) {
 			continue
 		}
-		if job == nil && record && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
+		// A job only for what the ECU does not run yet, as far as the
+		// vehicle has said (never checked in: nothing to compare with).
+		known := !e.ReportedAt.IsZero()
+		if job == nil && record && (known || mode == recordAll) && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
 			j, err := d.jobs.CreateAuto(ctx, v, e, p, c)
 			if err != nil {
 				return nil, err // ErrConflict: another request recorded it first
@@ -285,7 +300,7 @@ func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBun
 	var as []Assigned
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		if as, err = d.assign(ctx, v, true); !errors.Is(err, server.ErrConflict) {
+		if as, err = d.assign(ctx, v, recordAll); !errors.Is(err, server.ErrConflict) {
 			break
 		}
 	}
@@ -318,7 +333,7 @@ func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.Directo
 		if err != nil {
 			return head, nil, err
 		}
-		as, err := d.assign(ctx, v, true)
+		as, err := d.assign(ctx, v, recordReported)
 		if errors.Is(err, server.ErrConflict) {
 			continue
 		}
