@@ -73,7 +73,7 @@ type jobView struct {
 	Origin  string `json:"origin"`
 	ECUType string `json:"ecuType"`
 	Version string `json:"version"`
-	Events []struct {
+	Events  []struct {
 		Kind    string `json:"kind"`
 		Percent int    `json:"percent"`
 		Message string `json:"message"`
