@@ -183,3 +183,46 @@ func TestWebDealerPushesJobAndWatchesItSucceed(t *testing.T) {
 	}
 	screenshot(t, ctx, "status")
 }
+
+// TestWebDealerCancelsJob: a queued job has a Cancel button; pressing it
+// cancels the job, and the vehicle installs nothing.
+func TestWebDealerCancelsJob(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none")
+	w.setup(nil)
+	token := w.account("dealer", "dealer-berlin")
+	v := w.vehicle(1)
+	j := w.job(token, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "customer asked"})
+	ctx := browserCtx(t)
+	var flash, state string
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(w.url+"/dealer"),
+		chromedp.WaitVisible(`#name`, chromedp.ByQuery),
+		chromedp.SendKeys(`#name`, "dealer-berlin", chromedp.ByQuery),
+		chromedp.SendKeys(`#secret`, token, chromedp.ByQuery),
+		chromedp.Submit(`#secret`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#q`, chromedp.ByQuery),
+		chromedp.Navigate(w.url+"/dealer?vin="+v.vin),
+		chromedp.WaitVisible(`tr.job form.cancel button`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "dealer-job-cancel")
+	err = chromedp.Run(ctx,
+		chromedp.Click(`tr.job form.cancel button`, chromedp.ByQuery),
+		chromedp.WaitVisible(`.flash`, chromedp.ByQuery),
+		chromedp.Text(`.flash`, &flash, chromedp.ByQuery),
+		chromedp.Poll(`document.querySelector("tr.job .state").textContent === "canceled"`, nil, chromedp.WithPollingTimeout(10*time.Second)),
+		chromedp.Text(`tr.job .state`, &state, chromedp.ByQuery),
+	)
+	if err != nil || !strings.Contains(flash, "canceled") || state != "canceled" {
+		t.Fatalf("after Cancel: flash %q, state %q, %v", flash, state, err)
+	}
+	screenshot(t, ctx, "dealer-job-canceled")
+	if got := w.getJob(token, j.ID); got.State != "canceled" {
+		t.Fatalf("job on the server: %s", got.State)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 || versions(t, v)["dcm"] != "1.0.0" {
+		t.Fatalf("a canceled job installed something: %s %v", r, versions(t, v))
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
@@ -100,6 +101,7 @@ func (w *Web) Routes() []Route {
 		{"POST", "/dealer/login", "Dealer log-in form", w.login(true)},
 		{"POST", "/dealer/jobs", "Dealer: push a reflash job", w.pushJob},
 		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON},
+		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob},
 		{"POST", "/dealer/replace", "Dealer: re-provision a replaced unit", w.replace},
 		{"GET", "/status", "Service status: repository, director, stores, re-signing (HTML)", w.statusPage},
 		{"GET", "/static/*file", "Embedded style sheet and script", func(c *gin.Context) {
@@ -199,6 +201,7 @@ type page struct {
 	Dealer                          bool
 	Vehicles                        any
 	Vehicle                         *server.Vehicle
+	Auth                            connect.State
 	VIN                             string
 	Jobs                            []server.Job
 	// USBValidUntil is until when a USB bundle downloaded now installs.
@@ -353,6 +356,7 @@ func (w *Web) dealerPage(c *gin.Context) {
 			p.Error = message(err)
 		} else {
 			p.Vehicle = &v
+			p.Auth = connect.StateOf(v, w.Now())
 			js, _ := w.Jobs.ByVIN(ctx, v.VIN)
 			for i := len(js) - 1; i >= 0; i-- { // newest first
 				p.Jobs = append(p.Jobs, js[i])
@@ -374,6 +378,24 @@ func (w *Web) pushJob(c *gin.Context) {
 		return
 	}
 	redirect(c, "/dealer", "vin", vin, "msg", fmt.Sprintf("Job %s queued: %s on %s.", j.ID[:8], j.Version, j.ECUSerial))
+}
+
+func (w *Web) cancelJob(c *gin.Context) {
+	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	if !ok {
+		return
+	}
+	vin := c.PostForm("vin")
+	j, err := w.Jobs.Cancel(c.Request.Context(), s.principal(), c.Param("id"))
+	if err != nil {
+		redirect(c, "/dealer", "vin", vin, "err", message(err))
+		return
+	}
+	msg := fmt.Sprintf("Job %s canceled.", j.ID[:8])
+	if !server.JobTerminal(j.State) {
+		msg = fmt.Sprintf("Job %s is flashing: the install finishes or rolls back, and the job says which.", j.ID[:8])
+	}
+	redirect(c, "/dealer", "vin", vin, "msg", msg)
 }
 
 func (w *Web) jobJSON(c *gin.Context) {

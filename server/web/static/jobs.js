@@ -13,6 +13,8 @@
         (j.events || []).forEach(function (e) { if (e.percent) pct = e.percent; });
         if (j.state === "succeeded") pct = 100;
         row.querySelector(".pct").value = pct;
+        var cancel = row.querySelector("form.cancel");
+        if (cancel && done[j.state]) cancel.hidden = true;
         if (!done[j.state]) setTimeout(function () { poll(row); }, 1000);
       })
       .catch(function () { setTimeout(function () { poll(row); }, 3000); });
