@@ -79,6 +79,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/dealer/login", "", "browser"},
 		{"POST", "/dealer/jobs", "", "browser"},
 		{"GET", "/dealer/jobs/{id}", "/dealer/jobs/" + job.ID + ".json", "browser"},
+		{"POST", "/dealer/jobs/{id}/cancel", "/dealer/jobs/" + job.ID + "/cancel", "browser"},
 		{"POST", "/dealer/replace", "", "browser"},
 		{"GET", "/status", "", "browser"},
 		{"GET", "/static/{file}", "/static/style.css", "browser"},
