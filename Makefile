@@ -22,7 +22,7 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
            -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
            -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
 
-.PHONY: all build test demo bench torture lint tools browser clean
+.PHONY: all build test demo bench torture lint tools testdeps clean
 
 all: build
 
@@ -33,7 +33,7 @@ build:
 # PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)
 # and the S3 suite against a real versitygw that this target installs
 # (first run: about 2-3 minutes), and the web pages in headless Chromium.
-test: tools browser
+test: tools testdeps
 	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' ./...
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 
@@ -56,10 +56,11 @@ lint:
 
 tools: $(VERSITYGW)
 
-# Headless Chromium (Debian's package) for the web page tests; screenshots
-# of each page land in screenshots/.
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests use when missing: headless Chromium for the web
+# page tests (screenshots land in screenshots/), jq for the README walkthrough.
+testdeps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; command -v jq >/dev/null || missing="$$missing jq"; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VERSITYGW):
 	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)

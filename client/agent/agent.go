@@ -750,7 +750,7 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	return a.V.ClearOfflineInstalls()
 }
 
-// Status is the vehicle's state as `status --json` prints it (CONTRACT.md).
+// Status is the vehicle's state as `status --json` prints it (docs/cli.md).
 type Status struct {
 	VIN           string        `json:"vin"`
 	ECUs          []ECUStatus   `json:"ecus"`

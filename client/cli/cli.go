@@ -28,7 +28,7 @@ import (
 	"github.com/roadsign/roadsign/signer/keys"
 )
 
-// Exit codes (CONTRACT.md).
+// Exit codes (docs/cli.md).
 const (
 	exitOK         = 0
 	exitError      = 1
@@ -57,7 +57,7 @@ commands:
   status   --state DIR [--json]
   install-usb --state DIR BUNDLE        offline install from a USB bundle (archive or directory)
   reauthorize --state DIR               connected-services handshake
-  link-code   --state DIR               show a one-time code for the owner to link this vehicle
+  link-code   --state DIR [--json]      show a one-time code for the owner to link this vehicle
   replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE
                                         fit a replacement ECU (new key pair; prints the public key)
 
@@ -290,7 +290,7 @@ func printReport(w io.Writer, rep agent.Report) {
 
 func cmdStatus(args []string, env Env) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON (CONTRACT.md)")
+	asJSON := fs.Bool("json", false, "print JSON (the shape is in docs/cli.md)")
 	state, _, err := parseState(fs, args, env, 0, "roadsign-agent status --state DIR [--json]")
 	if err != nil {
 		return err
@@ -433,14 +433,26 @@ func cmdReauthorize(ctx context.Context, args []string, env Env) error {
 }
 
 func cmdLinkCode(ctx context.Context, args []string, env Env) error {
-	return withAgent("link-code", args, env, func(a *agent.Agent) error {
-		code, exp, err := a.API.LinkCode(ctx)
-		if err != nil {
-			return fmt.Errorf("get a link code: %w", err)
-		}
-		fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", a.V.VIN, code, exp.Local().Format(time.TimeOnly))
-		return nil
-	})
+	fs := flag.NewFlagSet("link-code", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, `print {"vin", "code", "expiresAt"} as JSON`)
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent link-code --state DIR [--json]")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	a, err := newAgent(v, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	code, exp, err := a.API.LinkCode(ctx)
+	if err != nil {
+		return fmt.Errorf("get a link code: %w", err)
+	}
+	if *asJSON {
+		return json.NewEncoder(env.Stdout).Encode(map[string]any{"vin": v.VIN, "code": code, "expiresAt": exp})
+	}
+	fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", v.VIN, code, exp.Local().Format(time.TimeOnly))
+	return nil
 }
 
 func cmdReplaceECU(args []string, env Env) error {

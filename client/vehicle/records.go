@@ -154,5 +154,9 @@ func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]
 		return nil, err
 	}
 	os.RemoveAll(filepath.Join(v.Dir, "ecus", oldSerial))
+	// The server has not heard of the new unit: check in first next time.
+	if err := os.Remove(filepath.Join(v.Dir, "checkin.json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	return []byte(k.Private.Public().(ed25519.PublicKey)), nil
 }

@@ -1,4 +1,4 @@
-// Command roadsign-agent is the in-vehicle update agent. See CONTRACT.md
+// Command roadsign-agent is the in-vehicle update agent. See docs/cli.md
 // and README.md.
 package main
 

@@ -1,5 +1,5 @@
 // Command roadsign-server serves the image repository, director metadata
-// and Roadsign's REST API. See CONTRACT.md and README.md.
+// and Roadsign's REST API. See README.md and docs/cli.md.
 package main
 
 import (

@@ -1,5 +1,5 @@
 // Command roadsign-signer authors Roadsign's TUF repositories offline.
-// See CONTRACT.md and README.md.
+// See README.md and docs/cli.md.
 package main
 
 import (

@@ -16,7 +16,7 @@ import (
 )
 
 // TestAuthorizationMatrix calls every route with every kind of caller (and
-// none) and checks the status against CONTRACT.md's table: a caller who
+// none) and checks the status against the access table in docs/api.md: a caller who
 // may not call a route gets 401 without credentials and 403 with the
 // wrong ones; one who may never gets 401 or 403.
 func TestAuthorizationMatrix(t *testing.T) {

@@ -43,7 +43,7 @@ import (
 	"github.com/roadsign/roadsign/server/web"
 )
 
-// Exit codes (CONTRACT.md).
+// Exit codes (docs/cli.md).
 const (
 	exitOK    = 0
 	exitError = 1

@@ -13,7 +13,7 @@ var ginParam = regexp.MustCompile(`[:*]([A-Za-z]+)`)
 // OpenAPIPath turns a gin path (/jobs/:id, /repo/*file) into OpenAPI's form.
 func OpenAPIPath(p string) string { return ginParam.ReplaceAllString(p, "{$1}") }
 
-// schemas are the request bodies the API keeps (CONTRACT.md).
+// schemas are the request bodies the API keeps (docs/api.md).
 var schemas = map[string]any{
 	"AccountRequest": obj(map[string]any{"role": enum("admin", "dealer", "owner"), "name": str(), "password": str()}, "role", "name"),
 	"VehicleRequest": obj(map[string]any{

@@ -19,7 +19,7 @@ import (
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
-// Exit codes (CONTRACT.md).
+// Exit codes (docs/cli.md).
 const (
 	exitOK       = 0
 	exitError    = 1

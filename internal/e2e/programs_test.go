@@ -1,0 +1,73 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// What the release build stamps (make build does the same with git's).
+const (
+	stampVersion = "9.8.7-test"
+	stampCommit  = "0123456789ab"
+	stampDate    = "2026-11-29T12:00:00Z"
+)
+
+var (
+	programsOnce sync.Once
+	programsDir  string
+	programsErr  error
+	programsOut  []byte
+)
+
+// programs are the ones users run, all built into one bin directory.
+var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", "roadsign-demo"}
+
+// builtPrograms builds every program once, version-stamped as make build
+// does, and returns the directory holding them.
+func builtPrograms(t *testing.T) string {
+	t.Helper()
+	programsOnce.Do(func() {
+		programsDir, programsErr = os.MkdirTemp("", "roadsign-e2e-programs-")
+		if programsErr != nil {
+			return
+		}
+		pkg := "github.com/roadsign/roadsign/internal/buildinfo."
+		ldflags := "-X " + pkg + "Version=" + stampVersion + " -X " + pkg + "Commit=" + stampCommit + " -X " + pkg + "Date=" + stampDate
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", programsDir+"/", "./cmd/...")
+		cmd.Dir = filepath.Join("..", "..")
+		programsOut, programsErr = cmd.CombinedOutput()
+	})
+	if programsErr != nil {
+		t.Fatalf("build the programs: %v\n%s", programsErr, programsOut)
+	}
+	return programsDir
+}
+
+// TestVersionOfEveryProgram: --version names the program, the version,
+// commit and build date stamped at build time; a plain go build says devel.
+func TestVersionOfEveryProgram(t *testing.T) {
+	dir := builtPrograms(t)
+	want := regexp.MustCompile(`^(roadsign-[a-z]+) ` + regexp.QuoteMeta(stampVersion) + ` \(commit ` + stampCommit + `, built ` + stampDate + `, go1\.\d+`)
+	for _, p := range programs {
+		for _, arg := range []string{"--version", "version"} {
+			if p == "roadsign-demo" && arg == "version" {
+				continue // the demo has no subcommands
+			}
+			out, err := exec.Command(filepath.Join(dir, p), arg).CombinedOutput()
+			m := want.FindStringSubmatch(string(out))
+			if err != nil || m == nil || m[1] != p {
+				t.Errorf("%s %s: %v\n%s", p, arg, err, out)
+			}
+		}
+	}
+	// agentBin (TestMain) is a plain go build.
+	out, err := exec.Command(agentBin, "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "roadsign-agent devel ") {
+		t.Errorf("plain build --version: %v %s", err, out)
+	}
+}
