@@ -207,13 +207,7 @@ func cmdUpdate(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	rep, err := a.Update(ctx)
-	if *asJSON {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rep)
-	} else {
-		printReport(env.Stdout, rep)
-	}
+	writeReport(env.Stdout, rep, *asJSON)
 	return err
 }
 
@@ -266,6 +260,17 @@ func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, erro
 		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: env.Now},
 		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
+}
+
+// writeReport prints a cycle's report, as indented JSON or for people.
+func writeReport(w io.Writer, rep agent.Report, asJSON bool) {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+		return
+	}
+	printReport(w, rep)
 }
 
 func printReport(w io.Writer, rep agent.Report) {
@@ -377,39 +382,25 @@ func openForCommand(fs *flag.FlagSet, args []string, env Env, positional int, sy
 func cmdInstallUSB(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("install-usb", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	v, pos, err := openForCommand(fs, args, env, 1, "roadsign-agent install-usb --state DIR BUNDLE")
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	b, err := usb.Open(pos[0], v.Dir)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	a, err := newAgent(v, fault.Set{}, env)
-	if err != nil {
-		return err
-	}
-	rep, err := a.InstallUSB(ctx, b)
-	if *asJSON {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rep)
-	} else {
-		printReport(env.Stdout, rep)
-		if err == nil {
+	return withAgent(fs, args, env, 1, "roadsign-agent install-usb --state DIR BUNDLE", func(a *agent.Agent, pos []string) error {
+		b, err := usb.Open(pos[0], a.V.Dir)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		rep, err := a.InstallUSB(ctx, b)
+		writeReport(env.Stdout, rep, *asJSON)
+		if err == nil && !*asJSON {
 			fmt.Fprintln(env.Stdout, "installed from USB; the install is reported at the next online check-in")
 		}
-	}
-	return err
+		return err
+	})
 }
 
-// withAgent opens the vehicle named by --state (taking its lock) and runs
-// fn with an agent for it.
-func withAgent(name string, args []string, env Env, fn func(a *agent.Agent) error) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent "+name+" --state DIR")
+// withAgent parses args with fs (plus --state), opens the vehicle (taking
+// its lock) and runs fn with an agent for it and the positional arguments.
+func withAgent(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string, fn func(a *agent.Agent, pos []string) error) error {
+	v, pos, err := openForCommand(fs, args, env, positional, synopsis)
 	if err != nil {
 		return err
 	}
@@ -418,11 +409,12 @@ func withAgent(name string, args []string, env Env, fn func(a *agent.Agent) erro
 	if err != nil {
 		return err
 	}
-	return fn(a)
+	return fn(a, pos)
 }
 
 func cmdReauthorize(ctx context.Context, args []string, env Env) error {
-	return withAgent("reauthorize", args, env, func(a *agent.Agent) error {
+	fs := flag.NewFlagSet("reauthorize", flag.ContinueOnError)
+	return withAgent(fs, args, env, 0, "roadsign-agent reauthorize --state DIR", func(a *agent.Agent, _ []string) error {
 		st, err := a.Reauthorize(ctx)
 		if err != nil {
 			return err
@@ -435,24 +427,17 @@ func cmdReauthorize(ctx context.Context, args []string, env Env) error {
 func cmdLinkCode(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("link-code", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, `print {"vin", "code", "expiresAt"} as JSON`)
-	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent link-code --state DIR [--json]")
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	a, err := newAgent(v, fault.Set{}, env)
-	if err != nil {
-		return err
-	}
-	code, exp, err := a.API.LinkCode(ctx)
-	if err != nil {
-		return fmt.Errorf("get a link code: %w", err)
-	}
-	if *asJSON {
-		return json.NewEncoder(env.Stdout).Encode(map[string]any{"vin": v.VIN, "code": code, "expiresAt": exp})
-	}
-	fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", v.VIN, code, exp.Local().Format(time.TimeOnly))
-	return nil
+	return withAgent(fs, args, env, 0, "roadsign-agent link-code --state DIR [--json]", func(a *agent.Agent, _ []string) error {
+		code, exp, err := a.API.LinkCode(ctx)
+		if err != nil {
+			return fmt.Errorf("get a link code: %w", err)
+		}
+		if *asJSON {
+			return json.NewEncoder(env.Stdout).Encode(map[string]any{"vin": a.V.VIN, "code": code, "expiresAt": exp})
+		}
+		fmt.Fprintf(env.Stdout, "link code for %s: %s (valid until %s, once)\n", a.V.VIN, code, exp.Local().Format(time.TimeOnly))
+		return nil
+	})
 }
 
 func cmdReplaceECU(args []string, env Env) error {

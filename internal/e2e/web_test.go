@@ -132,6 +132,18 @@ func TestWebOwnerLinksAndDownloadsUSBBundle(t *testing.T) {
 	}
 }
 
+// dealerLogin logs into the dealer console with a name and token.
+func dealerLogin(base, name, token string) chromedp.Tasks {
+	return chromedp.Tasks{
+		chromedp.Navigate(base + "/dealer"),
+		chromedp.WaitVisible(`#name`, chromedp.ByQuery),
+		chromedp.SendKeys(`#name`, name, chromedp.ByQuery),
+		chromedp.SendKeys(`#secret`, token, chromedp.ByQuery),
+		chromedp.Submit(`#secret`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#q`, chromedp.ByQuery),
+	}
+}
+
 func TestWebDealerPushesJobAndWatchesItSucceed(t *testing.T) {
 	w := newWorld(t, "--auto-assign", "none")
 	w.setup(nil)
@@ -139,12 +151,7 @@ func TestWebDealerPushesJobAndWatchesItSucceed(t *testing.T) {
 	v := w.vehicle(1)
 	ctx := browserCtx(t)
 	err := chromedp.Run(ctx,
-		chromedp.Navigate(w.url+"/dealer"),
-		chromedp.WaitVisible(`#name`, chromedp.ByQuery),
-		chromedp.SendKeys(`#name`, "dealer-berlin", chromedp.ByQuery),
-		chromedp.SendKeys(`#secret`, token, chromedp.ByQuery),
-		chromedp.Submit(`#secret`, chromedp.ByQuery),
-		chromedp.WaitVisible(`#q`, chromedp.ByQuery),
+		dealerLogin(w.url, "dealer-berlin", token),
 		chromedp.SendKeys(`#q`, v.vin, chromedp.ByQuery),
 		chromedp.Submit(`#q`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#reason`, chromedp.ByQuery),
@@ -195,12 +202,7 @@ func TestWebDealerCancelsJob(t *testing.T) {
 	ctx := browserCtx(t)
 	var flash, state string
 	err := chromedp.Run(ctx,
-		chromedp.Navigate(w.url+"/dealer"),
-		chromedp.WaitVisible(`#name`, chromedp.ByQuery),
-		chromedp.SendKeys(`#name`, "dealer-berlin", chromedp.ByQuery),
-		chromedp.SendKeys(`#secret`, token, chromedp.ByQuery),
-		chromedp.Submit(`#secret`, chromedp.ByQuery),
-		chromedp.WaitVisible(`#q`, chromedp.ByQuery),
+		dealerLogin(w.url, "dealer-berlin", token),
 		chromedp.Navigate(w.url+"/dealer?vin="+v.vin),
 		chromedp.WaitVisible(`tr.job form.cancel button`, chromedp.ByQuery),
 	)
