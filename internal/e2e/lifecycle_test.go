@@ -359,3 +359,40 @@ func TestRolledBackAutoAssignIsNotPushedAgain(t *testing.T) {
 		t.Fatalf("the car should authorize on its signed 1.0.0: %s", r)
 	}
 }
+
+// TestSupersededMidFlashDoesNotBlock: power is lost while an
+// auto-assigned install is flashing, and a newer image is published
+// before the car is back. The open job is asked to end as its install
+// does, the car gets the newer image, and polling adds no events to it.
+func TestSupersededMidFlashDoesNotBlock(t *testing.T) {
+	w := newWorld(t)
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	v := w.vehicle(1)
+	if r := runAgent(t, 0, "update", "--state", v.dir, "--simulate", "power-loss:switch"); !r.killed {
+		t.Fatalf("want the simulated power loss: %+v", r)
+	}
+	var flashing jobView
+	for _, j := range w.jobsOf(t, v.vin) {
+		if j.ECUType == "head-unit" {
+			flashing = j
+		}
+	}
+	if flashing.State != "in_progress" || !strings.Contains(kinds(flashing), "rebooting") {
+		t.Fatalf("the head unit's job should be mid-flash: %s %s", flashing.State, kinds(flashing))
+	}
+	w.add(findSample(t, huHW, "2.0.0"))
+	w.add(findSample(t, dcmHW, "2.0.0"))
+	w.publish()
+	for i := range 2 {
+		if r := runAgent(t, 0, "update", "--state", v.dir); r.code != 0 {
+			t.Fatalf("update %d after the power loss: %s", i+1, r.out)
+		}
+	}
+	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
+		t.Fatalf("versions: %v", got)
+	}
+	after := w.getJob(adminToken, flashing.ID)
+	if n := strings.Count(kinds(after), "cancel_requested"); n != 1 || !strings.Contains(fmt.Sprint(after.Events), "superseded by head-unit/") {
+		t.Fatalf("the superseded job should carry exactly one cancel request: %s", kinds(after))
+	}
+}

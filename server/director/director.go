@@ -40,7 +40,7 @@ type Images interface {
 // they have progress and history (the jobs service).
 type AutoJobs interface {
 	CreateAuto(ctx context.Context, v server.Vehicle, e server.ECU, path string, c meta.Custom) (server.Job, error)
-	Supersede(ctx context.Context, j server.Job, why string) error
+	Supersede(ctx context.Context, j server.Job, why string) (stillOpen bool, err error)
 }
 
 // Service is the director.
@@ -127,21 +127,26 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 				dealer = &jobs[i]
 			}
 		}
-		supersede := func(keep string, why string) error {
+		// supersede ends the open auto jobs but keep; it reports whether
+		// one stays open (mid-flash: it ends as the install does).
+		supersede := func(keep string, why string) (bool, error) {
+			open := false
 			if !record {
-				return nil
+				return false, nil
 			}
 			for _, j := range autos {
 				if j.ID != keep {
-					if err := d.jobs.Supersede(ctx, j, why); err != nil {
-						return err
+					still, err := d.jobs.Supersede(ctx, j, why)
+					if err != nil {
+						return false, err
 					}
+					open = open || still
 				}
 			}
-			return nil
+			return open, nil
 		}
 		if dealer != nil {
-			if err := supersede("", "superseded by dealer job "+dealer.ID); err != nil {
+			if _, err := supersede("", "superseded by dealer job "+dealer.ID); err != nil {
 				return nil, err
 			}
 			if a, ok := d.fromJob(e, *dealer, targets, now); ok {
@@ -151,7 +156,7 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		}
 		p, tf, c, ok := meta.Latest(targets, e.Type, e.HardwareID)
 		if d.autoAssign != AutoLatest || !ok {
-			if err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
+			if _, err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
 				return nil, err
 			}
 			continue
@@ -166,7 +171,8 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		if job != nil {
 			keep = job.ID
 		}
-		if err := supersede(keep, "superseded by "+p); err != nil {
+		pending, err := supersede(keep, "superseded by "+p)
+		if err != nil {
 			return nil, err
 		}
 		if job == nil && failedBefore(jobs, e.Serial, p) {
@@ -174,8 +180,10 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		}
 		// A job only for what the ECU does not run yet, as far as the
 		// vehicle has said (never checked in: nothing to compare with).
+		// While a superseded job is still flashing, the new image goes
+		// without a record of its own (one open auto job per ECU).
 		known := !e.ReportedAt.IsZero()
-		if job == nil && record && (known || mode == recordAll) && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
+		if job == nil && record && !pending && (known || mode == recordAll) && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
 			j, err := d.jobs.CreateAuto(ctx, v, e, p, c)
 			if err != nil {
 				return nil, err // ErrConflict: another request recorded it first

@@ -128,7 +128,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	}
 	for _, o := range open {
 		if o.ECUSerial == ecu.Serial && o.Origin == server.OriginAutoAssign && !server.JobTerminal(o.State) {
-			if err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
+			if _, err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
 				return server.Job{}, err
 			}
 		}
@@ -157,14 +157,18 @@ func (s *Service) CreateAuto(ctx context.Context, v server.Vehicle, e server.ECU
 
 // Supersede ends an open job the server no longer assigns (a dealer job
 // or a newer image took its place), with the same semantics as a cancel:
-// before flashing it is canceled, while flashing it ends as the install does.
-func (s *Service) Supersede(ctx context.Context, j server.Job, why string) error {
-	_, err := s.cancel(ctx, accounts.System, j.ID, why)
+// before flashing it is canceled, while flashing it ends as the install
+// does. It reports whether the job is still open afterwards.
+func (s *Service) Supersede(ctx context.Context, j server.Job, why string) (bool, error) {
+	if j.CancelRequested {
+		return true, nil // already asked; the install decides
+	}
+	got, err := s.cancel(ctx, accounts.System, j.ID, why)
 	var se *server.Error
 	if errors.As(err, &se) && se.Kind == server.KindConflict {
-		return nil // it ended meanwhile
+		return false, nil // it ended meanwhile
 	}
-	return err
+	return err == nil && !server.JobTerminal(got.State), err
 }
 
 func pickECU(v server.Vehicle, want string) (server.ECU, error) {
