@@ -33,6 +33,16 @@ type Account struct {
 	PasswordHash string // argon2id, owners only
 	TokenHash    string // sha256 of the bearer token, hex
 	CreatedAt    time.Time
+	// Disabled accounts' tokens and sessions stop working at once.
+	Disabled bool
+}
+
+// Session is a portal session, kept on the server so it can be ended.
+type Session struct {
+	IDHash    string // sha256 of the cookie's random ID, hex
+	AccountID string
+	CreatedAt time.Time
+	ExpiresAt time.Time
 }
 
 // ECU is one ECU of a registered vehicle and what it last reported.
@@ -197,9 +207,11 @@ type Link struct {
 	OwnerID          string    `json:"ownerId"`
 	LinkedAt         time.Time `json:"linkedAt"`
 	SubscriptionEnds time.Time `json:"subscriptionEnds"`
-	// PendingOwnerID is a new owner waiting for the previous one to
-	// release the vehicle (or a dealer to transfer it).
-	PendingOwnerID string `json:"pendingOwnerId,omitempty"`
+	// PendingOwnerID is someone who showed the car's link code while it
+	// was linked to this owner: a claim the owner (or a dealer) accepts
+	// or rejects. It never affects the owner's connected services.
+	PendingOwnerID string    `json:"pendingOwnerId,omitempty"`
+	PendingSince   time.Time `json:"pendingSince,omitzero"`
 }
 
 // Store is the server's state. Every method is safe for concurrent use by

@@ -41,7 +41,7 @@ func (e *Error) Error() string {
 
 // Sign adds the vehicle's signature to a request with the given body.
 func (c *Client) Sign(req *http.Request, body []byte) {
-	req.Header.Set("Authorization", vehicleauth.Header(c.Key, c.VIN, req.Method, req.URL.Path, body, c.Now()))
+	vehicleauth.Sign(req, c.Key, c.VIN, body, c.Now())
 }
 
 // SignGet signs a body-less request (for the TUF fetcher).

@@ -25,6 +25,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	v1, v2 := w.vehicle(1), w.vehicle(2)
 	dealer, owner := w.account("dealer", "dealer-1"), w.account("owner", "owner-1")
 	job := w.job(dealer, map[string]any{"vin": v1.vin, "ecu": "dcm", "version": "latest", "reason": "authz test"})
+	var spare struct{ ID string } // an account the admin routes may disable and re-key
+	w.api("POST", "/api/v1/accounts", adminToken, map[string]string{"role": "dealer", "name": "spare"}, &spare)
 	vkey := func(v vehicleState) ed25519.PrivateKey {
 		k, err := keys.Load(filepath.Join(v.dir, "vehicle.key"))
 		if err != nil {
@@ -49,6 +51,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/api/v1/repo/publish", "", "admin"},
 		{"PUT", "/api/v1/repo/targets/{file}", "/api/v1/repo/targets/dcm/" + strings.Repeat("ab", 32) + ".x.img", "admin"},
 		{"POST", "/api/v1/accounts", "", "admin"},
+		{"GET", "/api/v1/accounts", "", "admin"},
+		{"POST", "/api/v1/accounts/{id}/disable", "/api/v1/accounts/" + spare.ID + "/disable", "admin"},
+		{"POST", "/api/v1/accounts/{id}/enable", "/api/v1/accounts/" + spare.ID + "/enable", "admin"},
+		{"POST", "/api/v1/accounts/{id}/token", "/api/v1/accounts/" + spare.ID + "/token", "admin"},
+		{"POST", "/api/v1/owners/me/password", "", "owner"},
+		{"POST", "/api/v1/owners/me/vehicles/{vin}/claim", "/api/v1/owners/me/vehicles/" + v1.vin + "/claim", "owner"},
+		{"POST", "/api/v1/vehicles/{vin}/claim", "/api/v1/vehicles/" + v1.vin + "/claim", "admin dealer"},
 		{"POST", "/api/v1/vehicles", "", "admin dealer"},
 		{"GET", "/api/v1/vehicles", "", "admin dealer"},
 		// Owners may call it; for a VIN not theirs they get 404 (tested below).
@@ -74,6 +83,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/login", "", "browser"},
 		{"POST", "/logout", "", "browser"},
 		{"POST", "/link", "", "browser"},
+		{"POST", "/password", "", "browser"},
+		{"POST", "/claim", "", "browser"},
 		{"GET", "/vehicles/{vin}/usb", "/vehicles/" + v1.vin + "/usb", "browser"},
 		{"GET", "/dealer", "", "browser"},
 		{"POST", "/dealer/login", "", "browser"},
@@ -122,7 +133,6 @@ func TestAuthorizationMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			urlPath := strings.SplitN(path, "?", 2)[0]
 			switch caller {
 			case "admin":
 				req.Header.Set("Authorization", "Bearer "+adminToken)
@@ -131,9 +141,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 			case "owner":
 				req.Header.Set("Authorization", "Bearer "+owner)
 			case "vehicle":
-				req.Header.Set("Authorization", vehicleauth.Header(k1, v1.vin, m.method, urlPath, body, time.Now()))
+				vehicleauth.Sign(req, k1, v1.vin, body, time.Now())
 			case "other-vehicle":
-				req.Header.Set("Authorization", vehicleauth.Header(k2, v2.vin, m.method, urlPath, body, time.Now()))
+				vehicleauth.Sign(req, k2, v2.vin, body, time.Now())
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {

@@ -343,7 +343,7 @@ func TestManifestReplayIsRejected(t *testing.T) {
 		body, _ := json.Marshal(sm)
 		path := "/api/v1/vehicles/" + v.vin + "/manifest"
 		req, _ := http.NewRequest("POST", w.url+path, bytes.NewReader(body))
-		req.Header.Set("Authorization", vehicleauth.Header(key, v.vin, "POST", path, body, time.Now()))
+		vehicleauth.Sign(req, key, v.vin, body, time.Now())
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

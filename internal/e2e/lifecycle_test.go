@@ -122,7 +122,7 @@ func signedPost(t *testing.T, base, path, vin string, key ed25519.PrivateKey, at
 	body := []byte(`{}`)
 	req, _ := http.NewRequest("POST", base+path, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", vehicleauth.Header(key, vin, "POST", path, body, at))
+	vehicleauth.Sign(req, key, vin, body, at)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

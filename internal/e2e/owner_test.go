@@ -70,7 +70,8 @@ func (w *world) portalLogin(t *testing.T, name, password string) *http.Client {
 		t.Fatal(err)
 	}
 	c := &http.Client{Jar: jar}
-	resp, err := c.PostForm(w.url+"/login", url.Values{"name": {name}, "secret": {password}})
+	csrf := formCSRF(t, c, w.url+"/")
+	resp, err := c.PostForm(w.url+"/login", url.Values{"name": {name}, "secret": {password}, "csrf": {csrf}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +81,24 @@ func (w *world) portalLogin(t *testing.T, name, password string) *http.Client {
 		t.Fatalf("portal log-in of %s set no session (status %d)", name, resp.StatusCode)
 	}
 	return c
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// formCSRF loads a page with c and returns its form's CSRF token.
+func formCSRF(t *testing.T, c *http.Client, page string) string {
+	t.Helper()
+	resp, err := c.Get(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := csrfRE.FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("%s has no form with a CSRF token:\n%s", page, b)
+	}
+	return string(m[1])
 }
 
 // TestUSBBundleOnEmbeddedDefaults: on default settings an owner logs in
@@ -434,9 +453,13 @@ func TestReauthorizationFailures(t *testing.T) {
 	if code := w.linkOwner(t, v, bob); code != 409 {
 		t.Fatalf("bob linking alice's car: %d, want 409", code)
 	}
-	reauth("linked_to_previous_owner")
+	reauth("") // bob's claim does not touch alice's services
 	if code := w.api("DELETE", "/api/v1/owners/me/vehicles/"+v.vin, alice, nil, nil); code != 200 {
 		t.Fatalf("alice releases: %d", code)
+	}
+	reauth("vehicle_not_linked") // released: the claim did not take over
+	if code := w.linkOwner(t, v, bob); code != 201 {
+		t.Fatalf("bob links the released car: %d", code)
 	}
 	reauth("") // bob owns it now
 	past := time.Now().Add(-24 * time.Hour).UTC().Format(time.RFC3339)

@@ -1,16 +1,21 @@
 // Package vehicleauth is how a vehicle proves who it is to the server:
 // every request carries an ed25519 signature, by the key registered for
-// its VIN, over the method, path, time and body hash; check-in manifests
-// are signed documents with a nonce. Agent and server both use it.
+// its VIN, over the method, host, path, query, the sha256 of the body (sent
+// in the header, so the server checks the signature before reading any
+// body), the time and a fresh nonce the server remembers (so a captured
+// request cannot be replayed). Check-in manifests are signed documents
+// with a nonce of their own. Agent and server both use it.
 package vehicleauth
 
 import (
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +24,8 @@ import (
 // Scheme is the Authorization scheme of a signed vehicle request.
 const Scheme = "RoadsignVehicle"
 
-// MaxSkew is how far a request's time may be from the server's.
+// MaxSkew is how far a request's time may be from the server's; a nonce
+// must be remembered at least twice as long.
 const MaxSkew = 5 * time.Minute
 
 // ErrBadSignature is returned when a signature does not verify.
@@ -42,30 +48,50 @@ func (e *ClockSkewError) Error() string {
 		e.Skew.Abs().Round(time.Second), dir, MaxSkew)
 }
 
-func stringToSign(method, path, vin string, ts int64, body []byte) []byte {
-	sum := sha256.Sum256(body)
-	return []byte("roadsign-vehicle-request-v1\n" + method + "\n" + path + "\n" + vin + "\n" + strconv.FormatInt(ts, 10) + "\n" + hex.EncodeToString(sum[:]))
-}
-
-// Header returns the Authorization header value for a request.
-func Header(key ed25519.PrivateKey, vin, method, path string, body []byte, now time.Time) string {
-	ts := now.Unix()
-	sig := ed25519.Sign(key, stringToSign(method, path, vin, ts, body))
-	return fmt.Sprintf("%s vin=%s,ts=%d,sig=%s", Scheme, vin, ts, base64.RawURLEncoding.EncodeToString(sig))
-}
-
 // Claim is a parsed, not yet verified, vehicle Authorization header.
 type Claim struct {
-	VIN string
-	TS  int64
-	Sig []byte
+	VIN        string
+	TS         int64
+	Nonce      string // 32 hex digits
+	BodySHA256 string // 64 hex digits
+	Sig        []byte
+}
+
+// BodySHA256 is the hex sha256 of a request body (empty for none).
+func BodySHA256(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:])
+}
+
+func (c Claim) stringToSign(r *http.Request) []byte {
+	host := r.Host
+	if host == "" && r.URL != nil {
+		host = r.URL.Host
+	}
+	return []byte(strings.Join([]string{"roadsign-vehicle-request-v2", r.Method, host, r.URL.EscapedPath(), r.URL.RawQuery,
+		c.VIN, strconv.FormatInt(c.TS, 10), c.Nonce, c.BodySHA256}, "\n"))
+}
+
+// Sign sets req's Authorization header for a request with body, signed by
+// key for vin at now with a fresh nonce.
+func Sign(req *http.Request, key ed25519.PrivateKey, vin string, body []byte, now time.Time) {
+	n := make([]byte, 16)
+	rand.Read(n)
+	c := Claim{VIN: vin, TS: now.Unix(), Nonce: hex.EncodeToString(n), BodySHA256: BodySHA256(body)}
+	c.Sig = ed25519.Sign(key, c.stringToSign(req))
+	req.Header.Set("Authorization", fmt.Sprintf("%s vin=%s,ts=%d,nonce=%s,body=%s,sig=%s", Scheme, c.VIN, c.TS, c.Nonce, c.BodySHA256,
+		base64.RawURLEncoding.EncodeToString(c.Sig)))
 }
 
 // Parse reads an Authorization header; ok is false if it is not ours.
+// It checks only the form of each field, nothing cryptographic.
 func Parse(h string) (Claim, bool, error) {
 	rest, ok := strings.CutPrefix(h, Scheme+" ")
 	if !ok {
 		return Claim{}, false, nil
+	}
+	if len(rest) > 512 {
+		return Claim{}, true, errors.New("vehicle auth: header too long")
 	}
 	var c Claim
 	for _, kv := range strings.Split(rest, ",") {
@@ -79,6 +105,10 @@ func Parse(h string) (Claim, bool, error) {
 				return c, true, errors.New("vehicle auth: bad ts")
 			}
 			c.TS = n
+		case "nonce":
+			c.Nonce = v
+		case "body":
+			c.BodySHA256 = v
 		case "sig":
 			b, err := base64.RawURLEncoding.DecodeString(v)
 			if err != nil {
@@ -87,17 +117,33 @@ func Parse(h string) (Claim, bool, error) {
 			c.Sig = b
 		}
 	}
-	if c.VIN == "" || c.TS == 0 || len(c.Sig) != ed25519.SignatureSize {
-		return c, true, errors.New("vehicle auth: want vin=, ts= and sig=")
+	switch {
+	case c.VIN == "" || len(c.VIN) > 32 || c.TS <= 0 || len(c.Sig) != ed25519.SignatureSize:
+		return c, true, errors.New("vehicle auth: want vin=, ts=, nonce=, body= and sig=")
+	case !isHex(c.Nonce, 32):
+		return c, true, errors.New("vehicle auth: nonce= must be 32 hex digits")
+	case !isHex(c.BodySHA256, 64):
+		return c, true, errors.New("vehicle auth: body= must be the body's sha256, 64 hex digits")
 	}
 	return c, true, nil
 }
 
-// Verify checks a claim against the VIN's registered key, then its time.
-// The signature comes first: only the key's holder learns that its clock
-// is off (*ClockSkewError); anyone else gets ErrBadSignature.
-func (c Claim) Verify(pub ed25519.PublicKey, method, path string, body []byte, now time.Time) error {
-	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, stringToSign(method, path, c.VIN, c.TS, body), c.Sig) {
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// Verify checks the claim's signature over r (method, host, path, query),
+// with the key registered for the VIN, then its time. The signature comes
+// first: only the key's holder learns that its clock is off
+// (*ClockSkewError); anyone else gets ErrBadSignature. The body is not
+// read: the caller checks it against BodySHA256, and the nonce against
+// the ones it has seen.
+func (c Claim) Verify(pub ed25519.PublicKey, r *http.Request, now time.Time) error {
+	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, c.stringToSign(r), c.Sig) {
 		return ErrBadSignature
 	}
 	if d := now.Sub(time.Unix(c.TS, 0)); d > MaxSkew || d < -MaxSkew {

@@ -1,7 +1,10 @@
-// Package accounts creates accounts and authenticates bearer tokens.
-// Tokens are 256 random bits, shown once and stored as their sha256 (they
-// are high-entropy, so a fast hash is right); owner passwords are stored
-// as argon2id hashes.
+// Package accounts creates accounts, authenticates bearer tokens and
+// owner passwords, and keeps portal sessions. Tokens are 256 random bits,
+// shown once and stored as their sha256 (they are high-entropy, so a fast
+// hash is right); owner passwords are argon2id hashes, computed under a
+// concurrency limit. Sessions live on the server, so logging out, changing
+// the password or disabling the account ends them; a disabled account's
+// tokens stop working at once.
 package accounts
 
 import (
@@ -17,11 +20,32 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"golang.org/x/crypto/argon2"
 
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 )
+
+// Store is what accounts need of the state store.
+type Store interface {
+	Auditor
+	CreateAccount(ctx context.Context, a server.Account) error
+	AccountByTokenHash(ctx context.Context, tokenHash string) (server.Account, error)
+	AccountByName(ctx context.Context, name string) (server.Account, error)
+	AccountByID(ctx context.Context, id string) (server.Account, error)
+	ListAccounts(ctx context.Context) ([]server.Account, error)
+	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
+	SetAccountToken(ctx context.Context, id, tokenHash string) error
+	SetAccountPassword(ctx context.Context, id, passwordHash string) error
+	CreateSession(ctx context.Context, s server.Session) error
+	Session(ctx context.Context, idHash string) (server.Session, error)
+	DeleteSession(ctx context.Context, idHash string) error
+	DeleteSessions(ctx context.Context, accountID string) error
+}
+
+// Auditor appends to the audit log.
+type Auditor interface {
+	AppendAudit(ctx context.Context, e server.AuditEntry) error
+}
 
 // Principal is who is calling.
 type Principal struct {
@@ -37,15 +61,18 @@ func (p Principal) IsVehicle() bool { return p.VIN != "" }
 
 // Service manages accounts.
 type Service struct {
-	store          server.Store
+	store          Store
+	passwords      *Passwords
 	bootstrapToken string
 	now            func() time.Time
+	// SessionTTL is how long a portal session lasts.
+	SessionTTL time.Duration
 }
 
 // New returns a Service. bootstrapToken (ROADSIGN_ADMIN_TOKEN) authenticates
 // as an admin without an account, so the first accounts can be made.
-func New(store server.Store, bootstrapToken string, now func() time.Time) *Service {
-	return &Service{store: store, bootstrapToken: bootstrapToken, now: now}
+func New(store Store, passwords *Passwords, bootstrapToken string, now func() time.Time) *Service {
+	return &Service{store: store, passwords: passwords, bootstrapToken: bootstrapToken, now: now, SessionTTL: 12 * time.Hour}
 }
 
 // HashToken is how tokens are stored.
@@ -54,13 +81,16 @@ func HashToken(token string) string {
 	return hex.EncodeToString(s[:])
 }
 
+// Bootstrap is the principal of the bootstrap admin token.
+var Bootstrap = Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Role: server.RoleAdmin}
+
 // Authenticate returns the principal a bearer token belongs to.
 func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
 	if token == "" {
 		return Principal{}, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN")
 	}
 	if s.bootstrapToken != "" && subtle.ConstantTimeCompare([]byte(HashToken(token)), []byte(HashToken(s.bootstrapToken))) == 1 {
-		return Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Role: server.RoleAdmin}, nil
+		return Bootstrap, nil
 	}
 	a, err := s.store.AccountByTokenHash(ctx, HashToken(token))
 	if errors.Is(err, server.ErrNotFound) {
@@ -69,7 +99,40 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	if err != nil {
 		return Principal{}, err
 	}
-	return Principal{ID: a.ID, Name: a.Name, Role: a.Role}, nil
+	if a.Disabled {
+		return Principal{}, server.CodedErrorf(server.KindUnauthorized, "account_disabled", "account %s is disabled; ask an admin", a.Name)
+	}
+	return principalOf(a), nil
+}
+
+func principalOf(a server.Account) Principal { return Principal{ID: a.ID, Name: a.Name, Role: a.Role} }
+
+// CheckOwnerPassword checks an owner's name and password. Unknown names,
+// other roles and disabled accounts cost a full password check too and
+// fail the same way.
+func (s *Service) CheckOwnerPassword(ctx context.Context, name, password string) (Principal, bool, error) {
+	a, err := s.store.AccountByName(ctx, strings.TrimSpace(name))
+	if err != nil && !errors.Is(err, server.ErrNotFound) {
+		return Principal{}, false, err
+	}
+	hash := ""
+	if err == nil && a.Role == server.RoleOwner && !a.Disabled {
+		hash = a.PasswordHash
+	}
+	ok, err := s.passwords.Check(ctx, hash, password)
+	if err != nil || !ok {
+		return Principal{}, false, err
+	}
+	return principalOf(a), true, nil
+}
+
+// AccountID returns the ID of the account with name ("" if none).
+func (s *Service) AccountID(ctx context.Context, name string) string {
+	a, err := s.store.AccountByName(ctx, strings.TrimSpace(name))
+	if err != nil {
+		return ""
+	}
+	return a.ID
 }
 
 // CreateRequest is the body of POST /api/v1/accounts.
@@ -102,10 +165,14 @@ func (s *Service) Create(ctx context.Context, by Principal, req CreateRequest) (
 	}
 	a := server.Account{ID: uuid.NewString(), Role: role, Name: name, CreatedAt: s.now().UTC()}
 	if role == server.RoleOwner {
-		if len(req.Password) < 8 {
-			return Created{}, server.Errorf(server.KindInvalid, "password: owners need one of at least 8 characters")
+		if len(req.Password) < 8 || len(req.Password) > 256 {
+			return Created{}, server.Errorf(server.KindInvalid, "password: owners need one of 8 to 256 characters")
 		}
-		a.PasswordHash = HashPassword(req.Password)
+		h, err := s.passwords.Hash(ctx, req.Password)
+		if err != nil {
+			return Created{}, err
+		}
+		a.PasswordHash = h
 	}
 	token, err := NewToken()
 	if err != nil {
@@ -145,53 +212,161 @@ func NewToken() (string, error) {
 	return "rs_" + base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// argon2id parameters (RFC 9106's second recommendation, memory-light).
-const (
-	argonTime    = 3
-	argonMemory  = 64 << 10 // KiB
-	argonThreads = 2
-	argonKeyLen  = 32
-)
-
-// HashPassword returns an argon2id hash in the PHC string format.
-func HashPassword(password string) string {
-	salt := make([]byte, 16)
-	rand.Read(salt)
-	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
-		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
-}
-
-// CheckPassword reports whether password matches an argon2id hash.
-func CheckPassword(hash, password string) bool {
-	parts := strings.Split(hash, "$")
-	if len(parts) != 6 || parts[1] != "argon2id" {
-		return false
-	}
-	var m, t uint32
-	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil {
-		return false
-	}
-	salt, err1 := base64.RawStdEncoding.DecodeString(parts[4])
-	want, err2 := base64.RawStdEncoding.DecodeString(parts[5])
-	if err1 != nil || err2 != nil {
-		return false
-	}
-	got := argon2.IDKey([]byte(password), salt, t, m, p, uint32(len(want)))
-	return subtle.ConstantTimeCompare(got, want) == 1
-}
-
 // System is the server itself acting (timeouts, auto-assign), for the audit log.
 var System = Principal{ID: "server", Name: "server", Role: "system"}
 
 // Audit appends an audit record for an action by p, naming p by ID (an
 // account's UUID, "bootstrap-admin", a vehicle's VIN, or "server") as
 // well as by name and role.
-func Audit(ctx context.Context, store server.Store, now time.Time, p Principal, action, subject, detail string) error {
+func Audit(ctx context.Context, store Auditor, now time.Time, p Principal, action, subject, detail string) error {
 	id, actor, role := p.ID, p.Name, string(p.Role)
 	if p.IsVehicle() {
 		id, actor, role = p.VIN, p.VIN, "vehicle"
 	}
 	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), ActorID: id, Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
+}
+
+// --- administration ---
+
+// View is an account as GET /api/v1/accounts shows it.
+type View struct {
+	ID        string      `json:"id"`
+	Role      server.Role `json:"role"`
+	Name      string      `json:"name"`
+	Disabled  bool        `json:"disabled"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// List returns every account.
+func (s *Service) List(ctx context.Context) ([]View, error) {
+	as, err := s.store.ListAccounts(ctx)
+	out := make([]View, 0, len(as))
+	for _, a := range as {
+		out = append(out, View{ID: a.ID, Role: a.Role, Name: a.Name, Disabled: a.Disabled, CreatedAt: a.CreatedAt})
+	}
+	return out, err
+}
+
+func (s *Service) byID(ctx context.Context, id string) (server.Account, error) {
+	a, err := s.store.AccountByID(ctx, id)
+	if errors.Is(err, server.ErrNotFound) {
+		return a, server.Errorf(server.KindNotFound, "no account %s", id)
+	}
+	return a, err
+}
+
+// SetDisabled disables (or enables again) an account. Disabling ends its
+// sessions, and its token stops working at once.
+func (s *Service) SetDisabled(ctx context.Context, by Principal, id string, disabled bool) (View, error) {
+	a, err := s.byID(ctx, id)
+	if err != nil {
+		return View{}, err
+	}
+	if disabled && a.ID == by.ID {
+		return View{}, server.Errorf(server.KindConflict, "you cannot disable your own account; ask another admin")
+	}
+	if err := s.store.SetAccountDisabled(ctx, id, disabled); err != nil {
+		return View{}, err
+	}
+	action := "account.enable"
+	if disabled {
+		action = "account.disable"
+		if err := s.store.DeleteSessions(ctx, id); err != nil {
+			return View{}, err
+		}
+	}
+	if err := Audit(ctx, s.store, s.now(), by, action, id, "name="+a.Name); err != nil {
+		return View{}, err
+	}
+	a.Disabled = disabled
+	return View{ID: a.ID, Role: a.Role, Name: a.Name, Disabled: a.Disabled, CreatedAt: a.CreatedAt}, nil
+}
+
+// RotateToken gives an account a new token; the old one stops working.
+func (s *Service) RotateToken(ctx context.Context, by Principal, id string) (Created, error) {
+	a, err := s.byID(ctx, id)
+	if err != nil {
+		return Created{}, err
+	}
+	token, err := NewToken()
+	if err != nil {
+		return Created{}, err
+	}
+	if err := s.store.SetAccountToken(ctx, id, HashToken(token)); err != nil {
+		return Created{}, err
+	}
+	if err := Audit(ctx, s.store, s.now(), by, "account.token", id, "token replaced; the old one is revoked"); err != nil {
+		return Created{}, err
+	}
+	return Created{ID: a.ID, Role: string(a.Role), Name: a.Name, Token: token}, nil
+}
+
+// ChangePassword sets an owner's new password after checking the current
+// one, and ends all of the account's sessions.
+func (s *Service) ChangePassword(ctx context.Context, p Principal, current, next string) error {
+	if len(next) < 8 || len(next) > 256 {
+		return server.Errorf(server.KindInvalid, "new password: give 8 to 256 characters")
+	}
+	a, err := s.byID(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	if a.Role != server.RoleOwner {
+		return server.Errorf(server.KindForbidden, "only owner accounts have passwords; others use tokens")
+	}
+	ok, err := s.passwords.Check(ctx, a.PasswordHash, current)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return server.Errorf(server.KindForbidden, "the current password is wrong")
+	}
+	h, err := s.passwords.Hash(ctx, next)
+	if err != nil {
+		return err
+	}
+	if err := s.store.SetAccountPassword(ctx, a.ID, h); err != nil {
+		return err
+	}
+	if err := s.store.DeleteSessions(ctx, a.ID); err != nil {
+		return err
+	}
+	return Audit(ctx, s.store, s.now(), p, "account.password", a.ID, "password changed; every session ended")
+}
+
+// --- sessions ---
+
+// StartSession opens a portal session for p and returns its cookie value:
+// 256 random bits, stored only as their sha256.
+func (s *Service) StartSession(ctx context.Context, p Principal) (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	id := base64.RawURLEncoding.EncodeToString(b)
+	now := s.now().UTC()
+	return id, s.store.CreateSession(ctx, server.Session{IDHash: HashToken(id), AccountID: p.ID, CreatedAt: now, ExpiresAt: now.Add(s.SessionTTL)})
+}
+
+// Session returns the principal of a live session; false if the session
+// ended, expired, or its account is disabled. The bootstrap admin has no
+// account and so no portal session.
+func (s *Service) Session(ctx context.Context, id string) (Principal, bool) {
+	if id == "" || len(id) > 64 {
+		return Principal{}, false
+	}
+	se, err := s.store.Session(ctx, HashToken(id))
+	if err != nil || !s.now().Before(se.ExpiresAt) {
+		return Principal{}, false
+	}
+	a, err := s.store.AccountByID(ctx, se.AccountID)
+	if err != nil || a.Disabled {
+		return Principal{}, false
+	}
+	return principalOf(a), true
+}
+
+// EndSession ends one session (logout).
+func (s *Service) EndSession(ctx context.Context, id string) error {
+	return s.store.DeleteSession(ctx, HashToken(id))
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/net/netutil"
 
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
@@ -40,6 +41,7 @@ import (
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"
 	"github.com/roadsign/roadsign/server/sqlite"
+	"github.com/roadsign/roadsign/server/sqlstore"
 	"github.com/roadsign/roadsign/server/web"
 )
 
@@ -76,6 +78,10 @@ type config struct {
 	shutdownTimeout time.Duration
 	logLevel        string
 	logFormat       string
+	trustedProxies  string
+	maxConnections  int
+	hashConcurrency int
+	loginsPerMinute int
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -142,6 +148,10 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.DurationVar(&c.snapshotExpiry, "snapshot-expiry", 7*24*time.Hour, "lifetime of signed snapshots; re-signed at half-life")
 		fs.Int64Var(&c.maxTargetSize, "max-target-size", 8<<30, "largest target file accepted, in bytes")
 		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+		fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDRs of load balancers whose X-Forwarded-For is believed (default: none)")
+		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most connections open at once; more wait to be accepted")
+		fs.IntVar(&c.hashConcurrency, "password-hash-concurrency", 0, "most owner-password checks (argon2id, 64 MiB each) at once; 0: one per CPU")
+		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 	}
@@ -154,6 +164,19 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	if cmd == "serve" && c.directorExpiry < 2*time.Second {
 		return c, envflag.Usagef("--director-expiry %s is too short; use at least 2s", c.directorExpiry)
 	}
+	if cmd == "serve" && (c.hashConcurrency < 0 || c.loginsPerMinute < 1) {
+		return c, envflag.Usagef("--password-hash-concurrency must be 0 or more and --login-attempts-per-minute at least 1")
+	}
+	if cmd == "serve" && c.maxConnections < 1 {
+		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
+	}
+	for _, p := range c.proxies() {
+		if net.ParseIP(p) == nil {
+			if _, _, err := net.ParseCIDR(p); err != nil {
+				return c, envflag.Usagef("--trusted-proxies: %q is neither an IP address nor a CIDR", p)
+			}
+		}
+	}
 	if cmd == "serve" && c.authTokenTTL < time.Second {
 		return c, envflag.Usagef("--auth-token-ttl %s is too short; use at least 1s", c.authTokenTTL)
 	}
@@ -161,6 +184,17 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		return c, envflag.Usagef("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)
 	}
 	return c, nil
+}
+
+// proxies is --trusted-proxies as a list (nil: none).
+func (c config) proxies() []string {
+	var out []string
+	for _, p := range strings.Split(c.trustedProxies, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func initData(dir string, out io.Writer) error {
@@ -211,7 +245,7 @@ func openBlobs(ctx context.Context, c config, getenv func(string) string) (serve
 	return nil, envflag.Usagef("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)
 }
 
-func openStore(ctx context.Context, c config) (server.Store, error) {
+func openStore(ctx context.Context, c config) (*sqlstore.Store, error) {
 	switch {
 	case c.database == "":
 		return sqlite.Open(ctx, filepath.Join(c.data, "roadsign.db"))
@@ -269,8 +303,11 @@ func serve(ctx context.Context, c config, env Env) error {
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
 	bundles := bundle.New(images, directorSvc, time.Now)
+	accountSvc := accounts.New(store, accounts.NewPasswords(c.hashConcurrency, reg), c.adminToken, time.Now)
+	throttle := accounts.DefaultThrottle
+	throttle.PerIP = c.loginsPerMinute
 	pages, err := web.New(web.Deps{
-		Accounts: accounts.New(store, c.adminToken, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
+		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
 		Bundles: bundles, Store: store, Secret: secret, Now: time.Now, Log: log,
 		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs) },
 	})
@@ -278,10 +315,10 @@ func serve(ctx context.Context, c config, env Env) error {
 		return err
 	}
 	handler := httpapi.New(httpapi.Deps{
-		Repo: images, Accounts: accounts.New(store, c.adminToken, time.Now), Registry: registrySvc,
+		Repo: images, Accounts: accountSvc, Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
 		Bundles: bundles, Web: pages,
-		Store: store, Log: log, Metrics: reg, Now: time.Now,
+		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})
 
@@ -292,12 +329,16 @@ func serve(ctx context.Context, c config, env Env) error {
 		}
 		return envflag.Usagef("--listen %s: %v", c.listen, err)
 	}
+	// Headers must arrive within 10 s and idle connections close after a
+	// minute; bodies and answers get per-route deadlines (httpapi.Body).
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	ln = netutil.LimitListener(ln, c.maxConnections)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { images.RunResigner(bg) })

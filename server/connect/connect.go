@@ -172,8 +172,6 @@ func (s *Service) authorize(ctx context.Context, vin string, fw []Firmware, now 
 		return Answer{}, server.CodedErrorf(server.KindForbidden, "vehicle_not_linked", "%s is not linked to any owner account (account not found); the owner links it in the portal with the code the vehicle shows", vin)
 	case err != nil:
 		return Answer{}, err
-	case l.PendingOwnerID != "":
-		return Answer{}, server.CodedErrorf(server.KindForbidden, "linked_to_previous_owner", "%s is still linked to its previous owner; they must release it, or a dealer can transfer it to the new owner", vin)
 	case now.After(l.SubscriptionEnds):
 		return Answer{}, server.CodedErrorf(server.KindForbidden, "subscription_expired", "the connected-services subscription of %s ended on %s; renew it to restore service", vin, l.SubscriptionEnds.Format(time.DateOnly))
 	}

@@ -35,9 +35,6 @@ var unknownVehicleKey = func() ed25519.PublicKey {
 	return ed25519.NewKeyFromSeed(seed[:]).Public().(ed25519.PublicKey)
 }()
 
-// maxVehicleBody caps a signed vehicle request's body (manifests, events).
-const maxVehicleBody = 1 << 20
-
 // authenticate identifies the caller, if any: a bearer token (account or
 // the bootstrap admin) or a vehicle's signed request. It rejects bad
 // credentials; routes decide whether anonymous calls are fine.
@@ -66,37 +63,55 @@ func (a *api) authenticate(c *gin.Context) {
 		a.fail(c, server.Errorf(server.KindUnauthorized, "%v", err))
 		return
 	}
-	key, err := a.Registry.VehicleKey(c.Request.Context(), claim.VIN)
+	if err := a.verifyVehicle(c, claim); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.Set(principalKey, accounts.Principal{VIN: claim.VIN, Name: claim.VIN})
+	c.Next()
+}
+
+// verifyVehicle checks a signed vehicle request before its body is read:
+// the signature over method, host, path, query and declared body hash,
+// then the time, then that the nonce is new. Only then is the (small,
+// already limited) body read and held to the declared hash.
+func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
+	ctx, now := c.Request.Context(), a.Now()
+	key, err := a.Registry.VehicleKey(ctx, claim.VIN)
 	if errors.Is(err, server.ErrNotFound) {
 		// Verify against a key nobody holds, so an unregistered VIN costs
 		// and answers the same as a registered one with a bad signature.
 		key = unknownVehicleKey
 	} else if err != nil {
-		a.fail(c, err)
-		return
+		return err
 	}
-	var body []byte
-	if c.Request.Body != nil {
-		body, err = io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxVehicleBody))
-		if err != nil {
-			a.fail(c, server.Errorf(server.KindTooLarge, "vehicle request body is over %d bytes", maxVehicleBody))
-			return
-		}
-		c.Request.Body = io.NopCloser(bytes.NewReader(body))
-	}
-	err = claim.Verify(key, c.Request.Method, c.Request.URL.Path, body, a.Now())
+	err = claim.Verify(key, c.Request, now)
 	var skew *vehicleauth.ClockSkewError
 	switch {
 	case errors.As(err, &skew):
-		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error()))
-		return
+		return server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error())
 	case err != nil:
-		a.fail(c, server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
-			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN))
-		return
+		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
+			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN)
 	}
-	c.Set(principalKey, accounts.Principal{VIN: claim.VIN, Name: claim.VIN})
-	c.Next()
+	if err := a.Store.UseNonce(ctx, claim.VIN, "request:"+claim.Nonce, now); errors.Is(err, server.ErrConflict) {
+		return server.CodedErrorf(server.KindUnauthorized, "replayed_request", "this signed request was seen before (nonce %s): a replay is refused; sign each request anew", claim.Nonce)
+	} else if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(c.Request.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return server.Errorf(server.KindTooLarge, "vehicle request body is over this route's %d-byte limit", tooBig.Limit)
+		}
+		return server.Errorf(server.KindInvalid, "reading the request body: %v", err)
+	}
+	if vehicleauth.BodySHA256(body) != claim.BodySHA256 {
+		return server.CodedErrorf(server.KindUnauthorized, "body_mismatch", "the request body is not the one the vehicle signed")
+	}
+	c.Request.Body = io.NopCloser(bytes.NewReader(body))
+	return nil
 }
 
 func principal(c *gin.Context) (accounts.Principal, bool) {

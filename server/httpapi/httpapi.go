@@ -58,6 +58,9 @@ type Deps struct {
 	Log      *slog.Logger
 	Metrics  *prometheus.Registry
 	Now      func() time.Time
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed
+	// (nil: none).
+	TrustedProxies []string
 }
 
 type api struct {
@@ -71,7 +74,12 @@ func New(d Deps) http.Handler {
 	a := &api{Deps: d}
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
-	r.Use(a.recover, a.observe(newHTTPMetrics(d.Metrics)), a.authenticate)
+	// Client IPs (logs, login throttling) come from X-Forwarded-For only
+	// when the connection is from a trusted proxy.
+	if err := r.SetTrustedProxies(d.TrustedProxies); err != nil {
+		panic(fmt.Sprintf("trusted proxies: %v", err)) // validated by the command line
+	}
+	r.Use(a.recover, a.observe(newHTTPMetrics(d.Metrics)))
 	r.NoRoute(func(c *gin.Context) {
 		a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
@@ -79,7 +87,9 @@ func New(d Deps) http.Handler {
 		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "method_not_allowed", Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
 	})
 	for _, rt := range a.routes() {
-		r.Handle(rt.Method, rt.Path, a.allow(rt.Who), rt.handler)
+		// The body limit comes before anything reads the body (a vehicle's
+		// signature check included).
+		r.Handle(rt.Method, rt.Path, a.limit(rt.Body), a.authenticate, a.allow(rt.Who), rt.handler)
 	}
 	return r
 }

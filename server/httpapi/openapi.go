@@ -42,6 +42,8 @@ var schemas = map[string]any{
 	"LinkRequest":     obj(map[string]any{"vin": str(), "code": str()}, "vin", "code"),
 	"TransferRequest": obj(map[string]any{"owner": str(), "subscriptionEnds": map[string]any{"type": "string", "format": "date-time"}}, "owner"),
 	"AuthRequest":     obj(map[string]any{"challenge": str(), "firmware": map[string]any{"type": "array", "items": obj(map[string]any{"serial": str(), "sha256": str()})}}),
+	"PasswordRequest": obj(map[string]any{"current": str(), "new": str()}, "current", "new"),
+	"ClaimDecision":   obj(map[string]any{"decision": enum("accept", "reject"), "reason": str()}, "decision"),
 	"ReplaceRequest":  obj(map[string]any{"serial": str(), "hardwareId": str(), "publicKey": str(), "reason": str()}, "serial", "hardwareId", "publicKey", "reason"),
 	"Error":           obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
 }
@@ -89,8 +91,8 @@ func (a *api) OpenAPI() map[string]any {
 		if sec != nil {
 			op["security"] = sec
 		}
-		if rt.Body != "" {
-			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/" + rt.Body}}}}
+		if rt.Schema != "" {
+			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/" + rt.Schema}}}}
 		}
 		var params []map[string]any
 		for _, m := range ginParam.FindAllStringSubmatch(rt.Path, -1) {

@@ -26,8 +26,9 @@ type route struct {
 	Path    string // gin syntax: :param, *wildcard
 	Who     []string
 	Summary string
-	Body    string // request schema name in the OpenAPI components, if any
+	Schema  string // request schema name in the OpenAPI components, if any
 	handler gin.HandlerFunc
+	Body    Body // body limit and deadlines (Default by method)
 }
 
 func (a *api) routes() []route {
@@ -36,7 +37,14 @@ func (a *api) routes() []route {
 		// Pages do their own session checks (cookie + CSRF), so the table
 		// lists them as public.
 		for _, p := range a.Web.Routes() {
-			rs = append(rs, route{p.Method, p.Path, []string{Public}, p.Summary, "", p.Handler})
+			b := Default
+			switch {
+			case p.Download:
+				b = Download
+			case p.Method == http.MethodPost:
+				b = Form
+			}
+			rs = append(rs, route{p.Method, p.Path, []string{Public}, p.Summary, "", p.Handler, b})
 		}
 	}
 	return rs
@@ -45,41 +53,48 @@ func (a *api) routes() []route {
 func (a *api) apiRoutes() []route {
 	pub, admin, adminDealer := []string{Public}, []string{Admin}, []string{Admin, Dealer}
 	return []route{
-		{"GET", "/healthz", pub, "Liveness", "", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }},
-		{"GET", "/readyz", pub, "Readiness: state and blob stores reachable", "", a.readyz},
-		{"GET", "/metrics", pub, "Prometheus metrics", "", gin.WrapH(promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))},
-		{"GET", "/api/v1/openapi.json", pub, "This document", "", a.openapi},
+		{"GET", "/healthz", pub, "Liveness", "", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }, Default},
+		{"GET", "/readyz", pub, "Readiness: state and blob stores reachable", "", a.readyz, Default},
+		{"GET", "/metrics", pub, "Prometheus metrics", "", gin.WrapH(promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{})), Default},
+		{"GET", "/api/v1/openapi.json", pub, "This document", "", a.openapi, Default},
 
-		{"GET", "/repo/*file", pub, "Image repository metadata and target files (consistent snapshots; Range, ETag)", "", a.repoFile},
-		{"HEAD", "/repo/*file", pub, "Image repository file headers", "", a.repoFile},
-		{"GET", "/director/:vin/*file", []string{Vehicle}, "Per-VIN director metadata, for that vehicle only", "", a.directorFile},
+		{"GET", "/repo/*file", pub, "Image repository metadata and target files (consistent snapshots; Range, ETag)", "", a.repoFile, Download},
+		{"HEAD", "/repo/*file", pub, "Image repository file headers", "", a.repoFile, Download},
+		{"GET", "/director/:vin/*file", []string{Vehicle}, "Per-VIN director metadata, for that vehicle only", "", a.directorFile, Default},
 
-		{"POST", "/api/v1/repo/publish", admin, "Publish signed root and targets metadata (signer)", "PublishRequest", a.publish},
-		{"PUT", "/api/v1/repo/targets/*file", admin, "Upload a target file at DIR/SHA256.NAME (streamed, verified)", "", a.uploadTarget},
+		{"POST", "/api/v1/repo/publish", admin, "Publish signed root and targets metadata (signer)", "PublishRequest", a.publish, LargeJSON},
+		{"PUT", "/api/v1/repo/targets/*file", admin, "Upload a target file at DIR/SHA256.NAME (streamed, verified)", "", a.uploadTarget, Upload},
 
-		{"POST", "/api/v1/accounts", admin, "Create an account; the token is shown only in the answer", "AccountRequest", a.createAccount},
+		{"POST", "/api/v1/accounts", admin, "Create an account; the token is shown only in the answer", "AccountRequest", a.createAccount, Default},
+		{"GET", "/api/v1/accounts", admin, "List accounts", "", a.listAccounts, Default},
+		{"POST", "/api/v1/accounts/:id/disable", admin, "Disable an account: its token and sessions stop working at once", "", a.setDisabled(true), Default},
+		{"POST", "/api/v1/accounts/:id/enable", admin, "Enable a disabled account again", "", a.setDisabled(false), Default},
+		{"POST", "/api/v1/accounts/:id/token", admin, "Give an account a new token; the old one is revoked", "", a.rotateToken, Default},
+		{"POST", "/api/v1/owners/me/password", []string{Owner}, "Change my password; every portal session ends", "PasswordRequest", a.changePassword, Default},
 
-		{"POST", "/api/v1/vehicles", adminDealer, "Register a vehicle", "VehicleRequest", a.registerVehicle},
-		{"GET", "/api/v1/vehicles", adminDealer, "List vehicles (keyset pages: ?after=VIN&limit=&hardwareId=)", "", a.listVehicles},
-		{"GET", "/api/v1/vehicles/:vin", []string{Admin, Dealer, Owner}, "A vehicle: ECUs, installed versions, open jobs", "", a.getVehicle},
-		{"POST", "/api/v1/vehicles/:vin/manifest", []string{Vehicle}, "Signed version manifest (check-in)", "SignedManifest", a.manifest},
+		{"POST", "/api/v1/vehicles", adminDealer, "Register a vehicle", "VehicleRequest", a.registerVehicle, Default},
+		{"GET", "/api/v1/vehicles", adminDealer, "List vehicles (keyset pages: ?after=VIN&limit=&hardwareId=)", "", a.listVehicles, Default},
+		{"GET", "/api/v1/vehicles/:vin", []string{Admin, Dealer, Owner}, "A vehicle: ECUs, installed versions, open jobs", "", a.getVehicle, Default},
+		{"POST", "/api/v1/vehicles/:vin/manifest", []string{Vehicle}, "Signed version manifest (check-in)", "SignedManifest", a.manifest, Default},
 
-		{"POST", "/api/v1/jobs", adminDealer, "Create a reflash job", "JobRequest", a.createJob},
-		{"GET", "/api/v1/jobs", adminDealer, "Jobs of a vehicle (?vin=)", "", a.listJobs},
-		{"GET", "/api/v1/jobs/:id", adminDealer, "A job with its event history", "", a.getJob},
-		{"POST", "/api/v1/jobs/:id/cancel", adminDealer, "Cancel a job", "", a.cancelJob},
-		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent},
+		{"POST", "/api/v1/jobs", adminDealer, "Create a reflash job", "JobRequest", a.createJob, Default},
+		{"GET", "/api/v1/jobs", adminDealer, "Jobs of a vehicle (?vin=)", "", a.listJobs, Default},
+		{"GET", "/api/v1/jobs/:id", adminDealer, "A job with its event history", "", a.getJob, Default},
+		{"POST", "/api/v1/jobs/:id/cancel", adminDealer, "Cancel a job", "", a.cancelJob, Default},
+		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent, Default},
 
-		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit},
+		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit, Default},
 
-		{"POST", "/api/v1/vehicles/:vin/link-code", []string{Vehicle}, "A one-time code the vehicle shows, for its owner to link it", "", a.linkCode},
-		{"POST", "/api/v1/owners/me/vehicles", []string{Owner}, "Link a vehicle with the code it shows", "LinkRequest", a.linkVehicle},
-		{"GET", "/api/v1/owners/me/vehicles", []string{Owner}, "My vehicles with ECU versions and subscription state", "", a.myVehicles},
-		{"DELETE", "/api/v1/owners/me/vehicles/:vin", []string{Owner}, "Release a vehicle (sold); a pending new owner takes over", "", a.releaseVehicle},
-		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle},
-		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle},
-		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth},
-		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU},
+		{"POST", "/api/v1/vehicles/:vin/link-code", []string{Vehicle}, "A one-time code the vehicle shows, for its owner to link it", "", a.linkCode, Default},
+		{"POST", "/api/v1/owners/me/vehicles", []string{Owner}, "Link a vehicle with the code it shows", "LinkRequest", a.linkVehicle, Default},
+		{"GET", "/api/v1/owners/me/vehicles", []string{Owner}, "My vehicles with ECU versions and subscription state", "", a.myVehicles, Default},
+		{"DELETE", "/api/v1/owners/me/vehicles/:vin", []string{Owner}, "Release a vehicle (sold); a pending claim is dropped", "", a.releaseVehicle, Default},
+		{"POST", "/api/v1/owners/me/vehicles/:vin/claim", []string{Owner}, "Accept or reject a claim on my vehicle", "ClaimDecision", a.decideClaim(true), Default},
+		{"POST", "/api/v1/vehicles/:vin/claim", adminDealer, "Resolve a claim on a vehicle (audited, with a reason)", "ClaimDecision", a.decideClaim(false), Default},
+		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle, Default},
+		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle, Download},
+		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
+		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
 	}
 }
 
@@ -100,6 +115,74 @@ func (a *api) createAccount(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusCreated, created)
+}
+
+func (a *api) listAccounts(c *gin.Context) {
+	as, err := a.Accounts.List(c.Request.Context())
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"accounts": as})
+}
+
+func (a *api) setDisabled(disabled bool) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		p, _ := principal(c)
+		v, err := a.Accounts.SetDisabled(c.Request.Context(), p, c.Param("id"), disabled)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, v)
+	}
+}
+
+func (a *api) rotateToken(c *gin.Context) {
+	p, _ := principal(c)
+	created, err := a.Accounts.RotateToken(c.Request.Context(), p, c.Param("id"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, created)
+}
+
+// PasswordRequest is the body of POST /api/v1/owners/me/password.
+type PasswordRequest struct {
+	Current string `json:"current"`
+	New     string `json:"new"`
+}
+
+func (a *api) changePassword(c *gin.Context) {
+	var req PasswordRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	if err := a.Accounts.ChangePassword(c.Request.Context(), p, req.Current, req.New); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "changed; every session ended"})
+}
+
+func (a *api) decideClaim(asOwner bool) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		var req owners.ClaimDecision
+		if err := decodeJSON(c, &req); err != nil {
+			a.fail(c, err)
+			return
+		}
+		p, _ := principal(c)
+		l, err := a.Owners.DecideClaim(c.Request.Context(), p, c.Param("vin"), req, asOwner)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, l)
+	}
 }
 
 func (a *api) registerVehicle(c *gin.Context) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/roadsign/roadsign/server"
@@ -85,12 +86,16 @@ func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string
 	case l.OwnerID == owner.ID:
 		return l, nil
 	default:
-		l.PendingOwnerID = owner.ID
+		// A claim: the current owner's link and services stay as they are
+		// until the owner or a dealer accepts it.
+		l.PendingOwnerID, l.PendingSince = owner.ID, now
 		if err := s.store.SaveLink(ctx, l); err != nil {
 			return l, err
 		}
-		accounts.Audit(ctx, s.store, now, owner, "owner.link_pending", vin, "vehicle linked to a previous owner")
-		return l, server.CodedErrorf(server.KindConflict, "linked_to_previous_owner", "%s is still linked to its previous owner; they can release it in their portal, or a dealer can transfer it to you", vin)
+		if err := accounts.Audit(ctx, s.store, now, owner, "owner.claim", vin, "claims a vehicle linked to another owner"); err != nil {
+			return l, err
+		}
+		return l, server.CodedErrorf(server.KindConflict, "linked_to_previous_owner", "%s is still linked to its previous owner; your claim is recorded: they can accept it in their portal, or a dealer can transfer the car to you", vin)
 	}
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
@@ -98,26 +103,82 @@ func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string
 	return l, accounts.Audit(ctx, s.store, now, owner, action, vin, "owner="+owner.Name)
 }
 
-// Release ends the calling owner's link; a pending new owner takes over.
+// Release ends the calling owner's link (the car was sold). A pending
+// claim does not take over: the new owner links with the car's code.
 func (s *Service) Release(ctx context.Context, owner accounts.Principal, vin string) error {
+	l, err := s.ownLink(ctx, owner, vin)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteLink(ctx, vin); err != nil {
+		return err
+	}
+	detail := ""
+	if l.PendingOwnerID != "" {
+		detail = "pending claim by " + l.PendingOwnerID + " dropped"
+	}
+	return accounts.Audit(ctx, s.store, s.now().UTC(), owner, "owner.release", vin, detail)
+}
+
+func (s *Service) ownLink(ctx context.Context, owner accounts.Principal, vin string) (server.Link, error) {
 	l, err := s.store.Link(ctx, vin)
 	if errors.Is(err, server.ErrNotFound) || (err == nil && l.OwnerID != owner.ID) {
-		return server.Errorf(server.KindNotFound, "%s is not linked to your account", vin)
+		return l, server.Errorf(server.KindNotFound, "%s is not linked to your account", vin)
+	}
+	return l, err
+}
+
+// ClaimDecision is the body of the claim routes.
+type ClaimDecision struct {
+	Decision string `json:"decision"` // accept or reject
+	Reason   string `json:"reason,omitempty"`
+}
+
+// DecideClaim accepts (the car moves to the claimant, with a new
+// subscription) or rejects a pending claim. The owner decides for their
+// car (asOwner); a dealer or admin for any, giving a reason.
+func (s *Service) DecideClaim(ctx context.Context, by accounts.Principal, vin string, d ClaimDecision, asOwner bool) (server.Link, error) {
+	var l server.Link
+	var err error
+	if asOwner {
+		l, err = s.ownLink(ctx, by, vin)
+	} else {
+		l, err = s.store.Link(ctx, vin)
+		if errors.Is(err, server.ErrNotFound) {
+			return l, server.Errorf(server.KindNotFound, "%s is not linked to any owner", vin)
+		}
+		if err == nil && strings.TrimSpace(d.Reason) == "" {
+			return l, server.Errorf(server.KindInvalid, "reason is required (it is audited)")
+		}
 	}
 	if err != nil {
-		return err
+		return l, err
+	}
+	if l.PendingOwnerID == "" {
+		return l, server.Errorf(server.KindConflict, "nobody claims %s", vin)
 	}
 	now := s.now().UTC()
-	if l.PendingOwnerID != "" {
-		err = s.store.SaveLink(ctx, server.Link{VIN: vin, OwnerID: l.PendingOwnerID, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)})
-	} else {
-		err = s.store.DeleteLink(ctx, vin)
+	claimant := l.PendingOwnerID
+	switch d.Decision {
+	case "accept":
+		l = server.Link{VIN: vin, OwnerID: claimant, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
+	case "reject":
+		l.PendingOwnerID, l.PendingSince = "", time.Time{}
+	default:
+		return l, server.Errorf(server.KindInvalid, "decision %q: want accept or reject", d.Decision)
 	}
-	if err != nil {
-		return err
+	if err := s.store.SaveLink(ctx, l); err != nil {
+		return l, err
 	}
-	return accounts.Audit(ctx, s.store, now, owner, "owner.release", vin, "to="+l.PendingOwnerID)
+	detail := "claimant=" + claimant
+	if d.Reason != "" {
+		detail += fmt.Sprintf(" reason=%q", d.Reason)
+	}
+	return l, accounts.Audit(ctx, s.store, now, by, "owner.claim_"+d.Decision, vin, detail)
 }
+
+// maxSubscription is the longest subscription a dealer may set.
+const maxSubscription = 10 * 365 * 24 * time.Hour
 
 // TransferRequest is the body of POST /api/v1/vehicles/{vin}/owner.
 type TransferRequest struct {
@@ -140,6 +201,9 @@ func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin strin
 	now := s.now().UTC()
 	l := server.Link{VIN: vin, OwnerID: to.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
 	if !r.SubscriptionEnds.IsZero() {
+		if r.SubscriptionEnds.After(now.Add(maxSubscription)) {
+			return l, server.Errorf(server.KindInvalid, "subscriptionEnds %s is more than %d years away; give a real end date", r.SubscriptionEnds.Format(time.DateOnly), maxSubscription/(365*24*time.Hour))
+		}
 		l.SubscriptionEnds = r.SubscriptionEnds.UTC()
 	}
 	prev, _ := s.store.Link(ctx, vin)

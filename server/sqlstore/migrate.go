@@ -66,6 +66,15 @@ var migrations = []string{
 	ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'dealer';
 	CREATE UNIQUE INDEX jobs_one_open_auto ON jobs (vin, ecu_serial) WHERE origin = 'auto-assign' AND state IN ('queued', 'in_progress');
 	ALTER TABLE director_heads ADD COLUMN bundle_version BIGINT NOT NULL DEFAULT 0;`,
+	// 5: accounts can be disabled; portal sessions live on the server, so
+	// logout, a password change or disabling the account ends them; an
+	// ownership claim keeps when it was made.
+	`ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE sessions (
+		id_hash TEXT PRIMARY KEY, account_id TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL);
+	CREATE INDEX sessions_account ON sessions (account_id);
+	CREATE INDEX sessions_expires ON sessions (expires_at);
+	ALTER TABLE links ADD COLUMN pending_since BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

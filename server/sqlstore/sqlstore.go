@@ -117,19 +117,104 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // CreateAccount implements server.Store.
 func (s *Store) CreateAccount(ctx context.Context, a server.Account) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
-		a.ID, string(a.Role), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt))
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at, disabled) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		a.ID, string(a.Role), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt), boolInt(a.Disabled))
 	return s.wrap("create account "+a.Name, err)
 }
 
-func (s *Store) account(ctx context.Context, where string, arg any) (server.Account, error) {
+const accountCols = `id, role, name, password_hash, token_hash, created_at, disabled`
+
+func scanAccount(sc interface{ Scan(...any) error }) (server.Account, error) {
 	var a server.Account
 	var role string
 	var created int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, role, name, password_hash, token_hash, created_at FROM accounts WHERE `+where+` = ?`), arg).
-		Scan(&a.ID, &role, &a.Name, &a.PasswordHash, &a.TokenHash, &created)
-	a.Role, a.CreatedAt = server.Role(role), fromMicros(created)
+	var disabled int
+	err := sc.Scan(&a.ID, &role, &a.Name, &a.PasswordHash, &a.TokenHash, &created, &disabled)
+	a.Role, a.CreatedAt, a.Disabled = server.Role(role), fromMicros(created), disabled == 1
+	return a, err
+}
+
+func (s *Store) account(ctx context.Context, where string, arg any) (server.Account, error) {
+	a, err := scanAccount(s.db.QueryRowContext(ctx, s.q(`SELECT `+accountCols+` FROM accounts WHERE `+where+` = ?`), arg))
 	return a, s.wrap("account", err)
+}
+
+// ListAccounts returns every account, by name.
+func (s *Store) ListAccounts(ctx context.Context) ([]server.Account, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+accountCols+` FROM accounts ORDER BY name`)
+	if err != nil {
+		return nil, s.wrap("list accounts", err)
+	}
+	defer rows.Close()
+	var out []server.Account
+	for rows.Next() {
+		a, err := scanAccount(rows)
+		if err != nil {
+			return nil, s.wrap("list accounts", err)
+		}
+		out = append(out, a)
+	}
+	return out, s.wrap("list accounts", rows.Err())
+}
+
+func (s *Store) updateAccount(ctx context.Context, id, set string, arg any) error {
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE accounts SET `+set+` = ? WHERE id = ?`), arg, id)
+	if err != nil {
+		return s.wrap("update account "+id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("account %s: %w", id, server.ErrNotFound)
+	}
+	return nil
+}
+
+// SetAccountDisabled disables or enables an account.
+func (s *Store) SetAccountDisabled(ctx context.Context, id string, disabled bool) error {
+	return s.updateAccount(ctx, id, "disabled", boolInt(disabled))
+}
+
+// SetAccountToken replaces an account's token hash (the old token stops working).
+func (s *Store) SetAccountToken(ctx context.Context, id, tokenHash string) error {
+	return s.updateAccount(ctx, id, "token_hash", tokenHash)
+}
+
+// SetAccountPassword replaces an account's password hash.
+func (s *Store) SetAccountPassword(ctx context.Context, id, passwordHash string) error {
+	return s.updateAccount(ctx, id, "password_hash", passwordHash)
+}
+
+// --- sessions ---
+
+// CreateSession stores a portal session (and prunes expired ones).
+func (s *Store) CreateSession(ctx context.Context, se server.Session) error {
+	if _, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE expires_at < ?`), micros(se.CreatedAt)); err != nil {
+		return s.wrap("prune sessions", err)
+	}
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO sessions (id_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)`),
+		se.IDHash, se.AccountID, micros(se.CreatedAt), micros(se.ExpiresAt))
+	return s.wrap("create session", err)
+}
+
+// Session returns a session by its ID's hash.
+func (s *Store) Session(ctx context.Context, idHash string) (server.Session, error) {
+	se := server.Session{IDHash: idHash}
+	var created, expires int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT account_id, created_at, expires_at FROM sessions WHERE id_hash = ?`), idHash).
+		Scan(&se.AccountID, &created, &expires)
+	se.CreatedAt, se.ExpiresAt = fromMicros(created), fromMicros(expires)
+	return se, s.wrap("session", err)
+}
+
+// DeleteSession ends one session.
+func (s *Store) DeleteSession(ctx context.Context, idHash string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE id_hash = ?`), idHash)
+	return s.wrap("delete session", err)
+}
+
+// DeleteSessions ends every session of an account.
+func (s *Store) DeleteSessions(ctx context.Context, accountID string) error {
+	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE account_id = ?`), accountID)
+	return s.wrap("delete sessions of "+accountID, err)
 }
 
 // AccountByTokenHash implements server.Store.
@@ -591,23 +676,25 @@ func (s *Store) TakeLinkCode(ctx context.Context, vin, codeHash string, now time
 	return nil
 }
 
+const linkCols = `vin, owner_id, linked_at, subscription_ends, pending_owner_id, pending_since`
+
 func scanLink(sc interface{ Scan(...any) error }) (server.Link, error) {
 	var l server.Link
-	var linked, ends int64
-	err := sc.Scan(&l.VIN, &l.OwnerID, &linked, &ends, &l.PendingOwnerID)
-	l.LinkedAt, l.SubscriptionEnds = fromMicros(linked), fromMicros(ends)
+	var linked, ends, since int64
+	err := sc.Scan(&l.VIN, &l.OwnerID, &linked, &ends, &l.PendingOwnerID, &since)
+	l.LinkedAt, l.SubscriptionEnds, l.PendingSince = fromMicros(linked), fromMicros(ends), fromMicros(since)
 	return l, err
 }
 
 // Link implements server.Store.
 func (s *Store) Link(ctx context.Context, vin string) (server.Link, error) {
-	l, err := scanLink(s.db.QueryRowContext(ctx, s.q(`SELECT vin, owner_id, linked_at, subscription_ends, pending_owner_id FROM links WHERE vin = ?`), vin))
+	l, err := scanLink(s.db.QueryRowContext(ctx, s.q(`SELECT `+linkCols+` FROM links WHERE vin = ?`), vin))
 	return l, s.wrap("link of "+vin, err)
 }
 
 // LinksByOwner implements server.Store.
 func (s *Store) LinksByOwner(ctx context.Context, owner string) ([]server.Link, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT vin, owner_id, linked_at, subscription_ends, pending_owner_id FROM links WHERE owner_id = ? ORDER BY vin`), owner)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+linkCols+` FROM links WHERE owner_id = ? ORDER BY vin`), owner)
 	if err != nil {
 		return nil, s.wrap("links", err)
 	}
@@ -625,10 +712,10 @@ func (s *Store) LinksByOwner(ctx context.Context, owner string) ([]server.Link, 
 
 // SaveLink implements server.Store.
 func (s *Store) SaveLink(ctx context.Context, l server.Link) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO links (vin, owner_id, linked_at, subscription_ends, pending_owner_id) VALUES (?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO links (`+linkCols+`) VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (vin) DO UPDATE SET owner_id = excluded.owner_id, linked_at = excluded.linked_at,
-		subscription_ends = excluded.subscription_ends, pending_owner_id = excluded.pending_owner_id`),
-		l.VIN, l.OwnerID, micros(l.LinkedAt), micros(l.SubscriptionEnds), l.PendingOwnerID)
+		subscription_ends = excluded.subscription_ends, pending_owner_id = excluded.pending_owner_id, pending_since = excluded.pending_since`),
+		l.VIN, l.OwnerID, micros(l.LinkedAt), micros(l.SubscriptionEnds), l.PendingOwnerID, micros(l.PendingSince))
 	return s.wrap("save link", err)
 }
 

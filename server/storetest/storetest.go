@@ -32,6 +32,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Director", testDirector},
 		{"Leases", testLeases},
 		{"Owners", testOwners},
+		{"AccountsAndSessions", testAccountsAndSessions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -420,4 +421,66 @@ func testOwners(t *testing.T, s server.Store) {
 		t.Fatalf("after replace: %+v", v)
 	}
 	wantErr(t, s.ReplaceECU(ctx, "VIN00000000000001", "DCM1", server.ECU{Serial: "DCMx"}, []byte{9}), server.ErrNotFound)
+}
+
+// accountStore is what the accounts service needs of a backend.
+type accountStore interface {
+	server.Store
+	ListAccounts(ctx context.Context) ([]server.Account, error)
+	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
+	SetAccountToken(ctx context.Context, id, tokenHash string) error
+	SetAccountPassword(ctx context.Context, id, passwordHash string) error
+	CreateSession(ctx context.Context, s server.Session) error
+	Session(ctx context.Context, idHash string) (server.Session, error)
+	DeleteSession(ctx context.Context, idHash string) error
+	DeleteSessions(ctx context.Context, accountID string) error
+}
+
+func testAccountsAndSessions(t *testing.T, st server.Store) {
+	s, ok := st.(accountStore)
+	if !ok {
+		t.Fatalf("%T does not keep accounts and sessions", st)
+	}
+	a := server.Account{ID: uuid.NewString(), Role: server.RoleOwner, Name: "alice", PasswordHash: "p1", TokenHash: "t1", CreatedAt: now}
+	b := server.Account{ID: uuid.NewString(), Role: server.RoleDealer, Name: "bob", TokenHash: "t2", CreatedAt: now}
+	must(t, s.CreateAccount(ctx, a))
+	must(t, s.CreateAccount(ctx, b))
+	must(t, s.SetAccountDisabled(ctx, b.ID, true))
+	must(t, s.SetAccountToken(ctx, a.ID, "t3"))
+	must(t, s.SetAccountPassword(ctx, a.ID, "p2"))
+	wantErr(t, s.SetAccountDisabled(ctx, uuid.NewString(), true), server.ErrNotFound)
+	list, err := s.ListAccounts(ctx)
+	must(t, err)
+	if len(list) != 2 || list[0].Name != "alice" || list[0].TokenHash != "t3" || list[0].PasswordHash != "p2" || list[0].Disabled || !list[1].Disabled {
+		t.Fatalf("accounts: %+v", list)
+	}
+	_, err = s.AccountByTokenHash(ctx, "t1")
+	wantErr(t, err, server.ErrNotFound) // the old token is gone
+
+	se := func(id, account string, exp time.Time) server.Session {
+		return server.Session{IDHash: id, AccountID: account, CreatedAt: now, ExpiresAt: exp}
+	}
+	must(t, s.CreateSession(ctx, se("s1", a.ID, now.Add(time.Hour))))
+	must(t, s.CreateSession(ctx, se("s2", a.ID, now.Add(time.Hour))))
+	must(t, s.CreateSession(ctx, se("s3", b.ID, now.Add(time.Hour))))
+	got, err := s.Session(ctx, "s1")
+	must(t, err)
+	if got.AccountID != a.ID || !got.ExpiresAt.Equal(now.Add(time.Hour)) {
+		t.Fatalf("session: %+v", got)
+	}
+	must(t, s.DeleteSession(ctx, "s1"))
+	_, err = s.Session(ctx, "s1")
+	wantErr(t, err, server.ErrNotFound)
+	must(t, s.DeleteSessions(ctx, a.ID))
+	_, err = s.Session(ctx, "s2")
+	wantErr(t, err, server.ErrNotFound)
+	if _, err := s.Session(ctx, "s3"); err != nil {
+		t.Fatal("ending alice's sessions ended bob's")
+	}
+	// Expired sessions are pruned as new ones are made.
+	s4 := se("s4", b.ID, now.Add(time.Hour))
+	s4.CreatedAt = now.Add(2 * time.Hour)
+	must(t, s.CreateSession(ctx, s4))
+	_, err = s.Session(ctx, "s3")
+	wantErr(t, err, server.ErrNotFound)
 }

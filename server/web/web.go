@@ -1,9 +1,12 @@
 // Package web serves the owner portal (/), the dealer console (/dealer)
 // and the service status page (/status): server-rendered html/template
 // pages with embedded assets, nothing loaded from other hosts. Sessions
-// are HMAC-signed cookies (HttpOnly, SameSite=Strict, Secure over HTTPS),
-// so any replica can serve any request; every form carries a CSRF token
-// bound to the session.
+// live in the state store (the cookie holds a random ID: HttpOnly,
+// SameSite=Strict, Secure over HTTPS), so any replica serves any request
+// and logging out, a password change or disabling the account ends them.
+// Every form carries a CSRF token (bound to the session, or before
+// logging in to a cookie of its own) and must come from this origin.
+// Log-ins are throttled per address and per name.
 package web
 
 import (
@@ -13,7 +16,6 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +24,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +55,7 @@ type Check struct {
 // Deps are the services the pages use.
 type Deps struct {
 	Accounts *accounts.Service
+	Throttle *accounts.Throttle
 	Owners   *owners.Service
 	Registry *registry.Service
 	Jobs     *jobs.Service
@@ -70,10 +74,12 @@ type Web struct {
 	static http.Handler
 }
 
-// Route is a page route, for the server's route table.
+// Route is a page route, for the server's route table. POST routes are
+// forms (urlencoded, a few KiB); Download routes stream their answer.
 type Route struct {
 	Method, Path, Summary string
 	Handler               gin.HandlerFunc
+	Download              bool
 }
 
 // New parses the embedded templates.
@@ -92,35 +98,41 @@ func New(d Deps) (*Web, error) {
 // Routes lists the pages.
 func (w *Web) Routes() []Route {
 	return []Route{
-		{"GET", "/", "Owner portal: my vehicles, link a vehicle, USB update (HTML)", w.ownerPage},
-		{"POST", "/login", "Owner log-in form", w.login(false)},
-		{"POST", "/logout", "Log out", w.logout},
-		{"POST", "/link", "Owner: link a vehicle with its code", w.link},
-		{"GET", "/vehicles/:vin/usb", "Owner or dealer: download the USB update", w.usb},
-		{"GET", "/dealer", "Dealer console: find a VIN, jobs, re-provisioning (HTML)", w.dealerPage},
-		{"POST", "/dealer/login", "Dealer log-in form", w.login(true)},
-		{"POST", "/dealer/jobs", "Dealer: push a reflash job", w.pushJob},
-		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON},
-		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob},
-		{"POST", "/dealer/replace", "Dealer: re-provision a replaced unit", w.replace},
-		{"GET", "/status", "Service status: repository, director, stores, re-signing (HTML)", w.statusPage},
+		{"GET", "/", "Owner portal: my vehicles, link a vehicle, USB update (HTML)", w.ownerPage, false},
+		{"POST", "/login", "Owner log-in form", w.login(false), false},
+		{"POST", "/logout", "Log out", w.logout, false},
+		{"POST", "/link", "Owner: link a vehicle with its code", w.link, false},
+		{"POST", "/password", "Owner: change the password (ends every session)", w.password, false},
+		{"POST", "/claim", "Owner: accept or reject a claim on their vehicle", w.claim, false},
+		{"GET", "/vehicles/:vin/usb", "Owner or dealer: download the USB update", w.usb, true},
+		{"GET", "/dealer", "Dealer console: find a VIN, jobs, re-provisioning (HTML)", w.dealerPage, false},
+		{"POST", "/dealer/login", "Dealer log-in form", w.login(true), false},
+		{"POST", "/dealer/jobs", "Dealer: push a reflash job", w.pushJob, false},
+		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON, false},
+		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob, false},
+		{"POST", "/dealer/replace", "Dealer: re-provision a replaced unit", w.replace, false},
+		{"GET", "/status", "Service status: repository, director, stores, re-signing (HTML)", w.statusPage, false},
 		{"GET", "/static/*file", "Embedded style sheet and script", func(c *gin.Context) {
 			c.Header("Cache-Control", "public, max-age=3600")
 			w.static.ServeHTTP(c.Writer, c.Request)
-		}},
+		}, false},
 	}
 }
 
 // --- sessions ---
 
-const cookieName = "rs_session"
+// Cookies.
+const (
+	cookieName   = "rs_session" // the session's random ID
+	loginCookie  = "rs_login"   // a random value the log-in form's CSRF token is bound to
+	deviceCookie = "rs_device"  // marks a browser that logged in to an account before
+	flashCookie  = "rs_flash"   // the next page's one message
+)
 
+// session is a logged-in browser.
 type session struct {
-	AccountID string `json:"a"`
-	Name      string `json:"n"`
-	Role      string `json:"r"`
-	ID        string `json:"s"`
-	Expires   int64  `json:"e"`
+	ID string
+	accounts.Principal
 }
 
 func (w *Web) sign(label, payload string) string {
@@ -129,16 +141,18 @@ func (w *Web) sign(label, payload string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-func (w *Web) setSession(c *gin.Context, p accounts.Principal) {
-	id := make([]byte, 16)
-	rand.Read(id)
-	s := session{AccountID: p.ID, Name: p.Name, Role: string(p.Role), ID: hex.EncodeToString(id), Expires: w.Now().Add(12 * time.Hour).Unix()}
-	b, _ := json.Marshal(s)
-	payload := base64.RawURLEncoding.EncodeToString(b)
-	http.SetCookie(c.Writer, &http.Cookie{
-		Name: cookieName, Value: payload + "." + w.sign("session", payload), Path: "/",
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(c.Request), MaxAge: 12 * 3600,
-	})
+func (w *Web) setCookie(c *gin.Context, name, value string, maxAge int) {
+	http.SetCookie(c.Writer, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(c.Request)})
+}
+
+func (w *Web) startSession(c *gin.Context, p accounts.Principal) error {
+	id, err := w.Accounts.StartSession(c.Request.Context(), p)
+	if err != nil {
+		return err
+	}
+	w.setCookie(c, cookieName, id, int(w.Accounts.SessionTTL/time.Second))
+	return nil
 }
 
 // secure: mark cookies Secure whenever the browser reached us over HTTPS
@@ -152,32 +166,35 @@ func (w *Web) session(c *gin.Context) (session, bool) {
 	if err != nil {
 		return session{}, false
 	}
-	payload, sig, ok := strings.Cut(ck.Value, ".")
-	if !ok || !hmac.Equal([]byte(sig), []byte(w.sign("session", payload))) {
-		return session{}, false
-	}
-	b, err := base64.RawURLEncoding.DecodeString(payload)
-	var s session
-	if err != nil || json.Unmarshal(b, &s) != nil || w.Now().Unix() > s.Expires {
-		return session{}, false
-	}
-	return s, true
+	p, ok := w.Accounts.Session(c.Request.Context(), ck.Value)
+	return session{ID: ck.Value, Principal: p}, ok
 }
 
-func (s session) principal() accounts.Principal {
-	return accounts.Principal{ID: s.AccountID, Name: s.Name, Role: server.Role(s.Role)}
-}
+func (s session) principal() accounts.Principal { return s.Principal }
 
 func (w *Web) csrf(s session) string { return w.sign("csrf", s.ID) }
 
-// form checks the session has one of the roles and the form's CSRF token.
+// sameOrigin refuses a form posted from another site: browsers send
+// Origin with every POST; a missing one (old clients) is let through to
+// the CSRF check.
+func sameOrigin(c *gin.Context) bool {
+	o := c.GetHeader("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == c.Request.Host
+}
+
+// form checks the session has one of the roles, the form's origin and its
+// CSRF token.
 func (w *Web) form(c *gin.Context, roles ...server.Role) (session, bool) {
 	s, ok := w.session(c)
 	if !ok || !hasRole(s, roles) {
 		c.String(http.StatusUnauthorized, "log in first")
 		return s, false
 	}
-	if !hmac.Equal([]byte(c.PostForm("csrf")), []byte(w.csrf(s))) {
+	if !sameOrigin(c) || !hmac.Equal([]byte(c.PostForm("csrf")), []byte(w.csrf(s))) {
 		c.String(http.StatusForbidden, "this form expired or came from another site; reload the page and try again")
 		return s, false
 	}
@@ -186,11 +203,62 @@ func (w *Web) form(c *gin.Context, roles ...server.Role) (session, bool) {
 
 func hasRole(s session, roles []server.Role) bool {
 	for _, r := range roles {
-		if server.Role(s.Role) == r {
+		if s.Role == r {
 			return true
 		}
 	}
 	return false
+}
+
+// loginCSRF returns the log-in form's CSRF token, setting the cookie it
+// is bound to when the browser has none yet.
+func (w *Web) loginCSRF(c *gin.Context) string {
+	v := ""
+	if ck, err := c.Request.Cookie(loginCookie); err == nil && len(ck.Value) == 22 {
+		v = ck.Value
+	} else {
+		b := make([]byte, 16)
+		rand.Read(b)
+		v = base64.RawURLEncoding.EncodeToString(b)
+		w.setCookie(c, loginCookie, v, 3600)
+	}
+	return w.sign("login", v)
+}
+
+func (w *Web) loginCSRFOK(c *gin.Context) bool {
+	ck, err := c.Request.Cookie(loginCookie)
+	return err == nil && sameOrigin(c) && hmac.Equal([]byte(c.PostForm("csrf")), []byte(w.sign("login", ck.Value)))
+}
+
+// deviceOK reports whether the browser logged in to accountID before (a
+// signed cookie): such a browser is not held by the account's lockout.
+func (w *Web) deviceOK(c *gin.Context, accountID string) bool {
+	ck, err := c.Request.Cookie(deviceCookie)
+	if err != nil || accountID == "" {
+		return false
+	}
+	id, sig, ok := strings.Cut(ck.Value, ".")
+	return ok && id == accountID && hmac.Equal([]byte(sig), []byte(w.sign("device", id)))
+}
+
+// flash sets the one message the next page shows (never taken from the
+// URL, so nobody can make the portal say their words).
+func (w *Web) flash(c *gin.Context, kind, text string) {
+	b, _ := json.Marshal(map[string]string{kind: text})
+	w.setCookie(c, flashCookie, base64.RawURLEncoding.EncodeToString(b), 60)
+}
+
+// takeFlash reads and clears the message.
+func (w *Web) takeFlash(c *gin.Context, p *page) {
+	ck, err := c.Request.Cookie(flashCookie)
+	if err != nil {
+		return
+	}
+	w.setCookie(c, flashCookie, "", -1)
+	var m map[string]string
+	if b, err := base64.RawURLEncoding.DecodeString(ck.Value); err == nil && json.Unmarshal(b, &m) == nil {
+		p.Flash, p.Error = m["msg"], m["err"]
+	}
 }
 
 // --- pages ---
@@ -208,10 +276,18 @@ type page struct {
 	USBValidUntil time.Time
 }
 
-func (w *Web) render(c *gin.Context, status int, name string, p page) {
+// pageHeaders are every page's security headers.
+func pageHeaders(c *gin.Context) {
 	c.Header("Content-Type", "text/html; charset=utf-8")
-	c.Header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+	c.Header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 	c.Header("X-Content-Type-Options", "nosniff")
+	c.Header("X-Frame-Options", "DENY")
+	c.Header("Referrer-Policy", "same-origin")
+	c.Header("Cache-Control", "no-store")
+}
+
+func (w *Web) render(c *gin.Context, status int, name string, p any) {
+	pageHeaders(c)
 	c.Status(status)
 	if err := w.tmpl.ExecuteTemplate(c.Writer, name, p); err != nil {
 		w.Log.Error("render page", "page", name, "err", err)
@@ -219,16 +295,26 @@ func (w *Web) render(c *gin.Context, status int, name string, p page) {
 }
 
 func (w *Web) base(c *gin.Context, s session, title string) page {
-	return page{Title: title, User: s.Name, CSRF: w.csrf(s), Flash: c.Query("msg"), Error: c.Query("err")}
+	p := page{Title: title, User: s.Name, CSRF: w.csrf(s)}
+	w.takeFlash(c, &p)
+	return p
 }
 
-func redirect(c *gin.Context, path string, kv ...string) {
-	q := url.Values{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		q.Set(kv[i], kv[i+1])
+// loginPage renders a log-in form (owner or dealer) with its CSRF token.
+func (w *Web) loginPage(c *gin.Context, title, action string, dealer bool) {
+	p := page{Title: title, Action: action, Dealer: dealer, CSRF: w.loginCSRF(c)}
+	w.takeFlash(c, &p)
+	w.render(c, http.StatusOK, "login", p)
+}
+
+// redirect goes to path (with vin, if given, as ?vin=) showing one
+// message: kind "msg" or "err".
+func (w *Web) redirect(c *gin.Context, path, vin, kind, text string) {
+	if text != "" {
+		w.flash(c, kind, text)
 	}
-	if len(q) > 0 {
-		path += "?" + q.Encode()
+	if vin != "" {
+		path += "?vin=" + url.QueryEscape(vin)
 	}
 	c.Redirect(http.StatusSeeOther, path)
 }
@@ -243,8 +329,8 @@ func message(err error) string {
 
 func (w *Web) ownerPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || s.Role != string(server.RoleOwner) {
-		w.render(c, http.StatusOK, "login", page{Title: "Owner portal", Action: "/login", Error: c.Query("err")})
+	if !ok || s.Role != server.RoleOwner {
+		w.loginPage(c, "Owner portal", "/login", false)
 		return
 	}
 	ctx := c.Request.Context()
@@ -269,6 +355,11 @@ func (w *Web) ownerPage(c *gin.Context) {
 	w.render(c, http.StatusOK, "owner", p)
 }
 
+// login checks a log-in form: owners with name and password, dealers and
+// admins with name and token. Attempts are throttled per client address
+// and per name (a browser that logged in to the account before is not
+// held by the name's lockout); failures look the same whether or not the
+// name exists, and cost the same.
 func (w *Web) login(dealer bool) gin.HandlerFunc {
 	back := "/"
 	if dealer {
@@ -276,33 +367,108 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 	}
 	return func(c *gin.Context) {
 		ctx := c.Request.Context()
+		if !w.loginCSRFOK(c) {
+			w.redirect(c, back, "", "err", "This log-in form expired or came from another site; try again.")
+			return
+		}
 		name, secret := strings.TrimSpace(c.PostForm("name")), c.PostForm("secret")
+		if len(name) > 100 || len(secret) > 256 {
+			w.redirect(c, back, "", "err", "That name and password do not match an account.")
+			return
+		}
+		if wait := w.Throttle.AllowIP(c.ClientIP()); wait > 0 {
+			w.tooMany(c, wait, "Too many log-in attempts from your address.")
+			return
+		}
+		if wait := w.Throttle.LockedFor(name); wait > 0 && !w.deviceOK(c, w.Accounts.AccountID(ctx, name)) {
+			w.tooMany(c, wait, "Too many failed log-ins for this account.")
+			return
+		}
 		var p accounts.Principal
 		ok := false
 		if dealer {
 			got, err := w.Accounts.Authenticate(ctx, secret)
-			ok = err == nil && got.Name == name && (got.Role == server.RoleDealer || got.Role == server.RoleAdmin)
+			ok = err == nil && got.Name == name && (got.Role == server.RoleDealer || got.Role == server.RoleAdmin) && got.ID != accounts.Bootstrap.ID
 			p = got
 		} else {
-			a, err := w.Store.AccountByName(ctx, name)
-			ok = err == nil && a.Role == server.RoleOwner && accounts.CheckPassword(a.PasswordHash, secret)
-			p = accounts.Principal{ID: a.ID, Name: a.Name, Role: a.Role}
+			var err error
+			p, ok, err = w.Accounts.CheckOwnerPassword(ctx, name, secret)
+			if err != nil {
+				w.redirect(c, back, "", "err", message(err))
+				return
+			}
 		}
 		if !ok {
-			redirect(c, back, "err", "That name and password do not match an account.")
+			w.Throttle.Fail(name)
+			w.redirect(c, back, "", "err", "That name and password do not match an account.")
 			return
 		}
-		w.setSession(c, p)
-		redirect(c, back)
+		w.Throttle.Succeed(name)
+		if err := w.startSession(c, p); err != nil {
+			w.Log.Error("start session", "err", err)
+			w.redirect(c, back, "", "err", "something went wrong; try again later")
+			return
+		}
+		w.setCookie(c, deviceCookie, p.ID+"."+w.sign("device", p.ID), 365*24*3600)
+		c.Redirect(http.StatusSeeOther, back)
 	}
 }
 
+// tooMany answers a throttled log-in: 429 with Retry-After.
+func (w *Web) tooMany(c *gin.Context, wait time.Duration, why string) {
+	secs := int(wait.Round(time.Second)/time.Second) + 1
+	c.Header("Retry-After", strconv.Itoa(secs))
+	w.render(c, http.StatusTooManyRequests, "login", page{Title: "Log in", Action: c.Request.URL.Path, Dealer: strings.HasPrefix(c.Request.URL.Path, "/dealer"),
+		CSRF: w.loginCSRF(c), Error: fmt.Sprintf("%s Try again in %d seconds.", why, secs)})
+}
+
 func (w *Web) logout(c *gin.Context) {
-	if _, ok := w.form(c, server.RoleOwner, server.RoleDealer, server.RoleAdmin); !ok {
+	s, ok := w.form(c, server.RoleOwner, server.RoleDealer, server.RoleAdmin)
+	if !ok {
 		return
 	}
-	http.SetCookie(c.Writer, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(c.Request)})
-	redirect(c, "/")
+	if err := w.Accounts.EndSession(c.Request.Context(), s.ID); err != nil {
+		w.Log.Error("end session", "err", err)
+	}
+	w.setCookie(c, cookieName, "", -1)
+	c.Redirect(http.StatusSeeOther, "/")
+}
+
+// password changes an owner's password: every session ends, and this
+// browser starts a new one.
+func (w *Web) password(c *gin.Context) {
+	s, ok := w.form(c, server.RoleOwner)
+	if !ok {
+		return
+	}
+	ctx := c.Request.Context()
+	if err := w.Accounts.ChangePassword(ctx, s.principal(), c.PostForm("current"), c.PostForm("new")); err != nil {
+		w.redirect(c, "/", "", "err", message(err))
+		return
+	}
+	w.setCookie(c, cookieName, "", -1)
+	if err := w.startSession(c, s.principal()); err != nil {
+		w.Log.Error("start session", "err", err)
+	}
+	w.redirect(c, "/", "", "msg", "Your password is changed; every other session has ended.")
+}
+
+// claim lets an owner accept or reject someone's claim on their car.
+func (w *Web) claim(c *gin.Context) {
+	s, ok := w.form(c, server.RoleOwner)
+	if !ok {
+		return
+	}
+	vin, d := c.PostForm("vin"), c.PostForm("decision")
+	if _, err := w.Owners.DecideClaim(c.Request.Context(), s.principal(), vin, owners.ClaimDecision{Decision: d}, true); err != nil {
+		w.redirect(c, "/", "", "err", message(err))
+		return
+	}
+	msg := "The claim on " + vin + " is rejected; the car stays yours."
+	if d == "accept" {
+		msg = vin + " now belongs to the account that claimed it."
+	}
+	w.redirect(c, "/", "", "msg", msg)
 }
 
 func (w *Web) link(c *gin.Context) {
@@ -312,10 +478,10 @@ func (w *Web) link(c *gin.Context) {
 	}
 	req := owners.LinkRequest{VIN: strings.ToUpper(strings.TrimSpace(c.PostForm("vin"))), Code: strings.ToUpper(strings.TrimSpace(c.PostForm("code")))}
 	if _, err := w.Owners.LinkWithCode(c.Request.Context(), s.principal(), req); err != nil {
-		redirect(c, "/", "err", message(err))
+		w.redirect(c, "/", "", "err", message(err))
 		return
 	}
-	redirect(c, "/", "msg", "Vehicle "+req.VIN+" is linked to your account.")
+	w.redirect(c, "/", "", "msg", "Vehicle "+req.VIN+" is linked to your account.")
 }
 
 func (w *Web) usb(c *gin.Context) {
@@ -344,7 +510,7 @@ func (w *Web) usb(c *gin.Context) {
 func (w *Web) dealerPage(c *gin.Context) {
 	s, ok := w.session(c)
 	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
-		w.render(c, http.StatusOK, "login", page{Title: "Dealer console", Action: "/dealer/login", Dealer: true, Error: c.Query("err")})
+		w.loginPage(c, "Dealer console", "/dealer/login", true)
 		return
 	}
 	p := w.base(c, s, "Dealer console")
@@ -374,10 +540,10 @@ func (w *Web) pushJob(c *gin.Context) {
 	vin := c.PostForm("vin")
 	j, err := w.Jobs.Create(c.Request.Context(), s.principal(), jobs.CreateRequest{VIN: vin, ECU: c.PostForm("ecu"), Version: c.PostForm("version"), Reason: c.PostForm("reason")})
 	if err != nil {
-		redirect(c, "/dealer", "vin", vin, "err", message(err))
+		w.redirect(c, "/dealer", vin, "err", message(err))
 		return
 	}
-	redirect(c, "/dealer", "vin", vin, "msg", fmt.Sprintf("Job %s queued: %s on %s.", j.ID[:8], j.Version, j.ECUSerial))
+	w.redirect(c, "/dealer", vin, "msg", fmt.Sprintf("Job %s queued: %s on %s.", j.ID[:8], j.Version, j.ECUSerial))
 }
 
 func (w *Web) cancelJob(c *gin.Context) {
@@ -388,14 +554,14 @@ func (w *Web) cancelJob(c *gin.Context) {
 	vin := c.PostForm("vin")
 	j, err := w.Jobs.Cancel(c.Request.Context(), s.principal(), c.Param("id"))
 	if err != nil {
-		redirect(c, "/dealer", "vin", vin, "err", message(err))
+		w.redirect(c, "/dealer", vin, "err", message(err))
 		return
 	}
 	msg := fmt.Sprintf("Job %s canceled.", j.ID[:8])
 	if !server.JobTerminal(j.State) {
 		msg = fmt.Sprintf("Job %s is flashing: the install finishes or rolls back, and the job says which.", j.ID[:8])
 	}
-	redirect(c, "/dealer", "vin", vin, "msg", msg)
+	w.redirect(c, "/dealer", vin, "msg", msg)
 }
 
 func (w *Web) jobJSON(c *gin.Context) {
@@ -422,10 +588,10 @@ func (w *Web) replace(c *gin.Context) {
 	_, err := w.Registry.ReplaceECU(c.Request.Context(), s.principal(), vin, c.PostForm("old"), registry.ReplaceRequest{
 		Serial: c.PostForm("serial"), HardwareID: c.PostForm("hardwareId"), PublicKey: c.PostForm("publicKey"), Reason: c.PostForm("reason")})
 	if err != nil {
-		redirect(c, "/dealer", "vin", vin, "err", message(err))
+		w.redirect(c, "/dealer", vin, "err", message(err))
 		return
 	}
-	redirect(c, "/dealer", "vin", vin, "msg", "Unit re-provisioned; the car reauthorizes with its new key.")
+	w.redirect(c, "/dealer", vin, "msg", "Unit re-provisioned; the car reauthorizes with its new key.")
 }
 
 func (w *Web) statusPage(c *gin.Context) {
@@ -440,14 +606,9 @@ func (w *Web) statusPage(c *gin.Context) {
 		AllOK  bool
 		At     time.Time
 	}{page{Title: "Service status"}, checks, all, w.Now()}
-	c.Header("Content-Type", "text/html; charset=utf-8")
-	c.Header("Cache-Control", "no-store")
 	status := http.StatusOK
 	if !all {
 		status = http.StatusServiceUnavailable
 	}
-	c.Status(status)
-	if err := w.tmpl.ExecuteTemplate(c.Writer, "status", data); err != nil {
-		w.Log.Error("render status", "err", err)
-	}
+	w.render(c, status, "status", data)
 }
