@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -413,7 +414,11 @@ func (a *Agent) event(ctx context.Context, p *plan, kind string, pct int, msg st
 	if p.jobID == "" || a.API == nil {
 		return nil
 	}
-	err := a.API.JobEvent(ctx, p.jobID, kind, pct, msg)
+	e := api.JobEvent{Kind: kind, Percent: pct, Message: truncate(msg, api.MaxEventMessage)}
+	if kind == "succeeded" && p.tf != nil {
+		e.SHA256 = hex.EncodeToString(p.tf.Hashes["sha256"])
+	}
+	err := a.API.JobEvent(ctx, p.jobID, e)
 	var apiErr *api.Error
 	if errors.As(err, &apiErr) && apiErr.Code == "job_canceled" {
 		return errJobCanceled
@@ -422,6 +427,17 @@ func (a *Agent) event(ctx context.Context, p *plan, kind string, pct int, msg st
 		a.Log.Warn("job event not delivered", "job", p.jobID, "kind", kind, "err", err)
 	}
 	return nil
+}
+
+// truncate cuts s to at most n bytes, on a character boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // say tells a person at a terminal what is happening (logs get slog).

@@ -111,10 +111,21 @@ func (c *Client) Register(ctx context.Context, token string, r Registration) err
 	return c.do(ctx, http.MethodPost, "/api/v1/vehicles", token, r, nil)
 }
 
+// JobEvent is one progress report on a job.
+type JobEvent struct {
+	Kind    string `json:"kind"`
+	Percent int    `json:"percent"`
+	Message string `json:"message,omitempty"`
+	// SHA256 is the installed image's, with succeeded.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// MaxEventMessage is the longest message the server takes.
+const MaxEventMessage = 1024
+
 // JobEvent reports progress on a job.
-func (c *Client) JobEvent(ctx context.Context, jobID, kind string, percent int, message string) error {
-	return c.do(ctx, http.MethodPost, "/api/v1/jobs/"+url.PathEscape(jobID)+"/events", "",
-		map[string]any{"kind": kind, "percent": percent, "message": message}, nil)
+func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/jobs/"+url.PathEscape(jobID)+"/events", "", e, nil)
 }
 
 // CheckIn posts a signed manifest with a fresh nonce.

@@ -1,7 +1,8 @@
 // Package usb reads a USB update bundle: it unpacks the archive into a
 // directory (refusing any entry that is not a plain file inside the
-// bundle) and serves metadata and images from it with a fetcher that can
-// never reach outside the bundle.
+// bundle, and archives with too many entries, oversized metadata or more
+// bytes than the disk has room for) and serves metadata and images from
+// it through an os.Root, so no path or symlink reaches outside it.
 package usb
 
 import (
@@ -14,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -36,8 +38,17 @@ type Manifest struct {
 type Bundle struct {
 	Dir      string
 	Manifest Manifest
+	root     *os.Root
 	cleanup  func()
 }
+
+// Archive limits: a bundle holds a README, bundle.json, two root chains,
+// six metadata files and an image per ECU.
+const (
+	maxEntries      = 1024
+	maxMetadataSize = 16 << 20 // any entry outside targets/
+	maxBundleSize   = 64 << 30
+)
 
 // Open opens a bundle: a directory, or a tar archive unpacked into a new
 // directory under scratch. Close removes what Open unpacked.
@@ -58,6 +69,10 @@ func Open(src, scratch string) (*Bundle, error) {
 			return nil, err
 		}
 	}
+	if b.root, err = os.OpenRoot(b.Dir); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: bundle: %v", client.ErrUsage, err)
+	}
 	raw, err := b.ReadFile("bundle.json", 1<<20)
 	if err != nil {
 		b.Close()
@@ -71,7 +86,12 @@ func Open(src, scratch string) (*Bundle, error) {
 }
 
 // Close removes an unpacked archive.
-func (b *Bundle) Close() { b.cleanup() }
+func (b *Bundle) Close() {
+	if b.root != nil {
+		b.root.Close()
+	}
+	b.cleanup()
+}
 
 func unpack(archive, dir string) error {
 	f, err := os.Open(archive)
@@ -80,6 +100,8 @@ func unpack(archive, dir string) error {
 	}
 	defer f.Close()
 	tr := tar.NewReader(f)
+	var entries int
+	var total int64
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -91,6 +113,19 @@ func unpack(archive, dir string) error {
 		name, err := confine(h.Name)
 		if err != nil {
 			return err
+		}
+		entries++
+		total += max(h.Size, 0)
+		switch {
+		case entries > maxEntries:
+			return fmt.Errorf("%w: bundle archive has more than %d entries; nothing installed", client.ErrRefused, maxEntries)
+		case h.Size > maxMetadataSize && !strings.HasPrefix(filepath.ToSlash(name), "targets/"):
+			return fmt.Errorf("%w: bundle entry %q is %d bytes, more than metadata may be; nothing installed", client.ErrRefused, h.Name, h.Size)
+		case total > maxBundleSize:
+			return fmt.Errorf("%w: bundle archive holds more than %d GiB; nothing installed", client.ErrRefused, maxBundleSize>>30)
+		}
+		if free, ok := freeBytes(dir); ok && h.Size > free {
+			return fmt.Errorf("bundle entry %q needs %d bytes and only %d are free where it is unpacked (%s); free space and retry", h.Name, h.Size, free, dir)
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
@@ -147,24 +182,38 @@ func (b *Bundle) ReadFile(name string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// OpenFile opens a plain file inside the bundle.
+// OpenFile opens a plain file inside the bundle. The bundle's os.Root
+// refuses any path, or symlink on the way, that leaves it; the file itself
+// must not be a link.
 func (b *Bundle) OpenFile(name string) (*os.File, error) {
 	rel, err := confine(name)
 	if err != nil {
 		return nil, err
 	}
-	p := filepath.Join(b.Dir, rel)
-	st, err := os.Lstat(p)
+	st, err := b.root.Lstat(rel)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, &metadata.ErrDownloadHTTP{StatusCode: 404, URL: Scheme + name}
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: bundle path %q: %v; nothing installed", client.ErrRefused, name, err)
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: bundle path %q is not a plain file; nothing installed", client.ErrRefused, name)
 	}
-	return os.Open(p)
+	f, err := b.root.Open(rel)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bundle path %q: %v; nothing installed", client.ErrRefused, name, err)
+	}
+	return f, nil
+}
+
+// freeBytes is the space free for an unprivileged writer at dir.
+func freeBytes(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
 }
 
 // DownloadFile implements go-tuf's fetcher.Fetcher over the bundle: a

@@ -337,7 +337,7 @@ func TestManifestReplayIsRejected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := json.Marshal(vehicleauth.Manifest{VIN: v.vin, Nonce: "0123456789abcdef0123", Time: time.Now().UTC(),
+	m, _ := json.Marshal(vehicleauth.Manifest{VIN: v.vin, Nonce: "0123456789abcdef0123456789abcdef", Time: time.Now().UTC(),
 		ECUs: []vehicleauth.ECUReport{{Serial: "DCM000001", Version: "1.0.0"}}})
 	post := func(key ed25519.PrivateKey, sm vehicleauth.SignedManifest) (int, string) {
 		body, _ := json.Marshal(sm)

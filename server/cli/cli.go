@@ -198,7 +198,7 @@ func (c config) proxies() []string {
 }
 
 func initData(dir string, out io.Writer) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	_, created, err := repo.InitKeys(dir)
@@ -309,7 +309,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	pages, err := web.New(web.Deps{
 		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
 		Bundles: bundles, Store: store, Secret: secret, Now: time.Now, Log: log,
-		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs) },
+		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs, log) },
 	})
 	if err != nil {
 		return err
@@ -388,14 +388,16 @@ func blobDesc(c config) string {
 }
 
 // statusChecks is what /status shows an owner before they blame the car.
-func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore) []web.Check {
+// Causes of failures go to the log: the page is public.
+func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore, log *slog.Logger) []web.Check {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var out []web.Check
 	h, err := images.Health(ctx)
 	switch {
 	case err != nil:
-		out = append(out, web.Check{Name: "Image repository", Detail: err.Error()})
+		log.Warn("status: image repository", "err", err)
+		out = append(out, web.Check{Name: "Image repository", Detail: "cannot be read; the operator is told"})
 	case !h.Published:
 		out = append(out, web.Check{Name: "Image repository", Detail: "nothing published yet"})
 	default:
@@ -405,7 +407,8 @@ func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, bl
 	resign := web.Check{Name: "Timestamp re-signing", OK: h.ResignErr == nil && h.Published}
 	switch {
 	case h.ResignErr != nil:
-		resign.Detail = "last attempt failed: " + h.ResignErr.Error()
+		log.Warn("status: re-signing", "err", h.ResignErr)
+		resign.Detail = "the last attempt failed; the operator is told"
 	case !h.LastResign.IsZero():
 		resign.Detail = "last successful re-sign " + h.LastResign.UTC().Format(time.RFC3339)
 	default:
@@ -422,7 +425,8 @@ func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, bl
 		p    interface{ Ping(context.Context) error }
 	}{{"State store", store}, {"Blob store", blobs}} {
 		if err := p.p.Ping(ctx); err != nil {
-			out = append(out, web.Check{Name: p.name, Detail: err.Error()})
+			log.Warn("status: "+p.name, "err", err)
+			out = append(out, web.Check{Name: p.name, Detail: "unreachable; the operator is told"})
 		} else {
 			out = append(out, web.Check{Name: p.name, OK: true, Detail: "reachable"})
 		}

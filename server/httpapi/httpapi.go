@@ -192,7 +192,9 @@ func (a *api) readyz(c *gin.Context) {
 	ok := true
 	for name, p := range a.Ready {
 		if err := p.Ping(ctx); err != nil {
-			checks[name] = err.Error()
+			// The cause (paths, hosts) goes to the log, not to the world.
+			a.Log.WarnContext(ctx, "readiness check failed", "check", name, "err", err)
+			checks[name] = "unavailable"
 			ok = false
 		} else {
 			checks[name] = "ok"

@@ -12,6 +12,7 @@ package jobs
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,10 +279,59 @@ type EventRequest struct {
 	Kind    string `json:"kind"`
 	Percent int    `json:"percent,omitempty"`
 	Message string `json:"message,omitempty"`
+	// SHA256 is the installed image's, with succeeded: it must be the job's.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
-var eventKinds = map[string]bool{"downloading": true, "installing": true, "rebooting": true,
-	server.JobSucceeded: true, server.JobFailed: true, server.JobRolledBack: true}
+// Limits on what a vehicle may report.
+const (
+	maxEventMessage = 1024
+	maxJobEvents    = 500
+)
+
+// phases orders the progress events: a job never goes back to an earlier
+// phase within one attempt.
+var phases = map[string]int{"": 0, "downloading": 1, "installing": 2, "rebooting": 3}
+
+// checkEvent holds a vehicle's report to the job state machine:
+//
+//	downloading ≤ installing ≤ rebooting   (progress, never backwards)
+//	succeeded    from any open state, naming the job's image by sha256
+//	rolled_back  only once installing (a rollback needs a switch)
+//	failed       from any open state
+func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) error {
+	switch {
+	case len(r.Message) > maxEventMessage:
+		return server.Errorf(server.KindInvalid, "event message is %d bytes; at most %d", len(r.Message), maxEventMessage)
+	case r.Percent < 0 || r.Percent > 100:
+		return server.Errorf(server.KindInvalid, "percent %d: want 0 to 100", r.Percent)
+	case len(j.Events) >= maxJobEvents:
+		return server.CodedErrorf(server.KindConflict, "too_many_events", "job %s has %d events, the most it keeps; report its outcome", j.ID, len(j.Events))
+	}
+	switch r.Kind {
+	case "downloading", "installing", "rebooting":
+		if phases[r.Kind] < phases[j.Phase] {
+			return server.CodedErrorf(server.KindConflict, "invalid_transition", "job %s is %s; it cannot go back to %s", j.ID, j.Phase, r.Kind)
+		}
+	case server.JobRolledBack:
+		if phases[j.Phase] < phases["installing"] {
+			return server.CodedErrorf(server.KindConflict, "invalid_transition", "job %s never switched slots (phase %q); it cannot have rolled back", j.ID, j.Phase)
+		}
+	case server.JobSucceeded:
+		targets, _, err := s.images.CurrentTargets(ctx)
+		if err != nil {
+			return err
+		}
+		tf, ok := targets[j.TargetPath]
+		if !ok || r.SHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
+			return server.CodedErrorf(server.KindConflict, "invalid_transition", "succeeded must name the job's image by its sha256 (got %.16q)", r.SHA256)
+		}
+	case server.JobFailed:
+	default:
+		return server.Errorf(server.KindInvalid, "event kind %q: want downloading, installing, rebooting, succeeded, failed or rolled_back", r.Kind)
+	}
+	return nil
+}
 
 // Event records a progress report from the job's vehicle and moves the
 // job's state. It answers job_canceled (409) when the job was canceled, so
@@ -295,14 +345,14 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 		if j.VIN != vin {
 			return j, server.Errorf(server.KindForbidden, "job %s belongs to another vehicle", id)
 		}
-		if !eventKinds[r.Kind] {
-			return server.Job{}, server.Errorf(server.KindInvalid, "event kind %q: want downloading, installing, rebooting, succeeded, failed or rolled_back", r.Kind)
-		}
 		if j.State == server.JobCanceled {
 			return j, server.CodedErrorf(server.KindConflict, "job_canceled", "job %s was canceled; abandon it", id)
 		}
 		if server.JobTerminal(j.State) {
 			return j, server.Errorf(server.KindConflict, "job %s is already %s", id, j.State)
+		}
+		if err := s.checkEvent(ctx, j, r); err != nil {
+			return j, err
 		}
 		from, now := j.State, s.now().UTC()
 		j.UpdatedAt = now

@@ -65,9 +65,64 @@ func create(t *testing.T, svc *jobs.Service, version string, forced bool) server
 	return j
 }
 
+// imageSHA is the sha256 every test image is listed with.
+var imageSHA = strings.Repeat("00", 32)
+
 func event(t *testing.T, svc *jobs.Service, id, kind string) (server.Job, error) {
 	t.Helper()
-	return svc.Event(context.Background(), "VIN1", id, jobs.EventRequest{Kind: kind})
+	r := jobs.EventRequest{Kind: kind}
+	if kind == server.JobSucceeded {
+		r.SHA256 = imageSHA
+	}
+	return svc.Event(context.Background(), "VIN1", id, r)
+}
+
+// TestEventsFollowTheStateMachine: a vehicle's reports are held to the
+// job's state machine and to size limits.
+func TestEventsFollowTheStateMachine(t *testing.T) {
+	svc, _, _ := setup(t)
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		before []string
+		req    jobs.EventRequest
+		want   string // error text; "" for accepted
+	}{
+		{"succeeded without the image's hash", nil, jobs.EventRequest{Kind: "succeeded"}, "must name the job's image"},
+		{"succeeded with another image's hash", nil, jobs.EventRequest{Kind: "succeeded", SHA256: strings.Repeat("ab", 32)}, "must name the job's image"},
+		{"succeeded naming the image (already installed)", nil, jobs.EventRequest{Kind: "succeeded", SHA256: imageSHA}, ""},
+		{"rolled back without a switch", []string{"downloading"}, jobs.EventRequest{Kind: "rolled_back"}, "cannot have rolled back"},
+		{"rolled back after the switch", []string{"downloading", "installing", "rebooting"}, jobs.EventRequest{Kind: "rolled_back"}, ""},
+		{"back from rebooting to downloading", []string{"installing", "rebooting"}, jobs.EventRequest{Kind: "downloading"}, "cannot go back"},
+		{"a 2 KiB message", nil, jobs.EventRequest{Kind: "downloading", Message: strings.Repeat("x", 2048)}, "at most 1024"},
+		{"percent over 100", nil, jobs.EventRequest{Kind: "downloading", Percent: 250}, "want 0 to 100"},
+		{"an unknown kind", nil, jobs.EventRequest{Kind: "hacked"}, "want downloading"},
+		{"failed from queued", nil, jobs.EventRequest{Kind: "failed"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j := create(t, svc, "3.0.0", false)
+			for _, k := range tt.before {
+				if _, err := event(t, svc, j.ID, k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := svc.Event(ctx, "VIN1", j.ID, tt.req)
+			if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	j := create(t, svc, "3.0.0", false)
+	for i := 0; ; i++ {
+		_, err := event(t, svc, j.ID, "downloading")
+		if err != nil {
+			if !strings.Contains(err.Error(), "the most it keeps") || i < 400 {
+				t.Fatalf("after %d events: %v", i, err)
+			}
+			break
+		}
+	}
 }
 
 func TestCreateValidation(t *testing.T) {

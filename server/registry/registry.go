@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -159,10 +160,13 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 	switch {
 	case m.VIN != vinStr:
 		return server.Errorf(server.KindInvalid, "manifest is for VIN %s, posted for %s", m.VIN, vinStr)
-	case len(m.Nonce) < 16:
-		return server.Errorf(server.KindInvalid, "manifest nonce is missing or too short")
+	case !nonceRE.MatchString(m.Nonce):
+		return server.Errorf(server.KindInvalid, "manifest nonce must be 32 to 64 hex digits")
 	case now.Sub(m.Time) > 24*time.Hour || m.Time.Sub(now) > vehicleauth.MaxSkew:
 		return server.CodedErrorf(server.KindInvalid, "stale_manifest", "manifest time %s is too far from now; check the vehicle clock", m.Time.Format(time.RFC3339))
+	}
+	if err := checkManifestSizes(m); err != nil {
+		return err
 	}
 	v, err := s.store.Vehicle(ctx, vinStr)
 	if err != nil {
@@ -191,6 +195,42 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 	}
 	return nil
 }
+
+// nonceRE is a manifest nonce: 128 to 256 random bits, hex.
+var nonceRE = regexp.MustCompile(`^[0-9a-f]{32,64}$`)
+
+// dtcRE is a diagnostic trouble code such as B15C4 or U1100.
+var dtcRE = regexp.MustCompile(`^[PBCU][0-9A-F]{4}$`)
+
+// checkManifestSizes bounds what a vehicle may report, field by field.
+func checkManifestSizes(m vehicleauth.Manifest) error {
+	if len(m.ECUs) > 16 || len(m.Offline) > 32 || len(m.DTCs) > 32 {
+		return server.Errorf(server.KindInvalid, "manifest lists too much: at most 16 ECUs, 32 offline installs and 32 trouble codes")
+	}
+	seen := map[string]bool{}
+	for _, e := range m.ECUs {
+		if seen[e.Serial] {
+			return server.Errorf(server.KindInvalid, "manifest names ECU %s twice", e.Serial)
+		}
+		seen[e.Serial] = true
+		if len(e.InstalledTarget) > 512 || len(e.Version) > 64 || len(e.LastResult) > 512 || (e.SHA256 != "" && !sha256RE.MatchString(e.SHA256)) || e.Length < 0 {
+			return server.Errorf(server.KindInvalid, "manifest entry for ECU %s is malformed or too long", e.Serial)
+		}
+	}
+	for _, o := range m.Offline {
+		if len(o) > 512 {
+			return server.Errorf(server.KindInvalid, "an offline-install note is over 512 bytes")
+		}
+	}
+	for _, d := range m.DTCs {
+		if !dtcRE.MatchString(d) {
+			return server.Errorf(server.KindInvalid, "trouble code %.20q is not a DTC such as B15C4", d)
+		}
+	}
+	return nil
+}
+
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ReplaceRequest is the body of POST /api/v1/vehicles/{vin}/ecus/{serial}/replace.
 type ReplaceRequest struct {

@@ -369,6 +369,8 @@ func (r *Repo) checkRootChain(ctx context.Context, name, prefix string, cur *met
 		}
 		v := root.Signed.Version
 		switch {
+		case v < 1:
+			return nil, nil, server.Errorf(server.KindInvalid, "%s root #%d has version %d; versions start at 1", name, i+1, v)
 		case cur != nil && v <= cur.Signed.Version:
 			stored, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.root.json", prefix, v), maxMetadata)
 			if err != nil {
@@ -438,6 +440,9 @@ func (r *Repo) checkTargets(ctx context.Context, root *metadata.Metadata[metadat
 		return nil, server.CodedErrorf(server.KindInvalid, "bad_signature", "targets v%d is not signed by a threshold of the keys root v%d lists for targets: %v", t.Signed.Version, root.Signed.Version, err)
 	}
 	v := t.Signed.Version
+	if v < 1 {
+		return nil, server.Errorf(server.KindInvalid, "targets has version %d; versions start at 1", v)
+	}
 	if v < curVersion {
 		return nil, server.Errorf(server.KindConflict, "targets v%d is older than the published v%d; sign with a newer version", v, curVersion)
 	}
