@@ -119,6 +119,11 @@ func statusOf(k server.Kind) int {
 
 func (a *api) fail(c *gin.Context, err error) {
 	e := server.ErrorOf(err)
+	if c.Request.ContentLength != 0 {
+		// The body may be unread: closing beats net/http draining it (up
+		// to 256 KiB, as slowly as the client likes) before answering.
+		c.Header("Connection", "close")
+	}
 	if e.Kind == server.KindInternal {
 		a.Log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
 	}

@@ -43,11 +43,13 @@ const (
 	// answer; a publish may first wait for the lease another replica holds.
 	requestTimeout = 20 * time.Second
 	publishTimeout = 2 * time.Minute
-	// progressWindow and minProgress: a streamed transfer must move at
-	// least minProgress bytes in every progressWindow.
-	progressWindow = 30 * time.Second
-	minProgress    = 1 << 10
+	// minProgress: a streamed transfer must move at least this many
+	// bytes in every progressWindow.
+	minProgress = 1 << 10
 )
+
+// progressWindow is a var so tests can shorten it.
+var progressWindow = 30 * time.Second
 
 func (b Body) max(method string) int64 {
 	switch b {
@@ -74,7 +76,6 @@ func (a *api) limit(b Body) gin.HandlerFunc {
 		if max >= 0 {
 			if r.ContentLength > max {
 				a.fail(c, server.Errorf(server.KindTooLarge, "request body of %d bytes is over this route's %d-byte limit", r.ContentLength, max))
-				c.Header("Connection", "close")
 				return
 			}
 			r.Body = http.MaxBytesReader(c.Writer, r.Body, max)
@@ -82,7 +83,18 @@ func (a *api) limit(b Body) gin.HandlerFunc {
 		if b == Form && r.ContentLength != 0 {
 			if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
 				a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "unsupported_media_type", Message: "forms must be application/x-www-form-urlencoded"})
-				c.Header("Connection", "close")
+				return
+			}
+			// Parsed here, so an oversized form is an error and not, as
+			// gin's PostForm would have it, a form with empty fields.
+			rc.SetReadDeadline(time.Now().Add(requestTimeout))
+			if err := r.ParseForm(); err != nil {
+				var tooBig *http.MaxBytesError
+				if errors.As(err, &tooBig) {
+					a.fail(c, server.Errorf(server.KindTooLarge, "a form of over %d bytes; forms are small", maxFormBody))
+				} else {
+					a.fail(c, server.Errorf(server.KindInvalid, "malformed form: %v", err))
+				}
 				return
 			}
 		}

@@ -393,6 +393,11 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 		} else {
 			var err error
 			p, ok, err = w.Accounts.CheckOwnerPassword(ctx, name, secret)
+			if errors.Is(err, accounts.ErrBusy) {
+				c.Header("Retry-After", "5")
+				w.render(c, http.StatusServiceUnavailable, "login", page{Title: "Log in", Action: c.Request.URL.Path, CSRF: w.loginCSRF(c), Error: message(err)})
+				return
+			}
 			if err != nil {
 				w.redirect(c, back, "", "err", message(err))
 				return
