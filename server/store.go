@@ -115,7 +115,18 @@ const (
 	// OriginAutoAssign is an install the server's --auto-assign policy
 	// decided; it is recorded as a job so it has progress and history.
 	OriginAutoAssign = "auto-assign"
+	// OriginCampaign is an install a campaign wave assigned.
+	OriginCampaign = "campaign"
 )
+
+// Window is a daily maintenance window in the vehicle's local time: the
+// agent installs only between Start and End ("HH:MM", End may be past
+// midnight) in time zone TZ.
+type Window struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+	TZ    string `json:"tz"`
+}
 
 // JobTerminal reports whether a job in state s is finished.
 func JobTerminal(s string) bool {
@@ -128,25 +139,28 @@ func JobTerminal(s string) bool {
 
 // Job is a dealer reflash job: install one image on one ECU of one vehicle.
 type Job struct {
-	ID              string     `json:"id"`
-	VIN             string     `json:"vin"`
-	ECUSerial       string     `json:"ecuSerial"`
-	ECUType         string     `json:"ecuType"`
-	TargetPath      string     `json:"target"`
-	Version         string     `json:"version"`
-	Forced          bool       `json:"forced"`
-	Origin          string     `json:"origin"`
-	Reason          string     `json:"reason"`
-	State           string     `json:"state"`
-	CreatedBy       string     `json:"createdBy"`
-	CreatedAt       time.Time  `json:"createdAt"`
-	UpdatedAt       time.Time  `json:"updatedAt"`
-	Attempts        int        `json:"attempts"`
-	MaxAttempts     int        `json:"maxAttempts"`
-	NextAttemptAt   time.Time  `json:"nextAttemptAt,omitzero"`
-	CancelRequested bool       `json:"cancelRequested,omitempty"`
-	Phase           string     `json:"phase,omitempty"` // last reported progress event
-	Events          []JobEvent `json:"events"`
+	ID              string    `json:"id"`
+	VIN             string    `json:"vin"`
+	ECUSerial       string    `json:"ecuSerial"`
+	ECUType         string    `json:"ecuType"`
+	TargetPath      string    `json:"target"`
+	Version         string    `json:"version"`
+	Forced          bool      `json:"forced"`
+	Origin          string    `json:"origin"`
+	Reason          string    `json:"reason"`
+	State           string    `json:"state"`
+	CreatedBy       string    `json:"createdBy"`
+	CreatedAt       time.Time `json:"createdAt"`
+	UpdatedAt       time.Time `json:"updatedAt"`
+	Attempts        int       `json:"attempts"`
+	MaxAttempts     int       `json:"maxAttempts"`
+	NextAttemptAt   time.Time `json:"nextAttemptAt,omitzero"`
+	CancelRequested bool      `json:"cancelRequested,omitempty"`
+	Phase           string    `json:"phase,omitempty"` // last reported progress event
+	// CampaignID and Window are set for a campaign's job.
+	CampaignID string     `json:"campaignId,omitempty"`
+	Window     *Window    `json:"window,omitempty"`
+	Events     []JobEvent `json:"events"`
 }
 
 // JobEvent is one entry of a job's history.
@@ -275,4 +289,103 @@ type Store interface {
 
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Fence names the lease a leader's write depends on: the write happens
+// only if the lease is still held by Holder at Epoch (and unexpired), so
+// a replica that stalled past its lease cannot act on stale leadership.
+type Fence struct {
+	Name, Holder string
+	Epoch        int64
+}
+
+// ErrFenced: the write's lease has passed to another holder or expired.
+var ErrFenced = errors.New("fenced: the lease is no longer held")
+
+// Campaign states.
+const (
+	CampaignDraft     = "draft"
+	CampaignRunning   = "running"
+	CampaignPaused    = "paused"
+	CampaignHalted    = "halted"
+	CampaignCompleted = "completed"
+	CampaignAborted   = "aborted"
+)
+
+// Selector picks a campaign's vehicles; an empty list matches all.
+type Selector struct {
+	Models      []string `json:"models"`
+	Years       []int    `json:"years"`
+	Regions     []string `json:"regions"`
+	HardwareIDs []string `json:"hardwareIds"`
+	VINs        []string `json:"vins"`
+}
+
+// CampaignConfig is what a campaign was created with; it never changes.
+type CampaignConfig struct {
+	ECU              string        `json:"ecu"`
+	Version          string        `json:"version"`
+	Selector         Selector      `json:"selector"`
+	IncludeNew       bool          `json:"includeNew"`
+	Waves            []int         `json:"waves"`
+	MinSamples       int           `json:"minSamples"`
+	SuccessThreshold float64       `json:"successThreshold"`
+	FailureThreshold float64       `json:"failureThreshold"`
+	Soak             time.Duration `json:"soak"`
+	MaxPerMinute     int           `json:"maxPerMinute"`
+	Consent          string        `json:"consent"`
+	Window           *Window       `json:"window,omitempty"`
+	// Targets is the image for each hardware ID (ECU type and version
+	// resolved when the campaign was created).
+	Targets map[string]string `json:"targets"`
+}
+
+// Campaign is a staged rollout of one image.
+type Campaign struct {
+	ID         string
+	Name       string
+	State      string
+	HaltReason string
+	Config     CampaignConfig
+	// Seed orders the members (stable random draw).
+	Seed int64
+	// OpenWaves is how many waves have opened; WaveOpened when each did.
+	OpenWaves  int
+	WaveOpened []time.Time
+	CreatedBy  string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	StartedAt  time.Time
+	// AssignClock paces assignments (maxPerMinute): each assignment moves
+	// it on by 60s/maxPerMinute, never past now.
+	AssignClock time.Time
+}
+
+// CampaignMember is one ECU a campaign covers.
+type CampaignMember struct {
+	CampaignID string
+	VIN        string
+	ECUSerial  string
+	// Draw is the member's place in the campaign's random order.
+	Draw int64
+	// Wave is the index of the wave it belongs to (-1: none open yet).
+	Wave     int
+	JobID    string
+	Consent  string // "" (not asked), pending, accepted, declined
+	JoinedAt time.Time
+}
+
+// WaveCount counts one wave's members by where they are.
+type WaveCount struct {
+	Wave       int `json:"-"`
+	Targeted   int `json:"targeted"`
+	Declined   int `json:"declined"`
+	Waiting    int `json:"waiting"` // not assigned yet (rate cap, consent)
+	Queued     int `json:"queued"`
+	InProgress int `json:"inProgress"`
+	Succeeded  int `json:"succeeded"`
+	Failed     int `json:"failed"`
+	RolledBack int `json:"rolledBack"`
+	TimedOut   int `json:"timedOut"`
+	Canceled   int `json:"canceled"`
 }

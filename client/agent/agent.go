@@ -64,6 +64,8 @@ const (
 	Refused    = "refused"
 	Failed     = "failed"
 	Canceled   = "canceled"
+	// Waiting: assigned, to install in its maintenance window.
+	Waiting = "waiting"
 )
 
 // ECUResult is what happened to one ECU.
@@ -105,7 +107,11 @@ type plan struct {
 	w      *bootctl.Writer
 	// idx is this ECU's entry in Report.ECUs.
 	idx int
+	// window, if set, is when the install may happen.
+	window *window
 }
+
+type window struct{ start, end, tz string }
 
 var errJobCanceled = errors.New("job canceled on the server")
 
@@ -481,6 +487,12 @@ type directorCustom struct {
 	} `json:"ecuIdentifiers"`
 	JobID     string `json:"jobId"`
 	Downgrade bool   `json:"downgrade"`
+	// Window, from a campaign: install only then (vehicle's local time).
+	Window *struct {
+		Start string `json:"start"`
+		End   string `json:"end"`
+		TZ    string `json:"tz"`
+	} `json:"window"`
 }
 
 // plan checks the director's assignment (Uptane full verification) and
@@ -543,6 +555,9 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
 			}
 			assigned[serial] = &plan{ecu: e, boot: a.V.ECU(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
+			if dc.Window != nil {
+				assigned[serial].window = &window{dc.Window.Start, dc.Window.End, dc.Window.TZ}
+			}
 			// A downgrade needs both: the director (a forced dealer job)
 			// and the signer (the image permits it).
 			assigned[serial].custom.AllowDowngrade = dc.Downgrade && ic.AllowDowngrade
@@ -584,6 +599,17 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 			res.Detail = fmt.Sprintf("skipping %s: it failed its boot check on this ECU before", p.path)
 			results = append(results, res)
 			continue
+		case p.window != nil:
+			in, err := meta.InWindow(p.window.start, p.window.end, p.window.tz, a.now())
+			if err != nil || !in {
+				res.Outcome = Waiting
+				res.Detail = fmt.Sprintf("waiting for the maintenance window %s-%s %s", p.window.start, p.window.end, p.window.tz)
+				if err != nil {
+					res.Detail = err.Error()
+				}
+				results = append(results, res)
+				continue
+			}
 		}
 		p.idx = len(results)
 		results = append(results, res)

@@ -25,6 +25,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	v1, v2 := w.vehicle(1), w.vehicle(2)
 	dealer, owner := w.account("dealer", "dealer-1"), w.account("owner", "owner-1")
 	job := w.job(dealer, map[string]any{"vin": v1.vin, "ecu": "dcm", "version": "latest", "reason": "authz test"})
+	var camp struct{ ID string } // a campaign the admin routes may act on
+	w.api("POST", "/api/v1/campaigns", adminToken, map[string]any{"name": "authz", "ecu": "dcm", "version": "2.0.0"}, &camp)
 	var spare struct{ ID string } // an account the admin routes may disable and re-key
 	w.api("POST", "/api/v1/accounts", adminToken, map[string]string{"role": "dealer", "name": "spare"}, &spare)
 	vkey := func(v vehicleState) ed25519.PrivateKey {
@@ -69,6 +71,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/" + job.ID + "/cancel", "admin dealer"},
 		{"POST", "/api/v1/jobs/{id}/events", "/api/v1/jobs/" + job.ID + "/events", "vehicle"},
 		{"GET", "/api/v1/audit", "", "admin"},
+		{"POST", "/api/v1/campaigns", "", "admin"},
+		{"GET", "/api/v1/campaigns", "", "admin dealer"},
+		{"GET", "/api/v1/campaigns/{id}", "/api/v1/campaigns/" + camp.ID, "admin dealer"},
+		{"POST", "/api/v1/campaigns/{id}/start", "/api/v1/campaigns/" + camp.ID + "/start", "admin"},
+		{"POST", "/api/v1/campaigns/{id}/pause", "/api/v1/campaigns/" + camp.ID + "/pause", "admin"},
+		{"POST", "/api/v1/campaigns/{id}/resume", "/api/v1/campaigns/" + camp.ID + "/resume", "admin"},
+		{"POST", "/api/v1/campaigns/{id}/abort", "/api/v1/campaigns/" + camp.ID + "/abort", "admin"},
+		{"GET", "/api/v1/owners/me/updates", "", "owner"},
+		{"POST", "/api/v1/owners/me/vehicles/{vin}/consent", "/api/v1/owners/me/vehicles/" + v1.vin + "/consent", "owner"},
 		{"POST", "/api/v1/vehicles/{vin}/link-code", "/api/v1/vehicles/" + v1.vin + "/link-code", "vehicle"},
 		{"POST", "/api/v1/owners/me/vehicles", "", "owner"},
 		{"GET", "/api/v1/owners/me/vehicles", "", "owner"},

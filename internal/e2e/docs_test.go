@@ -41,10 +41,11 @@ func TestCLIReferenceMatchesHelp(t *testing.T) {
 	bin := builtPrograms(t)
 	doc := readDoc(t, "docs/cli.md")
 	commands := map[string][]string{
-		"roadsign-server": {"init", "serve"},
-		"roadsign-signer": {"init", "add", "publish", "status", "rotate"},
-		"roadsign-agent":  {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu"},
-		"roadsign-demo":   {""},
+		"roadsign-server":   {"init", "serve"},
+		"roadsign-signer":   {"init", "add", "publish", "status", "rotate"},
+		"roadsign-agent":    {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu"},
+		"roadsign-demo":     {""},
+		"roadsign-fleetsim": {""},
 	}
 	flagRE := regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)`)
 	for prog, cmds := range commands {

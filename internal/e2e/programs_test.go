@@ -25,7 +25,7 @@ var (
 )
 
 // programs are the ones users run, all built into one bin directory.
-var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", "roadsign-demo"}
+var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", "roadsign-demo", "roadsign-fleetsim"}
 
 // builtPrograms builds every program once, version-stamped as make build
 // does, and returns the directory holding them.
@@ -55,8 +55,8 @@ func TestVersionOfEveryProgram(t *testing.T) {
 	want := regexp.MustCompile(`^(roadsign-[a-z]+) ` + regexp.QuoteMeta(stampVersion) + ` \(commit ` + stampCommit + `, built ` + stampDate + `, go1\.\d+`)
 	for _, p := range programs {
 		for _, arg := range []string{"--version", "version"} {
-			if p == "roadsign-demo" && arg == "version" {
-				continue // the demo has no subcommands
+			if (p == "roadsign-demo" || p == "roadsign-fleetsim") && arg == "version" {
+				continue // no subcommands
 			}
 			out, err := exec.Command(filepath.Join(dir, p), arg).CombinedOutput()
 			m := want.FindStringSubmatch(string(out))

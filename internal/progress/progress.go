@@ -20,6 +20,7 @@ type Bar struct {
 	start   time.Time
 	last    time.Time
 	enabled bool
+	format  func(int64) string
 }
 
 // IsTerminal reports whether w is a character device (a terminal).
@@ -35,7 +36,14 @@ func IsTerminal(w io.Writer) bool {
 // New returns a bar for total bytes (0 if unknown), starting at done.
 // It draws only when w is a terminal.
 func New(w io.Writer, label string, total, done int64) *Bar {
-	return &Bar{w: w, label: label, total: total, done: done, start: time.Now(), enabled: IsTerminal(w)}
+	return &Bar{w: w, label: label, total: total, done: done, start: time.Now(), enabled: IsTerminal(w), format: human}
+}
+
+// NewCount is a bar that counts things (vehicles, say), not bytes.
+func NewCount(w io.Writer, label string, total int64) *Bar {
+	b := New(w, label, total, 0)
+	b.format = func(n int64) string { return fmt.Sprint(n) }
+	return b
 }
 
 // Write counts len(p) bytes; use the bar as the second half of an io.TeeReader.
@@ -73,10 +81,10 @@ func (b *Bar) draw(now time.Time) {
 	rate := float64(b.done) / max(now.Sub(b.start).Seconds(), 0.001)
 	if b.total > 0 {
 		pct := 100 * float64(b.done) / float64(b.total)
-		fmt.Fprintf(b.w, "\r%s %5.1f%%  %s / %s  %s/s   ", b.label, pct, human(b.done), human(b.total), human(int64(rate)))
+		fmt.Fprintf(b.w, "\r%s %5.1f%%  %s / %s  %s/s   ", b.label, pct, b.format(b.done), b.format(b.total), b.format(int64(rate)))
 		return
 	}
-	fmt.Fprintf(b.w, "\r%s %s  %s/s   ", b.label, human(b.done), human(int64(rate)))
+	fmt.Fprintf(b.w, "\r%s %s  %s/s   ", b.label, b.format(b.done), b.format(int64(rate)))
 }
 
 func human(n int64) string {

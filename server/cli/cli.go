@@ -30,11 +30,13 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/fsblob"
 	"github.com/roadsign/roadsign/server/httpapi"
 	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/leader"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/postgres"
 	"github.com/roadsign/roadsign/server/registry"
@@ -82,6 +84,8 @@ type config struct {
 	maxConnections  int
 	hashConcurrency int
 	loginsPerMinute int
+	leaderLease     time.Duration
+	campaignTick    time.Duration
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -150,6 +154,8 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 		fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDRs of load balancers whose X-Forwarded-For is believed (default: none)")
 		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most connections open at once; more wait to be accepted")
+		fs.DurationVar(&c.leaderLease, "leader-lease", 15*time.Second, "lease of the replica that runs campaign waves, job timeouts and re-signing; renewed at a third")
+		fs.DurationVar(&c.campaignTick, "campaign-tick", time.Second, "how often the leader advances running campaigns")
 		fs.IntVar(&c.hashConcurrency, "password-hash-concurrency", 0, "most owner-password checks (argon2id, 64 MiB each) at once; 0: one per CPU")
 		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -166,6 +172,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && (c.hashConcurrency < 0 || c.loginsPerMinute < 1) {
 		return c, envflag.Usagef("--password-hash-concurrency must be 0 or more and --login-attempts-per-minute at least 1")
+	}
+	if cmd == "serve" && (c.leaderLease < time.Second || c.campaignTick <= 0) {
+		return c, envflag.Usagef("--leader-lease must be at least 1s and --campaign-tick positive")
 	}
 	if cmd == "serve" && c.maxConnections < 1 {
 		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
@@ -289,10 +298,14 @@ func serve(ctx context.Context, c config, env Env) error {
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
 	}, time.Now, log, reg)
-	images.UseLeases(store, uuid.NewString())
+	replica := uuid.NewString()
+	images.UseLeases(store, replica)
+	elector := leader.New(store, "leader", replica, c.leaderLease, log, reg)
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
 	directorSvc.UseJobs(jobSvc)
+	directorSvc.UseCampaigns(store.CampaignTargets)
+	campaignSvc := campaigns.New(store, images, jobSvc, time.Now, reg)
 	secret, err := connect.LoadSecret(c.data)
 	if err != nil {
 		return fmt.Errorf("connected-services secret: %w", err)
@@ -302,6 +315,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	ownerSvc := owners.New(store, time.Now)
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
+	registrySvc.Registered = campaignSvc.OnRegister
 	bundles := bundle.New(images, directorSvc, time.Now)
 	accountSvc := accounts.New(store, accounts.NewPasswords(c.hashConcurrency, reg), c.adminToken, time.Now)
 	throttle := accounts.DefaultThrottle
@@ -317,7 +331,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accountSvc, Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
-		Bundles: bundles, Web: pages,
+		Bundles: bundles, Web: pages, Campaigns: campaignSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})
@@ -341,8 +355,23 @@ func serve(ctx context.Context, c config, env Env) error {
 	ln = netutil.LimitListener(ln, c.maxConnections)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Go(func() { images.RunResigner(bg) })
-	wg.Go(func() { jobSvc.RunSweeper(bg, min(c.jobTimeout/10, time.Minute)) })
+	// Singleton work runs on the elected replica only. Campaign writes are
+	// fenced by its lease; re-signing also takes the repository's lease,
+	// and job timeouts are conditional updates.
+	wg.Go(func() { elector.Run(bg) })
+	wg.Go(func() { elector.Every(bg, c.campaignTick, "campaign tick", campaignSvc.Tick) })
+	wg.Go(func() {
+		elector.Every(bg, min(c.jobTimeout/10, time.Minute), "job sweep", func(ctx context.Context, _ server.Fence) error {
+			_, err := jobSvc.Sweep(ctx)
+			return err
+		})
+	})
+	wg.Go(func() {
+		elector.Every(bg, images.ResignInterval(), "re-sign", func(ctx context.Context, _ server.Fence) error {
+			_, err := images.ResignIfNeeded(ctx)
+			return err
+		})
+	})
 	defer func() { stopBG(); wg.Wait() }()
 
 	errc := make(chan error, 1)

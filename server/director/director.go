@@ -48,6 +48,7 @@ type Service struct {
 	store      server.Store
 	images     Images
 	jobs       AutoJobs
+	covered    func(ctx context.Context) (map[string]bool, error)
 	keys       *repo.OnlineKeys
 	autoAssign string
 	expiry     time.Duration
@@ -63,6 +64,13 @@ func New(store server.Store, images Images, keys *repo.OnlineKeys, autoAssign st
 // UseJobs makes the director record what auto-assign decides as jobs.
 func (d *Service) UseJobs(j AutoJobs) { d.jobs = j }
 
+// UseCampaigns tells the director which images campaigns cover: those
+// reach vehicles only through their campaign's waves (or a dealer's job),
+// never through auto-assign.
+func (d *Service) UseCampaigns(covered func(ctx context.Context) (map[string]bool, error)) {
+	d.covered = covered
+}
+
 // Assigned is one ECU's assignment.
 type Assigned struct {
 	Serial     string
@@ -73,6 +81,7 @@ type Assigned struct {
 	Image      meta.Custom
 	JobID      string
 	Downgrade  bool
+	Window     *server.Window
 }
 
 // Assignment decides what each ECU of v must run, without changing
@@ -93,11 +102,13 @@ const (
 	recordAll
 )
 
-// assign decides what each ECU of v must run. Precedence, per ECU: its
-// oldest open dealer job (once its retry time has come); else, with
-// --auto-assign latest, the newest image for its hardware. Auto-assign
-// does not push an image again onto an ECU where an auto-assigned install
-// of it failed or rolled back (a dealer job can).
+// assign decides what each ECU of v must run. Precedence, per ECU (the
+// one place it is decided): its oldest open dealer job (once its retry
+// time has come); else its open campaign job; else, with --auto-assign
+// latest, the newest image for its hardware that no campaign covers, if
+// it is not older than what the ECU runs. Auto-assign does not push an
+// image again onto an ECU where an auto-assigned install of it failed or
+// rolled back (a dealer job can).
 //
 // Unless mode is recordNothing (a read-only question), decisions are
 // written down: an auto-assigned install the ECU does not run yet gets a
@@ -113,16 +124,26 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 	if err != nil {
 		return nil, err
 	}
+	covered := map[string]bool{}
+	if d.covered != nil && d.autoAssign == AutoLatest {
+		if covered, err = d.covered(ctx); err != nil {
+			return nil, err
+		}
+	}
 	now := d.now()
 	var out []Assigned
 	for _, e := range v.ECUs {
-		var dealer *server.Job
+		var dealer, campaign *server.Job
 		var autos []server.Job
 		for i, j := range jobs { // oldest first: the first open dealer job is the active one
 			switch {
 			case j.ECUSerial != e.Serial || server.JobTerminal(j.State):
 			case j.Origin == server.OriginAutoAssign:
 				autos = append(autos, j)
+			case j.Origin == server.OriginCampaign:
+				if campaign == nil {
+					campaign = &jobs[i]
+				}
 			case dealer == nil:
 				dealer = &jobs[i]
 			}
@@ -146,6 +167,9 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 			return open, nil
 		}
 		if dealer != nil {
+			if campaign != nil {
+				autos = append(autos, *campaign) // a dealer's job beats a campaign's too
+			}
 			if _, err := supersede("", "superseded by dealer job "+dealer.ID); err != nil {
 				return nil, err
 			}
@@ -154,7 +178,16 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 			}
 			continue
 		}
-		p, tf, c, ok := meta.Latest(targets, e.Type, e.HardwareID)
+		if campaign != nil {
+			if _, err := supersede("", "superseded by campaign job "+campaign.ID); err != nil {
+				return nil, err
+			}
+			if a, ok := d.fromJob(e, *campaign, targets, now); ok {
+				out = append(out, a)
+			}
+			continue
+		}
+		p, tf, c, ok := latest(targets, e, covered)
 		if d.autoAssign != AutoLatest || !ok {
 			if _, err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
 				return nil, err
@@ -217,7 +250,35 @@ func (d *Service) fromJob(e server.ECU, j server.Job, targets map[string]*metada
 		return Assigned{}, false
 	}
 	return Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: j.TargetPath, Target: tf, Image: c,
-		JobID: j.ID, Downgrade: j.Forced}, true
+		JobID: j.ID, Downgrade: j.Forced, Window: j.Window}, true
+}
+
+// latest is what auto-assign gives e: the newest image for its hardware
+// that no campaign covers, unless e already runs a newer one (a
+// campaign's, say).
+func latest(targets map[string]*metadata.TargetFiles, e server.ECU, covered map[string]bool) (string, *metadata.TargetFiles, meta.Custom, bool) {
+	open := targets
+	if len(covered) > 0 {
+		open = make(map[string]*metadata.TargetFiles, len(targets))
+		for p, tf := range targets {
+			if !covered[p] {
+				open[p] = tf
+			}
+		}
+	}
+	p, tf, c, ok := meta.Latest(open, e.Type, e.HardwareID)
+	if !ok || e.InstalledSHA256 == "" {
+		return p, tf, c, ok
+	}
+	for _, itf := range targets {
+		if hex.EncodeToString(itf.Hashes["sha256"]) != e.InstalledSHA256 {
+			continue
+		}
+		if ic, err := meta.TargetCustom(itf); err == nil && ic.Supports(e.Type, e.HardwareID) && ic.ReleaseCounter > c.ReleaseCounter {
+			return "", nil, c, false
+		}
+	}
+	return p, tf, c, ok
 }
 
 // failedBefore reports whether an auto-assigned install of path on serial
@@ -241,6 +302,8 @@ type TargetCustom struct {
 	ReleaseCounter int64                    `json:"releaseCounter"`
 	JobID          string                   `json:"jobId,omitempty"`
 	Downgrade      bool                     `json:"downgrade,omitempty"`
+	// Window, from a campaign, is when the vehicle may install.
+	Window *server.Window `json:"window,omitempty"`
 }
 
 // ECUIdentifier names the hardware an ECU serial must have.
@@ -263,7 +326,7 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 		}
 		c.ECUIdentifiers[a.Serial] = ECUIdentifier{HardwareID: a.HardwareID}
 		if a.JobID != "" {
-			c.JobID, c.Downgrade = a.JobID, a.Downgrade
+			c.JobID, c.Downgrade, c.Window = a.JobID, a.Downgrade, a.Window
 		}
 	}
 	for p, c := range customs {

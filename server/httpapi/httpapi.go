@@ -22,6 +22,7 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/jobs"
@@ -52,12 +53,14 @@ type Deps struct {
 	Owners   *owners.Service
 	Connect  *connect.Service
 	Bundles  *bundle.Service
-	Web      *web.Web
-	Store    server.Store
-	Ready    map[string]Pinger
-	Log      *slog.Logger
-	Metrics  *prometheus.Registry
-	Now      func() time.Time
+	// Campaigns may be nil in tests that do not use them.
+	Campaigns *campaigns.Service
+	Web       *web.Web
+	Store     server.Store
+	Ready     map[string]Pinger
+	Log       *slog.Logger
+	Metrics   *prometheus.Registry
+	Now       func() time.Time
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed
 	// (nil: none).
 	TrustedProxies []string

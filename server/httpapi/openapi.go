@@ -43,12 +43,27 @@ var schemas = map[string]any{
 	"TransferRequest": obj(map[string]any{"owner": str(), "subscriptionEnds": map[string]any{"type": "string", "format": "date-time"}}, "owner"),
 	"AuthRequest":     obj(map[string]any{"challenge": str(), "firmware": map[string]any{"type": "array", "items": obj(map[string]any{"serial": str(), "sha256": str()})}}),
 	"PasswordRequest": obj(map[string]any{"current": str(), "new": str()}, "current", "new"),
-	"ClaimDecision":   obj(map[string]any{"decision": enum("accept", "reject"), "reason": str()}, "decision"),
-	"ReplaceRequest":  obj(map[string]any{"serial": str(), "hardwareId": str(), "publicKey": str(), "reason": str()}, "serial", "hardwareId", "publicKey", "reason"),
-	"Error":           obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
+	"CampaignRequest": obj(map[string]any{
+		"name": str(), "ecu": enum("head-unit", "dcm"), "version": str(),
+		"selector": obj(map[string]any{"models": strs(), "years": map[string]any{"type": "array", "items": map[string]any{"type": "integer"}},
+			"regions": strs(), "hardwareIds": strs(), "vins": strs()}),
+		"includeNew": map[string]any{"type": "boolean"},
+		"waves":      map[string]any{"type": "array", "items": map[string]any{"type": "integer"}, "description": "cumulative percentages, ending at 100"},
+		"minSamples": map[string]any{"type": "integer"}, "successThreshold": map[string]any{"type": "number"}, "failureThreshold": map[string]any{"type": "number"},
+		"soak": map[string]any{"type": "string", "description": "a duration such as 1h"}, "maxPerMinute": map[string]any{"type": "integer"},
+		"consent": enum("none", "owner"),
+		"seed":    map[string]any{"type": "integer", "description": "fixes the random order of vehicles, to rehearse a rollout exactly"},
+		"window":  obj(map[string]any{"start": str(), "end": str(), "tz": str()}, "start", "end", "tz"),
+	}, "name", "ecu", "version"),
+	"ConsentRequest": obj(map[string]any{"campaign": str(), "decision": enum("accept", "decline")}, "campaign", "decision"),
+	"ClaimDecision":  obj(map[string]any{"decision": enum("accept", "reject"), "reason": str()}, "decision"),
+	"ReplaceRequest": obj(map[string]any{"serial": str(), "hardwareId": str(), "publicKey": str(), "reason": str()}, "serial", "hardwareId", "publicKey", "reason"),
+	"Error":          obj(map[string]any{"error": obj(map[string]any{"code": str(), "message": str()}, "code", "message")}, "error"),
 }
 
 func str() map[string]any { return map[string]any{"type": "string"} }
+
+func strs() map[string]any { return map[string]any{"type": "array", "items": str()} }
 
 func enum(v ...string) map[string]any { return map[string]any{"type": "string", "enum": v} }
 

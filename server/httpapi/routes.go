@@ -13,6 +13,7 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
@@ -84,6 +85,16 @@ func (a *api) apiRoutes() []route {
 		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent, Default},
 
 		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit, Default},
+
+		{"POST", "/api/v1/campaigns", admin, "Create a campaign (draft): one image for the vehicles a selector picks, in waves", "CampaignRequest", a.createCampaign, Default},
+		{"GET", "/api/v1/campaigns", adminDealer, "Campaigns with their waves and counts, newest first", "", a.listCampaigns, Default},
+		{"GET", "/api/v1/campaigns/:id", adminDealer, "A campaign: state, halt reason, waves with counts, totals", "", a.getCampaign, Default},
+		{"POST", "/api/v1/campaigns/:id/start", admin, "Start a draft campaign: its vehicles are fixed now", "", a.campaignAction("start"), Default},
+		{"POST", "/api/v1/campaigns/:id/pause", admin, "Pause a running campaign: nothing new is assigned", "", a.campaignAction("pause"), Default},
+		{"POST", "/api/v1/campaigns/:id/resume", admin, "Resume a paused campaign", "", a.campaignAction("resume"), Default},
+		{"POST", "/api/v1/campaigns/:id/abort", admin, "Abort a campaign: jobs not started are canceled", "", a.campaignAction("abort"), Default},
+		{"GET", "/api/v1/owners/me/updates", []string{Owner}, "Campaign updates waiting for my consent, with release notes", "", a.pendingUpdates, Default},
+		{"POST", "/api/v1/owners/me/vehicles/:vin/consent", []string{Owner}, "Accept or decline a campaign's update for my vehicle", "ConsentRequest", a.consent, Default},
 
 		{"POST", "/api/v1/vehicles/:vin/link-code", []string{Vehicle}, "A one-time code the vehicle shows, for its owner to link it", "", a.linkCode, Default},
 		{"POST", "/api/v1/owners/me/vehicles", []string{Owner}, "Link a vehicle with the code it shows", "LinkRequest", a.linkVehicle, Default},
@@ -183,6 +194,104 @@ func (a *api) decideClaim(asOwner bool) gin.HandlerFunc {
 		}
 		c.JSON(http.StatusOK, l)
 	}
+}
+
+func (a *api) createCampaign(c *gin.Context) {
+	var req campaigns.CreateRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	v, err := a.Campaigns.Create(c.Request.Context(), p, req)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, v)
+}
+
+func (a *api) listCampaigns(c *gin.Context) {
+	vs, err := a.Campaigns.List(c.Request.Context())
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"campaigns": nonNil(vs)})
+}
+
+func (a *api) getCampaign(c *gin.Context) {
+	v, err := a.Campaigns.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, v)
+}
+
+func (a *api) campaignAction(action string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		p, _ := principal(c)
+		var v campaigns.View
+		var err error
+		if action == "start" {
+			v, err = a.Campaigns.Start(c.Request.Context(), p, c.Param("id"))
+		} else {
+			v, err = a.Campaigns.Act(c.Request.Context(), p, c.Param("id"), action)
+		}
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, v)
+	}
+}
+
+func (a *api) pendingUpdates(c *gin.Context) {
+	p, _ := principal(c)
+	links, err := a.Owners.Mine(c.Request.Context(), p)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	out := []campaigns.Pending{}
+	for _, l := range links {
+		ps, err := a.Campaigns.PendingConsent(c.Request.Context(), l.VIN)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		out = append(out, ps...)
+	}
+	c.JSON(http.StatusOK, gin.H{"updates": out})
+}
+
+// ConsentRequest is the body of POST /api/v1/owners/me/vehicles/{vin}/consent.
+type ConsentRequest struct {
+	Campaign string `json:"campaign"`
+	Decision string `json:"decision"` // accept or decline
+}
+
+func (a *api) consent(c *gin.Context) {
+	var req ConsentRequest
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	p, _ := principal(c)
+	ctx := c.Request.Context()
+	if ok, err := a.Owners.Owns(ctx, p, c.Param("vin")); err != nil {
+		a.fail(c, err)
+		return
+	} else if !ok {
+		a.fail(c, server.Errorf(server.KindNotFound, "vehicle %s is not linked to your account", c.Param("vin")))
+		return
+	}
+	if err := a.Campaigns.Consent(ctx, p, c.Param("vin"), req.Campaign, req.Decision); err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": req.Decision + "ed"})
 }
 
 func (a *api) registerVehicle(c *gin.Context) {

@@ -27,6 +27,9 @@ type Service struct {
 	now   func() time.Time
 	// Owns, if set, tells whether an owner is linked to a VIN.
 	Owns func(ctx context.Context, p accounts.Principal, vin string) (bool, error)
+	// Registered, if set, hears of each new vehicle (campaigns that
+	// include new vehicles take it in).
+	Registered func(ctx context.Context, v server.Vehicle) error
 }
 
 // New returns a registry.
@@ -95,6 +98,11 @@ func (s *Service) Register(ctx context.Context, by accounts.Principal, r Registe
 	detail, _ := json.Marshal(r.ECUs)
 	if err := accounts.Audit(ctx, s.store, s.now(), by, "vehicle.register", v.VIN, string(detail)); err != nil {
 		return server.Vehicle{}, err
+	}
+	if s.Registered != nil {
+		if err := s.Registered(ctx, v); err != nil {
+			return server.Vehicle{}, err
+		}
 	}
 	return v, nil
 }

@@ -109,23 +109,10 @@ func (r *Repo) resign(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
-// RunResigner re-signs in the background until ctx ends. It checks often
-// enough that metadata is re-signed with at least a third of its life left.
-func (r *Repo) RunResigner(ctx context.Context) {
-	interval := min(r.cfg.TimestampExpiry/8, time.Minute)
-	interval = max(interval, time.Second)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if _, err := r.ResignIfNeeded(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			r.log.Error("re-sign failed; will retry", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+// ResignInterval is how often to check whether re-signing is due: an
+// eighth of the timestamp's life, between a second and a minute.
+func (r *Repo) ResignInterval() time.Duration {
+	return max(min(r.cfg.TimestampExpiry/8, time.Minute), time.Second)
 }
 
 // SigningHealth reports when snapshot/timestamp were last signed and the

@@ -75,6 +75,25 @@ var migrations = []string{
 	CREATE INDEX sessions_account ON sessions (account_id);
 	CREATE INDEX sessions_expires ON sessions (expires_at);
 	ALTER TABLE links ADD COLUMN pending_since BIGINT NOT NULL DEFAULT 0;`,
+	// 6: leases carry an epoch that fences a leader's writes; campaigns,
+	// their members (fixed at start, in a stable random order: draw) and
+	// the jobs they assign.
+	`ALTER TABLE leases ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+	CREATE TABLE campaigns (
+		id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, config TEXT NOT NULL,
+		halt_reason TEXT NOT NULL, seed BIGINT NOT NULL,
+		open_waves INTEGER NOT NULL, wave_opened TEXT NOT NULL, created_by TEXT NOT NULL, created_at BIGINT NOT NULL,
+		updated_at BIGINT NOT NULL, started_at BIGINT NOT NULL, assign_clock BIGINT NOT NULL);
+	CREATE INDEX campaigns_state ON campaigns (state);
+	CREATE TABLE campaign_members (
+		campaign_id TEXT NOT NULL, vin TEXT NOT NULL, ecu_serial TEXT NOT NULL, draw BIGINT NOT NULL,
+		wave INTEGER NOT NULL, job_id TEXT NOT NULL, consent TEXT NOT NULL, joined_at BIGINT NOT NULL,
+		PRIMARY KEY (campaign_id, vin, ecu_serial));
+	CREATE INDEX campaign_members_order ON campaign_members (campaign_id, wave, draw);
+	CREATE INDEX campaign_members_ecu ON campaign_members (vin, ecu_serial);
+	ALTER TABLE jobs ADD COLUMN campaign_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE jobs ADD COLUMN maintenance_window TEXT NOT NULL DEFAULT '';
+	CREATE INDEX jobs_campaign ON jobs (campaign_id, state);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

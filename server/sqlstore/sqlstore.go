@@ -7,6 +7,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -27,6 +28,9 @@ type Dialect struct {
 	IsUnique func(error) bool
 	// LockMigrations serializes migrations across processes (may be nil).
 	LockMigrations func(ctx context.Context, tx *sql.Tx) error
+	// ForUpdate locks selected rows to the transaction (" FOR UPDATE");
+	// empty where transactions lock the whole database for writing anyway.
+	ForUpdate string
 }
 
 // Store is a server.Store on a *sql.DB.
@@ -396,40 +400,60 @@ func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) e
 
 // --- jobs ---
 
-const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase, origin`
+const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase, origin, campaign_id, maintenance_window`
 
 func jobArgs(j server.Job) []any {
 	origin := j.Origin
 	if origin == "" {
 		origin = server.OriginDealer
 	}
+	window := ""
+	if j.Window != nil {
+		b, _ := json.Marshal(j.Window)
+		window = string(b)
+	}
 	return []any{j.ID, j.VIN, j.ECUSerial, j.ECUType, j.TargetPath, j.Version, boolInt(j.Forced), j.Reason, j.State, j.CreatedBy,
-		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, origin}
+		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, origin,
+		j.CampaignID, window}
 }
 
 func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
 	var j server.Job
 	var forced, cancel int
 	var created, updated, next int64
+	var window string
 	err := sc.Scan(&j.ID, &j.VIN, &j.ECUSerial, &j.ECUType, &j.TargetPath, &j.Version, &forced, &j.Reason, &j.State, &j.CreatedBy,
-		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase, &j.Origin)
+		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase, &j.Origin, &j.CampaignID, &window)
 	j.Forced, j.CancelRequested = forced == 1, cancel == 1
 	j.CreatedAt, j.UpdatedAt, j.NextAttemptAt = fromMicros(created), fromMicros(updated), fromMicros(next)
+	if window != "" {
+		j.Window = &server.Window{}
+		json.Unmarshal([]byte(window), j.Window)
+	}
 	return j, err
 }
 
-// CreateJob implements server.Store.
-func (s *Store) CreateJob(ctx context.Context, j server.Job) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`), jobArgs(j)...)
-	if err != nil {
-		return s.wrap("create job", err)
+// execer is a database or a transaction.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func (s *Store) insertJob(ctx context.Context, db execer, j server.Job) error {
+	if _, err := db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (`+placeholders(20)+`)`), jobArgs(j)...); err != nil {
+		return err
 	}
 	for _, e := range j.Events {
-		if err := s.AddJobEvent(ctx, j.ID, e); err != nil {
+		if _, err := db.ExecContext(ctx, s.q(`INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`),
+			j.ID, micros(e.At), e.Kind, e.Percent, e.Message); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// CreateJob implements server.Store.
+func (s *Store) CreateJob(ctx context.Context, j server.Job) error {
+	return s.wrap("create job", s.tx(ctx, func(tx *sql.Tx) error { return s.insertJob(ctx, tx, j) }))
 }
 
 func (s *Store) events(ctx context.Context, ids []string) (map[string][]server.JobEvent, error) {
@@ -647,6 +671,42 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 	}
 	n, err := res.RowsAffected()
 	return n == 1, s.wrap("acquire lease "+name, err)
+}
+
+// AcquireLeadership takes the named lease if it is free or expired, or
+// renews it for its holder, and returns its epoch. The epoch grows each
+// time the lease changes hands (or lapsed), so writes fenced by an older
+// epoch fail.
+func (s *Store) AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (int64, bool, error) {
+	var epoch int64
+	err := s.db.QueryRowContext(ctx, s.q(`INSERT INTO leases (name, holder, expires, epoch) VALUES (?, ?, ?, 1)
+		ON CONFLICT (name) DO UPDATE SET
+			epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires >= ? THEN leases.epoch ELSE leases.epoch + 1 END,
+			holder = excluded.holder, expires = excluded.expires
+		WHERE leases.expires < ? OR leases.holder = excluded.holder
+		RETURNING epoch`), name, holder, micros(now.Add(ttl)), micros(now), micros(now)).Scan(&epoch)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return epoch, err == nil, s.wrap("acquire leadership "+name, err)
+}
+
+// fenced runs fn in a transaction that first checks f still holds its
+// lease at its epoch (locking the lease row, so the lease cannot change
+// hands before the transaction ends); server.ErrFenced otherwise.
+func (s *Store) fenced(ctx context.Context, f server.Fence, now time.Time, fn func(tx *sql.Tx) error) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var holder string
+		var epoch, expires int64
+		err := tx.QueryRowContext(ctx, s.q(`SELECT holder, epoch, expires FROM leases WHERE name = ?`+s.d.ForUpdate), f.Name).Scan(&holder, &epoch, &expires)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && (holder != f.Holder || epoch != f.Epoch || expires < micros(now))) {
+			return fmt.Errorf("lease %s (epoch %d): %w", f.Name, f.Epoch, server.ErrFenced)
+		}
+		if err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // ReleaseLease implements server.Store.

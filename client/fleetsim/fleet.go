@@ -1,0 +1,488 @@
+// Package fleetsim simulates a fleet of vehicles with the agent's own
+// code: each vehicle has its own ed25519 key and ECUs, checks in with
+// signed manifests, fetches and verifies its director metadata with the
+// agent's TUF client, and reports job and campaign events with an outcome
+// chosen per version at configurable rates. It rehearses rollouts and
+// measures the server; it links no server code.
+package fleetsim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/client/api"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+	"github.com/roadsign/roadsign/internal/vin"
+	"github.com/roadsign/roadsign/signer/meta"
+)
+
+// ECUSpec is one ECU every simulated vehicle has, with its factory image.
+type ECUSpec struct {
+	Type, HardwareID, Version, SHA256 string
+	Length                            int64
+}
+
+// Config describes the fleet.
+type Config struct {
+	Server      string
+	Token       string // admin or dealer, for registration
+	Vehicles    int
+	Concurrency int
+	Seed        int64
+	ECUs        []ECUSpec
+	Model       string
+	Year        int
+	Region      string
+	// Fail and Rollback give, per version, the share of vehicles whose
+	// install of it fails (before the switch) or rolls back (after).
+	Fail, Rollback map[string]float64
+	// Download fetches each assigned image and checks its signed hash.
+	Download bool
+	// StateDir keeps each vehicle's verified director metadata.
+	StateDir string
+	// DirectorRoot is the pinned director root; nil: fetched from the
+	// server the first time (trust on first use).
+	DirectorRoot []byte
+	HTTP         *http.Client
+	Now          func() time.Time
+	Log          *slog.Logger
+}
+
+// Receipt is an install a vehicle was assigned, and what it reported.
+type Receipt struct {
+	Serial  string `json:"serial"`
+	Target  string `json:"target"`
+	Version string `json:"version"`
+	JobID   string `json:"jobId,omitempty"`
+	Outcome string `json:"outcome"` // succeeded, failed, rolled_back, canceled, waiting
+}
+
+type ecu struct {
+	ECUSpec
+	Serial string
+	// target is the installed image's path, as the director named it.
+	target string
+}
+
+// Vehicle is one simulated vehicle.
+type Vehicle struct {
+	VIN  string
+	Key  ed25519.PrivateKey
+	ecus []ecu
+	api  *api.Client
+	// dirVersion is the director timestamp version last verified.
+	dirVersion int64
+	receipts   []Receipt
+}
+
+// Fleet is the simulated fleet.
+type Fleet struct {
+	cfg      Config
+	vehicles []*Vehicle
+	root     []byte
+	rootOnce sync.Once
+	rootErr  error
+
+	checkIns, errs atomic.Int64
+	mu             sync.Mutex
+	latencies      []time.Duration
+	started        time.Time
+}
+
+// New makes the fleet's vehicles: VINs with valid check digits, keys and
+// all derived from the seed, so a later run with the same seed is the
+// same fleet.
+func New(cfg Config) (*Fleet, error) {
+	if cfg.Vehicles < 1 || cfg.Vehicles > 10_000_000 || len(cfg.ECUs) == 0 {
+		return nil, errors.New("fleet: want 1 to 10 000 000 vehicles and at least one ECU")
+	}
+	if cfg.Concurrency < 1 {
+		cfg.Concurrency = 32
+	}
+	if cfg.HTTP == nil {
+		cfg.HTTP = download.NewHTTPClient()
+		cfg.HTTP.Transport.(*http.Transport).MaxIdleConnsPerHost = cfg.Concurrency * 2
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{cfg: cfg, root: cfg.DirectorRoot}
+	for i := range cfg.Vehicles {
+		v, err := makeVIN(cfg.Seed, i)
+		if err != nil {
+			return nil, err
+		}
+		seed := sha256.Sum256(fmt.Appendf(nil, "roadsign-fleetsim/%d/%d", cfg.Seed, i))
+		veh := &Vehicle{VIN: v, Key: ed25519.NewKeyFromSeed(seed[:])}
+		for _, s := range cfg.ECUs {
+			veh.ecus = append(veh.ecus, ecu{ECUSpec: s, Serial: serialPrefix(s.Type) + v})
+		}
+		veh.api = &api.Client{Base: cfg.Server, HTTP: cfg.HTTP, VIN: v, Key: veh.Key, Now: cfg.Now}
+		f.vehicles = append(f.vehicles, veh)
+	}
+	return f, nil
+}
+
+func serialPrefix(typ string) string {
+	if typ == "dcm" {
+		return "DCM-"
+	}
+	return "HU-"
+}
+
+// makeVIN is vehicle i's VIN: "1RS", two digits of the seed, "FLT", the
+// check digit, "S" and i.
+func makeVIN(seed int64, i int) (string, error) {
+	base := fmt.Sprintf("1RS%02dFLT0S%07d", (seed%90+90)%90, i)
+	d, err := vin.CheckDigit(base)
+	if err != nil {
+		return "", err
+	}
+	return base[:8] + string(d) + base[9:], nil
+}
+
+// Vehicles returns the fleet.
+func (f *Fleet) Vehicles() []*Vehicle { return f.vehicles }
+
+// Receipts returns what each vehicle was assigned, by VIN.
+func (f *Fleet) Receipts() map[string][]Receipt {
+	out := map[string][]Receipt{}
+	for _, v := range f.vehicles {
+		out[v.VIN] = slices.Clone(v.receipts)
+	}
+	return out
+}
+
+// each runs fn for every vehicle on cfg.Concurrency workers.
+func (f *Fleet) each(ctx context.Context, fn func(context.Context, *Vehicle) error) {
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range f.cfg.Concurrency {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(len(f.vehicles)) {
+					return
+				}
+				if err := fn(ctx, f.vehicles[i]); err != nil && ctx.Err() == nil {
+					f.errs.Add(1)
+					f.cfg.Log.Warn("vehicle", "vin", f.vehicles[i].VIN, "err", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// Register registers every vehicle with the server (409, already
+// registered, is fine: the fleet may have run before). onDone, if set,
+// hears each one.
+func (f *Fleet) Register(ctx context.Context, onDone func()) error {
+	var failed atomic.Int64
+	var first atomic.Value
+	f.each(ctx, func(ctx context.Context, v *Vehicle) error {
+		reg := api.Registration{VIN: v.VIN, Model: f.cfg.Model, Year: f.cfg.Year, Region: f.cfg.Region, PublicKey: v.Key.Public().(ed25519.PublicKey)}
+		for _, e := range v.ecus {
+			reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
+		}
+		err := v.api.Register(ctx, f.cfg.Token, reg)
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+			err = nil
+		}
+		if err != nil {
+			failed.Add(1)
+			first.CompareAndSwap(nil, err)
+		}
+		if onDone != nil {
+			onDone()
+		}
+		return nil
+	})
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d registrations failed, the first: %v", n, first.Load())
+	}
+	return nil
+}
+
+// Cycle runs one update cycle for every vehicle: check in, then refresh
+// and verify its director metadata if it changed, and act on what it
+// assigns.
+func (f *Fleet) Cycle(ctx context.Context) {
+	if f.started.IsZero() {
+		f.started = time.Now()
+	}
+	var mu sync.Mutex
+	var lat []time.Duration
+	f.each(ctx, func(ctx context.Context, v *Vehicle) error {
+		d, err := f.cycle(ctx, v)
+		if d > 0 {
+			mu.Lock()
+			lat = append(lat, d)
+			mu.Unlock()
+		}
+		return err
+	})
+	f.mu.Lock()
+	f.latencies = append(f.latencies, lat...)
+	f.mu.Unlock()
+}
+
+func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
+	var reports []vehicleauth.ECUReport
+	for _, e := range v.ecus {
+		reports = append(reports, vehicleauth.ECUReport{Serial: e.Serial, InstalledTarget: e.target, Version: e.Version, SHA256: e.SHA256, Length: e.Length})
+	}
+	t0 := time.Now()
+	err := v.api.CheckIn(ctx, reports, nil, nil)
+	d := time.Since(t0)
+	if err != nil {
+		return 0, fmt.Errorf("check-in: %w", err)
+	}
+	f.checkIns.Add(1)
+	return d, f.direct(ctx, v)
+}
+
+// direct fetches the vehicle's director timestamp and, when it changed,
+// verifies the director metadata and acts on it.
+func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
+	base := f.cfg.Server + "/director/" + url.PathEscape(v.VIN)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/timestamp.json", nil)
+	if err != nil {
+		return err
+	}
+	v.api.SignGet(req)
+	resp, err := f.cfg.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("director timestamp: %w", err)
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("director timestamp: %s", resp.Status)
+	}
+	var ts struct {
+		Signed struct{ Version int64 } `json:"signed"`
+	}
+	if json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion {
+		return nil // unchanged (or garbage, which the verification below would refuse anyway)
+	}
+	root, err := f.directorRoot(ctx, v)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(f.cfg.StateDir, v.VIN)
+	if _, err := os.Stat(filepath.Join(dir, "root.json")); err != nil {
+		if err := tufclient.Pin(dir, root); err != nil {
+			return err
+		}
+	}
+	repo := &tufclient.Repo{Name: "director", Dir: dir, MetadataURL: base, Client: f.cfg.HTTP, Sign: v.api.SignGet, Log: f.cfg.Log, Now: f.cfg.Now}
+	trusted, err := repo.Refresh(ctx)
+	if err != nil {
+		return err
+	}
+	if got, _ := trusted.TargetsCustom()["vin"].(string); got != v.VIN {
+		return fmt.Errorf("director metadata for VIN %q, this vehicle is %s", got, v.VIN)
+	}
+	v.dirVersion = trusted.Version(metadata.TIMESTAMP)
+	paths := make([]string, 0, len(trusted.Targets()))
+	for p := range trusted.Targets() {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var errs []error
+	for _, p := range paths {
+		tf := trusted.Targets()[p]
+		var c struct {
+			ECUIdentifiers map[string]struct{ HardwareID string } `json:"ecuIdentifiers"`
+			Version        string                                 `json:"version"`
+			JobID          string                                 `json:"jobId"`
+			Window         *struct{ Start, End, TZ string }       `json:"window"`
+		}
+		if tf.Custom == nil || json.Unmarshal(*tf.Custom, &c) != nil {
+			return fmt.Errorf("director target %s names no ECU", p)
+		}
+		sum := hex.EncodeToString(tf.Hashes["sha256"])
+		for i := range v.ecus {
+			e := &v.ecus[i]
+			if _, ok := c.ECUIdentifiers[e.Serial]; !ok || e.SHA256 == sum {
+				continue
+			}
+			if c.Window != nil {
+				if in, err := meta.InWindow(c.Window.Start, c.Window.End, c.Window.TZ, f.cfg.Now()); err != nil || !in {
+					v.dirVersion = 0 // look again next cycle
+					continue
+				}
+			}
+			errs = append(errs, f.install(ctx, v, e, p, tf, c.Version, c.JobID))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *Fleet) directorRoot(ctx context.Context, v *Vehicle) ([]byte, error) {
+	f.rootOnce.Do(func() {
+		if f.root != nil {
+			return
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.cfg.Server+"/director/"+url.PathEscape(v.VIN)+"/1.root.json", nil)
+		if err != nil {
+			f.rootErr = err
+			return
+		}
+		v.api.SignGet(req)
+		resp, err := f.cfg.HTTP.Do(req)
+		if err != nil {
+			f.rootErr = err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			f.rootErr = fmt.Errorf("director root: %s", resp.Status)
+			return
+		}
+		f.root, f.rootErr = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	})
+	return f.root, f.rootErr
+}
+
+// chance is the vehicle's fixed draw in [0,1) for a version: the same
+// vehicles fail a version in every run with the same seed.
+func (f *Fleet) chance(vinStr, version, what string) float64 {
+	h := sha256.Sum256(fmt.Appendf(nil, "%d/%s/%s/%s", f.cfg.Seed, vinStr, version, what))
+	return float64(binary.BigEndian.Uint64(h[:8])>>11) / float64(1<<53)
+}
+
+// install plays out an assigned install and reports it.
+func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf *metadata.TargetFiles, version, jobID string) error {
+	sum := hex.EncodeToString(tf.Hashes["sha256"])
+	rec := Receipt{Serial: e.Serial, Target: path, Version: version, JobID: jobID}
+	event := func(kind string, pct int, msg string) error {
+		if jobID == "" {
+			return nil
+		}
+		ev := api.JobEvent{Kind: kind, Percent: pct, Message: msg}
+		if kind == "succeeded" {
+			ev.SHA256 = sum
+		}
+		return v.api.JobEvent(ctx, jobID, ev)
+	}
+	defer func() { v.receipts = append(v.receipts, rec) }()
+	steps := []struct {
+		kind string
+		pct  int
+	}{{"downloading", 0}, {"installing", 100}, {"rebooting", 100}}
+	for i, s := range steps {
+		if err := event(s.kind, s.pct, ""); err != nil {
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code == "job_canceled" {
+				rec.Outcome = "canceled"
+				return nil
+			}
+			rec.Outcome = "error"
+			return fmt.Errorf("job %s %s: %w", jobID, s.kind, err)
+		}
+		if i == 0 {
+			if f.cfg.Download {
+				if err := f.fetch(ctx, path, sum, tf.Length); err != nil {
+					rec.Outcome = "failed"
+					return errors.Join(err, event("failed", 0, err.Error()))
+				}
+			}
+			if f.chance(v.VIN, version, "fail") < f.cfg.Fail[version] {
+				rec.Outcome = "failed"
+				return event("failed", 0, "simulated failure")
+			}
+		}
+	}
+	if f.chance(v.VIN, version, "rollback") < f.cfg.Rollback[version] {
+		rec.Outcome = "rolled_back"
+		return event("rolled_back", 100, "simulated boot-check failure; rolled back")
+	}
+	e.target, e.Version, e.SHA256, e.Length = path, version, sum, tf.Length
+	rec.Outcome = "succeeded"
+	return event("succeeded", 100, version+" booted and committed (simulated)")
+}
+
+// fetch downloads an image and checks it against the signed hash.
+func (f *Fleet) fetch(ctx context.Context, path, sum string, length int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.cfg.Server+"/repo/targets/"+meta.ConsistentPath(path, sum, true), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := f.cfg.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(resp.Body, length+1))
+	switch {
+	case err != nil:
+		return err
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("download %s: %s", path, resp.Status)
+	case n != length || hex.EncodeToString(h.Sum(nil)) != sum:
+		return fmt.Errorf("download %s: length or sha256 does not match the signed metadata", path)
+	}
+	return nil
+}
+
+// Summary is what a run did.
+type Summary struct {
+	Vehicles int
+	CheckIns int64
+	Errors   int64
+	Elapsed  time.Duration
+	P50, P99 time.Duration
+}
+
+// Rate is check-ins per second.
+func (s Summary) Rate() float64 { return float64(s.CheckIns) / max(s.Elapsed.Seconds(), 1e-9) }
+
+func (s Summary) String() string {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
+	return fmt.Sprintf("%d vehicles, %d check-ins, %.0f check-ins/s, p50 %s ms, p99 %s ms, %d errors",
+		s.Vehicles, s.CheckIns, s.Rate(), ms(s.P50), ms(s.P99), s.Errors)
+}
+
+// Summary says what the cycles so far did.
+func (f *Fleet) Summary() Summary {
+	f.mu.Lock()
+	lat := slices.Clone(f.latencies)
+	f.mu.Unlock()
+	slices.Sort(lat)
+	q := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(math.Ceil(p*float64(len(lat))))-1)]
+	}
+	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: time.Since(f.started), P50: q(0.50), P99: q(0.99)}
+}
