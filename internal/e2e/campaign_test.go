@@ -5,9 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,4 +209,304 @@ func TestCampaignHaltsOnFailures(t *testing.T) {
 func sha(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// waitFor polls a campaign (without cycling any vehicle) until ok.
+func (w *world) waitCampaign(t *testing.T, id, what string, ok func(campaignView) bool) campaignView {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c := w.campaign(t, id)
+		if ok(c) {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %+v", what, c)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (w *world) campaignAction(t *testing.T, id, action string) {
+	t.Helper()
+	if code := w.api("POST", "/api/v1/campaigns/"+id+"/"+action, adminToken, nil, nil); code != 200 {
+		t.Fatalf("%s: %d", action, code)
+	}
+}
+
+// TestCampaignPauseResumeAbort: a campaign paused mid-wave lets started
+// installs finish but opens no wave and assigns nothing until resumed; an
+// aborted one cancels the jobs no vehicle started.
+func TestCampaignPauseResumeAbort(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	f := w.simFleet(t, 100, 3, nil, nil)
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{10, 100}, "minSamples": 5})
+	w.waitCampaign(t, id, "wave 1 to open and assign", func(c campaignView) bool { return c.Waves[0].Queued == 10 })
+	w.campaignAction(t, id, "pause")
+	for range 4 {
+		f.Cycle(context.Background())
+		time.Sleep(150 * time.Millisecond)
+	}
+	c := w.campaign(t, id)
+	if c.State != "paused" || c.Waves[0].Succeeded != 10 || c.Waves[1].State != "pending" || c.Waves[1].Targeted != 0 {
+		t.Fatalf("paused: wave 1's installs should finish and wave 2 stay shut: %+v", c)
+	}
+	w.campaignAction(t, id, "resume")
+	runUntil(t, f, "the resumed campaign to complete", func() bool { return w.campaign(t, id).State == "completed" })
+	if n := len(received(f, "1.1.0")); n != 100 {
+		t.Fatalf("%d of 100 vehicles got the image after the resume", n)
+	}
+
+	// Abort, mid-wave: a slow campaign for the head units.
+	id = w.startCampaign(t, map[string]any{"ecu": "head-unit", "version": "1.1.0", "waves": []int{100}, "maxPerMinute": 300})
+	c = w.waitCampaign(t, id, "a few assignments", func(c campaignView) bool { return c.Totals.Queued >= 3 })
+	w.campaignAction(t, id, "abort")
+	for range 3 {
+		f.Cycle(context.Background())
+	}
+	c = w.campaign(t, id)
+	if c.State != "aborted" || c.Totals.Queued != 0 || c.Totals.Canceled < 3 || c.Totals.Succeeded != 0 {
+		t.Fatalf("after abort: %+v", c)
+	}
+	if n := len(received(f, "1.1.0")); n != 100 { // head units: none
+		t.Fatalf("an aborted campaign's image was installed: %d receipts of 1.1.0", n)
+	}
+	if code := w.api("POST", "/api/v1/campaigns/"+id+"/resume", adminToken, nil, nil); code != 409 {
+		t.Fatalf("resuming an aborted campaign: %d, want 409", code)
+	}
+}
+
+// TestCampaignRateCap: maxPerMinute paces assignments.
+func TestCampaignRateCap(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	w.simFleet(t, 100, 4, nil, nil)
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{100}, "maxPerMinute": 120})
+	time.Sleep(3 * time.Second)
+	c := w.campaign(t, id)
+	assigned := c.Totals.Targeted - c.Totals.Waiting
+	// 2 a second: about 6 in 3 s (a tick of slack either way), never 100.
+	if assigned < 2 || assigned > 8 {
+		t.Fatalf("%d assigned in 3 s at 120 a minute", assigned)
+	}
+}
+
+// TestCampaignPrecedence: a dealer's job beats a campaign's, a campaign's
+// beats auto-assign, and the image a campaign covers reaches no vehicle
+// outside it.
+func TestCampaignPrecedence(t *testing.T) {
+	w := newWorld(t, "--campaign-tick", "50ms") // --auto-assign latest
+	w.setup(func(s sample) bool { return s.ECU == "dcm" || s.Version != "2.0.0" })
+	f := w.simFleet(t, 3, 5, nil, nil)
+	a, b, c := f.Vehicles()[0].VIN, f.Vehicles()[1].VIN, f.Vehicles()[2].VIN
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "2.0.0", "selector": map[string]any{"vins": []string{a, b}}, "waves": []int{100}})
+	w.waitCampaign(t, id, "both campaign jobs", func(c campaignView) bool { return c.Totals.Queued == 2 })
+	dealer := w.account("dealer", "dealer-1")
+	dj := w.job(dealer, map[string]any{"vin": b, "ecu": "dcm", "version": "1.1.0", "reason": "customer asked for 1.1.0"})
+	runUntil(t, f, "the campaign to complete", func() bool { return w.campaign(t, id).State == "completed" })
+	for range 2 {
+		f.Cycle(context.Background())
+	}
+	got := map[string]string{}
+	for vin, rs := range f.Receipts() {
+		for _, r := range rs {
+			if strings.HasPrefix(r.Serial, "DCM-") && r.Outcome == "succeeded" {
+				got[vin] += r.Version + " "
+			}
+		}
+	}
+	if got[a] != "2.0.0 " || got[b] != "1.1.0 " || got[c] != "1.1.0 " {
+		t.Fatalf("DCM installs: campaign vehicle %q, dealer's %q, outside %q; want 2.0.0, 1.1.0 (the job), 1.1.0 (auto-assign, not the campaign's image)", got[a], got[b], got[c])
+	}
+	if j := w.getJob(dealer, dj.ID); j.State != "succeeded" {
+		t.Fatalf("dealer job: %s", j.State)
+	}
+	cv := w.campaign(t, id)
+	if cv.Totals.Succeeded != 1 || cv.Totals.Canceled != 1 {
+		t.Fatalf("campaign totals: %+v; want one success and one job taken over by the dealer", cv.Totals)
+	}
+}
+
+// TestCampaignConsent: with owner consent, nothing installs until the
+// owner accepts; a declined vehicle counts as neither success nor failure.
+func TestCampaignConsent(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	f := w.simFleet(t, 2, 6, nil, nil)
+	v1, v2 := f.Vehicles()[0].VIN, f.Vehicles()[1].VIN
+	alice, bob := w.account("owner", "alice"), w.account("owner", "bob")
+	for vin, owner := range map[string]string{v1: "alice", v2: "bob"} {
+		if code := w.api("POST", "/api/v1/vehicles/"+vin+"/owner", adminToken, map[string]string{"owner": owner}, nil); code != 200 {
+			t.Fatalf("link %s: %d", vin, code)
+		}
+	}
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{100}, "consent": "owner"})
+	w.waitCampaign(t, id, "the wave to open", func(c campaignView) bool { return c.Waves[0].Targeted == 2 })
+	for range 3 {
+		f.Cycle(context.Background())
+	}
+	if n := len(received(f, "1.1.0")); n != 0 {
+		t.Fatalf("%d vehicles installed before their owners agreed", n)
+	}
+	var pending struct {
+		Updates []struct{ CampaignID, VIN, Version string } `json:"updates"`
+	}
+	w.api("GET", "/api/v1/owners/me/updates", alice, nil, &pending)
+	if len(pending.Updates) != 1 || pending.Updates[0].VIN != v1 || pending.Updates[0].Version != "1.1.0" {
+		t.Fatalf("alice's pending updates: %+v", pending)
+	}
+	for _, d := range []struct{ token, vin, decision string }{{alice, v1, "decline"}, {bob, v2, "accept"}} {
+		if code := w.api("POST", "/api/v1/owners/me/vehicles/"+d.vin+"/consent", d.token, map[string]string{"campaign": id, "decision": d.decision}, nil); code != 200 {
+			t.Fatalf("%s %s: %d", d.decision, d.vin, code)
+		}
+	}
+	runUntil(t, f, "the campaign to complete", func() bool { return w.campaign(t, id).State == "completed" })
+	c := w.campaign(t, id)
+	got := received(f, "1.1.0")
+	if got[v1] || !got[v2] || c.Totals.Declined != 1 || c.Totals.Succeeded != 1 || c.Totals.Failed != 0 {
+		t.Fatalf("declined %v accepted %v; totals %+v", got[v1], got[v2], c.Totals)
+	}
+}
+
+// TestCampaignMaintenanceWindow: the real agent does not install a
+// campaign's image outside the campaign's window, and does in it.
+func TestCampaignMaintenanceWindow(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	v := w.vehicle(1)
+	start := time.Now().UTC().Add(2 * time.Minute).Truncate(time.Minute)
+	window := map[string]string{"start": start.Format("15:04"), "end": start.Add(time.Minute).Format("15:04"), "tz": "UTC"}
+	w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "selector": map[string]any{"vins": []string{v.vin}}, "waves": []int{100}, "window": window})
+	waitFor(t, "the campaign's job", func() bool { return len(w.jobsOf(t, v.vin)) == 1 })
+	r := agent(t, "update", "--state", v.dir)
+	if r.code != 0 || !strings.Contains(r.stdout, "waiting for the maintenance window") || versions(t, v)["dcm"] != "1.0.0" {
+		t.Fatalf("outside the window: %s", r)
+	}
+	if j := w.jobsOf(t, v.vin)[0]; j.State != "queued" {
+		t.Fatalf("the job moved outside the window: %s", j.State)
+	}
+	// The vehicle's clock reaches the window (within the 5 minutes its
+	// requests may be off the server's).
+	r = agentAt(t, start.Add(30*time.Second), "update", "--state", v.dir)
+	if r.code != 0 || versions(t, v)["dcm"] != "1.1.0" {
+		t.Fatalf("in the window: %s", r)
+	}
+	if j := w.jobsOf(t, v.vin)[0]; j.State != "succeeded" {
+		t.Fatalf("job after the window install: %s", j.State)
+	}
+}
+
+// replica is a roadsign-server process (the real binary) of a shared
+// PostgreSQL deployment.
+type replica struct {
+	url  string
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{}
+}
+
+func startReplica(t *testing.T, w *world, extra ...string) *replica {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r := &replica{url: "http://" + addr, log: &lockedBuffer{}, done: make(chan struct{})}
+	r.cmd = exec.Command(filepath.Join(builtPrograms(t), "roadsign-server"), append([]string{"--listen", addr, "--data", w.data, "--log-format", "text"}, extra...)...)
+	r.cmd.Env = append(os.Environ(), "ROADSIGN_ADMIN_TOKEN="+adminToken)
+	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		r.cmd.Process.Signal(syscall.SIGCONT)
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(20 * time.Second):
+			r.cmd.Process.Kill()
+		}
+	})
+	waitFor(t, "replica "+addr, func() bool {
+		resp, err := http.Get(r.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	return r
+}
+
+// leads reads the replica's own roadsign_leader metric.
+func (r *replica) leads(t *testing.T) bool {
+	t.Helper()
+	_, body := httpGet(t, r.url+"/metrics", nil)
+	return strings.Contains(string(body), `roadsign_leader{lease="leader"} 1`)
+}
+
+// TestCampaignSurvivesAFrozenLeader: two replicas on one PostgreSQL
+// database; the one leading is frozen (SIGSTOP) past its lease in the
+// middle of a campaign and later thawed. The other takes over; every wave
+// opens exactly once and no vehicle is assigned twice.
+func TestCampaignSurvivesAFrozenLeader(t *testing.T) {
+	w := &world{t: t, dir: t.TempDir(), env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
+	w.data, w.ws = filepath.Join(w.dir, "data"), filepath.Join(w.dir, "ws")
+	db := pgtest.Schema(t)
+	flags := []string{"--database", db, "--auto-assign", "none", "--leader-lease", "2s", "--campaign-tick", "100ms"}
+	a := startReplica(t, w, flags...)
+	b := startReplica(t, w, flags...)
+	waitFor(t, "a leader", func() bool { return a.leads(t) || b.leads(t) })
+	lead, follow := a, b
+	if b.leads(t) {
+		lead, follow = b, a
+	}
+	w.url = follow.url // the signer, the admin and the fleet all use the follower
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	f := w.simFleet(t, 200, 8, nil, nil)
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{10, 50, 100}, "minSamples": 10})
+	runUntil(t, f, "wave 1 to open", func() bool { return w.campaign(t, id).Waves[0].Targeted > 0 })
+
+	if err := lead.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	waitFor(t, "the follower to take over", func() bool { return follow.leads(t) })
+	t.Logf("the follower leads %s after the leader froze", time.Since(frozen).Round(100*time.Millisecond))
+	runUntil(t, f, "wave 2 to open under the new leader", func() bool { return w.campaign(t, id).Waves[1].Targeted > 0 })
+	if err := lead.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	runUntil(t, f, "the campaign to complete", func() bool { return w.campaign(t, id).State == "completed" })
+	time.Sleep(time.Second) // the thawed replica has had its chance to act on stale leadership
+
+	opens := map[string]int{}
+	for _, e := range w.auditEntries(t) {
+		if e.Action == "campaign.wave_open" && e.Subject == id {
+			opens[e.Detail[:strings.Index(e.Detail, ":")]]++
+		}
+	}
+	if len(opens) != 3 || opens["wave 1 (10%)"] != 1 || opens["wave 2 (50%)"] != 1 || opens["wave 3 (100%)"] != 1 {
+		t.Fatalf("wave openings: %v, want each of the 3 exactly once", opens)
+	}
+	for vin := range f.Receipts() {
+		n := 0
+		for _, j := range w.jobsOf(t, vin) {
+			if j.Origin == "campaign" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%s has %d campaign jobs, want 1", vin, n)
+		}
+	}
+	if c := w.campaign(t, id); c.Totals.Succeeded != 200 {
+		t.Fatalf("totals: %+v", c.Totals)
+	}
+	if lead.leads(t) || !follow.leads(t) {
+		t.Fatal("after the thaw the old leader should not lead")
+	}
 }

@@ -304,7 +304,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
 	directorSvc.UseJobs(jobSvc)
-	directorSvc.UseCampaigns(store.CampaignTargets)
+	directorSvc.UseCampaigns(store)
 	campaignSvc := campaigns.New(store, images, jobSvc, time.Now, reg)
 	secret, err := connect.LoadSecret(c.data)
 	if err != nil {

@@ -48,7 +48,7 @@ type Service struct {
 	store      server.Store
 	images     Images
 	jobs       AutoJobs
-	covered    func(ctx context.Context) (map[string]bool, error)
+	campaigns  Campaigns
 	keys       *repo.OnlineKeys
 	autoAssign string
 	expiry     time.Duration
@@ -64,12 +64,18 @@ func New(store server.Store, images Images, keys *repo.OnlineKeys, autoAssign st
 // UseJobs makes the director record what auto-assign decides as jobs.
 func (d *Service) UseJobs(j AutoJobs) { d.jobs = j }
 
-// UseCampaigns tells the director which images campaigns cover: those
-// reach vehicles only through their campaign's waves (or a dealer's job),
-// never through auto-assign.
-func (d *Service) UseCampaigns(covered func(ctx context.Context) (map[string]bool, error)) {
-	d.covered = covered
+// Campaigns is what the director asks of campaigns.
+type Campaigns interface {
+	// CampaignTargets are the images campaigns cover: those reach vehicles
+	// only through their campaign's waves (or a dealer's job).
+	CampaignTargets(ctx context.Context) (map[string]bool, error)
+	// CampaignHolds are the ECUs of vin waiting in a campaign for their
+	// job: auto-assign leaves them alone.
+	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
 }
+
+// UseCampaigns makes the director defer to campaigns.
+func (d *Service) UseCampaigns(c Campaigns) { d.campaigns = c }
 
 // Assigned is one ECU's assignment.
 type Assigned struct {
@@ -124,9 +130,12 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 	if err != nil {
 		return nil, err
 	}
-	covered := map[string]bool{}
-	if d.covered != nil && d.autoAssign == AutoLatest {
-		if covered, err = d.covered(ctx); err != nil {
+	covered, held := map[string]bool{}, map[string]bool{}
+	if d.campaigns != nil && d.autoAssign == AutoLatest {
+		if covered, err = d.campaigns.CampaignTargets(ctx); err != nil {
+			return nil, err
+		}
+		if held, err = d.campaigns.CampaignHolds(ctx, v.VIN); err != nil {
 			return nil, err
 		}
 	}
@@ -188,7 +197,7 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 			continue
 		}
 		p, tf, c, ok := latest(targets, e, covered)
-		if d.autoAssign != AutoLatest || !ok {
+		if d.autoAssign != AutoLatest || !ok || held[e.Serial] {
 			if _, err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
 				return nil, err
 			}

@@ -121,14 +121,14 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := accounts.Audit(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
 		return server.Job{}, err
 	}
-	// A dealer job beats auto-assign: an auto-assigned install still open
-	// on this ECU ends now (or, mid-flash, as the install does).
+	// A dealer job beats a campaign's and auto-assign: their installs
+	// still open on this ECU end now (or, mid-flash, as the install does).
 	open, err := s.store.JobsByVIN(ctx, v.VIN)
 	if err != nil {
 		return server.Job{}, err
 	}
 	for _, o := range open {
-		if o.ECUSerial == ecu.Serial && o.Origin == server.OriginAutoAssign && !server.JobTerminal(o.State) {
+		if o.ECUSerial == ecu.Serial && o.Origin != server.OriginDealer && !server.JobTerminal(o.State) {
 			if _, err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
 				return server.Job{}, err
 			}

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -37,8 +38,20 @@ var Dialect = sqlstore.Dialect{
 }
 
 // Open connects to url (postgres://...) and migrates the schema.
-func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
-	db, err := sql.Open("pgx", url)
+func Open(ctx context.Context, rawURL string) (*sqlstore.Store, error) {
+	// A replica that stalls inside a transaction (paused, swapped out) must
+	// not hold its locks, the leader's lease row among them, for long:
+	// PostgreSQL ends such a session after 10 s.
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres URL: %w", err)
+	}
+	q := u.Query()
+	if q.Get("idle_in_transaction_session_timeout") == "" {
+		q.Set("idle_in_transaction_session_timeout", "10000")
+	}
+	u.RawQuery = q.Encode()
+	db, err := sql.Open("pgx", u.String())
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}

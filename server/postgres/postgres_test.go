@@ -40,3 +40,18 @@ func TestConcurrentMigrations(t *testing.T) {
 		}
 	}
 }
+
+// TestStalledTransactionsAreEnded: a replica that stalls inside a
+// transaction (holding the leader lease's row lock, say) is cut off by
+// PostgreSQL instead of blocking the other replicas.
+func TestStalledTransactionsAreEnded(t *testing.T) {
+	s, err := postgres.Open(context.Background(), pgtest.Schema(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var v string
+	if err := s.DB().QueryRow("SHOW idle_in_transaction_session_timeout").Scan(&v); err != nil || v != "10s" {
+		t.Fatalf("idle_in_transaction_session_timeout = %q (%v), want 10s", v, err)
+	}
+}

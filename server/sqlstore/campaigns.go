@@ -361,3 +361,24 @@ func (s *Store) CampaignTargets(ctx context.Context) (map[string]bool, error) {
 	}
 	return out, err
 }
+
+// CampaignHolds lists the vehicle's ECU serials that a running or paused
+// campaign holds: members still waiting for their job (not declined).
+// Auto-assign leaves them alone.
+func (s *Store) CampaignHolds(ctx context.Context, vin string) (map[string]bool, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT m.ecu_serial FROM campaign_members m JOIN campaigns c ON c.id = m.campaign_id
+		WHERE m.vin = ? AND c.state IN ('running', 'paused') AND m.job_id = '' AND m.consent <> 'declined'`), vin)
+	if err != nil {
+		return nil, s.wrap("campaign holds", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var serial string
+		if err := rows.Scan(&serial); err != nil {
+			return nil, s.wrap("campaign holds", err)
+		}
+		out[serial] = true
+	}
+	return out, s.wrap("campaign holds", rows.Err())
+}

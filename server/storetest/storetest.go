@@ -33,6 +33,8 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Leases", testLeases},
 		{"Owners", testOwners},
 		{"AccountsAndSessions", testAccountsAndSessions},
+		{"LeadershipAndFencing", testLeadership},
+		{"Campaigns", testCampaigns},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -483,4 +485,133 @@ func testAccountsAndSessions(t *testing.T, st server.Store) {
 	must(t, s.CreateSession(ctx, s4))
 	_, err = s.Session(ctx, "s3")
 	wantErr(t, err, server.ErrNotFound)
+}
+
+// campaignStore is what leadership and campaigns need of a backend.
+type campaignStore interface {
+	server.Store
+	AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (int64, bool, error)
+	CreateCampaign(ctx context.Context, c server.Campaign) error
+	Campaign(ctx context.Context, id string) (server.Campaign, error)
+	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignMember, error)
+	StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error
+	OpenCampaignWave(ctx context.Context, f server.Fence, id string, wave, take int, askConsent bool, at time.Time) error
+	CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error)
+	CampaignMembersToAssign(ctx context.Context, id string, openWaves, limit int) ([]server.CampaignMember, error)
+	AssignCampaignJobs(ctx context.Context, f server.Fence, id string, jobs []server.Job, clock, at time.Time) ([]server.Job, error)
+	EndCampaign(ctx context.Context, f server.Fence, id, to, reason string, at time.Time) error
+	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
+}
+
+func asCampaignStore(t *testing.T, st server.Store) campaignStore {
+	s, ok := st.(campaignStore)
+	if !ok {
+		t.Fatalf("%T keeps no campaigns", st)
+	}
+	return s
+}
+
+// testLeadership: one holder at a time; renewal keeps the epoch; a new
+// holder raises it; a write fenced by an old epoch is refused.
+func testLeadership(t *testing.T, st server.Store) {
+	s := asCampaignStore(t, st)
+	take := func(holder string, at time.Time) (int64, bool) {
+		e, ok, err := s.AcquireLeadership(ctx, "leader", holder, 10*time.Second, at)
+		must(t, err)
+		return e, ok
+	}
+	e1, ok := take("a", now)
+	if !ok || e1 != 1 {
+		t.Fatalf("first holder: epoch %d %v", e1, ok)
+	}
+	if _, ok := take("b", now.Add(time.Second)); ok {
+		t.Fatal("b took a held lease")
+	}
+	if e, ok := take("a", now.Add(5*time.Second)); !ok || e != e1 {
+		t.Fatalf("renewal: epoch %d %v, want %d", e, ok, e1)
+	}
+	e2, ok := take("b", now.Add(16*time.Second)) // a's lease ran out at 15 s
+	if !ok || e2 != e1+1 {
+		t.Fatalf("takeover: epoch %d %v, want %d", e2, ok, e1+1)
+	}
+	if _, ok := take("a", now.Add(17*time.Second)); ok {
+		t.Fatal("a renewed a lease b holds")
+	}
+	must(t, s.CreateCampaign(ctx, server.Campaign{ID: "c1", Name: "c", State: server.CampaignRunning, Config: server.CampaignConfig{Waves: []int{100}}, CreatedAt: now}))
+	stale := server.Fence{Name: "leader", Holder: "a", Epoch: e1}
+	wantErr(t, s.OpenCampaignWave(ctx, stale, "c1", 0, 1, false, now.Add(17*time.Second)), server.ErrFenced)
+	wantErr(t, s.EndCampaign(ctx, stale, "c1", server.CampaignHalted, "stale", now.Add(17*time.Second)), server.ErrFenced)
+	fresh := server.Fence{Name: "leader", Holder: "b", Epoch: e2}
+	must(t, s.OpenCampaignWave(ctx, fresh, "c1", 0, 1, false, now.Add(17*time.Second)))
+	wantErr(t, s.OpenCampaignWave(ctx, fresh, "c1", 0, 1, false, now.Add(17*time.Second)), server.ErrConflict) // opened already
+	wantErr(t, s.OpenCampaignWave(ctx, fresh, "c1", 1, 1, false, now.Add(30*time.Second)), server.ErrFenced)  // b's lease ran out too
+}
+
+// testCampaigns: selection, waves in draw order, one job per member,
+// counts and holds.
+func testCampaigns(t *testing.T, st server.Store) {
+	s := asCampaignStore(t, st)
+	for i := range 10 {
+		v := vehicle(fmt.Sprintf("VIN%014d", i), fmt.Sprintf("HU%d", i), fmt.Sprintf("DCM%d", i))
+		if i >= 8 {
+			v.Region = "NA"
+		}
+		must(t, s.CreateVehicle(ctx, v))
+	}
+	cands, err := s.CampaignCandidates(ctx, "dcm", []string{"DCM-4G"}, server.Selector{Regions: []string{"EU"}})
+	must(t, err)
+	if len(cands) != 8 || cands[0].ECUSerial != "DCM0" {
+		t.Fatalf("candidates: %+v", cands)
+	}
+	must(t, s.CreateCampaign(ctx, server.Campaign{ID: "c1", Name: "c", State: server.CampaignDraft, Config: server.CampaignConfig{Waves: []int{50, 100}}, CreatedAt: now}))
+	for i := range cands {
+		cands[i].CampaignID, cands[i].Wave, cands[i].Draw, cands[i].JoinedAt = "c1", -1, int64(100-i), now // reverse order
+	}
+	must(t, s.StartCampaign(ctx, "c1", cands, now))
+	wantErr(t, s.StartCampaign(ctx, "c1", nil, now), server.ErrConflict)
+	// A running campaign holds its ECUs: another selects none of them.
+	if again, _ := s.CampaignCandidates(ctx, "dcm", []string{"DCM-4G"}, server.Selector{}); len(again) != 2 {
+		t.Fatalf("ECUs of a running campaign were selected again: %d", len(again))
+	}
+	if h, _ := s.CampaignHolds(ctx, "VIN00000000000007"); !h["DCM7"] {
+		t.Fatal("a waiting member is not held")
+	}
+	e, _, err := s.AcquireLeadership(ctx, "leader", "a", time.Hour, now)
+	must(t, err)
+	f := server.Fence{Name: "leader", Holder: "a", Epoch: e}
+	must(t, s.OpenCampaignWave(ctx, f, "c1", 0, 4, true, now))
+	ms, err := s.CampaignMembersToAssign(ctx, "c1", 1, 10)
+	must(t, err)
+	if len(ms) != 0 {
+		t.Fatalf("members asked for consent were offered for assignment: %+v", ms)
+	}
+	must(t, s.OpenCampaignWave(ctx, f, "c1", 1, 4, false, now))
+	ms, err = s.CampaignMembersToAssign(ctx, "c1", 2, 10)
+	must(t, err)
+	if len(ms) != 4 || ms[0].Wave != 1 || ms[0].ECUSerial != "DCM3" { // draw order: DCM7..DCM4 in wave 1, DCM3..DCM0 in wave 2
+		t.Fatalf("to assign: %+v", ms)
+	}
+	jobs := []server.Job{}
+	for _, m := range ms {
+		j := job(m.VIN, m.ECUSerial, now)
+		j.Origin, j.CampaignID = server.OriginCampaign, "c1"
+		jobs = append(jobs, j)
+	}
+	made, err := s.AssignCampaignJobs(ctx, f, "c1", jobs, now.Add(time.Second), now)
+	must(t, err)
+	again, err := s.AssignCampaignJobs(ctx, f, "c1", jobs[:1], now.Add(time.Second), now)
+	must(t, err)
+	if len(made) != 4 || len(again) != 0 {
+		t.Fatalf("assigned %d, then %d again: a member got two jobs", len(made), len(again))
+	}
+	counts, total, err := s.CampaignCounts(ctx, "c1")
+	must(t, err)
+	if total != 8 || len(counts) != 2 || counts[0].Waiting != 4 || counts[1].Queued != 4 {
+		t.Fatalf("counts: %d %+v", total, counts)
+	}
+	c, err := s.Campaign(ctx, "c1")
+	must(t, err)
+	if c.OpenWaves != 2 || len(c.WaveOpened) != 2 || !c.AssignClock.Equal(now.Add(time.Second)) {
+		t.Fatalf("campaign: %+v", c)
+	}
 }
