@@ -544,7 +544,7 @@ func testLeadership(t *testing.T, st server.Store) {
 	fresh := server.Fence{Name: "leader", Holder: "b", Epoch: e2}
 	must(t, s.OpenCampaignWave(ctx, fresh, "c1", 0, 1, false, now.Add(17*time.Second)))
 	wantErr(t, s.OpenCampaignWave(ctx, fresh, "c1", 0, 1, false, now.Add(17*time.Second)), server.ErrConflict) // opened already
-	wantErr(t, s.OpenCampaignWave(ctx, fresh, "c1", 1, 1, false, now.Add(30*time.Second)), server.ErrFenced)  // b's lease ran out too
+	wantErr(t, s.OpenCampaignWave(ctx, fresh, "c1", 1, 1, false, now.Add(30*time.Second)), server.ErrFenced)   // b's lease ran out too
 }
 
 // testCampaigns: selection, waves in draw order, one job per member,
