@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/signer/keys"
 )
@@ -103,6 +105,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/dealer/jobs/{id}", "/dealer/jobs/" + job.ID + ".json", "browser"},
 		{"POST", "/dealer/jobs/{id}/cancel", "/dealer/jobs/" + job.ID + "/cancel", "browser"},
 		{"POST", "/dealer/replace", "", "browser"},
+		{"GET", "/dealer/campaigns", "", "browser"},
+		{"GET", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},
+		{"POST", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},
+		{"POST", "/consent", "", "browser"},
 		{"GET", "/status", "", "browser"},
 		{"GET", "/static/{file}", "/static/style.css", "browser"},
 	}

@@ -322,7 +322,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	throttle.PerIP = c.loginsPerMinute
 	pages, err := web.New(web.Deps{
 		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
-		Bundles: bundles, Store: store, Secret: secret, Now: time.Now, Log: log,
+		Bundles: bundles, Campaigns: campaignSvc, Store: store, Secret: secret, Now: time.Now, Log: log,
 		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs, log) },
 	})
 	if err != nil {

@@ -33,6 +33,7 @@ import (
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
+	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
@@ -54,17 +55,18 @@ type Check struct {
 
 // Deps are the services the pages use.
 type Deps struct {
-	Accounts *accounts.Service
-	Throttle *accounts.Throttle
-	Owners   *owners.Service
-	Registry *registry.Service
-	Jobs     *jobs.Service
-	Bundles  *bundle.Service
-	Store    server.Store
-	Status   func(ctx context.Context) []Check
-	Secret   []byte
-	Now      func() time.Time
-	Log      *slog.Logger
+	Accounts  *accounts.Service
+	Throttle  *accounts.Throttle
+	Owners    *owners.Service
+	Registry  *registry.Service
+	Jobs      *jobs.Service
+	Bundles   *bundle.Service
+	Campaigns *campaigns.Service
+	Store     server.Store
+	Status    func(ctx context.Context) []Check
+	Secret    []byte
+	Now       func() time.Time
+	Log       *slog.Logger
 }
 
 // Web renders the pages.
@@ -84,7 +86,13 @@ type Route struct {
 
 // New parses the embedded templates.
 func New(d Deps) (*Web, error) {
-	t, err := template.ParseFS(templateFS, "templates/*.html")
+	t, err := template.New("pages").Funcs(template.FuncMap{
+		"pct":   func(f float64) float64 { return f * 100 },
+		"add":   func(a float64, b int) float64 { return a + float64(b) },
+		"add2":  func(a, b int) int { return a + b },
+		"inc":   func(i int) int { return i + 1 },
+		"title": func(s string) string { return strings.ToUpper(s[:1]) + s[1:] },
+	}).ParseFS(templateFS, "templates/*.html")
 	if err != nil {
 		return nil, fmt.Errorf("web templates: %w", err)
 	}
@@ -111,6 +119,10 @@ func (w *Web) Routes() []Route {
 		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON, false},
 		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob, false},
 		{"POST", "/dealer/replace", "Dealer: re-provision a replaced unit", w.replace, false},
+		{"GET", "/dealer/campaigns", "Campaigns: state and progress (HTML)", w.campaignsPage, false},
+		{"GET", "/dealer/campaigns/:id", "A campaign: waves, progress chart, halt reason, controls (HTML)", w.campaignPage, false},
+		{"POST", "/dealer/campaigns/:id", "Admin: start, pause, resume or abort a campaign", w.campaignAction, false},
+		{"POST", "/consent", "Owner: accept or decline a campaign's update", w.consent, false},
 		{"GET", "/status", "Service status: repository, director, stores, re-signing (HTML)", w.statusPage, false},
 		{"GET", "/static/*file", "Embedded style sheet and script", func(c *gin.Context) {
 			c.Header("Cache-Control", "public, max-age=3600")
@@ -342,11 +354,16 @@ func (w *Web) ownerPage(c *gin.Context) {
 		Vehicle      server.Vehicle
 		Link         server.Link
 		Subscription string
+		Updates      []campaigns.Pending
 	}
 	var vs []owned
 	for _, l := range links {
 		if v, err := w.Store.Vehicle(ctx, l.VIN); err == nil {
-			vs = append(vs, owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l)})
+			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l)}
+			if w.Campaigns != nil {
+				o.Updates, _ = w.Campaigns.PendingConsent(ctx, l.VIN)
+			}
+			vs = append(vs, o)
 		}
 	}
 	p := w.base(c, s, "My vehicles")
