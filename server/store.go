@@ -375,6 +375,13 @@ type CampaignMember struct {
 	JoinedAt time.Time
 }
 
+// CampaignCandidate is an ECU a campaign's selector matches, with what it
+// runs.
+type CampaignCandidate struct {
+	VIN, ECUSerial, HardwareID string
+	Installed                  string // the installed target path ("" before its first report)
+}
+
 // WaveCount counts one wave's members by where they are.
 type WaveCount struct {
 	Wave       int `json:"-"`

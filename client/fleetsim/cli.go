@@ -28,7 +28,7 @@ type Env struct {
 	Getenv         func(string) string
 }
 
-const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download]"
+const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--until-campaign ID] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download]"
 
 type list []string
 
@@ -59,13 +59,14 @@ func run(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("roadsign-fleetsim", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	server := fs.String("server", "", "server URL")
-	token := fs.String("token", "", "admin or dealer token (for --register)")
+	token := fs.String("token", "", "admin or dealer token (for --register and --until-campaign)")
 	n := fs.Int("vehicles", 100, "how many vehicles")
 	register := fs.Bool("register", false, "register the vehicles first (already registered ones are fine)")
 	conc := fs.Int("concurrency", 32, "vehicles in flight at once")
 	interval := fs.Duration("interval", time.Second, "time between a vehicle's cycles (0: as fast as the server answers)")
 	cycles := fs.Int("cycles", 0, "cycles per vehicle (0: until --duration)")
 	duration := fs.Duration("duration", 0, "how long to run (0: until --cycles)")
+	until := fs.String("until-campaign", "", "stop once this campaign is no longer running or paused, and print how it ended (needs --token)")
 	seed := fs.Int64("seed", 1, "makes the fleet (VINs, keys, who fails): the same seed is the same fleet")
 	var ecus, fails, rollbacks list
 	fs.Var(&ecus, "ecu", "TYPE:HWID:VERSION of a factory image in --samples (repeat; default: a head unit and a DCM on the oldest sample of the first hardware ID of each type)")
@@ -87,8 +88,10 @@ func run(ctx context.Context, args []string, env Env) error {
 		return envflag.Usagef("--server is required; usage: %s", synopsis)
 	case *n < 1 || *conc < 1 || *interval < 0 || *cycles < 0 || *duration < 0:
 		return envflag.Usagef("--vehicles and --concurrency must be positive, --interval, --cycles and --duration not negative")
-	case *cycles == 0 && *duration == 0:
-		return envflag.Usagef("give --cycles or --duration")
+	case *cycles == 0 && *duration == 0 && !*register:
+		return envflag.Usagef("give --cycles or --duration (or only --register)")
+	case *until != "" && *token == "":
+		return envflag.Usagef("--until-campaign needs --token (admin or dealer)")
 	case *register && *token == "":
 		return envflag.Usagef("--register needs --token (admin or dealer)")
 	}
@@ -136,16 +139,34 @@ func run(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 	}
+	if *cycles == 0 && *duration == 0 {
+		fmt.Fprintf(env.Stdout, "%d vehicles registered\n", *n)
+		return nil
+	}
 	end := time.Time{}
 	if *duration > 0 {
 		end = time.Now().Add(*duration)
 	}
+	ended := ""
 	for i := 0; *cycles == 0 || i < *cycles; i++ {
 		if !end.IsZero() && time.Now().After(end) || ctx.Err() != nil {
 			break
 		}
 		start := time.Now()
 		f.Cycle(ctx)
+		if *until != "" {
+			c, err := f.Campaign(ctx, *until)
+			if err != nil {
+				return err
+			}
+			if c.State != "running" && c.State != "paused" {
+				ended = "campaign " + c.ID + ": " + c.State
+				if c.HaltReason != "" {
+					ended += ": " + c.HaltReason
+				}
+				break
+			}
+		}
 		if wait := *interval - time.Since(start); wait > 0 && (*cycles == 0 || i < *cycles-1) {
 			select {
 			case <-ctx.Done():
@@ -161,6 +182,9 @@ func run(ctx context.Context, args []string, env Env) error {
 	}
 	s := f.Summary()
 	fmt.Fprintln(env.Stdout, s)
+	if ended != "" {
+		fmt.Fprintln(env.Stdout, ended)
+	}
 	if s.Errors > 0 {
 		return fmt.Errorf("%d vehicle cycles failed (run with a smaller --concurrency, or see the server)", s.Errors)
 	}

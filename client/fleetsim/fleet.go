@@ -454,6 +454,35 @@ func (f *Fleet) fetch(ctx context.Context, path, sum string, length int64) error
 	return nil
 }
 
+// CampaignStatus is the part of a campaign the simulator watches.
+type CampaignStatus struct {
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	HaltReason string `json:"haltReason"`
+}
+
+// Campaign reads a campaign's state with the fleet's token.
+func (f *Fleet) Campaign(ctx context.Context, id string) (CampaignStatus, error) {
+	var c CampaignStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.cfg.Server+"/api/v1/campaigns/"+url.PathEscape(id), nil)
+	if err != nil {
+		return c, err
+	}
+	req.Header.Set("Authorization", "Bearer "+f.cfg.Token)
+	resp, err := f.cfg.HTTP.Do(req)
+	if err != nil {
+		return c, fmt.Errorf("campaign %s: %w", id, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return c, fmt.Errorf("campaign %s: %s (is the ID right, and the token an admin's or dealer's?)", id, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&c); err != nil {
+		return c, fmt.Errorf("campaign %s: %w", id, err)
+	}
+	return c, nil
+}
+
 // Summary is what a run did.
 type Summary struct {
 	Vehicles int

@@ -28,6 +28,8 @@ import (
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/vin"
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/campaigns"
 )
 
 func main() {
@@ -47,6 +49,7 @@ type demo struct {
 	bin, tmp string
 	out      io.Writer
 	env      []string
+	token    string // the admin token, never printed
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -82,6 +85,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	token := fmt.Sprintf("demo-admin-%d", time.Now().UnixNano())
 	d.env = append(os.Environ(), "ROADSIGN_ADMIN_TOKEN="+token)
+	d.token = token
 	data := filepath.Join(tmp, "server-data")
 	ws := filepath.Join(tmp, "signing-workspace")
 	state := filepath.Join(tmp, "vehicle")
@@ -203,11 +207,136 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
 		return err
 	}
+	if err := d.rehearse(ctx, url, token, ws, *samples); err != nil {
+		return err
+	}
 	if err := srv.stop(); err != nil {
 		return err
 	}
 	d.step(fmt.Sprintf("Done in %s; the server was stopped with SIGTERM and exited cleanly.", time.Since(start).Round(100*time.Millisecond)))
 	return nil
+}
+
+// rehearse runs two staged campaigns on a simulated fleet: one whose
+// image fails on a third of the cars halts in its first wave; a good one
+// completes wave by wave.
+func (d *demo) rehearse(ctx context.Context, url, token, ws, samples string) error {
+	const vehicles = 100
+	d.step(fmt.Sprintf("9. Before real cars get DCM 2.0.0, the fleet team rehearses the rollout on %d simulated vehicles\n"+
+		"   (roadsign-fleetsim: real keys, signed requests, verified director metadata) running DCM 1.0.0.", vehicles))
+	sim := []string{"--server", url, "--token", token, "--vehicles", fmt.Sprint(vehicles), "--model", "Rehearsal", "--seed", "7",
+		"--director-root", filepath.Join(ws, "director.root.json"), "--samples", samples, "--download"}
+	if err := d.cmd(ctx, "roadsign-fleetsim", append(sim, "--register", "--cycles", "1")...); err != nil {
+		return err
+	}
+	for _, r := range []struct {
+		title, fail, want string
+	}{
+		{"A campaign for DCM 2.0.0 in waves of 10%, 50% and 100%, gated on 95% successes: here the image\n" +
+			"   fails on 30% of the simulated cars, so it halts in the first wave and no other car gets it.", "2.0.0=0.3", server.CampaignHalted},
+		{"The team aborts it and tries again with a good build: every wave opens in turn and the campaign completes.", "", server.CampaignCompleted},
+	} {
+		d.step(r.title)
+		var c campaigns.View
+		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns", map[string]any{"name": "DCM 2.0.0 rehearsal", "ecu": "dcm", "version": "2.0.0",
+			"selector": map[string]any{"models": []string{"Rehearsal"}}, "waves": []int{10, 50, 100}, "minSamples": 5, "soak": "0s", "maxPerMinute": 6000}, &c); err != nil {
+			return err
+		}
+		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, &c); err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "   watch it at %s/dealer/campaigns/%s\n", url, c.ID)
+		args := append(sim, "--interval", "300ms", "--duration", "2m")
+		if r.fail != "" {
+			args = append(args, "--fail", r.fail)
+		}
+		fleet, err := d.background(ctx, "roadsign-fleetsim", args...)
+		if err != nil {
+			return err
+		}
+		c, err = d.watchCampaign(ctx, url, token, c.ID)
+		fleet.Process.Signal(os.Interrupt)
+		werr := fleet.Wait()
+		if err != nil {
+			return err
+		}
+		if werr != nil {
+			return fmt.Errorf("roadsign-fleetsim: %w", werr)
+		}
+		if c.State != r.want {
+			return fmt.Errorf("campaign %s ended %s, want %s", c.ID, c.State, r.want)
+		}
+		if c.State == server.CampaignHalted {
+			fmt.Fprintf(d.out, "   halted: %s\n", c.HaltReason)
+			if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/abort", nil, &c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// watchCampaign polls a campaign until it stops running, printing its
+// waves whenever they change.
+func (d *demo) watchCampaign(ctx context.Context, url, token, id string) (campaigns.View, error) {
+	last := ""
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var c campaigns.View
+		if err := getJSON(ctx, url+"/api/v1/campaigns/"+id, token, &c); err != nil {
+			return c, err
+		}
+		var waves []string
+		for i, w := range c.Waves {
+			waves = append(waves, fmt.Sprintf("wave %d (%d%%) %-7s %3d/%-3d ok %2d failed", i+1, w.Percent, w.State, w.Succeeded, w.Targeted, w.Failed+w.RolledBack+w.TimedOut))
+		}
+		if line := fmt.Sprintf("   %-9s %s", c.State, strings.Join(waves, " | ")); line != last {
+			fmt.Fprintln(d.out, line)
+			last = line
+		}
+		if c.State != server.CampaignRunning {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return c, fmt.Errorf("campaign %s still running after 2 minutes", id)
+		}
+		select {
+		case <-ctx.Done():
+			return c, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// background starts a program like cmd, without waiting for it.
+func (d *demo) background(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	fmt.Fprintf(d.out, "$ %s %s &\n", name, d.shown(args))
+	c := exec.CommandContext(ctx, filepath.Join(d.bin, name), args...)
+	c.Stdout, c.Stderr, c.Env = d.out, d.out, d.env
+	return c, c.Start()
+}
+
+func getJSON(ctx context.Context, url, token string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// shown is a command line as printed: the temporary directory as $DEMO,
+// the admin token as $ADMIN_TOKEN.
+func (d *demo) shown(args []string) string {
+	return strings.NewReplacer(d.tmp, "$DEMO", d.token, "$ADMIN_TOKEN").Replace(strings.Join(args, " "))
 }
 
 func (d *demo) step(s string) { fmt.Fprintf(d.out, "\n== %s\n", s) }
@@ -254,7 +383,7 @@ func (d *demo) output(ctx context.Context, name string, args ...string) (string,
 }
 
 func (d *demo) cmd(ctx context.Context, name string, args ...string) error {
-	fmt.Fprintf(d.out, "$ %s %s\n", name, strings.ReplaceAll(strings.Join(args, " "), d.tmp, "$DEMO"))
+	fmt.Fprintf(d.out, "$ %s %s\n", name, d.shown(args))
 	c := exec.CommandContext(ctx, filepath.Join(d.bin, name), args...)
 	c.Stdout, c.Stderr, c.Env = d.out, d.out, d.env
 	if err := c.Run(); err != nil {
@@ -263,13 +392,13 @@ func (d *demo) cmd(ctx context.Context, name string, args ...string) error {
 	return nil
 }
 
-type server struct {
+type serverProc struct {
 	cmd  *exec.Cmd
 	done chan error
 	log  string
 }
 
-func (d *demo) startServer(data, addr, url string, extra ...string) (*server, error) {
+func (d *demo) startServer(data, addr, url string, extra ...string) (*serverProc, error) {
 	logPath := filepath.Join(d.tmp, "server.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -282,7 +411,7 @@ func (d *demo) startServer(data, addr, url string, extra ...string) (*server, er
 		logf.Close()
 		return nil, err
 	}
-	s := &server{cmd: c, done: make(chan error, 1), log: logPath}
+	s := &serverProc{cmd: c, done: make(chan error, 1), log: logPath}
 	go func() { s.done <- c.Wait(); logf.Close() }()
 	for i := 0; i < 100; i++ {
 		resp, err := http.Get(url + "/healthz")
@@ -301,7 +430,7 @@ func (d *demo) startServer(data, addr, url string, extra ...string) (*server, er
 	return nil, errors.New("server did not answer /healthz within 10s")
 }
 
-func (s *server) stop() error {
+func (s *serverProc) stop() error {
 	if s.cmd.ProcessState != nil {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client/fleetsim"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server/postgres/pgtest"
 )
 
@@ -508,5 +509,56 @@ func TestCampaignSurvivesAFrozenLeader(t *testing.T) {
 	}
 	if lead.leads(t) || !follow.leads(t) {
 		t.Fatal("after the thaw the old leader should not lead")
+	}
+}
+
+// TestCampaignSkipsVehiclesThatNeedNothing: a campaign selects only ECUs
+// that would move forward: not those already on its image, nor those on a
+// newer release (a campaign never downgrades).
+func TestCampaignSkipsVehiclesThatNeedNothing(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(nil)
+	f := w.simFleet(t, 5, 13, nil, nil)
+	vins := []string{f.Vehicles()[0].VIN, f.Vehicles()[1].VIN}
+	first := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "2.0.0", "selector": map[string]any{"vins": vins}, "waves": []int{100}})
+	runUntil(t, f, "the first campaign to complete", func() bool { return w.campaign(t, first).State == "completed" })
+	f.Cycle(context.Background()) // every vehicle has reported what it runs
+	older := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{100}})
+	if c := w.campaign(t, older); c.Selected != 3 {
+		t.Fatalf("a 1.1.0 campaign selected %d ECUs; want the 3 on 1.0.0, not the 2 on 2.0.0", c.Selected)
+	}
+	w.campaignAction(t, older, "abort")
+	same := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "2.0.0", "waves": []int{100}})
+	if c := w.campaign(t, same); c.Selected != 3 {
+		t.Fatalf("a second 2.0.0 campaign selected %d ECUs; want the 3 not on it yet", c.Selected)
+	}
+}
+
+// TestSucceededJobIsWhatTheECURuns: between a job's success and the
+// vehicle's next manifest, the director treats the ECU as running the
+// job's image: it neither opens a second job for the same image nor hands
+// a campaign's ECU an older, uncovered release.
+func TestSucceededJobIsWhatTheECURuns(t *testing.T) {
+	w := newWorld(t, "--campaign-tick", "50ms") // --auto-assign latest
+	w.setup(nil)
+	f := w.simFleet(t, 2, 14, nil, nil)
+	a, b := f.Vehicles()[0], f.Vehicles()[1]
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "2.0.0", "selector": map[string]any{"vins": []string{b.VIN}}, "waves": []int{100}})
+	w.waitCampaign(t, id, "the campaign's job", func(c campaignView) bool { return c.Totals.Queued == 1 })
+	f.Cycle(context.Background()) // both install what they are assigned and report success
+	for _, v := range []*fleetsim.Vehicle{a, b} {
+		// The director timestamp is fetched before the next manifest.
+		req, _ := http.NewRequest(http.MethodGet, w.url+"/director/"+v.VIN+"/timestamp.json", nil)
+		vehicleauth.Sign(req, v.Key, v.VIN, nil, time.Now())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("director timestamp: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		for _, j := range w.jobsOf(t, v.VIN) {
+			if j.State != "succeeded" {
+				t.Errorf("%s: a %s job for %s (%s) opened after the installs succeeded", v.VIN, j.Origin, j.Target, j.State)
+			}
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,7 +40,7 @@ type Store interface {
 	Campaign(ctx context.Context, id string) (server.Campaign, error)
 	Campaigns(ctx context.Context, states ...string) ([]server.Campaign, error)
 	SetCampaignState(ctx context.Context, id string, from []string, to string, at time.Time) error
-	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignMember, error)
+	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignCandidate, error)
 	StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error
 	AddCampaignMember(ctx context.Context, m server.CampaignMember) error
 	CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error)
@@ -228,7 +229,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := s.store.CreateCampaign(ctx, c); err != nil {
 		return View{}, err
 	}
-	if err := accounts.Audit(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%s %s %s to %v; waves %v", c.Name, cfg.ECU, cfg.Version, cfg.Selector, cfg.Waves)); err != nil {
+	if err := accounts.Audit(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%q: %s %s to %s; waves %v", c.Name, cfg.ECU, cfg.Version, describe(cfg.Selector), cfg.Waves)); err != nil {
 		return View{}, err
 	}
 	return s.Get(ctx, c.ID)
@@ -271,14 +272,21 @@ func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (
 	for hw := range c.Config.Targets {
 		hws = append(hws, hw)
 	}
-	cands, err := s.store.CampaignCandidates(ctx, c.Config.ECU, hws, c.Config.Selector)
+	all, err := s.store.CampaignCandidates(ctx, c.Config.ECU, hws, c.Config.Selector)
+	if err != nil {
+		return View{}, err
+	}
+	targets, _, err := s.images.CurrentTargets(ctx)
 	if err != nil {
 		return View{}, err
 	}
 	now := s.now().UTC()
-	for i := range cands {
-		cands[i].CampaignID, cands[i].Wave, cands[i].JoinedAt = id, -1, now
-		cands[i].Draw = draw(c.Seed, cands[i].VIN, cands[i].ECUSerial)
+	var cands []server.CampaignMember
+	for _, e := range all {
+		if needs(targets, e.Installed, c.Config.Targets[e.HardwareID]) {
+			cands = append(cands, server.CampaignMember{CampaignID: id, VIN: e.VIN, ECUSerial: e.ECUSerial, Wave: -1, JoinedAt: now,
+				Draw: draw(c.Seed, e.VIN, e.ECUSerial)})
+		}
 	}
 	if err := s.store.StartCampaign(ctx, id, cands, now); err != nil {
 		if errors.Is(err, server.ErrConflict) {
@@ -379,6 +387,46 @@ func (s *Service) OnRegister(ctx context.Context, v server.Vehicle) error {
 		}
 	}
 	return nil
+}
+
+// needs says whether an ECU running installed needs the campaign's image
+// want: not when it runs it already, nor a newer release (a campaign never
+// downgrades).
+func needs(targets map[string]*metadata.TargetFiles, installed, want string) bool {
+	if installed == want {
+		return false
+	}
+	have, err := meta.TargetCustom(targets[installed])
+	if err != nil {
+		return true // nothing reported yet, or an image no longer published
+	}
+	w, err := meta.TargetCustom(targets[want])
+	return err == nil && w.ReleaseCounter > have.ReleaseCounter
+}
+
+// describe says whom a selector picks, for the audit log.
+func describe(sel server.Selector) string {
+	var parts []string
+	add := func(name string, vals []string) {
+		if len(vals) > 0 {
+			parts = append(parts, name+"="+strings.Join(vals, ","))
+		}
+	}
+	years := make([]string, len(sel.Years))
+	for i, y := range sel.Years {
+		years[i] = strconv.Itoa(y)
+	}
+	add("models", sel.Models)
+	add("years", years)
+	add("regions", sel.Regions)
+	add("hardwareIds", sel.HardwareIDs)
+	if len(sel.VINs) > 0 {
+		parts = append(parts, fmt.Sprintf("%d VINs", len(sel.VINs)))
+	}
+	if len(parts) == 0 {
+		return "every vehicle"
+	}
+	return strings.Join(parts, " ")
 }
 
 func matches(sel server.Selector, v server.Vehicle, e server.ECU) bool {

@@ -95,11 +95,16 @@ func (s *Service) advance(ctx context.Context, f server.Fence, c server.Campaign
 		}
 	} else {
 		done := true
+		var total server.WaveCount
 		for _, w := range counts {
 			done = done && w.Waiting+w.Queued+w.InProgress == 0
+			total.Succeeded += w.Succeeded
+			total.Failed += failures(w)
+			total.Declined += w.Declined + w.Canceled
 		}
 		if done {
-			return s.end(ctx, f, c, server.CampaignCompleted, "", now)
+			return s.end(ctx, f, c, server.CampaignCompleted, fmt.Sprintf("every wave done: %d succeeded, %d failed, rolled back or timed out, %d declined or taken over",
+				total.Succeeded, total.Failed, total.Declined), now)
 		}
 	}
 	return s.assign(ctx, f, c, now)
@@ -186,7 +191,11 @@ func (s *Service) assign(ctx context.Context, f server.Fence, c server.Campaign,
 // end halts or completes a campaign; a halt cancels jobs no vehicle
 // started yet (started ones finish or roll back).
 func (s *Service) end(ctx context.Context, f server.Fence, c server.Campaign, to, reason string, now time.Time) error {
-	if err := s.store.EndCampaign(ctx, f, c.ID, to, reason, now); errors.Is(err, server.ErrConflict) {
+	halt := ""
+	if to == server.CampaignHalted {
+		halt = reason
+	}
+	if err := s.store.EndCampaign(ctx, f, c.ID, to, halt, now); errors.Is(err, server.ErrConflict) {
 		return nil
 	} else if err != nil {
 		return err

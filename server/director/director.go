@@ -145,6 +145,13 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		var dealer, campaign *server.Job
 		var autos []server.Job
 		for i, j := range jobs { // oldest first: the first open dealer job is the active one
+			// A job that succeeded after the ECU's last report is what the
+			// ECU runs now, though its next manifest has yet to say so.
+			if j.ECUSerial == e.Serial && j.State == server.JobSucceeded && j.UpdatedAt.After(e.ReportedAt) {
+				if tf, ok := targets[j.TargetPath]; ok {
+					e.InstalledSHA256, e.ReportedAt = hex.EncodeToString(tf.Hashes["sha256"]), j.UpdatedAt
+				}
+			}
 			switch {
 			case j.ECUSerial != e.Serial || server.JobTerminal(j.State):
 			case j.Origin == server.OriginAutoAssign:

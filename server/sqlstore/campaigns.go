@@ -106,8 +106,8 @@ func (s *Store) oneRow(res sql.Result, err error) error {
 // CampaignCandidates lists the ECUs (VIN and serial) of type ecuType, built
 // for one of hardwareIDs, that sel matches and that no running or paused
 // campaign has.
-func (s *Store) CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignMember, error) {
-	q := `SELECT e.vin, e.serial FROM ecus e JOIN vehicles v ON v.vin = e.vin WHERE e.type = ?`
+func (s *Store) CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignCandidate, error) {
+	q := `SELECT e.vin, e.serial, e.hardware_id, e.installed_target FROM ecus e JOIN vehicles v ON v.vin = e.vin WHERE e.type = ?`
 	args := []any{ecuType}
 	in := func(col string, vals []any) {
 		if len(vals) > 0 {
@@ -132,10 +132,10 @@ func (s *Store) CampaignCandidates(ctx context.Context, ecuType string, hardware
 		return nil, s.wrap("campaign candidates", err)
 	}
 	defer rows.Close()
-	var out []server.CampaignMember
+	var out []server.CampaignCandidate
 	for rows.Next() {
-		var m server.CampaignMember
-		if err := rows.Scan(&m.VIN, &m.ECUSerial); err != nil {
+		var m server.CampaignCandidate
+		if err := rows.Scan(&m.VIN, &m.ECUSerial, &m.HardwareID, &m.Installed); err != nil {
 			return nil, s.wrap("campaign candidates", err)
 		}
 		out = append(out, m)

@@ -493,7 +493,7 @@ type campaignStore interface {
 	AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (int64, bool, error)
 	CreateCampaign(ctx context.Context, c server.Campaign) error
 	Campaign(ctx context.Context, id string) (server.Campaign, error)
-	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignMember, error)
+	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignCandidate, error)
 	StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error
 	OpenCampaignWave(ctx context.Context, f server.Fence, id string, wave, take int, askConsent bool, at time.Time) error
 	CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error)
@@ -558,16 +558,18 @@ func testCampaigns(t *testing.T, st server.Store) {
 		}
 		must(t, s.CreateVehicle(ctx, v))
 	}
+	must(t, s.ReportECUs(ctx, "VIN00000000000000", []server.ECU{{Serial: "DCM0", InstalledTarget: "dcm/1.img", InstalledVersion: "1", InstalledSHA256: "aa"}}, "", now))
 	cands, err := s.CampaignCandidates(ctx, "dcm", []string{"DCM-4G"}, server.Selector{Regions: []string{"EU"}})
 	must(t, err)
-	if len(cands) != 8 || cands[0].ECUSerial != "DCM0" {
+	if len(cands) != 8 || cands[0].ECUSerial != "DCM0" || cands[0].HardwareID != "DCM-4G" || cands[0].Installed != "dcm/1.img" {
 		t.Fatalf("candidates: %+v", cands)
 	}
 	must(t, s.CreateCampaign(ctx, server.Campaign{ID: "c1", Name: "c", State: server.CampaignDraft, Config: server.CampaignConfig{Waves: []int{50, 100}}, CreatedAt: now}))
-	for i := range cands {
-		cands[i].CampaignID, cands[i].Wave, cands[i].Draw, cands[i].JoinedAt = "c1", -1, int64(100-i), now // reverse order
+	members := make([]server.CampaignMember, len(cands))
+	for i, c := range cands {
+		members[i] = server.CampaignMember{CampaignID: "c1", VIN: c.VIN, ECUSerial: c.ECUSerial, Wave: -1, Draw: int64(100 - i), JoinedAt: now} // reverse order
 	}
-	must(t, s.StartCampaign(ctx, "c1", cands, now))
+	must(t, s.StartCampaign(ctx, "c1", members, now))
 	wantErr(t, s.StartCampaign(ctx, "c1", nil, now), server.ErrConflict)
 	// A running campaign holds its ECUs: another selects none of them.
 	if again, _ := s.CampaignCandidates(ctx, "dcm", []string{"DCM-4G"}, server.Selector{}); len(again) != 2 {
