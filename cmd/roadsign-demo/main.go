@@ -166,48 +166,41 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
 		return err
 	}
-	d.step("7. The dealer pushes a reflash job for each ECU: the newest image for its hardware.")
-	var jobIDs []string
-	for _, ecu := range []string{"head-unit", "dcm"} {
-		var j struct {
-			ID string `json:"id"`
-		}
-		if err := d.api(ctx, url, dealer.Token, "POST", "/api/v1/jobs", map[string]any{"vin": v, "ecu": ecu, "version": "latest", "reason": "connected services fail to authorize"}, &j); err != nil {
-			return err
-		}
-		jobIDs = append(jobIDs, j.ID)
+	d.step("7. The DCM runs old firmware: the dealer pushes a reflash job for it, the newest image for its hardware.")
+	var job struct {
+		ID string `json:"id"`
 	}
-	d.step("8. The vehicle updates: verify both repositories from their pinned roots, check the director's assignment\n   against the image repository, stream each image into the inactive slot, check length and sha256,\n   trial-boot, commit, report job progress, check in a signed manifest, then re-authorize\n   connected services.")
+	if err := d.api(ctx, url, dealer.Token, "POST", "/api/v1/jobs", map[string]any{"vin": v, "ecu": "dcm", "version": "latest", "reason": "connected services fail to authorize"}, &job); err != nil {
+		return err
+	}
+	d.step("8. The vehicle updates: verify both repositories from their pinned roots, check the director's assignment\n   against the image repository, stream the image into the inactive slot, check length and sha256,\n   trial-boot, commit, report job progress, check in a signed manifest, then re-authorize\n   connected services.")
 	if err := d.cmd(ctx, "roadsign-agent", "update", "--state", state); err != nil {
 		return err
 	}
-	d.step("The dealer sees the jobs succeed (only after the new images booted and were committed):")
-	for _, id := range jobIDs {
-		var j struct {
-			State  string `json:"state"`
-			Target string `json:"target"`
-			Events []struct {
-				Kind    string `json:"kind"`
-				Percent int    `json:"percent"`
-			} `json:"events"`
-		}
-		if err := d.api(ctx, url, dealer.Token, "GET", "/api/v1/jobs/"+id, nil, &j); err != nil {
-			return err
-		}
-		var evs []string
-		for _, e := range j.Events {
-			evs = append(evs, e.Kind)
-		}
-		fmt.Fprintf(d.out, "   job %s  %-10s %s  [%s]\n", id[:8], j.State, j.Target, strings.Join(evs, " "))
-		if j.State != "succeeded" {
-			return fmt.Errorf("job %s ended %s", id, j.State)
-		}
+	d.step("The dealer sees the job succeed (only after the new image booted and was committed):")
+	var j struct {
+		State  string `json:"state"`
+		Target string `json:"target"`
+		Events []struct {
+			Kind string `json:"kind"`
+		} `json:"events"`
 	}
-	d.step("Status after the update:")
-	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
+	if err := d.api(ctx, url, dealer.Token, "GET", "/api/v1/jobs/"+job.ID, nil, &j); err != nil {
 		return err
 	}
-	if err := d.rehearse(ctx, url, token, ws, *samples); err != nil {
+	var evs []string
+	for _, e := range j.Events {
+		evs = append(evs, e.Kind)
+	}
+	fmt.Fprintf(d.out, "   job %s  %-10s %s  [%s]\n", job.ID[:8], j.State, j.Target, strings.Join(evs, " "))
+	if j.State != "succeeded" {
+		return fmt.Errorf("job %s ended %s", job.ID, j.State)
+	}
+	if err := d.rehearse(ctx, url, token, ws, *samples, state, v); err != nil {
+		return err
+	}
+	d.step("Status after the update and the campaign:")
+	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
 		return err
 	}
 	if err := srv.stop(); err != nil {
@@ -217,35 +210,38 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// rehearse runs two staged campaigns on a simulated fleet: one whose
-// image fails on a third of the cars halts in its first wave; a good one
-// completes wave by wave.
-func (d *demo) rehearse(ctx context.Context, url, token, ws, samples string) error {
+// rehearse runs two staged campaigns for the newest head-unit image: one
+// on a simulated fleet whose installs fail on a third of the cars halts
+// in its first wave; a good one, on the fleet and the demo car, completes
+// wave by wave.
+func (d *demo) rehearse(ctx context.Context, url, token, ws, samples, car, vin string) error {
 	const vehicles = 100
-	d.step(fmt.Sprintf("9. Before real cars get DCM 2.0.0, the fleet team rehearses the rollout on %d simulated vehicles\n"+
-		"   (roadsign-fleetsim: real keys, signed requests, verified director metadata) running DCM 1.0.0.", vehicles))
+	d.step(fmt.Sprintf("9. The new head-unit release 2.0.0 goes out as a staged campaign. The fleet team first rehearses it on %d\n"+
+		"   simulated cars (roadsign-fleetsim: real keys, signed check-ins, verified director metadata) on 1.0.0.", vehicles))
 	sim := []string{"--server", url, "--token", token, "--vehicles", fmt.Sprint(vehicles), "--model", "Rehearsal", "--seed", "7",
 		"--director-root", filepath.Join(ws, "director.root.json"), "--samples", samples, "--download"}
-	if err := d.cmd(ctx, "roadsign-fleetsim", append(sim, "--register", "--cycles", "1")...); err != nil {
+	if err := d.cmd(ctx, "roadsign-fleetsim", append(sim, "--register")...); err != nil {
 		return err
 	}
 	for _, r := range []struct {
 		title, fail, want string
+		models            []string
 	}{
-		{"A campaign for DCM 2.0.0 in waves of 10%, 50% and 100%, gated on 95% successes: here the image\n" +
-			"   fails on 30% of the simulated cars, so it halts in the first wave and no other car gets it.", "2.0.0=0.3", server.CampaignHalted},
-		{"The team aborts it and tries again with a good build: every wave opens in turn and the campaign completes.", "", server.CampaignCompleted},
+		{"Waves of 10%, 50% and 100%, each gated on 95% successes. Here the simulator makes the image fail on 30% of\n" +
+			"   the cars: the campaign halts in its first wave, and no car outside it gets the image.", "2.0.0=0.3", server.CampaignHalted, []string{"Rehearsal"}},
+		{"The team aborts it and, with a good build, rolls out to the simulated fleet and the demo car: every wave opens\n" +
+			"   in turn, the demo car installs when its wave comes, and the campaign completes.", "", server.CampaignCompleted, []string{"Rehearsal", "Roadsign demo car"}},
 	} {
 		d.step(r.title)
 		var c campaigns.View
-		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns", map[string]any{"name": "DCM 2.0.0 rehearsal", "ecu": "dcm", "version": "2.0.0",
-			"selector": map[string]any{"models": []string{"Rehearsal"}}, "waves": []int{10, 50, 100}, "minSamples": 5, "soak": "0s", "maxPerMinute": 6000}, &c); err != nil {
+		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns", map[string]any{"name": "Head unit 2.0.0", "ecu": "head-unit", "version": "2.0.0",
+			"selector": map[string]any{"models": r.models}, "waves": []int{10, 50, 100}, "minSamples": 5, "soak": "0s", "maxPerMinute": 6000}, &c); err != nil {
 			return err
 		}
 		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, &c); err != nil {
 			return err
 		}
-		fmt.Fprintf(d.out, "   watch it at %s/dealer/campaigns/%s\n", url, c.ID)
+		fmt.Fprintf(d.out, "   %d vehicles selected; watch it at %s/dealer/campaigns/%s\n", c.Selected, url, c.ID)
 		args := append(sim, "--interval", "300ms", "--duration", "2m")
 		if r.fail != "" {
 			args = append(args, "--fail", r.fail)
@@ -254,7 +250,15 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples string) err
 		if err != nil {
 			return err
 		}
-		c, err = d.watchCampaign(ctx, url, token, c.ID)
+		if len(r.models) > 1 {
+			fmt.Fprintf(d.out, "   (meanwhile the demo car runs `roadsign-agent update --state $DEMO/vehicle` between polls)\n")
+		}
+		c, err = d.watchCampaign(ctx, url, token, c.ID, func() error {
+			if len(r.models) == 1 {
+				return nil
+			}
+			return d.quiet(ctx, "roadsign-agent", "update", "--state", car)
+		})
 		fleet.Process.Signal(os.Interrupt)
 		werr := fleet.Wait()
 		if err != nil {
@@ -266,6 +270,11 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples string) err
 		if c.State != r.want {
 			return fmt.Errorf("campaign %s ended %s, want %s", c.ID, c.State, r.want)
 		}
+		if len(r.models) > 1 {
+			if err := d.showCampaignJob(ctx, url, token, vin, c.ID); err != nil {
+				return err
+			}
+		}
 		if c.State == server.CampaignHalted {
 			fmt.Fprintf(d.out, "   halted: %s\n", c.HaltReason)
 			if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/abort", nil, &c); err != nil {
@@ -276,9 +285,48 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples string) err
 	return nil
 }
 
+// showCampaignJob prints the demo car's job in a campaign.
+func (d *demo) showCampaignJob(ctx context.Context, url, token, vin, campaign string) error {
+	var list struct {
+		Jobs []struct {
+			ID, State, Target, Origin, CampaignID string
+			Events                                []struct{ Kind string }
+		} `json:"jobs"`
+	}
+	if err := getJSON(ctx, url+"/api/v1/jobs?vin="+vin, token, &list); err != nil {
+		return err
+	}
+	for _, j := range list.Jobs {
+		if j.Origin != "campaign" || j.CampaignID != campaign {
+			continue
+		}
+		var evs []string
+		for _, e := range j.Events {
+			evs = append(evs, e.Kind)
+		}
+		fmt.Fprintf(d.out, "   the demo car's campaign job %s  %-10s %s  [%s]\n", j.ID[:8], j.State, j.Target, strings.Join(evs, " "))
+		if j.State != "succeeded" {
+			return fmt.Errorf("the demo car's campaign job %s ended %s", j.ID, j.State)
+		}
+		return nil
+	}
+	return fmt.Errorf("the demo car got no job from campaign %s", campaign)
+}
+
+// quiet runs a program, showing its output only when it fails.
+func (d *demo) quiet(ctx context.Context, name string, args ...string) error {
+	var buf bytes.Buffer
+	c := exec.CommandContext(ctx, filepath.Join(d.bin, name), args...)
+	c.Stdout, c.Stderr, c.Env = &buf, &buf, d.env
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", name, args[0], err, buf.Bytes())
+	}
+	return nil
+}
+
 // watchCampaign polls a campaign until it stops running, printing its
-// waves whenever they change.
-func (d *demo) watchCampaign(ctx context.Context, url, token, id string) (campaigns.View, error) {
+// waves whenever they change, and calls each between polls.
+func (d *demo) watchCampaign(ctx context.Context, url, token, id string, each func() error) (campaigns.View, error) {
 	last := ""
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -299,6 +347,9 @@ func (d *demo) watchCampaign(ctx context.Context, url, token, id string) (campai
 		}
 		if time.Now().After(deadline) {
 			return c, fmt.Errorf("campaign %s still running after 2 minutes", id)
+		}
+		if err := each(); err != nil {
+			return c, err
 		}
 		select {
 		case <-ctx.Done():
