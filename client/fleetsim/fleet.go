@@ -501,6 +501,16 @@ func (s Summary) String() string {
 		s.Vehicles, s.CheckIns, s.Rate(), ms(s.P50), ms(s.P99), s.Errors)
 }
 
+// ResetStats forgets the cycles so far: the next Summary covers only the
+// cycles after it (to measure a steady state after a warm-up).
+func (f *Fleet) ResetStats() {
+	f.mu.Lock()
+	f.latencies, f.started = nil, time.Time{}
+	f.mu.Unlock()
+	f.checkIns.Store(0)
+	f.errs.Store(0)
+}
+
 // Summary says what the cycles so far did.
 func (f *Fleet) Summary() Summary {
 	f.mu.Lock()

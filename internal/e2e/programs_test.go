@@ -29,7 +29,7 @@ var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", 
 
 // builtPrograms builds every program once, version-stamped as make build
 // does, and returns the directory holding them.
-func builtPrograms(t *testing.T) string {
+func builtPrograms(t testing.TB) string {
 	t.Helper()
 	programsOnce.Do(func() {
 		programsDir, programsErr = os.MkdirTemp("", "roadsign-e2e-programs-")
