@@ -72,14 +72,7 @@ func (w *world) startCampaign(t *testing.T, body map[string]any) string {
 // simFleet registers n simulated vehicles on HU-GEN5-NA and DCM-4G-24MM 1.0.0.
 func (w *world) simFleet(t *testing.T, n int, seed int64, fail, rollback map[string]float64) *fleetsim.Fleet {
 	t.Helper()
-	var specs []fleetsim.ECUSpec
-	for _, s := range []sample{findSample(t, huHW, "1.0.0"), findSample(t, dcmHW, "1.0.0")} {
-		b, err := os.ReadFile(filepath.Join(samplesDir(), s.File))
-		if err != nil {
-			t.Fatal(err)
-		}
-		specs = append(specs, fleetsim.ECUSpec{Type: s.ECU, HardwareID: s.HardwareID, Version: s.Version, SHA256: sha(b), Length: int64(len(b))})
-	}
+	specs := factorySpecs(t)
 	root, err := os.ReadFile(filepath.Join(w.ws, "director.root.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +86,21 @@ func (w *world) simFleet(t *testing.T, n int, seed int64, fail, rollback map[str
 		t.Fatal(err)
 	}
 	return f
+}
+
+// factorySpecs are a simulated vehicle's ECUs: a head unit and a DCM on
+// the 1.0.0 samples.
+func factorySpecs(t testing.TB) []fleetsim.ECUSpec {
+	t.Helper()
+	var specs []fleetsim.ECUSpec
+	for _, s := range []sample{findSample(t, huHW, "1.0.0"), findSample(t, dcmHW, "1.0.0")} {
+		b, err := os.ReadFile(filepath.Join(samplesDir(), s.File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		specs = append(specs, fleetsim.ECUSpec{Type: s.ECU, HardwareID: s.HardwareID, Version: s.Version, SHA256: sha(b), Length: int64(len(b))})
+	}
+	return specs
 }
 
 // runUntil cycles the fleet until done says so (or fails the test).

@@ -29,17 +29,7 @@ import (
 // the bottleneck. ROADSIGN_FLEET_SIZES (comma-separated) overrides the
 // sizes, ROADSIGN_FLEET_BACKENDS (sqlite,postgres) the backends.
 func BenchmarkFleet(b *testing.B) {
-	sizes := []int{10_000, 100_000}
-	if s := os.Getenv("ROADSIGN_FLEET_SIZES"); s != "" {
-		sizes = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 {
-				b.Fatalf("ROADSIGN_FLEET_SIZES: %q is not a vehicle count", f)
-			}
-			sizes = append(sizes, n)
-		}
-	}
+	sizes := envCounts(b, "ROADSIGN_FLEET_SIZES", 10_000, 100_000)
 	backends := []string{"sqlite", "postgres"}
 	if s := os.Getenv("ROADSIGN_FLEET_BACKENDS"); s != "" {
 		backends = strings.Split(s, ",")
@@ -48,7 +38,7 @@ func BenchmarkFleet(b *testing.B) {
 		b.Run(backend, func(b *testing.B) {
 			srv := startFleetServer(b, backend)
 			for _, n := range sizes {
-				b.Run(fmt.Sprint(n), func(b *testing.B) { benchFleet(b, srv, backend, n) })
+				b.Run(fmt.Sprint(n), func(b *testing.B) { benchFleet(b, srv, backend, int(n)) })
 			}
 		})
 	}
@@ -125,16 +115,8 @@ func benchFleet(b *testing.B, srv *fleetServer, backend string, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var specs []fleetsim.ECUSpec
-	for _, s := range []sample{findSample(b, huHW, "1.0.0"), findSample(b, dcmHW, "1.0.0")} {
-		raw, err := os.ReadFile(filepath.Join(samplesDir(), s.File))
-		if err != nil {
-			b.Fatal(err)
-		}
-		specs = append(specs, fleetsim.ECUSpec{Type: s.ECU, HardwareID: s.HardwareID, Version: s.Version, SHA256: sha(raw), Length: int64(len(raw))})
-	}
 	f, err := fleetsim.New(fleetsim.Config{Server: srv.url, Token: adminToken, Vehicles: n, Concurrency: 64, Seed: 1,
-		ECUs: specs, Model: "Roadster", Year: 2025, Region: "EU", StateDir: stateDir(b), DirectorRoot: root})
+		ECUs: factorySpecs(b), Model: "Roadster", Year: 2025, Region: "EU", StateDir: stateDir(b), DirectorRoot: root})
 	if err != nil {
 		b.Fatal(err)
 	}
