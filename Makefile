@@ -50,7 +50,7 @@ demo: build
 
 # Benchmarks: agent peak memory and throughput installing 64 MiB and 1 GiB
 # images (needs about 3 GiB of free space in $$TMPDIR), and the server under
-# 10 000 and 100 000 simulated vehicles on SQLite and PostgreSQL (about 25
+# 10 000 and 100 000 simulated vehicles on SQLite and PostgreSQL (about 30
 # minutes on 2 cores; ROADSIGN_FLEET_SIZES=1000 for a quick look).
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
