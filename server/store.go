@@ -77,6 +77,81 @@ type Vehicle struct {
 	AuthExpires time.Time `json:"authExpires,omitzero"`
 	// DTCs are the trouble codes the vehicle last reported, comma-separated.
 	DTCs string `json:"dtcs,omitempty"`
+	// SignalBars is the DCM's cellular signal at SignalAt (-1: never
+	// reported).
+	SignalBars int       `json:"signalBars"`
+	SignalAt   time.Time `json:"signalAt,omitzero"`
+	// RequestFaults are the vehicle's last refused requests: evidence for
+	// the diagnosis.
+	RequestFaults RequestFaults `json:"requestFaults"`
+}
+
+// RequestFaults are the last requests for a VIN the server refused before
+// they were the vehicle's: a signature that does not verify with the
+// registered key (a replaced DCM, or someone else), and a valid signature
+// with the vehicle's clock off (ClockSkew: the server's time minus the
+// vehicle's).
+type RequestFaults struct {
+	BadSignatureAt    time.Time     `json:"badSignatureAt,omitzero"`
+	BadSignatureCount int           `json:"badSignatureCount,omitempty"`
+	ClockSkewAt       time.Time     `json:"clockSkewAt,omitzero"`
+	ClockSkew         time.Duration `json:"clockSkew,omitempty"`
+}
+
+// Request fault kinds.
+const (
+	FaultBadSignature = "bad_signature"
+	FaultClockSkew    = "clock_skew"
+)
+
+// Health is what a vehicle reports about itself at a check-in.
+type Health struct {
+	// Active is the active trouble codes, comma-separated.
+	Active   string
+	Episodes []DTCEpisode
+	// SignalBars is the reading at SignalAt; a zero SignalAt: no reading.
+	SignalBars int
+	SignalAt   time.Time
+}
+
+// DTCEpisode is one trouble code episode, from first to last seen, and
+// cleared at ClearedAt (zero while active).
+type DTCEpisode struct {
+	Code       string    `json:"code"`
+	FirstSeen  time.Time `json:"firstSeen"`
+	LastSeen   time.Time `json:"lastSeen"`
+	Count      int       `json:"count"`
+	Detail     string    `json:"detail,omitempty"`
+	ClearedAt  time.Time `json:"clearedAt,omitzero"`
+	SignalBars int       `json:"signalBars"` // weakest during the episode; -1: unknown
+	ReportedAt time.Time `json:"reportedAt"`
+}
+
+// Active reports whether the code was still set when last reported.
+func (e DTCEpisode) Active() bool { return e.ClearedAt.IsZero() }
+
+// HealthCheck is one of the service's own checks (those of /status).
+type HealthCheck struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+// Finding is a diagnosis finding as recorded: open from FirstSeen until
+// ResolvedAt.
+type Finding struct {
+	VIN        string    `json:"vin"`
+	Code       string    `json:"code"`
+	FirstSeen  time.Time `json:"firstSeen"`
+	LastSeen   time.Time `json:"lastSeen"`
+	ResolvedAt time.Time `json:"resolvedAt,omitzero"`
+}
+
+// FindingCount counts one finding code across the fleet.
+type FindingCount struct {
+	Code     string `json:"code"`
+	Open     int    `json:"open"`
+	Resolved int    `json:"resolved"`
 }
 
 // ECUBySerial returns the vehicle's ECU with that serial.
@@ -239,8 +314,24 @@ type Store interface {
 	CreateVehicle(ctx context.Context, v Vehicle) error
 	Vehicle(ctx context.Context, vin string) (Vehicle, error)
 	ListVehicles(ctx context.Context, f VehicleFilter) ([]Vehicle, error)
-	// ReportECUs records what the vehicle says is installed and its DTCs.
-	ReportECUs(ctx context.Context, vin string, ecus []ECU, dtcs string, at time.Time) error
+	// ReportECUs records what the vehicle says is installed, its trouble
+	// codes and signal.
+	ReportECUs(ctx context.Context, vin string, ecus []ECU, h Health, at time.Time) error
+	// DTCEpisodes lists the vehicle's trouble code episodes that are
+	// active or ended after since, newest first.
+	DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]DTCEpisode, error)
+	// RecordRequestFault notes a refused request for vin (kind
+	// FaultBadSignature or FaultClockSkew); nothing for an unknown VIN.
+	RecordRequestFault(ctx context.Context, vin, kind string, skew time.Duration, at time.Time) error
+	// RecordFindings opens the findings in codes that are not open for
+	// vin, touches those that are, and resolves the open ones not in codes;
+	// it returns the codes it opened and resolved.
+	RecordFindings(ctx context.Context, vin string, codes []string, at time.Time) (opened, resolved []string, err error)
+	// Findings lists vin's findings, newest first.
+	Findings(ctx context.Context, vin string, limit int) ([]Finding, error)
+	// FindingCounts counts findings by code across the fleet: open now,
+	// and resolved since.
+	FindingCounts(ctx context.Context, since time.Time) ([]FindingCount, error)
 	// RecordAuth records the outcome of a connected-services handshake.
 	RecordAuth(ctx context.Context, vin string, a AuthRecord) error
 	// UseNonce records a manifest nonce; ErrConflict if it was used before.

@@ -54,6 +54,8 @@ type Agent struct {
 	Now func() time.Time
 	// bundle is set for an offline install from a USB bundle.
 	bundle *usb.Bundle
+	// health is what this cycle found about the vehicle's units.
+	health *health
 }
 
 // Outcomes of one ECU in a cycle.
@@ -119,6 +121,17 @@ var errJobCanceled = errors.New("job canceled on the server")
 // (nothing installed), client.ErrRolledBack (an ECU is back on its old
 // image) or is operational.
 func (a *Agent) Update(ctx context.Context) (Report, error) {
+	h, err := a.checkHealth()
+	if err != nil {
+		return Report{}, err
+	}
+	a.health = h
+	rep, err := a.cycle(ctx)
+	a.noteConnection(h, err)
+	return rep, err
+}
+
+func (a *Agent) cycle(ctx context.Context) (Report, error) {
 	// Uptane order: the director hears what the vehicle runs before it
 	// decides. After the first time, the check-in at the end of each
 	// cycle keeps it current.
@@ -178,6 +191,11 @@ func (a *Agent) InstallUSB(ctx context.Context, b *usb.Bundle) (Report, error) {
 	if a.now().After(b.Manifest.ValidUntil) {
 		return Report{}, fmt.Errorf("%w: this USB bundle expired on %s; download a new one; nothing installed", client.ErrRefused, b.Manifest.ValidUntil.Format(time.DateOnly))
 	}
+	h, err := a.checkHealth()
+	if err != nil {
+		return Report{}, err
+	}
+	a.health = h
 	a.bundle = b
 	api := a.API
 	a.API = nil // offline: no job events, no check-in
@@ -218,8 +236,8 @@ func (a *Agent) Reauthorize(ctx context.Context) (vehicle.Auth, error) {
 		if err != nil {
 			return vehicle.Auth{}, err
 		}
-		if s := rec.Slots[rec.Active]; s != nil {
-			fw = append(fw, api.Firmware{Serial: e.Serial, SHA256: s.SHA256})
+		if s := rec.Slots[rec.Active]; s != nil && !a.health.unreachable(e) {
+			fw = append(fw, api.Firmware{Serial: e.Serial, SHA256: a.health.running(e.Serial, s.SHA256)})
 		}
 	}
 	res, err := a.API.Authorize(ctx, fw)
@@ -321,10 +339,16 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 		case err == nil:
 			r.Outcome = Installed
 			a.event(ctx, p, "succeeded", 100, p.custom.Version+" booted and committed")
+			if p.ecu.Type == dcmType {
+				a.logErr("clear DTC", a.V.ClearDTC(vehicle.DTCDCMInternalFault))
+			}
 		case errors.Is(err, client.ErrRolledBack):
 			r.Outcome, r.Detail = RolledBack, err.Error()
 			rolledBack = err
 			a.event(ctx, p, "rolled_back", 100, err.Error())
+			if p.ecu.Type == dcmType {
+				a.logErr("set DTC", a.V.SetDTC(vehicle.DTCDCMInternalFault, fmt.Sprintf("DCM image %s failed its boot check on %s; rolled back", p.custom.Version, p.ecu.Serial), nil))
+			}
 		default:
 			r.Outcome, r.Detail = Failed, err.Error()
 			a.event(ctx, p, eventFailed, 0, err.Error())
@@ -436,6 +460,13 @@ func (a *Agent) event(ctx context.Context, p *plan, kind string, pct int, msg st
 }
 
 // truncate cuts s to at most n bytes, on a character boundary.
+// logErr logs a failure to record something that does not stop the cycle.
+func (a *Agent) logErr(what string, err error) {
+	if err != nil {
+		a.Log.Error(what, "err", err)
+	}
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -577,6 +608,11 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 		}
 		from, counter := installed(rec, images, target)
 		res := ECUResult{Type: e.Type, Serial: e.Serial, From: from, Outcome: UpToDate}
+		if a.health.unreachable(e) {
+			res.Outcome, res.Detail = Failed, "no communication with the head unit on the vehicle bus (DTC U1100); not updated"
+			results = append(results, res)
+			continue
+		}
 		if p == nil {
 			res.Detail = "no update assigned"
 			results = append(results, res)
@@ -585,7 +621,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 		res.To, res.Target, res.JobID = p.custom.Version, p.path, p.jobID
 		sum := hex.EncodeToString(p.tf.Hashes["sha256"])
 		switch {
-		case rec.Slots[rec.Active] != nil && rec.Slots[rec.Active].SHA256 == sum:
+		case rec.Slots[rec.Active] != nil && a.health.running(e.Serial, rec.Slots[rec.Active].SHA256) == sum:
 			res.Detail = "already running the assigned image"
 			results = append(results, res)
 			if p.jobID != "" {
@@ -764,6 +800,9 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	}
 	var ecus []vehicleauth.ECUReport
 	for _, e := range a.V.ECUs {
+		if a.health.unreachable(e) {
+			continue // not on the bus: nothing to report for it
+		}
 		rec, err := a.V.ECU(e).LoadRecord()
 		if err != nil {
 			return err
@@ -771,6 +810,9 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 		r := vehicleauth.ECUReport{Serial: e.Serial, LastResult: rec.LastResult}
 		if s := rec.Slots[rec.Active]; s != nil {
 			r.InstalledTarget, r.Version, r.SHA256, r.Length = s.Target, s.Version, s.SHA256, s.Length
+			if m := a.health.running(e.Serial, s.SHA256); m != s.SHA256 {
+				r.InstalledTarget, r.SHA256 = "", m // corrupt: not the recorded image
+			}
 		}
 		ecus = append(ecus, r)
 	}
@@ -778,12 +820,11 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var codes []string
-	dtcs, _ := a.V.DTCs()
-	for _, d := range dtcs {
-		codes = append(codes, d.Code)
+	dtcs, signal, err := a.healthReport()
+	if err != nil {
+		return err
 	}
-	if err := a.API.CheckIn(ctx, ecus, offline, codes); err != nil {
+	if err := a.API.CheckIn(ctx, ecus, offline, api.Health{DTCs: dtcs, Signal: signal}); err != nil {
 		return err
 	}
 	if err := a.V.SaveCheckIn(a.now()); err != nil {
@@ -798,6 +839,8 @@ type Status struct {
 	ECUs          []ECUStatus   `json:"ecus"`
 	Authorization AuthStatus    `json:"authorization"`
 	DTCs          []vehicle.DTC `json:"dtcs"`
+	// SignalBars is the DCM's last cellular signal reading (-1: none yet).
+	SignalBars int `json:"signalBars"`
 }
 
 // ECUStatus is one ECU's state.
@@ -841,6 +884,11 @@ func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
 	if dtcs != nil {
 		st.DTCs = dtcs
 	}
+	conn, err := v.Connection()
+	if err != nil {
+		return st, err
+	}
+	st.SignalBars = conn.SignalBars
 	for _, e := range v.ECUs {
 		b := v.ECU(e)
 		rec, err := b.LoadRecord()

@@ -43,8 +43,9 @@ func (c DaemonConfig) NextWait(failures int, rnd func() float64) time.Duration {
 }
 
 // Run checks in every interval until ctx ends. While the server cannot be
-// reached (or answers 5xx) it backs off and keeps DTC B15C4 set; the first
-// cycle that reaches the server clears it. The vehicle lock is held only
+// reached (or answers 5xx) it backs off; after several such cycles in a
+// row the cycle sets DTC B15C4, and the first that reaches the server
+// clears it. The vehicle lock is held only
 // during a cycle, so a manual update can run in between.
 func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
 	failures := 0
@@ -63,18 +64,12 @@ func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
 			a.Log.Info("another agent is updating; skipping this check-in")
 		case errors.Is(err, client.ErrUnreachable):
 			failures++
-			if derr := a.V.SetDTC(vehicle.DTCTelematicsConnection, err.Error()); derr != nil {
-				a.Log.Error("record DTC", "err", derr)
-			}
 			a.Log.Warn("server unreachable; backing off", "failures", failures, "err", err)
 		default:
 			if failures > 0 {
 				a.Log.Info("server reachable again", "after_failures", failures)
 			}
 			failures = 0
-			if derr := a.V.ClearDTC(vehicle.DTCTelematicsConnection); derr != nil {
-				a.Log.Error("clear DTC", "err", derr)
-			}
 			if err != nil {
 				a.Log.Warn("update cycle failed", "err", err)
 			}

@@ -129,18 +129,31 @@ func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
 }
 
 // CheckIn posts a signed manifest with a fresh nonce.
-func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline, dtcs []string) error {
+func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h Health) error {
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
-	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline, DTCs: dtcs}
+	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
+		DTCDetails: h.DTCs, Signal: h.Signal}
+	for _, d := range h.DTCs {
+		if d.ClearedAt.IsZero() {
+			m.DTCs = append(m.DTCs, d.Code)
+		}
+	}
 	signed, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	sm := vehicleauth.SignedManifest{Signed: signed, Signature: ed25519.Sign(c.Key, signed)}
 	return c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, nil)
+}
+
+// Health is what the vehicle reports about itself at check-in: its
+// trouble codes (active and recently cleared) and its cellular signal.
+type Health struct {
+	DTCs   []vehicleauth.DTCReport
+	Signal *vehicleauth.SignalReport
 }
 
 // Firmware is what one ECU runs, for the authorization handshake.

@@ -197,3 +197,24 @@ func TestBeginResumesFromCheckpoint(t *testing.T) {
 		t.Fatalf("new image: offset %d, err %v", w.Offset(), err)
 	}
 }
+
+// TestCheckActive: a measurement is reused while the slot file is
+// unchanged; corrupting the slot is found at the next check.
+func TestCheckActive(t *testing.T) {
+	e := newECU(t)
+	m, err := e.CheckActive(time.Hour)
+	if err != nil || !m.Matches {
+		t.Fatalf("fresh slot: %+v %v", m, err)
+	}
+	if err := e.CorruptActive(); err != nil {
+		t.Fatal(err)
+	}
+	m, err = e.CheckActive(time.Hour)
+	if err != nil || m.Matches {
+		t.Fatalf("corrupted slot should not match: %+v %v", m, err)
+	}
+	rec, _ := e.LoadRecord()
+	if m.SHA256 == rec.Slots[rec.Active].SHA256 {
+		t.Fatal("the measured hash is the recorded one")
+	}
+}

@@ -216,18 +216,24 @@ func cmdRun(ctx context.Context, args []string, env Env) error {
 	interval := fs.Duration("interval", time.Hour, "time between check-ins")
 	retryMin := fs.Duration("retry-min", 10*time.Second, "first retry after the server could not be reached (doubles up to --interval)")
 	jitter := fs.Float64("jitter", 0.2, "spread each wait by up to this fraction")
-	state, _, err := parseState(fs, args, env, 0, "roadsign-agent run --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2]")
+	simulate := fs.String("simulate", "", "faults to simulate in every cycle, comma-separated (see roadsign-agent help)")
+	state, _, err := parseState(fs, args, env, 0, "roadsign-agent run --state DIR [--interval 1h] [--retry-min 10s] [--jitter 0.2] [--simulate FAULT,...]")
 	if err != nil {
 		return err
 	}
 	if *interval <= 0 || *retryMin <= 0 || *jitter < 0 || *jitter >= 1 {
 		return envflag.Usagef("--interval and --retry-min must be positive and --jitter in [0, 1)")
 	}
+	faults, err := fault.Parse(*simulate)
+	if err != nil {
+		return envflag.Usagef("--simulate: %v", err)
+	}
+	faults.Kill = env.Kill
 	v, err := vehicle.OpenReadOnly(state, env.Now)
 	if err != nil {
 		return err
 	}
-	a, err := newAgent(v, fault.Set{}, env)
+	a, err := newAgent(v, faults, env)
 	if err != nil {
 		return err
 	}
@@ -255,6 +261,7 @@ func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, erro
 		return nil, fmt.Errorf("vehicle key: %w", err)
 	}
 	hc := download.NewHTTPClient()
+	hc.Transport = faults.Transport(hc.Transport)
 	return &agent.Agent{
 		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy, Now: env.Now,
 		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: env.Now},
@@ -313,7 +320,11 @@ func cmdStatus(args []string, env Env) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   DTCs: %s\n", st.VIN, authDesc(st.Authorization), dtcs(st.DTCs))
+	signal := "signal: not read yet"
+	if st.SignalBars >= 0 {
+		signal = fmt.Sprintf("signal: %d bars", st.SignalBars)
+	}
+	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   %s   DTCs: %s\n", st.VIN, authDesc(st.Authorization), signal, dtcs(st.DTCs))
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ECU\tSERIAL\tHARDWARE\tACTIVE\tVERSION\tSLOT A\tSLOT B\tLAST RESULT")
 	for _, e := range st.ECUs {

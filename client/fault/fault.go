@@ -1,13 +1,16 @@
 // Package fault simulates the failures a vehicle meets during an update,
 // for tests and for dealers' training benches: corrupt or truncated
-// downloads, network drops, flash write errors, power loss in any phase and
-// images that fail their boot check.
+// downloads, network drops, flash write errors, power loss in any phase,
+// images that fail their boot check, and the faults behind "connected
+// services do not work": no cellular signal, a lost bus connection to the
+// head unit, a corrupted DCM slot.
 package fault
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -32,6 +35,13 @@ type Set struct {
 	// write, the share of the image at which power goes.
 	PowerLoss    string
 	PowerLossPct int
+	// CANLoss: the head unit does not answer on the vehicle bus.
+	CANLoss bool
+	// SignalBars, if not nil, is the DCM's cellular signal, 0 to 5; at 0
+	// nothing reaches the server. Without it the bench modem reads 4.
+	SignalBars *int
+	// CorruptActive flips bytes in the DCM's active slot before the cycle.
+	CorruptActive bool
 	// Kill ends the process at once; the default sends SIGKILL to itself,
 	// so nothing is cleaned up, as with a real power loss.
 	Kill func()
@@ -84,8 +94,21 @@ func Parse(s string) (Set, error) {
 				}
 				f.PowerLossPct = pct
 			}
+		case "can-loss":
+			f.CANLoss = true
+		case "corrupt-active":
+			f.CorruptActive = true
+		case "signal":
+			n := -1
+			if len(parts) == 2 && len(parts[1]) == 1 {
+				n, _ = strconv.Atoi(parts[1])
+			}
+			if n < 0 || n > 5 {
+				return f, fmt.Errorf("signal needs bars from 0 to 5: signal:BARS")
+			}
+			f.SignalBars = &n
 		default:
-			return f, fmt.Errorf("unknown fault %q; want corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error or boot-fail", item)
+			return f, fmt.Errorf("unknown fault %q; want corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss or corrupt-active", item)
 		}
 	}
 	return f, nil
@@ -110,7 +133,8 @@ func contains(list []string, s string) bool {
 
 // Any reports whether any fault is set.
 func (f Set) Any() bool {
-	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != ""
+	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != "" ||
+		f.CANLoss || f.SignalBars != nil || f.CorruptActive
 }
 
 func (f Set) kill() {
@@ -215,3 +239,19 @@ func (f Set) WriteHook(length int64) func(off, n int64) error {
 		return nil
 	}
 }
+
+// ErrNoSignal is what every request meets at 0 bars of signal.
+var ErrNoSignal = errors.New("simulated loss of cellular signal (0 bars)")
+
+// Transport is base, unless the simulated signal is 0 bars: then no
+// request reaches the server.
+func (f Set) Transport(base http.RoundTripper) http.RoundTripper {
+	if f.SignalBars == nil || *f.SignalBars > 0 {
+		return base
+	}
+	return noSignal{}
+}
+
+type noSignal struct{}
+
+func (noSignal) RoundTrip(*http.Request) (*http.Response, error) { return nil, ErrNoSignal }

@@ -8,6 +8,8 @@ import (
 	"testing"
 )
 
+func ptr(n int) *int { return &n }
+
 func TestParse(t *testing.T) {
 	tests := []struct {
 		in      string
@@ -25,6 +27,12 @@ func TestParse(t *testing.T) {
 		{in: "power-loss:reboot", wantErr: true},
 		{in: "power-loss", wantErr: true},
 		{in: "gremlins", wantErr: true},
+		{in: "signal:0,can-loss", want: Set{SignalBars: ptr(0), CANLoss: true}},
+		{in: "signal:5,corrupt-active", want: Set{SignalBars: ptr(5), CorruptActive: true}},
+		{in: "signal", wantErr: true},
+		{in: "signal:6", wantErr: true},
+		{in: "signal:-1", wantErr: true},
+		{in: "signal:12", wantErr: true},
 	}
 	for _, tt := range tests {
 		got, err := Parse(tt.in)

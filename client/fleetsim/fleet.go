@@ -259,7 +259,7 @@ func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
 		reports = append(reports, vehicleauth.ECUReport{Serial: e.Serial, InstalledTarget: e.target, Version: e.Version, SHA256: e.SHA256, Length: e.Length})
 	}
 	t0 := time.Now()
-	err := v.api.CheckIn(ctx, reports, nil, nil)
+	err := v.api.CheckIn(ctx, reports, nil, api.Health{})
 	d := time.Since(t0)
 	if err != nil {
 		return 0, fmt.Errorf("check-in: %w", err)

@@ -172,6 +172,29 @@ type Manifest struct {
 	Offline []string `json:"offline,omitempty"`
 	// DTCs are the active diagnostic trouble codes.
 	DTCs []string `json:"dtcs,omitempty"`
+	// DTCDetails are the codes' episodes, active and recently cleared.
+	DTCDetails []DTCReport `json:"dtcDetails,omitempty"`
+	// Signal is the DCM's cellular signal when the manifest was made.
+	Signal *SignalReport `json:"signal,omitempty"`
+}
+
+// DTCReport is one diagnostic trouble code episode: first and last seen,
+// how often, and when it cleared (zero while active).
+type DTCReport struct {
+	Code      string    `json:"code"`
+	FirstSeen time.Time `json:"firstSeen"`
+	LastSeen  time.Time `json:"lastSeen"`
+	Count     int       `json:"count"`
+	Detail    string    `json:"detail,omitempty"`
+	ClearedAt time.Time `json:"clearedAt,omitzero"`
+	// SignalBars is the weakest cellular signal during the episode.
+	SignalBars *int `json:"signalBars,omitempty"`
+}
+
+// SignalReport is a cellular signal reading, 0 to 5 bars.
+type SignalReport struct {
+	Bars int       `json:"bars"`
+	At   time.Time `json:"at"`
 }
 
 // SignedManifest is the body of POST /api/v1/vehicles/{vin}/manifest:

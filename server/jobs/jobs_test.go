@@ -47,7 +47,7 @@ func setup(t *testing.T) (*jobs.Service, server.Store, *clock) {
 	if err := st.CreateVehicle(context.Background(), v); err != nil {
 		t.Fatal(err)
 	}
-	st.ReportECUs(context.Background(), "VIN1", []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/2.img", InstalledVersion: "2.0.0"}}, "", time.Now())
+	st.ReportECUs(context.Background(), "VIN1", []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/2.img", InstalledVersion: "2.0.0"}}, server.Health{}, time.Now())
 	imgs := images{"dcm/1.img": image("1.0.0", 1, false), "dcm/1b.img": image("1.0.1", 2, true), "dcm/2.img": image("2.0.0", 3, false), "dcm/3.img": image("3.0.0", 4, false)}
 	c := &clock{t: time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)}
 	svc := jobs.New(st, imgs, jobs.Config{MaxAttempts: 3, RetryBase: time.Minute, Timeout: time.Hour}, c.now, slog.New(slog.DiscardHandler))

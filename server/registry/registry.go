@@ -25,6 +25,8 @@ import (
 type Service struct {
 	store server.Store
 	now   func() time.Time
+	// faults bounds the refused-request writes in flight.
+	faults chan struct{}
 	// Owns, if set, tells whether an owner is linked to a VIN.
 	Owns func(ctx context.Context, p accounts.Principal, vin string) (bool, error)
 	// Registered, if set, hears of each new vehicle (campaigns that
@@ -33,7 +35,31 @@ type Service struct {
 }
 
 // New returns a registry.
-func New(store server.Store, now func() time.Time) *Service { return &Service{store: store, now: now} }
+func New(store server.Store, now func() time.Time) *Service {
+	return &Service{store: store, now: now, faults: make(chan struct{}, 4)}
+}
+
+// NoteRequestFault records, off the request's path, that a request for vin
+// was refused: kind server.FaultBadSignature (the signature does not
+// verify with the registered key) or server.FaultClockSkew (it does, with
+// the vehicle's clock off by skew). It is evidence for the diagnosis.
+// The write happens in the background, so a refusal takes as long for an
+// unknown VIN as for a registered one, and writes beyond a few at once are
+// dropped, so a flood of forged requests costs the database little.
+func (s *Service) NoteRequestFault(vin, kind string, skew time.Duration) {
+	select {
+	case s.faults <- struct{}{}:
+	default:
+		return
+	}
+	at := s.now()
+	go func() {
+		defer func() { <-s.faults }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.store.RecordRequestFault(ctx, vin, kind, skew, at)
+	}()
+}
 
 // ECURequest is one ECU in a registration.
 type ECURequest struct {
@@ -193,7 +219,19 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		}
 		return err
 	}
-	if err := s.store.ReportECUs(ctx, vinStr, ecus, strings.Join(m.DTCs, ","), now); err != nil {
+	h := server.Health{Active: strings.Join(m.DTCs, ",")}
+	if m.Signal != nil {
+		h.SignalBars, h.SignalAt = m.Signal.Bars, m.Signal.At
+	}
+	for _, d := range m.DTCDetails {
+		bars := -1
+		if d.SignalBars != nil {
+			bars = *d.SignalBars
+		}
+		h.Episodes = append(h.Episodes, server.DTCEpisode{Code: d.Code, FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, Count: d.Count,
+			Detail: d.Detail, ClearedAt: d.ClearedAt, SignalBars: bars})
+	}
+	if err := s.store.ReportECUs(ctx, vinStr, ecus, h, now); err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
 	}
 	if len(m.Offline) > 0 {
@@ -234,6 +272,23 @@ func checkManifestSizes(m vehicleauth.Manifest) error {
 		if !dtcRE.MatchString(d) {
 			return server.Errorf(server.KindInvalid, "trouble code %.20q is not a DTC such as B15C4", d)
 		}
+	}
+	if len(m.DTCDetails) > 32 {
+		return server.Errorf(server.KindInvalid, "manifest lists %d trouble code episodes; at most 32", len(m.DTCDetails))
+	}
+	valid := func(t time.Time) bool { return !t.IsZero() && t.Year() >= 2000 && t.Year() < 3000 }
+	for _, d := range m.DTCDetails {
+		switch {
+		case !dtcRE.MatchString(d.Code):
+			return server.Errorf(server.KindInvalid, "trouble code %.20q is not a DTC such as B15C4", d.Code)
+		case !valid(d.FirstSeen) || !valid(d.LastSeen) || d.LastSeen.Before(d.FirstSeen) || (!d.ClearedAt.IsZero() && !valid(d.ClearedAt)):
+			return server.Errorf(server.KindInvalid, "trouble code %s: firstSeen, lastSeen and clearedAt must be times in order", d.Code)
+		case d.Count < 1 || len(d.Detail) > 512 || (d.SignalBars != nil && (*d.SignalBars < 0 || *d.SignalBars > 5)):
+			return server.Errorf(server.KindInvalid, "trouble code %s: count must be positive, detail at most 512 bytes, signalBars 0 to 5", d.Code)
+		}
+	}
+	if m.Signal != nil && (m.Signal.Bars < 0 || m.Signal.Bars > 5 || !valid(m.Signal.At)) {
+		return server.Errorf(server.KindInvalid, "signal: bars must be 0 to 5, with the time of the reading")
 	}
 	return nil
 }

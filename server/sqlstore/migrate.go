@@ -94,6 +94,23 @@ var migrations = []string{
 	ALTER TABLE jobs ADD COLUMN campaign_id TEXT NOT NULL DEFAULT '';
 	ALTER TABLE jobs ADD COLUMN maintenance_window TEXT NOT NULL DEFAULT '';
 	CREATE INDEX jobs_campaign ON jobs (campaign_id, state);`,
+	// 7: evidence for the diagnosis: the vehicle's signal, its refused
+	// requests, its trouble code episodes; and the findings, open and
+	// resolved.
+	`ALTER TABLE vehicles ADD COLUMN signal_bars INTEGER NOT NULL DEFAULT -1;
+	ALTER TABLE vehicles ADD COLUMN signal_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN bad_signature_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN bad_signature_count INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN clock_skew_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN clock_skew_micros BIGINT NOT NULL DEFAULT 0;
+	CREATE TABLE dtc_episodes (
+		vin TEXT NOT NULL, code TEXT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+		count INTEGER NOT NULL, detail TEXT NOT NULL, cleared_at BIGINT NOT NULL, signal_bars INTEGER NOT NULL,
+		reported_at BIGINT NOT NULL, PRIMARY KEY (vin, code, first_seen));
+	CREATE TABLE findings (
+		vin TEXT NOT NULL, code TEXT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+		resolved_at BIGINT NOT NULL, PRIMARY KEY (vin, code, first_seen));
+	CREATE INDEX findings_open ON findings (resolved_at, code);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -255,13 +256,17 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 	}))
 }
 
-const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs`
+const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
+	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros`
 
 func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
-	var created, seen, authAt, authExp int64
-	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs)
+	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew int64
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew)
 	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
+	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
+	v.RequestFaults.ClockSkew = time.Duration(skew) * time.Microsecond
 	return v, err
 }
 
@@ -366,14 +371,27 @@ func prefixCols(p, cols string) string {
 }
 
 // ReportECUs implements server.Store.
-func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, dtcs string, at time.Time) error {
+func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h server.Health, at time.Time) error {
 	return s.wrap("report ECUs of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE vehicles SET last_seen = ?, dtcs = ? WHERE vin = ?`), micros(at), dtcs, vin)
+		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?`, []any{micros(at), h.Active}
+		if !h.SignalAt.IsZero() {
+			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
+		}
+		res, err := tx.ExecContext(ctx, s.q(q+` WHERE vin = ?`), append(args, vin)...)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return sql.ErrNoRows
+		}
+		for _, e := range h.Episodes {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vin, code, first_seen) DO UPDATE SET last_seen = excluded.last_seen,
+				count = excluded.count, detail = excluded.detail, cleared_at = excluded.cleared_at, signal_bars = excluded.signal_bars,
+				reported_at = excluded.reported_at`),
+				vin, e.Code, micros(e.FirstSeen), micros(e.LastSeen), e.Count, e.Detail, micros(e.ClearedAt), e.SignalBars, micros(at)); err != nil {
+				return err
+			}
 		}
 		for _, e := range ecus {
 			if _, err := tx.ExecContext(ctx, s.q(`UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`),
@@ -796,7 +814,131 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 		if n, _ := res.RowsAffected(); n == 0 {
 			return sql.ErrNoRows
 		}
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE vehicles SET public_key = ? WHERE vin = ?`), key, vin)
+		// The refused requests were signed with the old key's successor,
+		// or by someone else: evidence about a key that is gone.
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0 WHERE vin = ?`), key, vin)
 		return err
 	}))
+}
+
+// DTCEpisodes implements server.Store.
+func (s *Store) DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]server.DTCEpisode, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at
+		FROM dtc_episodes WHERE vin = ? AND (cleared_at = 0 OR cleared_at >= ?) ORDER BY last_seen DESC LIMIT 100`), vin, micros(since))
+	if err != nil {
+		return nil, s.wrap("DTC episodes of "+vin, err)
+	}
+	defer rows.Close()
+	var out []server.DTCEpisode
+	for rows.Next() {
+		var e server.DTCEpisode
+		var first, last, cleared, reported int64
+		if err := rows.Scan(&e.Code, &first, &last, &e.Count, &e.Detail, &cleared, &e.SignalBars, &reported); err != nil {
+			return nil, s.wrap("DTC episodes of "+vin, err)
+		}
+		e.FirstSeen, e.LastSeen, e.ClearedAt, e.ReportedAt = fromMicros(first), fromMicros(last), fromMicros(cleared), fromMicros(reported)
+		out = append(out, e)
+	}
+	return out, s.wrap("DTC episodes of "+vin, rows.Err())
+}
+
+// RecordRequestFault implements server.Store.
+func (s *Store) RecordRequestFault(ctx context.Context, vin, kind string, skew time.Duration, at time.Time) error {
+	var err error
+	switch kind {
+	case server.FaultBadSignature:
+		_, err = s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET bad_signature_at = ?, bad_signature_count = bad_signature_count + 1 WHERE vin = ?`), micros(at), vin)
+	case server.FaultClockSkew:
+		_, err = s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`), micros(at), skew.Microseconds(), vin)
+	default:
+		return fmt.Errorf("request fault %q: want %s or %s", kind, server.FaultBadSignature, server.FaultClockSkew)
+	}
+	return s.wrap("record "+kind+" of "+vin, err)
+}
+
+// RecordFindings implements server.Store.
+func (s *Store) RecordFindings(ctx context.Context, vin string, codes []string, at time.Time) (opened, resolved []string, err error) {
+	err = s.wrap("record findings of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+		opened, resolved = nil, nil
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT code, first_seen FROM findings WHERE vin = ? AND resolved_at = 0`), vin)
+		if err != nil {
+			return err
+		}
+		open := map[string]int64{}
+		for rows.Next() {
+			var code string
+			var first int64
+			if err := rows.Scan(&code, &first); err != nil {
+				rows.Close()
+				return err
+			}
+			open[code] = first
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		now := micros(at)
+		for _, code := range codes {
+			if first, ok := open[code]; ok {
+				delete(open, code)
+				_, err = tx.ExecContext(ctx, s.q(`UPDATE findings SET last_seen = ? WHERE vin = ? AND code = ? AND first_seen = ?`), now, vin, code, first)
+			} else {
+				opened = append(opened, code)
+				_, err = tx.ExecContext(ctx, s.q(`INSERT INTO findings (vin, code, first_seen, last_seen, resolved_at) VALUES (?, ?, ?, ?, 0)
+					ON CONFLICT (vin, code, first_seen) DO NOTHING`), vin, code, now, now)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for code, first := range open {
+			resolved = append(resolved, code)
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE findings SET resolved_at = ? WHERE vin = ? AND code = ? AND first_seen = ?`), now, vin, code, first); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	sort.Strings(resolved)
+	return opened, resolved, err
+}
+
+// Findings implements server.Store.
+func (s *Store) Findings(ctx context.Context, vin string, limit int) ([]server.Finding, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, first_seen, last_seen, resolved_at FROM findings WHERE vin = ? ORDER BY first_seen DESC LIMIT ?`), vin, limit)
+	if err != nil {
+		return nil, s.wrap("findings of "+vin, err)
+	}
+	defer rows.Close()
+	var out []server.Finding
+	for rows.Next() {
+		f := server.Finding{VIN: vin}
+		var first, last, resolved int64
+		if err := rows.Scan(&f.Code, &first, &last, &resolved); err != nil {
+			return nil, s.wrap("findings of "+vin, err)
+		}
+		f.FirstSeen, f.LastSeen, f.ResolvedAt = fromMicros(first), fromMicros(last), fromMicros(resolved)
+		out = append(out, f)
+	}
+	return out, s.wrap("findings of "+vin, rows.Err())
+}
+
+// FindingCounts implements server.Store.
+func (s *Store) FindingCounts(ctx context.Context, since time.Time) ([]server.FindingCount, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, SUM(CASE WHEN resolved_at = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN resolved_at > 0 THEN 1 ELSE 0 END)
+		FROM findings WHERE resolved_at = 0 OR resolved_at >= ? GROUP BY code ORDER BY code`), micros(since))
+	if err != nil {
+		return nil, s.wrap("finding counts", err)
+	}
+	defer rows.Close()
+	var out []server.FindingCount
+	for rows.Next() {
+		var c server.FindingCount
+		if err := rows.Scan(&c.Code, &c.Open, &c.Resolved); err != nil {
+			return nil, s.wrap("finding counts", err)
+		}
+		out = append(out, c)
+	}
+	return out, s.wrap("finding counts", rows.Err())
 }

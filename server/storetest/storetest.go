@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"AccountsAndSessions", testAccountsAndSessions},
 		{"LeadershipAndFencing", testLeadership},
 		{"Campaigns", testCampaigns},
+		{"DiagnosisEvidence", testDiagnosisEvidence},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -106,7 +108,7 @@ func testVehicles(t *testing.T, s server.Store) {
 	wantErr(t, err, server.ErrNotFound)
 
 	rep := []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/x.img", InstalledVersion: "2.0.0", InstalledSHA256: "ab"}}
-	must(t, s.ReportECUs(ctx, v.VIN, rep, "B15C4", now.Add(time.Minute)))
+	must(t, s.ReportECUs(ctx, v.VIN, rep, server.Health{Active: "B15C4"}, now.Add(time.Minute)))
 	must(t, s.RecordAuth(ctx, v.VIN, server.AuthRecord{State: "authorized", At: now, Expires: now.Add(time.Hour)}))
 	got, _ = s.Vehicle(ctx, v.VIN)
 	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) ||
@@ -118,7 +120,7 @@ func testVehicles(t *testing.T, s server.Store) {
 	if got.AuthState != "subscription_expired" || got.AuthMessage != "renew it" || !got.AuthExpires.IsZero() {
 		t.Fatalf("after a failed handshake: %+v", got)
 	}
-	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, "", now), server.ErrNotFound)
+	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, server.Health{}, now), server.ErrNotFound)
 }
 
 func testPagination(t *testing.T, s server.Store) {
@@ -558,7 +560,7 @@ func testCampaigns(t *testing.T, st server.Store) {
 		}
 		must(t, s.CreateVehicle(ctx, v))
 	}
-	must(t, s.ReportECUs(ctx, "VIN00000000000000", []server.ECU{{Serial: "DCM0", InstalledTarget: "dcm/1.img", InstalledVersion: "1", InstalledSHA256: "aa"}}, "", now))
+	must(t, s.ReportECUs(ctx, "VIN00000000000000", []server.ECU{{Serial: "DCM0", InstalledTarget: "dcm/1.img", InstalledVersion: "1", InstalledSHA256: "aa"}}, server.Health{}, now))
 	cands, err := s.CampaignCandidates(ctx, "dcm", []string{"DCM-4G"}, server.Selector{Regions: []string{"EU"}})
 	must(t, err)
 	if len(cands) != 8 || cands[0].ECUSerial != "DCM0" || cands[0].HardwareID != "DCM-4G" || cands[0].Installed != "dcm/1.img" {
@@ -615,5 +617,78 @@ func testCampaigns(t *testing.T, st server.Store) {
 	must(t, err)
 	if c.OpenWaves != 2 || len(c.WaveOpened) != 2 || !c.AssignClock.Equal(now.Add(time.Second)) {
 		t.Fatalf("campaign: %+v", c)
+	}
+}
+
+// testDiagnosisEvidence: trouble code episodes are upserted by first-seen
+// time and kept when cleared; the signal and refused requests are kept on
+// the vehicle (a new key forgets the bad signatures); findings open,
+// stay open, resolve, and are counted.
+func testDiagnosisEvidence(t *testing.T, s server.Store) {
+	v := vehicle("VIN00000000000003", "HU3", "DCM3")
+	must(t, s.CreateVehicle(ctx, v))
+	got, _ := s.Vehicle(ctx, v.VIN)
+	if got.SignalBars != -1 || !got.RequestFaults.BadSignatureAt.IsZero() {
+		t.Fatalf("a new vehicle has no signal reading and no refused requests: %+v", got)
+	}
+	ep := server.DTCEpisode{Code: "B15C4", FirstSeen: now, LastSeen: now.Add(time.Minute), Count: 3, Detail: "no server", SignalBars: 0}
+	must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Active: "B15C4", Episodes: []server.DTCEpisode{ep}, SignalBars: 1, SignalAt: now}, now.Add(2*time.Minute)))
+	ep.ClearedAt, ep.LastSeen, ep.Count = now.Add(3*time.Minute), now.Add(2*time.Minute), 4
+	older := server.DTCEpisode{Code: "U1100", FirstSeen: now.Add(-72 * time.Hour), LastSeen: now.Add(-71 * time.Hour), Count: 1, ClearedAt: now.Add(-70 * time.Hour), SignalBars: -1}
+	must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Episodes: []server.DTCEpisode{ep, older}, SignalBars: 4, SignalAt: now.Add(3 * time.Minute)}, now.Add(4*time.Minute)))
+	eps, err := s.DTCEpisodes(ctx, v.VIN, now.Add(-24*time.Hour))
+	must(t, err)
+	if len(eps) != 1 || eps[0].Count != 4 || !eps[0].ClearedAt.Equal(now.Add(3*time.Minute)) || eps[0].SignalBars != 0 || eps[0].Active() {
+		t.Fatalf("episodes since a day ago: %+v", eps)
+	}
+	if all, _ := s.DTCEpisodes(ctx, v.VIN, now.Add(-100*time.Hour)); len(all) != 2 {
+		t.Fatalf("episodes since 100 h ago: %+v", all)
+	}
+	got, _ = s.Vehicle(ctx, v.VIN)
+	if got.SignalBars != 4 || !got.SignalAt.Equal(now.Add(3*time.Minute)) || got.DTCs != "" {
+		t.Fatalf("signal after the reports: %+v", got)
+	}
+
+	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now))
+	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now.Add(time.Second)))
+	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultClockSkew, -10*time.Minute, now))
+	must(t, s.RecordRequestFault(ctx, "VIN00000000000099", server.FaultBadSignature, 0, now)) // unknown VIN: nothing
+	got, _ = s.Vehicle(ctx, v.VIN)
+	if f := got.RequestFaults; f.BadSignatureCount != 2 || !f.BadSignatureAt.Equal(now.Add(time.Second)) || f.ClockSkew != -10*time.Minute || !f.ClockSkewAt.Equal(now) {
+		t.Fatalf("refused requests: %+v", f)
+	}
+	must(t, s.ReplaceECU(ctx, v.VIN, "DCM3", server.ECU{Serial: "DCM3b", HardwareID: "DCM-4G"}, []byte{9, 9}))
+	got, _ = s.Vehicle(ctx, v.VIN)
+	if f := got.RequestFaults; f.BadSignatureCount != 0 || !f.BadSignatureAt.IsZero() || f.ClockSkewAt.IsZero() {
+		t.Fatalf("a new key forgets the bad signatures, not the clock: %+v", f)
+	}
+
+	opened, resolved, err := s.RecordFindings(ctx, v.VIN, []string{"subscription_expired", "vehicle_offline"}, now)
+	if err != nil || len(opened) != 2 || len(resolved) != 0 {
+		t.Fatalf("first findings: opened %v, resolved %v, %v", opened, resolved, err)
+	}
+	opened, resolved, err = s.RecordFindings(ctx, v.VIN, []string{"subscription_expired"}, now.Add(time.Hour))
+	if err != nil || len(opened) != 0 || fmt.Sprint(resolved) != "[vehicle_offline]" {
+		t.Fatalf("second findings: opened %v, resolved %v, %v", opened, resolved, err)
+	}
+	fs, err := s.Findings(ctx, v.VIN, 10)
+	must(t, err)
+	state := map[string]server.Finding{}
+	for _, f := range fs {
+		state[f.Code] = f
+	}
+	if len(fs) != 2 || !state["subscription_expired"].ResolvedAt.IsZero() || !state["subscription_expired"].LastSeen.Equal(now.Add(time.Hour)) ||
+		!state["vehicle_offline"].ResolvedAt.Equal(now.Add(time.Hour)) {
+		t.Fatalf("findings: %+v", fs)
+	}
+	opened, _, err = s.RecordFindings(ctx, v.VIN, []string{"vehicle_offline"}, now.Add(2*time.Hour)) // again: a new finding
+	if err != nil || fmt.Sprint(opened) != "[vehicle_offline]" {
+		t.Fatalf("third findings: opened %v, %v", opened, err)
+	}
+	counts, err := s.FindingCounts(ctx, now.Add(-time.Hour))
+	must(t, err)
+	want := []server.FindingCount{{Code: "subscription_expired", Open: 0, Resolved: 1}, {Code: "vehicle_offline", Open: 1, Resolved: 1}}
+	if !reflect.DeepEqual(counts, want) {
+		t.Fatalf("finding counts: %+v, want %+v", counts, want)
 	}
 }

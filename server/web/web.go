@@ -47,11 +47,7 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 // Check is one line of the status page.
-type Check struct {
-	Name   string
-	OK     bool
-	Detail string
-}
+type Check = server.HealthCheck
 
 // Deps are the services the pages use.
 type Deps struct {
