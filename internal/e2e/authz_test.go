@@ -67,6 +67,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		// Owners may call it; for a VIN not theirs they get 404 (tested below).
 		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer owner"},
 		{"POST", "/api/v1/vehicles/{vin}/manifest", "/api/v1/vehicles/" + v1.vin + "/manifest", "vehicle"},
+		{"GET", "/api/v1/vehicles/{vin}/diagnosis", "/api/v1/vehicles/" + v1.vin + "/diagnosis", "admin dealer owner"},
+		{"GET", "/api/v1/diagnoses", "", "admin dealer"},
 		{"POST", "/api/v1/jobs", "", "admin dealer"},
 		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, "admin dealer"},
 		{"GET", "/api/v1/jobs/{id}", "/api/v1/jobs/" + job.ID, "admin dealer"},

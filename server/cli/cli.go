@@ -32,6 +32,7 @@ import (
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
+	"github.com/roadsign/roadsign/server/diagnosis"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/fsblob"
 	"github.com/roadsign/roadsign/server/httpapi"
@@ -86,6 +87,7 @@ type config struct {
 	loginsPerMinute int
 	leaderLease     time.Duration
 	campaignTick    time.Duration
+	offlineAfter    time.Duration
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -156,6 +158,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most connections open at once; more wait to be accepted")
 		fs.DurationVar(&c.leaderLease, "leader-lease", 15*time.Second, "lease of the replica that runs campaign waves, job timeouts and re-signing; renewed at a third")
 		fs.DurationVar(&c.campaignTick, "campaign-tick", time.Second, "how often the leader advances running campaigns")
+		fs.DurationVar(&c.offlineAfter, "offline-after", 72*time.Hour, "a vehicle not heard from for this long is diagnosed as offline")
 		fs.IntVar(&c.hashConcurrency, "password-hash-concurrency", 0, "most owner-password checks (argon2id, 64 MiB each) at once; 0: one per CPU")
 		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -175,6 +178,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && (c.leaderLease < time.Second || c.campaignTick <= 0) {
 		return c, envflag.Usagef("--leader-lease must be at least 1s and --campaign-tick positive")
+	}
+	if cmd == "serve" && c.offlineAfter <= 0 {
+		return c, envflag.Usagef("--offline-after must be positive, such as 72h")
 	}
 	if cmd == "serve" && c.maxConnections < 1 {
 		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
@@ -312,6 +318,10 @@ func serve(ctx context.Context, c config, env Env) error {
 	}
 	connectSvc := connect.New(store, directorSvc, images, secret, time.Now)
 	connectSvc.TokenTTL = c.authTokenTTL
+	status := func(ctx context.Context) []server.HealthCheck { return statusChecks(ctx, images, store, blobs, log) }
+	diagnosisSvc := diagnosis.New(store, directorSvc, images, status, time.Now, log, reg)
+	diagnosisSvc.OfflineAfter = c.offlineAfter
+	connectSvc.Handshake = diagnosisSvc.Record
 	ownerSvc := owners.New(store, time.Now)
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
@@ -323,7 +333,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	pages, err := web.New(web.Deps{
 		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, time.Now), Owners: ownerSvc, Registry: registrySvc, Jobs: jobSvc,
 		Bundles: bundles, Campaigns: campaignSvc, Store: store, Secret: secret, Now: time.Now, Log: log,
-		Status: func(ctx context.Context) []web.Check { return statusChecks(ctx, images, store, blobs, log) },
+		Diagnosis: diagnosisSvc, Status: status,
 	})
 	if err != nil {
 		return err
@@ -331,7 +341,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accountSvc, Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
-		Bundles: bundles, Web: pages, Campaigns: campaignSvc,
+		Bundles: bundles, Web: pages, Campaigns: campaignSvc, Diagnosis: diagnosisSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 	})

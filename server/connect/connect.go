@@ -39,6 +39,9 @@ type Service struct {
 	secret   []byte
 	now      func() time.Time
 	TokenTTL time.Duration
+	// Handshake, if set, hears of every completed handshake (the
+	// diagnosis records what it finds then).
+	Handshake func(ctx context.Context, vin string)
 }
 
 // LoadSecret reads (creating on first use) the HMAC secret shared by all
@@ -141,6 +144,9 @@ func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, er
 	}
 	if rerr := s.store.RecordAuth(ctx, vin, rec); rerr != nil && err == nil {
 		return Answer{}, rerr
+	}
+	if s.Handshake != nil {
+		s.Handshake(ctx, vin)
 	}
 	return ans, err
 }

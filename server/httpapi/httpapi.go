@@ -24,6 +24,7 @@ import (
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
+	"github.com/roadsign/roadsign/server/diagnosis"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
@@ -55,6 +56,7 @@ type Deps struct {
 	Bundles  *bundle.Service
 	// Campaigns may be nil in tests that do not use them.
 	Campaigns *campaigns.Service
+	Diagnosis *diagnosis.Service
 	Web       *web.Web
 	Store     server.Store
 	Ready     map[string]Pinger

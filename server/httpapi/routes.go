@@ -15,6 +15,7 @@ import (
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
+	"github.com/roadsign/roadsign/server/diagnosis"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
@@ -106,7 +107,51 @@ func (a *api) apiRoutes() []route {
 		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle, Download},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
+		{"GET", "/api/v1/vehicles/:vin/diagnosis", []string{Admin, Dealer, Owner}, "Why connected services fail: findings, likeliest first, with evidence and fixes (owners get their own wording)", "", a.diagnose, Default},
+		{"GET", "/api/v1/diagnoses", adminDealer, "Findings across the fleet by cause: open now, resolved in the last 30 days", "", a.diagnosisCounts, Default},
 	}
+}
+
+func (a *api) diagnose(c *gin.Context) {
+	p, _ := principal(c)
+	ctx := c.Request.Context()
+	if _, err := a.Registry.Get(ctx, p, c.Param("vin")); err != nil { // an owner sees only their own cars
+		a.fail(c, err)
+		return
+	}
+	r, err := a.Diagnosis.Diagnose(ctx, c.Param("vin"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if p.Role == server.RoleOwner {
+		c.JSON(http.StatusOK, r.ForOwner())
+		return
+	}
+	history, err := a.Diagnosis.History(ctx, c.Param("vin"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if history == nil {
+		history = []server.Finding{}
+	}
+	if r.Findings == nil {
+		r.Findings = []diagnosis.Finding{}
+	}
+	c.JSON(http.StatusOK, gin.H{"vin": r.VIN, "healthy": r.Healthy, "summary": r.Summary, "findings": r.Findings, "history": history})
+}
+
+func (a *api) diagnosisCounts(c *gin.Context) {
+	counts, err := a.Diagnosis.Counts(c.Request.Context())
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if counts == nil {
+		counts = []server.FindingCount{}
+	}
+	c.JSON(http.StatusOK, gin.H{"counts": counts})
 }
 
 func (a *api) createAccount(c *gin.Context) {

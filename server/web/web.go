@@ -35,6 +35,7 @@ import (
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
+	"github.com/roadsign/roadsign/server/diagnosis"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
@@ -58,6 +59,7 @@ type Deps struct {
 	Jobs      *jobs.Service
 	Bundles   *bundle.Service
 	Campaigns *campaigns.Service
+	Diagnosis *diagnosis.Service
 	Store     server.Store
 	Status    func(ctx context.Context) []Check
 	Secret    []byte
