@@ -339,6 +339,9 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 		case err == nil:
 			r.Outcome = Installed
 			a.event(ctx, p, "succeeded", 100, p.custom.Version+" booted and committed")
+			if a.health != nil {
+				delete(a.health.measured, p.ecu.Serial) // the new slot is verified
+			}
 			if p.ecu.Type == dcmType {
 				a.logErr("clear DTC", a.V.ClearDTC(vehicle.DTCDCMInternalFault))
 			}

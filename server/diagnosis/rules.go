@@ -89,9 +89,13 @@ var Rules = []Rule{
 			if f.ClockSkew < 0 {
 				dir = "ahead of"
 			}
+			off := f.ClockSkew.Abs().Round(time.Second)
+			if off >= time.Minute {
+				off = off.Round(time.Minute)
+			}
 			return []Finding{{Title: "The car's clock is off, so its requests are refused",
 				Evidence: []Fact{{Record: "refused requests", At: f.ClockSkewAt,
-					Detail: fmt.Sprintf("the car's clock was %s %s the server's", f.ClockSkew.Abs().Round(time.Second), dir)}}}}
+					Detail: fmt.Sprintf("the car's clock was %s %s the server's", off, dir)}}}}
 		},
 	},
 	{
