@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/roadsign/roadsign/server/s3blob/s3test"
 )
 
 // diagView is GET /api/v1/vehicles/{vin}/diagnosis as a dealer sees it.
@@ -429,4 +432,31 @@ func TestDiagnosisFleetCounts(t *testing.T) {
 	if _, body := httpGet(t, w.url+"/metrics", nil); !strings.Contains(string(body), `roadsign_diagnosis_findings_opened_total{code="vehicle_not_linked"} 2`) {
 		t.Fatalf("metrics:\n%s", body)
 	}
+}
+
+// TestDiagnosisServiceUnhealthy: the blob store goes down; every car's
+// diagnosis puts the service first (nothing to do on the car); when the
+// store is back, the car updates and reauthorizes.
+func TestDiagnosisServiceUnhealthy(t *testing.T) {
+	gw := s3test.Start(t)
+	w := &world{t: t, dir: t.TempDir(), extra: []string{"--blob", gw.URL()}, env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
+	for _, kv := range gw.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		w.env[k] = v
+	}
+	w.data, w.ws = filepath.Join(w.dir, "data"), filepath.Join(w.dir, "ws")
+	w.start()
+	w.setup(nil)
+	v, _ := healthyCar(t, w, 1)
+	gw.Stop()
+	d := w.diagnosedFirst(t, v.vin, "service_unhealthy")
+	if ev := fmt.Sprint(d.Findings[0].Evidence); !strings.Contains(ev, "Blob store: unreachable") || strings.Contains(ev, "State store") ||
+		!strings.Contains(d.Findings[0].Fix, "nothing needs doing on the car") {
+		t.Fatalf("service finding: %+v", d.Findings[0])
+	}
+	gw.Restart(t)
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update with the store back: %s", r)
+	}
+	w.fixed(t, v, "service_unhealthy")
 }

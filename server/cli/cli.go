@@ -429,21 +429,60 @@ func blobDesc(c config) string {
 // statusChecks is what /status shows an owner before they blame the car.
 // Causes of failures go to the log: the page is public.
 func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore, log *slog.Logger) []web.Check {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
+	ping := func(name string, p interface{ Ping(context.Context) error }) func(context.Context) []web.Check {
+		return func(ctx context.Context) []web.Check {
+			if err := p.Ping(ctx); err != nil {
+				log.Warn("status: "+name, "err", err)
+				return []web.Check{{Name: name, Detail: "unreachable; the operator is told"}}
+			}
+			return []web.Check{{Name: name, OK: true, Detail: "reachable"}}
+		}
+	}
+	checks := []func(context.Context) []web.Check{
+		func(ctx context.Context) []web.Check { return repoChecks(ctx, images, log) },
+		func(ctx context.Context) []web.Check {
+			if v, err := images.DirectorRootVersion(ctx); err != nil || v == 0 {
+				return []web.Check{{Name: "Director", Detail: "no director root published"}}
+			} else {
+				return []web.Check{{Name: "Director", OK: true, Detail: fmt.Sprintf("root v%d; per-vehicle metadata signed on demand", v)}}
+			}
+		},
+		ping("State store", store),
+		ping("Blob store", blobs),
+	}
+	// Each check on its own clock, all at once: one that hangs (a store
+	// that does not answer) neither delays the page nor fails the others.
+	results := make([][]web.Check, len(checks))
+	var wg sync.WaitGroup
+	for i, check := range checks {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			results[i] = check(ctx)
+		})
+	}
+	wg.Wait()
 	var out []web.Check
+	for _, r := range results {
+		out = append(out, r...)
+	}
+	return out
+}
+
+// repoChecks are the image repository's checks: its timestamp, and
+// whether re-signing keeps it fresh.
+func repoChecks(ctx context.Context, images *repo.Repo, log *slog.Logger) []web.Check {
 	h, err := images.Health(ctx)
 	switch {
 	case err != nil:
 		log.Warn("status: image repository", "err", err)
-		out = append(out, web.Check{Name: "Image repository", Detail: "cannot be read; the operator is told"})
+		return []web.Check{{Name: "Image repository", Detail: "cannot be read; the operator is told"}}
 	case !h.Published:
-		out = append(out, web.Check{Name: "Image repository", Detail: "nothing published yet"})
-	default:
-		ok := time.Now().Before(h.TimestampExpires)
-		out = append(out, web.Check{Name: "Image repository", OK: ok, Detail: fmt.Sprintf("timestamp v%d valid until %s", h.TimestampVersion, h.TimestampExpires.Format(time.RFC3339))})
+		return []web.Check{{Name: "Image repository", Detail: "nothing published yet"}}
 	}
-	resign := web.Check{Name: "Timestamp re-signing", OK: h.ResignErr == nil && h.Published}
+	out := []web.Check{{Name: "Image repository", OK: time.Now().Before(h.TimestampExpires),
+		Detail: fmt.Sprintf("timestamp v%d valid until %s", h.TimestampVersion, h.TimestampExpires.Format(time.RFC3339))}}
+	resign := web.Check{Name: "Timestamp re-signing", OK: h.ResignErr == nil}
 	switch {
 	case h.ResignErr != nil:
 		log.Warn("status: re-signing", "err", h.ResignErr)
@@ -453,22 +492,5 @@ func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, bl
 	default:
 		resign.Detail = "no re-sign needed since this server started"
 	}
-	out = append(out, resign)
-	if v, err := images.DirectorRootVersion(ctx); err != nil || v == 0 {
-		out = append(out, web.Check{Name: "Director", Detail: "no director root published"})
-	} else {
-		out = append(out, web.Check{Name: "Director", OK: true, Detail: fmt.Sprintf("root v%d; per-vehicle metadata signed on demand", v)})
-	}
-	for _, p := range []struct {
-		name string
-		p    interface{ Ping(context.Context) error }
-	}{{"State store", store}, {"Blob store", blobs}} {
-		if err := p.p.Ping(ctx); err != nil {
-			log.Warn("status: "+p.name, "err", err)
-			out = append(out, web.Check{Name: p.name, Detail: "unreachable; the operator is told"})
-		} else {
-			out = append(out, web.Check{Name: p.name, OK: true, Detail: "reachable"})
-		}
-	}
-	return out
+	return append(out, resign)
 }

@@ -26,6 +26,8 @@ const (
 type Gateway struct {
 	Endpoint string
 	n        atomic.Int64
+	bin, dir string
+	stop     func()
 }
 
 // Binary finds versitygw: $VERSITYGW, then PATH, then GOBIN/GOPATH/bin.
@@ -64,10 +66,18 @@ func Start(t *testing.T) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
+	g := &Gateway{Endpoint: l.Addr().String(), bin: bin, dir: t.TempDir()}
 	l.Close()
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "--port", addr, "posix", dir)
+	g.run(t)
+	t.Cleanup(g.Stop)
+	return g
+}
+
+// run starts versitygw on g's address and directory and waits until it
+// listens.
+func (g *Gateway) run(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command(g.bin, "--port", g.Endpoint, "posix", g.dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+accessKey, "ROOT_SECRET_KEY="+secretKey)
 	var logBuf strings.Builder
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
@@ -76,16 +86,16 @@ func Start(t *testing.T) *Gateway {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
+	g.stop = func() {
 		cmd.Process.Kill()
 		<-done
-	})
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		c, err := net.DialTimeout("tcp", g.Endpoint, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			break
+			return
 		}
 		select {
 		case <-done:
@@ -93,11 +103,25 @@ func Start(t *testing.T) *Gateway {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not listen on %s", addr)
+			t.Fatalf("versitygw did not listen on %s", g.Endpoint)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return &Gateway{Endpoint: addr}
+}
+
+// Stop kills the gateway, as an outage of the store would.
+func (g *Gateway) Stop() {
+	if g.stop != nil {
+		g.stop()
+		g.stop = nil
+	}
+}
+
+// Restart starts the stopped gateway again, with the data it had.
+func (g *Gateway) Restart(t *testing.T) {
+	t.Helper()
+	g.Stop()
+	g.run(t)
 }
 
 // Config returns a config for a new, unique bucket on g.
