@@ -116,7 +116,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if got != "[{head-unit HU000001 2.0.0} {dcm DCM000002 2.0.0}]" || status.Authorization.State != "authorized" {
 		t.Fatalf("after the walkthrough the car should run 2.0.0 everywhere, authorized: %s %s\n%s", got, status.Authorization.State, out)
 	}
-	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "repo.publish"} {
+	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "unknown_vehicle_key: If the DCM was replaced", "repo.publish"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the walkthrough's output should show %s:\n%s", want, out)
 		}

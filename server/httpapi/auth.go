@@ -89,10 +89,10 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	var skew *vehicleauth.ClockSkewError
 	switch {
 	case errors.As(err, &skew):
-		a.Registry.NoteRequestFault(claim.VIN, server.FaultClockSkew, skew.Skew)
+		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultClockSkew, skew.Skew)
 		return server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error())
 	case err != nil:
-		a.Registry.NoteRequestFault(claim.VIN, server.FaultBadSignature, 0)
+		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
 		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
 			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN)
 	}

@@ -213,6 +213,28 @@ func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin strin
 	return l, accounts.Audit(ctx, s.store, now, by, "owner.transfer", vin, fmt.Sprintf("from=%s to=%s subscriptionEnds=%s", prev.OwnerID, to.ID, l.SubscriptionEnds.Format(time.RFC3339)))
 }
 
+// Renew extends vin's subscription by a year, from its end or from now,
+// whichever is later (a dealer's renewal).
+func (s *Service) Renew(ctx context.Context, by accounts.Principal, vin string) (server.Link, error) {
+	l, err := s.store.Link(ctx, vin)
+	if errors.Is(err, server.ErrNotFound) {
+		return l, server.Errorf(server.KindConflict, "%s is not linked to an owner; link it first, then renew", vin)
+	}
+	if err != nil {
+		return l, err
+	}
+	now := s.now().UTC()
+	from := l.SubscriptionEnds
+	if now.After(from) {
+		from = now
+	}
+	l.SubscriptionEnds = from.AddDate(1, 0, 0)
+	if err := s.store.SaveLink(ctx, l); err != nil {
+		return l, err
+	}
+	return l, accounts.Audit(ctx, s.store, now, by, "owner.renew", vin, "subscriptionEnds="+l.SubscriptionEnds.Format(time.RFC3339))
+}
+
 // Owns reports whether owner is linked to vin.
 func (s *Service) Owns(ctx context.Context, owner accounts.Principal, vin string) (bool, error) {
 	l, err := s.store.Link(ctx, vin)

@@ -39,26 +39,24 @@ func New(store server.Store, now func() time.Time) *Service {
 	return &Service{store: store, now: now, faults: make(chan struct{}, 4)}
 }
 
-// NoteRequestFault records, off the request's path, that a request for vin
-// was refused: kind server.FaultBadSignature (the signature does not
-// verify with the registered key) or server.FaultClockSkew (it does, with
-// the vehicle's clock off by skew). It is evidence for the diagnosis.
-// The write happens in the background, so a refusal takes as long for an
-// unknown VIN as for a registered one, and writes beyond a few at once are
-// dropped, so a flood of forged requests costs the database little.
-func (s *Service) NoteRequestFault(vin, kind string, skew time.Duration) {
+// NoteRequestFault records that a request for vin was refused: kind
+// server.FaultBadSignature (the signature does not verify with the
+// registered key) or server.FaultClockSkew (it does, with the vehicle's
+// clock off by skew). It is evidence for the diagnosis. The write is the
+// same one-row update for a registered VIN and an unknown one (which
+// changes nothing), so a refusal costs both the same; beyond a few at
+// once, writes are skipped, so a flood of forged requests costs the
+// database little.
+func (s *Service) NoteRequestFault(ctx context.Context, vin, kind string, skew time.Duration) {
 	select {
 	case s.faults <- struct{}{}:
+		defer func() { <-s.faults }()
 	default:
 		return
 	}
-	at := s.now()
-	go func() {
-		defer func() { <-s.faults }()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.store.RecordRequestFault(ctx, vin, kind, skew, at)
-	}()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	s.store.RecordRequestFault(ctx, vin, kind, skew, s.now())
 }
 
 // ECURequest is one ECU in a registration.

@@ -117,6 +117,10 @@ func (w *Web) Routes() []Route {
 		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON, false},
 		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob, false},
 		{"POST", "/dealer/replace", "Dealer: re-provision a replaced unit", w.replace, false},
+		{"POST", "/dealer/renew", "Dealer: renew a vehicle's connected-services subscription for a year", w.renew, false},
+		{"POST", "/dealer/claim", "Dealer: transfer a vehicle to the owner who claims it", w.transfer, false},
+		{"GET", "/dealer/diagnoses", "Causes of failing connected services across the fleet (HTML)", w.diagnosesPage, false},
+		{"GET", "/vehicles/:vin/help", "Owner: \"Connected services not working?\" for one car (HTML)", w.helpPage, false},
 		{"GET", "/dealer/campaigns", "Campaigns: state and progress (HTML)", w.campaignsPage, false},
 		{"GET", "/dealer/campaigns/:id", "A campaign: waves, progress chart, halt reason, controls (HTML)", w.campaignPage, false},
 		{"POST", "/dealer/campaigns/:id", "Admin: start, pause, resume or abort a campaign", w.campaignAction, false},
@@ -284,6 +288,8 @@ type page struct {
 	Jobs                            []server.Job
 	// USBValidUntil is until when a USB bundle downloaded now installs.
 	USBValidUntil time.Time
+	// Diagnosis is the vehicle's, on the dealer console.
+	Diagnosis *diagnosis.Report
 }
 
 // pageHeaders are every page's security headers.
@@ -543,6 +549,13 @@ func (w *Web) dealerPage(c *gin.Context) {
 		} else {
 			p.Vehicle = &v
 			p.Auth = connect.StateOf(v, w.Now())
+			if w.Diagnosis != nil {
+				if r, err := w.Diagnosis.Diagnose(ctx, v.VIN); err != nil {
+					w.Log.Warn("diagnosis", "vin", v.VIN, "err", err)
+				} else {
+					p.Diagnosis = &r
+				}
+			}
 			js, _ := w.Jobs.ByVIN(ctx, v.VIN)
 			for i := len(js) - 1; i >= 0; i-- { // newest first
 				p.Jobs = append(p.Jobs, js[i])
@@ -612,6 +625,79 @@ func (w *Web) replace(c *gin.Context) {
 		return
 	}
 	w.redirect(c, "/dealer", vin, "msg", "Unit re-provisioned; the car reauthorizes with its new key.")
+}
+
+// renew is a dealer's one-click renewal from the diagnosis.
+func (w *Web) renew(c *gin.Context) {
+	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	if !ok {
+		return
+	}
+	vin := c.PostForm("vin")
+	l, err := w.Owners.Renew(c.Request.Context(), s.principal(), vin)
+	if err != nil {
+		w.redirect(c, "/dealer", vin, "err", message(err))
+		return
+	}
+	w.redirect(c, "/dealer", vin, "msg", "Subscription renewed until "+l.SubscriptionEnds.Format("2 Jan 2006")+"; the car reauthorizes at its next connection.")
+}
+
+// transfer is a dealer's one-click acceptance of a claim from the
+// diagnosis: the car moves to the owner who claims it.
+func (w *Web) transfer(c *gin.Context) {
+	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	if !ok {
+		return
+	}
+	vin := c.PostForm("vin")
+	d := owners.ClaimDecision{Decision: "accept", Reason: "transferred from the diagnosis after checking the sale"}
+	if _, err := w.Owners.DecideClaim(c.Request.Context(), s.principal(), vin, d, false); err != nil {
+		w.redirect(c, "/dealer", vin, "err", message(err))
+		return
+	}
+	w.redirect(c, "/dealer", vin, "msg", vin+" now belongs to the owner who claimed it.")
+}
+
+// diagnosesPage shows the commonest causes across the fleet.
+func (w *Web) diagnosesPage(c *gin.Context) {
+	s, ok := w.session(c)
+	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+		w.loginPage(c, "Dealer console", "/dealer/login", true)
+		return
+	}
+	counts, err := w.Diagnosis.Counts(c.Request.Context())
+	p := struct {
+		page
+		Counts []server.FindingCount
+	}{page: w.base(c, s, "Why connected services fail, across the fleet"), Counts: counts}
+	if err != nil {
+		p.Error = message(err)
+	}
+	w.render(c, http.StatusOK, "diagnoses", p)
+}
+
+// helpPage walks an owner through what applies to their car.
+func (w *Web) helpPage(c *gin.Context) {
+	s, ok := w.session(c)
+	if !ok || !hasRole(s, []server.Role{server.RoleOwner}) {
+		w.loginPage(c, "Roadsign", "/login", false)
+		return
+	}
+	ctx, vin := c.Request.Context(), c.Param("vin")
+	if owns, err := w.Owners.Owns(ctx, s.principal(), vin); err != nil || !owns {
+		w.redirect(c, "/", "", "err", "That vehicle is not linked to your account.")
+		return
+	}
+	r, err := w.Diagnosis.Diagnose(ctx, vin)
+	p := struct {
+		page
+		Help diagnosis.OwnerReport
+	}{page: w.base(c, s, "Connected services not working?"), Help: r.ForOwner()}
+	p.VIN = vin
+	if err != nil {
+		p.Error = message(err)
+	}
+	w.render(c, http.StatusOK, "help", p)
 }
 
 func (w *Web) statusPage(c *gin.Context) {
