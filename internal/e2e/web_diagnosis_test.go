@@ -122,3 +122,58 @@ func TestWebOwnerHelpPage(t *testing.T) {
 	}
 	screenshot(t, ctx, "owner-help-healthy")
 }
+
+// TestWebDealerRenewsAndTransfers: the diagnosis's one-click fixes for
+// account causes: Renew for an ended subscription, Transfer for a car
+// still linked to its previous owner.
+func TestWebDealerRenewsAndTransfers(t *testing.T) {
+	w := newWorld(t)
+	w.setup(nil)
+	v, _ := healthyCar(t, w, 1)
+	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/owner", adminToken, map[string]string{"owner": "owner-1", "subscriptionEnds": time.Now().Add(time.Second).Format(time.RFC3339)}, nil); code != 200 {
+		t.Fatalf("shorten the subscription: %d", code)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	agent(t, "reauthorize", "--state", v.dir)
+	token := w.account("dealer", "dealer-berlin")
+	ctx := browserCtx(t)
+	var flash string
+	err := chromedp.Run(ctx,
+		dealerLogin(w.url, "dealer-berlin", token),
+		chromedp.Navigate(w.url+"/dealer?vin="+v.vin),
+		chromedp.WaitVisible(`.finding[data-code="subscription_expired"] button[data-action="renew"]`, chromedp.ByQuery),
+		chromedp.Click(`.finding[data-code="subscription_expired"] button[data-action="renew"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`.flash`, chromedp.ByQuery),
+		chromedp.Text(`.flash`, &flash, chromedp.ByQuery),
+	)
+	if err != nil || !strings.Contains(flash, "renewed") {
+		t.Fatalf("renew: %q, %v", flash, err)
+	}
+	w.fixed(t, v, "subscription_expired")
+
+	bob := w.account("owner", "bob")
+	w.linkOwner(t, v, bob) // a claim: the car is still owner-1's
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(w.url+"/dealer?vin="+v.vin),
+		chromedp.WaitVisible(`.finding[data-code="linked_to_previous_owner"] button[data-action="transfer"]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, ctx, "dealer-diagnosis-transfer")
+	err = chromedp.Run(ctx,
+		chromedp.Click(`.finding[data-code="linked_to_previous_owner"] button[data-action="transfer"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`.flash`, chromedp.ByQuery),
+		chromedp.Text(`.flash`, &flash, chromedp.ByQuery),
+	)
+	if err != nil || !strings.Contains(flash, "now belongs") {
+		t.Fatalf("transfer: %q, %v", flash, err)
+	}
+	var mine struct {
+		Vehicles []struct{ Vehicle struct{ VIN string } } `json:"vehicles"`
+	}
+	if w.api("GET", "/api/v1/owners/me/vehicles", bob, nil, &mine); len(mine.Vehicles) != 1 || mine.Vehicles[0].Vehicle.VIN != v.vin {
+		t.Fatalf("bob's vehicles after the transfer: %+v", mine)
+	}
+	w.fixed(t, v, "linked_to_previous_owner")
+}
