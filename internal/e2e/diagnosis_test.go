@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -95,6 +94,19 @@ func (w *world) fixed(t *testing.T, v vehicleState, code string) {
 	t.Fatalf("%s should be recorded as resolved: %+v", code, d.History)
 }
 
+// endSubscription ends the car's subscription (a second from now, then
+// waits), and the car's next handshake fails subscription_expired.
+func (w *world) endSubscription(t *testing.T, v vehicleState, owner string) {
+	t.Helper()
+	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/owner", adminToken, map[string]string{"owner": owner, "subscriptionEnds": time.Now().Add(time.Second).Format(time.RFC3339)}, nil); code != 200 {
+		t.Fatalf("shorten the subscription: %d", code)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if r := agent(t, "reauthorize", "--state", v.dir); r.code == 0 || !strings.Contains(r.stderr, "subscription_expired") {
+		t.Fatalf("reauthorize after the end: %s", r)
+	}
+}
+
 func actionOf(d diagView, kind string) bool {
 	for _, a := range d.Findings[0].Actions {
 		if a.Kind == kind {
@@ -140,13 +152,7 @@ func TestDiagnosisSubscriptionExpired(t *testing.T) {
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
 	owner := "owner-1"
-	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/owner", adminToken, map[string]string{"owner": owner, "subscriptionEnds": time.Now().Add(time.Second).Format(time.RFC3339)}, nil); code != 200 {
-		t.Fatalf("shorten the subscription: %d", code)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	if r := agent(t, "reauthorize", "--state", v.dir); r.code == 0 || !strings.Contains(r.stderr, "subscription_expired") {
-		t.Fatalf("reauthorize after the end: %s", r)
-	}
+	w.endSubscription(t, v, owner)
 	d := w.diagnosedFirst(t, v.vin, "subscription_expired")
 	if !actionOf(d, "renew") {
 		t.Fatalf("no renew action: %+v", d.Findings[0])
@@ -431,13 +437,7 @@ func TestDiagnosisFleetCounts(t *testing.T) {
 // store is back, the car updates and reauthorizes.
 func TestDiagnosisServiceUnhealthy(t *testing.T) {
 	gw := s3test.Start(t)
-	w := &world{t: t, dir: t.TempDir(), extra: []string{"--blob", gw.URL()}, env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
-	for _, kv := range gw.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		w.env[k] = v
-	}
-	w.data, w.ws = filepath.Join(w.dir, "data"), filepath.Join(w.dir, "ws")
-	w.start()
+	w := newS3World(t, gw)
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
 	gw.Stop()

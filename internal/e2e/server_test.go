@@ -199,10 +199,9 @@ func TestServerShutsDownGracefully(t *testing.T) {
 	}
 }
 
-// TestUpdateOverS3 runs the whole path with the server's blobs in a real
-// S3-compatible store (versitygw on loopback).
-func TestUpdateOverS3(t *testing.T) {
-	gw := s3test.Start(t)
+// newS3World starts a server whose blobs are in a new bucket on gw.
+func newS3World(t *testing.T, gw *s3test.Gateway) *world {
+	t.Helper()
 	w := &world{t: t, dir: t.TempDir(), extra: []string{"--blob", gw.URL()}, env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
 	for _, kv := range gw.Env() {
 		k, v, _ := strings.Cut(kv, "=")
@@ -210,6 +209,14 @@ func TestUpdateOverS3(t *testing.T) {
 	}
 	w.data, w.ws = filepath.Join(w.dir, "data"), filepath.Join(w.dir, "ws")
 	w.start()
+	return w
+}
+
+// TestUpdateOverS3 runs the whole path with the server's blobs in a real
+// S3-compatible store (versitygw on loopback).
+func TestUpdateOverS3(t *testing.T) {
+	gw := s3test.Start(t)
+	w := newS3World(t, gw)
 	w.setup(nil)
 	v := w.vehicle(1)
 	if r := agent(t, "update", "--state", v.dir); r.code != 0 {

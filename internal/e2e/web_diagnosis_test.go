@@ -81,11 +81,7 @@ func TestWebOwnerHelpPage(t *testing.T) {
 	w := newWorld(t)
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
-	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/owner", adminToken, map[string]string{"owner": "owner-1", "subscriptionEnds": time.Now().Add(time.Second).Format(time.RFC3339)}, nil); code != 200 {
-		t.Fatalf("shorten the subscription: %d", code)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	agent(t, "reauthorize", "--state", v.dir)
+	w.endSubscription(t, v, "owner-1")
 	ctx := browserCtx(t)
 	var title, page string
 	err := chromedp.Run(ctx,
@@ -130,11 +126,7 @@ func TestWebDealerRenewsAndTransfers(t *testing.T) {
 	w := newWorld(t)
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
-	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/owner", adminToken, map[string]string{"owner": "owner-1", "subscriptionEnds": time.Now().Add(time.Second).Format(time.RFC3339)}, nil); code != 200 {
-		t.Fatalf("shorten the subscription: %d", code)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	agent(t, "reauthorize", "--state", v.dir)
+	w.endSubscription(t, v, "owner-1")
 	token := w.account("dealer", "dealer-berlin")
 	ctx := browserCtx(t)
 	var flash string
