@@ -313,9 +313,13 @@ type Store interface {
 	// CreateVehicle returns ErrConflict if the VIN or an ECU serial exists.
 	CreateVehicle(ctx context.Context, v Vehicle) error
 	Vehicle(ctx context.Context, vin string) (Vehicle, error)
+	// VehicleKey is the vehicle's registered public key alone (every
+	// signed vehicle request reads it).
+	VehicleKey(ctx context.Context, vin string) ([]byte, error)
 	ListVehicles(ctx context.Context, f VehicleFilter) ([]Vehicle, error)
 	// ReportECUs records what the vehicle says is installed, its trouble
-	// codes and signal.
+	// codes and signal; ErrNotFound if an ECU serial is not the vehicle's
+	// (nothing is recorded then).
 	ReportECUs(ctx context.Context, vin string, ecus []ECU, h Health, at time.Time) error
 	// DTCEpisodes lists the vehicle's trouble code episodes that are
 	// active or ended after since, newest first.
@@ -334,8 +338,11 @@ type Store interface {
 	FindingCounts(ctx context.Context, since time.Time) ([]FindingCount, error)
 	// RecordAuth records the outcome of a connected-services handshake.
 	RecordAuth(ctx context.Context, vin string, a AuthRecord) error
-	// UseNonce records a manifest nonce; ErrConflict if it was used before.
+	// UseNonce records a request nonce; ErrConflict if it was used before.
 	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
+	// PruneNonces forgets nonces used before; requests that old are
+	// refused for their time anyway.
+	PruneNonces(ctx context.Context, before time.Time) (int64, error)
 
 	CreateJob(ctx context.Context, j Job) error
 	Job(ctx context.Context, id string) (Job, error)

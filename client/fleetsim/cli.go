@@ -28,7 +28,7 @@ type Env struct {
 	Getenv         func(string) string
 }
 
-const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--until-campaign ID] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download]"
+const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--until-campaign ID] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download] [--check-in-only]"
 
 type list []string
 
@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	fs.Var(&fails, "fail", "VERSION=RATE: that share of installs of VERSION fail (repeat)")
 	fs.Var(&rollbacks, "rollback", "VERSION=RATE: that share of installs of VERSION roll back after the trial boot (repeat)")
 	dl := fs.Bool("download", false, "download each assigned image and check its signed hash")
+	checkInOnly := fs.Bool("check-in-only", false, "each cycle is the signed check-in alone, without the director poll (to measure check-ins)")
 	samples := fs.String("samples", "firmware-samples", "firmware samples directory (factory images)")
 	stateDir := fs.String("state", "", "where vehicles keep their verified director metadata (default: a temporary directory)")
 	report := fs.String("report", "", "write every vehicle's assignments and outcomes to this JSON file")
@@ -96,7 +97,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		return envflag.Usagef("--register needs --token (admin or dealer)")
 	}
 	cfg := Config{Server: strings.TrimRight(*server, "/"), Token: *token, Vehicles: *n, Concurrency: *conc, Seed: *seed,
-		Model: *model, Year: *year, Region: *region, Download: *dl, Fail: map[string]float64{}, Rollback: map[string]float64{}}
+		Model: *model, Year: *year, Region: *region, Download: *dl, CheckInOnly: *checkInOnly, Fail: map[string]float64{}, Rollback: map[string]float64{}}
 	var err error
 	if cfg.ECUs, err = ecuSpecs(*samples, ecus); err != nil {
 		return err

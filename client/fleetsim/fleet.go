@@ -60,6 +60,9 @@ type Config struct {
 	Fail, Rollback map[string]float64
 	// Download fetches each assigned image and checks its signed hash.
 	Download bool
+	// CheckInOnly: a cycle is the signed check-in alone, without the
+	// director poll (to measure check-ins).
+	CheckInOnly bool
 	// StateDir keeps each vehicle's verified director metadata.
 	StateDir string
 	// DirectorRoot is the pinned director root; nil: fetched from the
@@ -265,6 +268,9 @@ func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
 		return 0, fmt.Errorf("check-in: %w", err)
 	}
 	f.checkIns.Add(1)
+	if f.cfg.CheckInOnly {
+		return d, nil
+	}
 	return d, f.direct(ctx, v)
 }
 

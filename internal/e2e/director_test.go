@@ -328,7 +328,10 @@ func TestAgentRefusesBadDirectorTargets(t *testing.T) {
 	}
 }
 
-// TestManifestReplayIsRejected: a check-in manifest can be used once.
+// TestManifestReplayIsRejected: a check-in travels in a signed request,
+// so it is taken once: a replay, a rogue key and a body changed after
+// signing are refused, and a manifest naming another vehicle's ECU
+// records nothing.
 func TestManifestReplayIsRejected(t *testing.T) {
 	w := newWorld(t)
 	w.setup(nil)
@@ -337,13 +340,19 @@ func TestManifestReplayIsRejected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := json.Marshal(vehicleauth.Manifest{VIN: v.vin, Nonce: "0123456789abcdef0123456789abcdef", Time: time.Now().UTC(),
-		ECUs: []vehicleauth.ECUReport{{Serial: "DCM000001", Version: "1.0.0"}}})
-	post := func(key ed25519.PrivateKey, sm vehicleauth.SignedManifest) (int, string) {
+	manifest := func(serial string) vehicleauth.SignedManifest {
+		m, _ := json.Marshal(vehicleauth.Manifest{VIN: v.vin, Nonce: "0123456789abcdef0123456789abcdef", Time: time.Now().UTC(),
+			ECUs: []vehicleauth.ECUReport{{Serial: serial, Version: "1.0.0"}}})
+		return vehicleauth.SignedManifest{Signed: m, Signature: ed25519.Sign(k.Private, m)}
+	}
+	path := "/api/v1/vehicles/" + v.vin + "/manifest"
+	signed := func(key ed25519.PrivateKey, sm vehicleauth.SignedManifest) *http.Request {
 		body, _ := json.Marshal(sm)
-		path := "/api/v1/vehicles/" + v.vin + "/manifest"
 		req, _ := http.NewRequest("POST", w.url+path, bytes.NewReader(body))
 		vehicleauth.Sign(req, key, v.vin, body, time.Now())
+		return req
+	}
+	send := func(req *http.Request) (int, string) {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -352,20 +361,29 @@ func TestManifestReplayIsRejected(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	sm := vehicleauth.SignedManifest{Signed: m, Signature: ed25519.Sign(k.Private, m)}
-	if code, body := post(k.Private, sm); code != 200 {
-		t.Fatalf("first check-in: %d %s", code, body)
+	sm := manifest("DCM000001")
+	first := signed(k.Private, sm)
+	body, _ := json.Marshal(sm)
+	if code, b := send(first); code != 200 {
+		t.Fatalf("first check-in: %d %s", code, b)
 	}
-	if code, body := post(k.Private, sm); code != 409 || !strings.Contains(body, "replayed_manifest") {
-		t.Fatalf("replayed check-in: %d %s, want 409 replayed_manifest", code, body)
+	replay, _ := http.NewRequest("POST", w.url+path, bytes.NewReader(body))
+	replay.Header = first.Header.Clone()
+	if code, b := send(replay); code != 401 || !strings.Contains(b, "replayed_request") {
+		t.Fatalf("replayed check-in: %d %s, want 401 replayed_request", code, b)
 	}
 	_, rogue, _ := ed25519.GenerateKey(nil)
-	if code, body := post(rogue, vehicleauth.SignedManifest{Signed: m, Signature: ed25519.Sign(rogue, m)}); code != 401 {
-		t.Fatalf("check-in signed by an unknown key: %d %s, want 401", code, body)
+	if code, b := send(signed(rogue, sm)); code != 401 {
+		t.Fatalf("check-in signed by an unknown key: %d %s, want 401", code, b)
 	}
-	forged := vehicleauth.SignedManifest{Signed: bytes.Replace(m, []byte("0123456789abcdef0123"), []byte("fedcba98765432100123"), 1), Signature: sm.Signature}
-	if code, body := post(k.Private, forged); code != 401 || !strings.Contains(body, "bad_signature") {
-		t.Fatalf("manifest changed after signing: %d %s, want 401 bad_signature", code, body)
+	changed := signed(k.Private, sm)
+	altered := append(bytes.Clone(body[:len(body)-1]), []byte(` }`)...) // same length would do too
+	changed.Body, changed.ContentLength = io.NopCloser(bytes.NewReader(altered)), int64(len(altered))
+	if code, b := send(changed); code != 401 || !strings.Contains(b, "body_mismatch") {
+		t.Fatalf("manifest changed after signing: %d %s, want 401 body_mismatch", code, b)
+	}
+	if code, b := send(signed(k.Private, manifest("DCM000002"))); code != 400 || !strings.Contains(b, "does not have") {
+		t.Fatalf("another vehicle's ECU: %d %s, want 400", code, b)
 	}
 }
 

@@ -382,6 +382,14 @@ func serve(ctx context.Context, c config, env Env) error {
 			return err
 		})
 	})
+	wg.Go(func() {
+		// A signed request is refused beyond vehicleauth.MaxSkew of the
+		// server's time, so its nonce need not be kept much longer.
+		elector.Every(bg, time.Minute, "nonce prune", func(ctx context.Context, _ server.Fence) error {
+			_, err := store.PruneNonces(ctx, time.Now().Add(-time.Hour))
+			return err
+		})
+	})
 	defer func() { stopBG(); wg.Wait() }()
 
 	errc := make(chan error, 1)

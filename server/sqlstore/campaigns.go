@@ -43,7 +43,7 @@ func (s *Store) CreateCampaign(ctx context.Context, c server.Campaign) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO campaigns (`+campaignCols+`) VALUES (`+placeholders(13)+`)`),
+	_, err = s.exec(ctx, `INSERT INTO campaigns (`+campaignCols+`) VALUES (`+placeholders(13)+`)`,
 		c.ID, c.Name, c.State, string(config), c.HaltReason, c.Seed, c.OpenWaves, "[]",
 		c.CreatedBy, micros(c.CreatedAt), micros(c.UpdatedAt), micros(c.StartedAt), micros(c.AssignClock))
 	return s.wrap("create campaign", err)
@@ -51,7 +51,7 @@ func (s *Store) CreateCampaign(ctx context.Context, c server.Campaign) error {
 
 // Campaign returns a campaign.
 func (s *Store) Campaign(ctx context.Context, id string) (server.Campaign, error) {
-	c, err := scanCampaign(s.db.QueryRowContext(ctx, s.q(`SELECT `+campaignCols+` FROM campaigns WHERE id = ?`), id))
+	c, err := scanCampaign(s.queryRow(ctx, `SELECT `+campaignCols+` FROM campaigns WHERE id = ?`, id))
 	return c, s.wrap("campaign "+id, err)
 }
 
@@ -64,7 +64,7 @@ func (s *Store) Campaigns(ctx context.Context, states ...string) ([]server.Campa
 			args = append(args, st)
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(q+` ORDER BY created_at DESC, id`), args...)
+	rows, err := s.query(ctx, q+` ORDER BY created_at DESC, id`, args...)
 	if err != nil {
 		return nil, s.wrap("campaigns", err)
 	}
@@ -89,7 +89,7 @@ func (s *Store) SetCampaignState(ctx context.Context, id string, from []string, 
 	for _, f := range from {
 		args = append(args, f)
 	}
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE campaigns SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+placeholders(len(from))+`)`), args...)
+	res, err := s.exec(ctx, `UPDATE campaigns SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+placeholders(len(from))+`)`, args...)
 	return s.wrap("campaign "+id, s.oneRow(res, err))
 }
 
@@ -127,7 +127,7 @@ func (s *Store) CampaignCandidates(ctx context.Context, ecuType string, hardware
 	in("v.year", years)
 	q += ` AND NOT EXISTS (SELECT 1 FROM campaign_members m JOIN campaigns c ON c.id = m.campaign_id
 		WHERE m.vin = e.vin AND m.ecu_serial = e.serial AND c.state IN ('running', 'paused')) ORDER BY e.vin, e.serial`
-	rows, err := s.db.QueryContext(ctx, s.q(q), args...)
+	rows, err := s.query(ctx, q, args...)
 	if err != nil {
 		return nil, s.wrap("campaign candidates", err)
 	}
@@ -155,7 +155,7 @@ func anys(ss []string) []any {
 // one transaction.
 func (s *Store) StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error {
 	return s.wrap("start campaign "+id, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE campaigns SET state = 'running', started_at = ?, updated_at = ?, assign_clock = ? WHERE id = ? AND state = 'draft'`),
+		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET state = 'running', started_at = ?, updated_at = ?, assign_clock = ? WHERE id = ? AND state = 'draft'`,
 			micros(at), micros(at), micros(at), id)
 		if err := s.oneRow(res, err); err != nil {
 			return err
@@ -175,7 +175,7 @@ func (s *Store) insertMembers(ctx context.Context, tx *sql.Tx, members []server.
 		for _, m := range members[:n] {
 			args = append(args, m.CampaignID, m.VIN, m.ECUSerial, m.Draw, m.Wave, m.JobID, m.Consent, micros(m.JoinedAt))
 		}
-		if _, err := tx.ExecContext(ctx, s.q(q), args...); err != nil {
+		if _, err := s.txExec(ctx, tx, q, args...); err != nil {
 			return err
 		}
 		members = members[n:]
@@ -193,11 +193,11 @@ func (s *Store) AddCampaignMember(ctx context.Context, m server.CampaignMember) 
 // are, and all members (opened or not).
 func (s *Store) CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error) {
 	var total int
-	if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM campaign_members WHERE campaign_id = ?`), id).Scan(&total); err != nil {
+	if err := s.queryRow(ctx, `SELECT COUNT(*) FROM campaign_members WHERE campaign_id = ?`, id).Scan(&total); err != nil {
 		return nil, 0, s.wrap("campaign counts", err)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT m.wave, m.consent, COALESCE(j.state, ''), COUNT(*) FROM campaign_members m
-		LEFT JOIN jobs j ON j.id = m.job_id WHERE m.campaign_id = ? AND m.wave >= 0 GROUP BY m.wave, m.consent, j.state`), id)
+	rows, err := s.query(ctx, `SELECT m.wave, m.consent, COALESCE(j.state, ''), COUNT(*) FROM campaign_members m
+		LEFT JOIN jobs j ON j.id = m.job_id WHERE m.campaign_id = ? AND m.wave >= 0 GROUP BY m.wave, m.consent, j.state`, id)
 	if err != nil {
 		return nil, 0, s.wrap("campaign counts", err)
 	}
@@ -257,7 +257,7 @@ func (s *Store) CampaignMembership(ctx context.Context, vin string) ([]server.Ca
 }
 
 func (s *Store) members(ctx context.Context, where string, args ...any) ([]server.CampaignMember, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT campaign_id, vin, ecu_serial, draw, wave, job_id, consent, joined_at FROM campaign_members WHERE `+where), args...)
+	rows, err := s.query(ctx, `SELECT campaign_id, vin, ecu_serial, draw, wave, job_id, consent, joined_at FROM campaign_members WHERE `+where, args...)
 	if err != nil {
 		return nil, s.wrap("campaign members", err)
 	}
@@ -281,7 +281,7 @@ func (s *Store) members(ctx context.Context, where string, args ...any) ([]serve
 func (s *Store) OpenCampaignWave(ctx context.Context, f server.Fence, id string, wave, take int, askConsent bool, at time.Time) error {
 	return s.wrap("open wave of campaign "+id, s.fenced(ctx, f, at, func(tx *sql.Tx) error {
 		var opened string
-		if err := tx.QueryRowContext(ctx, s.q(`SELECT wave_opened FROM campaigns WHERE id = ? AND open_waves = ? AND state = 'running'`), id, wave).Scan(&opened); err != nil {
+		if err := s.txQueryRow(ctx, tx, `SELECT wave_opened FROM campaigns WHERE id = ? AND open_waves = ? AND state = 'running'`, id, wave).Scan(&opened); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return server.ErrConflict // opened already, or no longer running
 			}
@@ -290,15 +290,15 @@ func (s *Store) OpenCampaignWave(ctx context.Context, f server.Fence, id string,
 		var at0 []int64
 		json.Unmarshal([]byte(opened), &at0)
 		b, _ := json.Marshal(append(at0, micros(at)))
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE campaigns SET open_waves = ?, wave_opened = ?, updated_at = ? WHERE id = ?`), wave+1, string(b), micros(at), id); err != nil {
+		if _, err := s.txExec(ctx, tx, `UPDATE campaigns SET open_waves = ?, wave_opened = ?, updated_at = ? WHERE id = ?`, wave+1, string(b), micros(at), id); err != nil {
 			return err
 		}
 		consent := ""
 		if askConsent {
 			consent = "pending"
 		}
-		_, err := tx.ExecContext(ctx, s.q(`UPDATE campaign_members SET wave = ?, consent = ? WHERE campaign_id = ? AND wave = -1 AND (vin, ecu_serial) IN
-			(SELECT vin, ecu_serial FROM campaign_members WHERE campaign_id = ? AND wave = -1 ORDER BY draw LIMIT ?)`), wave, consent, id, id, take)
+		_, err := s.txExec(ctx, tx, `UPDATE campaign_members SET wave = ?, consent = ? WHERE campaign_id = ? AND wave = -1 AND (vin, ecu_serial) IN
+			(SELECT vin, ecu_serial FROM campaign_members WHERE campaign_id = ? AND wave = -1 ORDER BY draw LIMIT ?)`, wave, consent, id, id, take)
 		return err
 	}))
 }
@@ -311,7 +311,7 @@ func (s *Store) AssignCampaignJobs(ctx context.Context, f server.Fence, id strin
 	err := s.fenced(ctx, f, at, func(tx *sql.Tx) error {
 		made = made[:0]
 		for _, j := range jobs {
-			res, err := tx.ExecContext(ctx, s.q(`UPDATE campaign_members SET job_id = ? WHERE campaign_id = ? AND vin = ? AND ecu_serial = ? AND job_id = ''`),
+			res, err := s.txExec(ctx, tx, `UPDATE campaign_members SET job_id = ? WHERE campaign_id = ? AND vin = ? AND ecu_serial = ? AND job_id = ''`,
 				j.ID, id, j.VIN, j.ECUSerial)
 			if err != nil {
 				return err
@@ -324,7 +324,7 @@ func (s *Store) AssignCampaignJobs(ctx context.Context, f server.Fence, id strin
 			}
 			made = append(made, j)
 		}
-		_, err := tx.ExecContext(ctx, s.q(`UPDATE campaigns SET assign_clock = ? WHERE id = ?`), micros(clock), id)
+		_, err := s.txExec(ctx, tx, `UPDATE campaigns SET assign_clock = ? WHERE id = ?`, micros(clock), id)
 		return err
 	})
 	return made, s.wrap("assign campaign "+id, err)
@@ -333,7 +333,7 @@ func (s *Store) AssignCampaignJobs(ctx context.Context, f server.Fence, id strin
 // EndCampaign moves a running campaign to halted or completed, fenced by f.
 func (s *Store) EndCampaign(ctx context.Context, f server.Fence, id, to, reason string, at time.Time) error {
 	return s.wrap("end campaign "+id, s.fenced(ctx, f, at, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE campaigns SET state = ?, halt_reason = ?, updated_at = ? WHERE id = ? AND state = 'running'`), to, reason, micros(at), id)
+		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET state = ?, halt_reason = ?, updated_at = ? WHERE id = ? AND state = 'running'`, to, reason, micros(at), id)
 		return s.oneRow(res, err)
 	}))
 }
@@ -341,7 +341,7 @@ func (s *Store) EndCampaign(ctx context.Context, f server.Fence, id, to, reason 
 // SetCampaignConsent records an owner's answer for a member asked for
 // consent; server.ErrConflict if it was not pending.
 func (s *Store) SetCampaignConsent(ctx context.Context, id, vin, decision string) error {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE campaign_members SET consent = ? WHERE campaign_id = ? AND vin = ? AND consent = 'pending'`), decision, id, vin)
+	res, err := s.exec(ctx, `UPDATE campaign_members SET consent = ? WHERE campaign_id = ? AND vin = ? AND consent = 'pending'`, decision, id, vin)
 	return s.wrap("consent", s.oneRow(res, err))
 }
 
@@ -366,8 +366,8 @@ func (s *Store) CampaignTargets(ctx context.Context) (map[string]bool, error) {
 // campaign holds: members still waiting for their job (not declined).
 // Auto-assign leaves them alone.
 func (s *Store) CampaignHolds(ctx context.Context, vin string) (map[string]bool, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT m.ecu_serial FROM campaign_members m JOIN campaigns c ON c.id = m.campaign_id
-		WHERE m.vin = ? AND c.state IN ('running', 'paused') AND m.job_id = '' AND m.consent <> 'declined'`), vin)
+	rows, err := s.query(ctx, `SELECT m.ecu_serial FROM campaign_members m JOIN campaigns c ON c.id = m.campaign_id
+		WHERE m.vin = ? AND c.state IN ('running', 'paused') AND m.job_id = '' AND m.consent <> 'declined'`, vin)
 	if err != nil {
 		return nil, s.wrap("campaign holds", err)
 	}

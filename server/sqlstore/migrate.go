@@ -111,6 +111,8 @@ var migrations = []string{
 		vin TEXT NOT NULL, code TEXT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
 		resolved_at BIGINT NOT NULL, PRIMARY KEY (vin, code, first_seen));
 	CREATE INDEX findings_open ON findings (resolved_at, code);`,
+	// 8: used nonces are pruned in one sweep by age, off the request path.
+	`CREATE INDEX nonces_used_at ON nonces (used_at);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

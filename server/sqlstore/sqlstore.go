@@ -36,8 +36,9 @@ type Dialect struct {
 
 // Store is a server.Store on a *sql.DB.
 type Store struct {
-	db *sql.DB
-	d  Dialect
+	db    *sql.DB
+	d     Dialect
+	stmts stmts
 }
 
 var _ server.Store = (*Store)(nil)
@@ -116,13 +117,16 @@ func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close implements server.Store.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.closeStatements()
+	return s.db.Close()
+}
 
 // --- accounts ---
 
 // CreateAccount implements server.Store.
 func (s *Store) CreateAccount(ctx context.Context, a server.Account) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at, disabled) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+	_, err := s.exec(ctx, `INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at, disabled) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		a.ID, string(a.Role), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt), boolInt(a.Disabled))
 	return s.wrap("create account "+a.Name, err)
 }
@@ -140,7 +144,7 @@ func scanAccount(sc interface{ Scan(...any) error }) (server.Account, error) {
 }
 
 func (s *Store) account(ctx context.Context, where string, arg any) (server.Account, error) {
-	a, err := scanAccount(s.db.QueryRowContext(ctx, s.q(`SELECT `+accountCols+` FROM accounts WHERE `+where+` = ?`), arg))
+	a, err := scanAccount(s.queryRow(ctx, `SELECT `+accountCols+` FROM accounts WHERE `+where+` = ?`, arg))
 	return a, s.wrap("account", err)
 }
 
@@ -163,7 +167,7 @@ func (s *Store) ListAccounts(ctx context.Context) ([]server.Account, error) {
 }
 
 func (s *Store) updateAccount(ctx context.Context, id, set string, arg any) error {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE accounts SET `+set+` = ? WHERE id = ?`), arg, id)
+	res, err := s.exec(ctx, `UPDATE accounts SET `+set+` = ? WHERE id = ?`, arg, id)
 	if err != nil {
 		return s.wrap("update account "+id, err)
 	}
@@ -192,10 +196,10 @@ func (s *Store) SetAccountPassword(ctx context.Context, id, passwordHash string)
 
 // CreateSession stores a portal session (and prunes expired ones).
 func (s *Store) CreateSession(ctx context.Context, se server.Session) error {
-	if _, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE expires_at < ?`), micros(se.CreatedAt)); err != nil {
+	if _, err := s.exec(ctx, `DELETE FROM sessions WHERE expires_at < ?`, micros(se.CreatedAt)); err != nil {
 		return s.wrap("prune sessions", err)
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO sessions (id_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)`),
+	_, err := s.exec(ctx, `INSERT INTO sessions (id_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)`,
 		se.IDHash, se.AccountID, micros(se.CreatedAt), micros(se.ExpiresAt))
 	return s.wrap("create session", err)
 }
@@ -204,7 +208,7 @@ func (s *Store) CreateSession(ctx context.Context, se server.Session) error {
 func (s *Store) Session(ctx context.Context, idHash string) (server.Session, error) {
 	se := server.Session{IDHash: idHash}
 	var created, expires int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT account_id, created_at, expires_at FROM sessions WHERE id_hash = ?`), idHash).
+	err := s.queryRow(ctx, `SELECT account_id, created_at, expires_at FROM sessions WHERE id_hash = ?`, idHash).
 		Scan(&se.AccountID, &created, &expires)
 	se.CreatedAt, se.ExpiresAt = fromMicros(created), fromMicros(expires)
 	return se, s.wrap("session", err)
@@ -212,13 +216,13 @@ func (s *Store) Session(ctx context.Context, idHash string) (server.Session, err
 
 // DeleteSession ends one session.
 func (s *Store) DeleteSession(ctx context.Context, idHash string) error {
-	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE id_hash = ?`), idHash)
+	_, err := s.exec(ctx, `DELETE FROM sessions WHERE id_hash = ?`, idHash)
 	return s.wrap("delete session", err)
 }
 
 // DeleteSessions ends every session of an account.
 func (s *Store) DeleteSessions(ctx context.Context, accountID string) error {
-	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sessions WHERE account_id = ?`), accountID)
+	_, err := s.exec(ctx, `DELETE FROM sessions WHERE account_id = ?`, accountID)
 	return s.wrap("delete sessions of "+accountID, err)
 }
 
@@ -242,12 +246,12 @@ func (s *Store) AccountByName(ctx context.Context, name string) (server.Account,
 // CreateVehicle implements server.Store.
 func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 	return s.wrap("create vehicle "+v.VIN, s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO vehicles (vin, model, year, region, public_key, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, 0)`),
+		if _, err := s.txExec(ctx, tx, `INSERT INTO vehicles (vin, model, year, region, public_key, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, 0)`,
 			v.VIN, v.Model, v.Year, v.Region, v.PublicKey, micros(v.CreatedAt)); err != nil {
 			return err
 		}
 		for i, e := range v.ECUs {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO ecus (serial, vin, type, hardware_id, position) VALUES (?, ?, ?, ?, ?)`),
+			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position) VALUES (?, ?, ?, ?, ?)`,
 				e.Serial, v.VIN, e.Type, e.HardwareID, i); err != nil {
 				return err
 			}
@@ -272,7 +276,7 @@ func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 
 // RecordAuth implements server.Store.
 func (s *Store) RecordAuth(ctx context.Context, vin string, a server.AuthRecord) error {
-	_, err := s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET auth_state = ?, auth_at = ?, auth_message = ?, auth_expires = ? WHERE vin = ?`),
+	_, err := s.exec(ctx, `UPDATE vehicles SET auth_state = ?, auth_at = ?, auth_message = ?, auth_expires = ? WHERE vin = ?`,
 		a.State, micros(a.At), a.Message, micros(a.Expires), vin)
 	return s.wrap("record auth of "+vin, err)
 }
@@ -287,8 +291,8 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 	for i, v := range vins {
 		args[i] = v
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT vin, serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at
-		FROM ecus WHERE vin IN (`+ph+`) ORDER BY vin, position`), args...)
+	rows, err := s.query(ctx, `SELECT vin, serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at
+		FROM ecus WHERE vin IN (`+ph+`) ORDER BY vin, position`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -308,7 +312,7 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 
 // Vehicle implements server.Store.
 func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error) {
-	v, err := scanVehicle(s.db.QueryRowContext(ctx, s.q(`SELECT `+vehicleCols+` FROM vehicles WHERE vin = ?`), vin))
+	v, err := scanVehicle(s.queryRow(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin = ?`, vin))
 	if err != nil {
 		return v, s.wrap("vehicle "+vin, err)
 	}
@@ -327,10 +331,10 @@ func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]ser
 	var err error
 	if f.HardwareID != "" {
 		// Walks the (hardware_id, vin) index in order and stops at the limit.
-		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+prefixCols("v.", vehicleCols)+` FROM ecus e JOIN vehicles v ON v.vin = e.vin
-			WHERE e.hardware_id = ? AND e.vin > ? ORDER BY e.vin LIMIT ?`), f.HardwareID, f.After, f.Limit)
+		rows, err = s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+` FROM ecus e JOIN vehicles v ON v.vin = e.vin
+			WHERE e.hardware_id = ? AND e.vin > ? ORDER BY e.vin LIMIT ?`, f.HardwareID, f.After, f.Limit)
 	} else {
-		rows, err = s.db.QueryContext(ctx, s.q(`SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`), f.After, f.Limit)
+		rows, err = s.query(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`, f.After, f.Limit)
 	}
 	if err != nil {
 		return nil, s.wrap("list vehicles", err)
@@ -377,7 +381,7 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		if !h.SignalAt.IsZero() {
 			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
 		}
-		res, err := tx.ExecContext(ctx, s.q(q+` WHERE vin = ?`), append(args, vin)...)
+		res, err := s.txExec(ctx, tx, q+` WHERE vin = ?`, append(args, vin)...)
 		if err != nil {
 			return err
 		}
@@ -385,35 +389,49 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 			return sql.ErrNoRows
 		}
 		for _, e := range h.Episodes {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at)
+			if _, err := s.txExec(ctx, tx, `INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at)
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vin, code, first_seen) DO UPDATE SET last_seen = excluded.last_seen,
 				count = excluded.count, detail = excluded.detail, cleared_at = excluded.cleared_at, signal_bars = excluded.signal_bars,
-				reported_at = excluded.reported_at`),
+				reported_at = excluded.reported_at`,
 				vin, e.Code, micros(e.FirstSeen), micros(e.LastSeen), e.Count, e.Detail, micros(e.ClearedAt), e.SignalBars, micros(at)); err != nil {
 				return err
 			}
 		}
 		for _, e := range ecus {
-			if _, err := tx.ExecContext(ctx, s.q(`UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`),
-				e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at), vin, e.Serial); err != nil {
+			res, err := s.txExec(ctx, tx, `UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`,
+				e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at), vin, e.Serial)
+			if err != nil {
 				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return fmt.Errorf("ECU %s: %w", e.Serial, sql.ErrNoRows)
 			}
 		}
 		return nil
 	}))
 }
 
-// nonceWindow is how long used nonces are kept; manifests older than this
-// are refused by the service, so a pruned nonce cannot be replayed.
-const nonceWindow = 48 * time.Hour
-
 // UseNonce implements server.Store.
 func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) error {
-	if _, err := s.db.ExecContext(ctx, s.q(`DELETE FROM nonces WHERE vin = ? AND used_at < ?`), vin, micros(at.Add(-nonceWindow))); err != nil {
-		return s.wrap("prune nonces", err)
-	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?)`), vin, nonce, micros(at))
+	_, err := s.exec(ctx, `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?)`, vin, nonce, micros(at))
 	return s.wrap("nonce", err)
+}
+
+// PruneNonces implements server.Store.
+func (s *Store) PruneNonces(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.exec(ctx, `DELETE FROM nonces WHERE used_at < ?`, micros(before))
+	if err != nil {
+		return 0, s.wrap("prune nonces", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
+// VehicleKey implements server.Store.
+func (s *Store) VehicleKey(ctx context.Context, vin string) ([]byte, error) {
+	var key []byte
+	err := s.queryRow(ctx, `SELECT public_key FROM vehicles WHERE vin = ?`, vin).Scan(&key)
+	return key, s.wrap("key of "+vin, err)
 }
 
 // --- jobs ---
@@ -484,7 +502,7 @@ func (s *Store) events(ctx context.Context, ids []string) (map[string][]server.J
 	for i, v := range ids {
 		args[i] = v
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT job_id, at, kind, percent, message FROM job_events WHERE job_id IN (`+ph+`) ORDER BY id`), args...)
+	rows, err := s.query(ctx, `SELECT job_id, at, kind, percent, message FROM job_events WHERE job_id IN (`+ph+`) ORDER BY id`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -503,7 +521,7 @@ func (s *Store) events(ctx context.Context, ids []string) (map[string][]server.J
 }
 
 func (s *Store) jobs(ctx context.Context, what, where string, args ...any) ([]server.Job, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+jobCols+` FROM jobs WHERE `+where), args...)
+	rows, err := s.query(ctx, `SELECT `+jobCols+` FROM jobs WHERE `+where, args...)
 	if err != nil {
 		return nil, s.wrap(what, err)
 	}
@@ -558,8 +576,8 @@ func (s *Store) OpenJobs(ctx context.Context, limit int) ([]server.Job, error) {
 
 // UpdateJob implements server.Store.
 func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string) error {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
-		WHERE id = ? AND state = ?`),
+	res, err := s.exec(ctx, `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
+		WHERE id = ? AND state = ?`,
 		j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from)
 	if err != nil {
 		return s.wrap("update job "+j.ID, err)
@@ -572,7 +590,7 @@ func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string) error 
 
 // AddJobEvent implements server.Store.
 func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`),
+	_, err := s.exec(ctx, `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`,
 		id, micros(e.At), e.Kind, e.Percent, e.Message)
 	return s.wrap("job event", err)
 }
@@ -581,7 +599,7 @@ func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) e
 
 // AppendAudit implements server.Store.
 func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor_id, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+	_, err := s.exec(ctx, `INSERT INTO audit (at, actor_id, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		micros(e.At), e.ActorID, e.Actor, e.Role, e.Action, e.Subject, e.Detail)
 	return s.wrap("audit", err)
 }
@@ -591,7 +609,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, at, actor_id, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
+	rows, err := s.query(ctx, `SELECT id, at, actor_id, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, s.wrap("audit", err)
 	}
@@ -615,7 +633,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHead, error) {
 	h := server.DirectorHead{VIN: vin}
 	var exp int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires FROM director_heads WHERE vin = ?`), vin).
+	err := s.queryRow(ctx, `SELECT targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires FROM director_heads WHERE vin = ?`, vin).
 		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return h, nil
@@ -632,10 +650,10 @@ const directorKeep = 8
 func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
 	return s.wrap("save director metadata of "+next.VIN, s.tx(ctx, func(tx *sql.Tx) error {
 		// The row may exist with version 0 (a USB bundle was counted first).
-		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
+		res, err := s.txExec(ctx, tx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (vin) DO UPDATE SET targets_version = excluded.targets_version, snapshot_version = excluded.snapshot_version,
 			timestamp_version = excluded.timestamp_version, assignment_hash = excluded.assignment_hash, timestamp_expires = excluded.timestamp_expires
-			WHERE director_heads.timestamp_version = ?`),
+			WHERE director_heads.timestamp_version = ?`,
 			next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), prev.TimestampVersion)
 		if err != nil {
 			return err
@@ -644,11 +662,11 @@ func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead
 			return server.ErrConflict
 		}
 		for _, f := range files {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO director_files (vin, role, version, body, expires) VALUES (?, ?, ?, ?, ?)`),
+			if _, err := s.txExec(ctx, tx, `INSERT INTO director_files (vin, role, version, body, expires) VALUES (?, ?, ?, ?, ?)`,
 				f.VIN, f.Role, f.Version, f.Body, micros(f.Expires)); err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM director_files WHERE vin = ? AND role = ? AND version < ?`),
+			if _, err := s.txExec(ctx, tx, `DELETE FROM director_files WHERE vin = ? AND role = ? AND version < ?`,
 				f.VIN, f.Role, f.Version-directorKeep); err != nil {
 				return err
 			}
@@ -660,10 +678,10 @@ func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead
 // NextBundleVersion implements server.Store.
 func (s *Store) NextBundleVersion(ctx context.Context, vin string) (int64, error) {
 	var v int64
-	err := s.db.QueryRowContext(ctx, s.q(`INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires, bundle_version)
+	err := s.queryRow(ctx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires, bundle_version)
 		VALUES (?, 0, 0, 0, '', 0, 1)
 		ON CONFLICT (vin) DO UPDATE SET bundle_version = director_heads.bundle_version + 1
-		RETURNING bundle_version`), vin).Scan(&v)
+		RETURNING bundle_version`, vin).Scan(&v)
 	return v, s.wrap("next bundle version of "+vin, err)
 }
 
@@ -671,7 +689,7 @@ func (s *Store) NextBundleVersion(ctx context.Context, vin string) (int64, error
 func (s *Store) DirectorFile(ctx context.Context, vin, role string, version int64) (server.DirectorMeta, error) {
 	m := server.DirectorMeta{VIN: vin, Role: role, Version: version}
 	var exp int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT body, expires FROM director_files WHERE vin = ? AND role = ? AND version = ?`), vin, role, version).Scan(&m.Body, &exp)
+	err := s.queryRow(ctx, `SELECT body, expires FROM director_files WHERE vin = ? AND role = ? AND version = ?`, vin, role, version).Scan(&m.Body, &exp)
 	m.Expires = fromMicros(exp)
 	return m, s.wrap("director "+role+" v"+strconv.FormatInt(version, 10)+" of "+vin, err)
 }
@@ -681,9 +699,9 @@ func (s *Store) DirectorFile(ctx context.Context, vin, role string, version int6
 // AcquireLease implements server.Store: it takes the lease if it is free,
 // expired, or already held by holder (renewal).
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?)
+	res, err := s.exec(ctx, `INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
-		WHERE leases.expires < ? OR leases.holder = ?`), name, holder, micros(now.Add(ttl)), micros(now), holder)
+		WHERE leases.expires < ? OR leases.holder = ?`, name, holder, micros(now.Add(ttl)), micros(now), holder)
 	if err != nil {
 		return false, s.wrap("acquire lease "+name, err)
 	}
@@ -697,12 +715,12 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 // epoch fail.
 func (s *Store) AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (int64, bool, error) {
 	var epoch int64
-	err := s.db.QueryRowContext(ctx, s.q(`INSERT INTO leases (name, holder, expires, epoch) VALUES (?, ?, ?, 1)
+	err := s.queryRow(ctx, `INSERT INTO leases (name, holder, expires, epoch) VALUES (?, ?, ?, 1)
 		ON CONFLICT (name) DO UPDATE SET
 			epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires >= ? THEN leases.epoch ELSE leases.epoch + 1 END,
 			holder = excluded.holder, expires = excluded.expires
 		WHERE leases.expires < ? OR leases.holder = excluded.holder
-		RETURNING epoch`), name, holder, micros(now.Add(ttl)), micros(now), micros(now)).Scan(&epoch)
+		RETURNING epoch`, name, holder, micros(now.Add(ttl)), micros(now), micros(now)).Scan(&epoch)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -716,7 +734,7 @@ func (s *Store) fenced(ctx context.Context, f server.Fence, now time.Time, fn fu
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var holder string
 		var epoch, expires int64
-		err := tx.QueryRowContext(ctx, s.q(`SELECT holder, epoch, expires FROM leases WHERE name = ?`+s.d.ForUpdate), f.Name).Scan(&holder, &epoch, &expires)
+		err := s.txQueryRow(ctx, tx, `SELECT holder, epoch, expires FROM leases WHERE name = ?`+s.d.ForUpdate, f.Name).Scan(&holder, &epoch, &expires)
 		if errors.Is(err, sql.ErrNoRows) || (err == nil && (holder != f.Holder || epoch != f.Epoch || expires < micros(now))) {
 			return fmt.Errorf("lease %s (epoch %d): %w", f.Name, f.Epoch, server.ErrFenced)
 		}
@@ -729,7 +747,7 @@ func (s *Store) fenced(ctx context.Context, f server.Fence, now time.Time, fn fu
 
 // ReleaseLease implements server.Store.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
-	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM leases WHERE name = ? AND holder = ?`), name, holder)
+	_, err := s.exec(ctx, `DELETE FROM leases WHERE name = ? AND holder = ?`, name, holder)
 	return s.wrap("release lease "+name, err)
 }
 
@@ -737,14 +755,14 @@ func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 
 // SetLinkCode implements server.Store.
 func (s *Store) SetLinkCode(ctx context.Context, vin, codeHash string, expires time.Time) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO link_codes (vin, code_hash, expires) VALUES (?, ?, ?)
-		ON CONFLICT (vin) DO UPDATE SET code_hash = excluded.code_hash, expires = excluded.expires`), vin, codeHash, micros(expires))
+	_, err := s.exec(ctx, `INSERT INTO link_codes (vin, code_hash, expires) VALUES (?, ?, ?)
+		ON CONFLICT (vin) DO UPDATE SET code_hash = excluded.code_hash, expires = excluded.expires`, vin, codeHash, micros(expires))
 	return s.wrap("set link code", err)
 }
 
 // TakeLinkCode implements server.Store.
 func (s *Store) TakeLinkCode(ctx context.Context, vin, codeHash string, now time.Time) error {
-	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM link_codes WHERE vin = ? AND code_hash = ? AND expires > ?`), vin, codeHash, micros(now))
+	res, err := s.exec(ctx, `DELETE FROM link_codes WHERE vin = ? AND code_hash = ? AND expires > ?`, vin, codeHash, micros(now))
 	if err != nil {
 		return s.wrap("take link code", err)
 	}
@@ -766,13 +784,13 @@ func scanLink(sc interface{ Scan(...any) error }) (server.Link, error) {
 
 // Link implements server.Store.
 func (s *Store) Link(ctx context.Context, vin string) (server.Link, error) {
-	l, err := scanLink(s.db.QueryRowContext(ctx, s.q(`SELECT `+linkCols+` FROM links WHERE vin = ?`), vin))
+	l, err := scanLink(s.queryRow(ctx, `SELECT `+linkCols+` FROM links WHERE vin = ?`, vin))
 	return l, s.wrap("link of "+vin, err)
 }
 
 // LinksByOwner implements server.Store.
 func (s *Store) LinksByOwner(ctx context.Context, owner string) ([]server.Link, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+linkCols+` FROM links WHERE owner_id = ? ORDER BY vin`), owner)
+	rows, err := s.query(ctx, `SELECT `+linkCols+` FROM links WHERE owner_id = ? ORDER BY vin`, owner)
 	if err != nil {
 		return nil, s.wrap("links", err)
 	}
@@ -790,24 +808,24 @@ func (s *Store) LinksByOwner(ctx context.Context, owner string) ([]server.Link, 
 
 // SaveLink implements server.Store.
 func (s *Store) SaveLink(ctx context.Context, l server.Link) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO links (`+linkCols+`) VALUES (?, ?, ?, ?, ?, ?)
+	_, err := s.exec(ctx, `INSERT INTO links (`+linkCols+`) VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (vin) DO UPDATE SET owner_id = excluded.owner_id, linked_at = excluded.linked_at,
-		subscription_ends = excluded.subscription_ends, pending_owner_id = excluded.pending_owner_id, pending_since = excluded.pending_since`),
+		subscription_ends = excluded.subscription_ends, pending_owner_id = excluded.pending_owner_id, pending_since = excluded.pending_since`,
 		l.VIN, l.OwnerID, micros(l.LinkedAt), micros(l.SubscriptionEnds), l.PendingOwnerID, micros(l.PendingSince))
 	return s.wrap("save link", err)
 }
 
 // DeleteLink implements server.Store.
 func (s *Store) DeleteLink(ctx context.Context, vin string) error {
-	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM links WHERE vin = ?`), vin)
+	_, err := s.exec(ctx, `DELETE FROM links WHERE vin = ?`, vin)
 	return s.wrap("delete link", err)
 }
 
 // ReplaceECU implements server.Store.
 func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.ECU, key []byte) error {
 	return s.wrap("replace ECU "+oldSerial+" of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0
-			WHERE vin = ? AND serial = ?`), e.Serial, e.HardwareID, vin, oldSerial)
+		res, err := s.txExec(ctx, tx, `UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0
+			WHERE vin = ? AND serial = ?`, e.Serial, e.HardwareID, vin, oldSerial)
 		if err != nil {
 			return err
 		}
@@ -816,15 +834,15 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 		}
 		// The refused requests were signed with the old key's successor,
 		// or by someone else: evidence about a key that is gone.
-		_, err = tx.ExecContext(ctx, s.q(`UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0 WHERE vin = ?`), key, vin)
+		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0 WHERE vin = ?`, key, vin)
 		return err
 	}))
 }
 
 // DTCEpisodes implements server.Store.
 func (s *Store) DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]server.DTCEpisode, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at
-		FROM dtc_episodes WHERE vin = ? AND (cleared_at = 0 OR cleared_at >= ?) ORDER BY last_seen DESC LIMIT 100`), vin, micros(since))
+	rows, err := s.query(ctx, `SELECT code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at
+		FROM dtc_episodes WHERE vin = ? AND (cleared_at = 0 OR cleared_at >= ?) ORDER BY last_seen DESC LIMIT 100`, vin, micros(since))
 	if err != nil {
 		return nil, s.wrap("DTC episodes of "+vin, err)
 	}
@@ -847,9 +865,9 @@ func (s *Store) RecordRequestFault(ctx context.Context, vin, kind string, skew t
 	var err error
 	switch kind {
 	case server.FaultBadSignature:
-		_, err = s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET bad_signature_at = ?, bad_signature_count = bad_signature_count + 1 WHERE vin = ?`), micros(at), vin)
+		_, err = s.exec(ctx, `UPDATE vehicles SET bad_signature_at = ?, bad_signature_count = bad_signature_count + 1 WHERE vin = ?`, micros(at), vin)
 	case server.FaultClockSkew:
-		_, err = s.db.ExecContext(ctx, s.q(`UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`), micros(at), skew.Microseconds(), vin)
+		_, err = s.exec(ctx, `UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`, micros(at), skew.Microseconds(), vin)
 	default:
 		return fmt.Errorf("request fault %q: want %s or %s", kind, server.FaultBadSignature, server.FaultClockSkew)
 	}
@@ -860,7 +878,7 @@ func (s *Store) RecordRequestFault(ctx context.Context, vin, kind string, skew t
 func (s *Store) RecordFindings(ctx context.Context, vin string, codes []string, at time.Time) (opened, resolved []string, err error) {
 	err = s.wrap("record findings of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
 		opened, resolved = nil, nil
-		rows, err := tx.QueryContext(ctx, s.q(`SELECT code, first_seen FROM findings WHERE vin = ? AND resolved_at = 0`), vin)
+		rows, err := s.txQuery(ctx, tx, `SELECT code, first_seen FROM findings WHERE vin = ? AND resolved_at = 0`, vin)
 		if err != nil {
 			return err
 		}
@@ -882,11 +900,11 @@ func (s *Store) RecordFindings(ctx context.Context, vin string, codes []string, 
 		for _, code := range codes {
 			if first, ok := open[code]; ok {
 				delete(open, code)
-				_, err = tx.ExecContext(ctx, s.q(`UPDATE findings SET last_seen = ? WHERE vin = ? AND code = ? AND first_seen = ?`), now, vin, code, first)
+				_, err = s.txExec(ctx, tx, `UPDATE findings SET last_seen = ? WHERE vin = ? AND code = ? AND first_seen = ?`, now, vin, code, first)
 			} else {
 				opened = append(opened, code)
-				_, err = tx.ExecContext(ctx, s.q(`INSERT INTO findings (vin, code, first_seen, last_seen, resolved_at) VALUES (?, ?, ?, ?, 0)
-					ON CONFLICT (vin, code, first_seen) DO NOTHING`), vin, code, now, now)
+				_, err = s.txExec(ctx, tx, `INSERT INTO findings (vin, code, first_seen, last_seen, resolved_at) VALUES (?, ?, ?, ?, 0)
+					ON CONFLICT (vin, code, first_seen) DO NOTHING`, vin, code, now, now)
 			}
 			if err != nil {
 				return err
@@ -894,7 +912,7 @@ func (s *Store) RecordFindings(ctx context.Context, vin string, codes []string, 
 		}
 		for code, first := range open {
 			resolved = append(resolved, code)
-			if _, err := tx.ExecContext(ctx, s.q(`UPDATE findings SET resolved_at = ? WHERE vin = ? AND code = ? AND first_seen = ?`), now, vin, code, first); err != nil {
+			if _, err := s.txExec(ctx, tx, `UPDATE findings SET resolved_at = ? WHERE vin = ? AND code = ? AND first_seen = ?`, now, vin, code, first); err != nil {
 				return err
 			}
 		}
@@ -906,7 +924,7 @@ func (s *Store) RecordFindings(ctx context.Context, vin string, codes []string, 
 
 // Findings implements server.Store.
 func (s *Store) Findings(ctx context.Context, vin string, limit int) ([]server.Finding, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, first_seen, last_seen, resolved_at FROM findings WHERE vin = ? ORDER BY first_seen DESC LIMIT ?`), vin, limit)
+	rows, err := s.query(ctx, `SELECT code, first_seen, last_seen, resolved_at FROM findings WHERE vin = ? ORDER BY first_seen DESC LIMIT ?`, vin, limit)
 	if err != nil {
 		return nil, s.wrap("findings of "+vin, err)
 	}
@@ -926,8 +944,8 @@ func (s *Store) Findings(ctx context.Context, vin string, limit int) ([]server.F
 
 // FindingCounts implements server.Store.
 func (s *Store) FindingCounts(ctx context.Context, since time.Time) ([]server.FindingCount, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT code, SUM(CASE WHEN resolved_at = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN resolved_at > 0 THEN 1 ELSE 0 END)
-		FROM findings WHERE resolved_at = 0 OR resolved_at >= ? GROUP BY code ORDER BY code`), micros(since))
+	rows, err := s.query(ctx, `SELECT code, SUM(CASE WHEN resolved_at = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN resolved_at > 0 THEN 1 ELSE 0 END)
+		FROM findings WHERE resolved_at = 0 OR resolved_at >= ? GROUP BY code ORDER BY code`, micros(since))
 	if err != nil {
 		return nil, s.wrap("finding counts", err)
 	}
