@@ -507,6 +507,10 @@ func (s Summary) String() string {
 		s.Vehicles, s.CheckIns, s.Rate(), ms(s.P50), ms(s.P99), s.Errors)
 }
 
+// SetCheckInOnly switches between full cycles and check-ins alone (not
+// while a cycle runs).
+func (f *Fleet) SetCheckInOnly(on bool) { f.cfg.CheckInOnly = on }
+
 // ResetStats forgets the cycles so far: the next Summary covers only the
 // cycles after it (to measure a steady state after a warm-up).
 func (f *Fleet) ResetStats() {

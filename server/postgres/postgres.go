@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -55,7 +56,11 @@ func Open(ctx context.Context, rawURL string) (*sqlstore.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	// Keep the pool's connections open: database/sql keeps 2 idle by
+	// default, so a burst opened (and closed) a connection per request.
 	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(20)
+	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect to postgres: %w", err)
