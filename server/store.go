@@ -382,6 +382,11 @@ type Store interface {
 
 	// AcquireLease takes (or renews) a named lease for ttl; false if
 	// another holder has it. Replicas use it to take turns at singleton work.
+	// RepoVersion and SetRepoVersion are the image repository's version
+	// row: the served timestamp version, raised (never lowered) by the
+	// replica that signs, read by the others to notice a change.
+	RepoVersion(ctx context.Context) (int64, error)
+	SetRepoVersion(ctx context.Context, v int64) error
 	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
 	ReleaseLease(ctx context.Context, name, holder string) error
 

@@ -441,12 +441,18 @@ func TestDiagnosisServiceUnhealthy(t *testing.T) {
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
 	gw.Stop()
+	// The diagnosis reads the service's health at most every 5 s.
+	waitFor(t, "the diagnosis to see the store down", func() bool {
+		p := w.diagnose(t, v.vin).problems()
+		return len(p) > 0 && p[0] == "service_unhealthy"
+	})
 	d := w.diagnosedFirst(t, v.vin, "service_unhealthy")
 	if ev := fmt.Sprint(d.Findings[0].Evidence); !strings.Contains(ev, "Blob store: unreachable") || strings.Contains(ev, "State store") ||
 		!strings.Contains(d.Findings[0].Fix, "nothing needs doing on the car") {
 		t.Fatalf("service finding: %+v", d.Findings[0])
 	}
 	gw.Restart(t)
+	waitFor(t, "the diagnosis to see the store back", func() bool { return w.diagnose(t, v.vin).Healthy })
 	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
 		t.Fatalf("update with the store back: %s", r)
 	}

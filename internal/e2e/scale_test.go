@@ -17,6 +17,8 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	b.start()
 
 	a.setup(nil)
+	want := servedTimestamp(t, a.url)
+	waitFor(t, "replica b to serve the publish", func() bool { return servedTimestamp(t, b.url) == want })
 	dealer := a.account("dealer", "dealer-1")
 	// The vehicle is provisioned against replica b.
 	saved := a.url

@@ -200,9 +200,9 @@ func TestServerShutsDownGracefully(t *testing.T) {
 }
 
 // newS3World starts a server whose blobs are in a new bucket on gw.
-func newS3World(t *testing.T, gw *s3test.Gateway) *world {
+func newS3World(t *testing.T, gw *s3test.Gateway, extra ...string) *world {
 	t.Helper()
-	w := &world{t: t, dir: t.TempDir(), extra: []string{"--blob", gw.URL()}, env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
+	w := &world{t: t, dir: t.TempDir(), extra: append([]string{"--blob", gw.URL()}, extra...), env: map[string]string{"ROADSIGN_ADMIN_TOKEN": adminToken}}
 	for _, kv := range gw.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		w.env[k] = v

@@ -29,6 +29,7 @@ import (
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/blobmetrics"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
@@ -301,6 +302,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	blobs = blobmetrics.Wrap(blobs, reg)
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
 	}, time.Now, log, reg)
@@ -319,7 +321,10 @@ func serve(ctx context.Context, c config, env Env) error {
 	connectSvc := connect.New(store, directorSvc, images, secret, time.Now)
 	connectSvc.TokenTTL = c.authTokenTTL
 	status := func(ctx context.Context) []server.HealthCheck { return statusChecks(ctx, images, store, blobs, log) }
-	diagnosisSvc := diagnosis.New(store, directorSvc, images, status, time.Now, log, reg)
+	// Every handshake's diagnosis reads the service's health: at most
+	// every few seconds per replica, so a fleet's handshakes do not poll
+	// the stores.
+	diagnosisSvc := diagnosis.New(store, directorSvc, images, memoize(5*time.Second, status), time.Now, log, reg)
 	diagnosisSvc.OfflineAfter = c.offlineAfter
 	connectSvc.Handshake = diagnosisSvc.Record
 	ownerSvc := owners.New(store, time.Now)
@@ -368,6 +373,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	// Singleton work runs on the elected replica only. Campaign writes are
 	// fenced by its lease; re-signing also takes the repository's lease,
 	// and job timeouts are conditional updates.
+	wg.Go(func() { images.Watch(bg) }) // every replica: the head it serves from memory
 	wg.Go(func() { elector.Run(bg) })
 	wg.Go(func() { elector.Every(bg, c.campaignTick, "campaign tick", campaignSvc.Tick) })
 	wg.Go(func() {
@@ -475,6 +481,21 @@ func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, bl
 		out = append(out, r...)
 	}
 	return out
+}
+
+// memoize answers f's last result while it is younger than ttl.
+func memoize(ttl time.Duration, f func(context.Context) []server.HealthCheck) func(context.Context) []server.HealthCheck {
+	var mu sync.Mutex
+	var last []server.HealthCheck
+	var at time.Time
+	return func(ctx context.Context) []server.HealthCheck {
+		mu.Lock()
+		defer mu.Unlock()
+		if last == nil || time.Since(at) > ttl {
+			last, at = f(ctx), time.Now()
+		}
+		return last
+	}
 }
 
 // repoChecks are the image repository's checks: its timestamp, and

@@ -233,6 +233,9 @@ func serveFile(c *gin.Context, name string, f *repo.File) {
 		w.Set("Cache-Control", "no-cache")
 		w.Set("ETag", fmt.Sprintf(`"%d-%d"`, f.Size, f.ModTime.UnixNano()))
 	}
+	if f.ETag != "" {
+		w.Set("ETag", f.ETag) // of the content: 304 for an unchanged file
+	}
 	http.ServeContent(c.Writer, c.Request, name, time.Time{}, f)
 }
 

@@ -78,9 +78,10 @@ type Repo struct {
 	lastResign time.Time
 	resignErr  error
 
-	cacheMu       sync.Mutex
-	cachedTargets *metadata.Metadata[metadata.TargetsType]
-	cachedAt      time.Time
+	// announcer tells other replicas of a new timestamp; cache is the
+	// head this replica serves from memory.
+	announcer Announcer
+	cache     headCache
 }
 
 // New returns a Repo. reg may be nil.
@@ -102,7 +103,14 @@ func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time
 
 // UseLeases makes publish and re-sign take the shared lease first, so
 // several replicas never sign the same version twice.
-func (r *Repo) UseLeases(l Leaser, holder string) { r.leases, r.holder = l, holder }
+// If l is also an Announcer, replicas learn of each other's publishes
+// through it.
+func (r *Repo) UseLeases(l Leaser, holder string) {
+	r.leases, r.holder = l, holder
+	if a, ok := l.(Announcer); ok {
+		r.announcer = a
+	}
+}
 
 // lease takes the shared lease, waiting up to wait for it. It returns a
 // release function, or ok=false if another replica kept it.
@@ -258,11 +266,6 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest) (PublishResult, 
 		outcome = "unchanged"
 	}
 	r.m.publishes.WithLabelValues(outcome).Inc()
-	if res.Changed {
-		r.cacheMu.Lock()
-		r.cachedAt = time.Time{} // this replica sees its own publish at once
-		r.cacheMu.Unlock()
-	}
 	return res, err
 }
 
@@ -582,46 +585,50 @@ func ParseVersionedName(name string) (int64, string, bool) {
 }
 
 // CurrentTargets returns the published top-level targets of the image
-// repository and their version (0 and nil before the first publish).
-// Parsed targets are cached by version; the head is re-read at most every
-// two seconds, so replicas see a publish within that.
+// repository and their version (0 and nil before the first publish), from
+// the head this replica serves (see Watch).
 func (r *Repo) CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error) {
-	r.cacheMu.Lock()
-	defer r.cacheMu.Unlock()
-	now := r.now()
-	if r.cachedTargets != nil && now.Sub(r.cachedAt) < 2*time.Second {
-		return r.cachedTargets.Signed.Targets, r.cachedTargets.Signed.Version, nil
-	}
-	st, err := r.loadState(ctx)
-	if err != nil {
+	h, err := r.current(ctx)
+	if err != nil || h.targets == nil {
 		return nil, 0, err
 	}
-	if st.targetsV == 0 {
-		return nil, 0, nil
-	}
-	if r.cachedTargets == nil || r.cachedTargets.Signed.Version != st.targetsV {
-		raw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.targets.json", imagePrefix, st.targetsV), maxMetadata)
-		if err != nil {
-			return nil, 0, fmt.Errorf("load targets v%d: %w", st.targetsV, err)
-		}
-		t, err := metadata.Targets().FromBytes(raw)
-		if err != nil {
-			return nil, 0, fmt.Errorf("parse targets v%d: %w", st.targetsV, err)
-		}
-		for p, tf := range t.Signed.Targets {
-			tf.Path = p
-		}
-		r.cachedTargets = t
-	}
-	r.cachedAt = now
-	return r.cachedTargets.Signed.Targets, r.cachedTargets.Signed.Version, nil
+	return h.targets.Signed.Targets, h.targets.Signed.Version, nil
 }
 
 // OpenDirectorRoot opens a director root file (N.root.json) as published
 // by the signer; every VIN's director shares the root.
+// They are immutable once published, so each is read once and then served
+// from memory.
 func (r *Repo) OpenDirectorRoot(ctx context.Context, name string) (*File, error) {
 	if _, role, ok := ParseVersionedName(name); !ok || role != "root" {
 		return nil, server.Errorf(server.KindNotFound, "no such director file %q", name)
 	}
-	return openRepoFile(ctx, r.blobs, directorPrefix, name)
+	r.cache.mu.RLock()
+	f, ok := r.cache.dirRoots[name]
+	r.cache.mu.RUnlock()
+	if ok {
+		return memOpen(f), nil
+	}
+	if v, _, _ := ParseVersionedName(name); v > 0 {
+		if h, err := r.current(ctx); err == nil && v > h.dirRootVersion {
+			return nil, server.Errorf(server.KindNotFound, "no such director file %q", name) // no rotation yet
+		}
+	}
+	raw, err := server.ReadBlob(ctx, r.blobs, directorPrefix+name, maxMetadata)
+	if errors.Is(err, server.ErrBlobNotFound) {
+		return nil, server.Errorf(server.KindNotFound, "no such director file %q", name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	f = newMemFile(raw, Immutable)
+	r.cache.mu.Lock()
+	if r.cache.dirRoots == nil {
+		r.cache.dirRoots = map[string]memFile{}
+	}
+	if len(r.cache.dirRoots) < 64 {
+		r.cache.dirRoots[name] = f
+	}
+	r.cache.mu.Unlock()
+	return memOpen(f), nil
 }

@@ -30,10 +30,18 @@ type File struct {
 	Kind FileKind
 	// SHA256 is the hex digest from a target's consistent-snapshot name.
 	SHA256 string
+	// ETag is a strong validator of the content, when known.
+	ETag string
 }
 
 // Open opens a file of the image repository by its path under /repo/.
+// The head (timestamp, root, current snapshot and targets) comes from
+// memory; targets and older versions from the blob store.
 func (r *Repo) Open(ctx context.Context, name string) (*File, error) {
+	name = strings.TrimPrefix(name, "/")
+	if f, ok, err := r.openCached(ctx, name); err != nil || ok {
+		return f, err
+	}
 	return openRepoFile(ctx, r.blobs, imagePrefix, name)
 }
 

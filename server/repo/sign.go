@@ -2,7 +2,6 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -52,6 +51,7 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 	r.resignErr = nil
 	r.m.lastSign.Set(float64(now.Unix()))
 	r.m.timestampExpiry.Set(float64(exp.Unix()))
+	r.announce(ctx, tsV)
 	return tsV, nil
 }
 
@@ -129,6 +129,7 @@ type metrics struct {
 	lastSign        prometheus.Gauge
 	timestampExpiry prometheus.Gauge
 	uploadedBytes   prometheus.Counter
+	servedVersion   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -148,9 +149,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		uploadedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "roadsign_repo_uploaded_bytes_total", Help: "Bytes of target files uploaded.",
 		}),
+		servedVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "roadsign_repo_served_timestamp_version", Help: "Version of the image timestamp this replica serves from memory.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.publishes, m.resigns, m.lastSign, m.timestampExpiry, m.uploadedBytes)
+		reg.MustRegister(m.publishes, m.resigns, m.lastSign, m.timestampExpiry, m.uploadedBytes, m.servedVersion)
 	}
 	return m
 }
@@ -164,18 +168,20 @@ type Health struct {
 	ResignErr        error
 }
 
-// Health reads the served timestamp and the re-signer's last outcome.
+// Health reads the timestamp this replica serves and the re-signer's last
+// outcome.
 func (r *Repo) Health(ctx context.Context) (Health, error) {
 	last, rerr := r.SigningHealth()
 	h := Health{LastResign: last, ResignErr: rerr}
-	raw, err := server.ReadBlob(ctx, r.blobs, imagePrefix+"timestamp.json", maxMetadata)
-	if errors.Is(err, server.ErrBlobNotFound) {
-		return h, nil
-	}
+	head, err := r.current(ctx)
 	if err != nil {
 		return h, err
 	}
-	ts, err := metadata.Timestamp().FromBytes(raw)
+	f, ok := head.files["timestamp.json"]
+	if !ok {
+		return h, nil
+	}
+	ts, err := metadata.Timestamp().FromBytes(f.body)
 	if err != nil {
 		return h, err
 	}

@@ -113,6 +113,10 @@ var migrations = []string{
 	CREATE INDEX findings_open ON findings (resolved_at, code);`,
 	// 8: used nonces are pruned in one sweep by age, off the request path.
 	`CREATE INDEX nonces_used_at ON nonces (used_at);`,
+	// 9: the image repository's version row: replicas notice a publish by
+	// reading it, not the blob store.
+	`CREATE TABLE repo_versions (name TEXT PRIMARY KEY, version BIGINT NOT NULL);
+	INSERT INTO repo_versions (name, version) VALUES ('image', 0);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

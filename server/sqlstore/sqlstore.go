@@ -960,3 +960,16 @@ func (s *Store) FindingCounts(ctx context.Context, since time.Time) ([]server.Fi
 	}
 	return out, s.wrap("finding counts", rows.Err())
 }
+
+// RepoVersion implements server.Store.
+func (s *Store) RepoVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.queryRow(ctx, `SELECT version FROM repo_versions WHERE name = 'image'`).Scan(&v)
+	return v, s.wrap("repository version", err)
+}
+
+// SetRepoVersion implements server.Store.
+func (s *Store) SetRepoVersion(ctx context.Context, v int64) error {
+	_, err := s.exec(ctx, `UPDATE repo_versions SET version = ? WHERE name = 'image' AND version < ?`, v, v)
+	return s.wrap("raise repository version", err)
+}

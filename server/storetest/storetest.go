@@ -37,6 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"LeadershipAndFencing", testLeadership},
 		{"Campaigns", testCampaigns},
 		{"DiagnosisEvidence", testDiagnosisEvidence},
+		{"RepoVersion", testRepoVersion},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -690,5 +691,17 @@ func testDiagnosisEvidence(t *testing.T, s server.Store) {
 	want := []server.FindingCount{{Code: "subscription_expired", Open: 0, Resolved: 1}, {Code: "vehicle_offline", Open: 1, Resolved: 1}}
 	if !reflect.DeepEqual(counts, want) {
 		t.Fatalf("finding counts: %+v, want %+v", counts, want)
+	}
+}
+
+// testRepoVersion: the repository's version row only goes up.
+func testRepoVersion(t *testing.T, s server.Store) {
+	if v, err := s.RepoVersion(ctx); err != nil || v != 0 {
+		t.Fatalf("fresh store: %d, %v", v, err)
+	}
+	must(t, s.SetRepoVersion(ctx, 5))
+	must(t, s.SetRepoVersion(ctx, 3)) // a late writer does not lower it
+	if v, _ := s.RepoVersion(ctx); v != 5 {
+		t.Fatalf("version row: %d, want 5", v)
 	}
 }
