@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -8,12 +12,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/server/postgres/pgtest"
 	"github.com/roadsign/roadsign/server/repo"
+	"github.com/roadsign/roadsign/server/s3blob"
 	"github.com/roadsign/roadsign/server/s3blob/s3test"
 )
 
@@ -149,4 +155,65 @@ func TestReplicaServesNewPublishWithinBound(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("replica b served v%d %s after the publish", want, time.Since(published).Round(time.Millisecond))
+}
+
+// TestTargetDownloadsRedirectToTheStore: with --blob-redirect, target
+// bytes come straight from S3 through a presigned URL: the agent resumes
+// a dropped download across the redirect, the server reads none of the
+// bytes, and a target whose bytes in the store were altered is refused.
+func TestTargetDownloadsRedirectToTheStore(t *testing.T) {
+	gw := s3test.Start(t)
+	w := newS3World(t, gw, "--blob-redirect")
+	w.setup(nil)
+	v := w.vehicle(1)
+	before := blobOps(t, w.url)
+	if r := agent(t, "update", "--state", v.dir, "--simulate", "network-drop:50"); r.code != 1 {
+		t.Fatalf("update with the network dropping halfway: %s", r)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 || !strings.Contains(r.stdout, "installed") {
+		t.Fatalf("resumed update: %s", r)
+	}
+	if got := versions(t, v); got["dcm"] != "2.0.0" || got["head-unit"] != "2.0.0" {
+		t.Fatalf("after the resumed update: %v", got)
+	}
+	_, metrics := httpGet(t, w.url+"/metrics", nil)
+	if !regexp.MustCompile(`roadsign_repo_target_redirects_total [1-9]`).Match(metrics) {
+		t.Fatal("no target download was redirected")
+	}
+	if opened := regexp.MustCompile(`roadsign_blob_operations_total\{op="open",result="ok"\} (\d+)`).FindSubmatch(metrics); opened != nil {
+		t.Logf("blob opens by the server: %s (metadata only)", opened[1])
+	}
+	if n := blobOps(t, w.url) - before; n > 2 {
+		t.Fatalf("the server touched the store %d times while the vehicle's images downloaded: target bytes passed through it", n)
+	}
+
+	// Someone with write access to the bucket swaps a target's bytes.
+	img := w.addImage(t, "9.0.0", 1<<18)
+	w.publish()
+	cfg, err := s3blob.ParseURL(w.extra[1], func(k string) string { return w.env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := s3blob.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(img)
+	sum := sha256.Sum256(raw)
+	key := "repo/targets/dcm/" + hex.EncodeToString(sum[:]) + "." + filepath.Base(img)
+	bad := bytes.Clone(raw)
+	bad[len(bad)/2] ^= 0xff
+	if err := store.Put(context.Background(), key, bytes.NewReader(bad), int64(len(bad))); err != nil {
+		t.Fatalf("alter %s: %v", key, err)
+	}
+	v2 := w.vehicle(2)
+	dealer := w.account("dealer", "dealer-1")
+	w.job(dealer, map[string]any{"vin": v2.vin, "ecu": "dcm", "version": "9.0.0", "reason": "altered bytes"})
+	before2 := activeBytes(t, v2)
+	if r := agent(t, "update", "--state", v2.dir); r.code == 0 || versions(t, v2)["dcm"] == "9.0.0" {
+		t.Fatalf("an altered target installed: %s", r)
+	}
+	if after := activeBytes(t, v2); after["dcm"] != before2["dcm"] {
+		t.Fatal("the DCM's active slot changed")
+	}
 }

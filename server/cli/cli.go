@@ -89,6 +89,7 @@ type config struct {
 	leaderLease     time.Duration
 	campaignTick    time.Duration
 	offlineAfter    time.Duration
+	blobRedirect    bool
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -149,6 +150,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.DurationVar(&c.jobTimeout, "job-timeout", 72*time.Hour, "a job the vehicle does not report on for this long is timed_out")
 		fs.DurationVar(&c.jobRetry, "job-retry", time.Minute, "first retry delay of a failed job (doubles per attempt)")
 		fs.DurationVar(&c.authTokenTTL, "auth-token-ttl", time.Hour, "lifetime of a connected-services token; vehicles renew it with a third left")
+		fs.BoolVar(&c.blobRedirect, "blob-redirect", false, "send target downloads straight to the S3 store with short-lived presigned URLs (vehicles must reach the store)")
 		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")
 		fs.DurationVar(&c.timestampExpiry, "timestamp-expiry", 24*time.Hour, "lifetime of signed timestamps; re-signed at half-life")
@@ -306,6 +308,11 @@ func serve(ctx context.Context, c config, env Env) error {
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
 	}, time.Now, log, reg)
+	if c.blobRedirect {
+		if err := images.UseRedirects(); err != nil {
+			return envflag.Usagef("--blob-redirect: %v", err)
+		}
+	}
 	replica := uuid.NewString()
 	images.UseLeases(store, replica)
 	elector := leader.New(store, "leader", replica, c.leaderLease, log, reg)

@@ -241,6 +241,20 @@ func serveFile(c *gin.Context, name string, f *repo.File) {
 
 func (a *api) repoFile(c *gin.Context) {
 	name := strings.TrimPrefix(c.Param("file"), "/")
+	// GET only: a presigned URL is for one method, and HEAD (the signer
+	// checking what is uploaded) is cheap here.
+	if c.Request.Method == http.MethodGet {
+		u, ok, err := a.Repo.TargetRedirect(c.Request.Context(), name)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		if ok {
+			c.Header("Cache-Control", "no-store") // the URL expires
+			c.Redirect(http.StatusTemporaryRedirect, u)
+			return
+		}
+	}
 	f, err := a.Repo.Open(c.Request.Context(), name)
 	if err != nil {
 		a.fail(c, err)

@@ -82,6 +82,8 @@ type Repo struct {
 	// head this replica serves from memory.
 	announcer Announcer
 	cache     headCache
+	// presign, when set, sends target downloads to the blob store.
+	presign Presigner
 }
 
 // New returns a Repo. reg may be nil.

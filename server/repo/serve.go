@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/roadsign/roadsign/server"
 )
@@ -74,4 +76,49 @@ func openRepoFile(ctx context.Context, blobs server.BlobStore, prefix, name stri
 	}
 	f.ReadSeekCloser, f.BlobInfo = rc, info
 	return f, nil
+}
+
+// Presigner is a blob store that can hand out short-lived URLs to read a
+// blob straight from it (S3).
+type Presigner interface {
+	PresignGet(ctx context.Context, key string, ttl time.Duration) (*url.URL, error)
+}
+
+// redirectTTL is how long a presigned target URL works: long enough for a
+// slow download to start and resume (each resume asks the server again).
+const redirectTTL = 15 * time.Minute
+
+// UseRedirects makes target downloads redirect to the blob store itself,
+// so their bytes never pass through a replica. The blob store must be
+// able to presign URLs (S3), and vehicles must reach it.
+func (r *Repo) UseRedirects() error {
+	b := r.blobs
+	for {
+		if p, ok := b.(Presigner); ok {
+			r.presign = p
+			return nil
+		}
+		u, ok := b.(interface{ Unwrap() server.BlobStore })
+		if !ok {
+			return errors.New("target redirects need a blob store that presigns URLs (s3://...)")
+		}
+		b = u.Unwrap()
+	}
+}
+
+// TargetRedirect is where to send a client for the target file name, when
+// redirects are on (ok false otherwise, or for anything but a target).
+// The client trusts only the target's signed length and hashes, wherever
+// the bytes come from.
+func (r *Repo) TargetRedirect(ctx context.Context, name string) (string, bool, error) {
+	name = strings.TrimPrefix(name, "/")
+	if r.presign == nil || !strings.HasPrefix(name, "targets/") || targetFileRE.FindStringSubmatch(path.Base(name)) == nil || server.CheckBlobKey(name) != nil {
+		return "", false, nil
+	}
+	u, err := r.presign.PresignGet(ctx, imagePrefix+name, redirectTTL)
+	if err != nil {
+		return "", false, err
+	}
+	r.m.redirects.Inc()
+	return u.String(), true, nil
 }

@@ -130,6 +130,7 @@ type metrics struct {
 	timestampExpiry prometheus.Gauge
 	uploadedBytes   prometheus.Counter
 	servedVersion   prometheus.Gauge
+	redirects       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -149,12 +150,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		uploadedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "roadsign_repo_uploaded_bytes_total", Help: "Bytes of target files uploaded.",
 		}),
+		redirects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roadsign_repo_target_redirects_total", Help: "Target downloads sent to the blob store with a presigned URL.",
+		}),
 		servedVersion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "roadsign_repo_served_timestamp_version", Help: "Version of the image timestamp this replica serves from memory.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.publishes, m.resigns, m.lastSign, m.timestampExpiry, m.uploadedBytes, m.servedVersion)
+		reg.MustRegister(m.publishes, m.resigns, m.lastSign, m.timestampExpiry, m.uploadedBytes, m.servedVersion, m.redirects)
 	}
 	return m
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -138,6 +139,20 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadSeekCloser, server
 		return nil, server.BlobInfo{}, mapErr(key, err)
 	}
 	return o, server.BlobInfo{Size: st.Size, ModTime: st.LastModified}, nil
+}
+
+// PresignGet returns a URL that lets anyone GET key for ttl, straight from
+// the store (with Range), without credentials.
+func (s *Store) PresignGet(ctx context.Context, key string, ttl time.Duration) (*url.URL, error) {
+	obj, err := s.object(key)
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.client.PresignedGetObject(ctx, s.bucket, obj, ttl, url.Values{})
+	if err != nil {
+		return nil, fmt.Errorf("presign %s: %w", key, err)
+	}
+	return u, nil
 }
 
 // Stat implements server.BlobStore.
