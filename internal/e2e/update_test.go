@@ -161,6 +161,7 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 				old := w.readBlob("repo/timestamp.json")
 				// The vehicle sees a newer timestamp (nothing new to install)...
 				w.forgeSnapshotAndTimestamp(currentTargetsVersion(t, w), meta.Expires(time.Now(), time.Hour))
+				w.restart()
 				if r := agent(t, "update", "--state", v.dir, "--simulate", "network-drop:1"); r.code != 1 {
 					t.Fatalf("priming update: want exit 1 from the simulated drop, got %s", r)
 				}
@@ -177,6 +178,10 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 			v := w.vehicle(1)
 			before := activeBytes(t, v)
 			tt.tamper(t, w, v)
+			// The server keeps the repository's head in memory and rereads
+			// storage on a publish; a restart makes it serve what the
+			// attacker left in storage, as a fresh replica would.
+			w.restart()
 			r := agent(t, "update", "--state", v.dir)
 			t.Logf("agent said: %s", r.stderr)
 			if r.code != 3 {
