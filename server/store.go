@@ -387,6 +387,8 @@ type Store interface {
 	// replica that signs, read by the others to notice a change.
 	RepoVersion(ctx context.Context) (int64, error)
 	SetRepoVersion(ctx context.Context, v int64) error
+	// JobStates counts jobs by state, for /metrics.
+	JobStates(ctx context.Context) (map[string]int, error)
 	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
 	ReleaseLease(ctx context.Context, name, holder string) error
 

@@ -82,6 +82,9 @@ type ECUResult struct {
 	Detail  string `json:"detail,omitempty"`
 	// Transferred is how many image bytes were downloaded in this cycle.
 	Transferred int64 `json:"transferred,omitempty"`
+	// StreamSeconds is how long the image took from the first byte asked
+	// for to a verified slot: download, sha256 and slot write, fsynced.
+	StreamSeconds float64 `json:"streamSeconds,omitempty"`
 }
 
 // Report is the outcome of one update cycle.
@@ -301,8 +304,12 @@ func (a *Agent) update(ctx context.Context) (Report, error) {
 	// refusal leaves every ECU as it was.
 	var live []*plan
 	for i, p := range plans {
+		start := time.Now()
 		n, err := a.fetch(ctx, p)
 		rep.ECUs[p.idx].Transferred = n
+		if err == nil {
+			rep.ECUs[p.idx].StreamSeconds = time.Since(start).Seconds()
+		}
 		switch {
 		case errors.Is(err, errJobCanceled):
 			p.boot.Abort()

@@ -213,7 +213,7 @@ func (e *ECU) HashSlot(s Slot) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := io.CopyBuffer(h, readOnce(f), make([]byte, chunkSize))
 	if err != nil {
 		return "", 0, fmt.Errorf("hash slot %s: %w", s, err)
 	}
@@ -227,5 +227,24 @@ func (e *ECU) BootCheck(s Slot) (fwimage.Header, error) {
 		return fwimage.Header{}, fmt.Errorf("%w: slot %s: %v", fwimage.ErrBootCheck, s, err)
 	}
 	defer f.Close()
-	return fwimage.BootCheck(f, e.Type, e.HardwareID)
+	return fwimage.BootCheck(readOnce(f), e.Type, e.HardwareID)
+}
+
+// readOnce reads a slot file once, in order, dropping what it has read
+// from the page cache as it goes (see dropCache).
+func readOnce(f *os.File) io.Reader { return &onceReader{f: f} }
+
+type onceReader struct {
+	f             *os.File
+	off, released int64
+}
+
+func (r *onceReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	r.off += int64(n)
+	if r.off-r.released >= checkpointEvery || err != nil {
+		dropCache(r.f, r.released, r.off-r.released)
+		r.released = r.off
+	}
+	return n, err
 }

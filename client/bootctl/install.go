@@ -2,10 +2,8 @@ package bootctl
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"slices"
@@ -14,8 +12,10 @@ import (
 )
 
 // checkpointEvery is how often a download fsyncs the slot and records the
-// progress in the journal, so that a restart resumes close to where it was.
-const checkpointEvery = 8 << 20
+// progress in the journal, so that a restart after a power loss downloads
+// at most this much again (a dropped connection loses nothing: Pause
+// records every byte).
+const checkpointEvery = 64 << 20
 
 // Hooks let failure simulation act at the phase boundaries.
 type Hooks struct {
@@ -32,19 +32,6 @@ func (h Hooks) at(point string) {
 	if h.At != nil {
 		h.At(point)
 	}
-}
-
-// Writer streams an image into the inactive slot while hashing it.
-type Writer struct {
-	e       *ECU
-	j       *Journal
-	f       *os.File
-	h       hash.Hash
-	n       int64
-	lastChk int64
-	// WriteHook, if set, may fail a write of n bytes at off (flash-error
-	// simulation).
-	WriteHook func(off, n int64) error
 }
 
 // Begin starts an install of j into the slot that is not active, or
@@ -86,25 +73,20 @@ func (e *ECU) Begin(j Journal) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
 	}
-	w := &Writer{e: e, j: &j, f: f, h: sha256.New()}
 	// Drop anything past the fsynced prefix: it may be torn.
 	if err := f.Truncate(j.Written); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
 	}
+	h := sha256.New()
 	if j.Written > 0 {
-		n, err := io.Copy(w.h, io.LimitReader(f, j.Written))
+		n, err := io.CopyBuffer(h, io.LimitReader(readOnce(f), j.Written), make([]byte, chunkSize))
 		if err != nil || n != j.Written {
 			f.Close()
 			return nil, fmt.Errorf("re-read slot %s for resume: %d of %d bytes: %v", j.Slot, n, j.Written, err)
 		}
 	}
-	if _, err := f.Seek(j.Written, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	w.n, w.lastChk = j.Written, j.Written
-	return w, nil
+	return newWriter(e, &j, f, h), nil
 }
 
 // Journal returns the install's journal.
@@ -112,70 +94,6 @@ func (w *Writer) Journal() Journal { return *w.j }
 
 // Offset is where the download continues.
 func (w *Writer) Offset() int64 { return w.n }
-
-// Write writes to the slot, refusing bytes beyond the signed length.
-func (w *Writer) Write(p []byte) (int, error) {
-	if w.n+int64(len(p)) > w.j.Length {
-		return 0, fmt.Errorf("%w: target %s: server sent more than the signed %d bytes; nothing installed", client.ErrRefused, w.j.Target, w.j.Length)
-	}
-	if w.WriteHook != nil {
-		if err := w.WriteHook(w.n, int64(len(p))); err != nil {
-			return 0, err
-		}
-	}
-	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	w.n += int64(n)
-	if err != nil {
-		return n, fmt.Errorf("write slot %s: %w", w.j.Slot, err)
-	}
-	if w.n-w.lastChk >= checkpointEvery {
-		if err := w.checkpoint(); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-func (w *Writer) checkpoint() error {
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
-	}
-	w.j.Written, w.lastChk = w.n, w.n
-	return w.e.SaveJournal(w.j)
-}
-
-// Pause fsyncs what was written and records it, so a later attempt
-// resumes from here; the slot stays unverified and inactive.
-func (w *Writer) Pause() error {
-	err := w.checkpoint()
-	if cerr := w.f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// Finish fsyncs the slot and checks its length and sha256 against the
-// signed values. On a mismatch the slot is wiped, the journal cleared and
-// an ErrRefused error returned: nothing unverified is ever switched to.
-func (w *Writer) Finish(hooks Hooks) error {
-	defer w.f.Close()
-	hooks.at("write")
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
-	}
-	got := hex.EncodeToString(w.h.Sum(nil))
-	switch {
-	case w.n != w.j.Length:
-		w.e.Abort()
-		return fmt.Errorf("%w: target %s: length mismatch (expected %d bytes, got %d); nothing installed", client.ErrRefused, w.j.Target, w.j.Length, w.n)
-	case got != w.j.SHA256:
-		w.e.Abort()
-		return fmt.Errorf("%w: target %s: sha256 mismatch (expected %s…, got %s…); nothing installed", client.ErrRefused, w.j.Target, w.j.SHA256[:12], got[:12])
-	}
-	w.j.Phase, w.j.Written = PhaseVerified, w.n
-	return w.e.SaveJournal(w.j)
-}
 
 // Abort forgets an install in progress: the inactive slot is emptied and
 // the journal cleared. The active slot is never touched.

@@ -56,7 +56,7 @@ func (e *ECU) CheckActive(maxAge time.Duration) (Integrity, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, info.Length)); err != nil {
+	if _, err := io.CopyBuffer(h, io.LimitReader(readOnce(f), info.Length), make([]byte, chunkSize)); err != nil {
 		return Integrity{}, fmt.Errorf("hash active slot %s: %w", rec.Active, err)
 	}
 	m := Integrity{Slot: rec.Active, SHA256: hex.EncodeToString(h.Sum(nil)), Size: st.Size(), ModTime: st.ModTime().UTC(), At: now}

@@ -210,32 +210,46 @@ func fetchOnce(ctx context.Context, c *http.Client, t Target, off int64, p Polic
 			}
 		}()
 	}
-	buf := make([]byte, 256<<10)
-	var n int64
-	for {
-		m, rerr := body.Read(buf)
-		if m > 0 {
-			if _, werr := t.W.Write(buf[:m]); werr != nil {
-				return n, false, writerErr{werr}
-			}
-			n += int64(m)
-			got.Add(int64(m))
-			if t.Progress != nil {
-				t.Progress.Add(int64(m))
-			}
-		}
-		if rerr == io.EOF {
-			return n, off+n < t.Length, nil
-		}
-		if rerr != nil {
-			select {
-			case <-stalled:
-				return n, false, fmt.Errorf("transfer of %s stalled: under %d bytes/s for %s", t.URL, p.MinSpeed, p.StallWindow)
-			default:
-			}
-			return n, false, fmt.Errorf("read %s at byte %d: %w", t.URL, off+n, rerr)
+	// The writer reads the body itself when it can (its own buffers, no
+	// copy through ours).
+	cr := &countingReader{r: body, got: &got, progress: t.Progress}
+	n, err := io.CopyBuffer(t.W, cr, make([]byte, 256<<10))
+	switch {
+	case err == nil:
+		return n, off+n < t.Length, nil
+	case cr.err == nil || err != cr.err:
+		return n, false, writerErr{err}
+	}
+	select {
+	case <-stalled:
+		return n, false, fmt.Errorf("transfer of %s stalled: under %d bytes/s for %s", t.URL, p.MinSpeed, p.StallWindow)
+	default:
+	}
+	return n, false, fmt.Errorf("read %s at byte %d: %w", t.URL, off+n, err)
+}
+
+// countingReader counts what it reads for the stall watchdog and the
+// progress bar, and keeps the read error it returned, so a failure of the
+// writer can be told from one of the network.
+type countingReader struct {
+	r        io.Reader
+	got      *atomic.Int64
+	progress interface{ Add(int64) }
+	err      error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.got.Add(int64(n))
+		if c.progress != nil {
+			c.progress.Add(int64(n))
 		}
 	}
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return n, err
 }
 
 // parseContentRange reads "bytes START-END/TOTAL" (TOTAL may be "*": -1).

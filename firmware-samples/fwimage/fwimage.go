@@ -158,7 +158,7 @@ func BootCheck(r io.Reader, ecu, hardwareID string) (Header, error) {
 		return h, fmt.Errorf("%w: image is for hardware %s, not %s", ErrBootCheck, h.HardwareID, hardwareID)
 	}
 	sum := sha256.New()
-	n, err := io.Copy(sum, io.LimitReader(r, h.PayloadLength+1))
+	n, err := io.CopyBuffer(sum, io.LimitReader(r, h.PayloadLength+1), make([]byte, 1<<20))
 	if err != nil {
 		return h, fmt.Errorf("%w: read payload: %v", ErrBootCheck, err)
 	}

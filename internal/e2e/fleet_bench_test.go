@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"net"
 	"net/http"
@@ -45,8 +46,8 @@ func BenchmarkFleet(b *testing.B) {
 }
 
 type fleetServer struct {
-	url, ws string
-	pid     int
+	url, ws, data string
+	pid           int
 }
 
 // startFleetServer starts roadsign-server on a backend with the 1.0.0
@@ -105,7 +106,7 @@ func startFleetServer(b *testing.B, backend string) *fleetServer {
 			"--version", s.Version, "--release-counter", fmt.Sprint(s.ReleaseCounter))
 	}
 	run("roadsign-signer", "publish", ws, "--server", url, "--token", adminToken)
-	return &fleetServer{url: url, ws: ws, pid: cmd.Process.Pid}
+	return &fleetServer{url: url, ws: ws, data: data, pid: cmd.Process.Pid}
 }
 
 func benchFleet(b *testing.B, srv *fleetServer, backend string, n int) {
@@ -154,10 +155,28 @@ func benchFleet(b *testing.B, srv *fleetServer, backend string, n int) {
 	b.ReportMetric(ms(s.P99), "p99-ms")
 	b.ReportMetric(full.Rate(), "cycles/s")
 	b.ReportMetric(simCPU.Seconds()/max(srvCPU.Seconds(), 1e-9), "sim/server-cpu")
+	b.ReportMetric(ed25519Rate(), "ed25519-verify/s")
 	fmt.Printf("fleet %-8s %7d vehicles: registered at %.0f/s; first cycle (director signed and verified) %.0f/s; "+
 		"full cycle (check-in + director poll) %.0f/s; signed check-ins %.0f/s, p50 %.1f ms, p99 %.1f ms; CPU per check-in: server %.0f µs, simulator %.0f µs\n",
 		backend, n, float64(n)/registered.Seconds(), warm.Rate(), full.Rate(), s.Rate(), ms(s.P50), ms(s.P99),
 		float64(srvCPU.Microseconds())/float64(s.CheckIns), float64(simCPU.Microseconds())/float64(s.CheckIns))
+}
+
+// ed25519Rate is how many ed25519 signatures one core verifies per
+// second on this machine, measured now (the check-in's one verification
+// is its floor of work).
+func ed25519Rate() float64 {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	msg := make([]byte, 512)
+	sig := ed25519.Sign(priv, msg)
+	n, start := 0, time.Now()
+	for time.Since(start) < time.Second {
+		for range 100 {
+			ed25519.Verify(pub, msg, sig)
+		}
+		n += 100
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 // stateDir is where the simulated vehicles keep their verified director

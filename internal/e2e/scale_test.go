@@ -27,11 +27,12 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	a.url = saved
 
 	j := a.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "replica test"})
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+	r := agent(t, "update", "--state", v.dir)
+	if r.code != 0 {
 		t.Fatalf("update through replica b: %s", r)
 	}
 	if got := versions(t, v); got["dcm"] != "2.0.0" || got["head-unit"] != "1.0.0" {
-		t.Fatalf("after the job: %v", got)
+		t.Fatalf("after the job: %v; the agent said %s\nreplica b logged: %s", got, r, b.logBuf.String())
 	}
 	if got := a.getJob(dealer, j.ID); got.State != "succeeded" {
 		t.Fatalf("replica a sees job %s", got.State)

@@ -5,8 +5,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,6 +146,10 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 			wantMsg: "signature",
 		},
 		{
+			// A freeze attack: the vehicle's network serves a timestamp
+			// that has run out (signed with the online key). A restarted
+			// server would re-sign an expired timestamp at once, so the
+			// attacker sits in the network, not in storage.
 			name: "timestamp expired",
 			tamper: func(t *testing.T, w *world, v vehicleState) {
 				k := w.onlineKeys()
@@ -151,7 +160,7 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 					t.Fatal(err)
 				}
 				raw, _ := ts.ToBytes(false)
-				w.writeBlob("repo/timestamp.json", raw)
+				w.intercept(t, v, map[string][]byte{"/repo/timestamp.json": raw})
 			},
 			wantMsg: "expired",
 		},
@@ -197,6 +206,40 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 				t.Fatalf("versions changed: %v", got)
 			}
 		})
+	}
+}
+
+// intercept puts a network attacker between v and the server: the
+// vehicle talks to a proxy that answers the given paths with forged
+// bytes and passes everything else through.
+func (w *world) intercept(t *testing.T, v vehicleState, forged map[string][]byte) {
+	t.Helper()
+	target, err := url.Parse(w.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if b, ok := forged[r.URL.Path]; ok {
+			rw.Write(b)
+			return
+		}
+		pass.ServeHTTP(rw, r)
+	}))
+	t.Cleanup(proxy.Close)
+	cfgPath := filepath.Join(v.dir, "vehicle.json")
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["server"] = proxy.URL
+	raw, _ = json.Marshal(cfg)
+	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/server"
@@ -52,11 +53,16 @@ type Service struct {
 	repo     *repo.Repo
 	director *director.Service
 	now      func() time.Time
+	issued   *prometheus.CounterVec
 }
 
-// New returns the bundle service.
-func New(r *repo.Repo, d *director.Service, now func() time.Time) *Service {
-	return &Service{repo: r, director: d, now: now}
+// New returns the bundle service; it counts bundles on reg.
+func New(r *repo.Repo, d *director.Service, now func() time.Time, reg prometheus.Registerer) *Service {
+	issued := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roadsign_bundles_issued_total", Help: "USB bundles streamed, by result (complete, failed).",
+	}, []string{"result"})
+	reg.MustRegister(issued)
+	return &Service{repo: r, director: d, now: now, issued: issued}
 }
 
 type file struct {
@@ -71,6 +77,7 @@ type file struct {
 type Plan struct {
 	Manifest Manifest
 	files    []file
+	issued   *prometheus.CounterVec
 }
 
 // Prepare gathers and checks everything the bundle will hold, valid for
@@ -79,7 +86,7 @@ type Plan struct {
 func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Duration) (*Plan, error) {
 	now := s.now().UTC().Truncate(time.Second)
 	until := now.Add(valid)
-	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}}
+	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}, issued: s.issued}
 
 	// Image repository: root chain, timestamp, snapshot, targets.
 	img, head, err := s.imageRepo(ctx, now, until)
@@ -284,5 +291,10 @@ func (p *Plan) Serve(ctx context.Context, w http.ResponseWriter, store server.St
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="roadsign-usb-%s-%s.tar"`, p.Manifest.VIN, p.Manifest.IssuedAt.Format("20060102")))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	return p.Write(ctx, w)
+	if err := p.Write(ctx, w); err != nil {
+		p.issued.WithLabelValues("failed").Inc()
+		return err
+	}
+	p.issued.WithLabelValues("complete").Inc()
+	return nil
 }

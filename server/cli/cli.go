@@ -23,7 +23,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/net/netutil"
 
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
@@ -318,6 +317,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	elector := leader.New(store, "leader", replica, c.leaderLease, log, reg)
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
+	reg.MustRegister(jobSvc.Collector())
 	directorSvc.UseJobs(jobSvc)
 	directorSvc.UseCampaigns(store)
 	campaignSvc := campaigns.New(store, images, jobSvc, time.Now, reg)
@@ -338,7 +338,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
 	registrySvc.Registered = campaignSvc.OnRegister
-	bundles := bundle.New(images, directorSvc, time.Now)
+	bundles := bundle.New(images, directorSvc, time.Now, reg)
 	accountSvc := accounts.New(store, accounts.NewPasswords(c.hashConcurrency, reg), c.adminToken, time.Now)
 	throttle := accounts.DefaultThrottle
 	throttle.PerIP = c.loginsPerMinute
@@ -374,7 +374,7 @@ func serve(ctx context.Context, c config, env Env) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	ln = netutil.LimitListener(ln, c.maxConnections)
+	ln = limitListen(ln, c.maxConnections)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	// Singleton work runs on the elected replica only. Campaign writes are

@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,6 +126,7 @@ func statusOf(k server.Kind) int {
 
 func (a *api) fail(c *gin.Context, err error) {
 	e := server.ErrorOf(err)
+	setOutcome(c, e.Code)
 	if c.Request.ContentLength != 0 {
 		// The body may be unread: closing beats net/http draining it (up
 		// to 256 KiB, as slowly as the client likes) before answering.
@@ -155,6 +158,44 @@ func (a *api) recover(c *gin.Context) {
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// What a fleet operator watches, by outcome rather than by status.
+	checkins, authorizations, metadata *prometheus.CounterVec
+}
+
+// outcomeKey is where a.fail (the error's code) or a handler (its
+// success) leaves a request's outcome for the metrics.
+const outcomeKey = "roadsign.outcome"
+
+// setOutcome records what a request came to, for /metrics.
+func setOutcome(c *gin.Context, outcome string) { c.Set(outcomeKey, outcome) }
+
+func outcomeOf(c *gin.Context, ok string) string {
+	if v, found := c.Get(outcomeKey); found {
+		return v.(string)
+	}
+	if c.Writer.Status() >= 400 {
+		return "http_" + strconv.Itoa(c.Writer.Status())
+	}
+	return ok
+}
+
+// metadataKind names a repository or director file by role, so the
+// metric has a handful of series whatever the versions and targets.
+func metadataKind(file string) string {
+	name := path.Base(file)
+	switch {
+	case strings.HasPrefix(strings.TrimPrefix(file, "/"), "targets/"):
+		return "target"
+	case name == "timestamp.json":
+		return "timestamp"
+	case strings.HasSuffix(name, "root.json"):
+		return "root"
+	case strings.HasSuffix(name, "snapshot.json"):
+		return "snapshot"
+	case strings.HasSuffix(name, "targets.json"):
+		return "targets"
+	}
+	return "other"
 }
 
 func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
@@ -167,8 +208,31 @@ func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
 			Buckets: prometheus.DefBuckets,
 		}, []string{"route", "method"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	m.checkins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roadsign_checkins_total", Help: "Vehicle check-ins (signed manifests) by result: recorded, or the refusal's error code.",
+	}, []string{"result"})
+	m.authorizations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roadsign_authorizations_total", Help: "Connected-services handshakes by outcome: challenge_issued, authorized, or the refusal's code.",
+	}, []string{"outcome"})
+	m.metadata = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roadsign_metadata_requests_total", Help: "Image repository (repo) and director requests by file role and status.",
+	}, []string{"repo", "file", "status"})
+	reg.MustRegister(m.requests, m.duration, m.checkins, m.authorizations, m.metadata)
 	return m
+}
+
+// fleet counts the requests a fleet operator watches by what they came to.
+func (m *httpMetrics) fleet(c *gin.Context, route string, status int) {
+	switch route {
+	case "/api/v1/vehicles/:vin/manifest":
+		m.checkins.WithLabelValues(outcomeOf(c, "recorded")).Inc()
+	case "/api/v1/vehicles/:vin/auth":
+		m.authorizations.WithLabelValues(outcomeOf(c, "authorized")).Inc()
+	case "/repo/*file":
+		m.metadata.WithLabelValues("image", metadataKind(c.Param("file")), strconv.Itoa(status)).Inc()
+	case "/director/:vin/*file":
+		m.metadata.WithLabelValues("director", metadataKind(c.Param("file")), strconv.Itoa(status)).Inc()
+	}
 }
 
 // observe logs each request (slog) and records metrics by route pattern,
@@ -185,7 +249,8 @@ func (a *api) observe(m *httpMetrics) gin.HandlerFunc {
 		d := time.Since(start)
 		m.requests.WithLabelValues(route, c.Request.Method, strconv.Itoa(status)).Inc()
 		m.duration.WithLabelValues(route, c.Request.Method).Observe(d.Seconds())
-		if route == "/healthz" || route == "/metrics" {
+		m.fleet(c, route, status)
+		if route == "/healthz" || route == "/metrics" || !a.Log.Enabled(c.Request.Context(), slog.LevelInfo) {
 			return
 		}
 		a.Log.LogAttrs(c.Request.Context(), slog.LevelInfo, "http",
@@ -235,6 +300,13 @@ func serveFile(c *gin.Context, name string, f *repo.File) {
 	}
 	if f.ETag != "" {
 		w.Set("ETag", f.ETag) // of the content: 304 for an unchanged file
+	}
+	// A local file goes out zero-copy: ServeContent hands the *os.File to
+	// the download writer's ReadFrom, and the connection sends it with
+	// sendfile(2). Anything else (S3, memory) is copied.
+	if osf, ok := f.ReadSeekCloser.(*os.File); ok {
+		http.ServeContent(c.Writer, c.Request, name, time.Time{}, osf)
+		return
 	}
 	http.ServeContent(c.Writer, c.Request, name, time.Time{}, f)
 }

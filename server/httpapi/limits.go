@@ -169,6 +169,8 @@ type progressWriter struct {
 	gin.ResponseWriter
 	rc *http.ResponseController
 	p  progress
+	// sent counts bytes that went straight to the connection.
+	sent int64
 }
 
 func (pw *progressWriter) Write(b []byte) (int, error) {
@@ -182,29 +184,57 @@ func (pw *progressWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom copies in steps, each under the deadline, so the underlying
-// writer's own ReadFrom (sendfile for a file) still does the copying.
+// ReadFrom copies in steps of a megabyte, each under the deadline, with
+// the connection's own ReadFrom: a file (or a LimitedReader over one, as
+// http.ServeContent passes it) goes out with sendfile(2), no copy through
+// the process. Anything else is copied through Write.
 func (pw *progressWriter) ReadFrom(r io.Reader) (int64, error) {
-	rf, ok := pw.ResponseWriter.(io.ReaderFrom)
+	pw.WriteHeaderNow()
+	u, ok := pw.ResponseWriter.(interface{ Unwrap() http.ResponseWriter })
 	if !ok {
 		return io.Copy(struct{ io.Writer }{pw}, r)
 	}
+	conn, ok := u.Unwrap().(io.ReaderFrom)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{pw}, r)
+	}
+	// sendfile takes a file, or one LimitedReader over it: unwrap the
+	// caller's limit and apply it step by step.
+	src, left := r, int64(-1)
+	lr, limited := r.(*io.LimitedReader)
+	if limited {
+		src, left = lr.R, lr.N
+	}
 	const step = 1 << 20
 	var total int64
-	for {
+	for left != 0 {
+		n := int64(step)
+		if left > 0 {
+			n = min(n, left)
+		}
 		if err := pw.p.step(0, pw.rc.SetWriteDeadline); err != nil {
 			return total, err
 		}
-		n, err := rf.ReadFrom(io.LimitReader(r, step))
-		total += n
-		if serr := pw.p.step(int(n), pw.rc.SetWriteDeadline); err == nil && serr != nil {
+		got, err := conn.ReadFrom(&io.LimitedReader{R: src, N: n})
+		total, pw.sent = total+got, pw.sent+got
+		if left > 0 {
+			left -= got
+		}
+		if limited {
+			lr.N -= got
+		}
+		if serr := pw.p.step(int(got), pw.rc.SetWriteDeadline); err == nil && serr != nil {
 			err = serr
 		}
-		if err != nil || n < step {
+		if err != nil || got < n {
 			return total, err
 		}
 	}
+	return total, nil
 }
+
+// Size counts what went out through ReadFrom too, for the request log.
+func (pw *progressWriter) Size() int { return pw.ResponseWriter.Size() + int(pw.sent) }
 
 // Unwrap lets http.ResponseController reach the connection.
 func (pw *progressWriter) Unwrap() http.ResponseWriter { return pw.ResponseWriter }

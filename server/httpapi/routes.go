@@ -643,6 +643,9 @@ func (a *api) auth(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
+	if ans.Token == "" {
+		setOutcome(c, "challenge_issued")
+	}
 	c.JSON(http.StatusOK, ans)
 }
 

@@ -52,6 +52,7 @@ func newMemFile(body []byte, kind FileKind) memFile {
 // the server needs it.
 type head struct {
 	tsVersion int64
+	tsExpires time.Time
 	files     map[string]memFile
 	targets   *metadata.Metadata[metadata.TargetsType]
 	readAt    time.Time
@@ -92,6 +93,7 @@ func (r *Repo) loadHead(ctx context.Context) (*head, error) {
 		return h, nil
 	}
 	h.tsVersion = st.timestamp.Signed.Version
+	h.tsExpires = st.timestamp.Signed.Expires
 	h.files["timestamp.json"] = newMemFile(st.tsRaw, Mutable)
 	h.files[fmt.Sprintf("%d.snapshot.json", st.snapshot.Signed.Version)] = newMemFile(st.snapRaw, Immutable)
 	if st.targetsV > 0 {

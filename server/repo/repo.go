@@ -100,7 +100,27 @@ func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time
 	if cfg.MaxTargetSize <= 0 {
 		cfg.MaxTargetSize = 8 << 30
 	}
-	return &Repo{blobs: blobs, keys: k, cfg: cfg, now: now, log: log, m: newMetrics(reg)}
+	r := &Repo{blobs: blobs, keys: k, cfg: cfg, now: now, log: log, m: newMetrics(reg)}
+	if reg != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "roadsign_repo_resign_lag_seconds",
+			Help: "How long the timestamp this replica serves is past its re-sign time (half its life); 0 while on schedule.",
+		}, func() float64 { return r.resignLag().Seconds() }))
+	}
+	return r
+}
+
+// resignLag is how far the served timestamp is past the point where the
+// re-signer should have replaced it: growing means signing has stalled
+// (or this replica does not see the new versions).
+func (r *Repo) resignLag() time.Duration {
+	r.cache.mu.RLock()
+	h := r.cache.cur
+	r.cache.mu.RUnlock()
+	if h == nil || h.tsVersion == 0 {
+		return 0
+	}
+	return max(0, r.now().Sub(h.tsExpires.Add(-r.cfg.TimestampExpiry/2)))
 }
 
 // UseLeases makes publish and re-sign take the shared lease first, so

@@ -961,6 +961,25 @@ func (s *Store) FindingCounts(ctx context.Context, since time.Time) ([]server.Fi
 	return out, s.wrap("finding counts", rows.Err())
 }
 
+// JobStates implements server.Store.
+func (s *Store) JobStates(ctx context.Context) (map[string]int, error) {
+	rows, err := s.query(ctx, `SELECT state, COUNT(*) FROM jobs GROUP BY state`)
+	if err != nil {
+		return nil, s.wrap("job states", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, s.wrap("job states", err)
+		}
+		out[state] = n
+	}
+	return out, s.wrap("job states", rows.Err())
+}
+
 // RepoVersion implements server.Store.
 func (s *Store) RepoVersion(ctx context.Context) (int64, error) {
 	var v int64

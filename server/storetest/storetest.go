@@ -220,6 +220,11 @@ func testJobs(t *testing.T, s server.Store) {
 	if len(open) != 2 {
 		t.Fatalf("open jobs: %d, want 2", len(open))
 	}
+	states, err := s.JobStates(ctx)
+	must(t, err)
+	if want := map[string]int{server.JobQueued: 2, server.JobSucceeded: 1}; !reflect.DeepEqual(states, want) {
+		t.Fatalf("job states: %v, want %v", states, want)
+	}
 	_, err = s.Job(ctx, uuid.NewString())
 	wantErr(t, err, server.ErrNotFound)
 }

@@ -1,0 +1,195 @@
+// Command benchtable reads the output of `go test -bench` as make bench
+// runs it and prints one table: each measurement beside the reference it
+// was measured against in the same run, their ratio, and the target. It
+// exits 1 when a row is missing, a target is missed or a benchmark failed.
+//
+//	go run ./internal/benchtable bench.out
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// results maps a benchmark name (without the -N CPU suffix) to its
+// metrics by unit.
+type results map[string]map[string]float64
+
+var cpuSuffix = regexp.MustCompile(`-\d+$`)
+
+func parse(r io.Reader) (results, bool, error) {
+	res := results{}
+	failed := false
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "--- FAIL") || strings.HasPrefix(line, "FAIL") ||
+			(strings.HasPrefix(line, "exit status ") && line != "exit status 0") {
+			failed = true
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		m := map[string]float64{}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			m[f[i+1]] = v
+		}
+		res[cpuSuffix.ReplaceAllString(f[0], "")] = m
+	}
+	return res, failed, sc.Err()
+}
+
+// row is one line of the table.
+type row struct {
+	what, bench string
+	// value and ref are units of bench's metrics; ref may be "".
+	value, ref, refName string
+	// atLeast / atMost bound the ratio (ref set) or the value (no ref).
+	atLeast, atMost float64
+	unit            string
+	extra           func(m map[string]float64) string
+}
+
+var rows = []row{
+	{what: "GET /repo/timestamp.json, requests/s (wrk, 64 connections)", bench: "BenchmarkServeVsNginx/timestamp",
+		value: "roadsign-req/s", ref: "nginx-req/s", refName: "nginx", atLeast: 0.8},
+	{what: "1 GiB target download, MiB/s (curl)", bench: "BenchmarkServeVsNginx/download-1024MiB",
+		value: "roadsign-MiB/s", ref: "nginx-MiB/s", refName: "nginx", atLeast: 0.9},
+	{what: "agent verified install of 1 GiB (download + sha256 + slot write, fsynced), MiB/s", bench: "BenchmarkAgentInstall/1024MiB",
+		value: "install-MiB/s", ref: "sha256-MiB/s", refName: "Go sha256 from memory", atLeast: 0.5},
+	{what: "agent whole update of 1 GiB (metadata, install, boot check, report), MiB/s", bench: "BenchmarkAgentInstall/1024MiB",
+		value: "update-MiB/s", ref: "sha256-MiB/s", refName: "Go sha256 from memory"},
+	{what: "agent peak RSS, 64 MiB image", bench: "BenchmarkAgentInstall/64MiB", value: "peak-RSS-MiB", atMost: 64, unit: "MiB"},
+	{what: "agent peak RSS, 1 GiB image", bench: "BenchmarkAgentInstall/1024MiB", value: "peak-RSS-MiB", atMost: 64, unit: "MiB"},
+	{what: "server RSS streaming a 1 GiB USB bundle", bench: "BenchmarkServerStreamsUSBBundle", value: "server-peak-RSS-MiB", atMost: 64, unit: "MiB"},
+	{what: "signed check-ins/s, 100 000 vehicles, SQLite (32 in flight)", bench: "BenchmarkFleet/sqlite/100000",
+		value: "checkins/s", ref: "ed25519-verify/s", refName: "ed25519 verifications/s, one core", atLeast: 3000, unit: "/s",
+		extra: func(m map[string]float64) string { return fmt.Sprintf("p99 %.1f ms (≤ 50)", m["p99-ms"]) }},
+	{what: "signed check-ins/s, 100 000 vehicles, PostgreSQL (32 in flight)", bench: "BenchmarkFleet/postgres/100000",
+		value: "checkins/s", ref: "ed25519-verify/s", refName: "ed25519 verifications/s, one core", atLeast: 2000, unit: "/s",
+		extra: func(m map[string]float64) string { return fmt.Sprintf("p99 %.1f ms (≤ 50)", m["p99-ms"]) }},
+}
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchtable BENCH_OUTPUT (the output of go test -bench, as make bench writes it)")
+		os.Exit(2)
+	}
+	f, err := os.Open(os.Args[1])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchtable: %v\n", err)
+		os.Exit(2)
+	}
+	res, failed, err := parse(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchtable: read %s: %v\n", os.Args[1], err)
+		os.Exit(2)
+	}
+	ok := print(os.Stdout, res)
+	if failed {
+		fmt.Println("\nA benchmark failed; its output is above the table.")
+		ok = false
+	}
+	if !ok {
+		os.Exit(1)
+	}
+}
+
+// print writes the table and reports whether every row is there and
+// meets its target.
+func print(w io.Writer, res results) bool {
+	allOK := true
+	fmt.Fprintln(w, "| measure | Roadsign | reference (same run) | ratio | target | met |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---|---|")
+	for _, r := range rows {
+		m, found := res[r.bench]
+		v, hasV := m[r.value]
+		if !found || !hasV {
+			fmt.Fprintf(w, "| %s | not measured (%s) | | | | NO |\n", r.what, r.bench)
+			allOK = false
+			continue
+		}
+		ref, ratio, target, met := "", "", "", "—"
+		ok := true
+		if r.ref != "" {
+			rv := m[r.ref]
+			ref = fmt.Sprintf("%s: %s", r.refName, num(rv))
+			x := v / rv
+			ratio = fmt.Sprintf("%.2f×", x)
+			switch {
+			case r.unit == "/s" && r.atLeast > 0:
+				target, ok = fmt.Sprintf("≥ %s/s", num(r.atLeast)), v >= r.atLeast
+			case r.atLeast > 0:
+				target, ok = fmt.Sprintf("≥ %.1f×", r.atLeast), x >= r.atLeast
+			}
+		} else if r.atMost > 0 {
+			target, ok = fmt.Sprintf("≤ %s %s", num(r.atMost), r.unit), v <= r.atMost
+		}
+		if r.extra != nil {
+			target += "; " + r.extra(m)
+			ok = ok && m["p99-ms"] <= 50
+		}
+		if target != "" {
+			met = map[bool]string{true: "yes", false: "NO"}[ok]
+			allOK = allOK && ok
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.what, withUnit(v, r.unit), ref, ratio, target, met)
+	}
+	// p99 should not grow with the fleet.
+	for _, db := range []string{"sqlite", "postgres"} {
+		big, small := res["BenchmarkFleet/"+db+"/100000"], res["BenchmarkFleet/"+db+"/10000"]
+		if big == nil || small == nil || small["p99-ms"] == 0 {
+			fmt.Fprintf(w, "| check-in p99 at 100 000 vs 10 000 vehicles, %s | not measured | | | | NO |\n", db)
+			allOK = false
+			continue
+		}
+		x := big["p99-ms"] / small["p99-ms"]
+		ok := x <= 1.5
+		allOK = allOK && ok
+		fmt.Fprintf(w, "| check-in p99 at 100 000 vehicles, %s, ms | %.1f | at 10 000: %.1f | %.2f× | ≤ 1.5× | %s |\n",
+			db, big["p99-ms"], small["p99-ms"], x, map[bool]string{true: "yes", false: "NO"}[ok])
+	}
+	return allOK
+}
+
+func withUnit(v float64, unit string) string {
+	switch unit {
+	case "":
+		return num(v)
+	case "/s":
+		return num(v) + "/s"
+	}
+	return num(v) + " " + unit
+}
+
+// num prints a number the way the README does: thousands apart, one
+// decimal under 100.
+func num(v float64) string {
+	if v < 100 {
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	s := strconv.FormatInt(int64(v+0.5), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}

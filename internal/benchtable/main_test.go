@@ -1,0 +1,65 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const sample = `goos: linux
+BenchmarkAgentInstall/64MiB-2         	       1	 512000000 ns/op	 200.0 install-MiB/s	  30.00 peak-RSS-MiB	   0.20 ratio	1000 sha256-MiB/s	 150.0 update-MiB/s
+BenchmarkAgentInstall/1024MiB-2       	       1	2000000000 ns/op	 600.0 install-MiB/s	  31.00 peak-RSS-MiB	   0.60 ratio	1000 sha256-MiB/s	 450.0 update-MiB/s
+BenchmarkServeVsNginx/timestamp-2     	       1	 1 ns/op	 40000 nginx-req/s	0.90 ratio	 36000 roadsign-req/s
+BenchmarkServeVsNginx/download-1024MiB-2	1	 1 ns/op	 2000 nginx-MiB/s	0.95 ratio	 1900 roadsign-MiB/s
+BenchmarkServerStreamsUSBBundle-2     	       1	 1 ns/op	 20.00 server-peak-RSS-MiB
+BenchmarkFleet/sqlite/10000-2         	       1	 1 ns/op	 5000 checkins/s	 20.0 p99-ms	 14000 ed25519-verify/s
+BenchmarkFleet/sqlite/100000-2        	       1	 1 ns/op	 4800 checkins/s	 24.0 p99-ms	 14000 ed25519-verify/s
+BenchmarkFleet/postgres/10000-2       	       1	 1 ns/op	 2500 checkins/s	 25.0 p99-ms	 14000 ed25519-verify/s
+BenchmarkFleet/postgres/100000-2      	       1	 1 ns/op	 2400 checkins/s	 %s p99-ms	 14000 ed25519-verify/s
+PASS
+`
+
+func TestTable(t *testing.T) {
+	tests := []struct {
+		name   string
+		pgP99  string
+		extra  string
+		wantOK bool
+		want   []string
+	}{
+		{"all met", "30.0", "", true, []string{"| 36 000 | nginx: 40 000 | 0.90× | ≥ 0.8× | yes |", "| 600 | Go sha256 from memory: 1 000 | 0.60× | ≥ 0.5× | yes |", "at 10 000: 25.0 | 1.20× | ≤ 1.5× | yes |"}},
+		{"p99 grows with the fleet", "60.0", "", false, []string{"at 10 000: 25.0 | 2.40× | ≤ 1.5× | NO |", "p99 60.0 ms (≤ 50) | NO |"}},
+		{"a failed benchmark", "30.0", "--- FAIL: BenchmarkFleet\n", false, nil},
+		{"go test exited non-zero", "30.0", "exit status 1\n", false, nil},
+		{"go test exited zero", "30.0", "exit status 0\n", true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := strings.Replace(sample, "%s", tt.pgP99, 1) + tt.extra
+			res, failed, err := parse(strings.NewReader(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out strings.Builder
+			ok := print(&out, res) && !failed
+			if ok != tt.wantOK {
+				t.Errorf("ok = %v, want %v\n%s", ok, tt.wantOK, out.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("table lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestMissingRowFails(t *testing.T) {
+	res, _, _ := parse(strings.NewReader("BenchmarkServeVsNginx/timestamp-2 1 1 ns/op 1 nginx-req/s 1 roadsign-req/s\n"))
+	var out strings.Builder
+	if print(&out, res) {
+		t.Fatalf("a table with missing rows passed:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "not measured (BenchmarkFleet/sqlite/100000)") {
+		t.Errorf("missing row not named:\n%s", out.String())
+	}
+}
