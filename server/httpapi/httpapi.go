@@ -86,7 +86,8 @@ func New(d Deps) http.Handler {
 	if err := r.SetTrustedProxies(d.TrustedProxies); err != nil {
 		panic(fmt.Sprintf("trusted proxies: %v", err)) // validated by the command line
 	}
-	r.Use(a.recover, a.observe(newHTTPMetrics(d.Metrics)))
+	m := newHTTPMetrics(d.Metrics)
+	r.Use(a.recover, a.observe(m))
 	r.NoRoute(func(c *gin.Context) {
 		a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
@@ -98,7 +99,7 @@ func New(d Deps) http.Handler {
 		// signature check included).
 		r.Handle(rt.Method, rt.Path, a.limit(rt.Body), a.authenticate, a.allow(rt.Who), rt.handler)
 	}
-	return r
+	return headPath{next: r, a: a, m: m}
 }
 
 // statusOf is the one place that maps error kinds to HTTP statuses.
@@ -250,14 +251,22 @@ func (a *api) observe(m *httpMetrics) gin.HandlerFunc {
 		m.requests.WithLabelValues(route, c.Request.Method, strconv.Itoa(status)).Inc()
 		m.duration.WithLabelValues(route, c.Request.Method).Observe(d.Seconds())
 		m.fleet(c, route, status)
-		if route == "/healthz" || route == "/metrics" || !a.Log.Enabled(c.Request.Context(), slog.LevelInfo) {
+		if route == "/healthz" || route == "/metrics" {
 			return
 		}
-		a.Log.LogAttrs(c.Request.Context(), slog.LevelInfo, "http",
-			slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path),
-			slog.Int("status", status), slog.Int("bytes", c.Writer.Size()),
-			slog.Duration("duration", d), slog.String("remote", c.ClientIP()))
+		a.logRequest(c.Request, status, c.Writer.Size(), d, c.ClientIP())
 	}
+}
+
+// logRequest writes the request log line, when info is logged at all.
+func (a *api) logRequest(r *http.Request, status, size int, d time.Duration, remote string) {
+	if !a.Log.Enabled(r.Context(), slog.LevelInfo) {
+		return
+	}
+	a.Log.LogAttrs(r.Context(), slog.LevelInfo, "http",
+		slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.Int("status", status), slog.Int("bytes", size),
+		slog.Duration("duration", d), slog.String("remote", remote))
 }
 
 func (a *api) readyz(c *gin.Context) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -199,11 +200,16 @@ func (pw *progressWriter) ReadFrom(r io.Reader) (int64, error) {
 		return io.Copy(struct{ io.Writer }{pw}, r)
 	}
 	// sendfile takes a file, or one LimitedReader over it: unwrap the
-	// caller's limit and apply it step by step.
+	// caller's limit and apply it step by step. Anything else (a file
+	// served from memory) goes through the response's buffer, so its
+	// headers and body leave in one write.
 	src, left := r, int64(-1)
 	lr, limited := r.(*io.LimitedReader)
 	if limited {
 		src, left = lr.R, lr.N
+	}
+	if _, isFile := src.(*os.File); !isFile {
+		return io.Copy(struct{ io.Writer }{pw}, r)
 	}
 	const step = 1 << 20
 	var total int64

@@ -193,24 +193,43 @@ func (r *Repo) Watch(ctx context.Context) {
 // openCached serves name from memory when it is part of the head; ok is
 // false for any other file.
 func (r *Repo) openCached(ctx context.Context, name string) (*File, bool, error) {
+	f, found, err := r.cachedFile(ctx, name)
+	if err != nil || !found {
+		return nil, found, err
+	}
+	return memOpen(f), true, nil
+}
+
+// cachedFile finds name in the head served from memory. found with an
+// error is a definite answer (a root that does not exist yet); not found
+// sends the caller to the blob store.
+func (r *Repo) cachedFile(ctx context.Context, name string) (memFile, bool, error) {
 	v, role, versioned := ParseVersionedName(name)
 	switch {
 	case name == "timestamp.json" || name == "root.json":
 	case versioned && (role == "root" || role == "snapshot" || role == "targets"):
 	default:
-		return nil, false, nil
+		return memFile{}, false, nil
 	}
 	h, err := r.current(ctx)
 	if err != nil {
-		return nil, false, err
+		return memFile{}, false, err
 	}
 	if f, ok := h.files[name]; ok {
-		return memOpen(f), true, nil
+		return f, true, nil
 	}
 	if role == "root" && v > h.rootVersion {
-		return nil, true, server.Errorf(server.KindNotFound, "no such repository file %q", name) // no rotation yet
+		return memFile{}, true, server.Errorf(server.KindNotFound, "no such repository file %q", name) // no rotation yet
 	}
-	return nil, false, nil // an older version: from the blob store
+	return memFile{}, false, nil // an older version: from the blob store
+}
+
+func (r *Repo) HeadFile(ctx context.Context, name string) (body []byte, etag string, kind FileKind, ok bool) {
+	f, found, err := r.cachedFile(ctx, name)
+	if err != nil || !found {
+		return nil, "", 0, false
+	}
+	return f.body, f.etag, f.kind, true
 }
 
 func memOpen(f memFile) *File {
