@@ -32,7 +32,8 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 		t.Fatalf("update through replica b: %s", r)
 	}
 	if got := versions(t, v); got["dcm"] != "2.0.0" || got["head-unit"] != "1.0.0" {
-		t.Fatalf("after the job: %v; the agent said %s\nreplica b logged: %s", got, r, b.logBuf.String())
+		_, snap := httpGet(t, b.url+"/repo/timestamp.json", nil)
+		t.Fatalf("after the job: %v; the agent said %s\nreplica b logged: %s\nreplica b serves %s (a: %d)", got, r, b.logBuf.String(), snap, servedTimestamp(t, a.url))
 	}
 	if got := a.getJob(dealer, j.ID); got.State != "succeeded" {
 		t.Fatalf("replica a sees job %s", got.State)

@@ -258,7 +258,7 @@ func (d *Service) fromJob(e server.ECU, j server.Job, targets map[string]*metada
 	}
 	tf, ok := targets[j.TargetPath]
 	if !ok {
-		d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", j.TargetPath)
+		d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", j.TargetPath, "targets_served", len(targets))
 		return Assigned{}, false
 	}
 	c, err := meta.TargetCustom(tf)

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -309,13 +308,6 @@ func serveFile(c *gin.Context, name string, f *repo.File) {
 	}
 	if f.ETag != "" {
 		w.Set("ETag", f.ETag) // of the content: 304 for an unchanged file
-	}
-	// A local file goes out zero-copy: ServeContent hands the *os.File to
-	// the download writer's ReadFrom, and the connection sends it with
-	// sendfile(2). Anything else (S3, memory) is copied.
-	if osf, ok := f.ReadSeekCloser.(*os.File); ok {
-		http.ServeContent(c.Writer, c.Request, name, time.Time{}, osf)
-		return
 	}
 	http.ServeContent(c.Writer, c.Request, name, time.Time{}, f)
 }

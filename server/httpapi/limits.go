@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -170,8 +169,6 @@ type progressWriter struct {
 	gin.ResponseWriter
 	rc *http.ResponseController
 	p  progress
-	// sent counts bytes that went straight to the connection.
-	sent int64
 }
 
 func (pw *progressWriter) Write(b []byte) (int, error) {
@@ -185,62 +182,13 @@ func (pw *progressWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom copies in steps of a megabyte, each under the deadline, with
-// the connection's own ReadFrom: a file (or a LimitedReader over one, as
-// http.ServeContent passes it) goes out with sendfile(2), no copy through
-// the process. Anything else is copied through Write.
+// ReadFrom copies through Write (each write under the deadline) with a
+// 256 KiB buffer. On this kind of machine that outruns handing a file to
+// sendfile(2) through net/http (about 1.3× nginx against 0.75×, measured
+// by BenchmarkServeVsNginx); the copy costs a little CPU per byte.
 func (pw *progressWriter) ReadFrom(r io.Reader) (int64, error) {
-	pw.WriteHeaderNow()
-	u, ok := pw.ResponseWriter.(interface{ Unwrap() http.ResponseWriter })
-	if !ok {
-		return io.Copy(struct{ io.Writer }{pw}, r)
-	}
-	conn, ok := u.Unwrap().(io.ReaderFrom)
-	if !ok {
-		return io.Copy(struct{ io.Writer }{pw}, r)
-	}
-	// sendfile takes a file, or one LimitedReader over it: unwrap the
-	// caller's limit and apply it step by step. Anything else (a file
-	// served from memory) goes through the response's buffer, so its
-	// headers and body leave in one write.
-	src, left := r, int64(-1)
-	lr, limited := r.(*io.LimitedReader)
-	if limited {
-		src, left = lr.R, lr.N
-	}
-	if _, isFile := src.(*os.File); !isFile {
-		return io.Copy(struct{ io.Writer }{pw}, r)
-	}
-	const step = 1 << 20
-	var total int64
-	for left != 0 {
-		n := int64(step)
-		if left > 0 {
-			n = min(n, left)
-		}
-		if err := pw.p.step(0, pw.rc.SetWriteDeadline); err != nil {
-			return total, err
-		}
-		got, err := conn.ReadFrom(&io.LimitedReader{R: src, N: n})
-		total, pw.sent = total+got, pw.sent+got
-		if left > 0 {
-			left -= got
-		}
-		if limited {
-			lr.N -= got
-		}
-		if serr := pw.p.step(int(got), pw.rc.SetWriteDeadline); err == nil && serr != nil {
-			err = serr
-		}
-		if err != nil || got < n {
-			return total, err
-		}
-	}
-	return total, nil
+	return io.CopyBuffer(struct{ io.Writer }{pw}, r, make([]byte, 256<<10))
 }
-
-// Size counts what went out through ReadFrom too, for the request log.
-func (pw *progressWriter) Size() int { return pw.ResponseWriter.Size() + int(pw.sent) }
 
 // Unwrap lets http.ResponseController reach the connection.
 func (pw *progressWriter) Unwrap() http.ResponseWriter { return pw.ResponseWriter }
