@@ -43,10 +43,8 @@ type Writer struct {
 	// The writing stage's, while it runs.
 	written, lastChk int64
 	// chk reports the checkpoint in flight (nil when none), which makes
-	// the first chkAt bytes durable and records them in the journal.
-	chk     chan error
-	chkAt   int64
-	dropped int64
+	// the first lastChk bytes durable and records them in the journal.
+	chk chan error
 
 	// WriteHook, if set, may fail a write of n bytes at off (flash-error
 	// simulation).
@@ -71,7 +69,7 @@ func newWriter(e *ECU, j *Journal, f *os.File, h hash.Hash) *Writer {
 	w := &Writer{e: e, j: j, f: f, h: h,
 		toHash: make(chan *chunk, queueDepth), toWrite: make(chan *chunk, queueDepth),
 		free: make(chan *chunk, queueDepth), done: make(chan struct{})}
-	w.n, w.written, w.lastChk, w.dropped = j.Written, j.Written, j.Written, j.Written
+	w.n, w.written, w.lastChk = j.Written, j.Written, j.Written
 	for range queueDepth {
 		w.free <- &chunk{mem: make([]byte, chunkSize)}
 	}
@@ -232,11 +230,10 @@ func (w *Writer) stop() {
 func (w *Writer) startCheckpoint() {
 	j := *w.j
 	j.Written = w.written
-	w.chkAt, w.lastChk = w.written, w.written
+	from := w.lastChk // the previous checkpoint's bytes are durable: drop them from the cache
+	w.lastChk = w.written
 	done := make(chan error, 1)
 	w.chk = done
-	from := w.dropped
-	w.dropped = j.Written
 	go func() {
 		if err := w.f.Sync(); err != nil {
 			done <- fmt.Errorf("sync slot %s: %w", j.Slot, err)

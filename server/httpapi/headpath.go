@@ -65,9 +65,8 @@ func (h headPath) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d := time.Since(start)
-	h.m.requests.WithLabelValues(headRoute, r.Method, strconv.Itoa(status)).Inc()
-	h.m.duration.WithLabelValues(headRoute, r.Method).Observe(d.Seconds())
-	h.m.metadata.WithLabelValues("image", metadataKind(name), strconv.Itoa(status)).Inc()
+	h.m.count(headRoute, r.Method, status, d)
+	h.m.countMetadata("image", name, status)
 	remote := r.RemoteAddr
 	if host, _, err := net.SplitHostPort(remote); err == nil {
 		remote = host

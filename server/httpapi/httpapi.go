@@ -229,10 +229,21 @@ func (m *httpMetrics) fleet(c *gin.Context, route string, status int) {
 	case "/api/v1/vehicles/:vin/auth":
 		m.authorizations.WithLabelValues(outcomeOf(c, "authorized")).Inc()
 	case "/repo/*file":
-		m.metadata.WithLabelValues("image", metadataKind(c.Param("file")), strconv.Itoa(status)).Inc()
+		m.countMetadata("image", c.Param("file"), status)
 	case "/director/:vin/*file":
-		m.metadata.WithLabelValues("director", metadataKind(c.Param("file")), strconv.Itoa(status)).Inc()
+		m.countMetadata("director", c.Param("file"), status)
 	}
+}
+
+// count records one request by route pattern, method and status.
+func (m *httpMetrics) count(route, method string, status int, d time.Duration) {
+	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// countMetadata records one request for a repository or director file.
+func (m *httpMetrics) countMetadata(repo, file string, status int) {
+	m.metadata.WithLabelValues(repo, metadataKind(file), strconv.Itoa(status)).Inc()
 }
 
 // observe logs each request (slog) and records metrics by route pattern,
@@ -247,8 +258,7 @@ func (a *api) observe(m *httpMetrics) gin.HandlerFunc {
 		}
 		status := c.Writer.Status()
 		d := time.Since(start)
-		m.requests.WithLabelValues(route, c.Request.Method, strconv.Itoa(status)).Inc()
-		m.duration.WithLabelValues(route, c.Request.Method).Observe(d.Seconds())
+		m.count(route, c.Request.Method, status, d)
 		m.fleet(c, route, status)
 		if route == "/healthz" || route == "/metrics" {
 			return

@@ -218,6 +218,12 @@ func (r *Repo) cachedFile(ctx context.Context, name string) (memFile, bool, erro
 	if f, ok := h.files[name]; ok {
 		return f, true, nil
 	}
+	if !versioned {
+		// The head is the answer for the mutable files: a replica whose
+		// head has no timestamp yet does not serve one from the blob
+		// store, where its director could not yet assign what it names.
+		return memFile{}, true, server.Errorf(server.KindNotFound, "no such repository file %q: nothing is published yet", name)
+	}
 	if role == "root" && v > h.rootVersion {
 		return memFile{}, true, server.Errorf(server.KindNotFound, "no such repository file %q", name) // no rotation yet
 	}
