@@ -17,3 +17,17 @@ func dropCache(f *os.File, off, n int64) {
 		unix.Fadvise(int(f.Fd()), off, n, unix.FADV_DONTNEED)
 	}
 }
+
+// reserve allocates the slot's blocks for n bytes before the download
+// starts, keeping the file's size: a slot that cannot hold the image
+// fails now rather than after most of it was downloaded, and the writes
+// land in allocated blocks instead of asking the file system for each.
+// A file system that cannot preallocate is not an error: the writes
+// allocate as they go.
+func reserve(f *os.File, n int64) error {
+	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, n)
+	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
+		return nil
+	}
+	return err
+}

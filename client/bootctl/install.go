@@ -78,6 +78,10 @@ func (e *ECU) Begin(j Journal) (*Writer, error) {
 		f.Close()
 		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
 	}
+	if err := reserve(f, j.Length); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reserve %d bytes in slot %s: %w; free space for the image and retry", j.Length, j.Slot, err)
+	}
 	h := sha256.New()
 	if j.Written > 0 {
 		n, err := io.CopyBuffer(h, io.LimitReader(readOnce(f), j.Written), make([]byte, chunkSize))

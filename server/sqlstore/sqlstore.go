@@ -39,12 +39,21 @@ type Store struct {
 	db    *sql.DB
 	d     Dialect
 	stmts stmts
+	// trace, when set, sees every statement the store runs with its
+	// arguments (TraceQueries).
+	trace func(query string, args []any)
 }
 
 var _ server.Store = (*Store)(nil)
 
 // New wraps db. Call Migrate before use.
 func New(db *sql.DB, d Dialect) *Store { return &Store{db: db, d: d} }
+
+// TraceQueries makes f see every statement the store runs from now on,
+// in the dialect's form, with its arguments: the query-plan tests use it
+// to explain the statements the server really runs. Set it before the
+// store is shared.
+func (s *Store) TraceQueries(f func(query string, args []any)) { s.trace = f }
 
 // DB returns the underlying database (for backend-specific checks in tests).
 func (s *Store) DB() *sql.DB { return s.db }

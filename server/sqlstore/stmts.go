@@ -55,9 +55,18 @@ func (s *Store) prepared(ctx context.Context, query string) (stmt *sql.Stmt, don
 	return stmt, func() {}, nil
 }
 
+// traced rewrites query for the dialect and shows it to the tracer.
+func (s *Store) traced(query string, args []any) string {
+	query = s.q(query)
+	if s.trace != nil {
+		s.trace(query, args)
+	}
+	return query
+}
+
 // exec runs a statement outside a transaction.
 func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	stmt, done, err := s.prepared(ctx, s.q(query))
+	stmt, done, err := s.prepared(ctx, s.traced(query, args))
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +77,7 @@ func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result
 // query runs a query outside a transaction; closing the rows releases a
 // statement that was not cached.
 func (s *Store) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	stmt, done, err := s.prepared(ctx, s.q(query))
+	stmt, done, err := s.prepared(ctx, s.traced(query, args))
 	if err != nil {
 		return nil, err
 	}
@@ -79,9 +88,10 @@ func (s *Store) query(ctx context.Context, query string, args ...any) (*sql.Rows
 
 // queryRow runs a single-row query outside a transaction.
 func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	stmt, done, err := s.prepared(ctx, s.q(query))
+	query = s.traced(query, args)
+	stmt, done, err := s.prepared(ctx, query)
 	if err != nil {
-		return s.db.QueryRowContext(ctx, s.q(query), args...) // carries the error to Scan
+		return s.db.QueryRowContext(ctx, query, args...) // carries the error to Scan
 	}
 	defer done()
 	return stmt.QueryRowContext(ctx, args...)
@@ -118,7 +128,7 @@ func (s *Store) cached(query string) (*sql.Stmt, bool) {
 
 // txExec, txQuery and txQueryRow run a statement in tx.
 func (s *Store) txExec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
-	query = s.q(query)
+	query = s.traced(query, args)
 	if st, ok := s.cached(query); ok {
 		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 	}
@@ -126,7 +136,7 @@ func (s *Store) txExec(ctx context.Context, tx *sql.Tx, query string, args ...an
 }
 
 func (s *Store) txQuery(ctx context.Context, tx *sql.Tx, query string, args ...any) (*sql.Rows, error) {
-	query = s.q(query)
+	query = s.traced(query, args)
 	if st, ok := s.cached(query); ok {
 		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
 	}
@@ -134,7 +144,7 @@ func (s *Store) txQuery(ctx context.Context, tx *sql.Tx, query string, args ...a
 }
 
 func (s *Store) txQueryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) *sql.Row {
-	query = s.q(query)
+	query = s.traced(query, args)
 	if st, ok := s.cached(query); ok {
 		return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
 	}
