@@ -22,7 +22,7 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
            -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
            -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
 
-.PHONY: all build test demo bench benchdeps torture lint tools testdeps clean
+.PHONY: all build test demo bench benchdeps torture fuzz lint tools testdeps clean
 
 all: build
 
@@ -44,6 +44,21 @@ test: tools testdeps
 torture:
 	ROADSIGN_TORTURE_INSTALLS=500 $(GO) test -count=1 -timeout 30m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 
+# Go native fuzzing of everything that parses what an attacker can send:
+# each target below for FUZZTIME (go test's -fuzztime: 30s, 10000x). The
+# seed corpora run in make test as plain tests, with every crash found so
+# far (testdata/fuzz/) as a regression test. A test checks this list names
+# every Fuzz function in the repository.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse internal/vehicleauth:FuzzVerify \
+	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
+	server/repo:FuzzPublish server/repo:FuzzUploadTarget firmware-samples/fwimage:FuzzParseHeader client/fault:FuzzParse
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn (./$$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+	done
+
 # End to end on embedded defaults: server, signer, one vehicle, one update.
 demo: build
 	$(BIN)/roadsign-demo --bin $(BIN) --samples firmware-samples
@@ -52,7 +67,7 @@ demo: build
 # with one table (internal/benchtable): timestamp.json and a 1 GiB download
 # against nginx, the agent's verified install against Go's sha256, agent
 # and server peak memory, signed check-ins at 10 000 and 100 000 vehicles
-# on SQLite and PostgreSQL against ed25519 verifications/s. About 35
+# on SQLite and PostgreSQL against ed25519 verifications/s. About 60
 # minutes on 2 cores and 4 GiB of free space in $$TMPDIR; installs nginx,
 # wrk and curl from Debian when missing. ROADSIGN_FLEET_SIZES=1000 for a
 # quick look (the table then says what was not measured).

@@ -123,11 +123,20 @@ func ParseHeader(b []byte) (Header, error) {
 	if err != nil {
 		return Header{}, fmt.Errorf("%w: %v", ErrBootCheck, err)
 	}
+	if b[7] != 0 || bytes.ContainsFunc(b[108:HeaderSize], func(r rune) bool { return r != 0 }) {
+		return Header{}, fmt.Errorf("%w: reserved header bytes are not 0", ErrBootCheck)
+	}
 	h := Header{
 		ECU:           ecu,
 		HardwareID:    string(bytes.TrimRight(b[8:40], "\x00")),
 		Version:       string(bytes.TrimRight(b[40:64], "\x00")),
 		PayloadLength: int64(binary.BigEndian.Uint64(b[64:72])),
+	}
+	switch {
+	case h.HardwareID == "" || h.Version == "":
+		return Header{}, fmt.Errorf("%w: header names no hardware ID or no version", ErrBootCheck)
+	case h.PayloadLength < 0:
+		return Header{}, fmt.Errorf("%w: header payload length %d is negative", ErrBootCheck, h.PayloadLength)
 	}
 	copy(h.PayloadSHA256[:], b[72:104])
 	return h, nil

@@ -23,7 +23,7 @@ import (
 
 // published returns a blob store holding a published repository and the
 // online keys that signed it.
-func published(t *testing.T) (server.BlobStore, *repo.OnlineKeys, string) {
+func published(t testing.TB) (server.BlobStore, *repo.OnlineKeys, string) {
 	t.Helper()
 	dir := t.TempDir()
 	keys, _, err := repo.InitKeys(filepath.Join(dir, "data"))
