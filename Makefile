@@ -67,7 +67,7 @@ demo: build
 # with one table (internal/benchtable): timestamp.json and a 1 GiB download
 # against nginx, the agent's verified install against Go's sha256, agent
 # and server peak memory, signed check-ins at 10 000 and 100 000 vehicles
-# on SQLite and PostgreSQL against ed25519 verifications/s. About 60
+# on SQLite and PostgreSQL against ed25519 verifications/s. About 30
 # minutes on 2 cores and 4 GiB of free space in $$TMPDIR; installs nginx,
 # wrk and curl from Debian when missing. ROADSIGN_FLEET_SIZES=1000 for a
 # quick look (the table then says what was not measured).

@@ -31,3 +31,9 @@ func reserve(f *os.File, n int64) error {
 	}
 	return err
 }
+
+// startWriteback asks the kernel to start writing [off, off+n) of the
+// slot to its device, without waiting for it.
+func startWriteback(f *os.File, off, n int64) {
+	unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}

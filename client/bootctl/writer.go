@@ -201,6 +201,10 @@ func (w *Writer) put(c *chunk) error {
 	if err != nil {
 		return fmt.Errorf("write slot %s at %d: %w", w.j.Slot, c.off, err)
 	}
+	// Start writing the chunk to the device now, so the storage works
+	// while the network does and a checkpoint's (or the last) fsync
+	// waits only for what is still in flight.
+	startWriteback(w.f, c.off, int64(n))
 	if err := w.collect(false); err != nil {
 		return err
 	}
