@@ -83,7 +83,7 @@ func (w *world) simFleet(t *testing.T, n int, seed int64, fail, rollback map[str
 		t.Fatal(err)
 	}
 	if err := f.Register(context.Background(), nil); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\nthe server logged:\n%s", err, w.logBuf.String())
 	}
 	return f
 }

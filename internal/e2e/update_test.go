@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -163,6 +164,37 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 				w.intercept(t, v, map[string][]byte{"/repo/timestamp.json": raw})
 			},
 			wantMsg: "expired",
+		},
+		{
+			// Endless data: the network answers timestamp.json with far
+			// more bytes than any timestamp has; the client stops reading
+			// at its length limit.
+			name: "endless timestamp",
+			tamper: func(t *testing.T, w *world, v vehicleState) {
+				w.intercept(t, v, map[string][]byte{"/repo/timestamp.json": bytes.Repeat([]byte(" "), 32<<20)})
+			},
+			wantMsg: "timestamp.json is more than the 16384 bytes allowed",
+		},
+		{
+			// Mix and match: a snapshot, validly signed with the online
+			// key, that pairs the current timestamp with another targets
+			// version. The timestamp names the snapshot's exact hash.
+			name: "snapshot mixed with another targets version",
+			tamper: func(t *testing.T, w *world, v vehicleState) {
+				ts := w.timestamp()
+				snapV := ts.Signed.Meta["snapshot.json"].Version
+				snap, err := metadata.Snapshot().FromBytes(w.readBlob(fmt.Sprintf("repo/%d.snapshot.json", snapV)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				snap.Signed.Meta["targets.json"].Version++
+				if err := meta.Sign(snap, w.onlineKeys().ImageSnapshot); err != nil {
+					t.Fatal(err)
+				}
+				raw, _ := snap.ToBytes(false)
+				w.intercept(t, v, map[string][]byte{fmt.Sprintf("/repo/%d.snapshot.json", snapV): raw})
+			},
+			wantMsg: "hash verification failed",
 		},
 		{
 			name: "older timestamp after a newer one was seen",
