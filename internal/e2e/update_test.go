@@ -89,6 +89,18 @@ func TestPublishIsIdempotent(t *testing.T) {
 	}
 }
 
+// servedSnapshot is the snapshot the current timestamp names, and its
+// version.
+func (w *world) servedSnapshot(t *testing.T) (*metadata.Metadata[metadata.SnapshotType], int64) {
+	t.Helper()
+	snapV := w.timestamp().Signed.Meta["snapshot.json"].Version
+	snap, err := metadata.Snapshot().FromBytes(w.readBlob(fmt.Sprintf("repo/%d.snapshot.json", snapV)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap, snapV
+}
+
 // refusalCase tampers with the served repository after the vehicle was
 // provisioned (and, for rollback, after it saw a newer timestamp).
 func TestAgentRefusesTamperedRepository(t *testing.T) {
@@ -116,12 +128,7 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 		{
 			name: "targets signed by a key root does not list",
 			tamper: func(t *testing.T, w *world, v vehicleState) {
-				ts := w.timestamp()
-				snapV := ts.Signed.Meta["snapshot.json"].Version
-				snap, err := metadata.Snapshot().FromBytes(w.readBlob(fmt.Sprintf("repo/%d.snapshot.json", snapV)))
-				if err != nil {
-					t.Fatal(err)
-				}
+				snap, _ := w.servedSnapshot(t)
 				tv := snap.Signed.Meta["targets.json"].Version
 				targets, err := metadata.Targets().FromBytes(w.readBlob(fmt.Sprintf("repo/%d.targets.json", tv)))
 				if err != nil {
@@ -181,12 +188,7 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 			// version. The timestamp names the snapshot's exact hash.
 			name: "snapshot mixed with another targets version",
 			tamper: func(t *testing.T, w *world, v vehicleState) {
-				ts := w.timestamp()
-				snapV := ts.Signed.Meta["snapshot.json"].Version
-				snap, err := metadata.Snapshot().FromBytes(w.readBlob(fmt.Sprintf("repo/%d.snapshot.json", snapV)))
-				if err != nil {
-					t.Fatal(err)
-				}
+				snap, snapV := w.servedSnapshot(t)
 				snap.Signed.Meta["targets.json"].Version++
 				if err := meta.Sign(snap, w.onlineKeys().ImageSnapshot); err != nil {
 					t.Fatal(err)
