@@ -41,7 +41,10 @@ func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
 	// Each connection caches up to 32 MiB of pages (SQLite's default is
 	// 2 MiB): at 100 000 vehicles the per-vehicle tables outgrow the
 	// default, and every check-in then rereads its pages from the OS.
-	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "foreign_keys(1)", "synchronous(NORMAL)", "cache_size(-32768)"} {
+	// A writer waits up to 30 s for SQLite's one write lock before it
+	// gives up with SQLITE_BUSY (a burst of registrations on a loaded
+	// machine queued past 10 s).
+	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(30000)", "foreign_keys(1)", "synchronous(NORMAL)", "cache_size(-32768)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate") // writers queue on BEGIN instead of failing on upgrade
