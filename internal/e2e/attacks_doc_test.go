@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"io/fs"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,20 +12,9 @@ import (
 func TestAttackListNamesRealTests(t *testing.T) {
 	doc := readDoc(t, "docs/attacks.md")
 	var src strings.Builder
-	root := filepath.Join("..", "..")
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && p != root && strings.HasPrefix(d.Name(), ".") {
-			return filepath.SkipDir
-		}
-		if strings.HasSuffix(p, "_test.go") {
-			b, _ := os.ReadFile(p)
-			src.Write(b)
-		}
-		return nil
-	})
+	for _, f := range repoTestFiles(t) {
+		src.WriteString(f.src)
+	}
 	all := src.String()
 	cited := regexp.MustCompile("`((?:Test|Fuzz)\\w+)(/[^`]+)?`").FindAllStringSubmatch(doc, -1)
 	if len(cited) < 12 {
