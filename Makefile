@@ -26,8 +26,10 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
 
 all: build
 
+# The TUF conformance suite reads expected failures beside the client.
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	cp cmd/roadsign-tuf-client/roadsign-tuf-client.xfails $(BIN)/
 
 # All tests, with the race detector, including the state-store suite on
 # PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)

@@ -224,3 +224,9 @@ func (t *Trusted) Version(role string) int64 {
 	}
 	return 0
 }
+
+// ConsistentSnapshot reports whether the trusted root asks for
+// hash-prefixed target file names.
+func (t *Trusted) ConsistentSnapshot() bool {
+	return t.up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot
+}

@@ -41,11 +41,12 @@ func TestCLIReferenceMatchesHelp(t *testing.T) {
 	bin := builtPrograms(t)
 	doc := readDoc(t, "docs/cli.md")
 	commands := map[string][]string{
-		"roadsign-server":   {"init", "serve"},
-		"roadsign-signer":   {"init", "add", "publish", "status", "rotate"},
-		"roadsign-agent":    {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu"},
-		"roadsign-demo":     {""},
-		"roadsign-fleetsim": {""},
+		"roadsign-server":     {"init", "serve"},
+		"roadsign-signer":     {"init", "add", "publish", "status", "rotate"},
+		"roadsign-agent":      {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu"},
+		"roadsign-demo":       {""},
+		"roadsign-fleetsim":   {""},
+		"roadsign-tuf-client": {""},
 	}
 	flagRE := regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)`)
 	for prog, cmds := range commands {
