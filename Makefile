@@ -38,7 +38,7 @@ build:
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
 test: tools testdeps
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 	$(GO) test -race -count=1 -timeout 5m ./internal/hostile
 
@@ -89,9 +89,11 @@ lint:
 tools: $(VERSITYGW)
 
 # Debian packages the tests use when missing: headless Chromium for the web
-# page tests (screenshots land in screenshots/), jq for the README walkthrough.
+# page tests (screenshots land in screenshots/), jq for the README walkthrough,
+# SoftHSM2 for the hardware-key signing test.
 testdeps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; command -v jq >/dev/null || missing="$$missing jq"; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VERSITYGW):

@@ -73,7 +73,7 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 		return AddResult{}, err
 	}
 
-	t, _, err := w.Targets()
+	t, err := w.workingTargets()
 	if err != nil {
 		return AddResult{}, err
 	}
@@ -138,8 +138,16 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 	return res, nil
 }
 
+// bumpTargets gives a changed targets its next version: one above the
+// committed version (staged changes before a publish share one version).
 func (w *Workspace) bumpTargets(t *metadata.Metadata[metadata.TargetsType]) {
 	t.Signed.Version++
+	if w.MultiParty() {
+		t.Signed.Version = 1
+		if cur, _, err := w.Targets(); err == nil {
+			t.Signed.Version = cur.Signed.Version + 1
+		}
+	}
 	t.Signed.Expires = meta.Expires(w.now(), time.Duration(w.State.TargetsExpiry))
 }
 

@@ -63,6 +63,11 @@ func (w *Workspace) Publish(ctx context.Context, o PublishOptions) (PublishResul
 		o.Client = NewHTTPClient()
 	}
 	base := strings.TrimRight(o.Server, "/")
+	// Staged multi-party changes become current only at a threshold of
+	// signatures, before anything is uploaded.
+	if err := w.promoteStaged(); err != nil {
+		return PublishResult{}, err
+	}
 	t, raw, err := w.Targets()
 	if err != nil {
 		return PublishResult{}, err

@@ -4,15 +4,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // RotateRoot replaces a repository's root keys with n new keys and the
 // given threshold. Root N+1 is signed by a threshold of the old keys and of
 // the new ones, so vehicles that trust root N accept it; the old key files
-// move to keys/retired.
-func (w *Workspace) RotateRoot(repoName string, n, threshold int) (int64, error) {
+// move to keys/retired. In a multi-party workspace the new keys are the
+// holders' public keys and root N+1 is staged for both sets of holders.
+func (w *Workspace) RotateRoot(repoName string, n, threshold int, holders []*metadata.Key) (int64, error) {
 	if repoName != Image && repoName != Director {
 		return 0, fmt.Errorf("%w: --repository %q: want image or director", ErrUsage, repoName)
+	}
+	if w.MultiParty() {
+		return w.rotateRootHolders(repoName, threshold, holders)
+	}
+	if len(holders) > 0 {
+		return 0, fmt.Errorf("%w: --root-key applies to multi-party workspaces (init with --root-key); this workspace holds its own keys", ErrUsage)
 	}
 	if n == 0 {
 		n = len(w.State.RootKeys[repoName])
@@ -53,7 +62,13 @@ func (w *Workspace) RotateRoot(repoName string, n, threshold int) (int64, error)
 // RotateTargets replaces the image repository's targets key: a new root
 // (signed by the current root keys) lists the new key, and targets are
 // re-signed with it at a new version.
-func (w *Workspace) RotateTargets() (rootVersion, targetsVersion int64, err error) {
+func (w *Workspace) RotateTargets(threshold int, holders []*metadata.Key) (rootVersion, targetsVersion int64, err error) {
+	if w.MultiParty() {
+		return w.rotateTargetsHolders(threshold, holders)
+	}
+	if len(holders) > 0 {
+		return 0, 0, fmt.Errorf("%w: --targets-key applies to multi-party workspaces (init with --targets-key); this workspace holds its own keys", ErrUsage)
+	}
 	prev, err := w.CurrentRoot(Image)
 	if err != nil {
 		return 0, 0, err
@@ -97,4 +112,64 @@ func (w *Workspace) retire(names []string) error {
 		}
 	}
 	return nil
+}
+
+func (w *Workspace) rotateRootHolders(repoName string, threshold int, holders []*metadata.Key) (int64, error) {
+	if len(holders) == 0 {
+		return 0, fmt.Errorf("%w: a multi-party rotation needs the new holders' public keys: --root-key PUB (repeat)", ErrUsage)
+	}
+	if threshold == 0 {
+		threshold = min(w.State.RootThreshold[repoName], len(holders))
+	}
+	if threshold < 1 || threshold > len(holders) {
+		return 0, fmt.Errorf("%w: --root-threshold %d of %d --root-key: want 1 <= threshold <= keys", ErrUsage, threshold, len(holders))
+	}
+	prev, err := w.CurrentRoot(repoName)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v (publish the staged first root before rotating)", ErrUsage, err)
+	}
+	w.State.HolderRootKeys[repoName], w.State.RootThreshold[repoName] = holders, threshold
+	root, err := w.newRoot(repoName)
+	if err != nil {
+		return 0, err
+	}
+	root.Signed.Version = prev.Signed.Version + 1
+	if err := w.stage(repoName+".root.json", root); err != nil {
+		return 0, err
+	}
+	return root.Signed.Version, w.save()
+}
+
+func (w *Workspace) rotateTargetsHolders(threshold int, holders []*metadata.Key) (int64, int64, error) {
+	if len(holders) == 0 {
+		return 0, 0, fmt.Errorf("%w: a multi-party rotation needs the new holders' public keys: --targets-key PUB (repeat)", ErrUsage)
+	}
+	if threshold == 0 {
+		threshold = min(w.State.TargetsThreshold, len(holders))
+	}
+	if threshold < 1 || threshold > len(holders) {
+		return 0, 0, fmt.Errorf("%w: --targets-threshold %d of %d --targets-key: want 1 <= threshold <= keys", ErrUsage, threshold, len(holders))
+	}
+	prev, err := w.CurrentRoot(Image)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %v (publish the staged first root before rotating)", ErrUsage, err)
+	}
+	t, err := w.workingTargets()
+	if err != nil {
+		return 0, 0, err
+	}
+	w.State.HolderTargetsKeys, w.State.TargetsThreshold = holders, threshold
+	root, err := w.newRoot(Image)
+	if err != nil {
+		return 0, 0, err
+	}
+	root.Signed.Version = prev.Signed.Version + 1
+	if err := w.stage(Image+".root.json", root); err != nil {
+		return 0, 0, err
+	}
+	w.bumpTargets(t)
+	if err := w.stage("targets.json", t); err != nil {
+		return 0, 0, err
+	}
+	return root.Signed.Version, t.Signed.Version, w.save()
 }

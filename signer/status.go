@@ -25,13 +25,16 @@ type RoleStatus struct {
 func (w *Workspace) Status() ([]RoleStatus, error) {
 	var out []RoleStatus
 	t, _, err := w.Targets()
-	if err != nil {
+	if err != nil && !w.MultiParty() {
 		return nil, err
 	}
 	for _, repoName := range []string{Image, Director} {
-		root, err := w.CurrentRoot(repoName)
+		root, err := w.currentRootOrNil(repoName)
 		if err != nil {
 			return nil, err
+		}
+		if root == nil {
+			continue // a multi-party workspace before its first publish
 		}
 		for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
 			ids, th := meta.RoleKeyIDs(&root.Signed, role)
@@ -41,7 +44,7 @@ func (w *Workspace) Status() ([]RoleStatus, error) {
 			switch {
 			case role == metadata.ROOT:
 				rs.Version, rs.Expires, rs.Online = root.Signed.Version, root.Signed.Expires, false
-			case role == metadata.TARGETS && repoName == Image:
+			case role == metadata.TARGETS && repoName == Image && t != nil:
 				rs.Version, rs.Expires, rs.Online, rs.Targets = t.Signed.Version, t.Signed.Expires, false, len(t.Signed.Targets)
 			}
 			out = append(out, rs)

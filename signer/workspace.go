@@ -51,6 +51,13 @@ type State struct {
 	// TargetsKeys are the image repository's offline targets keys.
 	TargetsKeys      []string `json:"targetsKeys"`
 	TargetsThreshold int      `json:"targetsThreshold"`
+	// HolderRootKeys and HolderTargetsKeys, in a multi-party workspace,
+	// are the public keys of the people (or tokens) holding the root keys
+	// of each repository and the image repository's targets keys; the
+	// workspace then has no private offline keys (RootKeys and TargetsKeys
+	// are empty) and stages every change for them to sign.
+	HolderRootKeys    map[string][]*metadata.Key `json:"holderRootKeys,omitempty"`
+	HolderTargetsKeys []*metadata.Key            `json:"holderTargetsKeys,omitempty"`
 	// TargetFiles maps target paths to the local files they were added from.
 	TargetFiles   map[string]string `json:"targetFiles"`
 	RootExpiry    Duration          `json:"rootExpiry"`
@@ -83,6 +90,12 @@ type InitOptions struct {
 	RootThreshold int
 	RootExpiry    time.Duration
 	TargetsExpiry time.Duration
+	// RootHolders and TargetsHolders, when given, make a multi-party
+	// workspace: public keys of the key holders (TargetsThreshold applies
+	// to TargetsHolders; RootKeys is then ignored).
+	RootHolders      []*metadata.Key
+	TargetsHolders   []*metadata.Key
+	TargetsThreshold int
 }
 
 // Init creates a workspace: root keys (M-of-N) and a targets key for the
@@ -90,6 +103,16 @@ type InitOptions struct {
 // delegating snapshot/timestamp (and director targets) to the server's
 // online keys, and an empty targets v1.
 func Init(dir string, o InitOptions, now func() time.Time) (*Workspace, error) {
+	multi := len(o.RootHolders) > 0 || len(o.TargetsHolders) > 0
+	if multi {
+		if len(o.RootHolders) == 0 || len(o.TargetsHolders) == 0 {
+			return nil, fmt.Errorf("%w: a multi-party workspace needs both --root-key PUB (repeat per holder) and --targets-key PUB", ErrUsage)
+		}
+		if o.TargetsThreshold < 1 || o.TargetsThreshold > len(o.TargetsHolders) {
+			return nil, fmt.Errorf("%w: --targets-threshold %d of %d --targets-key: want 1 <= threshold <= keys", ErrUsage, o.TargetsThreshold, len(o.TargetsHolders))
+		}
+		o.RootKeys = len(o.RootHolders)
+	}
 	if o.RootKeys < 1 || o.RootThreshold < 1 || o.RootThreshold > o.RootKeys {
 		return nil, fmt.Errorf("%w: --root-threshold %d of --root-keys %d: want 1 <= threshold <= keys", ErrUsage, o.RootThreshold, o.RootKeys)
 	}
@@ -112,18 +135,23 @@ func Init(dir string, o InitOptions, now func() time.Time) (*Workspace, error) {
 		RootExpiry:    Duration(o.RootExpiry),
 		TargetsExpiry: Duration(o.TargetsExpiry),
 	}}
-	for _, repoName := range []string{Image, Director} {
-		names, err := w.generateKeys(repoName+"-root", o.RootKeys)
+	if multi {
+		w.State.HolderRootKeys = map[string][]*metadata.Key{Image: o.RootHolders, Director: o.RootHolders}
+		w.State.HolderTargetsKeys, w.State.TargetsThreshold = o.TargetsHolders, o.TargetsThreshold
+	} else {
+		for _, repoName := range []string{Image, Director} {
+			names, err := w.generateKeys(repoName+"-root", o.RootKeys)
+			if err != nil {
+				return nil, err
+			}
+			w.State.RootKeys[repoName] = names
+		}
+		tk, err := w.generateKeys("image-targets", 1)
 		if err != nil {
 			return nil, err
 		}
-		w.State.RootKeys[repoName] = names
+		w.State.TargetsKeys, w.State.TargetsThreshold = tk, 1
 	}
-	tk, err := w.generateKeys("image-targets", 1)
-	if err != nil {
-		return nil, err
-	}
-	w.State.TargetsKeys, w.State.TargetsThreshold = tk, 1
 
 	for _, repoName := range []string{Image, Director} {
 		root, err := w.newRoot(repoName)
@@ -216,12 +244,12 @@ func (w *Workspace) loadKeys(names []string) ([]*keys.Key, error) {
 // current key assignment. Version and expiry are set by the caller.
 func (w *Workspace) newRoot(repoName string) (*metadata.Metadata[metadata.RootType], error) {
 	root := metadata.Root(meta.Expires(w.now(), time.Duration(w.State.RootExpiry)))
-	rootKeys, err := w.loadKeys(w.State.RootKeys[repoName])
+	rootKeys, err := w.publicKeys(w.State.RootKeys[repoName], w.State.HolderRootKeys[repoName])
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range rootKeys {
-		if err := root.Signed.AddKey(k.Public, metadata.ROOT); err != nil {
+		if err := root.Signed.AddKey(k, metadata.ROOT); err != nil {
 			return nil, err
 		}
 	}
@@ -229,12 +257,12 @@ func (w *Workspace) newRoot(repoName string) (*metadata.Metadata[metadata.RootTy
 	online := w.State.OnlineKeys
 	roles := map[string]*metadata.Key{}
 	if repoName == Image {
-		tk, err := w.loadKeys(w.State.TargetsKeys)
+		tk, err := w.publicKeys(w.State.TargetsKeys, w.State.HolderTargetsKeys)
 		if err != nil {
 			return nil, err
 		}
 		for _, k := range tk {
-			if err := root.Signed.AddKey(k.Public, metadata.TARGETS); err != nil {
+			if err := root.Signed.AddKey(k, metadata.TARGETS); err != nil {
 				return nil, err
 			}
 		}
@@ -250,6 +278,23 @@ func (w *Workspace) newRoot(repoName string) (*metadata.Metadata[metadata.RootTy
 		}
 	}
 	return root, nil
+}
+
+// publicKeys returns the holders' public keys in a multi-party workspace,
+// else the public halves of the workspace's own key files.
+func (w *Workspace) publicKeys(files []string, holders []*metadata.Key) ([]*metadata.Key, error) {
+	if w.MultiParty() {
+		return holders, nil
+	}
+	ks, err := w.loadKeys(files)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*metadata.Key, len(ks))
+	for i, k := range ks {
+		out[i] = k.Public
+	}
+	return out, nil
 }
 
 // RootVersions lists the versions of a repository's root history, oldest first.
@@ -299,7 +344,11 @@ func (w *Workspace) CurrentRoot(repoName string) (*metadata.Metadata[metadata.Ro
 // signAndStoreRoot signs root with the current root keys (and, on a
 // rotation, with a threshold of the previous root's keys too), checks the
 // result verifies, and writes N.root.json and REPO.root.json.
+// In a multi-party workspace it stages root, unsigned, for the holders.
 func (w *Workspace) signAndStoreRoot(repoName string, root *metadata.Metadata[metadata.RootType], prev *metadata.Metadata[metadata.RootType]) error {
+	if w.MultiParty() {
+		return w.stage(repoName+".root.json", root)
+	}
 	signers, err := w.loadKeys(w.State.RootKeys[repoName])
 	if err != nil {
 		return err
@@ -322,6 +371,12 @@ func (w *Workspace) signAndStoreRoot(repoName string, root *metadata.Metadata[me
 	if err := meta.Sign(root, signers...); err != nil {
 		return err
 	}
+	return w.storeRoot(repoName, root, prev)
+}
+
+// storeRoot checks that a signed root verifies (as a successor of prev,
+// if any) and writes N.root.json and REPO.root.json.
+func (w *Workspace) storeRoot(repoName string, root, prev *metadata.Metadata[metadata.RootType]) error {
 	if prev != nil {
 		if err := meta.VerifyNextRoot(prev, root); err != nil {
 			return fmt.Errorf("new %s root does not verify: %w", repoName, err)
@@ -374,7 +429,12 @@ func (w *Workspace) Targets() (*metadata.Metadata[metadata.TargetsType], []byte,
 	return t, b, nil
 }
 
+// signAndStoreTargets signs targets with the workspace's targets keys and
+// stores them; a multi-party workspace stages them, unsigned, instead.
 func (w *Workspace) signAndStoreTargets(t *metadata.Metadata[metadata.TargetsType]) error {
+	if w.MultiParty() {
+		return w.stage("targets.json", t)
+	}
 	tk, err := w.loadKeys(w.State.TargetsKeys)
 	if err != nil {
 		return err
@@ -382,6 +442,12 @@ func (w *Workspace) signAndStoreTargets(t *metadata.Metadata[metadata.TargetsTyp
 	if err := meta.Sign(t, tk...); err != nil {
 		return err
 	}
+	return w.storeTargets(t)
+}
+
+// storeTargets checks signed targets against the current image root and
+// writes them.
+func (w *Workspace) storeTargets(t *metadata.Metadata[metadata.TargetsType]) error {
 	root, err := w.CurrentRoot(Image)
 	if err != nil {
 		return err

@@ -29,7 +29,11 @@ func TestSignerRefusals(t *testing.T) {
 		{"not a semantic version", []string{"add", w.ws, img, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "v1"}, nil, 2, "semantic"},
 		{"missing file", []string{"add", w.ws, "/nonexistent.img", "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.1.0"}, nil, 2, "no such file"},
 		{"not a workspace", []string{"status", w.dir}, nil, 2, "not a signing workspace"},
-		{"unknown command", []string{"sign"}, nil, 2, "unknown command"},
+		{"unknown command", []string{"sigh"}, nil, 2, "unknown command"},
+		{"sign without a key", []string{"sign", w.ws}, nil, 2, "--key"},
+		{"sign with nothing staged", []string{"sign", w.ws, "--key", filepath.Join(w.ws, "keys", "image-root-1.key")}, nil, 2, "nothing is staged"},
+		{"keygen over an existing key", []string{"keygen", "--out", filepath.Join(w.ws, "keys", "image-root-1.key")}, nil, 2, "already exists"},
+		{"multi-party without targets keys", []string{"init", filepath.Join(w.dir, "ws4"), "--online-keys", filepath.Join(w.data, "online-keys.json"), "--root-key", filepath.Join(w.ws, "image.root.json")}, nil, 2, "public key"},
 		{"key readable by others", []string{"add", w.ws, img, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.1.0"}, func() {
 			if err := os.Chmod(filepath.Join(w.ws, "keys", "image-targets-1.key"), 0o644); err != nil {
 				t.Fatal(err)

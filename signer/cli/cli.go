@@ -16,6 +16,7 @@ import (
 
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/signer"
+	"github.com/roadsign/roadsign/signer/hsm"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -42,6 +43,14 @@ commands:
   publish  WORKSPACE --server URL --token TOKEN
   status   WORKSPACE [--json]
   rotate   WORKSPACE --role root|targets [--repository image|director] [--root-keys N --root-threshold M]
+
+multi-party (each holder keeps their own key; changes are staged for them to sign):
+  keygen   --out FILE|pkcs11:URI [--pub FILE]     create a holder's key, print its public key and ID
+  init     WORKSPACE --online-keys FILE --root-key PUB... --root-threshold M --targets-key PUB... --targets-threshold M
+  sign     WORKSPACE --key FILE|pkcs11:URI        add one holder's signature to the staged metadata
+  rotate   WORKSPACE --role root --root-key PUB... [--root-threshold M] | --role targets --targets-key PUB... [--targets-threshold M]
+  status   WORKSPACE                              also shows who has signed the staged metadata and who is missing
+  publish  refuses while staged metadata is below a threshold
 
 'roadsign-signer COMMAND --help' lists a command's flags.`
 
@@ -73,6 +82,8 @@ func run(ctx context.Context, args []string, env Env) error {
 		"publish": func(a []string) error { return cmdPublish(ctx, a, env) },
 		"status":  func(a []string) error { return cmdStatus(a, env) },
 		"rotate":  func(a []string) error { return cmdRotate(a, env) },
+		"keygen":  func(a []string) error { return cmdKeygen(a, env) },
+		"sign":    func(a []string) error { return cmdSign(a, env) },
 	})
 }
 
@@ -104,7 +115,11 @@ func cmdInit(args []string, env Env) error {
 	m := fs.Int("root-threshold", 2, "signatures of root keys needed to sign a root")
 	rootExp := fs.Duration("root-expiry", 365*24*time.Hour, "lifetime of root metadata")
 	targetsExp := fs.Duration("targets-expiry", 365*24*time.Hour, "lifetime of targets metadata (cars park for months)")
-	pos, err := parse(fs, args, env, 1, "roadsign-signer init WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2]")
+	var rootPubs, targetsPubs stringList
+	fs.Var(&rootPubs, "root-key", "multi-party: a root key holder's public key file (repeat per holder)")
+	fs.Var(&targetsPubs, "targets-key", "multi-party: a targets key holder's public key file (repeat per holder)")
+	tm := fs.Int("targets-threshold", 1, "multi-party: signatures of targets keys needed to sign targets")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer init WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2 | --root-key PUB... --root-threshold M --targets-key PUB... --targets-threshold M]")
 	if err != nil {
 		return err
 	}
@@ -119,11 +134,26 @@ func cmdInit(args []string, env Env) error {
 	if err := json.Unmarshal(b, &ok); err != nil {
 		return envflag.Usagef("--online-keys %s: not an online-keys.json: %v", *online, err)
 	}
+	rootHolders, err := signer.LoadPublicKeys(rootPubs)
+	if err != nil {
+		return err
+	}
+	targetsHolders, err := signer.LoadPublicKeys(targetsPubs)
+	if err != nil {
+		return err
+	}
 	w, err := signer.Init(pos[0], signer.InitOptions{
 		OnlineKeys: ok, RootKeys: *n, RootThreshold: *m, RootExpiry: *rootExp, TargetsExpiry: *targetsExp,
+		RootHolders: rootHolders, TargetsHolders: targetsHolders, TargetsThreshold: *tm,
 	}, env.Now)
 	if err != nil {
 		return err
+	}
+	if w.MultiParty() {
+		fmt.Fprintf(env.Stdout, "created multi-party workspace %s: root %d-of-%d, targets %d-of-%d; no private keys are kept here\n",
+			w.Dir, *m, len(rootHolders), *tm, len(targetsHolders))
+		fmt.Fprintf(env.Stdout, "root v1 and targets v1 are staged in %s/staged: each holder runs roadsign-signer sign %s --key THEIR-KEY, then publish\n", w.Dir, w.Dir)
+		return nil
 	}
 	fmt.Fprintf(env.Stdout, "created workspace %s: root keys %d-of-%d per repository, one targets key\n", w.Dir, *m, *n)
 	fmt.Fprintf(env.Stdout, "provision vehicles with %s/image.root.json and %s/director.root.json\n", w.Dir, w.Dir)
@@ -157,8 +187,12 @@ func cmdAdd(args []string, env Env) error {
 		fmt.Fprintf(env.Stdout, "%s is already signed (release counter %d, targets v%d); nothing changed\n", res.Path, res.ReleaseCounter, res.TargetsVersion)
 		return nil
 	}
-	fmt.Fprintf(env.Stdout, "added %s (%d bytes, sha256 %s, release counter %d); signed targets v%d\n",
-		res.Path, res.Length, res.SHA256, res.ReleaseCounter, res.TargetsVersion)
+	verb := "signed"
+	if w.MultiParty() {
+		verb = "staged (to be signed by the targets key holders)"
+	}
+	fmt.Fprintf(env.Stdout, "added %s (%d bytes, sha256 %s, release counter %d); %s targets v%d\n",
+		res.Path, res.Length, res.SHA256, res.ReleaseCounter, verb, res.TargetsVersion)
 	return nil
 }
 
@@ -204,11 +238,19 @@ func cmdStatus(args []string, env Env) error {
 	if err != nil {
 		return err
 	}
+	staged, err := w.StagedStatus()
+	if err != nil {
+		return err
+	}
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		if !w.MultiParty() {
+			return enc.Encode(st)
+		}
+		return enc.Encode(map[string]any{"roles": st, "staged": staged})
 	}
+	defer printStaged(env.Stdout, staged)
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "REPOSITORY\tROLE\tVERSION\tEXPIRES\tTHRESHOLD\tKEYS\tKEY IDS")
 	now := env.Now()
@@ -244,7 +286,19 @@ func cmdRotate(args []string, env Env) error {
 	repoName := fs.String("repository", signer.Image, "for --role root: image or director")
 	n := fs.Int("root-keys", 0, "for --role root: number of new root keys (default: as now)")
 	m := fs.Int("root-threshold", 0, "for --role root: new threshold (default: as now)")
+	var rootPubs, targetsPubs stringList
+	fs.Var(&rootPubs, "root-key", "multi-party, --role root: a new root key holder's public key file (repeat)")
+	fs.Var(&targetsPubs, "targets-key", "multi-party, --role targets: a new targets key holder's public key file (repeat)")
+	tm := fs.Int("targets-threshold", 0, "multi-party, --role targets: new threshold (default: as now)")
 	pos, err := parse(fs, args, env, 1, "roadsign-signer rotate WORKSPACE --role root|targets [--repository image|director]")
+	if err != nil {
+		return err
+	}
+	rootHolders, err := signer.LoadPublicKeys(rootPubs)
+	if err != nil {
+		return err
+	}
+	targetsHolders, err := signer.LoadPublicKeys(targetsPubs)
 	if err != nil {
 		return err
 	}
@@ -254,22 +308,110 @@ func cmdRotate(args []string, env Env) error {
 	}
 	switch *role {
 	case "root":
-		v, err := w.RotateRoot(*repoName, *n, *m)
+		v, err := w.RotateRoot(*repoName, *n, *m, rootHolders)
 		if err != nil {
 			return err
+		}
+		if w.MultiParty() {
+			fmt.Fprintf(env.Stdout, "staged %s root v%d: it needs a threshold of the old and of the new root keys (roadsign-signer sign %s --key ...), then publish\n", *repoName, v, w.Dir)
+			return nil
 		}
 		fmt.Fprintf(env.Stdout, "rotated %s root keys: root v%d is signed by the old and the new keys; publish it\n", *repoName, v)
 	case "targets":
 		if *repoName != signer.Image {
 			return envflag.Usagef("--role targets applies to the image repository; the director's targets key is the server's online key")
 		}
-		rv, tv, err := w.RotateTargets()
+		rv, tv, err := w.RotateTargets(*tm, targetsHolders)
 		if err != nil {
 			return err
+		}
+		if w.MultiParty() {
+			fmt.Fprintf(env.Stdout, "staged image root v%d listing the new targets keys and targets v%d signed by them: sign, then publish\n", rv, tv)
+			return nil
 		}
 		fmt.Fprintf(env.Stdout, "rotated the targets key: root v%d lists it, targets v%d is signed with it; publish them\n", rv, tv)
 	default:
 		return envflag.Usagef("--role %q: want root or targets", *role)
 	}
+	return nil
+}
+
+func printStaged(out io.Writer, staged []signer.Staged) {
+	if len(staged) == 0 {
+		return
+	}
+	fmt.Fprintln(out, "\nSTAGED (not yet published)")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FILE\tVERSION\tSIGNERS\tNEEDED\tSIGNED\tMISSING")
+	for _, s := range staged {
+		for _, r := range s.Requirements {
+			state := fmt.Sprintf("%d of %d", len(r.Signed), r.Threshold)
+			if r.Met() {
+				state += " ok"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", s.File, s.Version, r.Of, state, signer.ShortIDs(r.Signed), signer.ShortIDs(r.Missing))
+		}
+	}
+	tw.Flush()
+}
+
+func cmdKeygen(args []string, env Env) error {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	out := fs.String("out", "", "new key: a file (ed25519, mode 0600) or a PKCS#11 URI (ECDSA P-256 made on the token)")
+	pub := fs.String("pub", "", "where to write the public key (default: FILE.pub, or OBJECT.pub for a token)")
+	if _, err := parse(fs, args, env, 0, "roadsign-signer keygen --out FILE|pkcs11:URI [--pub FILE]"); err != nil {
+		return err
+	}
+	if *out == "" {
+		return envflag.Usagef("keygen needs --out FILE or --out pkcs11:token=...;object=...?module-path=...&pin-source=...")
+	}
+	if *pub == "" {
+		*pub = *out + ".pub"
+		if hsm.IsURI(*out) {
+			u, err := hsm.ParseURI(*out)
+			if err != nil {
+				return envflag.Usagef("--out: %v", err)
+			}
+			*pub = u.Object + ".pub"
+		}
+	}
+	k, err := signer.GenerateKey(*out, *pub)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	fmt.Fprintf(env.Stdout, "created key %s (%s)\npublic key: %s\nkey ID: %s\n", *out, k.Public.Scheme, *pub, k.ID)
+	return nil
+}
+
+func cmdSign(args []string, env Env) error {
+	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
+	ref := fs.String("key", "", "your key: a key file or a PKCS#11 URI")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer sign WORKSPACE --key FILE|pkcs11:URI")
+	if err != nil {
+		return err
+	}
+	if *ref == "" {
+		return envflag.Usagef("sign needs --key FILE or --key pkcs11:URI")
+	}
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	k, err := signer.OpenKey(*ref)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	did, err := w.Sign(k)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "signed with key %s: %s\n", k.ID[:12], strings.Join(did, ", "))
+	staged, err := w.StagedStatus()
+	if err != nil {
+		return err
+	}
+	printStaged(env.Stdout, staged)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -27,7 +28,17 @@ type Key struct {
 	Signer signature.Signer
 	// Private is the raw key, for signing that is not TUF metadata.
 	Private ed25519.PrivateKey
-	Path    string
+	// Path is the key file, or the PKCS#11 URI of a key on a token.
+	Path string
+	// Release, if set, frees what the key holds open (a token session).
+	Release func()
+}
+
+// Close releases what the key holds open; a file key holds nothing.
+func (k *Key) Close() {
+	if k != nil && k.Release != nil {
+		k.Release()
+	}
 }
 
 // Generate creates a new ed25519 key and writes it to path with mode 0600.
@@ -139,4 +150,33 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+// WritePublic writes a TUF public key (keytype, scheme, keyval) as JSON,
+// the form key holders hand to whoever runs roadsign-signer init.
+func WritePublic(path string, k *metadata.Key) error {
+	b, err := json.MarshalIndent(k, "", "  ")
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("public key file %s already exists; refusing to overwrite it", path)
+	}
+	return WriteFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// LoadPublic reads a public key written by WritePublic.
+func LoadPublic(path string) (*metadata.Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load public key: %w", err)
+	}
+	var k metadata.Key
+	if err := json.Unmarshal(b, &k); err != nil {
+		return nil, fmt.Errorf("public key %s: not a TUF public key (JSON with keytype, scheme, keyval): %w", path, err)
+	}
+	if _, err := k.ToPublicKey(); err != nil {
+		return nil, fmt.Errorf("public key %s: %w", path, err)
+	}
+	return &k, nil
 }

@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/roadsign/roadsign/client/tufclient"
+)
+
+// softHSM makes a fresh SoftHSM2 token "roadsign" in a temporary token
+// directory and returns the URI query that reaches it (module and PIN
+// file). It skips when SoftHSM2 is missing, unless ROADSIGN_REQUIRE_HSM
+// is set (make test sets it and installs Debian's softhsm2).
+func softHSM(t *testing.T) string {
+	t.Helper()
+	module := "/usr/lib/softhsm/libsofthsm2.so"
+	util, err := exec.LookPath("softhsm2-util")
+	if _, serr := os.Stat(module); err != nil || serr != nil {
+		if os.Getenv("ROADSIGN_REQUIRE_HSM") != "" {
+			t.Fatalf("SoftHSM2 is required (apt-get install softhsm2): %v %v", err, serr)
+		}
+		t.Skip("SoftHSM2 not installed (apt-get install softhsm2)")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "softhsm2.conf")
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.MkdirAll(tokens, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", conf)
+	if out, err := exec.Command(util, "--init-token", "--free", "--label", "roadsign", "--pin", "4711", "--so-pin", "0815").CombinedOutput(); err != nil {
+		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
+	}
+	pin := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pin, []byte("4711\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return "?module-path=" + module + "&pin-source=file:" + pin
+}
+
+// TestMultiPartySigning: root and targets keys held by different people,
+// one of them on a PKCS#11 token (SoftHSM2). Every change is staged,
+// each holder signs with only their own key, publish refuses below a
+// threshold (nothing reaches the server) and accepts at it, and a vehicle
+// pinned to root v1 follows a 2-of-3 root rotation and installs images
+// signed 2-of-2.
+func TestMultiPartySigning(t *testing.T) {
+	query := softHSM(t)
+	w := newWorld(t)
+	keysDir := t.TempDir()
+	key := func(name string) string { return filepath.Join(keysDir, name+".key") }
+	hsmKey := func(object string) string { return "pkcs11:token=roadsign;object=" + object + query }
+	pub := func(name string) string { return key(name) + ".pub" }
+	for _, h := range []string{"alice", "bob", "dave", "targets-ann"} {
+		r := w.mustSigner("keygen", "--out", key(h))
+		if !strings.Contains(r.stdout, "key ID: ") {
+			t.Fatalf("keygen prints no key ID: %s", r)
+		}
+	}
+	for _, h := range []string{"carol", "targets-tom"} {
+		r := w.mustSigner("keygen", "--out", hsmKey(h), "--pub", pub(h))
+		if !strings.Contains(r.stdout, "ecdsa-sha2-nistp256") {
+			t.Fatalf("keygen on the token: %s", r)
+		}
+	}
+	if r := w.signer("keygen", "--out", hsmKey("carol"), "--pub", pub("carol2")); r.code != 2 || !strings.Contains(r.stderr, "already holds a key") {
+		t.Errorf("a second key under one label: want exit 2, got %s", r)
+	}
+
+	// Root 2-of-3 (alice, bob, carol on the token); targets 2-of-2.
+	w.mustSigner("init", w.ws, "--online-keys", filepath.Join(w.data, "online-keys.json"),
+		"--root-key", pub("alice"), "--root-key", pub("bob"), "--root-key", pub("carol"), "--root-threshold", "2",
+		"--targets-key", pub("targets-ann"), "--targets-key", pub("targets-tom"), "--targets-threshold", "2")
+	if entries, _ := os.ReadDir(filepath.Join(w.ws, "keys")); len(entries) != 0 {
+		t.Errorf("a multi-party workspace keeps private keys: %v", entries)
+	}
+	w.add(findSample(t, huHW, "1.1.0"))
+	w.add(findSample(t, dcmHW, "1.1.0"))
+	w.mustSigner("sign", w.ws, "--key", key("alice"))
+	if r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken); r.code != 3 || !strings.Contains(r.stderr, "below threshold") {
+		t.Fatalf("publish with one root signature: want exit 3, got %s", r)
+	}
+	w.mustSigner("sign", w.ws, "--key", hsmKey("carol"))
+	w.mustSigner("sign", w.ws, "--key", key("targets-ann"))
+	w.mustSigner("sign", w.ws, "--key", hsmKey("targets-tom"))
+	w.publish()
+	v := w.vehicle(1) // pinned to root v1
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("first update: %s", r)
+	}
+
+	// Rotate the image root to bob, carol, dave (2-of-3) and add images:
+	// root v2 needs 2 of the old keys and 2 of the new, targets 2 of 2.
+	w.mustSigner("rotate", w.ws, "--role", "root", "--root-key", pub("bob"), "--root-key", pub("carol"), "--root-key", pub("dave"), "--root-threshold", "2")
+	w.add(findSample(t, huHW, "2.0.0"))
+	w.add(findSample(t, dcmHW, "2.0.0"))
+	if r := w.signer("sign", w.ws, "--key", key("nobody-"+"x")); r.code != 2 {
+		t.Errorf("sign with a missing key file: want exit 2, got %s", r)
+	}
+	w.mustSigner("keygen", "--out", key("mallory"))
+	if r := w.signer("sign", w.ws, "--key", key("mallory")); r.code != 2 || !strings.Contains(r.stderr, "is not one of the keys") {
+		t.Errorf("sign with an outsider's key: want exit 2, got %s", r)
+	}
+	w.mustSigner("sign", w.ws, "--key", hsmKey("carol"))
+	w.mustSigner("sign", w.ws, "--key", key("targets-ann"))
+
+	st := w.mustSigner("status", w.ws, "--json")
+	var status struct {
+		Staged []struct {
+			File         string
+			Version      int64
+			Requirements []struct {
+				Of              string
+				Threshold       int
+				Signed, Missing []string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(st.stdout), &status); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, st.stdout)
+	}
+	if len(status.Staged) != 2 {
+		t.Fatalf("staged: want the image root and targets, got %+v", status.Staged)
+	}
+	for _, s := range status.Staged {
+		for _, r := range s.Requirements {
+			wantMissing := 2 // of three root keys
+			if strings.HasPrefix(r.Of, "targets") {
+				wantMissing = 1 // of two targets keys
+			}
+			if len(r.Signed) != 1 || len(r.Missing) != wantMissing {
+				t.Errorf("%s: %s: signed %v, missing %v; want one signature so far", s.File, r.Of, r.Signed, r.Missing)
+			}
+		}
+	}
+	if txt := w.mustSigner("status", w.ws).stdout; !strings.Contains(txt, "STAGED") || !strings.Contains(txt, "1 of 2") {
+		t.Errorf("status does not show the staged signatures:\n%s", txt)
+	}
+
+	r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken)
+	if r.code != 3 || !strings.Contains(r.stderr, "image root v2 has 1 of 2 signatures") || !strings.Contains(r.stderr, "targets v2 has 1 of 2") {
+		t.Fatalf("publish with one signature each: want exit 3 naming what is missing, got %s", r)
+	}
+	if resp, _ := httpGet(t, w.url+"/repo/2.root.json", nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a refused publish reached the server: 2.root.json answers %d", resp.StatusCode)
+	}
+	hu2 := findSample(t, huHW, "2.0.0")
+	img, err := os.ReadFile(filepath.Join(samplesDir(), hu2.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := httpGet(t, w.url+"/repo/targets/head-unit/"+fmt.Sprintf("%x", sha256.Sum256(img))+"."+hu2.File, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a refused publish uploaded an image: %d", resp.StatusCode)
+	}
+
+	w.mustSigner("sign", w.ws, "--key", key("bob"))
+	w.mustSigner("sign", w.ws, "--key", hsmKey("targets-tom"))
+	if r := w.publish(); !strings.Contains(r.stdout, "root v2") {
+		t.Fatalf("publish at threshold: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(w.ws, "staged")); !os.IsNotExist(err) {
+		t.Errorf("published staged metadata is still staged: %v", err)
+	}
+
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update across the root rotation: %s", r)
+	}
+	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
+		t.Fatalf("after rotation: %v", got)
+	}
+	if got := tufclient.CachedVersion(filepath.Join(v.dir, "tuf", "image"), "root"); got != 2 {
+		t.Errorf("vehicle trusts image root v%d, want v2", got)
+	}
+}
