@@ -16,6 +16,12 @@ import (
 // ErrNotFound is final: the server does not have the file; retrying will not help.
 var ErrNotFound = errors.New("not found on the server")
 
+// ErrStalled means an attempt moved less than the policy's minimum speed
+// over its stall window (a dripping or frozen transfer). Stalls count
+// against MaxAttempts even when they made some progress, so a slow
+// retrieval attack ends the cycle instead of holding it for ever.
+var ErrStalled = errors.New("stalled")
+
 // ErrServerLength means the server's file is not the signed length.
 var ErrServerLength = errors.New("server's file length differs from the signed length")
 
@@ -36,7 +42,7 @@ type Target struct {
 
 // Policy bounds retries and guards against stalls.
 type Policy struct {
-	// MaxAttempts without progress before giving up.
+	// MaxAttempts without progress (or stalled) before giving up.
 	MaxAttempts int
 	BaseBackoff time.Duration
 	MaxBackoff  time.Duration
@@ -100,7 +106,7 @@ func Fetch(ctx context.Context, c *http.Client, t Target, p Policy) (Result, err
 		case errors.Is(err, errWriter):
 			return res, errors.Unwrap(err)
 		}
-		if n > 0 {
+		if n > 0 && !errors.Is(err, ErrStalled) {
 			fails = 0
 		}
 		fails++
@@ -200,7 +206,7 @@ func fetchOnce(ctx context.Context, c *http.Client, t Target, off int64, p Polic
 					return
 				case <-tick.C:
 					now := got.Load()
-					if now-last < p.MinSpeed*int64(p.StallWindow/time.Second) {
+					if now-last < int64(float64(p.MinSpeed)*p.StallWindow.Seconds()) {
 						close(stalled)
 						cancel()
 						return
@@ -222,7 +228,7 @@ func fetchOnce(ctx context.Context, c *http.Client, t Target, off int64, p Polic
 	}
 	select {
 	case <-stalled:
-		return n, false, fmt.Errorf("transfer of %s stalled: under %d bytes/s for %s", t.URL, p.MinSpeed, p.StallWindow)
+		return n, false, fmt.Errorf("transfer of %s %w: under %d bytes/s for %s", t.URL, ErrStalled, p.MinSpeed, p.StallWindow)
 	default:
 	}
 	return n, false, fmt.Errorf("read %s at byte %d: %w", t.URL, off+n, err)

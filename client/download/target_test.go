@@ -162,6 +162,30 @@ func TestFetchAbortsStalledTransfer(t *testing.T) {
 	}
 }
 
+// TestStallsCountEvenWithProgress: a server that sends a little on every
+// attempt and then drips nothing (slow retrieval) uses up the attempts;
+// resuming would otherwise go on as long as each attempt moved a byte.
+func TestStallsCountEvenWithProgress(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Length", "100000")
+		w.Write([]byte("a few bytes"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	p := testPolicy()
+	p.MaxAttempts, p.MinSpeed, p.StallWindow = 3, 1000, 200*time.Millisecond
+	_, err := Fetch(context.Background(), srv.Client(), Target{URL: srv.URL, Length: 100000, W: io.Discard}, p)
+	if err == nil || !errors.Is(err, ErrStalled) {
+		t.Fatalf("err = %v, want a stall", err)
+	}
+	if n := requests.Load(); n != 3 {
+		t.Errorf("%d attempts, want MaxAttempts (3)", n)
+	}
+}
+
 func TestBackoffGrowsAndIsCapped(t *testing.T) {
 	p := Policy{BaseBackoff: 100 * time.Millisecond, MaxBackoff: time.Second}
 	for attempt, max := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 3: 400 * time.Millisecond, 10: time.Second} {

@@ -10,8 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // softHSM makes a fresh SoftHSM2 token "roadsign" in a temporary token
@@ -180,5 +185,32 @@ func TestMultiPartySigning(t *testing.T) {
 	}
 	if got := tufclient.CachedVersion(filepath.Join(v.dir, "tuf", "image"), "root"); got != 2 {
 		t.Errorf("vehicle trusts image root v%d, want v2", got)
+	}
+
+	// Keys compromised below threshold: one targets holder's key (and
+	// every online key) signs targets v3 alone. The server refuses it on
+	// publish; put in storage with a forged snapshot and timestamp, the
+	// vehicle refuses it.
+	ann, err := keys.Load(key("targets-ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := metadata.Targets().FromBytes(w.readBlob("repo/2.targets.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Signed.Version = 3
+	if err := meta.Sign(cur, ann); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := cur.ToBytes(false)
+	if code, errCode := w.publishRaw(map[string]any{"targets": json.RawMessage(raw)}); code != http.StatusBadRequest || errCode != "bad_signature" {
+		t.Errorf("publishing targets signed by one of two keys: got %d %s, want 400 bad_signature", code, errCode)
+	}
+	w.writeBlob("repo/3.targets.json", raw)
+	w.forgeSnapshotAndTimestamp(3, meta.Expires(time.Now(), time.Hour))
+	w.restart()
+	if r := agent(t, "update", "--state", v.dir); r.code != 3 || !strings.Contains(r.stderr, "not enough signatures") {
+		t.Fatalf("targets signed below threshold: want exit 3, got %s", r)
 	}
 }

@@ -370,6 +370,31 @@ func TestUSBBundleRefusals(t *testing.T) {
 			t.Fatal("installed something")
 		}
 	})
+	// Partial bundles: an image missing, or cut short. No ECU switches
+	// slots: one failed image refuses the whole install.
+	for _, tc := range []struct {
+		name, wantMsg string
+		edit          func(body []byte) ([]byte, bool)
+	}{
+		{"an image missing from the bundle", "the bundle lacks", func(b []byte) ([]byte, bool) { return nil, false }},
+		{"an image cut short in the bundle", "length mismatch", func(b []byte) ([]byte, bool) { return b[:len(b)/2], true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := activeBytes(t, v1)
+			partial := filepath.Join(w.dir, strings.ReplaceAll(tc.name, " ", "-")+".tar")
+			if err := os.WriteFile(partial, editFirstImage(t, b1, tc.edit), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := agent(t, "install-usb", "--state", v1.dir, partial)
+			t.Logf("agent said: %s", r)
+			if r.code != 3 || !strings.Contains(r.stderr, tc.wantMsg) {
+				t.Fatalf("want exit 3 naming %q, got %s", tc.wantMsg, r)
+			}
+			if fmt.Sprint(before) != fmt.Sprint(activeBytes(t, v1)) {
+				t.Fatal("installed something from a partial bundle")
+			}
+		})
+	}
 	t.Run("an expired bundle", func(t *testing.T) {
 		r := agentAt(t, time.Now().Add(72*time.Hour), "install-usb", "--state", v1.dir, f1)
 		if r.code != 3 || !strings.Contains(r.stderr, "expired") {
@@ -517,4 +542,48 @@ func TestDCMReplacement(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(audit.Entries), "ecu.replace") {
 		t.Fatal("replacement not audited")
 	}
+}
+
+// editFirstImage rewrites a bundle archive: the first image entry's body
+// goes through edit, which may drop the entry.
+func editFirstImage(t *testing.T, bundle []byte, edit func([]byte) ([]byte, bool)) []byte {
+	t.Helper()
+	tr := tar.NewReader(bytes.NewReader(bundle))
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	done := false
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !done && h.Typeflag == tar.TypeReg && strings.HasSuffix(h.Name, ".img") {
+			done = true
+			var keep bool
+			if body, keep = edit(body); !keep {
+				continue
+			}
+			h.Size = int64(len(body))
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !done {
+		t.Fatal("the bundle has no .img entry")
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -22,6 +23,9 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	agentcli "github.com/roadsign/roadsign/client/cli"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/signer/keys"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -199,6 +203,47 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 			wantMsg: "hash verification failed",
 		},
 		{
+			// Keys compromised below threshold: the attacker holds one of
+			// the three image root keys (threshold 2) and makes root v2
+			// list a targets key of their own. The server refuses it on
+			// publish; served to the vehicle, the vehicle refuses it.
+			name: "root rotation signed by one of the two root keys it needs",
+			tamper: func(t *testing.T, w *world, v vehicleState) {
+				stolen, err := keys.Load(filepath.Join(w.ws, "keys", "image-root-1.key"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rogue, err := keys.Generate(filepath.Join(t.TempDir(), "rogue.key"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				root, err := metadata.Root().FromBytes(w.readBlob("repo/1.root.json"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				root.Signed.Version = 2
+				for _, id := range root.Signed.Roles[metadata.TARGETS].KeyIDs {
+					if err := root.Signed.RevokeKey(id, metadata.TARGETS); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := root.Signed.AddKey(rogue.Public, metadata.TARGETS); err != nil {
+					t.Fatal(err)
+				}
+				if err := meta.Sign(root, stolen); err != nil {
+					t.Fatal(err)
+				}
+				raw, _ := root.ToBytes(false)
+				body := map[string]any{"imageRoots": []json.RawMessage{w.readBlob("repo/1.root.json"), raw}}
+				if code, errCode := w.publishRaw(body); code != http.StatusBadRequest || errCode != "bad_signature" {
+					t.Errorf("publishing a root signed below threshold: got %d %s, want 400 bad_signature", code, errCode)
+				}
+				// The server never serves it; an attacker in the network does.
+				w.intercept(t, v, map[string][]byte{"/repo/2.root.json": raw})
+			},
+			wantMsg: "signature",
+		},
+		{
 			name: "older timestamp after a newer one was seen",
 			tamper: func(t *testing.T, w *world, v vehicleState) {
 				old := w.readBlob("repo/timestamp.json")
@@ -248,33 +293,47 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 // bytes and passes everything else through.
 func (w *world) intercept(t *testing.T, v vehicleState, forged map[string][]byte) {
 	t.Helper()
+	w.routeVia(t, v, func(pass http.Handler) http.Handler {
+		return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if b, ok := forged[r.URL.Path]; ok {
+				rw.Write(b)
+				return
+			}
+			pass.ServeHTTP(rw, r)
+		})
+	})
+}
+
+// routeVia points v at a proxy to the server built by wrap (given the
+// pass-through proxy). It returns a function that points v back.
+func (w *world) routeVia(t *testing.T, v vehicleState, wrap func(pass http.Handler) http.Handler) func() {
+	t.Helper()
 	target, err := url.Parse(w.url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pass := httputil.NewSingleHostReverseProxy(target)
-	proxy := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if b, ok := forged[r.URL.Path]; ok {
-			rw.Write(b)
-			return
-		}
-		pass.ServeHTTP(rw, r)
-	}))
+	pass.FlushInterval = -1
+	proxy := httptest.NewServer(wrap(pass))
 	t.Cleanup(proxy.Close)
 	cfgPath := filepath.Join(v.dir, "vehicle.json")
-	raw, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
+	setServer := func(u string) {
+		raw, err := os.ReadFile(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg map[string]any
+		if err := json.Unmarshal(raw, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg["server"] = u
+		raw, _ = json.Marshal(cfg)
+		if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["server"] = proxy.URL
-	raw, _ = json.Marshal(cfg)
-	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	setServer(proxy.URL)
+	return func() { setServer(w.url) }
 }
 
 func currentTargetsVersion(t *testing.T, w *world) int64 {
@@ -319,4 +378,118 @@ func TestImageFailingBootCheckRollsBack(t *testing.T) {
 func sha256hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// publishRaw posts metadata to the publish API as the admin, as an
+// attacker holding the admin token would, and returns the status and the
+// error code.
+func (w *world) publishRaw(body map[string]any) (int, string) {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	code := w.api("POST", "/api/v1/repo/publish", adminToken, body, &e)
+	return code, e.Error.Code
+}
+
+// TestCompromisedImageRepositoryAlone: an attacker holding the image
+// repository's targets key (and the admin token to publish) signs new
+// images into it. A vehicle installs only what the director assigns: it
+// takes the dealer's job for DCM 1.1.0 and nothing the attacker added,
+// though the attacker's images are validly signed and newer.
+func TestCompromisedImageRepositoryAlone(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none")
+	w.signerInit()
+	w.add(findSample(t, dcmHW, "1.1.0"))
+	w.publish()
+	v := w.vehicle(1)
+	w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "1.1.0", "reason": "dealer reflash"})
+
+	// The attacker's images: newer, for this vehicle's hardware, signed
+	// with the real targets key.
+	w.add(findSample(t, dcmHW, "2.0.0"))
+	w.add(findSample(t, huHW, "2.0.0"))
+	w.publish()
+
+	r := agent(t, "update", "--state", v.dir)
+	if r.code != 0 {
+		t.Fatalf("update: %s", r)
+	}
+	if got := versions(t, v); got["dcm"] != "1.1.0" || got["head-unit"] != "1.0.0" {
+		t.Fatalf("the vehicle installed what the director did not assign: %v\n%s", got, r)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 || !strings.Contains(r.stdout, "no update assigned") {
+		t.Fatalf("a second cycle: %s", r)
+	}
+	if got := versions(t, v); got["dcm"] != "1.1.0" || got["head-unit"] != "1.0.0" {
+		t.Fatalf("after a second cycle: %v", got)
+	}
+}
+
+// TestSlowRetrievalIsAbandoned: a network attacker drips target images
+// (about 10 KiB/s). Each attempt is abandoned once it has moved less
+// than the minimum speed over the stall window, the agent gives up after
+// its bounded attempts with nothing installed, and once the network is
+// honest again the next cycle installs.
+func TestSlowRetrievalIsAbandoned(t *testing.T) {
+	w := newWorld(t)
+	w.setup(nil)
+	v := w.vehicle(1)
+	before := activeBytes(t, v)
+	restore := w.routeVia(t, v, func(pass http.Handler) http.Handler {
+		return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if !strings.HasPrefix(r.URL.Path, "/repo/targets/") {
+				pass.ServeHTTP(rw, r)
+				return
+			}
+			pass.ServeHTTP(dripWriter{rw, r.Context()}, r)
+		})
+	})
+	var out, errb bytes.Buffer
+	p := download.Policy{MaxAttempts: 2, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+		MinSpeed: 64 << 10, StallWindow: 500 * time.Millisecond, Sleep: instantRetry.Sleep}
+	code := agentcli.Run(context.Background(), []string{"update", "--state", v.dir}, agentcli.Env{
+		Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Now: time.Now, Policy: &p})
+	if code != 1 || !strings.Contains(errb.String(), "stalled") {
+		t.Fatalf("dripped download: want exit 1 naming the stall, got %d\n%s\n%s", code, out.String(), errb.String())
+	}
+	if after := activeBytes(t, v); !maps.Equal(before, after) {
+		t.Fatalf("active slots changed: %v -> %v", before, after)
+	}
+	restore()
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update over an honest network: %s", r)
+	}
+	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
+		t.Fatalf("after the honest update: %v", got)
+	}
+}
+
+// dripWriter passes a response on 1 KiB every 100 ms.
+type dripWriter struct {
+	http.ResponseWriter
+	ctx context.Context
+}
+
+func (d dripWriter) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), 1024)
+		m, err := d.ResponseWriter.Write(b[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if f, ok := d.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		b = b[k:]
+		select {
+		case <-d.ctx.Done():
+			return n, d.ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return n, nil
 }
