@@ -173,3 +173,42 @@ func (w *Workspace) rotateTargetsHolders(threshold int, holders []*metadata.Key)
 	}
 	return root.Signed.Version, t.Signed.Version, w.save()
 }
+
+// Extend re-signs a role with a fresh expiry (root of either repository,
+// or the image repository's targets) at the next version, keys unchanged.
+// A multi-party workspace stages it for the holders to sign.
+func (w *Workspace) Extend(role, repoName string) (int64, error) {
+	switch role {
+	case metadata.ROOT:
+		if repoName != Image && repoName != Director {
+			return 0, fmt.Errorf("%w: --repository %q: want image or director", ErrUsage, repoName)
+		}
+		prev, err := w.CurrentRoot(repoName)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %v (publish the staged first root before extending it)", ErrUsage, err)
+		}
+		root, err := w.newRoot(repoName)
+		if err != nil {
+			return 0, err
+		}
+		root.Signed.Version = prev.Signed.Version + 1
+		if err := w.signAndStoreRoot(repoName, root, prev); err != nil {
+			return 0, err
+		}
+		return root.Signed.Version, nil
+	case metadata.TARGETS:
+		if repoName != Image {
+			return 0, fmt.Errorf("%w: --role targets applies to the image repository; the server re-signs the director's online metadata itself", ErrUsage)
+		}
+		t, err := w.workingTargets()
+		if err != nil {
+			return 0, err
+		}
+		w.bumpTargets(t)
+		if err := w.signAndStoreTargets(t); err != nil {
+			return 0, err
+		}
+		return t.Signed.Version, nil
+	}
+	return 0, fmt.Errorf("%w: --role %q: want root or targets", ErrUsage, role)
+}

@@ -109,6 +109,10 @@ func TestMultiPartySigning(t *testing.T) {
 	w.mustSigner("rotate", w.ws, "--role", "root", "--root-key", pub("bob"), "--root-key", pub("carol"), "--root-key", pub("dave"), "--root-threshold", "2")
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.add(findSample(t, dcmHW, "2.0.0"))
+	// An expiry extension joins the staged targets change (one version).
+	if r := w.mustSigner("extend", w.ws, "--role", "targets"); !strings.Contains(r.stdout, "targets v2") || !strings.Contains(r.stdout, "staged") {
+		t.Errorf("extend: %s", r)
+	}
 	if r := w.signer("sign", w.ws, "--key", key("nobody-"+"x")); r.code != 2 {
 		t.Errorf("sign with a missing key file: want exit 2, got %s", r)
 	}

@@ -76,6 +76,8 @@ func TestKeyRotation(t *testing.T) {
 	w.mustSigner("rotate", w.ws, "--role", "root", "--root-keys", "4", "--root-threshold", "3")
 	w.mustSigner("rotate", w.ws, "--role", "targets")
 	w.mustSigner("rotate", w.ws, "--role", "root", "--repository", "director")
+	w.mustSigner("extend", w.ws, "--role", "root", "--repository", "director") // director root v3, same keys
+	w.mustSigner("extend", w.ws, "--role", "targets")
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	r := w.publish()

@@ -43,6 +43,7 @@ commands:
   publish  WORKSPACE --server URL --token TOKEN
   status   WORKSPACE [--json]
   rotate   WORKSPACE --role root|targets [--repository image|director] [--root-keys N --root-threshold M]
+  extend   WORKSPACE --role root|targets [--repository image|director]   re-sign with a fresh expiry, keys unchanged
 
 multi-party (each holder keeps their own key; changes are staged for them to sign):
   keygen   --out FILE|pkcs11:URI [--pub FILE]     create a holder's key, print its public key and ID
@@ -84,6 +85,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		"rotate":  func(a []string) error { return cmdRotate(a, env) },
 		"keygen":  func(a []string) error { return cmdKeygen(a, env) },
 		"sign":    func(a []string) error { return cmdSign(a, env) },
+		"extend":  func(a []string) error { return cmdExtend(a, env) },
 	})
 }
 
@@ -413,5 +415,29 @@ func cmdSign(args []string, env Env) error {
 		return err
 	}
 	printStaged(env.Stdout, staged)
+	return nil
+}
+
+func cmdExtend(args []string, env Env) error {
+	fs := flag.NewFlagSet("extend", flag.ContinueOnError)
+	role := fs.String("role", "", "role to re-sign with a fresh expiry: root or targets")
+	repoName := fs.String("repository", signer.Image, "image or director (targets: image only)")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer extend WORKSPACE --role root|targets [--repository image|director]")
+	if err != nil {
+		return err
+	}
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	v, err := w.Extend(*role, *repoName)
+	if err != nil {
+		return err
+	}
+	verb := "signed"
+	if w.MultiParty() {
+		verb = "staged (sign it, then publish)"
+	}
+	fmt.Fprintf(env.Stdout, "%s %s v%d with a fresh expiry: %s\n", *repoName, *role, v, verb)
 	return nil
 }
