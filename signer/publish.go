@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/progress"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -49,6 +50,7 @@ func NewHTTPClient() *http.Client {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Minute, // the server verifies a large upload before it answers
 		MaxIdleConnsPerHost:   4,
+		ForceAttemptHTTP2:     true,
 	}}
 }
 
@@ -124,7 +126,7 @@ func (w *Workspace) Publish(ctx context.Context, o PublishOptions) (PublishResul
 	req.Header.Set("Authorization", "Bearer "+o.Token)
 	resp, err := o.Client.Do(req)
 	if err != nil {
-		return res, fmt.Errorf("publish metadata to %s: %w", base, err)
+		return res, fmt.Errorf("publish metadata to %s: %w", base, tlsRefused(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -143,7 +145,7 @@ func exists(ctx context.Context, c *http.Client, target string, length int64) (b
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return false, fmt.Errorf("check %s: %w", target, err)
+		return false, fmt.Errorf("check %s: %w", target, tlsRefused(err))
 	}
 	resp.Body.Close()
 	switch resp.StatusCode {
@@ -205,6 +207,15 @@ func serverError(what string, resp *http.Response) error {
 	err := fmt.Errorf("%s: server refused (%s, %s): %s", what, resp.Status, e.Error.Code, e.Error.Message)
 	if e.Error.Code == "bad_signature" || e.Error.Code == "expired" {
 		return fmt.Errorf("%w: %v", ErrSecurity, err)
+	}
+	return err
+}
+
+// tlsRefused marks a server certificate that does not verify as a
+// security refusal (exit 3), not a network failure.
+func tlsRefused(err error) error {
+	if tlsconf.IsVerifyError(err) {
+		return fmt.Errorf("%w: the server's TLS certificate does not verify (%v); give its CA with --ca-cert", ErrSecurity, err)
 	}
 	return err
 }

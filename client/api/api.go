@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
@@ -67,6 +69,9 @@ func (c *Client) do(ctx context.Context, method, path, bearer string, in, out an
 		c.Sign(req, body)
 	}
 	resp, err := c.HTTP.Do(req)
+	if tlsconf.IsVerifyError(err) {
+		return fmt.Errorf("%w: %s %s: %s", client.ErrRefused, method, path, download.TLSRefusal(err))
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %s %s: %v", client.ErrUnreachable, method, path, err)
 	}

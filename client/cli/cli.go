@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -60,6 +61,7 @@ commands:
   link-code   --state DIR [--json]      show a one-time code for the owner to link this vehicle
   replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE
                                         fit a replacement ECU (new key pair; prints the public key)
+  client-cert --state DIR --cert FILE   install the certificate issued for the vehicle's key (mutual TLS)
 
 faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
 power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
@@ -107,6 +109,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		"reauthorize": func(a []string) error { return cmdReauthorize(ctx, a, env) },
 		"link-code":   func(a []string) error { return cmdLinkCode(ctx, a, env) },
 		"replace-ecu": func(a []string) error { return cmdReplaceECU(a, env) },
+		"client-cert": func(a []string) error { return cmdClientCert(a, env) },
 	})
 }
 
@@ -127,6 +130,7 @@ func cmdInit(args []string, env Env) error {
 	model := fs.String("model", "Roadsign demo car", "model, for registration")
 	year := fs.Int("year", env.Now().Year(), "model year, for registration")
 	region := fs.String("region", "NA", "region code, for registration")
+	caCert := fs.String("ca-cert", "", "PEM CA certificate the server's TLS certificate must chain to (stored in the state)")
 	synopsis := "roadsign-agent init --state DIR --server URL --vin VIN --image-root FILE --director-root FILE --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE ..."
 	state, _, err := parseState(fs, args, env, 0, synopsis)
 	if err != nil {
@@ -136,6 +140,13 @@ func cmdInit(args []string, env Env) error {
 		return envflag.Usagef("init needs --server, --vin, --image-root and --director-root; usage: %s", synopsis)
 	}
 	cfg := vehicle.Config{VIN: *vinFlag, Server: strings.TrimRight(*server, "/")}
+	if *caCert != "" {
+		b, err := os.ReadFile(*caCert)
+		if err != nil {
+			return envflag.Usagef("--ca-cert: %v", err)
+		}
+		cfg.CACert = string(b)
+	}
 	firmware := map[string]string{}
 	for _, spec := range ecus {
 		parts := strings.SplitN(spec, ":", 4)
@@ -261,6 +272,11 @@ func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, erro
 		return nil, fmt.Errorf("vehicle key: %w", err)
 	}
 	hc := download.NewHTTPClient()
+	tlsCfg, err := v.TLS(key.Private)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", client.ErrUsage, err)
+	}
+	hc.Transport.(*http.Transport).TLSClientConfig = tlsCfg
 	hc.Transport = faults.Transport(hc.Transport)
 	return &agent.Agent{
 		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy, Now: env.Now,
@@ -471,5 +487,27 @@ func cmdReplaceECU(args []string, env Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "fitted %s in place of %s with a new vehicle key; the dealer re-provisions it:\n", *n, *old)
 	fmt.Fprintf(env.Stdout, "publicKey %s\n", base64.StdEncoding.EncodeToString(pub))
+	return nil
+}
+
+func cmdClientCert(args []string, env Env) error {
+	fs := flag.NewFlagSet("client-cert", flag.ContinueOnError)
+	certFile := fs.String("cert", "", "PEM certificate issued for this vehicle's key by the CA the server trusts (--client-ca)")
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent client-cert --state DIR --cert FILE")
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	if *certFile == "" {
+		return envflag.Usagef("client-cert needs --cert FILE")
+	}
+	b, err := os.ReadFile(*certFile)
+	if err != nil {
+		return envflag.Usagef("--cert: %v", err)
+	}
+	if err := v.SetClientCert(b); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "installed the client certificate for %s; requests to %s now present it\n", v.VIN, v.Server)
 	return nil
 }

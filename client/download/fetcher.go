@@ -15,6 +15,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/signer/meta"
 )
 
@@ -25,6 +26,7 @@ func NewHTTPClient() *http.Client {
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
+		ForceAttemptHTTP2:     true,
 		ResponseHeaderTimeout: 30 * time.Second,
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   4,
@@ -58,6 +60,11 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 		f.Sign(req)
 	}
 	resp, err := f.Client.Do(req)
+	if tlsconf.IsVerifyError(err) {
+		// Not a network failure: someone answers with a certificate that
+		// does not chain to the CA the vehicle trusts.
+		return nil, &metadata.ErrRepository{Msg: fmt.Sprintf("fetch %s: %s", url, TLSRefusal(err))}
+	}
 	if err != nil {
 		return nil, &metadata.ErrDownload{Msg: fmt.Sprintf("fetch %s: %v", url, err)}
 	}
@@ -81,6 +88,11 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 		return nil, &metadata.ErrRepository{Msg: fmt.Sprintf("%s is metadata made for a USB bundle, which is never trusted online (a replayed bundle?)", url)}
 	}
 	return b, nil
+}
+
+// TLSRefusal says why a server certificate was refused and what to do.
+func TLSRefusal(err error) string {
+	return fmt.Sprintf("the server's TLS certificate does not verify (%v); if the server uses a private CA, provision the vehicle with --ca-cert", err)
 }
 
 // ServerError is an HTTP error answer with the server's code and message

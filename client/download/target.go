@@ -11,6 +11,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 )
 
 // ErrNotFound is final: the server does not have the file; retrying will not help.
@@ -101,7 +104,7 @@ func Fetch(ctx context.Context, c *http.Client, t Target, p Policy) (Result, err
 			return res, nil
 		case err == nil:
 			continue
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrServerLength), ctx.Err() != nil:
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrServerLength), errors.Is(err, client.ErrRefused), ctx.Err() != nil:
 			return res, err
 		case errors.Is(err, errWriter):
 			return res, errors.Unwrap(err)
@@ -154,6 +157,9 @@ func fetchOnce(ctx context.Context, c *http.Client, t Target, off int64, p Polic
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
 	resp, err := c.Do(req)
+	if tlsconf.IsVerifyError(err) {
+		return 0, false, fmt.Errorf("%w: %s: %s", client.ErrRefused, t.URL, TLSRefusal(err))
+	}
 	if err != nil {
 		return 0, false, fmt.Errorf("request %s: %w", t.URL, err)
 	}

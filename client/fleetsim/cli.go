@@ -10,16 +10,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/internal/progress"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 )
 
 // Env is the process environment Run works in.
@@ -81,6 +84,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	model := fs.String("model", "Roadster", "model of every vehicle")
 	year := fs.Int("year", 2025, "model year of every vehicle")
 	region := fs.String("region", "EU", "region of every vehicle")
+	caCert := fs.String("ca-cert", "", "PEM CA certificate the server's TLS certificate must chain to")
 	if _, err := envflag.Parse(fs, args, env.Getenv, 0, synopsis); err != nil {
 		return err
 	}
@@ -119,6 +123,15 @@ func run(ctx context.Context, args []string, env Env) error {
 		if cfg.DirectorRoot, err = os.ReadFile(*rootFile); err != nil {
 			return envflag.Usagef("--director-root: %v", err)
 		}
+	}
+	if *caCert != "" {
+		tlsCfg, err := tlsconf.ClientFile(*caCert)
+		if err != nil {
+			return envflag.Usagef("%v", err)
+		}
+		cfg.HTTP = download.NewHTTPClient()
+		tr := cfg.HTTP.Transport.(*http.Transport)
+		tr.TLSClientConfig, tr.MaxIdleConnsPerHost = tlsCfg, cfg.Concurrency*2
 	}
 	cfg.StateDir = *stateDir
 	if cfg.StateDir == "" {

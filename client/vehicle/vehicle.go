@@ -4,6 +4,8 @@
 package vehicle
 
 import (
+	"crypto"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/signer/keys"
 )
@@ -34,6 +37,12 @@ type Config struct {
 	Server    string      `json:"server"`
 	ECUs      []ECUConfig `json:"ecus"`
 	CreatedAt time.Time   `json:"createdAt"`
+	// CACert is the PEM CA certificate the server's TLS certificate must
+	// chain to (empty: the system's roots).
+	CACert string `json:"caCert,omitempty"`
+	// ClientCert is the PEM certificate issued for the vehicle's key, for
+	// servers that require mutual TLS.
+	ClientCert string `json:"clientCert,omitempty"`
 }
 
 // Vehicle is an opened state directory.
@@ -54,6 +63,11 @@ func (c Config) Validate() error {
 	}
 	if c.Server == "" {
 		return errors.New("no server URL")
+	}
+	if c.CACert != "" {
+		if _, err := tlsconf.PoolFromPEM([]byte(c.CACert)); err != nil {
+			return fmt.Errorf("--ca-cert: %v", err)
+		}
 	}
 	if len(c.ECUs) == 0 {
 		return errors.New("no ECUs: give at least one --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE")
@@ -168,6 +182,34 @@ func (v *Vehicle) Close() error {
 	err := v.lock.Close()
 	v.lock = nil
 	return err
+}
+
+// SetClientCert stores a certificate for the vehicle's key (mutual TLS).
+// It refuses a certificate for any other key.
+func (v *Vehicle) SetClientCert(pem []byte) error {
+	key, err := keys.Load(v.KeyPath())
+	if err != nil {
+		return err
+	}
+	if _, err := tlsconf.ClientCert(pem, key.Private); err != nil {
+		return fmt.Errorf("%w: %v", client.ErrUsage, err)
+	}
+	v.ClientCert = string(pem)
+	return v.writeJSON(configFile, v.Config)
+}
+
+// TLS returns the TLS client settings: the stored CA and, if stored, the
+// client certificate with the vehicle's key.
+func (v *Vehicle) TLS(key crypto.Signer) (*tls.Config, error) {
+	var cert *tls.Certificate
+	if v.ClientCert != "" {
+		c, err := tlsconf.ClientCert([]byte(v.ClientCert), key)
+		if err != nil {
+			return nil, err
+		}
+		cert = c
+	}
+	return tlsconf.Client([]byte(v.CACert), cert)
 }
 
 // ImageRepoDir is the image repository's metadata cache.

@@ -43,7 +43,7 @@ func TestCLIReferenceMatchesHelp(t *testing.T) {
 	commands := map[string][]string{
 		"roadsign-server":     {"init", "serve"},
 		"roadsign-signer":     {"init", "add", "publish", "status", "rotate"},
-		"roadsign-agent":      {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu"},
+		"roadsign-agent":      {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu", "client-cert"},
 		"roadsign-demo":       {""},
 		"roadsign-fleetsim":   {""},
 		"roadsign-tuf-client": {""},

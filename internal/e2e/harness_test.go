@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,9 @@ type world struct {
 	stop   context.CancelFunc
 	done   chan int
 	logBuf *lockedBuffer
+	// reload stands for SIGHUP: it asks the server to reread its TLS
+	// certificate and key.
+	reload chan os.Signal
 }
 
 type lockedBuffer struct {
@@ -103,17 +107,23 @@ func (w *world) start() {
 	t := w.t
 	ctx, cancel := context.WithCancel(context.Background())
 	w.stop, w.done, w.logBuf = cancel, make(chan int, 1), &lockedBuffer{}
+	if w.reload == nil {
+		w.reload = make(chan os.Signal, 1)
+	}
 	addr := make(chan string, 1)
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", w.data, "--log-level", "warn"}, w.extra...)
 	go func() {
 		w.done <- servercli.Run(ctx, args, servercli.Env{
 			Stdout: w.logBuf, Stderr: w.logBuf, Getenv: w.getenv,
-			OnListen: func(a string) { addr <- a },
+			OnListen: func(a string) { addr <- a }, Reload: w.reload,
 		})
 	}()
 	select {
 	case a := <-addr:
 		w.url = "http://" + a
+		if slices.Contains(w.extra, "--tls-cert") {
+			w.url = "https://" + a
+		}
 	case code := <-w.done:
 		t.Fatalf("server exited with %d: %s", code, w.logBuf.String())
 	case <-time.After(20 * time.Second):

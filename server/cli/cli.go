@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/blobmetrics"
@@ -63,6 +65,9 @@ type Env struct {
 	// OnListen, if set, is called with the bound address once the server
 	// accepts connections (tests listen on 127.0.0.1:0).
 	OnListen func(addr string)
+	// Reload, if set, delivers a value whenever the TLS certificate and
+	// key should be read again (main sends one on SIGHUP).
+	Reload <-chan os.Signal
 }
 
 type config struct {
@@ -90,6 +95,9 @@ type config struct {
 	campaignTick    time.Duration
 	offlineAfter    time.Duration
 	blobRedirect    bool
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -166,6 +174,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+		fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain); reread on SIGHUP")
+		fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of --tls-cert; reread on SIGHUP")
+		fs.StringVar(&c.clientCA, "client-ca", "", "mutual TLS for vehicles: PEM CA that issues vehicle certificates; a vehicle's signed requests must come with a certificate for its registered key")
 	}
 	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server "+cmd+" [flags]"); err != nil {
 		return c, err
@@ -184,6 +195,12 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && c.offlineAfter <= 0 {
 		return c, envflag.Usagef("--offline-after must be positive, such as 72h")
+	}
+	if cmd == "serve" && (c.tlsCert == "") != (c.tlsKey == "") {
+		return c, envflag.Usagef("--tls-cert and --tls-key go together")
+	}
+	if cmd == "serve" && c.clientCA != "" && c.tlsCert == "" {
+		return c, envflag.Usagef("--client-ca needs TLS: give --tls-cert and --tls-key too")
 	}
 	if cmd == "serve" && c.maxConnections < 1 {
 		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
@@ -351,12 +368,26 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return err
 	}
+	var certs *tlsconf.Reloader
+	var clientCAs *x509.CertPool
+	if c.tlsCert != "" {
+		if certs, err = tlsconf.NewReloader(c.tlsCert, c.tlsKey); err != nil {
+			return envflag.Usagef("%v", err)
+		}
+		if c.clientCA != "" {
+			if clientCAs, err = tlsconf.CertPool(c.clientCA); err != nil {
+				return envflag.Usagef("--client-ca: %v", err)
+			}
+		}
+	}
+
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accountSvc, Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
 		Bundles: bundles, Web: pages, Campaigns: campaignSvc, Diagnosis: diagnosisSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
-		Ready: map[string]httpapi.Pinger{"blobs": blobs, "state": store},
+		Ready:              map[string]httpapi.Pinger{"blobs": blobs, "state": store},
+		VehicleClientCerts: clientCAs != nil,
 	})
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -375,9 +406,15 @@ func serve(ctx context.Context, c config, env Env) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if certs != nil {
+		srv.TLSConfig = certs.Server(clientCAs)
+	}
 	ln = netutil.LimitListener(ln, c.maxConnections)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
+	if certs != nil {
+		wg.Go(func() { reloadCerts(bg, certs, env.Reload, log) })
+	}
 	// Singleton work runs on the elected replica only. Campaign writes are
 	// fenced by its lease; re-signing also takes the repository's lease,
 	// and job timeouts are conditional updates.
@@ -407,7 +444,13 @@ func serve(ctx context.Context, c config, env Env) error {
 	defer func() { stopBG(); wg.Wait() }()
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "") // HTTP/2 as well
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "data", c.data, "blob", blobDesc(c), "database", dbDesc(c), "auto_assign", c.autoAssign)
 	if env.OnListen != nil {
 		env.OnListen(ln.Addr().String())
@@ -530,4 +573,22 @@ func repoChecks(ctx context.Context, images *repo.Repo, log *slog.Logger) []web.
 		resign.Detail = "no re-sign needed since this server started"
 	}
 	return append(out, resign)
+}
+
+// reloadCerts rereads the TLS certificate and key on each signal; open
+// connections keep the certificate they started with.
+func reloadCerts(ctx context.Context, certs *tlsconf.Reloader, reload <-chan os.Signal, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+			if err := certs.Reload(); err != nil {
+				log.Error("TLS certificate reload failed; still serving the previous one", "err", err)
+				continue
+			}
+			leaf := certs.Leaf()
+			log.Info("TLS certificate reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
@@ -95,6 +96,18 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
 		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
 			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN)
+	}
+	if a.VehicleClientCerts {
+		tlsState := c.Request.TLS
+		if tlsState == nil || len(tlsState.PeerCertificates) == 0 {
+			return server.CodedErrorf(server.KindUnauthorized, "client_certificate_required",
+				"this server requires vehicles to present their client certificate (mutual TLS); install one issued for the vehicle's key with roadsign-agent client-cert")
+		}
+		if !tlsconf.SameKey(tlsState.PeerCertificates[0].PublicKey, key) {
+			a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
+			return server.CodedErrorf(server.KindUnauthorized, "client_certificate_mismatch",
+				"the client certificate is not for the key registered to %s", claim.VIN)
+		}
 	}
 	if err := a.Store.UseNonce(ctx, claim.VIN, "request:"+claim.Nonce, now); errors.Is(err, server.ErrConflict) {
 		return server.CodedErrorf(server.KindUnauthorized, "replayed_request", "this signed request was seen before (nonce %s): a replay is refused; sign each request anew", claim.Nonce)

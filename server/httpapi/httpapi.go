@@ -67,6 +67,10 @@ type Deps struct {
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed
 	// (nil: none).
 	TrustedProxies []string
+	// VehicleClientCerts (mutual TLS) requires a vehicle's signed requests
+	// to arrive over TLS with a verified client certificate for the key
+	// registered to that VIN.
+	VehicleClientCerts bool
 }
 
 type api struct {

@@ -9,12 +9,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/signer"
 	"github.com/roadsign/roadsign/signer/hsm"
 	"github.com/roadsign/roadsign/signer/meta"
@@ -203,9 +205,18 @@ func cmdPublish(ctx context.Context, args []string, env Env) error {
 	var o signer.PublishOptions
 	fs.StringVar(&o.Server, "server", "", "server URL, e.g. http://127.0.0.1:8080")
 	fs.StringVar(&o.Token, "token", "", "admin bearer token")
+	caCert := fs.String("ca-cert", "", "PEM CA certificate the server's TLS certificate must chain to")
 	pos, err := parse(fs, args, env, 1, "roadsign-signer publish WORKSPACE --server URL --token TOKEN")
 	if err != nil {
 		return err
+	}
+	if *caCert != "" {
+		tlsCfg, err := tlsconf.ClientFile(*caCert)
+		if err != nil {
+			return envflag.Usagef("%v", err)
+		}
+		o.Client = signer.NewHTTPClient()
+		o.Client.Transport.(*http.Transport).TLSClientConfig = tlsCfg
 	}
 	o.Progress = env.Stderr
 	w, err := signer.Open(pos[0], env.Now)

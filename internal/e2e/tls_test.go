@@ -1,0 +1,312 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roadsign/roadsign/client/api"
+	"github.com/roadsign/roadsign/client/download"
+	fleetsimcli "github.com/roadsign/roadsign/client/fleetsim"
+	"github.com/roadsign/roadsign/signer/keys"
+)
+
+// testCA is a private certificate authority for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	file string // PEM certificate
+}
+
+func newTestCA(t *testing.T, dir, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".pem")}
+	writePEM(t, ca.file, "CERTIFICATE", der)
+	return ca
+}
+
+// issue signs a certificate for pub: a server certificate for 127.0.0.1,
+// or a client certificate.
+func (ca *testCA) issue(t *testing.T, serial int64, pub crypto.PublicKey, server bool) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "roadsign test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage, tmpl.IPAddresses = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// serverCert writes a fresh key and a certificate with serial for
+// 127.0.0.1 to certFile and keyFile.
+func (ca *testCA) serverCert(t *testing.T, serial int64, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, keyFile, "PRIVATE KEY", der)
+	writePEM(t, certFile, "CERTIFICATE", ca.issue(t, serial, &key.PublicKey, true))
+}
+
+func writePEM(t *testing.T, file, typ string, der []byte) {
+	t.Helper()
+	if err := keys.WriteFileAtomic(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tlsWorld starts a server on HTTPS with a certificate from a new CA.
+func tlsWorld(t *testing.T, extra ...string) (*world, *testCA, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "roadsign-ca")
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	ca.serverCert(t, 100, certFile, keyFile)
+	w := newWorld(t, append([]string{"--tls-cert", certFile, "--tls-key", keyFile}, extra...)...)
+	return w, ca, certFile, keyFile
+}
+
+func (w *world) tlsPublish(ca string) result {
+	w.t.Helper()
+	return w.signer("publish", w.ws, "--server", w.url, "--token", adminToken, "--ca-cert", ca)
+}
+
+// tlsVehicle provisions vehicle n trusting the CA, registered by the admin.
+func (w *world) tlsVehicle(n int, ca string) vehicleState {
+	w.t.Helper()
+	st := filepath.Join(w.dir, "tls-vehicle"+string(rune('0'+n)))
+	hu, dcm := findSample(w.t, huHW, "1.0.0"), findSample(w.t, dcmHW, "1.0.0")
+	r := agent(w.t, "init", "--state", st, "--server", w.url, "--vin", testVIN(n), "--ca-cert", ca,
+		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+		"--ecu", "head-unit:HU"+testVIN(n)[11:]+":"+huHW+":"+filepath.Join(samplesDir(), hu.File),
+		"--ecu", "dcm:DCM"+testVIN(n)[11:]+":"+dcmHW+":"+filepath.Join(samplesDir(), dcm.File),
+		"--token", adminToken)
+	if r.code != 0 {
+		w.t.Fatalf("agent init over TLS: %s", r)
+	}
+	return vehicleState{dir: st, vin: testVIN(n)}
+}
+
+// TestAgentOverTLS: the server speaks HTTPS with a certificate from a
+// private CA. The signer and the agent given the CA (--ca-cert; the agent
+// keeps it in its state) publish and install; without it each refuses
+// with a security error (exit 3) and nothing is installed.
+func TestAgentOverTLS(t *testing.T) {
+	w, ca, _, _ := tlsWorld(t)
+	w.signerInit()
+	w.add(findSample(t, huHW, "1.1.0"))
+	w.add(findSample(t, dcmHW, "1.1.0"))
+	if r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken); r.code != 3 || !strings.Contains(r.stderr, "does not verify") {
+		t.Fatalf("publish without the CA: want exit 3, got %s", r)
+	}
+	if r := w.tlsPublish(ca.file); r.code != 0 {
+		t.Fatalf("publish with --ca-cert: %s", r)
+	}
+	v := w.tlsVehicle(1, ca.file)
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update over TLS: %s", r)
+	}
+	if got := versions(t, v); got["head-unit"] != "1.1.0" || got["dcm"] != "1.1.0" {
+		t.Fatalf("after the update over TLS: %v", got)
+	}
+
+	// A vehicle provisioned without the CA refuses the server.
+	st := filepath.Join(w.dir, "no-ca")
+	hu, dcm := findSample(t, huHW, "1.0.0"), findSample(t, dcmHW, "1.0.0")
+	r := agent(t, "init", "--state", st, "--server", w.url, "--vin", testVIN(2),
+		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+		"--ecu", "head-unit:HU2:"+huHW+":"+filepath.Join(samplesDir(), hu.File), "--ecu", "dcm:DCM2:"+dcmHW+":"+filepath.Join(samplesDir(), dcm.File),
+		"--token", adminToken)
+	if r.code != 3 || !strings.Contains(r.stderr, "--ca-cert") {
+		t.Fatalf("registering without the CA: want exit 3 naming --ca-cert, got %s", r)
+	}
+	noCA := vehicleState{dir: st, vin: testVIN(2)}
+	before := activeBytes(t, noCA)
+	if r := agent(t, "update", "--state", st); r.code != 3 || !strings.Contains(r.stderr, "does not verify") {
+		t.Fatalf("update without the CA: want exit 3, got %s", r)
+	}
+	if after := activeBytes(t, noCA); before["dcm"] != after["dcm"] || before["head-unit"] != after["head-unit"] {
+		t.Fatal("installed something from a server whose certificate did not verify")
+	}
+
+	// The fleet simulator takes the CA too.
+	if r := runFleetsim(t, "--server", w.url, "--token", adminToken, "--ca-cert", ca.file, "--samples", samplesDir(), "--vehicles", "2", "--register", "--cycles", "1", "--interval", "0"); r.code != 0 {
+		t.Fatalf("fleetsim over TLS: %s", r)
+	}
+}
+
+// TestTLSCertificateReloadsOnSIGHUP: a new certificate written over the
+// files is served to new connections after the reload signal; a
+// connection opened before keeps working (HTTP/2).
+func TestTLSCertificateReloadsOnSIGHUP(t *testing.T) {
+	w, ca, certFile, keyFile := tlsWorld(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	newClient := func() *http.Client {
+		c := download.NewHTTPClient()
+		c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool}
+		return c
+	}
+	get := func(c *http.Client) (*http.Response, error) {
+		resp, err := c.Get(w.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	old := newClient()
+	resp, err := get(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.ProtoMajor != 2 {
+		t.Errorf("protocol %s, want HTTP/2", resp.Proto)
+	}
+	if resp.TLS.Version < tls.VersionTLS12 {
+		t.Errorf("TLS version %x, want 1.2 or later", resp.TLS.Version)
+	}
+	if s := resp.TLS.PeerCertificates[0].SerialNumber.Int64(); s != 100 {
+		t.Fatalf("serial %d, want 100", s)
+	}
+
+	ca.serverCert(t, 101, certFile, keyFile)
+	w.reload <- os.Interrupt // SIGHUP in the real binary
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := get(newClient())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.TLS.PeerCertificates[0].SerialNumber.Int64() == 101 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections still get the old certificate 10 s after the reload signal")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The connection opened before the reload is still up and still
+	// carries the certificate it started with.
+	resp, err = get(old)
+	if err != nil {
+		t.Fatalf("a connection from before the reload: %v", err)
+	}
+	if s := resp.TLS.PeerCertificates[0].SerialNumber.Int64(); s != 100 {
+		t.Errorf("the connection from before the reload now shows serial %d; it was dropped and redialed", s)
+	}
+
+	// A broken certificate file is not loaded: the server keeps serving.
+	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.reload <- os.Interrupt
+	time.Sleep(100 * time.Millisecond)
+	if resp, err := get(newClient()); err != nil || resp.TLS.PeerCertificates[0].SerialNumber.Int64() != 101 {
+		t.Fatalf("after a failed reload: %v", err)
+	}
+	if !strings.Contains(w.logBuf.String(), "reload failed") {
+		t.Error("a failed reload is not logged")
+	}
+}
+
+// TestMutualTLSForVehicles: with --client-ca, a vehicle's signed requests
+// must come with a certificate for its registered key. Without one the
+// server refuses; with its own it updates; a valid certificate for
+// another key is refused even with a good signature.
+func TestMutualTLSForVehicles(t *testing.T) {
+	dir := t.TempDir()
+	vehicles := newTestCA(t, dir, "vehicle-ca")
+	w, ca, _, _ := tlsWorld(t, "--client-ca", vehicles.file)
+	w.signerInit()
+	w.add(findSample(t, dcmHW, "1.1.0"))
+	if r := w.tlsPublish(ca.file); r.code != 0 {
+		t.Fatalf("publish: %s", r)
+	}
+	v := w.tlsVehicle(1, ca.file) // registration uses a bearer token: no client certificate needed
+	if r := agent(t, "update", "--state", v.dir); r.code == 0 || !strings.Contains(r.stderr, "client_certificate_required") {
+		t.Fatalf("update without a client certificate: want a refusal, got %s", r)
+	}
+	key, err := keys.Load(filepath.Join(v.dir, "vehicle.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := filepath.Join(dir, "own.pem")
+	writePEM(t, own, "CERTIFICATE", vehicles.issue(t, 7, key.Private.Public(), false))
+	other, err := keys.Generate(filepath.Join(dir, "other.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCert := vehicles.issue(t, 8, other.Private.Public(), false)
+	otherFile := filepath.Join(dir, "other.pem")
+	writePEM(t, otherFile, "CERTIFICATE", otherCert)
+	if r := agent(t, "client-cert", "--state", v.dir, "--cert", otherFile); r.code != 2 || !strings.Contains(r.stderr, "another key") {
+		t.Fatalf("installing a certificate for another key: want exit 2, got %s", r)
+	}
+	if r := agent(t, "client-cert", "--state", v.dir, "--cert", own); r.code != 0 {
+		t.Fatalf("client-cert: %s", r)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update with the vehicle's certificate: %s", r)
+	}
+	if got := versions(t, v); got["dcm"] != "1.1.0" {
+		t.Fatalf("after the mutual-TLS update: %v", got)
+	}
+
+	// Someone holding the vehicle's signing key but presenting another
+	// key's certificate (issued by the same CA) is refused.
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	hc := download.NewHTTPClient()
+	hc.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{otherCert}, PrivateKey: other.Private}}}
+	c := &api.Client{Base: w.url, HTTP: hc, VIN: v.vin, Key: key.Private, Now: time.Now}
+	_, _, err = c.LinkCode(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "client_certificate_mismatch") {
+		t.Fatalf("a signed request with another key's certificate: want client_certificate_mismatch, got %v", err)
+	}
+}
+
+// runFleetsim runs roadsign-fleetsim in process.
+func runFleetsim(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := fleetsimcli.Run(context.Background(), args, fleetsimcli.Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	return result{code, out.String(), errb.String()}
+}
