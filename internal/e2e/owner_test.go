@@ -284,7 +284,8 @@ func setServer(t *testing.T, v vehicleState, url string) {
 func (w *world) restart() {
 	w.t.Helper()
 	w.shutdown()
-	w.extra = append(w.extra, "--listen", strings.TrimPrefix(w.url, "http://"))
+	_, addr, _ := strings.Cut(w.url, "://")
+	w.extra = append(w.extra, "--listen", addr)
 	w.start()
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/backup"
 	"github.com/roadsign/roadsign/server/blobmetrics"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
@@ -129,11 +130,15 @@ func run(ctx context.Context, args []string, env Env) error {
 	}
 	switch cmd {
 	case "serve", "init":
+	case "backup":
+		return cmdBackup(ctx, args, env)
+	case "restore":
+		return cmdRestore(args, env)
 	case "help":
-		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve] [flags]; roadsign-server serve --help lists the flags")
+		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve|backup|restore] [flags]; roadsign-server COMMAND --help lists the flags")
 		return nil
 	default:
-		return envflag.Usagef("unknown command %q; want init or serve", cmd)
+		return envflag.Usagef("unknown command %q; want init, serve, backup or restore", cmd)
 	}
 	cfg, err := parseFlags(cmd, args, env)
 	if err != nil {
@@ -322,8 +327,13 @@ func serve(ctx context.Context, c config, env Env) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	blobs = blobmetrics.Wrap(blobs, reg)
+	floor, err := backup.Floor(c.data)
+	if err != nil {
+		return err
+	}
 	images := repo.New(blobs, keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
+		VersionFloor: floor,
 	}, time.Now, log, reg)
 	if c.blobRedirect {
 		if err := images.UseRedirects(); err != nil {
@@ -334,6 +344,15 @@ func serve(ctx context.Context, c config, env Env) error {
 	images.UseLeases(store, replica)
 	elector := leader.New(store, "leader", replica, c.leaderLease, log, reg)
 	directorSvc := director.New(store, images, keys, c.autoAssign, c.directorExpiry, time.Now, log)
+	directorSvc.SetVersionFloor(floor)
+	if floor > 0 {
+		// Restored from a backup: sign above whatever the lost server
+		// served before any vehicle asks (server/backup explains).
+		if _, err := images.ResignIfNeeded(ctx); err != nil {
+			return fmt.Errorf("re-sign after restore: %w", err)
+		}
+		log.Info("restored data: every online role signs at or above the version floor", "version_floor", floor)
+	}
 	jobSvc := jobs.New(store, images, jobs.Config{Timeout: c.jobTimeout, RetryBase: c.jobRetry}, time.Now, log)
 	reg.MustRegister(jobSvc.Collector())
 	directorSvc.UseJobs(jobSvc)
@@ -591,4 +610,68 @@ func reloadCerts(ctx context.Context, certs *tlsconf.Reloader, reload <-chan os.
 			log.Info("TLS certificate reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter)
 		}
 	}
+}
+
+func cmdBackup(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("roadsign-server backup", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var o backup.Options
+	fs.StringVar(&o.Data, "data", "./roadsign-data", "the server's data directory (the server may keep running)")
+	fs.StringVar(&o.Out, "out", "", "archive to write (gzipped tar; holds the online private keys: keep it like them)")
+	fs.StringVar(&o.Database, "database", "", "the server's --database when it is PostgreSQL (pg_dump backs that up)")
+	blob := fs.String("blob", "", "the server's --blob when it is not DATA/blobs")
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server backup --data DIR --out FILE"); err != nil {
+		return err
+	}
+	if o.Out == "" {
+		return envflag.Usagef("backup needs --out FILE")
+	}
+	switch {
+	case *blob == "":
+	case strings.HasPrefix(*blob, "file://"):
+		o.BlobDir = strings.TrimPrefix(*blob, "file://")
+	case strings.HasPrefix(*blob, "s3://"):
+		o.S3 = true
+	default:
+		return envflag.Usagef("--blob %q: want file:///DIR or s3://BUCKET", *blob)
+	}
+	o.Now = time.Now
+	m, err := backup.Create(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "backed up %s to %s: %d files (database: %s, blobs: %s)\n", o.Data, o.Out, m.Files, m.Database, m.Blobs)
+	for _, n := range m.Notes {
+		fmt.Fprintf(env.Stdout, "note: %s\n", n)
+	}
+	return nil
+}
+
+func cmdRestore(args []string, env Env) error {
+	fs := flag.NewFlagSet("roadsign-server restore", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var o backup.RestoreOptions
+	fs.StringVar(&o.Data, "data", "", "data directory to restore into (new or empty)")
+	fs.StringVar(&o.From, "from", "", "archive written by roadsign-server backup")
+	fs.BoolVar(&o.Force, "force", false, "replace what the data directory holds")
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server restore --data DIR --from FILE [--force]"); err != nil {
+		return err
+	}
+	if o.Data == "" || o.From == "" {
+		return envflag.Usagef("restore needs --data DIR and --from FILE")
+	}
+	o.Now = time.Now
+	m, err := backup.Restore(o)
+	if errors.Is(err, backup.ErrNotEmpty) {
+		return envflag.Usagef("%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "restored the backup of %s into %s; start roadsign-server serve --data %s: it signs every online role above what the old server served\n",
+		m.CreatedAt.Format(time.RFC3339), o.Data, o.Data)
+	for _, n := range m.Notes {
+		fmt.Fprintf(env.Stdout, "note: %s\n", n)
+	}
+	return nil
 }

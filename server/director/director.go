@@ -54,12 +54,19 @@ type Service struct {
 	expiry     time.Duration
 	now        func() time.Time
 	log        *slog.Logger
+	// floor is the least version signed for any VIN's metadata (a
+	// restored server, see server/backup); 0 when never restored.
+	floor int64
 }
 
 // New returns a director.
 func New(store server.Store, images Images, keys *repo.OnlineKeys, autoAssign string, expiry time.Duration, now func() time.Time, log *slog.Logger) *Service {
 	return &Service{store: store, images: images, keys: keys, autoAssign: autoAssign, expiry: expiry, now: now, log: log}
 }
+
+// SetVersionFloor makes every version signed from now on at least floor,
+// and metadata signed below it stale (re-signed at the next fetch).
+func (d *Service) SetVersionFloor(floor int64) { d.floor = floor }
 
 // UseJobs makes the director record what auto-assign decides as jobs.
 func (d *Service) UseJobs(j AutoJobs) { d.jobs = j }
@@ -402,6 +409,7 @@ func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBun
 	if err != nil {
 		return nil, nil, err
 	}
+	n = max(n, d.floor)
 	b.VIN = v.VIN
 	metas, err := d.sign(v.VIN, n, n, n, files, b.ValidUntil.UTC().Truncate(time.Second), b.Custom())
 	return metas, as, err
@@ -432,7 +440,7 @@ func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.Directo
 			return head, nil, err
 		}
 		now := d.now()
-		if head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 {
+		if head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 && head.TimestampVersion >= d.floor {
 			return head, nil, nil
 		}
 		next, metas, err := d.Sign(v.VIN, head, files, hash, now, life)
@@ -457,8 +465,8 @@ func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.Directo
 // with SaveDirector.
 func (d *Service) Sign(vin string, head server.DirectorHead, files map[string]*metadata.TargetFiles, hash string, now time.Time, life time.Duration) (server.DirectorHead, []server.DirectorMeta, error) {
 	exp := meta.Expires(now, life)
-	next := server.DirectorHead{VIN: vin, TargetsVersion: head.TargetsVersion + 1, SnapshotVersion: head.SnapshotVersion + 1,
-		TimestampVersion: head.TimestampVersion + 1, AssignmentHash: hash, TimestampExpires: exp}
+	next := server.DirectorHead{VIN: vin, TargetsVersion: max(head.TargetsVersion+1, d.floor), SnapshotVersion: max(head.SnapshotVersion+1, d.floor),
+		TimestampVersion: max(head.TimestampVersion+1, d.floor), AssignmentHash: hash, TimestampExpires: exp}
 	// The VIN is signed into the targets: a vehicle refuses another's.
 	metas, err := d.sign(vin, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, files, exp, map[string]any{"vin": vin})
 	return next, metas, err

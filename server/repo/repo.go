@@ -45,6 +45,9 @@ type Config struct {
 	SnapshotExpiry  time.Duration
 	// MaxTargetSize caps one uploaded target file.
 	MaxTargetSize int64
+	// VersionFloor is the least snapshot and timestamp version signed (a
+	// restored server, see server/backup); 0 when never restored.
+	VersionFloor int64
 }
 
 // Leaser hands out named leases shared by all replicas (the state store).

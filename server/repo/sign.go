@@ -20,6 +20,7 @@ func (r *Repo) signSnapshotAndTimestamp(ctx context.Context, st *state, targetsV
 	if st.snapshot != nil {
 		snapV = st.snapshot.Signed.Version + 1
 	}
+	snapV = max(snapV, r.cfg.VersionFloor)
 	snapRaw, err := meta.SignSnapshot(snapV, targetsV, meta.Expires(now, r.cfg.SnapshotExpiry), nil, r.keys.ImageSnapshot)
 	if err != nil {
 		return 0, 0, err
@@ -39,6 +40,7 @@ func (r *Repo) signTimestamp(ctx context.Context, st *state, snapV int64, snapRa
 	if st.timestamp != nil {
 		tsV = st.timestamp.Signed.Version + 1
 	}
+	tsV = max(tsV, r.cfg.VersionFloor)
 	exp := meta.Expires(now, r.cfg.TimestampExpiry)
 	raw, err := meta.SignTimestamp(tsV, snapV, snapRaw, exp, nil, r.keys.ImageTimestamp)
 	if err != nil {
@@ -84,7 +86,9 @@ func (r *Repo) resign(ctx context.Context) (bool, error) {
 	if st.timestamp == nil {
 		return false, nil // nothing published yet
 	}
-	if st.snapshot.Signed.Expires.Sub(now) < r.cfg.SnapshotExpiry/2 {
+	// A restored server signs above every version the lost one may have
+	// served before vehicles see anything from it.
+	if st.snapshot.Signed.Expires.Sub(now) < r.cfg.SnapshotExpiry/2 || st.timestamp.Signed.Version < r.cfg.VersionFloor {
 		snapV, tsV, err := r.signSnapshotAndTimestamp(ctx, st, st.targetsV, now)
 		if err != nil {
 			return false, fmt.Errorf("re-sign snapshot: %w", err)

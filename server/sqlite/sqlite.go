@@ -62,3 +62,20 @@ func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
 	}
 	return s, nil
 }
+
+// Snapshot writes a consistent copy of the database at path to out with
+// VACUUM INTO, while other processes (a running server) keep using it.
+func Snapshot(ctx context.Context, path, out string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("sqlite database: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(30000)")
+	if err != nil {
+		return fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", out); err != nil {
+		return fmt.Errorf("snapshot sqlite %s: %w", path, err)
+	}
+	return nil
+}
