@@ -22,7 +22,7 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
            -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
            -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
 
-.PHONY: all build test demo bench benchdeps torture fuzz lint tools testdeps clean
+.PHONY: all build test demo bench benchdeps torture fuzz lint tools testdeps release clean
 
 all: build
 
@@ -38,7 +38,7 @@ build:
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
 test: tools testdeps
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 	$(GO) test -race -count=1 -timeout 5m ./internal/hostile
 
@@ -82,6 +82,16 @@ benchdeps:
 	@missing=""; for t in nginx wrk curl; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
+# Release artifacts in dist/ (reproducible: the same commit builds the same
+# files): make release VERSION=0.2.0. Tarballs of every program and .deb
+# packages of the server and the agent for linux/amd64 and linux/arm64,
+# and SHA256SUMS. Needs dpkg-deb (Debian's dpkg).
+release:
+	@case "$(VERSION)" in [0-9]*.[0-9]*.[0-9]*) ;; *) echo "make release VERSION=x.y.z (got $(VERSION))"; exit 2;; esac
+	rm -rf dist
+	$(GO) run ./internal/release --version $(VERSION) --commit $(COMMIT) --date $(SOURCE_DATE_EPOCH) --out dist
+	@cat dist/SHA256SUMS
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -90,14 +100,16 @@ tools: $(VERSITYGW)
 
 # Debian packages the tests use when missing: headless Chromium for the web
 # page tests (screenshots land in screenshots/), jq for the README walkthrough,
-# SoftHSM2 for the hardware-key signing test.
+# SoftHSM2 for the hardware-key signing test, systemd-analyze and kill(1)
+# for the release test's unit checks.
 testdeps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; [ -x /bin/kill ] || missing="$$missing procps"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VERSITYGW):
 	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
