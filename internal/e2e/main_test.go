@@ -26,5 +26,8 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if programsDir != "" {
+		os.RemoveAll(programsDir)
+	}
 	os.Exit(code)
 }

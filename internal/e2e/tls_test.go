@@ -15,8 +15,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -309,4 +311,68 @@ func runFleetsim(t *testing.T, args ...string) result {
 	var out, errb bytes.Buffer
 	code := fleetsimcli.Run(context.Background(), args, fleetsimcli.Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
 	return result{code, out.String(), errb.String()}
+}
+
+// TestServerBinaryReloadsCertificateOnSIGHUP: the real roadsign-server
+// process rereads its certificate on SIGHUP (what systemctl reload sends)
+// and keeps running.
+func TestServerBinaryReloadsCertificateOnSIGHUP(t *testing.T) {
+	bin := builtPrograms(t)
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "ca")
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	ca.serverCert(t, 200, certFile, keyFile)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var logs lockedBuffer
+	cmd := exec.Command(filepath.Join(bin, "roadsign-server"), "serve", "--data", filepath.Join(dir, "data"), "--listen", addr,
+		"--tls-cert", certFile, "--tls-key", keyFile, "--log-format", "text")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("server exited with %v:\n%s", err, logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Error("server did not stop on SIGTERM")
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	serial := func() int64 {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
+		if err != nil {
+			return 0
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	waitSerial := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for serial() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("the server does not serve certificate %d:\n%s", want, logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitSerial(200)
+	ca.serverCert(t, 201, certFile, keyFile)
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitSerial(201)
 }

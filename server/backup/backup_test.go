@@ -61,3 +61,41 @@ func TestRestoreRefusesWhatIsNotABackup(t *testing.T) {
 		}
 	}
 }
+
+// TestExternalStoresAreNamedNotCopied: with PostgreSQL and S3 the archive
+// holds the keys and the rest of the data directory, says who owns the
+// database and the blobs, and restores.
+func TestExternalStoresAreNamedNotCopied(t *testing.T) {
+	data := t.TempDir()
+	for name, body := range map[string]string{"keys/image-timestamp.key": "k", "online-keys.json": "{}", "connect.secret": "s"} {
+		p := filepath.Join(data, filepath.FromSlash(name))
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		os.WriteFile(p, []byte(body), 0o600)
+	}
+	out := filepath.Join(t.TempDir(), "b.tar.gz")
+	m, err := Create(t.Context(), Options{Data: data, Out: out, Database: "postgres://x@127.0.0.1/db", S3: true, Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Database != "external" || m.Blobs != "external" || len(m.Notes) != 2 || !strings.Contains(m.Notes[0], "pg_dump") {
+		t.Fatalf("manifest: %+v", m)
+	}
+	restored := filepath.Join(t.TempDir(), "r")
+	if _, err := Restore(RestoreOptions{From: out, Data: restored, Now: time.Now}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"keys/image-timestamp.key", "online-keys.json", "connect.secret", RestoredFile} {
+		if _, err := os.Stat(filepath.Join(restored, filepath.FromSlash(name))); err != nil {
+			t.Errorf("restored data lacks %s: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(restored, "roadsign.db")); err == nil {
+		t.Error("an archive of a PostgreSQL server restored a SQLite database")
+	}
+	if st, err := os.Stat(filepath.Join(restored, "keys/image-timestamp.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("a restored key file must stay 0600: %v %v", st.Mode(), err)
+	}
+	if floor, err := Floor(restored); err != nil || floor < time.Now().Add(-time.Minute).Unix() {
+		t.Errorf("version floor %d, %v: want the restore's Unix time", floor, err)
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/signer"
@@ -119,9 +121,8 @@ func cmdInit(args []string, env Env) error {
 	m := fs.Int("root-threshold", 2, "signatures of root keys needed to sign a root")
 	rootExp := fs.Duration("root-expiry", 365*24*time.Hour, "lifetime of root metadata")
 	targetsExp := fs.Duration("targets-expiry", 365*24*time.Hour, "lifetime of targets metadata (cars park for months)")
-	var rootPubs, targetsPubs stringList
-	fs.Var(&rootPubs, "root-key", "multi-party: a root key holder's public key file (repeat per holder)")
-	fs.Var(&targetsPubs, "targets-key", "multi-party: a targets key holder's public key file (repeat per holder)")
+	var holders holderFlags
+	holders.register(fs, "multi-party: a root key holder's public key file (repeat per holder)", "multi-party: a targets key holder's public key file (repeat per holder)")
 	tm := fs.Int("targets-threshold", 1, "multi-party: signatures of targets keys needed to sign targets")
 	pos, err := parse(fs, args, env, 1, "roadsign-signer init WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2 | --root-key PUB... --root-threshold M --targets-key PUB... --targets-threshold M]")
 	if err != nil {
@@ -138,11 +139,7 @@ func cmdInit(args []string, env Env) error {
 	if err := json.Unmarshal(b, &ok); err != nil {
 		return envflag.Usagef("--online-keys %s: not an online-keys.json: %v", *online, err)
 	}
-	rootHolders, err := signer.LoadPublicKeys(rootPubs)
-	if err != nil {
-		return err
-	}
-	targetsHolders, err := signer.LoadPublicKeys(targetsPubs)
+	rootHolders, targetsHolders, err := holders.load()
 	if err != nil {
 		return err
 	}
@@ -299,19 +296,14 @@ func cmdRotate(args []string, env Env) error {
 	repoName := fs.String("repository", signer.Image, "for --role root: image or director")
 	n := fs.Int("root-keys", 0, "for --role root: number of new root keys (default: as now)")
 	m := fs.Int("root-threshold", 0, "for --role root: new threshold (default: as now)")
-	var rootPubs, targetsPubs stringList
-	fs.Var(&rootPubs, "root-key", "multi-party, --role root: a new root key holder's public key file (repeat)")
-	fs.Var(&targetsPubs, "targets-key", "multi-party, --role targets: a new targets key holder's public key file (repeat)")
+	var holders holderFlags
+	holders.register(fs, "multi-party, --role root: a new root key holder's public key file (repeat)", "multi-party, --role targets: a new targets key holder's public key file (repeat)")
 	tm := fs.Int("targets-threshold", 0, "multi-party, --role targets: new threshold (default: as now)")
 	pos, err := parse(fs, args, env, 1, "roadsign-signer rotate WORKSPACE --role root|targets [--repository image|director]")
 	if err != nil {
 		return err
 	}
-	rootHolders, err := signer.LoadPublicKeys(rootPubs)
-	if err != nil {
-		return err
-	}
-	targetsHolders, err := signer.LoadPublicKeys(targetsPubs)
+	rootHolders, targetsHolders, err := holders.load()
 	if err != nil {
 		return err
 	}
@@ -451,4 +443,20 @@ func cmdExtend(args []string, env Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "%s %s v%d with a fresh expiry: %s\n", *repoName, *role, v, verb)
 	return nil
+}
+
+// holderFlags are the holders' public key files of init and rotate.
+type holderFlags struct{ root, targets stringList }
+
+func (h *holderFlags) register(fs *flag.FlagSet, rootUsage, targetsUsage string) {
+	fs.Var(&h.root, "root-key", rootUsage)
+	fs.Var(&h.targets, "targets-key", targetsUsage)
+}
+
+func (h *holderFlags) load() (root, targets []*metadata.Key, err error) {
+	if root, err = signer.LoadPublicKeys(h.root); err != nil {
+		return nil, nil, err
+	}
+	targets, err = signer.LoadPublicKeys(h.targets)
+	return root, targets, err
 }
