@@ -258,6 +258,11 @@ type AuditEntry struct {
 	Action  string    `json:"action"`
 	Subject string    `json:"subject"`
 	Detail  string    `json:"detail,omitempty"`
+	// Seq, PrevHash and Hash chain the entry to the one before it (see
+	// AuditHash); the store sets them on append.
+	Seq      int64  `json:"seq"`
+	PrevHash string `json:"prevHash,omitempty"`
+	Hash     string `json:"hash"`
 }
 
 // DirectorMeta is one signed director metadata file of a VIN.
@@ -356,6 +361,12 @@ type Store interface {
 
 	AppendAudit(ctx context.Context, e AuditEntry) error
 	ListAudit(ctx context.Context, afterID int64, limit int) ([]AuditEntry, error)
+	// AddAuditCheckpoint stores a signed checkpoint of the chain's head;
+	// AuditCheckpoints lists them, oldest first.
+	AddAuditCheckpoint(ctx context.Context, c AuditCheckpoint) error
+	AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error)
+	// AuditHead is the last entry's seq and hash (0, "" for none).
+	AuditHead(ctx context.Context) (int64, string, error)
 
 	DirectorHead(ctx context.Context, vin string) (DirectorHead, error)
 	// SaveDirector stores new metadata files and the new head, if the head

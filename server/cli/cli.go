@@ -5,11 +5,14 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,6 +34,7 @@ import (
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/backup"
 	"github.com/roadsign/roadsign/server/blobmetrics"
 	"github.com/roadsign/roadsign/server/bundle"
@@ -50,6 +54,7 @@ import (
 	"github.com/roadsign/roadsign/server/sqlite"
 	"github.com/roadsign/roadsign/server/sqlstore"
 	"github.com/roadsign/roadsign/server/web"
+	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Exit codes (docs/cli.md).
@@ -99,6 +104,7 @@ type config struct {
 	tlsCert         string
 	tlsKey          string
 	clientCA        string
+	auditCheckpoint time.Duration
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -134,6 +140,11 @@ func run(ctx context.Context, args []string, env Env) error {
 		return cmdBackup(ctx, args, env)
 	case "restore":
 		return cmdRestore(args, env)
+	case "audit":
+		if len(args) == 0 || args[0] != "verify" {
+			return envflag.Usagef("usage: roadsign-server audit verify [--data DIR | --database URL]")
+		}
+		return cmdAuditVerify(ctx, args[1:], env)
 	case "help":
 		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve|backup|restore] [flags]; roadsign-server COMMAND --help lists the flags")
 		return nil
@@ -179,6 +190,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+		fs.DurationVar(&c.auditCheckpoint, "audit-checkpoint-interval", 10*time.Minute, "how often the leader signs a checkpoint of the audit log's hash chain (when it grew)")
 		fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain); reread on SIGHUP")
 		fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of --tls-cert; reread on SIGHUP")
 		fs.StringVar(&c.clientCA, "client-ca", "", "mutual TLS for vehicles: PEM CA that issues vehicle certificates; a vehicle's signed requests must come with a certificate for its registered key")
@@ -206,6 +218,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && c.clientCA != "" && c.tlsCert == "" {
 		return c, envflag.Usagef("--client-ca needs TLS: give --tls-cert and --tls-key too")
+	}
+	if cmd == "serve" && c.auditCheckpoint < time.Second {
+		return c, envflag.Usagef("--audit-checkpoint-interval %s is too short; use at least 1s", c.auditCheckpoint)
 	}
 	if cmd == "serve" && c.maxConnections < 1 {
 		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
@@ -453,6 +468,12 @@ func serve(ctx context.Context, c config, env Env) error {
 		})
 	})
 	wg.Go(func() {
+		elector.Every(bg, c.auditCheckpoint, "audit checkpoint", func(ctx context.Context, _ server.Fence) error {
+			_, err := auditlog.Checkpoint(ctx, store, keys.ImageTimestamp, time.Now())
+			return err
+		})
+	})
+	wg.Go(func() {
 		// A signed request is refused beyond vehicleauth.MaxSkew of the
 		// server's time, so its nonce need not be kept much longer.
 		elector.Every(bg, time.Minute, "nonce prune", func(ctx context.Context, _ server.Fence) error {
@@ -674,4 +695,71 @@ func cmdRestore(args []string, env Env) error {
 		fmt.Fprintf(env.Stdout, "note: %s\n", n)
 	}
 	return nil
+}
+
+// cmdAuditVerify walks the audit log's hash chain and its signed
+// checkpoints: exit 0 when intact, 1 naming the first entry altered,
+// removed or reordered.
+func cmdAuditVerify(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("roadsign-server audit verify", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var c config
+	fs.StringVar(&c.data, "data", "./roadsign-data", "the server's data directory (SQLite, and online-keys.json to check checkpoint signatures)")
+	fs.StringVar(&c.database, "database", "", "the server's --database (postgres://...) instead of SQLite in --data")
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server audit verify [--data DIR | --database URL]"); err != nil {
+		return err
+	}
+	if c.database == "" {
+		if _, err := os.Stat(filepath.Join(c.data, "roadsign.db")); err != nil {
+			return envflag.Usagef("no database at %s: give the server's --data or --database", filepath.Join(c.data, "roadsign.db"))
+		}
+	}
+	store, err := openStore(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	pub, err := checkpointKey(c.data)
+	if err != nil {
+		return err
+	}
+	r, err := auditlog.Verify(ctx, store, pub)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "audit log intact: %d entries (%d from before the chain), head seq %d\n", r.Entries, r.Legacy, r.HeadSeq)
+	switch {
+	case r.Checkpoints == 0:
+		fmt.Fprintln(env.Stdout, "no signed checkpoint yet (the server signs one every --audit-checkpoint-interval while the log grows)")
+	case !r.SignaturesChecked:
+		fmt.Fprintf(env.Stdout, "%d checkpoints match the chain; their signatures were not checked (no %s in --data)\n", r.Checkpoints, repo.PublicKeysFile)
+	default:
+		fmt.Fprintf(env.Stdout, "%d signed checkpoints verified, the latest at seq %d (%s)\n", r.Checkpoints, r.LatestCheckpoint.Seq, r.LatestCheckpoint.At.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// checkpointKey is the online key that signs audit checkpoints (the image
+// timestamp key), from DATA/online-keys.json; nil when there is none.
+func checkpointKey(data string) (ed25519.PublicKey, error) {
+	b, err := os.ReadFile(filepath.Join(data, repo.PublicKeysFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ok meta.OnlineKeys
+	if err := json.Unmarshal(b, &ok); err != nil || ok.Image.Timestamp == nil {
+		return nil, fmt.Errorf("%s: not the server's online keys: %v", repo.PublicKeysFile, err)
+	}
+	pk, err := ok.Image.Timestamp.ToPublicKey()
+	if err != nil {
+		return nil, err
+	}
+	pub, isEd := pk.(ed25519.PublicKey)
+	if !isEd {
+		return nil, fmt.Errorf("%s: the timestamp key is not ed25519", repo.PublicKeysFile)
+	}
+	return pub, nil
 }

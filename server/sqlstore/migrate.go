@@ -117,6 +117,14 @@ var migrations = []string{
 	// reading it, not the blob store.
 	`CREATE TABLE repo_versions (name TEXT PRIMARY KEY, version BIGINT NOT NULL);
 	INSERT INTO repo_versions (name, version) VALUES ('image', 0);`,
+	// 10: the audit log becomes a hash chain (entries from before stay
+	// unchained, before the first chained one), with signed checkpoints.
+	`ALTER TABLE audit ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+	ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX audit_seq ON audit (seq) WHERE seq > 0;
+	CREATE TABLE audit_checkpoints (
+		seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, at BIGINT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -606,11 +606,69 @@ func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) e
 
 // --- audit ---
 
-// AppendAudit implements server.Store.
+// AppendAudit implements server.Store: the entry is chained after the
+// last one. Two replicas appending at once both pick the same next seq;
+// the unique index refuses one, which chains again after the other.
 func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
-	_, err := s.exec(ctx, `INSERT INTO audit (at, actor_id, actor, role, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		micros(e.At), e.ActorID, e.Actor, e.Role, e.Action, e.Subject, e.Detail)
+	e.At = e.At.UTC().Truncate(time.Microsecond)
+	var err error
+	for range 10 {
+		err = s.tx(ctx, func(tx *sql.Tx) error {
+			var prevSeq int64
+			var prevHash string
+			err := tx.QueryRowContext(ctx, s.q(`SELECT seq, hash FROM audit ORDER BY id DESC LIMIT 1`)).Scan(&prevSeq, &prevHash)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			e.Seq, e.PrevHash = prevSeq+1, prevHash
+			e.Hash = server.AuditHash(e.PrevHash, e)
+			_, err = tx.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor_id, actor, role, action, subject, detail, seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+				micros(e.At), e.ActorID, e.Actor, e.Role, e.Action, e.Subject, e.Detail, e.Seq, e.PrevHash, e.Hash)
+			return err
+		})
+		if err == nil || !s.d.IsUnique(err) {
+			break
+		}
+	}
 	return s.wrap("audit", err)
+}
+
+// AuditHead implements server.Store.
+func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
+	var seq int64
+	var hash string
+	err := s.queryRow(ctx, `SELECT seq, hash FROM audit ORDER BY id DESC LIMIT 1`).Scan(&seq, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, "", nil
+	}
+	return seq, hash, s.wrap("audit head", err)
+}
+
+// AddAuditCheckpoint implements server.Store.
+func (s *Store) AddAuditCheckpoint(ctx context.Context, c server.AuditCheckpoint) error {
+	_, err := s.exec(ctx, `INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)`,
+		c.Seq, c.Hash, micros(c.At), c.KeyID, c.Signature)
+	return s.wrap("audit checkpoint", err)
+}
+
+// AuditCheckpoints implements server.Store.
+func (s *Store) AuditCheckpoints(ctx context.Context) ([]server.AuditCheckpoint, error) {
+	rows, err := s.query(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints ORDER BY seq`)
+	if err != nil {
+		return nil, s.wrap("audit checkpoints", err)
+	}
+	defer rows.Close()
+	var out []server.AuditCheckpoint
+	for rows.Next() {
+		var c server.AuditCheckpoint
+		var at int64
+		if err := rows.Scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature); err != nil {
+			return nil, s.wrap("audit checkpoints", err)
+		}
+		c.At = fromMicros(at)
+		out = append(out, c)
+	}
+	return out, s.wrap("audit checkpoints", rows.Err())
 }
 
 // ListAudit implements server.Store.
@@ -618,7 +676,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	rows, err := s.query(ctx, `SELECT id, at, actor_id, actor, role, action, subject, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	rows, err := s.query(ctx, `SELECT id, at, actor_id, actor, role, action, subject, detail, seq, prev_hash, hash FROM audit WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, s.wrap("audit", err)
 	}
@@ -627,7 +685,7 @@ func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server
 	for rows.Next() {
 		var e server.AuditEntry
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.ActorID, &e.Actor, &e.Role, &e.Action, &e.Subject, &e.Detail); err != nil {
+		if err := rows.Scan(&e.ID, &at, &e.ActorID, &e.Actor, &e.Role, &e.Action, &e.Subject, &e.Detail, &e.Seq, &e.PrevHash, &e.Hash); err != nil {
 			return nil, s.wrap("audit", err)
 		}
 		e.At = fromMicros(at)

@@ -263,6 +263,36 @@ func testAudit(t *testing.T, s server.Store) {
 	if len(rest) != 2 || rest[1].Action != "act4" {
 		t.Fatalf("second page: %+v", rest)
 	}
+	// Appends from many goroutines (replicas) still make one chain.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if err := s.AppendAudit(ctx, server.AuditEntry{At: now, ActorID: "id-b", Actor: "b", Role: "dealer", Action: fmt.Sprintf("par%d", i), Subject: "y"}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	all, err := s.ListAudit(ctx, 0, 1000)
+	must(t, err)
+	var v server.AuditVerifier
+	for _, e := range all {
+		if err := v.Add(e); err != nil {
+			t.Fatalf("chain: %v", err)
+		}
+	}
+	if seq, _ := v.Head(); seq != 13 || v.Entries != 13 {
+		t.Fatalf("chain head seq %d over %d entries, want 13", seq, v.Entries)
+	}
+	seq, hash := v.Head()
+	cp := server.AuditCheckpoint{Seq: seq, Hash: hash, At: now, KeyID: "k", Signature: "00"}
+	must(t, s.AddAuditCheckpoint(ctx, cp))
+	wantErr(t, s.AddAuditCheckpoint(ctx, cp), server.ErrConflict)
+	cps, err := s.AuditCheckpoints(ctx)
+	must(t, err)
+	if len(cps) != 1 || cps[0].Seq != 13 || cps[0].Hash != hash || !cps[0].At.Equal(now) {
+		t.Fatalf("checkpoints: %+v", cps)
+	}
 }
 
 func testDirector(t *testing.T, s server.Store) {

@@ -1,0 +1,91 @@
+package server
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"strings"
+	"testing"
+	"time"
+)
+
+func chain(n int) []AuditEntry {
+	var out []AuditEntry
+	prev := ""
+	for i := range n {
+		e := AuditEntry{ID: int64(i + 1), Seq: int64(i + 1), At: time.Unix(1764500000+int64(i), 0), ActorID: "a", Actor: "a", Role: "admin", Action: "act", Subject: "s"}
+		e.PrevHash, e.Hash = prev, AuditHash(prev, e)
+		prev = e.Hash
+		out = append(out, e)
+	}
+	return out
+}
+
+func TestAuditVerifier(t *testing.T) {
+	legacy := AuditEntry{ID: 1}
+	for _, tc := range []struct {
+		name string
+		edit func([]AuditEntry) []AuditEntry
+		want string
+	}{
+		{"intact", func(c []AuditEntry) []AuditEntry { return c }, ""},
+		{"legacy prefix", func(c []AuditEntry) []AuditEntry {
+			for i := range c {
+				c[i].ID++
+			}
+			return append([]AuditEntry{legacy}, c...)
+		}, ""},
+		{"edited", func(c []AuditEntry) []AuditEntry { c[2].Detail = "x"; return c }, "entry id 3 (seq 3): its content does not match its hash (altered)"},
+		{"removed", func(c []AuditEntry) []AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entries seq 3 to 3 before it are missing (removed)"},
+		{"removed first", func(c []AuditEntry) []AuditEntry { return c[1:] }, "the chain starts at seq 2"},
+		{"reordered", func(c []AuditEntry) []AuditEntry { c[1], c[2] = c[2], c[1]; return c }, "(seq 3): it comes before seq 2 (reordered)"},
+		{"removed last but one", func(c []AuditEntry) []AuditEntry { return append(c[:3], c[4]) }, "(seq 5): entries seq 4 to 4 before it are missing (removed)"},
+		{"chain fields blanked", func(c []AuditEntry) []AuditEntry { c[3].Hash, c[3].Seq = "", 0; return c }, "its chain fields were removed"},
+		{"rehashed without its predecessor", func(c []AuditEntry) []AuditEntry {
+			c[2].PrevHash = "forged"
+			c[2].Hash = AuditHash("forged", c[2])
+			return c
+		}, "does not chain to entry seq 2"},
+	} {
+		var v AuditVerifier
+		var err error
+		for _, e := range tc.edit(chain(5)) {
+			if err = v.Add(e); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = v.Finish()
+		}
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestAuditCheckpoints(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	c := chain(5)
+	var v AuditVerifier
+	for _, e := range c[:4] { // the last entry was cut off
+		if err := v.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := SignAuditCheckpoint(3, c[2].Hash, time.Now(), "k", priv)
+	if err := v.Checkpoint(good, pub); err != nil {
+		t.Errorf("good checkpoint: %v", err)
+	}
+	beyond := SignAuditCheckpoint(5, c[4].Hash, time.Now(), "k", priv)
+	if err := v.Checkpoint(beyond, pub); err == nil || !strings.Contains(err.Error(), "entries seq 5 to 5 are missing from the end") {
+		t.Errorf("checkpoint beyond the end: %v", err)
+	}
+	forged := good
+	forged.Seq = 2
+	if err := v.Checkpoint(forged, pub); err == nil || !strings.Contains(err.Error(), "not signed by the server's key") {
+		t.Errorf("altered checkpoint: %v", err)
+	}
+	other := SignAuditCheckpoint(2, "0000", time.Now(), "k", priv)
+	if err := v.Checkpoint(other, pub); err == nil || !strings.Contains(err.Error(), "entry seq 2 differs") {
+		t.Errorf("checkpoint of another entry: %v", err)
+	}
+}
