@@ -265,6 +265,28 @@ type AuditEntry struct {
 	Hash     string `json:"hash"`
 }
 
+// SoftwareRecord is one install attempt on one ECU, for the vehicle's
+// software record (UN R156 / ISO 24089): what it ran before and after,
+// how the image arrived, and the outcome.
+type SoftwareRecord struct {
+	ID          int64     `json:"id"`
+	VIN         string    `json:"vin"`
+	ECUSerial   string    `json:"ecuSerial"`
+	ECUType     string    `json:"ecuType"`
+	At          time.Time `json:"at"`
+	FromVersion string    `json:"fromVersion"`
+	FromSHA256  string    `json:"fromSha256"`
+	ToVersion   string    `json:"toVersion"`
+	ToSHA256    string    `json:"toSha256"`
+	// Via is how the image arrived: dealer, auto-assign, campaign, usb.
+	Via        string `json:"via"`
+	JobID      string `json:"jobId,omitempty"`
+	CampaignID string `json:"campaignId,omitempty"`
+	// Outcome: installed, rolled_back, failed.
+	Outcome string `json:"outcome"`
+	Detail  string `json:"detail,omitempty"`
+}
+
 // DirectorMeta is one signed director metadata file of a VIN.
 type DirectorMeta struct {
 	VIN     string
@@ -365,6 +387,10 @@ type Store interface {
 	// AuditCheckpoints lists them, oldest first.
 	AddAuditCheckpoint(ctx context.Context, c AuditCheckpoint) error
 	AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error)
+	// AddSoftwareRecord appends to a vehicle's software record;
+	// SoftwareRecords lists it, oldest first.
+	AddSoftwareRecord(ctx context.Context, r SoftwareRecord) error
+	SoftwareRecords(ctx context.Context, vin string) ([]SoftwareRecord, error)
 	// AuditHead is the last entry's seq and hash (0, "" for none).
 	AuditHead(ctx context.Context) (int64, string, error)
 

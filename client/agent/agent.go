@@ -137,8 +137,11 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 func (a *Agent) cycle(ctx context.Context) (Report, error) {
 	// Uptane order: the director hears what the vehicle runs before it
 	// decides. After the first time, the check-in at the end of each
-	// cycle keeps it current.
-	if at, _ := a.V.LastCheckIn(); at.IsZero() && a.API != nil {
+	// cycle keeps it current; USB installs not yet reported are reported
+	// first (the software record then knows what each ECU ran before).
+	at, _ := a.V.LastCheckIn()
+	offline, _ := a.V.OfflineInstalls()
+	if (at.IsZero() || len(offline) > 0) && a.API != nil {
 		if err := a.CheckIn(ctx); err != nil {
 			a.Log.Warn("first check-in failed", "err", err)
 		}

@@ -421,7 +421,7 @@ func serve(ctx context.Context, c config, env Env) error {
 		Bundles: bundles, Web: pages, Campaigns: campaignSvc, Diagnosis: diagnosisSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready:              map[string]httpapi.Pinger{"blobs": blobs, "state": store},
-		VehicleClientCerts: clientCAs != nil,
+		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp,
 	})
 
 	ln, err := net.Listen("tcp", c.listen)

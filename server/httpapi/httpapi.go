@@ -32,6 +32,7 @@ import (
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/web"
+	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // ginMode sets gin's process-wide mode once; gin keeps it in a global.
@@ -71,6 +72,9 @@ type Deps struct {
 	// to arrive over TLS with a verified client certificate for the key
 	// registered to that VIN.
 	VehicleClientCerts bool
+	// RecordKey signs software record exports (the image timestamp key,
+	// published in online-keys.json); nil: no signed exports.
+	RecordKey *keys.Key
 }
 
 type api struct {

@@ -19,6 +19,7 @@ import (
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
+	"github.com/roadsign/roadsign/server/softwarerecord"
 )
 
 // route is one entry of the route table: gin registers it and the OpenAPI
@@ -107,6 +108,7 @@ func (a *api) apiRoutes() []route {
 		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle, Download},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
+		{"GET", "/api/v1/vehicles/:vin/software-record", []string{Admin, Dealer, Owner}, "The vehicle's software record: every install attempt per ECU (?format=json, csv or signed)", "", a.softwareRecord, Default},
 		{"GET", "/api/v1/vehicles/:vin/diagnosis", []string{Admin, Dealer, Owner}, "Why connected services fail: findings, likeliest first, with evidence and fixes (owners get their own wording)", "", a.diagnose, Default},
 		{"GET", "/api/v1/diagnoses", adminDealer, "Findings across the fleet by cause: open now, resolved in the last 30 days", "", a.diagnosisCounts, Default},
 	}
@@ -662,4 +664,45 @@ func (a *api) replaceECU(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, v)
+}
+
+// softwareRecord answers a vehicle's software record as JSON, CSV, or a
+// document signed with the server's online key.
+func (a *api) softwareRecord(c *gin.Context) {
+	p, _ := principal(c)
+	ctx := c.Request.Context()
+	v, err := a.Registry.Get(ctx, p, c.Param("vin"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	recs, err := a.Store.SoftwareRecords(ctx, v.VIN)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	switch c.Query("format") {
+	case "", "json":
+		c.JSON(http.StatusOK, softwarerecord.Document{VIN: v.VIN, GeneratedAt: a.Now().UTC(), Entries: recs})
+	case "csv":
+		c.Header("Content-Disposition", `attachment; filename="software-record-`+v.VIN+`.csv"`)
+		c.Status(http.StatusOK)
+		c.Header("Content-Type", "text/csv; charset=utf-8")
+		if err := softwarerecord.WriteCSV(c.Writer, recs); err != nil {
+			a.Log.Warn("software record CSV cut short", "vin", v.VIN, "err", err)
+		}
+	case "signed":
+		if a.RecordKey == nil {
+			a.fail(c, server.Errorf(server.KindUnavailable, "this server has no key to sign software records"))
+			return
+		}
+		b, err := softwarerecord.Sign(softwarerecord.Document{VIN: v.VIN, GeneratedAt: a.Now().UTC(), Entries: recs}, a.RecordKey)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		c.Data(http.StatusOK, "application/json", b)
+	default:
+		a.fail(c, server.Errorf(server.KindInvalid, "format %q: want json, csv or signed", c.Query("format")))
+	}
 }

@@ -383,6 +383,7 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 		if err := s.store.AddJobEvent(ctx, id, server.JobEvent{At: now, Kind: r.Kind, Percent: r.Percent, Message: msg}); err != nil {
 			return j, err
 		}
+		s.record(ctx, j, r.Kind, msg, now)
 		if from != j.State {
 			if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
 				return j, err
@@ -423,4 +424,33 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// record adds an install attempt's outcome to the vehicle's software
+// record: what the ECU ran (as last reported) and what the job installs.
+func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, now time.Time) {
+	outcome := map[string]string{server.JobSucceeded: "installed", server.JobRolledBack: "rolled_back", server.JobFailed: "failed"}[kind]
+	if outcome == "" {
+		return
+	}
+	rec := server.SoftwareRecord{VIN: j.VIN, ECUSerial: j.ECUSerial, ECUType: j.ECUType, At: now, ToVersion: j.Version,
+		Via: j.Origin, JobID: j.ID, CampaignID: j.CampaignID, Outcome: outcome, Detail: msg}
+	if v, err := s.store.Vehicle(ctx, j.VIN); err == nil {
+		for _, e := range v.ECUs {
+			if e.Serial == j.ECUSerial {
+				rec.FromVersion, rec.FromSHA256 = e.InstalledVersion, e.InstalledSHA256
+			}
+		}
+	}
+	if targets, _, err := s.images.CurrentTargets(ctx); err == nil {
+		if tf, ok := targets[j.TargetPath]; ok {
+			rec.ToSHA256 = hex.EncodeToString(tf.Hashes["sha256"])
+		}
+	}
+	if outcome == "installed" && rec.FromSHA256 != "" && rec.FromSHA256 == rec.ToSHA256 {
+		return // the ECU already ran it (installed offline, recorded then)
+	}
+	if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
+		s.log.Error("software record not written", "vin", j.VIN, "job", j.ID, "err", err)
+	}
 }

@@ -208,12 +208,19 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		h.Episodes = append(h.Episodes, server.DTCEpisode{Code: d.Code, FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, Count: d.Count,
 			Detail: d.Detail, ClearedAt: d.ClearedAt, SignalBars: bars})
 	}
+	var before server.Vehicle
+	if len(m.Offline) > 0 {
+		before, _ = s.store.Vehicle(ctx, vinStr) // what ran before the USB installs
+	}
 	if err := s.store.ReportECUs(ctx, vinStr, ecus, h, now); errors.Is(err, server.ErrNotFound) {
 		return server.Errorf(server.KindInvalid, "manifest names an ECU %s does not have (%v)", vinStr, err)
 	} else if err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
 	}
 	if len(m.Offline) > 0 {
+		if err := s.recordOffline(ctx, before, m, now); err != nil {
+			return err
+		}
 		if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(m.Offline, "; ")); err != nil {
 			return err
 		}
@@ -321,4 +328,27 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 		return v, err
 	}
 	return s.store.Vehicle(ctx, vinStr)
+}
+
+// recordOffline adds USB installs the vehicle reports (notes "TYPE SERIAL:
+// FROM -> TO from USB bundle ...") to its software record.
+func (s *Service) recordOffline(ctx context.Context, before server.Vehicle, m vehicleauth.Manifest, now time.Time) error {
+	for _, e := range m.ECUs {
+		for _, note := range m.Offline {
+			if !strings.Contains(note, " "+e.Serial+": ") {
+				continue
+			}
+			rec := server.SoftwareRecord{VIN: m.VIN, ECUSerial: e.Serial, At: now, ToVersion: e.Version, ToSHA256: e.SHA256,
+				Via: "usb", Outcome: "installed", Detail: note}
+			for _, b := range before.ECUs {
+				if b.Serial == e.Serial {
+					rec.ECUType, rec.FromVersion, rec.FromSHA256 = b.Type, b.InstalledVersion, b.InstalledSHA256
+				}
+			}
+			if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
+				return fmt.Errorf("software record of %s: %w", m.VIN, err)
+			}
+		}
+	}
+	return nil
 }

@@ -125,6 +125,12 @@ var migrations = []string{
 	CREATE UNIQUE INDEX audit_seq ON audit (seq) WHERE seq > 0;
 	CREATE TABLE audit_checkpoints (
 		seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, at BIGINT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL);`,
+	// 11: each vehicle's software record: every install attempt per ECU.
+	`CREATE TABLE software_record (
+		id {{AUTOID}}, vin TEXT NOT NULL, ecu_serial TEXT NOT NULL, ecu_type TEXT NOT NULL, at BIGINT NOT NULL,
+		from_version TEXT NOT NULL, from_sha256 TEXT NOT NULL, to_version TEXT NOT NULL, to_sha256 TEXT NOT NULL,
+		via TEXT NOT NULL, job_id TEXT NOT NULL, campaign_id TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+	CREATE INDEX software_record_vin ON software_record (vin, id);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

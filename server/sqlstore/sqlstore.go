@@ -633,6 +633,36 @@ func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
 	return s.wrap("audit", err)
 }
 
+// AddSoftwareRecord implements server.Store.
+func (s *Store) AddSoftwareRecord(ctx context.Context, r server.SoftwareRecord) error {
+	_, err := s.exec(ctx, `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256, r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail)
+	return s.wrap("software record", err)
+}
+
+// SoftwareRecords implements server.Store.
+func (s *Store) SoftwareRecords(ctx context.Context, vin string) ([]server.SoftwareRecord, error) {
+	rows, err := s.query(ctx, `SELECT id, vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail
+		FROM software_record WHERE vin = ? ORDER BY id`, vin)
+	if err != nil {
+		return nil, s.wrap("software record", err)
+	}
+	defer rows.Close()
+	out := []server.SoftwareRecord{}
+	for rows.Next() {
+		var r server.SoftwareRecord
+		var at int64
+		if err := rows.Scan(&r.ID, &r.VIN, &r.ECUSerial, &r.ECUType, &at, &r.FromVersion, &r.FromSHA256, &r.ToVersion, &r.ToSHA256,
+			&r.Via, &r.JobID, &r.CampaignID, &r.Outcome, &r.Detail); err != nil {
+			return nil, s.wrap("software record", err)
+		}
+		r.At = fromMicros(at)
+		out = append(out, r)
+	}
+	return out, s.wrap("software record", rows.Err())
+}
+
 // AuditHead implements server.Store.
 func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
 	var seq int64

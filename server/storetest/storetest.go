@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Jobs", testJobs},
 		{"JobConcurrency", testJobConcurrency},
 		{"Audit", testAudit},
+		{"SoftwareRecord", testSoftwareRecord},
 		{"Director", testDirector},
 		{"Leases", testLeases},
 		{"Owners", testOwners},
@@ -738,5 +739,28 @@ func testRepoVersion(t *testing.T, s server.Store) {
 	must(t, s.SetRepoVersion(ctx, 3)) // a late writer does not lower it
 	if v, _ := s.RepoVersion(ctx); v != 5 {
 		t.Fatalf("version row: %d, want 5", v)
+	}
+}
+
+func testSoftwareRecord(t *testing.T, s server.Store) {
+	empty, err := s.SoftwareRecords(ctx, "VINX")
+	must(t, err)
+	if empty == nil || len(empty) != 0 {
+		t.Fatalf("no record: want an empty list, got %#v", empty)
+	}
+	for i, r := range []server.SoftwareRecord{
+		{VIN: "VINX", ECUSerial: "D1", ECUType: "dcm", At: now, FromVersion: "1.0.0", FromSHA256: "aa", ToVersion: "1.1.0", ToSHA256: "bb", Via: "usb", Outcome: "installed", Detail: "note"},
+		{VIN: "VINY", ECUSerial: "H1", ECUType: "head-unit", At: now, ToVersion: "2.0.0", Via: "dealer", JobID: "j1", Outcome: "failed"},
+		{VIN: "VINX", ECUSerial: "D1", ECUType: "dcm", At: now.Add(time.Second), FromVersion: "1.1.0", ToVersion: "2.1.0", Via: "campaign", JobID: "j2", CampaignID: "c1", Outcome: "rolled_back"},
+	} {
+		if err := s.AddSoftwareRecord(ctx, r); err != nil {
+			t.Fatalf("add %d: %v", i, err)
+		}
+	}
+	got, err := s.SoftwareRecords(ctx, "VINX")
+	must(t, err)
+	if len(got) != 2 || got[0].Via != "usb" || got[0].FromSHA256 != "aa" || got[0].Detail != "note" || !got[0].At.Equal(now) ||
+		got[1].CampaignID != "c1" || got[1].Outcome != "rolled_back" || got[1].ID <= got[0].ID {
+		t.Fatalf("record of VINX: %+v", got)
 	}
 }
