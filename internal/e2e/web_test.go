@@ -130,6 +130,20 @@ func TestWebOwnerLinksAndDownloadsUSBBundle(t *testing.T) {
 	if r := agent(t, "install-usb", "--state", v.dir, f); r.code != 0 {
 		t.Fatalf("install the downloaded bundle: %s", r)
 	}
+	// Reported at the next check-in, the USB install is in the software
+	// record the owner sees.
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update after the USB install: %s", r)
+	}
+	var record string
+	if err := chromedp.Run(ctx, chromedp.Navigate(w.url+"/"),
+		chromedp.Text(`div.card[data-vin="`+v.vin+`"] table.record`, &record, chromedp.ByQuery)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(record, "usb") || !strings.Contains(record, "installed") {
+		t.Fatalf("the owner portal's software record lacks the USB install:\n%s", record)
+	}
+	screenshot(t, ctx, "owner-software-record")
 }
 
 // dealerLogin logs into the dealer console with a name and token.
@@ -184,6 +198,13 @@ func TestWebDealerPushesJobAndWatchesItSucceed(t *testing.T) {
 	}
 	if !strings.Contains(table, "2.0.0") {
 		t.Fatalf("dealer console does not show the new version:\n%s", table)
+	}
+	var record string
+	if err := chromedp.Run(ctx, chromedp.Text(`table.record`, &record, chromedp.ByQuery)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(record, "dcm DCM000001") || !strings.Contains(record, "dealer") || !strings.Contains(record, "installed") {
+		t.Fatalf("dealer console's software record lacks the job's install:\n%s", record)
 	}
 	if err := chromedp.Run(ctx, chromedp.Navigate(w.url+"/status"), chromedp.WaitVisible(`#st-h`, chromedp.ByQuery)); err != nil {
 		t.Fatal(err)

@@ -85,11 +85,9 @@ func run(o options, log io.Writer) error {
 	var files []string
 	for _, arch := range arches {
 		bin := filepath.Join(work, arch, "bin")
-		for _, p := range programs {
-			fmt.Fprintf(log, "build %s linux/%s\n", p, arch)
-			if err := build(o, p, arch, filepath.Join(bin, p)); err != nil {
-				return err
-			}
+		fmt.Fprintf(log, "build %s for linux/%s\n", strings.Join(programs, ", "), arch)
+		if err := build(o, arch, bin); err != nil {
+			return err
 		}
 		name := fmt.Sprintf("roadsign_%s_linux_%s", o.version, arch)
 		tgz := filepath.Join(o.out, name+".tar.gz")
@@ -108,20 +106,32 @@ func run(o options, log io.Writer) error {
 	return sums(filepath.Join(o.out, "SHA256SUMS"), files)
 }
 
-func build(o options, program, arch, out string) error {
+// build builds every program for arch into dir with one go build (it
+// links them in parallel), then the signer again with cgo where that
+// brings PKCS#11 support.
+func build(o options, arch, dir string) error {
+	var pkgs []string
+	for _, p := range programs {
+		pkgs = append(pkgs, "./cmd/"+p)
+	}
+	if err := goBuild(o, arch, "0", dir+string(filepath.Separator), pkgs...); err != nil {
+		return err
+	}
+	if arch == "amd64" && hostHasCC() {
+		return goBuild(o, arch, "1", filepath.Join(dir, "roadsign-signer"), "./cmd/roadsign-signer")
+	}
+	return nil
+}
+
+func goBuild(o options, arch, cgo, out string, pkgs ...string) error {
 	ldflags := fmt.Sprintf("-s -w -buildid= -X github.com/roadsign/roadsign/internal/buildinfo.Version=%s "+
 		"-X github.com/roadsign/roadsign/internal/buildinfo.Commit=%s -X github.com/roadsign/roadsign/internal/buildinfo.Date=%s",
 		o.version, o.commit, o.date.Format(time.RFC3339))
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out, "./cmd/"+program)
-	// cgo only where it adds something and the host can: the signer's
-	// PKCS#11 support on amd64. Everything else is static Go.
-	cgo := "0"
-	if program == "roadsign-signer" && arch == "amd64" && hostHasCC() {
-		cgo = "1"
-	}
+	args := append([]string{"build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out}, pkgs...)
+	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+arch, "CGO_ENABLED="+cgo)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s for %s: %v\n%s", program, arch, err, out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s for %s: %v\n%s", strings.Join(pkgs, " "), arch, err, b)
 	}
 	return nil
 }
@@ -144,7 +154,7 @@ func tarball(path, name, bin string, date time.Time) error {
 		return err
 	}
 	defer f.Close()
-	gz, _ := gzip.NewWriterLevel(f, gzip.BestCompression)
+	gz := gzip.NewWriter(f)
 	gz.ModTime = date
 	tw := tar.NewWriter(gz)
 	add := func(src, dst string, mode int64) error {
@@ -252,7 +262,7 @@ Description: %s
 		return "", err
 	}
 	out := filepath.Join(o.out, fmt.Sprintf("%s_%s_%s.deb", p.name, o.version, arch))
-	cmd := exec.Command("dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, out)
+	cmd := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, out)
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+strconv.FormatInt(o.date.Unix(), 10))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -290,6 +291,8 @@ type page struct {
 	USBValidUntil time.Time
 	// Diagnosis is the vehicle's, on the dealer console.
 	Diagnosis *diagnosis.Report
+	// Record is the vehicle's software record, newest first.
+	Record []server.SoftwareRecord
 }
 
 // pageHeaders are every page's security headers.
@@ -359,11 +362,12 @@ func (w *Web) ownerPage(c *gin.Context) {
 		Link         server.Link
 		Subscription string
 		Updates      []campaigns.Pending
+		Record       []server.SoftwareRecord
 	}
 	var vs []owned
 	for _, l := range links {
 		if v, err := w.Store.Vehicle(ctx, l.VIN); err == nil {
-			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l)}
+			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l), Record: w.record(ctx, l.VIN)}
 			if w.Campaigns != nil {
 				o.Updates, _ = w.Campaigns.PendingConsent(ctx, l.VIN)
 			}
@@ -560,6 +564,7 @@ func (w *Web) dealerPage(c *gin.Context) {
 			for i := len(js) - 1; i >= 0; i-- { // newest first
 				p.Jobs = append(p.Jobs, js[i])
 			}
+			p.Record = w.record(ctx, v.VIN)
 		}
 	}
 	w.render(c, http.StatusOK, "dealer", p)
@@ -717,4 +722,15 @@ func (w *Web) statusPage(c *gin.Context) {
 		status = http.StatusServiceUnavailable
 	}
 	w.render(c, status, "status", data)
+}
+
+// record is a vehicle's software record, newest first, for the pages.
+func (w *Web) record(ctx context.Context, vin string) []server.SoftwareRecord {
+	recs, err := w.Store.SoftwareRecords(ctx, vin)
+	if err != nil {
+		w.Log.Warn("software record", "vin", vin, "err", err)
+		return nil
+	}
+	slices.Reverse(recs)
+	return recs
 }
