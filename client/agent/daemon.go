@@ -24,6 +24,9 @@ type DaemonConfig struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// OnCycle, if set, sees every cycle's outcome.
 	OnCycle func(Report, error, time.Duration)
+	// Wake, if set, starts the next cycle at once when it delivers (a
+	// push wake-up: a hint only; the cycle verifies everything as usual).
+	Wake <-chan struct{}
 }
 
 // NextWait returns how long to wait after a cycle, given how many cycles
@@ -78,9 +81,37 @@ func (a *Agent) Run(ctx context.Context, c DaemonConfig) error {
 		if c.OnCycle != nil {
 			c.OnCycle(rep, err, wait)
 		}
-		if err := a.waitRenewing(ctx, c, wait); err != nil {
+		woke := a.waitOrWake(ctx, c, wait)
+		if ctx.Err() != nil {
 			return nil
 		}
+		if woke {
+			a.Log.Info("woken by the server: checking in now")
+		}
+	}
+}
+
+// waitOrWake waits as waitRenewing does, or until a wake-up arrives; it
+// reports whether a wake-up ended the wait.
+func (a *Agent) waitOrWake(ctx context.Context, c DaemonConfig, d time.Duration) bool {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	woke := make(chan struct{})
+	go func() {
+		select {
+		case <-c.Wake:
+			close(woke)
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	a.waitRenewing(wctx, c, d)
+	cancel()
+	select {
+	case <-woke:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -189,6 +189,20 @@ func (c *Client) Authorize(ctx context.Context, fw []Firmware) (Authorization, e
 	return a, err
 }
 
+// Push is where the vehicle hears wake-ups: the broker URL ("" when the
+// server runs none) and its own topic.
+type Push struct {
+	Broker string `json:"broker"`
+	Topic  string `json:"topic"`
+}
+
+// Push asks the server for its push settings.
+func (c *Client) Push(ctx context.Context) (Push, error) {
+	var p Push
+	err := c.do(ctx, http.MethodGet, "/api/v1/vehicles/"+c.VIN+"/push", "", nil, &p)
+	return p, err
+}
+
 // LinkCode asks the server for a one-time code the owner types in.
 func (c *Client) LinkCode(ctx context.Context) (string, time.Time, error) {
 	var out struct {

@@ -25,6 +25,7 @@ import (
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/client/usb"
 	"github.com/roadsign/roadsign/client/vehicle"
+	"github.com/roadsign/roadsign/client/wake"
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/signer/keys"
 )
@@ -250,8 +251,15 @@ func cmdRun(ctx context.Context, args []string, env Env) error {
 	}
 	a.Log = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	a.Progress = io.Discard
+	key, err := keys.Load(v.KeyPath())
+	if err != nil {
+		return fmt.Errorf("vehicle key: %w", err)
+	}
+	wctx, stopWake := context.WithCancel(ctx)
+	defer stopWake()
+	wakeups := wake.Start(wctx, a.API, v.VIN, key.Private, env.Now, a.Log)
 	return a.Run(ctx, agent.DaemonConfig{
-		Interval: *interval, RetryMin: *retryMin, Jitter: *jitter, Sleep: download.DefaultPolicy().Sleep,
+		Interval: *interval, RetryMin: *retryMin, Jitter: *jitter, Sleep: download.DefaultPolicy().Sleep, Wake: wakeups.C,
 		OnCycle: func(rep agent.Report, err error, wait time.Duration) {
 			printReport(env.Stdout, rep)
 			if err != nil {

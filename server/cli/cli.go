@@ -48,6 +48,7 @@ import (
 	"github.com/roadsign/roadsign/server/leader"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/postgres"
+	"github.com/roadsign/roadsign/server/push"
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"
@@ -105,6 +106,9 @@ type config struct {
 	tlsKey          string
 	clientCA        string
 	auditCheckpoint time.Duration
+	mqttListen      string
+	mqttBroker      string
+	mqttAdvertise   string
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -190,6 +194,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.loginsPerMinute, "login-attempts-per-minute", accounts.DefaultThrottle.PerIP, "log-in attempts allowed per client address per minute")
 		fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+		fs.StringVar(&c.mqttListen, "mqtt-listen", "127.0.0.1:0", "the embedded MQTT broker for push wake-ups: host:port (port 0: a free one; vehicles learn it from the server), or off")
+		fs.StringVar(&c.mqttBroker, "mqtt-broker", "", "publish wake-ups to this external broker instead (mqtt://HOST:PORT); vehicles connect to it too")
+		fs.StringVar(&c.mqttAdvertise, "mqtt-advertise", "", "the broker URL given to vehicles when they reach it by another address (mqtt://HOST:PORT)")
 		fs.DurationVar(&c.auditCheckpoint, "audit-checkpoint-interval", 10*time.Minute, "how often the leader signs a checkpoint of the audit log's hash chain (when it grew)")
 		fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain); reread on SIGHUP")
 		fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of --tls-cert; reread on SIGHUP")
@@ -373,6 +380,18 @@ func serve(ctx context.Context, c config, env Env) error {
 	directorSvc.UseJobs(jobSvc)
 	directorSvc.UseCampaigns(store)
 	campaignSvc := campaigns.New(store, images, jobSvc, time.Now, reg)
+	pusher, err := startPush(c, func(ctx context.Context, vin string) (ed25519.PublicKey, error) {
+		k, err := store.VehicleKey(ctx, vin)
+		return ed25519.PublicKey(k), err
+	}, log)
+	if err != nil {
+		return err
+	}
+	if pusher != nil {
+		defer pusher.Close()
+	}
+	pushSvc := push.New(pusher, log, time.Now)
+	jobSvc.Wake, campaignSvc.Wake = pushSvc.Wake, pushSvc.Wake
 	secret, err := connect.LoadSecret(c.data)
 	if err != nil {
 		return fmt.Errorf("connected-services secret: %w", err)
@@ -421,7 +440,7 @@ func serve(ctx context.Context, c config, env Env) error {
 		Bundles: bundles, Web: pages, Campaigns: campaignSvc, Diagnosis: diagnosisSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready:              map[string]httpapi.Pinger{"blobs": blobs, "state": store},
-		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp,
+		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp, Push: pushSvc,
 	})
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -491,7 +510,7 @@ func serve(ctx context.Context, c config, env Env) error {
 		}
 		errc <- srv.Serve(ln)
 	}()
-	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "data", c.data, "blob", blobDesc(c), "database", dbDesc(c), "auto_assign", c.autoAssign)
+	log.Info("roadsign-server listening", "addr", ln.Addr().String(), "mqtt", pushSvc.Broker(), "data", c.data, "blob", blobDesc(c), "database", dbDesc(c), "auto_assign", c.autoAssign)
 	if env.OnListen != nil {
 		env.OnListen(ln.Addr().String())
 	}
@@ -762,4 +781,28 @@ func checkpointKey(data string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: the timestamp key is not ed25519", repo.PublicKeysFile)
 	}
 	return pub, nil
+}
+
+// startPush starts the embedded MQTT broker, or connects to an external
+// one; nil when push is off.
+func startPush(c config, vehicleKeys push.Keys, log *slog.Logger) (push.Publisher, error) {
+	if c.mqttBroker != "" {
+		x, err := push.Dial(c.mqttBroker, c.mqttAdvertise, "roadsign-server-"+uuid.NewString()[:8], log)
+		if err != nil {
+			return nil, envflag.Usagef("%v", err)
+		}
+		return x, nil
+	}
+	addr, on := push.ParseListen(c.mqttListen)
+	if !on {
+		return nil, nil
+	}
+	e, err := push.Listen(addr, c.mqttAdvertise, vehicleKeys, log)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%w; another broker listens there (a system Mosquitto on 1883?): choose another --mqtt-listen, or --mqtt-broker to use it", err)
+		}
+		return nil, err
+	}
+	return e, nil
 }

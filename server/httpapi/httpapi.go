@@ -29,6 +29,7 @@ import (
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
+	"github.com/roadsign/roadsign/server/push"
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/web"
@@ -75,6 +76,8 @@ type Deps struct {
 	// RecordKey signs software record exports (the image timestamp key,
 	// published in online-keys.json); nil: no signed exports.
 	RecordKey *keys.Key
+	// Push tells vehicles where to hear wake-ups (nil: nowhere).
+	Push *push.Service
 }
 
 type api struct {

@@ -108,6 +108,7 @@ func (a *api) apiRoutes() []route {
 		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle, Download},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
+		{"GET", "/api/v1/vehicles/:vin/push", []string{Vehicle}, "Where the vehicle hears wake-ups: the MQTT broker (empty when none) and its own topic", "", a.pushInfo, Default},
 		{"GET", "/api/v1/vehicles/:vin/software-record", []string{Admin, Dealer, Owner}, "The vehicle's software record: every install attempt per ECU (?format=json, csv or signed)", "", a.softwareRecord, Default},
 		{"GET", "/api/v1/vehicles/:vin/diagnosis", []string{Admin, Dealer, Owner}, "Why connected services fail: findings, likeliest first, with evidence and fixes (owners get their own wording)", "", a.diagnose, Default},
 		{"GET", "/api/v1/diagnoses", adminDealer, "Findings across the fleet by cause: open now, resolved in the last 30 days", "", a.diagnosisCounts, Default},
@@ -705,4 +706,10 @@ func (a *api) softwareRecord(c *gin.Context) {
 	default:
 		a.fail(c, server.Errorf(server.KindInvalid, "format %q: want json, csv or signed", c.Query("format")))
 	}
+}
+
+// pushInfo tells a vehicle which broker and topic carry its wake-ups.
+func (a *api) pushInfo(c *gin.Context) {
+	vin := c.Param("vin")
+	c.JSON(http.StatusOK, gin.H{"broker": a.Push.Broker(), "topic": vehicleauth.WakeTopic(vin)})
 }

@@ -45,8 +45,10 @@ type Service struct {
 	store  server.Store
 	images Images
 	cfg    Config
-	now    func() time.Time
-	log    *slog.Logger
+	// Wake, if set, is told the VINs whose assignment a job changed (push).
+	Wake func(vins ...string)
+	now  func() time.Time
+	log  *slog.Logger
 }
 
 // New returns a job service.
@@ -121,6 +123,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := accounts.Audit(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
 		return server.Job{}, err
 	}
+	defer s.wake(j.VIN)
 	// A dealer job beats a campaign's and auto-assign: their installs
 	// still open on this ECU end now (or, mid-flash, as the install does).
 	open, err := s.store.JobsByVIN(ctx, v.VIN)
@@ -269,6 +272,7 @@ func (s *Service) cancel(ctx context.Context, by accounts.Principal, id, why str
 		if err := accounts.Audit(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
 			return j, err
 		}
+		s.wake(j.VIN) // a vehicle mid-download hears of it at once
 		return s.Get(ctx, id)
 	}
 	return server.Job{}, server.Errorf(server.KindUnavailable, "job %s changed while canceling; retry", id)
@@ -452,5 +456,11 @@ func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, no
 	}
 	if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
 		s.log.Error("software record not written", "vin", j.VIN, "job", j.ID, "err", err)
+	}
+}
+
+func (s *Service) wake(vin string) {
+	if s.Wake != nil {
+		s.Wake(vin)
 	}
 }
