@@ -34,11 +34,13 @@ build:
 # All tests, with the race detector, including the state-store suite on
 # PostgreSQL (127.0.0.1:5432, database test; each run in its own schema)
 # and the S3 suite against a real versitygw that this target installs
-# (first run: about 2-3 minutes), and the web pages in headless Chromium.
+# (first run: about 2-3 minutes), the web pages in headless Chromium, the
+# push tests against the machine's Mosquitto on 127.0.0.1:1883 (never
+# bound here), and the release packages (dpkg-deb, systemd-analyze).
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
 test: tools testdeps
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 	$(GO) test -race -count=1 -timeout 5m ./internal/hostile
 

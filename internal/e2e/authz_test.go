@@ -68,6 +68,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer owner"},
 		{"POST", "/api/v1/vehicles/{vin}/manifest", "/api/v1/vehicles/" + v1.vin + "/manifest", "vehicle"},
 		{"GET", "/api/v1/vehicles/{vin}/diagnosis", "/api/v1/vehicles/" + v1.vin + "/diagnosis", "admin dealer owner"},
+		{"GET", "/api/v1/vehicles/{vin}/software-record", "/api/v1/vehicles/" + v1.vin + "/software-record", "admin dealer owner"},
+		{"GET", "/api/v1/vehicles/{vin}/push", "/api/v1/vehicles/" + v1.vin + "/push", "vehicle"},
 		{"GET", "/api/v1/diagnoses", "", "admin dealer"},
 		{"POST", "/api/v1/jobs", "", "admin dealer"},
 		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, "admin dealer"},

@@ -83,7 +83,11 @@ func (w *world) simFleet(t *testing.T, n int, seed int64, fail, rollback map[str
 		t.Fatal(err)
 	}
 	if err := f.Register(context.Background(), nil); err != nil {
-		t.Fatalf("%v\nthe server logged:\n%s", err, w.logBuf.String())
+		logged := "(not captured)"
+		if w.logBuf != nil {
+			logged = w.logBuf.String()
+		}
+		t.Fatalf("%v\nthe server logged:\n%s", err, logged)
 	}
 	return f
 }

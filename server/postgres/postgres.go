@@ -21,6 +21,9 @@ import (
 // several replicas start at once.
 const migrationLock = 0x526f6164 // "Road"
 
+// auditLock is the advisory lock key of audit appends.
+const auditLock = 0x41756469 // "Audi"
+
 // Dialect is PostgreSQL's.
 var Dialect = sqlstore.Dialect{
 	Name:        "postgres",
@@ -34,6 +37,12 @@ var Dialect = sqlstore.Dialect{
 	ForUpdate: " FOR UPDATE",
 	LockMigrations: func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock)
+		return err
+	},
+	// Replicas append to the audit chain one at a time (each entry names
+	// the one before it); the lock is held only for the append.
+	LockAudit: func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", auditLock)
 		return err
 	},
 }

@@ -184,8 +184,8 @@ func Dial(rawURL, advertise, clientID string, log *slog.Logger) (*External, erro
 	}
 	c := paho.NewClient(opts)
 	tok := c.Connect() // retries in the background until the broker answers
-	if tok.WaitTimeout(5*time.Second) && tok.Error() != nil {
-		log.Warn("external MQTT broker not reachable yet; retrying", "broker", u.Host, "err", tok.Error())
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		log.Warn("external MQTT broker not reachable yet; retrying in the background (vehicles poll meanwhile)", "broker", u.Host, "err", tok.Error())
 	}
 	if advertise == "" {
 		advertise = "mqtt://" + u.Host

@@ -29,6 +29,9 @@ type Dialect struct {
 	IsUnique func(error) bool
 	// LockMigrations serializes migrations across processes (may be nil).
 	LockMigrations func(ctx context.Context, tx *sql.Tx) error
+	// LockAudit serializes audit appends across processes (nil where a
+	// write transaction locks the whole database, as SQLite's does).
+	LockAudit func(ctx context.Context, tx *sql.Tx) error
 	// ForUpdate locks selected rows to the transaction (" FOR UPDATE");
 	// empty where transactions lock the whole database for writing anyway.
 	ForUpdate string
@@ -614,6 +617,11 @@ func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
 	var err error
 	for range 10 {
 		err = s.tx(ctx, func(tx *sql.Tx) error {
+			if s.d.LockAudit != nil {
+				if err := s.d.LockAudit(ctx, tx); err != nil {
+					return err
+				}
+			}
 			var prevSeq int64
 			var prevHash string
 			err := tx.QueryRowContext(ctx, s.q(`SELECT seq, hash FROM audit ORDER BY id DESC LIMIT 1`)).Scan(&prevSeq, &prevHash)
