@@ -671,7 +671,8 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) ([]*plan, []ECUResult,
 // USB bundle not yet reported, or it already did.
 func (a *Agent) installedHow(serial string) string {
 	notes, _ := a.V.OfflineInstalls()
-	for _, n := range notes {
+	reported, _ := a.V.ReportedOfflineInstalls()
+	for _, n := range append(notes, reported...) {
 		if strings.Contains(n, " "+serial+": ") {
 			return "was installed offline: " + n
 		}

@@ -109,12 +109,21 @@ func (v *Vehicle) AddOfflineInstall(note string) error {
 	return v.writeJSON("offline.json", append(list, note))
 }
 
-// ClearOfflineInstalls forgets reported USB installs.
+// ClearOfflineInstalls marks the USB installs reported: they move to the
+// last reported batch (a job the server made before it heard of them
+// still learns how its image got there).
 func (v *Vehicle) ClearOfflineInstalls() error {
-	if err := os.Remove(filepath.Join(v.Dir, "offline.json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := os.Rename(filepath.Join(v.Dir, "offline.json"), filepath.Join(v.Dir, "offline-reported.json"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil
+}
+
+// ReportedOfflineInstalls is the last batch of USB installs reported.
+func (v *Vehicle) ReportedOfflineInstalls() ([]string, error) {
+	var list []string
+	return list, v.readJSON("offline-reported.json", &list)
 }
 
 // ReplaceECU swaps a replaced ECU (a new DCM, say) in the vehicle: the new
