@@ -56,7 +56,8 @@ torture:
 FUZZTIME ?= 30s
 FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse internal/vehicleauth:FuzzVerify \
 	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
-	server/repo:FuzzPublish server/repo:FuzzUploadTarget firmware-samples/fwimage:FuzzParseHeader client/fault:FuzzParse
+	server/repo:FuzzPublish server/repo:FuzzUploadTarget firmware-samples/fwimage:FuzzParseHeader client/fault:FuzzParse \
+	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn (./$$pkg, $(FUZZTIME))"; \
