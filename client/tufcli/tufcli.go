@@ -199,6 +199,10 @@ func fetchTarget(ctx context.Context, trusted *tufclient.Trusted, o options, nam
 		dir, base := filepath.Split(name)
 		rel = dir + sum + "." + base
 	}
+	h, err := newTargetHash(tf)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", name, err)
+	}
 	tmp, err := os.CreateTemp(o.targetDir, ".download-*")
 	if err != nil {
 		return err
@@ -208,17 +212,14 @@ func fetchTarget(ctx context.Context, trusted *tufclient.Trusted, o options, nam
 	p := download.DefaultPolicy()
 	p.MaxAttempts = 2
 	res, err := download.Fetch(ctx, download.NewHTTPClient(), download.Target{
-		URL: strings.TrimRight(o.targetBaseURL, "/") + "/" + rel, Length: tf.Length, W: tmp}, p)
+		URL: strings.TrimRight(o.targetBaseURL, "/") + "/" + rel, Length: tf.Length, W: io.MultiWriter(tmp, h)}, p)
 	if err != nil {
 		return fmt.Errorf("target %s: %w", name, err)
 	}
 	if !res.Done {
 		return fmt.Errorf("target %s: the server's file is shorter than the signed %d bytes", name, tf.Length)
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	if err := verify(tmp, tf); err != nil {
+	if err := h.check(); err != nil {
 		return fmt.Errorf("target %s: %w; not stored", name, err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -250,35 +251,63 @@ func prefixHash(h metadata.Hashes) (string, string, error) {
 	return algs[0], hex.EncodeToString(h[algs[0]]), nil
 }
 
-// verify reads r (at most one byte past the signed length) through every
-// signed hash: all must match, and an algorithm it does not know fails.
-func verify(r io.Reader, tf *metadata.TargetFiles) error {
+// targetHash takes a target's bytes through every signed hash.
+type targetHash struct {
+	tf   *metadata.TargetFiles
+	sums map[string]hash.Hash
+	w    io.Writer
+	n    int64
+}
+
+// newTargetHash refuses metadata without a hash or with an algorithm it
+// does not know: every signed hash must match.
+func newTargetHash(tf *metadata.TargetFiles) (*targetHash, error) {
 	if len(tf.Hashes) == 0 {
-		return errors.New("signed metadata lists no hash")
+		return nil, errors.New("signed metadata lists no hash")
 	}
+	h := &targetHash{tf: tf, sums: map[string]hash.Hash{}}
 	var ws []io.Writer
-	sums := map[string]hash.Hash{}
 	for alg := range tf.Hashes {
 		mk, ok := hashes[alg]
 		if !ok {
-			return fmt.Errorf("signed hash algorithm %q is not supported (sha256, sha512 are)", alg)
+			return nil, fmt.Errorf("signed hash algorithm %q is not supported (sha256, sha512 are)", alg)
 		}
-		sums[alg] = mk()
-		ws = append(ws, sums[alg])
+		h.sums[alg] = mk()
+		ws = append(ws, h.sums[alg])
 	}
-	n, err := io.Copy(io.MultiWriter(ws...), io.LimitReader(r, tf.Length+1))
-	if err != nil {
-		return err
+	h.w = io.MultiWriter(ws...)
+	return h, nil
+}
+
+func (h *targetHash) Write(p []byte) (int, error) {
+	h.n += int64(len(p))
+	return h.w.Write(p)
+}
+
+// check compares what went through with the signed length and hashes.
+func (h *targetHash) check() error {
+	if h.n != h.tf.Length {
+		return fmt.Errorf("length %d, signed %d", h.n, h.tf.Length)
 	}
-	if n != tf.Length {
-		return fmt.Errorf("length %d, signed %d", n, tf.Length)
-	}
-	for alg, h := range sums {
-		if got := hex.EncodeToString(h.Sum(nil)); got != hex.EncodeToString(tf.Hashes[alg]) {
-			return fmt.Errorf("%s %s does not match the signed %s", alg, got, hex.EncodeToString(tf.Hashes[alg]))
+	for alg, s := range h.sums {
+		if got := hex.EncodeToString(s.Sum(nil)); got != hex.EncodeToString(h.tf.Hashes[alg]) {
+			return fmt.Errorf("%s %s does not match the signed %s", alg, got, hex.EncodeToString(h.tf.Hashes[alg]))
 		}
 	}
 	return nil
+}
+
+// verify reads r (at most one byte past the signed length) through every
+// signed hash.
+func verify(r io.Reader, tf *metadata.TargetFiles) error {
+	h, err := newTargetHash(tf)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(h, io.LimitReader(r, tf.Length+1)); err != nil {
+		return err
+	}
+	return h.check()
 }
 
 // DateNow asks date(1) for the time: under faketime, the time the suite set.

@@ -22,7 +22,6 @@ import (
 type Listener struct {
 	C   <-chan struct{}
 	c   chan struct{}
-	cl  paho.Client
 	log *slog.Logger
 }
 
@@ -80,8 +79,8 @@ func (l *Listener) run(ctx context.Context, srv *api.Client, vin string, key ed2
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			l.log.Warn("wake-up connection lost; polling until it is back", "err", err)
 		})
-	l.cl = paho.NewClient(opts)
-	l.cl.Connect() // retries in the background
+	cl := paho.NewClient(opts)
+	cl.Connect() // retries in the background
 	<-ctx.Done()
-	l.cl.Disconnect(250)
+	cl.Disconnect(250)
 }

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -136,14 +137,10 @@ func goBuild(o options, arch, cgo, out string, pkgs ...string) error {
 	return nil
 }
 
+// hostHasCC reports whether this amd64 host can build the cgo signer.
 func hostHasCC() bool {
 	_, err := exec.LookPath("gcc")
-	return err == nil && strings.Contains(goEnv("GOHOSTARCH"), "amd64")
-}
-
-func goEnv(k string) string {
-	out, _ := exec.Command("go", "env", k).Output()
-	return strings.TrimSpace(string(out))
+	return err == nil && runtime.GOARCH == "amd64"
 }
 
 // tarball writes dir's files as NAME/bin/FILE, sorted, owned by root,

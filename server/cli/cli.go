@@ -380,18 +380,6 @@ func serve(ctx context.Context, c config, env Env) error {
 	directorSvc.UseJobs(jobSvc)
 	directorSvc.UseCampaigns(store)
 	campaignSvc := campaigns.New(store, images, jobSvc, time.Now, reg)
-	pusher, err := startPush(c, func(ctx context.Context, vin string) (ed25519.PublicKey, error) {
-		k, err := store.VehicleKey(ctx, vin)
-		return ed25519.PublicKey(k), err
-	}, log)
-	if err != nil {
-		return err
-	}
-	if pusher != nil {
-		defer pusher.Close()
-	}
-	pushSvc := push.New(pusher, log, time.Now)
-	jobSvc.Wake, campaignSvc.Wake = pushSvc.Wake, pushSvc.Wake
 	secret, err := connect.LoadSecret(c.data)
 	if err != nil {
 		return fmt.Errorf("connected-services secret: %w", err)
@@ -409,6 +397,15 @@ func serve(ctx context.Context, c config, env Env) error {
 	registrySvc := registry.New(store, time.Now)
 	registrySvc.Owns = ownerSvc.Owns
 	registrySvc.Registered = campaignSvc.OnRegister
+	pusher, err := startPush(c, registrySvc.VehicleKey, log)
+	if err != nil {
+		return err
+	}
+	if pusher != nil {
+		defer pusher.Close()
+	}
+	pushSvc := push.New(pusher, log, time.Now)
+	jobSvc.Wake, campaignSvc.Wake = pushSvc.Wake, pushSvc.Wake
 	bundles := bundle.New(images, directorSvc, time.Now, reg)
 	accountSvc := accounts.New(store, accounts.NewPasswords(c.hashConcurrency, reg), c.adminToken, time.Now)
 	throttle := accounts.DefaultThrottle

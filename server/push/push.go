@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -111,9 +110,6 @@ func Listen(addr, advertise string, keys Keys, log *slog.Logger) (*Embedded, err
 	return e, nil
 }
 
-// Addr is where the broker listens.
-func (e *Embedded) Addr() string { return e.addr }
-
 // Advertised implements Publisher.
 func (e *Embedded) Advertised() string { return e.advertise }
 
@@ -163,7 +159,6 @@ func (h *vehicleHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool
 type External struct {
 	c         paho.Client
 	advertise string
-	mu        sync.Mutex
 }
 
 // Dial connects to an external broker (mqtt://HOST:PORT), reconnecting
