@@ -42,7 +42,7 @@ build:
 test: tools testdeps
 	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
-	$(GO) test -race -count=1 -timeout 5m ./internal/hostile
+	$(GO) test -race -count=1 -timeout 5m -v ./internal/hostile | grep -E '^(--- |ok|FAIL|PASS|panic)|_test\.go:[0-9]+: '
 
 # SIGKILLs the real agent at random points of 500 installs.
 torture:

@@ -32,6 +32,37 @@ func AuditHash(prev string, e AuditEntry) string {
 	return hex.EncodeToString(h[:])
 }
 
+// The chain starts with a genesis entry signed by the server's key: it
+// names its own place (seq and the hash before it) and how many unchained
+// entries (from before the chain existed) precede it. After it, and
+// without it, no unchained entry is accepted, so blanking chain fields,
+// dropping the start of the chain or moving the genesis all show.
+
+// GenesisAction is the action of the chain's genesis entry.
+const GenesisAction = "audit.genesis"
+
+// Genesis is a genesis entry's Detail (JSON).
+type Genesis struct {
+	// LegacyEntries is how many unchained entries come before it.
+	LegacyEntries int64  `json:"legacyEntries"`
+	KeyID         string `json:"keyId"`
+	Signature     string `json:"signature"` // hex ed25519 over GenesisMessage
+}
+
+// GenesisMessage is what a genesis entry's signature covers.
+func GenesisMessage(seq int64, prevHash string, legacy int64, at time.Time) []byte {
+	return []byte(fmt.Sprintf("roadsign-audit-genesis:v1:%d:%s:%d:%d", seq, prevHash, legacy, at.UnixMicro()))
+}
+
+// SealGenesis is the Detail of a genesis entry at seq after prevHash, with
+// legacy unchained entries before it, made at at.
+func SealGenesis(seq int64, prevHash string, legacy int64, at time.Time, keyID string, key ed25519.PrivateKey) string {
+	g := Genesis{LegacyEntries: legacy, KeyID: keyID,
+		Signature: hex.EncodeToString(ed25519.Sign(key, GenesisMessage(seq, prevHash, legacy, at)))}
+	b, _ := json.Marshal(g)
+	return string(b)
+}
+
 // AuditCheckpoint is a signed statement of the chain's head.
 type AuditCheckpoint struct {
 	Seq       int64     `json:"seq"`
@@ -68,8 +99,12 @@ func (b *AuditBreak) Error() string {
 
 // AuditVerifier walks the log in storage order (by ID).
 type AuditVerifier struct {
+	// Pub, if set, checks the genesis entry's signature.
+	Pub     ed25519.PublicKey
 	prev    AuditEntry
 	chained bool
+	// Genesis is the genesis entry's seq (0 until seen).
+	Genesis int64
 	// Entries counts entries seen; Legacy those from before the chain
 	// existed (no hash), allowed only before the first chained entry.
 	Entries, Legacy int64
@@ -115,15 +150,44 @@ func (v *AuditVerifier) Add(e AuditEntry) error {
 	case !v.chained && e.PrevHash != "":
 		return &AuditBreak{e.ID, e.Seq, "the first chained entry names a predecessor (altered)"}
 	}
+	if e.Action == GenesisAction && v.Genesis == 0 {
+		if err := v.genesis(e); err != nil {
+			return err
+		}
+	}
 	v.prev, v.chained = e, true
 	v.hashes[e.Seq] = e.Hash
 	return nil
 }
 
-// Finish reports a break found at the last entry, once all are added.
+// genesis checks the chain's genesis entry: its signature over its place
+// in the chain, and the unchained entries before it.
+func (v *AuditVerifier) genesis(e AuditEntry) error {
+	var g Genesis
+	if err := json.Unmarshal([]byte(e.Detail), &g); err != nil {
+		return &AuditBreak{e.ID, e.Seq, "the genesis entry's signature is unreadable (altered)"}
+	}
+	if v.Pub != nil {
+		sig, err := hex.DecodeString(g.Signature)
+		if err != nil || !ed25519.Verify(v.Pub, GenesisMessage(e.Seq, e.PrevHash, g.LegacyEntries, e.At), sig) {
+			return &AuditBreak{e.ID, e.Seq, "the genesis entry is not signed by the server's key for its place in the chain (forged, moved, or entries before it altered)"}
+		}
+	}
+	if g.LegacyEntries != v.Legacy {
+		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("the genesis entry was signed after %d unchained entries, and %d come before it (chain fields blanked, or entries removed)", g.LegacyEntries, v.Legacy)}
+	}
+	v.Genesis = e.Seq
+	return nil
+}
+
+// Finish reports a break found at the last entry, once all are added: a
+// gap at the end, or a log with entries and no genesis.
 func (v *AuditVerifier) Finish() error {
 	if v.gap != nil {
 		return v.gap
+	}
+	if v.Entries > 0 && v.Genesis == 0 {
+		return &AuditBreak{0, 0, "no signed genesis entry: the start of the chain was removed or the entries' chain fields blanked (a server of this version writes one when it first starts)"}
 	}
 	return nil
 }

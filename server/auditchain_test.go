@@ -8,16 +8,39 @@ import (
 	"time"
 )
 
-func chain(n int) []AuditEntry {
+var testPub, testKey, _ = ed25519.GenerateKey(rand.Reader)
+
+// chain is n entries, the first the signed genesis (after legacy
+// unchained entries).
+func chain(n int) []AuditEntry { return chainAfter(n, 0) }
+
+func chainAfter(n int, legacy int64) []AuditEntry {
 	var out []AuditEntry
 	prev := ""
 	for i := range n {
 		e := AuditEntry{ID: int64(i + 1), Seq: int64(i + 1), At: time.Unix(1764500000+int64(i), 0), ActorID: "a", Actor: "a", Role: "admin", Action: "act", Subject: "s"}
+		if i == 0 {
+			e.Action, e.Detail = GenesisAction, SealGenesis(e.Seq, prev, legacy, e.At, "k", testKey)
+		}
 		e.PrevHash, e.Hash = prev, AuditHash(prev, e)
 		prev = e.Hash
 		out = append(out, e)
 	}
 	return out
+}
+
+// rehash recomputes every hash from entry i on, as someone who can write
+// the database but holds no key could.
+func rehash(c []AuditEntry, i int) []AuditEntry {
+	prev := ""
+	if i > 0 {
+		prev = c[i-1].Hash
+	}
+	for ; i < len(c); i++ {
+		c[i].PrevHash, c[i].Hash = prev, AuditHash(prev, c[i])
+		prev = c[i].Hash
+	}
+	return c
 }
 
 func TestAuditVerifier(t *testing.T) {
@@ -28,11 +51,48 @@ func TestAuditVerifier(t *testing.T) {
 		want string
 	}{
 		{"intact", func(c []AuditEntry) []AuditEntry { return c }, ""},
-		{"legacy prefix", func(c []AuditEntry) []AuditEntry {
+		{"legacy prefix named by the genesis", func([]AuditEntry) []AuditEntry {
+			c := chainAfter(5, 1)
 			for i := range c {
 				c[i].ID++
 			}
 			return append([]AuditEntry{legacy}, c...)
+		}, ""},
+		{"legacy prefix the genesis does not name", func(c []AuditEntry) []AuditEntry {
+			for i := range c {
+				c[i].ID++
+			}
+			return append([]AuditEntry{legacy}, c...)
+		}, "signed after 0 unchained entries, and 1 come before it"},
+		{"every entry's chain fields blanked", func(c []AuditEntry) []AuditEntry {
+			for i := range c {
+				c[i].Seq, c[i].PrevHash, c[i].Hash = 0, "", ""
+			}
+			return c
+		}, "no signed genesis entry"},
+		{"genesis removed and the rest re-chained", func(c []AuditEntry) []AuditEntry {
+			c = c[1:]
+			for i := range c {
+				c[i].Seq--
+			}
+			return rehash(c, 0)
+		}, "no signed genesis entry"},
+		{"genesis moved after blanked entries", func(c []AuditEntry) []AuditEntry {
+			g := c[0]
+			rest := c[1:]
+			for i := range rest {
+				rest[i].Seq, rest[i].PrevHash, rest[i].Hash = 0, "", ""
+			}
+			return append(rest, g)
+		}, "signed after 0 unchained entries, and 4 come before it"},
+		{"genesis forged", func(c []AuditEntry) []AuditEntry {
+			_, other, _ := ed25519.GenerateKey(rand.Reader)
+			c[0].Detail = SealGenesis(1, "", 0, c[0].At, "k", other)
+			return rehash(c, 0)
+		}, "not signed by the server's key"},
+		{"entry after the genesis edited and re-chained (only checkpoints show it)", func(c []AuditEntry) []AuditEntry {
+			c[2].Detail = "x"
+			return rehash(c, 2)
 		}, ""},
 		{"edited", func(c []AuditEntry) []AuditEntry { c[2].Detail = "x"; return c }, "entry id 3 (seq 3): its content does not match its hash (altered)"},
 		{"removed", func(c []AuditEntry) []AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entries seq 3 to 3 before it are missing (removed)"},
@@ -46,7 +106,7 @@ func TestAuditVerifier(t *testing.T) {
 			return c
 		}, "does not chain to entry seq 2"},
 	} {
-		var v AuditVerifier
+		v := AuditVerifier{Pub: testPub}
 		var err error
 		for _, e := range tc.edit(chain(5)) {
 			if err = v.Add(e); err != nil {

@@ -287,6 +287,22 @@ type SoftwareRecord struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
+// RecordQuery is one page of a vehicle's software record: oldest first
+// after AfterID, or, with NewestFirst, newest first before BeforeID (0:
+// from the newest). Limit is at least 1 and at most MaxRecordPage.
+type RecordQuery struct {
+	AfterID, BeforeID int64
+	NewestFirst       bool
+	Limit             int
+}
+
+// MaxRecordPage is the largest page of a software record read at once.
+const MaxRecordPage = 1000
+
+// MaxEpisodesPerVehicle is how many trouble code episodes the store keeps
+// per vehicle: the most recently seen (the diagnosis reads 100).
+const MaxEpisodesPerVehicle = 256
+
 // DirectorMeta is one signed director metadata file of a VIN.
 type DirectorMeta struct {
 	VIN     string
@@ -382,15 +398,26 @@ type Store interface {
 	OpenJobs(ctx context.Context, limit int) ([]Job, error)
 
 	AppendAudit(ctx context.Context, e AuditEntry) error
+	// AppendAuditGenesis appends the chain's genesis entry, its Detail
+	// made by seal from its seq, the hash before it and the count of
+	// unchained entries before the chain; false when one exists already.
+	AppendAuditGenesis(ctx context.Context, e AuditEntry, seal func(seq int64, prevHash string, legacy int64) string) (bool, error)
 	ListAudit(ctx context.Context, afterID int64, limit int) ([]AuditEntry, error)
-	// AddAuditCheckpoint stores a signed checkpoint of the chain's head;
-	// AuditCheckpoints lists them, oldest first.
+	// AddAuditCheckpoint stores a signed checkpoint of the chain's head
+	// (replacing one of the same seq); AuditCheckpoints lists them,
+	// oldest first.
 	AddAuditCheckpoint(ctx context.Context, c AuditCheckpoint) error
 	AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error)
 	// AddSoftwareRecord appends to a vehicle's software record;
-	// SoftwareRecords lists it, oldest first.
+	// SoftwareRecords lists a page of it.
 	AddSoftwareRecord(ctx context.Context, r SoftwareRecord) error
-	SoftwareRecords(ctx context.Context, vin string) ([]SoftwareRecord, error)
+	SoftwareRecords(ctx context.Context, vin string, q RecordQuery) ([]SoftwareRecord, error)
+	// AddUSBRecords adds USB installs of one vehicle to its record, each
+	// unless the record already has it (same ECU serial and detail), and
+	// no more than bring its USB entries since since to perDay; all under
+	// one lock of the vehicle, so concurrent check-ins neither repeat nor
+	// overrun. It returns those it added.
+	AddUSBRecords(ctx context.Context, vin string, recs []SoftwareRecord, perDay int, since time.Time) ([]SoftwareRecord, error)
 	// AuditHead is the last entry's seq and hash (0, "" for none).
 	AuditHead(ctx context.Context) (int64, string, error)
 

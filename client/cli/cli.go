@@ -257,7 +257,11 @@ func cmdRun(ctx context.Context, args []string, env Env) error {
 	}
 	wctx, stopWake := context.WithCancel(ctx)
 	defer stopWake()
-	wakeups := wake.Start(wctx, a.API, v.VIN, key.Private, env.Now, a.Log)
+	tlsCfg, err := v.TLS(key.Private)
+	if err != nil {
+		return fmt.Errorf("%w: %v", client.ErrUsage, err)
+	}
+	wakeups := wake.Start(wctx, a.API, v.VIN, key.Private, tlsCfg, env.Now, a.Log)
 	return a.Run(ctx, agent.DaemonConfig{
 		Interval: *interval, RetryMin: *retryMin, Jitter: *jitter, Sleep: download.DefaultPolicy().Sleep, Wake: wakeups.C,
 		OnCycle: func(rep agent.Report, err error, wait time.Duration) {

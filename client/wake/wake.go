@@ -8,6 +8,7 @@ package wake
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"log/slog"
 	"net/url"
 	"time"
@@ -26,16 +27,17 @@ type Listener struct {
 }
 
 // Start asks the server where to listen (retrying in the background until
-// it answers) and connects, with MQTT keepalive and reconnects. It returns
-// at once; Stop ends it.
-func Start(ctx context.Context, srv *api.Client, vin string, key ed25519.PrivateKey, now func() time.Time, log *slog.Logger) *Listener {
+// it answers) and connects, with MQTT keepalive and reconnects; an
+// mqtts:// broker is reached over TLS with tlsCfg (the agent's CA and
+// client certificate). It returns at once; cancelling ctx ends it.
+func Start(ctx context.Context, srv *api.Client, vin string, key ed25519.PrivateKey, tlsCfg *tls.Config, now func() time.Time, log *slog.Logger) *Listener {
 	c := make(chan struct{}, 1)
 	l := &Listener{C: c, c: c, log: log}
-	go l.run(ctx, srv, vin, key, now)
+	go l.run(ctx, srv, vin, key, tlsCfg, now)
 	return l
 }
 
-func (l *Listener) run(ctx context.Context, srv *api.Client, vin string, key ed25519.PrivateKey, now func() time.Time) {
+func (l *Listener) run(ctx context.Context, srv *api.Client, vin string, key ed25519.PrivateKey, tlsCfg *tls.Config, now func() time.Time) {
 	var p api.Push
 	for {
 		var err error
@@ -54,11 +56,16 @@ func (l *Listener) run(ctx context.Context, srv *api.Client, vin string, key ed2
 		return
 	}
 	u, err := url.Parse(p.Broker)
-	if err != nil || u.Scheme != "mqtt" || u.Host == "" {
+	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
 		l.log.Warn("the server names an unusable broker; polling only", "broker", p.Broker)
 		return
 	}
-	opts := paho.NewClientOptions().AddBroker("tcp://" + u.Host).SetClientID("roadsign-" + vin).
+	broker := "tcp://" + u.Host
+	if u.Scheme == "mqtts" {
+		broker = "ssl://" + u.Host
+	}
+	// Each connection attempt signs a fresh single-use credential.
+	opts := paho.NewClientOptions().AddBroker(broker).SetClientID(vehicleauth.ClientID(vin)).SetTLSConfig(tlsCfg).
 		SetCredentialsProvider(func() (string, string) { return vin, vehicleauth.MQTTPassword(vin, key, now()) }).
 		SetKeepAlive(30 * time.Second).SetPingTimeout(10 * time.Second).SetConnectTimeout(10 * time.Second).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(5 * time.Second).SetMaxReconnectInterval(time.Minute).

@@ -113,6 +113,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/dealer/claim", "", "browser"},
 		{"GET", "/dealer/diagnoses", "", "browser"},
 		{"GET", "/vehicles/{vin}/help", "/vehicles/" + v1.vin + "/help", "browser"},
+		{"GET", "/vehicles/{vin}/record", "/vehicles/" + v1.vin + "/record", "browser"},
 		{"GET", "/dealer/campaigns", "", "browser"},
 		{"GET", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},
 		{"POST", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},

@@ -137,18 +137,18 @@ func TestVehicleConfinedToItsTopic(t *testing.T) {
 		tok.WaitTimeout(5 * time.Second)
 		return c, tok.Error()
 	}
-	if _, err := connect("x1", a.vin, vehicleauth.MQTTPassword(a.vin, kb.Private, time.Now())); err == nil {
+	if _, err := connect(vehicleauth.ClientID(a.vin), a.vin, vehicleauth.MQTTPassword(a.vin, kb.Private, time.Now())); err == nil {
 		t.Error("a credential signed by another vehicle's key was accepted")
 	}
-	if _, err := connect("x2", a.vin, vehicleauth.MQTTPassword(a.vin, ka.Private, time.Now().Add(-time.Hour))); err == nil {
+	if _, err := connect(vehicleauth.ClientID(a.vin), a.vin, vehicleauth.MQTTPassword(a.vin, ka.Private, time.Now().Add(-time.Hour))); err == nil {
 		t.Error("an hour-old credential was accepted")
 	}
-	ca, err := connect("a", a.vin, vehicleauth.MQTTPassword(a.vin, ka.Private, time.Now()))
+	ca, err := connect(vehicleauth.ClientID(a.vin), a.vin, vehicleauth.MQTTPassword(a.vin, ka.Private, time.Now()))
 	if err != nil {
 		t.Fatalf("vehicle A's own credential: %v", err)
 	}
 	defer ca.Disconnect(100)
-	cb, err := connect("b", b.vin, vehicleauth.MQTTPassword(b.vin, kb.Private, time.Now()))
+	cb, err := connect(vehicleauth.ClientID(b.vin), b.vin, vehicleauth.MQTTPassword(b.vin, kb.Private, time.Now()))
 	if err != nil {
 		t.Fatalf("vehicle B's own credential: %v", err)
 	}

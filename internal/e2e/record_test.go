@@ -119,7 +119,7 @@ func TestSoftwareRecord(t *testing.T) {
 	if err != nil || resp.Header.Get("Content-Type") != "text/csv; charset=utf-8" {
 		t.Fatalf("CSV: %v %s", err, resp.Header.Get("Content-Type"))
 	}
-	if len(rows) != len(doc.Entries)+1 || strings.Join(rows[0], ",") != strings.Join(softwarerecord.Header, ",") {
+	if len(rows) != len(doc.Entries)+1 || strings.Join(rows[0], ",") != strings.Join(softwarerecord.CSVHeader, ",") {
 		t.Fatalf("CSV has %d rows for %d entries; header %v", len(rows), len(doc.Entries), rows[0])
 	}
 	if !strings.Contains(csvText(rows), ",usb,") || !strings.Contains(csvText(rows), ",rolled_back,") || !strings.Contains(csvText(rows), campaign) {
@@ -136,15 +136,28 @@ func TestSoftwareRecord(t *testing.T) {
 	signed, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	pub := publishedRecordKey(t, w)
-	got, err := softwarerecord.Verify(signed, pub)
-	if err != nil || got.VIN != v.vin || len(got.Entries) != len(doc.Entries) {
-		t.Fatalf("signed export: %v (%d entries, want %d)", err, len(got.Entries), len(doc.Entries))
+	got, n, err := softwarerecord.Verify(bytes.NewReader(signed), pub, v.vin, nil)
+	if err != nil || got.VIN != v.vin || n != int64(len(doc.Entries)) {
+		t.Fatalf("signed export: %v (%d entries, want %d)", err, n, len(doc.Entries))
 	}
-	i := bytes.Index(signed, []byte(`"payload": "`)) + len(`"payload": "`) + 40
+	if _, _, err := softwarerecord.Verify(bytes.NewReader(signed), pub, "JTMBFREV9N0000009", nil); err == nil {
+		t.Fatal("a signed export verifies as another VIN's record")
+	}
+	i := bytes.Index(signed, []byte(`"toVersion":"`)) + len(`"toVersion":"`)
 	tampered := append([]byte(nil), signed...)
 	tampered[i] ^= 0x01
-	if _, err := softwarerecord.Verify(tampered, pub); err == nil {
+	if _, _, err := softwarerecord.Verify(bytes.NewReader(tampered), pub, v.vin, nil); err == nil {
 		t.Fatal("a signed export with one byte changed still verifies")
+	}
+	// The command line checks it too: exit 0, and 3 for the altered one.
+	recFile, badFile := filepath.Join(t.TempDir(), "record.jsonl"), filepath.Join(t.TempDir(), "bad.jsonl")
+	os.WriteFile(recFile, signed, 0o600)
+	os.WriteFile(badFile, tampered, 0o600)
+	if r := serverCmd(t, "record", "verify", "--vin", v.vin, "--data", w.data, recFile); r.code != 0 || !strings.Contains(r.stdout, "software record of "+v.vin) {
+		t.Errorf("record verify: %s", r)
+	}
+	if r := serverCmd(t, "record", "verify", "--vin", v.vin, "--data", w.data, badFile); r.code != 3 {
+		t.Errorf("record verify of an altered record: %s", r)
 	}
 
 	// Owners see only their own vehicles' records.

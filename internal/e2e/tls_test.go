@@ -3,15 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -25,82 +18,17 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	fleetsimcli "github.com/roadsign/roadsign/client/fleetsim"
+	"github.com/roadsign/roadsign/internal/testca"
 	"github.com/roadsign/roadsign/signer/keys"
 )
 
-// testCA is a private certificate authority for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // PEM certificate
-}
-
-func newTestCA(t *testing.T, dir, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".pem")}
-	writePEM(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-// issue signs a certificate for pub: a server certificate for 127.0.0.1,
-// or a client certificate.
-func (ca *testCA) issue(t *testing.T, serial int64, pub crypto.PublicKey, server bool) []byte {
-	t.Helper()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "roadsign test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage, tmpl.IPAddresses = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
-// serverCert writes a fresh key and a certificate with serial for
-// 127.0.0.1 to certFile and keyFile.
-func (ca *testCA) serverCert(t *testing.T, serial int64, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, keyFile, "PRIVATE KEY", der)
-	writePEM(t, certFile, "CERTIFICATE", ca.issue(t, serial, &key.PublicKey, true))
-}
-
-func writePEM(t *testing.T, file, typ string, der []byte) {
-	t.Helper()
-	if err := keys.WriteFileAtomic(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // tlsWorld starts a server on HTTPS with a certificate from a new CA.
-func tlsWorld(t *testing.T, extra ...string) (*world, *testCA, string, string) {
+func tlsWorld(t *testing.T, extra ...string) (*world, *testca.CA, string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "roadsign-ca")
+	ca := testca.New(t, dir, "roadsign-ca")
 	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	ca.serverCert(t, 100, certFile, keyFile)
+	ca.ServerCert(t, 100, certFile, keyFile)
 	w := newWorld(t, append([]string{"--tls-cert", certFile, "--tls-key", keyFile}, extra...)...)
 	return w, ca, certFile, keyFile
 }
@@ -138,10 +66,10 @@ func TestAgentOverTLS(t *testing.T) {
 	if r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken); r.code != 3 || !strings.Contains(r.stderr, "does not verify") {
 		t.Fatalf("publish without the CA: want exit 3, got %s", r)
 	}
-	if r := w.tlsPublish(ca.file); r.code != 0 {
+	if r := w.tlsPublish(ca.File); r.code != 0 {
 		t.Fatalf("publish with --ca-cert: %s", r)
 	}
-	v := w.tlsVehicle(1, ca.file)
+	v := w.tlsVehicle(1, ca.File)
 	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
 		t.Fatalf("update over TLS: %s", r)
 	}
@@ -169,7 +97,7 @@ func TestAgentOverTLS(t *testing.T) {
 	}
 
 	// The fleet simulator takes the CA too.
-	if r := runFleetsim(t, "--server", w.url, "--token", adminToken, "--ca-cert", ca.file, "--samples", samplesDir(), "--vehicles", "2", "--register", "--cycles", "1", "--interval", "0"); r.code != 0 {
+	if r := runFleetsim(t, "--server", w.url, "--token", adminToken, "--ca-cert", ca.File, "--samples", samplesDir(), "--vehicles", "2", "--register", "--cycles", "1", "--interval", "0"); r.code != 0 {
 		t.Fatalf("fleetsim over TLS: %s", r)
 	}
 }
@@ -180,7 +108,7 @@ func TestAgentOverTLS(t *testing.T) {
 func TestTLSCertificateReloadsOnSIGHUP(t *testing.T) {
 	w, ca, certFile, keyFile := tlsWorld(t)
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	newClient := func() *http.Client {
 		c := download.NewHTTPClient()
 		c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool}
@@ -208,7 +136,7 @@ func TestTLSCertificateReloadsOnSIGHUP(t *testing.T) {
 		t.Fatalf("serial %d, want 100", s)
 	}
 
-	ca.serverCert(t, 101, certFile, keyFile)
+	ca.ServerCert(t, 101, certFile, keyFile)
 	w.reload <- os.Interrupt // SIGHUP in the real binary
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -257,14 +185,14 @@ func TestTLSCertificateReloadsOnSIGHUP(t *testing.T) {
 // another key is refused even with a good signature.
 func TestMutualTLSForVehicles(t *testing.T) {
 	dir := t.TempDir()
-	vehicles := newTestCA(t, dir, "vehicle-ca")
-	w, ca, _, _ := tlsWorld(t, "--client-ca", vehicles.file)
+	vehicles := testca.New(t, dir, "vehicle-ca")
+	w, ca, _, _ := tlsWorld(t, "--client-ca", vehicles.File)
 	w.signerInit()
 	w.add(findSample(t, dcmHW, "1.1.0"))
-	if r := w.tlsPublish(ca.file); r.code != 0 {
+	if r := w.tlsPublish(ca.File); r.code != 0 {
 		t.Fatalf("publish: %s", r)
 	}
-	v := w.tlsVehicle(1, ca.file) // registration uses a bearer token: no client certificate needed
+	v := w.tlsVehicle(1, ca.File) // registration uses a bearer token: no client certificate needed
 	if r := agent(t, "update", "--state", v.dir); r.code == 0 || !strings.Contains(r.stderr, "client_certificate_required") {
 		t.Fatalf("update without a client certificate: want a refusal, got %s", r)
 	}
@@ -273,14 +201,14 @@ func TestMutualTLSForVehicles(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := filepath.Join(dir, "own.pem")
-	writePEM(t, own, "CERTIFICATE", vehicles.issue(t, 7, key.Private.Public(), false))
+	testca.WritePEM(t, own, "CERTIFICATE", vehicles.Issue(t, 7, key.Private.Public(), false))
 	other, err := keys.Generate(filepath.Join(dir, "other.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCert := vehicles.issue(t, 8, other.Private.Public(), false)
+	otherCert := vehicles.Issue(t, 8, other.Private.Public(), false)
 	otherFile := filepath.Join(dir, "other.pem")
-	writePEM(t, otherFile, "CERTIFICATE", otherCert)
+	testca.WritePEM(t, otherFile, "CERTIFICATE", otherCert)
 	if r := agent(t, "client-cert", "--state", v.dir, "--cert", otherFile); r.code != 2 || !strings.Contains(r.stderr, "another key") {
 		t.Fatalf("installing a certificate for another key: want exit 2, got %s", r)
 	}
@@ -297,7 +225,7 @@ func TestMutualTLSForVehicles(t *testing.T) {
 	// Someone holding the vehicle's signing key but presenting another
 	// key's certificate (issued by the same CA) is refused.
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	hc := download.NewHTTPClient()
 	hc.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool,
 		Certificates: []tls.Certificate{{Certificate: [][]byte{otherCert}, PrivateKey: other.Private}}}
@@ -322,9 +250,9 @@ func runFleetsim(t *testing.T, args ...string) result {
 func TestServerBinaryReloadsCertificateOnSIGHUP(t *testing.T) {
 	bin := builtPrograms(t)
 	dir := t.TempDir()
-	ca := newTestCA(t, dir, "ca")
+	ca := testca.New(t, dir, "ca")
 	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	ca.serverCert(t, 200, certFile, keyFile)
+	ca.ServerCert(t, 200, certFile, keyFile)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +281,7 @@ func TestServerBinaryReloadsCertificateOnSIGHUP(t *testing.T) {
 		}
 	}()
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	serial := func() int64 {
 		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
 		if err != nil {
@@ -373,7 +301,7 @@ func TestServerBinaryReloadsCertificateOnSIGHUP(t *testing.T) {
 		}
 	}
 	waitSerial(200)
-	ca.serverCert(t, 201, certFile, keyFile)
+	ca.ServerCert(t, 201, certFile, keyFile)
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}

@@ -118,3 +118,19 @@ func Dispatch(program, usage string, args []string, stdout io.Writer, commands m
 func IsVersion(arg string) bool {
 	return arg == "--version" || arg == "-version" || arg == "version"
 }
+
+// List is a repeatable string flag; a comma-separated value adds several
+// entries (that is also how ROADSIGN_HARDWARE_ID=A,B sets more than one).
+type List []string
+
+func (s *List) String() string { return strings.Join(*s, ",") }
+
+// Set implements flag.Value.
+func (s *List) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}

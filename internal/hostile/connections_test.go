@@ -128,7 +128,9 @@ func TestHugeBodiesAreRefused(t *testing.T) {
 // stalls is cut at its 20 s deadline. Open files and goroutines fall back
 // afterwards.
 func TestStalledConnectionsAreClosed(t *testing.T) {
-	s := start(t)
+	// All 1 300 come from 127.0.0.1: lift the per-address cap, which
+	// would otherwise close most of them at once (TestOneAddress... shows it).
+	s := start(t, "--max-connections-per-address", "0")
 	before := s.metrics(t)
 	fdsBefore, rssBefore := s.openFDs(t), s.rss(t)
 
@@ -253,4 +255,100 @@ func TestConnectionCap(t *testing.T) {
 		t.Fatalf("after the flood: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// dialFrom connects to addr from a loopback address of its own (all of
+// 127/8 is loopback), so one test can be many clients.
+func dialFrom(src, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	return d.Dial("tcp", addr)
+}
+
+// keepAlive opens n connections from src that each send one keep-alive
+// GET /healthz and then sit idle; it returns those the server answered.
+func keepAlive(t *testing.T, src, addr string, n int) []net.Conn {
+	t.Helper()
+	var mu sync.Mutex
+	var kept []net.Conn
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c, err := dialFrom(src, addr)
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || !strings.Contains(line, " 200 ") {
+				c.Close()
+				return
+			}
+			c.SetDeadline(time.Time{})
+			mu.Lock()
+			kept = append(kept, c)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return kept
+}
+
+// freshHealth is how long a new client from 127.0.0.1 waits for /healthz
+// (an error past 5 s).
+func freshHealth(t *testing.T, s *server) time.Duration {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	t0 := time.Now()
+	resp, err := c.Get(s.url + "/healthz")
+	if err != nil {
+		t.Fatalf("a fresh client's /healthz: %v", err)
+	}
+	resp.Body.Close()
+	return time.Since(t0)
+}
+
+// TestOneAddressCannotHoldEveryConnection: one address opening 3 000
+// keep-alive connections keeps at most --max-connections-per-address of
+// them; a client from another address is answered at once meanwhile.
+func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
+	s := start(t, "--max-connections-per-address", "256")
+	kept := keepAlive(t, "127.0.0.2", s.addr, 3000)
+	defer func() {
+		for _, c := range kept {
+			c.Close()
+		}
+	}()
+	took := freshHealth(t, s)
+	refused := s.metrics(t)[`roadsign_connections_refused_total{listener="http",reason="per-address"}`]
+	t.Logf("one address asked for 3 000 keep-alive connections: %d kept, %.0f closed at once; a fresh client's /healthz took %s",
+		len(kept), refused, took.Round(time.Millisecond))
+	if len(kept) > 256 {
+		t.Fatalf("one address holds %d connections; the cap is 256", len(kept))
+	}
+}
+
+// TestIdleConnectionsShedNearTheCap: six addresses fill --max-connections
+// with idle keep-alive connections; near the cap the longest-idle are
+// closed, so a new client is still served.
+func TestIdleConnectionsShedNearTheCap(t *testing.T) {
+	s := start(t, "--max-connections", "200", "--max-connections-per-address", "50")
+	var kept []net.Conn
+	for i := 2; i < 8; i++ {
+		kept = append(kept, keepAlive(t, fmt.Sprintf("127.0.0.%d", i), s.addr, 50)...)
+	}
+	defer func() {
+		for _, c := range kept {
+			c.Close()
+		}
+	}()
+	took := freshHealth(t, s)
+	shed := s.metrics(t)[`roadsign_connections_refused_total{listener="http",reason="idle-shed"}`]
+	t.Logf("300 idle keep-alive connections from six addresses against a cap of 200: %.0f shed; a fresh client's /healthz took %s", shed, took.Round(time.Millisecond))
+	if shed == 0 {
+		t.Fatal("no idle connection was shed near the cap")
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -66,6 +68,8 @@ type server struct {
 	done       chan struct{}
 	stopOnce   sync.Once
 	extraFlags []string
+	// client is how the harness talks to it (trusting its CA on HTTPS).
+	client *http.Client
 }
 
 type lockedBuffer struct {
@@ -98,13 +102,37 @@ func freeAddr(t testing.TB) string {
 // start runs the server binary on embedded defaults with extra flags.
 func start(t testing.TB, extra ...string) *server {
 	t.Helper()
+	return startUnder(t, nil, extra...)
+}
+
+// startUnder runs the server binary through a wrapper that execs it
+// (prlimit, for a low open-file limit), with extra flags.
+func startUnder(t testing.TB, wrapper []string, extra ...string) *server {
+	t.Helper()
+	return launch(t, wrapper, nil, extra...)
+}
+
+// startTLS runs the server with extra flags that turn HTTPS on; the
+// harness trusts pool.
+func startTLS(t testing.TB, pool *x509.CertPool, extra ...string) *server {
+	t.Helper()
+	return launch(t, nil, pool, extra...)
+}
+
+func launch(t testing.TB, wrapper []string, pool *x509.CertPool, extra ...string) *server {
+	t.Helper()
 	s := &server{t: t, dir: t.TempDir(), log: &lockedBuffer{}, done: make(chan struct{}), extraFlags: extra}
 	s.data, s.tmp = filepath.Join(s.dir, "data"), filepath.Join(s.dir, "tmp")
 	os.MkdirAll(s.tmp, 0o700)
 	s.addr = freeAddr(t)
-	s.url = "http://" + s.addr
+	s.url, s.client = "http://"+s.addr, &http.Client{Timeout: time.Minute}
+	if pool != nil {
+		s.url = "https://" + s.addr
+		s.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
 	args := append([]string{"--listen", s.addr, "--data", s.data, "--log-format", "json"}, extra...)
-	s.cmd = exec.Command(filepath.Join(bin, "roadsign-server"), args...)
+	argv := append(append(append([]string{}, wrapper...), filepath.Join(bin, "roadsign-server")), args...)
+	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Env = []string{"ROADSIGN_ADMIN_TOKEN=" + adminToken, "TMPDIR=" + s.tmp, "PATH=" + os.Getenv("PATH"), "HOME=" + s.dir}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
@@ -114,7 +142,7 @@ func start(t testing.TB, extra ...string) *server {
 	t.Cleanup(s.stop)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get(s.url + "/healthz")
+		resp, err := s.client.Get(s.url + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			return s
@@ -210,7 +238,7 @@ func (s *server) api(t testing.TB, method, path, token string, body any, out any
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,6 +102,7 @@ func TestLoginThrottle(t *testing.T) {
 		c := browser()
 		_, token := page(t, c, s.url+"/")
 		codes := []int{}
+		t0 := time.Now()
 		for i := range 14 {
 			name := "guess-" + string(rune('a'+i)) // a new name each time: only the address is throttled
 			req, _ := http.NewRequest("POST", s.url+"/login", strings.NewReader(url.Values{"name": {name}, "secret": {"y"}, "csrf": {token}}.Encode()))
@@ -117,8 +118,17 @@ func TestLoginThrottle(t *testing.T) {
 				t.Error("429 without Retry-After")
 			}
 		}
-		if codes[9] != http.StatusSeeOther || codes[10] != http.StatusTooManyRequests || codes[13] != http.StatusTooManyRequests {
-			t.Fatalf("answers: %v; want 10 × 303 then 429", codes)
+		// The bucket holds 10 and refills one every 6 s: on a slow run
+		// (each attempt hashes a password) a token or two comes back.
+		refilled := int(time.Since(t0) / (6 * time.Second))
+		passed := 0
+		for _, c := range codes {
+			if c == http.StatusSeeOther {
+				passed++
+			}
+		}
+		if codes[9] != http.StatusSeeOther || passed > 10+refilled || passed == len(codes) {
+			t.Fatalf("answers: %v; want 10 × 303 (and %d refilled) then 429", codes, refilled)
 		}
 	})
 	t.Run("per name, with the owner's device let through", func(t *testing.T) {

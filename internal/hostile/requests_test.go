@@ -29,7 +29,27 @@ const samples = "../../firmware-samples"
 
 func newWorld(t testing.TB, extra ...string) *world {
 	t.Helper()
+	return newWorldVia(t, "", extra...)
+}
+
+// newWorldVia is newWorld with the car given via (a proxy's URL) as its
+// server instead of the server's own address.
+func newWorldVia(t testing.TB, via string, extra ...string) *world {
+	t.Helper()
+	return newWorldWith(t, via, nil, extra...)
+}
+
+// newWorldWith is newWorldVia with started called once the server is up
+// (to point a proxy at it).
+func newWorldWith(t testing.TB, via string, started func(*server), extra ...string) *world {
+	t.Helper()
 	s := start(t, extra...)
+	if started != nil {
+		started(s)
+	}
+	if via == "" {
+		via = s.url
+	}
 	w := &world{server: s, ws: filepath.Join(s.dir, "ws"), car: filepath.Join(s.dir, "car"), vin: "JTMBFREV1N0000001"}
 	must := func(name string, args ...string) {
 		t.Helper()
@@ -46,7 +66,7 @@ func newWorld(t testing.TB, extra ...string) *world {
 		must("roadsign-signer", "add", w.ws, filepath.Join(samples, f.file), "--ecu", f.ecu, "--hardware-id", f.hw, "--version", f.v)
 	}
 	must("roadsign-signer", "publish", w.ws, "--server", s.url, "--token", adminToken)
-	must("roadsign-agent", "init", "--state", w.car, "--server", s.url, "--vin", w.vin,
+	must("roadsign-agent", "init", "--state", w.car, "--server", via, "--vin", w.vin,
 		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
 		"--ecu", "head-unit:HU000001:HU-GEN5-NA:"+filepath.Join(samples, "head-unit-HU-GEN5-NA-1.0.0.img"),
 		"--ecu", "dcm:DCM000001:DCM-4G-24MM:"+filepath.Join(samples, "dcm-DCM-4G-24MM-1.0.0.img"),

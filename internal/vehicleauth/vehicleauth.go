@@ -63,13 +63,17 @@ func BodySHA256(body []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func (c Claim) stringToSign(r *http.Request) []byte {
-	host := r.Host
-	if host == "" && r.URL != nil {
-		host = r.URL.Host
-	}
+func (c Claim) stringToSign(r *http.Request, host string) []byte {
 	return []byte(strings.Join([]string{"roadsign-vehicle-request-v2", r.Method, host, r.URL.EscapedPath(), r.URL.RawQuery,
 		c.VIN, strconv.FormatInt(c.TS, 10), c.Nonce, c.BodySHA256}, "\n"))
+}
+
+// requestHost is the host a client addressed r to.
+func requestHost(r *http.Request) string {
+	if r.Host == "" && r.URL != nil {
+		return r.URL.Host
+	}
+	return r.Host
 }
 
 // Sign sets req's Authorization header for a request with body, signed by
@@ -78,7 +82,7 @@ func Sign(req *http.Request, key ed25519.PrivateKey, vin string, body []byte, no
 	n := make([]byte, 16)
 	rand.Read(n)
 	c := Claim{VIN: vin, TS: now.Unix(), Nonce: hex.EncodeToString(n), BodySHA256: BodySHA256(body)}
-	c.Sig = ed25519.Sign(key, c.stringToSign(req))
+	c.Sig = ed25519.Sign(key, c.stringToSign(req, requestHost(req)))
 	req.Header.Set("Authorization", fmt.Sprintf("%s vin=%s,ts=%d,nonce=%s,body=%s,sig=%s", Scheme, c.VIN, c.TS, c.Nonce, c.BodySHA256,
 		base64.RawURLEncoding.EncodeToString(c.Sig)))
 }
@@ -137,13 +141,25 @@ func isHex(s string, n int) bool {
 }
 
 // Verify checks the claim's signature over r (method, host, path, query),
-// with the key registered for the VIN, then its time. The signature comes
-// first: only the key's holder learns that its clock is off
-// (*ClockSkewError); anyone else gets ErrBadSignature. The body is not
-// read: the caller checks it against BodySHA256, and the nonce against
+// with the key registered for the VIN, then its time. The host signed may
+// be r's Host or one of publicHosts: the addresses vehicles are given,
+// which a reverse proxy in front may have rewritten to its upstream's.
+// The signature comes first: only the key's holder learns that its clock
+// is off (*ClockSkewError); anyone else gets ErrBadSignature. The body is
+// not read: the caller checks it against BodySHA256, and the nonce against
 // the ones it has seen.
-func (c Claim) Verify(pub ed25519.PublicKey, r *http.Request, now time.Time) error {
-	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, c.stringToSign(r), c.Sig) {
+func (c Claim) Verify(pub ed25519.PublicKey, r *http.Request, now time.Time, publicHosts ...string) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return ErrBadSignature
+	}
+	ok := ed25519.Verify(pub, c.stringToSign(r, requestHost(r)), c.Sig)
+	for _, h := range publicHosts {
+		if ok {
+			break
+		}
+		ok = ed25519.Verify(pub, c.stringToSign(r, h), c.Sig)
+	}
+	if !ok {
 		return ErrBadSignature
 	}
 	if d := now.Sub(time.Unix(c.TS, 0)); d > MaxSkew || d < -MaxSkew {

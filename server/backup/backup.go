@@ -27,6 +27,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/roadsign/roadsign/server/sqlite"
@@ -229,66 +230,178 @@ type RestoreOptions struct {
 // ErrNotEmpty refuses to restore over existing data without Force.
 var ErrNotEmpty = errors.New("data directory is not empty")
 
-// Restore unpacks an archive into o.Data (blobs into DATA/blobs).
+// Restore unpacks an archive into o.Data (blobs into DATA/blobs). It
+// reads the archive twice: first only its headers, to refuse before
+// writing anything an archive that is not a Roadsign backup, names a file
+// outside the data directory, or declares more than the disk has room for
+// (or far more than an archive of its size holds: a decompression bomb);
+// then it writes each file, never more than its header declares, with
+// modes of its own (0600 files, 0700 directories; the archive's are
+// ignored), into a directory beside o.Data that takes o.Data's place only
+// when everything is written. A failed restore leaves o.Data as it was.
 func Restore(o RestoreOptions) (Manifest, error) {
 	var m Manifest
-	if entries, err := os.ReadDir(o.Data); err == nil && len(entries) > 0 {
-		if !o.Force {
-			return m, fmt.Errorf("%w: %s; restore into a new directory, or give --force to replace what is there", ErrNotEmpty, o.Data)
-		}
-		for _, e := range entries {
-			if err := os.RemoveAll(filepath.Join(o.Data, e.Name())); err != nil {
-				return m, err
-			}
-		}
+	if entries, err := os.ReadDir(o.Data); err == nil && len(entries) > 0 && !o.Force {
+		return m, fmt.Errorf("%w: %s; restore into a new directory, or give --force to replace what is there", ErrNotEmpty, o.Data)
 	}
-	if err := os.MkdirAll(o.Data, 0o700); err != nil {
-		return m, err
-	}
-	f, err := os.Open(o.From)
+	st, err := os.Stat(o.From)
 	if err != nil {
 		return m, fmt.Errorf("open backup: %w", err)
 	}
-	defer f.Close()
-	gz, err := gzip.NewReader(f)
+	m, declared, err := scan(o.From, maxExpansion*st.Size()+expansionSlack)
 	if err != nil {
-		return m, fmt.Errorf("%s is not a Roadsign backup (not gzip): %w", o.From, err)
+		return m, err
 	}
-	tr := tar.NewReader(gz)
-	seen := false
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return m, fmt.Errorf("read backup %s: %w", o.From, err)
-		}
-		if h.Name == manifestName {
-			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&m); err != nil {
-				return m, fmt.Errorf("backup manifest: %w", err)
-			}
-			seen = true
-			continue
-		}
-		dest, err := target(o.Data, h.Name)
-		if err != nil {
-			return m, err
-		}
-		if h.Typeflag != tar.TypeReg {
-			continue
-		}
-		if err := extract(tr, dest, os.FileMode(h.Mode).Perm()); err != nil {
-			return m, err
-		}
+	parent := filepath.Dir(filepath.Clean(o.Data))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return m, err
 	}
-	if !seen {
-		return m, fmt.Errorf("%s has no %s: not a Roadsign backup", o.From, manifestName)
+	if free, err := freeBytes(parent); err == nil && declared+diskReserve > free {
+		return m, fmt.Errorf("%s needs %d bytes and %s has %d free (keeping %d in reserve): free some space or restore elsewhere",
+			o.From, declared, parent, free, diskReserve)
+	}
+	stage, err := os.MkdirTemp(parent, "."+filepath.Base(o.Data)+".restore-*")
+	if err != nil {
+		return m, err
+	}
+	defer os.RemoveAll(stage) // gone once renamed; a failed restore leaves nothing
+	if err := extractAll(o.From, stage, declared); err != nil {
+		return m, err
 	}
 	now := o.Now().UTC()
 	r := Restored{RestoredAt: now, BackupCreatedAt: m.CreatedAt, From: o.From, VersionFloor: now.Unix()}
 	b, _ := json.MarshalIndent(r, "", "  ")
-	return m, keys.WriteFileAtomic(filepath.Join(o.Data, RestoredFile), append(b, '\n'), 0o600)
+	if err := keys.WriteFileAtomic(filepath.Join(stage, RestoredFile), append(b, '\n'), 0o600); err != nil {
+		return m, err
+	}
+	return m, swapIn(stage, o.Data)
+}
+
+// Restore's limits: an archive's files may add up to maxExpansion times
+// its size plus expansionSlack (a database compresses perhaps tenfold,
+// firmware hardly at all; gzip's most is about a thousandfold), and
+// diskReserve bytes stay free after it.
+const (
+	maxExpansion   = 100
+	expansionSlack = 64 << 20
+	diskReserve    = 64 << 20
+)
+
+// scan reads an archive's headers and its manifest: the bytes its files
+// declare, after checking every name. It stops as soon as they add up to
+// more than limit, before reading through the entry that does.
+func scan(from string, limit int64) (Manifest, int64, error) {
+	var m Manifest
+	var declared int64
+	seen := false
+	err := eachEntry(from, func(h *tar.Header, r io.Reader) error {
+		if h.Name == manifestName {
+			if err := json.NewDecoder(io.LimitReader(r, 1<<20)).Decode(&m); err != nil {
+				return fmt.Errorf("backup manifest: %w", err)
+			}
+			seen = true
+			return nil
+		}
+		if _, err := target("", h.Name); err != nil {
+			return err
+		}
+		if h.Typeflag == tar.TypeReg {
+			if h.Size < 0 {
+				return fmt.Errorf("backup entry %q declares a negative size", h.Name)
+			}
+			declared += h.Size
+			if declared > limit {
+				return fmt.Errorf("%s declares %d bytes of files by %q, more than %d times its own size: refusing what looks like a decompression bomb",
+					from, declared, h.Name, maxExpansion)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return m, 0, err
+	}
+	if !seen {
+		return m, 0, fmt.Errorf("%s has no %s: not a Roadsign backup", from, manifestName)
+	}
+	return m, declared, nil
+}
+
+// extractAll writes the archive's files under dir, at most budget bytes
+// in all (what the headers declared when scanned).
+func extractAll(from, dir string, budget int64) error {
+	return eachEntry(from, func(h *tar.Header, r io.Reader) error {
+		if h.Name == manifestName || h.Typeflag != tar.TypeReg {
+			return nil
+		}
+		if h.Size > budget {
+			return fmt.Errorf("backup entry %q is larger than the archive declared when it was read: it changed while being restored", h.Name)
+		}
+		budget -= h.Size
+		dest, err := target(dir, h.Name)
+		if err != nil {
+			return err
+		}
+		return extract(io.LimitReader(r, h.Size), dest, h.Size)
+	})
+}
+
+// eachEntry calls fn with each entry of a gzipped tar archive.
+func eachEntry(from string, fn func(*tar.Header, io.Reader) error) error {
+	f, err := os.Open(from)
+	if err != nil {
+		return fmt.Errorf("open backup: %w", err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("%s is not a Roadsign backup (not gzip): %w", from, err)
+	}
+	tr := tar.NewReader(gz)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read backup %s: %w", from, err)
+		}
+		if err := fn(h, tr); err != nil {
+			return err
+		}
+	}
+}
+
+// swapIn puts the restored directory stage in data's place: data, if
+// there, moves aside first and is removed once stage is in.
+func swapIn(stage, data string) error {
+	old := ""
+	if _, err := os.Stat(data); err == nil {
+		old = stage + ".old"
+		if err := os.Rename(data, old); err != nil {
+			return fmt.Errorf("move %s aside: %w", data, err)
+		}
+	}
+	if err := os.Rename(stage, data); err != nil {
+		if old != "" {
+			os.Rename(old, data)
+		}
+		return fmt.Errorf("put the restored data in %s: %w", data, err)
+	}
+	if old != "" {
+		if err := os.RemoveAll(old); err != nil {
+			return err
+		}
+	}
+	return keys.SyncDir(filepath.Dir(data))
+}
+
+// freeBytes is the space an unprivileged writer has left under dir.
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
 // target maps an archive name into the data directory, refusing any name
@@ -309,15 +422,17 @@ func target(data, name string) (string, error) {
 	return "", fmt.Errorf("backup entry %q is not part of a Roadsign backup", name)
 }
 
-func extract(r io.Reader, dest string, perm os.FileMode) error {
+// extract writes size bytes from r to dest, mode 0600 whatever the
+// archive said (it holds private keys).
+func extract(r io.Reader, dest string, size int64) error {
 	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	if _, err := io.CopyN(f, r, size); err != nil {
 		f.Close()
 		return fmt.Errorf("restore %s: %w", dest, err)
 	}

@@ -6,6 +6,7 @@ package cli
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -27,9 +28,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/net/netutil"
 
 	"github.com/roadsign/roadsign/internal/buildinfo"
+	"github.com/roadsign/roadsign/internal/connlimit"
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
@@ -52,6 +53,7 @@ import (
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"
+	"github.com/roadsign/roadsign/server/softwarerecord"
 	"github.com/roadsign/roadsign/server/sqlite"
 	"github.com/roadsign/roadsign/server/sqlstore"
 	"github.com/roadsign/roadsign/server/web"
@@ -60,10 +62,15 @@ import (
 
 // Exit codes (docs/cli.md).
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK      = 0
+	exitError   = 1
+	exitUsage   = 2
+	exitRefused = 3
 )
+
+// errRefused marks a security refusal (exit 3): a signature that does not
+// verify.
+var errRefused = errors.New("refused")
 
 // Env is the process environment Run works in; tests pass their own.
 type Env struct {
@@ -106,9 +113,15 @@ type config struct {
 	tlsKey          string
 	clientCA        string
 	auditCheckpoint time.Duration
+	auditFile       string
 	mqttListen      string
 	mqttBroker      string
 	mqttAdvertise   string
+	mqttMaxConns    int
+	mqttPerAddress  int
+	mqttConnectTime time.Duration
+	perAddress      int
+	publicURLs      envflag.List
 }
 
 // Run runs roadsign-server with args (without the program name) and
@@ -123,6 +136,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 	case errors.As(err, new(envflag.UsageError)):
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
 		return exitUsage
+	case errors.Is(err, errRefused):
+		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
+		return exitRefused
 	default:
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
 		return exitError
@@ -145,15 +161,23 @@ func run(ctx context.Context, args []string, env Env) error {
 	case "restore":
 		return cmdRestore(args, env)
 	case "audit":
-		if len(args) == 0 || args[0] != "verify" {
-			return envflag.Usagef("usage: roadsign-server audit verify [--data DIR | --database URL]")
+		switch {
+		case len(args) > 0 && args[0] == "verify":
+			return cmdAuditVerify(ctx, args[1:], env)
+		case len(args) > 0 && args[0] == "export-checkpoints":
+			return cmdAuditExport(ctx, args[1:], env)
 		}
-		return cmdAuditVerify(ctx, args[1:], env)
+		return envflag.Usagef("usage: roadsign-server audit verify [--data DIR | --database URL] [--checkpoints FILE ...] | audit export-checkpoints [--data DIR | --database URL] --out FILE")
+	case "record":
+		if len(args) == 0 || args[0] != "verify" {
+			return envflag.Usagef("usage: roadsign-server record verify --vin VIN [--online-keys FILE | --data DIR] RECORD")
+		}
+		return cmdRecordVerify(args[1:], env)
 	case "help":
-		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve|backup|restore] [flags]; roadsign-server COMMAND --help lists the flags")
+		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve|backup|restore|audit|record] [flags]; roadsign-server COMMAND --help lists the flags")
 		return nil
 	default:
-		return envflag.Usagef("unknown command %q; want init, serve, backup or restore", cmd)
+		return envflag.Usagef("unknown command %q; want init, serve, backup, restore, audit or record", cmd)
 	}
 	cfg, err := parseFlags(cmd, args, env)
 	if err != nil {
@@ -186,7 +210,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.Int64Var(&c.maxTargetSize, "max-target-size", 8<<30, "largest target file accepted, in bytes")
 		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 		fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDRs of load balancers whose X-Forwarded-For is believed (default: none)")
-		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most connections open at once; more wait to be accepted")
+		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most HTTP connections open at once; more wait to be accepted, and near the cap idle keep-alive connections are closed (lowered to fit the process's open-file limit)")
+		fs.Var(&c.publicURLs, "public-url", "a URL vehicles are given for this server (repeatable, or comma-separated): their signed requests verify over its host even when a reverse proxy rewrote Host")
+		fs.IntVar(&c.perAddress, "max-connections-per-address", 256, "most HTTP connections open at once from one client address (0: no cap); --trusted-proxies are exempt")
 		fs.DurationVar(&c.leaderLease, "leader-lease", 15*time.Second, "lease of the replica that runs campaign waves, job timeouts and re-signing; renewed at a third")
 		fs.DurationVar(&c.campaignTick, "campaign-tick", time.Second, "how often the leader advances running campaigns")
 		fs.DurationVar(&c.offlineAfter, "offline-after", 72*time.Hour, "a vehicle not heard from for this long is diagnosed as offline")
@@ -196,8 +222,12 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 		fs.StringVar(&c.mqttListen, "mqtt-listen", "127.0.0.1:0", "the embedded MQTT broker for push wake-ups: host:port (port 0: a free one; vehicles learn it from the server), or off")
 		fs.StringVar(&c.mqttBroker, "mqtt-broker", "", "publish wake-ups to this external broker instead (mqtt://HOST:PORT); vehicles connect to it too")
-		fs.StringVar(&c.mqttAdvertise, "mqtt-advertise", "", "the broker URL given to vehicles when they reach it by another address (mqtt://HOST:PORT)")
-		fs.DurationVar(&c.auditCheckpoint, "audit-checkpoint-interval", 10*time.Minute, "how often the leader signs a checkpoint of the audit log's hash chain (when it grew)")
+		fs.StringVar(&c.mqttAdvertise, "mqtt-advertise", "", "the broker URL given to vehicles when they reach it by another address (mqtt://HOST:PORT or mqtts://HOST:PORT)")
+		fs.IntVar(&c.mqttMaxConns, "mqtt-max-connections", 100000, "most connections to the embedded broker at once (one per vehicle listening; lowered to a third of the process's open-file limit)")
+		fs.IntVar(&c.mqttPerAddress, "mqtt-max-connections-per-address", 1024, "most embedded-broker connections from one client address (0: no cap); vehicles behind carrier NAT share addresses")
+		fs.DurationVar(&c.mqttConnectTime, "mqtt-connect-timeout", 10*time.Second, "a connection to the embedded broker must log in within this")
+		fs.DurationVar(&c.auditCheckpoint, "audit-checkpoint-interval", 10*time.Minute, "how often the leader signs a checkpoint of the audit log's hash chain")
+		fs.StringVar(&c.auditFile, "audit-checkpoint-file", "", "the leader also appends each signed audit checkpoint to this file (keep it off the database's machine; audit verify --checkpoints reads it)")
 		fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain); reread on SIGHUP")
 		fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of --tls-cert; reread on SIGHUP")
 		fs.StringVar(&c.clientCA, "client-ca", "", "mutual TLS for vehicles: PEM CA that issues vehicle certificates; a vehicle's signed requests must come with a certificate for its registered key")
@@ -232,6 +262,15 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	if cmd == "serve" && c.maxConnections < 1 {
 		return c, envflag.Usagef("--max-connections %d: want at least 1", c.maxConnections)
 	}
+	if cmd == "serve" && (c.perAddress < 0 || c.mqttPerAddress < 0 || c.mqttMaxConns < 1) {
+		return c, envflag.Usagef("--max-connections-per-address and --mqtt-max-connections-per-address must be 0 (no cap) or more, --mqtt-max-connections at least 1")
+	}
+	if _, err := c.publicHosts(); err != nil {
+		return c, err
+	}
+	if cmd == "serve" && c.mqttConnectTime < 100*time.Millisecond {
+		return c, envflag.Usagef("--mqtt-connect-timeout %s is too short; use at least 100ms", c.mqttConnectTime)
+	}
 	for _, p := range c.proxies() {
 		if net.ParseIP(p) == nil {
 			if _, _, err := net.ParseCIDR(p); err != nil {
@@ -246,6 +285,19 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		return c, envflag.Usagef("--timestamp-expiry %s is too short; use at least 2s", c.timestampExpiry)
 	}
 	return c, nil
+}
+
+// publicHosts are the hosts of --public-url.
+func (c config) publicHosts() ([]string, error) {
+	var out []string
+	for _, raw := range c.publicURLs {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return nil, envflag.Usagef("--public-url %q: want the URL vehicles are given, such as https://ota.example.com or http://10.0.0.5:8080", raw)
+		}
+		out = append(out, u.Host)
+	}
+	return out, nil
 }
 
 // proxies is --trusted-proxies as a list (nil: none).
@@ -346,6 +398,10 @@ func serve(ctx context.Context, c config, env Env) error {
 	if c.adminToken == "" {
 		log.Warn("no ROADSIGN_ADMIN_TOKEN set: only accounts made earlier can call admin routes")
 	}
+	// The audit chain's start is sealed before anything is appended to it.
+	if _, err := auditlog.EnsureGenesis(ctx, store, keys.ImageTimestamp, time.Now()); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	blobs = blobmetrics.Wrap(blobs, reg)
@@ -394,10 +450,27 @@ func serve(ctx context.Context, c config, env Env) error {
 	diagnosisSvc.OfflineAfter = c.offlineAfter
 	connectSvc.Handshake = diagnosisSvc.Record
 	ownerSvc := owners.New(store, time.Now)
-	registrySvc := registry.New(store, time.Now)
+	registrySvc := registry.New(store, time.Now, log)
 	registrySvc.Owns = ownerSvc.Owns
 	registrySvc.Registered = campaignSvc.OnRegister
-	pusher, err := startPush(c, registrySvc.VehicleKey, log)
+	var certs *tlsconf.Reloader
+	var clientCAs *x509.CertPool
+	if c.tlsCert != "" {
+		if certs, err = tlsconf.NewReloader(c.tlsCert, c.tlsKey); err != nil {
+			return envflag.Usagef("%v", err)
+		}
+		if c.clientCA != "" {
+			if clientCAs, err = tlsconf.CertPool(c.clientCA); err != nil {
+				return envflag.Usagef("--client-ca: %v", err)
+			}
+		}
+	}
+	httpMax, mqttMax := fitOpenFiles(c, log)
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roadsign_connections_refused_total",
+		Help: "Connections closed at once for a cap (per-address, total) or shed while idle near the cap."}, []string{"listener", "reason"})
+	reg.MustRegister(refused)
+	pusher, err := startPush(c, pushDeps{keys: registrySvc.VehicleKey, nonces: store, certs: certs, clientCAs: clientCAs,
+		max: mqttMax, refused: refused}, log)
 	if err != nil {
 		return err
 	}
@@ -418,26 +491,14 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return err
 	}
-	var certs *tlsconf.Reloader
-	var clientCAs *x509.CertPool
-	if c.tlsCert != "" {
-		if certs, err = tlsconf.NewReloader(c.tlsCert, c.tlsKey); err != nil {
-			return envflag.Usagef("%v", err)
-		}
-		if c.clientCA != "" {
-			if clientCAs, err = tlsconf.CertPool(c.clientCA); err != nil {
-				return envflag.Usagef("--client-ca: %v", err)
-			}
-		}
-	}
-
+	publicHosts, _ := c.publicHosts() // validated with the flags
 	handler := httpapi.New(httpapi.Deps{
 		Repo: images, Accounts: accountSvc, Registry: registrySvc,
 		Director: directorSvc, Jobs: jobSvc, Owners: ownerSvc, Connect: connectSvc,
 		Bundles: bundles, Web: pages, Campaigns: campaignSvc, Diagnosis: diagnosisSvc,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready:              map[string]httpapi.Pinger{"blobs": blobs, "state": store},
-		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp, Push: pushSvc,
+		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp, Push: pushSvc, PublicHosts: publicHosts,
 	})
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -447,6 +508,11 @@ func serve(ctx context.Context, c config, env Env) error {
 		}
 		return envflag.Usagef("--listen %s: %v", c.listen, err)
 	}
+	// One address holds at most --max-connections-per-address; near the
+	// total cap, idle keep-alive connections are closed for new clients.
+	limited := connlimit.New(ln, connlimit.Config{Max: httpMax, Wait: true, PerAddress: c.perAddress,
+		Exempt: connlimit.ExemptList(c.proxies()), OnRefuse: func(r string) { refused.WithLabelValues("http", r).Inc() }})
+	ln = limited
 	// Headers must arrive within 10 s and idle connections close after a
 	// minute; bodies and answers get per-route deadlines (httpapi.Body).
 	srv := &http.Server{
@@ -455,11 +521,11 @@ func serve(ctx context.Context, c config, env Env) error {
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState:         func(conn net.Conn, st http.ConnState) { limited.SetIdle(conn, st == http.StateIdle) },
 	}
 	if certs != nil {
 		srv.TLSConfig = certs.Server(clientCAs)
 	}
-	ln = netutil.LimitListener(ln, c.maxConnections)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	if certs != nil {
@@ -485,8 +551,11 @@ func serve(ctx context.Context, c config, env Env) error {
 	})
 	wg.Go(func() {
 		elector.Every(bg, c.auditCheckpoint, "audit checkpoint", func(ctx context.Context, _ server.Fence) error {
-			_, err := auditlog.Checkpoint(ctx, store, keys.ImageTimestamp, time.Now())
-			return err
+			cp, err := auditlog.Checkpoint(ctx, store, keys.ImageTimestamp, time.Now())
+			if err != nil || cp.Seq == 0 || c.auditFile == "" {
+				return err
+			}
+			return auditlog.AppendFile(c.auditFile, cp)
 		})
 	})
 	wg.Go(func() {
@@ -714,60 +783,153 @@ func cmdRestore(args []string, env Env) error {
 }
 
 // cmdAuditVerify walks the audit log's hash chain and its signed
-// checkpoints: exit 0 when intact, 1 naming the first entry altered,
-// removed or reordered.
+// checkpoints, in the database and in files outside it: exit 0 when
+// intact, 1 naming the first entry altered, removed or reordered.
 func cmdAuditVerify(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("roadsign-server audit verify", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	var c config
-	fs.StringVar(&c.data, "data", "./roadsign-data", "the server's data directory (SQLite, and online-keys.json to check checkpoint signatures)")
+	var files envflag.List
+	fs.StringVar(&c.data, "data", "./roadsign-data", "the server's data directory (SQLite, and online-keys.json to check signatures)")
 	fs.StringVar(&c.database, "database", "", "the server's --database (postgres://...) instead of SQLite in --data")
-	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server audit verify [--data DIR | --database URL]"); err != nil {
+	fs.Var(&files, "checkpoints", "a file of checkpoints kept outside the database (--audit-checkpoint-file, or audit export-checkpoints); repeatable: each checkpoint must still match the chain")
+	fs.DurationVar(&c.auditCheckpoint, "audit-checkpoint-interval", 10*time.Minute, "the server's --audit-checkpoint-interval: with --checkpoints, the newest may be at most two intervals old")
+	synopsis := "roadsign-server audit verify [--data DIR | --database URL] [--checkpoints FILE ...] [--audit-checkpoint-interval 10m]"
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, synopsis); err != nil {
 		return err
 	}
-	if c.database == "" {
-		if _, err := os.Stat(filepath.Join(c.data, "roadsign.db")); err != nil {
-			return envflag.Usagef("no database at %s: give the server's --data or --database", filepath.Join(c.data, "roadsign.db"))
-		}
-	}
-	store, err := openStore(ctx, c)
+	store, err := openAuditStore(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	pub, err := checkpointKey(c.data)
+	o := auditlog.Options{MaxAge: 2 * c.auditCheckpoint, Now: time.Now()}
+	if o.Pub, err = checkpointKey(c.data); err != nil {
+		return err
+	}
+	for _, f := range files {
+		cps, err := auditlog.ReadFile(f)
+		if err != nil {
+			return envflag.Usagef("--checkpoints: %v", err)
+		}
+		if len(cps) == 0 {
+			return fmt.Errorf("--checkpoints %s holds no checkpoint: nothing outside the database vouches for the log", f)
+		}
+		o.External = append(o.External, cps...)
+	}
+	r, err := auditlog.Verify(ctx, store, o)
 	if err != nil {
 		return err
 	}
-	r, err := auditlog.Verify(ctx, store, pub)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.Stdout, "audit log intact: %d entries (%d from before the chain), head seq %d\n", r.Entries, r.Legacy, r.HeadSeq)
+	fmt.Fprintf(env.Stdout, "audit log intact: %d entries (%d from before the chain), sealed by its genesis at seq %d, head seq %d\n", r.Entries, r.Legacy, r.GenesisSeq, r.HeadSeq)
 	switch {
-	case r.Checkpoints == 0:
-		fmt.Fprintln(env.Stdout, "no signed checkpoint yet (the server signs one every --audit-checkpoint-interval while the log grows)")
+	case r.Checkpoints+r.External == 0:
+		fmt.Fprintln(env.Stdout, "no signed checkpoint yet (the server signs one every --audit-checkpoint-interval)")
 	case !r.SignaturesChecked:
-		fmt.Fprintf(env.Stdout, "%d checkpoints match the chain; their signatures were not checked (no %s in --data)\n", r.Checkpoints, repo.PublicKeysFile)
+		fmt.Fprintf(env.Stdout, "%d checkpoints match the chain; signatures were not checked (no %s in --data)\n", r.Checkpoints+r.External, repo.PublicKeysFile)
 	default:
-		fmt.Fprintf(env.Stdout, "%d signed checkpoints verified, the latest at seq %d (%s)\n", r.Checkpoints, r.LatestCheckpoint.Seq, r.LatestCheckpoint.At.Format(time.RFC3339))
+		fmt.Fprintf(env.Stdout, "%d signed checkpoints verified (%d in the database, %d outside it), the latest at seq %d (%s)\n",
+			r.Checkpoints+r.External, r.Checkpoints, r.External, r.LatestCheckpoint.Seq, r.LatestCheckpoint.At.Format(time.RFC3339))
 	}
+	if len(files) == 0 {
+		fmt.Fprintln(env.Stdout, "note: only the database's own checkpoints were checked; whoever can rewrite the database can rewrite those too: give --checkpoints FILE")
+	}
+	return nil
+}
+
+// cmdAuditExport writes the database's signed checkpoints to a file, to
+// keep where the database's writers cannot reach.
+func cmdAuditExport(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("roadsign-server audit export-checkpoints", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var c config
+	out := fs.String("out", "", "file to write (one checkpoint a line)")
+	fs.StringVar(&c.data, "data", "./roadsign-data", "the server's data directory (SQLite)")
+	fs.StringVar(&c.database, "database", "", "the server's --database (postgres://...) instead of SQLite in --data")
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server audit export-checkpoints [--data DIR | --database URL] --out FILE"); err != nil {
+		return err
+	}
+	if *out == "" {
+		return envflag.Usagef("audit export-checkpoints needs --out FILE")
+	}
+	store, err := openAuditStore(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	n, err := auditlog.Export(ctx, store, *out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "exported %d audit checkpoints to %s\n", n, *out)
+	return nil
+}
+
+// openAuditStore opens the store the audit commands read, refusing to
+// create an empty SQLite database where none is.
+func openAuditStore(ctx context.Context, c config) (*sqlstore.Store, error) {
+	if c.database == "" {
+		if _, err := os.Stat(filepath.Join(c.data, "roadsign.db")); err != nil {
+			return nil, envflag.Usagef("no database at %s: give the server's --data or --database", filepath.Join(c.data, "roadsign.db"))
+		}
+	}
+	return openStore(ctx, c)
+}
+
+// cmdRecordVerify checks a signed software record export offline: exit 0
+// when it is the server's signed record of that VIN, 3 when it is not.
+func cmdRecordVerify(args []string, env Env) error {
+	fs := flag.NewFlagSet("roadsign-server record verify", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	vinFlag := fs.String("vin", "", "the VIN the record must be of")
+	keysFile := fs.String("online-keys", "", "the server's published online-keys.json")
+	data := fs.String("data", "", "or the server's data directory (its online-keys.json)")
+	rest, err := envflag.Parse(fs, args, env.Getenv, 1, "roadsign-server record verify --vin VIN [--online-keys FILE | --data DIR] RECORD")
+	if err != nil {
+		return err
+	}
+	if *vinFlag == "" || (*keysFile == "") == (*data == "") {
+		return envflag.Usagef("record verify needs --vin and one of --online-keys FILE or --data DIR")
+	}
+	if *keysFile == "" {
+		*keysFile = filepath.Join(*data, repo.PublicKeysFile)
+	}
+	pub, err := timestampKey(*keysFile)
+	if err != nil {
+		return envflag.Usagef("--online-keys: %v", err)
+	}
+	f, err := os.Open(rest[0])
+	if err != nil {
+		return envflag.Usagef("%v", err)
+	}
+	defer f.Close()
+	h, n, err := softwarerecord.Verify(f, pub, *vinFlag, nil)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not a software record the server signed for %s: %v", errRefused, rest[0], *vinFlag, err)
+	}
+	fmt.Fprintf(env.Stdout, "software record of %s: %d entries, signed by key %s at %s\n", h.VIN, n, h.KeyID, h.GeneratedAt.Format(time.RFC3339))
 	return nil
 }
 
 // checkpointKey is the online key that signs audit checkpoints (the image
 // timestamp key), from DATA/online-keys.json; nil when there is none.
 func checkpointKey(data string) (ed25519.PublicKey, error) {
-	b, err := os.ReadFile(filepath.Join(data, repo.PublicKeysFile))
+	pub, err := timestampKey(filepath.Join(data, repo.PublicKeysFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	return pub, err
+}
+
+// timestampKey reads the image timestamp key from an online-keys.json.
+func timestampKey(path string) (ed25519.PublicKey, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	var ok meta.OnlineKeys
 	if err := json.Unmarshal(b, &ok); err != nil || ok.Image.Timestamp == nil {
-		return nil, fmt.Errorf("%s: not the server's online keys: %v", repo.PublicKeysFile, err)
+		return nil, fmt.Errorf("%s: not the server's online keys: %v", path, err)
 	}
 	pk, err := ok.Image.Timestamp.ToPublicKey()
 	if err != nil {
@@ -775,14 +937,28 @@ func checkpointKey(data string) (ed25519.PublicKey, error) {
 	}
 	pub, isEd := pk.(ed25519.PublicKey)
 	if !isEd {
-		return nil, fmt.Errorf("%s: the timestamp key is not ed25519", repo.PublicKeysFile)
+		return nil, fmt.Errorf("%s: the timestamp key is not ed25519", path)
 	}
 	return pub, nil
 }
 
+// pushDeps are what the embedded broker needs from the rest of the server.
+type pushDeps struct {
+	keys   push.Keys
+	nonces interface {
+		UseNonce(context.Context, string, string, time.Time) error
+	}
+	certs     *tlsconf.Reloader // nil: plain MQTT
+	clientCAs *x509.CertPool    // nil: no client certificates
+	max       int
+	refused   *prometheus.CounterVec
+}
+
 // startPush starts the embedded MQTT broker, or connects to an external
-// one; nil when push is off.
-func startPush(c config, vehicleKeys push.Keys, log *slog.Logger) (push.Publisher, error) {
+// one; nil when push is off. With HTTPS on, the broker speaks TLS with the
+// same certificate, and with --client-ca it requires vehicles'
+// certificates as well.
+func startPush(c config, d pushDeps, log *slog.Logger) (push.Publisher, error) {
 	if c.mqttBroker != "" {
 		x, err := push.Dial(c.mqttBroker, c.mqttAdvertise, "roadsign-server-"+uuid.NewString()[:8], log)
 		if err != nil {
@@ -794,7 +970,22 @@ func startPush(c config, vehicleKeys push.Keys, log *slog.Logger) (push.Publishe
 	if !on {
 		return nil, nil
 	}
-	e, err := push.Listen(addr, c.mqttAdvertise, vehicleKeys, log)
+	bc := push.BrokerConfig{
+		Addr: addr, Advertise: c.mqttAdvertise, Keys: d.keys,
+		UseNonce: func(ctx context.Context, vin, nonce string) error {
+			return d.nonces.UseNonce(ctx, vin, "mqtt:"+nonce, time.Now())
+		},
+		MaxConnections: d.max, MaxPerAddress: c.mqttPerAddress, Exempt: connlimit.ExemptList(c.proxies()),
+		ConnectTimeout: c.mqttConnectTime, OnRefuse: func(r string) { d.refused.WithLabelValues("mqtt", r).Inc() },
+		Log: log, Now: time.Now,
+	}
+	if d.certs != nil {
+		bc.TLS = d.certs.Server(nil)
+		if d.clientCAs != nil {
+			bc.TLS.ClientCAs, bc.TLS.ClientAuth, bc.ClientCerts = d.clientCAs, tls.RequireAndVerifyClientCert, true
+		}
+	}
+	e, err := push.Listen(bc)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("%w; another broker listens there (a system Mosquitto on 1883?): choose another --mqtt-listen, or --mqtt-broker to use it", err)
@@ -802,4 +993,30 @@ func startPush(c config, vehicleKeys push.Keys, log *slog.Logger) (push.Publishe
 		return nil, err
 	}
 	return e, nil
+}
+
+// openFilesReserve is what the server keeps of its open-file limit for
+// everything but client connections: the database, blobs being served or
+// written, logs.
+const openFilesReserve = 256
+
+// fitOpenFiles fits the HTTP and broker connection caps into the
+// process's open-file limit, the broker taking at most a third of what is
+// left after the reserve, so that neither can starve the other (or the
+// database) of file descriptors.
+func fitOpenFiles(c config, log *slog.Logger) (httpMax, mqttMax int) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return c.maxConnections, c.mqttMaxConns
+	}
+	mqttWant := c.mqttMaxConns
+	if _, on := push.ParseListen(c.mqttListen); !on || c.mqttBroker != "" {
+		mqttWant = 0 // no embedded broker
+	}
+	httpMax, mqttMax = connlimit.FitOpenFiles(int64(lim.Cur), openFilesReserve, c.maxConnections, mqttWant)
+	if httpMax < c.maxConnections || mqttMax < mqttWant {
+		log.Warn("connection caps lowered to fit the open-file limit; raise it (ulimit -n, systemd LimitNOFILE=) for more",
+			"open_files", lim.Cur, "max_connections", httpMax, "mqtt_max_connections", mqttMax)
+	}
+	return httpMax, mqttMax
 }

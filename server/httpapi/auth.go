@@ -86,7 +86,7 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	} else if err != nil {
 		return err
 	}
-	err = claim.Verify(key, c.Request, now)
+	err = claim.Verify(key, c.Request, now, a.PublicHosts...)
 	var skew *vehicleauth.ClockSkewError
 	switch {
 	case errors.As(err, &skew):
@@ -95,7 +95,9 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	case err != nil:
 		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
 		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
-			"the request for %s is not signed by a key registered for that VIN: a vehicle must be registered first, and a replaced DCM re-provisioned by a dealer", claim.VIN)
+			"the request for %s is not signed by a key registered for that VIN over host %q%s: a vehicle must be registered first and a replaced DCM re-provisioned by a dealer; "+
+				"if every vehicle gets this, a reverse proxy may rewrite the Host header: start roadsign-server with --public-url set to the URL vehicles use (docs/operations.md)",
+			claim.VIN, c.Request.Host, publicHostsNote(a.PublicHosts))
 	}
 	if a.VehicleClientCerts {
 		tlsState := c.Request.TLS
@@ -171,4 +173,13 @@ func callerKind(p accounts.Principal) string {
 		return "a vehicle"
 	}
 	return "a " + string(p.Role)
+}
+
+// publicHostsNote names the --public-url hosts a signature was also
+// checked against.
+func publicHostsNote(hosts []string) string {
+	if len(hosts) == 0 {
+		return ""
+	}
+	return " or " + strings.Join(hosts, ", ")
 }

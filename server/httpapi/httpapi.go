@@ -78,6 +78,10 @@ type Deps struct {
 	RecordKey *keys.Key
 	// Push tells vehicles where to hear wake-ups (nil: nowhere).
 	Push *push.Service
+	// PublicHosts are the hosts (host[:port]) of the URLs vehicles are
+	// given (--public-url): a vehicle's signature over one of them is
+	// accepted when a proxy rewrote the request's Host.
+	PublicHosts []string
 }
 
 type api struct {

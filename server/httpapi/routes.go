@@ -1,6 +1,9 @@
 package httpapi
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -667,8 +670,10 @@ func (a *api) replaceECU(c *gin.Context) {
 	c.JSON(http.StatusOK, v)
 }
 
-// softwareRecord answers a vehicle's software record as JSON, CSV, or a
-// document signed with the server's online key.
+// softwareRecord answers a vehicle's software record: a page of JSON
+// (?after=ID&limit=N, oldest first), or all of it streamed as CSV or as a
+// signed document (server/softwarerecord), in constant memory whatever
+// its length.
 func (a *api) softwareRecord(c *gin.Context) {
 	p, _ := principal(c)
 	ctx := c.Request.Context()
@@ -677,34 +682,85 @@ func (a *api) softwareRecord(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	recs, err := a.Store.SoftwareRecords(ctx, v.VIN)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
 	switch c.Query("format") {
 	case "", "json":
-		c.JSON(http.StatusOK, softwarerecord.Document{VIN: v.VIN, GeneratedAt: a.Now().UTC(), Entries: recs})
+		after, err1 := queryInt(c, "after", 0)
+		limit, err2 := queryInt(c, "limit", recordPageDefault)
+		if err := errors.Join(err1, err2); err != nil || after < 0 || limit < 1 || limit > server.MaxRecordPage {
+			a.fail(c, server.Errorf(server.KindInvalid, "after= must be an entry ID and limit= 1 to %d", server.MaxRecordPage))
+			return
+		}
+		recs, err := a.Store.SoftwareRecords(ctx, v.VIN, server.RecordQuery{AfterID: after, Limit: int(limit) + 1})
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		doc := softwarerecord.Document{VIN: v.VIN, GeneratedAt: a.Now().UTC(), Entries: recs}
+		if len(recs) > int(limit) {
+			doc.Entries = recs[:limit]
+			doc.NextAfter = recs[limit-1].ID
+		}
+		c.JSON(http.StatusOK, doc)
 	case "csv":
 		c.Header("Content-Disposition", `attachment; filename="software-record-`+v.VIN+`.csv"`)
-		c.Status(http.StatusOK)
 		c.Header("Content-Type", "text/csv; charset=utf-8")
-		if err := softwarerecord.WriteCSV(c.Writer, recs); err != nil {
+		c.Status(http.StatusOK)
+		cw, err := softwarerecord.NewCSVWriter(c.Writer)
+		if err == nil {
+			err = a.eachRecord(ctx, v.VIN, cw.Add)
+		}
+		if err == nil {
+			err = cw.Close()
+		}
+		if err != nil {
 			a.Log.Warn("software record CSV cut short", "vin", v.VIN, "err", err)
+			panic(http.ErrAbortHandler) // the client sees a broken download, not a short file
 		}
 	case "signed":
 		if a.RecordKey == nil {
 			a.fail(c, server.Errorf(server.KindUnavailable, "this server has no key to sign software records"))
 			return
 		}
-		b, err := softwarerecord.Sign(softwarerecord.Document{VIN: v.VIN, GeneratedAt: a.Now().UTC(), Entries: recs}, a.RecordKey)
-		if err != nil {
-			a.fail(c, err)
-			return
+		c.Header("Content-Disposition", `attachment; filename="software-record-`+v.VIN+`.jsonl"`)
+		c.Header("Content-Type", "application/x-ndjson")
+		c.Status(http.StatusOK)
+		sw, err := softwarerecord.NewWriter(c.Writer, v.VIN, a.Now(), a.RecordKey)
+		if err == nil {
+			err = a.eachRecord(ctx, v.VIN, sw.Add)
 		}
-		c.Data(http.StatusOK, "application/json", b)
+		if err == nil {
+			err = sw.Close()
+		}
+		if err != nil {
+			a.Log.Warn("signed software record cut short", "vin", v.VIN, "err", err)
+			panic(http.ErrAbortHandler) // unsigned, so no verifier takes it
+		}
 	default:
 		a.fail(c, server.Errorf(server.KindInvalid, "format %q: want json, csv or signed", c.Query("format")))
+	}
+}
+
+// recordPageDefault is a JSON page of the software record without limit=.
+const recordPageDefault = 500
+
+// eachRecord calls fn with every entry of vin's software record, oldest
+// first, a page at a time.
+func (a *api) eachRecord(ctx context.Context, vin string, fn func(server.SoftwareRecord) error) error {
+	var after int64
+	for {
+		page, err := a.Store.SoftwareRecords(ctx, vin, server.RecordQuery{AfterID: after, Limit: server.MaxRecordPage})
+		if err != nil {
+			return err
+		}
+		for _, r := range page {
+			if err := fn(r); err != nil {
+				return err
+			}
+			after = r.ID
+		}
+		if len(page) < server.MaxRecordPage {
+			return nil
+		}
 	}
 }
 
@@ -712,4 +768,17 @@ func (a *api) softwareRecord(c *gin.Context) {
 func (a *api) pushInfo(c *gin.Context) {
 	vin := c.Param("vin")
 	c.JSON(http.StatusOK, gin.H{"broker": a.Push.Broker(), "topic": vehicleauth.WakeTopic(vin)})
+}
+
+// queryInt reads an integer query parameter, def when absent.
+func queryInt(c *gin.Context, name string, def int64) (int64, error) {
+	s := c.Query(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q is not a number", name, s)
+	}
+	return n, nil
 }

@@ -177,8 +177,9 @@ func (s *Service) DecideClaim(ctx context.Context, by accounts.Principal, vin st
 	return l, accounts.Audit(ctx, s.store, now, by, "owner.claim_"+d.Decision, vin, detail)
 }
 
-// maxSubscription is the longest subscription a dealer may set.
-const maxSubscription = 10 * 365 * 24 * time.Hour
+// maxSubscriptionYears is the longest subscription a dealer may set, by
+// transfer or by renewals, from now.
+const maxSubscriptionYears = 10
 
 // TransferRequest is the body of POST /api/v1/vehicles/{vin}/owner.
 type TransferRequest struct {
@@ -201,8 +202,8 @@ func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin strin
 	now := s.now().UTC()
 	l := server.Link{VIN: vin, OwnerID: to.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
 	if !r.SubscriptionEnds.IsZero() {
-		if r.SubscriptionEnds.After(now.Add(maxSubscription)) {
-			return l, server.Errorf(server.KindInvalid, "subscriptionEnds %s is more than %d years away; give a real end date", r.SubscriptionEnds.Format(time.DateOnly), maxSubscription/(365*24*time.Hour))
+		if r.SubscriptionEnds.After(now.AddDate(maxSubscriptionYears, 0, 0)) {
+			return l, server.Errorf(server.KindInvalid, "subscriptionEnds %s is more than %d years away; give a real end date", r.SubscriptionEnds.Format(time.DateOnly), maxSubscriptionYears)
 		}
 		l.SubscriptionEnds = r.SubscriptionEnds.UTC()
 	}
@@ -228,7 +229,13 @@ func (s *Service) Renew(ctx context.Context, by accounts.Principal, vin string) 
 	if now.After(from) {
 		from = now
 	}
-	l.SubscriptionEnds = from.AddDate(1, 0, 0)
+	end := from.AddDate(1, 0, 0)
+	if end.After(now.AddDate(maxSubscriptionYears, 0, 0)) {
+		return l, server.CodedErrorf(server.KindConflict, "subscription_cap",
+			"%s's subscription already runs until %s; a renewal may not take it more than %d years ahead", vin,
+			l.SubscriptionEnds.Format(time.DateOnly), maxSubscriptionYears)
+	}
+	l.SubscriptionEnds = end
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
 	}

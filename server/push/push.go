@@ -12,10 +12,13 @@ package push
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -25,6 +28,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roadsign/roadsign/internal/connlimit"
+	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
@@ -87,25 +92,83 @@ type Embedded struct {
 	advertise string
 }
 
-// Listen starts the embedded broker on addr (host:port; port 0 picks a
-// free one). advertise, if set, is the URL given to vehicles instead of
-// mqtt://ADDR.
-func Listen(addr, advertise string, keys Keys, log *slog.Logger) (*Embedded, error) {
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log.With("component", "mqtt")})
-	if err := srv.AddHook(&vehicleHook{keys: keys, now: time.Now}, nil); err != nil {
+// MaxPacket is the largest MQTT packet the embedded broker reads: a
+// vehicle's CONNECT (VIN, client ID, credential) and SUBSCRIBE are a few
+// hundred bytes, and mochi reads a whole packet into memory before
+// anything checks it.
+const MaxPacket = 4 << 10
+
+// BrokerConfig is what the embedded broker needs.
+type BrokerConfig struct {
+	// Addr is host:port (port 0 picks a free one); Advertise, if set, is
+	// the URL given to vehicles instead of mqtt(s)://ADDR.
+	Addr, Advertise string
+	Keys            Keys
+	// UseNonce records a credential's nonce for vin; an error (a replay,
+	// server.ErrConflict) refuses the log-in.
+	UseNonce func(ctx context.Context, vin, nonce string) error
+	// TLS, if set, serves MQTT over TLS (mqtts://); with ClientCerts the
+	// config must require client certificates, and a vehicle's must be
+	// for its registered key.
+	TLS         *tls.Config
+	ClientCerts bool
+	// MaxConnections caps connections in total, MaxPerAddress those from
+	// one address (0: none), Exempt names load balancers; a connection
+	// must log in within ConnectTimeout.
+	MaxConnections, MaxPerAddress int
+	Exempt                        func(net.IP) bool
+	ConnectTimeout                time.Duration
+	// OnRefuse hears of each connection closed for a cap.
+	OnRefuse func(reason string)
+	Log      *slog.Logger
+	Now      func() time.Time
+}
+
+// Listen starts the embedded broker. Before anyone has logged in, a
+// connection can hold little: MaxPacket bytes, ConnectTimeout, and a slot
+// among MaxConnections and MaxPerAddress.
+func Listen(c BrokerConfig) (*Embedded, error) {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = MaxPacket
+	caps.RetainAvailable = 0              // nothing outlives the moment it is sent
+	caps.MaximumSessionExpiryInterval = 0 // no session outlives its connection
+	caps.MaximumClients = int64(c.MaxConnections)
+	if c.MaxConnections <= 0 {
+		caps.MaximumClients = math.MaxInt64
+	}
+	caps.MaximumClientWritesPending = 64
+	caps.ReceiveMaximum, caps.MaximumInflight, caps.TopicAliasMaximum = 16, 64, 0
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: c.Log.With("component", "mqtt"),
+		ClientNetReadBufferSize: 1 << 10, ClientNetWriteBufferSize: 1 << 10})
+	now := c.Now
+	if now == nil {
+		now = time.Now
+	}
+	h := &vehicleHook{keys: c.Keys, useNonce: c.UseNonce, clientCerts: c.ClientCerts, now: now, log: c.Log}
+	if err := srv.AddHook(h, nil); err != nil {
 		return nil, err
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "vehicles", Address: addr})
-	if err := srv.AddListener(tcp); err != nil {
-		return nil, fmt.Errorf("MQTT broker on %s: %w", addr, err)
+	raw, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("MQTT broker on %s: %w", c.Addr, err)
+	}
+	var ln net.Listener = connlimit.New(raw, connlimit.Config{Max: c.MaxConnections, PerAddress: c.MaxPerAddress,
+		Exempt: c.Exempt, FirstDeadline: c.ConnectTimeout, OnRefuse: c.OnRefuse})
+	scheme := "mqtt://"
+	if c.TLS != nil {
+		ln, scheme = tls.NewListener(ln, c.TLS), "mqtts://"
+	}
+	if err := srv.AddListener(listeners.NewNet("vehicles", ln)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("MQTT broker on %s: %w", c.Addr, err)
 	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("MQTT broker: %w", err)
 	}
-	e := &Embedded{srv: srv, addr: tcp.Address(), advertise: advertise}
+	e := &Embedded{srv: srv, addr: raw.Addr().String(), advertise: c.Advertise}
 	if e.advertise == "" {
-		e.advertise = "mqtt://" + e.addr
+		e.advertise = scheme + e.addr
 	}
 	return e, nil
 }
@@ -123,8 +186,11 @@ func (e *Embedded) Close() error { return e.srv.Close() }
 // vehicleHook authenticates vehicles and confines them to their topic.
 type vehicleHook struct {
 	mqtt.HookBase
-	keys Keys
-	now  func() time.Time
+	keys        Keys
+	useNonce    func(ctx context.Context, vin, nonce string) error
+	clientCerts bool
+	now         func() time.Time
+	log         *slog.Logger
 }
 
 func (h *vehicleHook) ID() string { return "roadsign-vehicles" }
@@ -133,18 +199,54 @@ func (h *vehicleHook) Provides(b byte) bool {
 	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 
+// OnConnectAuthenticate admits a vehicle that logs in as itself: its VIN,
+// the client ID bound to that VIN, a fresh credential signed by its key
+// and never used before, no will message (a will is a publish the broker
+// would make for the client, to any topic), and over mutual TLS a
+// certificate for its key.
 func (h *vehicleHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	vin := string(pk.Connect.Username)
-	if vin == "" {
+	if err := h.authenticate(cl, pk, vin); err != nil {
+		h.log.Info("MQTT log-in refused", "vin", vin, "remote", cl.Net.Remote, "reason", err.Error())
 		return false
+	}
+	return true
+}
+
+func (h *vehicleHook) authenticate(cl *mqtt.Client, pk packets.Packet, vin string) error {
+	switch {
+	case vin == "" || len(vin) > 32:
+		return errors.New("no VIN as user name")
+	case pk.Connect.WillFlag:
+		return errors.New("a will message is not allowed")
+	case pk.Connect.ClientIdentifier != vehicleauth.ClientID(vin):
+		return fmt.Errorf("client ID %.40q is not %s", pk.Connect.ClientIdentifier, vehicleauth.ClientID(vin))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	pub, err := h.keys(ctx, vin)
 	if err != nil {
-		return false
+		return fmt.Errorf("no registered key: %w", err)
 	}
-	return vehicleauth.VerifyMQTTPassword(vin, string(pk.Connect.Password), pub, h.now()) == nil
+	if h.clientCerts {
+		tc, ok := cl.Net.Conn.(*tls.Conn)
+		if !ok {
+			return errors.New("not over TLS")
+		}
+		certs := tc.ConnectionState().PeerCertificates
+		if len(certs) == 0 || !tlsconf.SameKey(certs[0].PublicKey, pub) {
+			return errors.New("the client certificate is not for the key registered to the VIN")
+		}
+	}
+	now := h.now()
+	nonce, err := vehicleauth.VerifyMQTTPassword(vin, string(pk.Connect.Password), pub, now)
+	if err != nil {
+		return err
+	}
+	if err := h.useNonce(ctx, vin, nonce); err != nil {
+		return fmt.Errorf("credential already used (or not recorded): %w", err)
+	}
+	return nil
 }
 
 func (h *vehicleHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {

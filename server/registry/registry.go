@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"time"
@@ -25,6 +26,7 @@ import (
 type Service struct {
 	store server.Store
 	now   func() time.Time
+	log   *slog.Logger
 	// faults bounds the refused-request writes in flight.
 	faults chan struct{}
 	// Owns, if set, tells whether an owner is linked to a VIN.
@@ -35,8 +37,8 @@ type Service struct {
 }
 
 // New returns a registry.
-func New(store server.Store, now func() time.Time) *Service {
-	return &Service{store: store, now: now, faults: make(chan struct{}, 4)}
+func New(store server.Store, now func() time.Time, log *slog.Logger) *Service {
+	return &Service{store: store, now: now, log: log, faults: make(chan struct{}, 4)}
 }
 
 // NoteRequestFault records that a request for vin was refused: kind
@@ -218,15 +220,24 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
 	}
 	if len(m.Offline) > 0 {
-		if err := s.recordOffline(ctx, before, m, now); err != nil {
+		added, err := s.recordOffline(ctx, before, m, now)
+		if err != nil {
 			return err
 		}
-		if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(m.Offline, "; ")); err != nil {
-			return err
+		if len(added) > 0 {
+			if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(added, "; ")); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
+
+// MaxUSBRecordsPerDay is how many USB installs per vehicle the software
+// record takes in 24 hours. A car installs from a stick a few times a year;
+// a vehicle key that reports more is broken or hostile, and the record must
+// not grow with it.
+const MaxUSBRecordsPerDay = 16
 
 // nonceRE is a manifest nonce: 128 to 256 random bits, hex.
 var nonceRE = regexp.MustCompile(`^[0-9a-f]{32,64}$`)
@@ -331,8 +342,10 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 }
 
 // recordOffline adds USB installs the vehicle reports (notes "TYPE SERIAL:
-// FROM -> TO from USB bundle ...") to its software record.
-func (s *Service) recordOffline(ctx context.Context, before server.Vehicle, m vehicleauth.Manifest, now time.Time) error {
+// FROM -> TO from USB bundle ...") to its software record: each note once,
+// and at most MaxUSBRecordsPerDay a day. It returns the notes it added.
+func (s *Service) recordOffline(ctx context.Context, before server.Vehicle, m vehicleauth.Manifest, now time.Time) ([]string, error) {
+	var recs []server.SoftwareRecord
 	for _, e := range m.ECUs {
 		for _, note := range m.Offline {
 			if !strings.Contains(note, " "+e.Serial+": ") {
@@ -345,10 +358,26 @@ func (s *Service) recordOffline(ctx context.Context, before server.Vehicle, m ve
 					rec.ECUType, rec.FromVersion, rec.FromSHA256 = b.Type, b.InstalledVersion, b.InstalledSHA256
 				}
 			}
-			if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
-				return fmt.Errorf("software record of %s: %w", m.VIN, err)
-			}
+			recs = append(recs, rec)
 		}
 	}
-	return nil
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	added, err := s.store.AddUSBRecords(ctx, m.VIN, recs, MaxUSBRecordsPerDay, now.Add(-24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("software record of %s: %w", m.VIN, err)
+	}
+	var notes []string
+	seen := map[string]bool{}
+	for _, r := range added {
+		if !seen[r.Detail] {
+			seen[r.Detail] = true
+			notes = append(notes, r.Detail)
+		}
+	}
+	if len(added) < len(recs) {
+		s.log.DebugContext(ctx, "USB installs reported before, or past the daily cap, not recorded again", "vin", m.VIN, "reported", len(recs), "recorded", len(added))
+	}
+	return notes, nil
 }

@@ -131,6 +131,8 @@ var migrations = []string{
 		from_version TEXT NOT NULL, from_sha256 TEXT NOT NULL, to_version TEXT NOT NULL, to_sha256 TEXT NOT NULL,
 		via TEXT NOT NULL, job_id TEXT NOT NULL, campaign_id TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
 	CREATE INDEX software_record_vin ON software_record (vin, id);`,
+	// 12: the audit chain's genesis entry is found by its action.
+	`CREATE INDEX audit_action ON audit (action);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

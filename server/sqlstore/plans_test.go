@@ -101,6 +101,8 @@ func seedFleet(t *testing.T, db *sql.DB, n int) {
 		`INSERT INTO findings (vin, code, first_seen, last_seen, resolved_at) SELECT 'VIN' || i, 'dcm_outdated', 1, 1, 2 FROM n`,
 		`INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at) SELECT 'VIN' || i, 'U1100', 1, 1, 1, '', 2, 3, 1 FROM n`,
 		`INSERT INTO links (vin, owner_id, linked_at, subscription_ends, pending_owner_id) SELECT 'VIN' || i, 'owner' || i, 1, 0, '' FROM n`,
+		`INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail)
+			SELECT 'VIN' || i, 'DCM' || i, 'dcm', i, '1.0.0', '', '2.0.0', '', 'usb', '', '', 'installed', 'dcm DCM' || i || ': 1.0.0 -> 2.0.0 from USB bundle' FROM n`,
 		`INSERT INTO campaign_members (campaign_id, vin, ecu_serial, draw, wave, job_id, consent, joined_at) SELECT 'c1', 'VIN' || i, 'DCM' || i, i, 1, '', '', 1 FROM n`,
 	} {
 		if _, err := db.ExecContext(ctx, gen+q); err != nil {
@@ -138,6 +140,13 @@ func perVehicleRequests(t *testing.T, s *sqlstore.Store, vin string) {
 	must("report", s.ReportECUs(ctx, vin, ecus, server.Health{Active: "U1100", SignalBars: 2, SignalAt: now,
 		Episodes: []server.DTCEpisode{{Code: "U1100", FirstSeen: now, LastSeen: now, Count: 1, SignalBars: 2, ReportedAt: now}}}, now))
 	must("request fault", s.RecordRequestFault(ctx, vin, server.FaultClockSkew, time.Minute, now))
+	// A USB install reported at check-in, and the record read back.
+	_, err = s.AddUSBRecords(ctx, vin, []server.SoftwareRecord{{ECUSerial: "DCM" + n, ECUType: "dcm", At: now, Outcome: "installed", Detail: "new"}}, 16, now.Add(-24*time.Hour))
+	must("USB install", err)
+	_, err = s.SoftwareRecords(ctx, vin, server.RecordQuery{NewestFirst: true, Limit: 11})
+	must("recent software record", err)
+	_, err = s.SoftwareRecords(ctx, vin, server.RecordQuery{AfterID: 0, Limit: 500})
+	must("software record page", err)
 
 	head, err := s.DirectorHead(ctx, vin)
 	must("director head", err)

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -400,6 +401,11 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		if n, _ := res.RowsAffected(); n == 0 {
 			return sql.ErrNoRows
 		}
+		if len(h.Episodes) > 0 {
+			if err := s.pruneEpisodes(ctx, tx, vin); err != nil {
+				return err
+			}
+		}
 		for _, e := range h.Episodes {
 			if _, err := s.txExec(ctx, tx, `INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at)
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vin, code, first_seen) DO UPDATE SET last_seen = excluded.last_seen,
@@ -421,6 +427,24 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		}
 		return nil
 	}))
+}
+
+// pruneEpisodes keeps a vehicle's trouble code episodes under
+// MaxEpisodesPerVehicle, with room for one more report: the least recently
+// seen go first. A vehicle reports at most 32 per check-in, so no
+// check-in, however hostile, grows the table past the cap.
+func (s *Store) pruneEpisodes(ctx context.Context, tx *sql.Tx, vin string) error {
+	const keep = server.MaxEpisodesPerVehicle - 32
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM dtc_episodes WHERE vin = ?`), vin).Scan(&n); err != nil {
+		return err
+	}
+	if n <= keep {
+		return nil
+	}
+	_, err := s.txExec(ctx, tx, `DELETE FROM dtc_episodes WHERE vin = ? AND (code, first_seen) NOT IN
+		(SELECT code, first_seen FROM dtc_episodes WHERE vin = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?)`, vin, vin, keep)
+	return err
 }
 
 // UseNonce implements server.Store.
@@ -613,6 +637,23 @@ func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) e
 // last one. Two replicas appending at once both pick the same next seq;
 // the unique index refuses one, which chains again after the other.
 func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
+	_, err := s.appendAudit(ctx, e, nil)
+	return err
+}
+
+// AppendAuditGenesis appends the chain's genesis entry, its Detail made by
+// seal from its place in the chain (seq, the hash before it) and the
+// number of unchained entries before the chain, under the same lock as
+// every append. It appends nothing and reports false when a genesis entry
+// exists (replicas starting together).
+func (s *Store) AppendAuditGenesis(ctx context.Context, e server.AuditEntry, seal func(seq int64, prevHash string, legacy int64) string) (bool, error) {
+	e.Action = server.GenesisAction
+	return s.appendAudit(ctx, e, seal)
+}
+
+var errGenesisExists = errors.New("the audit chain has its genesis entry")
+
+func (s *Store) appendAudit(ctx context.Context, e server.AuditEntry, seal func(seq int64, prevHash string, legacy int64) string) (bool, error) {
 	e.At = e.At.UTC().Truncate(time.Microsecond)
 	var err error
 	for range 10 {
@@ -629,6 +670,19 @@ func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
 				return err
 			}
 			e.Seq, e.PrevHash = prevSeq+1, prevHash
+			if seal != nil {
+				var n, legacy int64
+				if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM audit WHERE action = ?`), server.GenesisAction).Scan(&n); err != nil {
+					return err
+				}
+				if n > 0 {
+					return errGenesisExists
+				}
+				if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM audit WHERE seq = 0`)).Scan(&legacy); err != nil {
+					return err
+				}
+				e.Detail = seal(e.Seq, e.PrevHash, legacy)
+			}
 			e.Hash = server.AuditHash(e.PrevHash, e)
 			_, err = tx.ExecContext(ctx, s.q(`INSERT INTO audit (at, actor_id, actor, role, action, subject, detail, seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 				micros(e.At), e.ActorID, e.Actor, e.Role, e.Action, e.Subject, e.Detail, e.Seq, e.PrevHash, e.Hash)
@@ -638,7 +692,10 @@ func (s *Store) AppendAudit(ctx context.Context, e server.AuditEntry) error {
 			break
 		}
 	}
-	return s.wrap("audit", err)
+	if errors.Is(err, errGenesisExists) {
+		return false, nil
+	}
+	return err == nil, s.wrap("audit", err)
 }
 
 // AddSoftwareRecord implements server.Store.
@@ -649,10 +706,59 @@ func (s *Store) AddSoftwareRecord(ctx context.Context, r server.SoftwareRecord) 
 	return s.wrap("software record", err)
 }
 
+// AddUSBRecords implements server.Store.
+func (s *Store) AddUSBRecords(ctx context.Context, vin string, recs []server.SoftwareRecord, perDay int, since time.Time) ([]server.SoftwareRecord, error) {
+	var added []server.SoftwareRecord
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		added = nil // a retried transaction starts over
+		var locked string
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT vin FROM vehicles WHERE vin = ?`+s.d.ForUpdate), vin).Scan(&locked); err != nil {
+			return err
+		}
+		var today int
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM software_record WHERE vin = ? AND via = 'usb' AND at >= ?`), vin, micros(since)).Scan(&today); err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if today >= perDay {
+				return nil
+			}
+			var one int
+			err := tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM software_record WHERE vin = ? AND ecu_serial = ? AND via = 'usb' AND detail = ? LIMIT 1`),
+				vin, r.ECUSerial, r.Detail).Scan(&one)
+			if err == nil {
+				continue // reported before
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			r.VIN, r.Via = vin, "usb"
+			if _, err := s.txExec(ctx, tx, `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256, r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail); err != nil {
+				return err
+			}
+			added = append(added, r)
+			today++
+		}
+		return nil
+	})
+	return added, s.wrap("USB installs of "+vin, err)
+}
+
 // SoftwareRecords implements server.Store.
-func (s *Store) SoftwareRecords(ctx context.Context, vin string) ([]server.SoftwareRecord, error) {
+func (s *Store) SoftwareRecords(ctx context.Context, vin string, q server.RecordQuery) ([]server.SoftwareRecord, error) {
+	q.Limit = min(max(q.Limit, 1), server.MaxRecordPage)
+	where, args := `vin = ? AND id > ? ORDER BY id`, []any{vin, q.AfterID}
+	if q.NewestFirst {
+		before := q.BeforeID
+		if before <= 0 {
+			before = math.MaxInt64
+		}
+		where, args = `vin = ? AND id < ? ORDER BY id DESC`, []any{vin, before}
+	}
 	rows, err := s.query(ctx, `SELECT id, vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail
-		FROM software_record WHERE vin = ? ORDER BY id`, vin)
+		FROM software_record WHERE `+where+` LIMIT ?`, append(args, q.Limit)...)
 	if err != nil {
 		return nil, s.wrap("software record", err)
 	}
@@ -682,9 +788,12 @@ func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
 	return seq, hash, s.wrap("audit head", err)
 }
 
-// AddAuditCheckpoint implements server.Store.
+// AddAuditCheckpoint implements server.Store. A checkpoint of a head
+// already checkpointed replaces the older one (the leader signs the head
+// every interval, grown or not, so that a stale checkpoint shows).
 func (s *Store) AddAuditCheckpoint(ctx context.Context, c server.AuditCheckpoint) error {
-	_, err := s.exec(ctx, `INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, at = excluded.at, key_id = excluded.key_id, signature = excluded.signature`,
 		c.Seq, c.Hash, micros(c.At), c.KeyID, c.Signature)
 	return s.wrap("audit checkpoint", err)
 }

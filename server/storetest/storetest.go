@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -288,11 +289,36 @@ func testAudit(t *testing.T, s server.Store) {
 	seq, hash := v.Head()
 	cp := server.AuditCheckpoint{Seq: seq, Hash: hash, At: now, KeyID: "k", Signature: "00"}
 	must(t, s.AddAuditCheckpoint(ctx, cp))
-	wantErr(t, s.AddAuditCheckpoint(ctx, cp), server.ErrConflict)
+	later := cp
+	later.At = now.Add(time.Minute)
+	must(t, s.AddAuditCheckpoint(ctx, later)) // the head re-signed, unchanged
 	cps, err := s.AuditCheckpoints(ctx)
 	must(t, err)
-	if len(cps) != 1 || cps[0].Seq != 13 || cps[0].Hash != hash || !cps[0].At.Equal(now) {
+	if len(cps) != 1 || cps[0].Seq != 13 || cps[0].Hash != hash || !cps[0].At.Equal(later.At) {
 		t.Fatalf("checkpoints: %+v", cps)
+	}
+
+	// The genesis entry is sealed in its place, once.
+	var sealedAt struct {
+		seq    int64
+		prev   string
+		legacy int64
+	}
+	seal := func(seq int64, prev string, legacy int64) string {
+		sealedAt.seq, sealedAt.prev, sealedAt.legacy = seq, prev, legacy
+		return "sealed"
+	}
+	added, err := s.AppendAuditGenesis(ctx, server.AuditEntry{At: now, Actor: "roadsign-server", Subject: "audit"}, seal)
+	must(t, err)
+	if !added || sealedAt.seq != 14 || sealedAt.prev != hash || sealedAt.legacy != 0 {
+		t.Fatalf("genesis: added %v, sealed at %+v", added, sealedAt)
+	}
+	if again, err := s.AppendAuditGenesis(ctx, server.AuditEntry{At: now, Subject: "audit"}, seal); err != nil || again {
+		t.Fatalf("a second genesis: added %v, %v", again, err)
+	}
+	all, _ = s.ListAudit(ctx, 0, 1000)
+	if g := all[len(all)-1]; len(all) != 14 || g.Action != server.GenesisAction || g.Detail != "sealed" || g.Seq != 14 || g.Hash != server.AuditHash(hash, g) {
+		t.Fatalf("genesis entry: %+v of %d", g, len(all))
 	}
 }
 
@@ -685,6 +711,23 @@ func testDiagnosisEvidence(t *testing.T, s server.Store) {
 	if got.SignalBars != 4 || !got.SignalAt.Equal(now.Add(3*time.Minute)) || got.DTCs != "" {
 		t.Fatalf("signal after the reports: %+v", got)
 	}
+	// However many new episodes a vehicle reports, the store keeps the
+	// most recently seen MaxEpisodesPerVehicle.
+	for r := range 20 {
+		var batch []server.DTCEpisode
+		for i := range 32 {
+			at := now.Add(time.Duration(r*32+i+1) * time.Hour)
+			batch = append(batch, server.DTCEpisode{Code: "P0420", FirstSeen: at, LastSeen: at, Count: 1, SignalBars: -1})
+		}
+		must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Episodes: batch}, now))
+	}
+	// (The hostile suite counts the rows; here the pruning runs on both
+	// backends and keeps the newest.)
+	kept, err := s.DTCEpisodes(ctx, v.VIN, time.Time{})
+	must(t, err)
+	if len(kept) == 0 || !kept[0].LastSeen.Equal(now.Add(640*time.Hour)) {
+		t.Fatalf("the newest episode is gone: %+v", kept[:min(len(kept), 1)])
+	}
 
 	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now))
 	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now.Add(time.Second)))
@@ -743,7 +786,8 @@ func testRepoVersion(t *testing.T, s server.Store) {
 }
 
 func testSoftwareRecord(t *testing.T, s server.Store) {
-	empty, err := s.SoftwareRecords(ctx, "VINX")
+	all := server.RecordQuery{Limit: server.MaxRecordPage}
+	empty, err := s.SoftwareRecords(ctx, "VINX", all)
 	must(t, err)
 	if empty == nil || len(empty) != 0 {
 		t.Fatalf("no record: want an empty list, got %#v", empty)
@@ -752,15 +796,79 @@ func testSoftwareRecord(t *testing.T, s server.Store) {
 		{VIN: "VINX", ECUSerial: "D1", ECUType: "dcm", At: now, FromVersion: "1.0.0", FromSHA256: "aa", ToVersion: "1.1.0", ToSHA256: "bb", Via: "usb", Outcome: "installed", Detail: "note"},
 		{VIN: "VINY", ECUSerial: "H1", ECUType: "head-unit", At: now, ToVersion: "2.0.0", Via: "dealer", JobID: "j1", Outcome: "failed"},
 		{VIN: "VINX", ECUSerial: "D1", ECUType: "dcm", At: now.Add(time.Second), FromVersion: "1.1.0", ToVersion: "2.1.0", Via: "campaign", JobID: "j2", CampaignID: "c1", Outcome: "rolled_back"},
+		{VIN: "VINX", ECUSerial: "D1", ECUType: "dcm", At: now.Add(2 * time.Second), FromVersion: "1.1.0", ToVersion: "2.2.0", Via: "dealer", JobID: "j3", Outcome: "installed"},
 	} {
 		if err := s.AddSoftwareRecord(ctx, r); err != nil {
 			t.Fatalf("add %d: %v", i, err)
 		}
 	}
-	got, err := s.SoftwareRecords(ctx, "VINX")
+	got, err := s.SoftwareRecords(ctx, "VINX", all)
 	must(t, err)
-	if len(got) != 2 || got[0].Via != "usb" || got[0].FromSHA256 != "aa" || got[0].Detail != "note" || !got[0].At.Equal(now) ||
+	if len(got) != 3 || got[0].Via != "usb" || got[0].FromSHA256 != "aa" || got[0].Detail != "note" || !got[0].At.Equal(now) ||
 		got[1].CampaignID != "c1" || got[1].Outcome != "rolled_back" || got[1].ID <= got[0].ID {
 		t.Fatalf("record of VINX: %+v", got)
+	}
+	versions := func(rs []server.SoftwareRecord) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.ToVersion)
+		}
+		return strings.Join(out, ",")
+	}
+	pages := []struct {
+		name string
+		q    server.RecordQuery
+		want string
+	}{
+		{"first page, oldest first", server.RecordQuery{Limit: 2}, "1.1.0,2.1.0"},
+		{"after the first", server.RecordQuery{AfterID: got[0].ID, Limit: 2}, "2.1.0,2.2.0"},
+		{"after the last", server.RecordQuery{AfterID: got[2].ID, Limit: 2}, ""},
+		{"newest first", server.RecordQuery{NewestFirst: true, Limit: 2}, "2.2.0,2.1.0"},
+		{"newest first, before the newest", server.RecordQuery{NewestFirst: true, BeforeID: got[2].ID, Limit: 5}, "2.1.0,1.1.0"},
+		{"a limit of 0 reads one", server.RecordQuery{}, "1.1.0"},
+	}
+	for _, p := range pages {
+		rs, err := s.SoftwareRecords(ctx, "VINX", p.q)
+		must(t, err)
+		if v := versions(rs); v != p.want {
+			t.Errorf("%s: %s, want %s", p.name, v, p.want)
+		}
+	}
+
+	// USB installs: each once, at most perDay a day, however many
+	// check-ins race.
+	v := vehicle("VIN00000000000007", "HU7", "DCM7")
+	must(t, s.CreateVehicle(ctx, v))
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			recs := []server.SoftwareRecord{{ECUSerial: "DCM7", ECUType: "dcm", At: now, Outcome: "installed", Detail: "the same note"}}
+			for j := range 4 {
+				recs = append(recs, server.SoftwareRecord{ECUSerial: "DCM7", ECUType: "dcm", At: now, Outcome: "installed", Detail: fmt.Sprintf("note %d.%d", i, j)})
+			}
+			if _, err := s.AddUSBRecords(ctx, v.VIN, recs, 10, now.Add(-24*time.Hour)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	usb, err := s.SoftwareRecords(ctx, v.VIN, all)
+	must(t, err)
+	same := 0
+	for _, r := range usb {
+		if r.Detail == "the same note" {
+			same++
+		}
+		if r.Via != "usb" || r.VIN != v.VIN {
+			t.Fatalf("USB entry: %+v", r)
+		}
+	}
+	if len(usb) != 10 || same != 1 {
+		t.Fatalf("%d USB entries (%d of the repeated note) from 8 racing check-ins; want 10, one of them the repeated note", len(usb), same)
+	}
+	added, err := s.AddUSBRecords(ctx, v.VIN, []server.SoftwareRecord{{ECUSerial: "DCM7", At: now.Add(25 * time.Hour), Detail: "tomorrow"}}, 10, now.Add(time.Hour))
+	must(t, err)
+	if len(added) != 1 {
+		t.Fatalf("a day later the cap opens again: added %d", len(added))
 	}
 }

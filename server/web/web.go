@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -122,6 +121,7 @@ func (w *Web) Routes() []Route {
 		{"POST", "/dealer/claim", "Dealer: transfer a vehicle to the owner who claims it", w.transfer, false},
 		{"GET", "/dealer/diagnoses", "Causes of failing connected services across the fleet (HTML)", w.diagnosesPage, false},
 		{"GET", "/vehicles/:vin/help", "Owner: \"Connected services not working?\" for one car (HTML)", w.helpPage, false},
+		{"GET", "/vehicles/:vin/record", "Owner, dealer or admin: a vehicle's software record, 50 entries a page, newest first (?before=ID) (HTML)", w.recordPage, false},
 		{"GET", "/dealer/campaigns", "Campaigns: state and progress (HTML)", w.campaignsPage, false},
 		{"GET", "/dealer/campaigns/:id", "A campaign: waves, progress chart, halt reason, controls (HTML)", w.campaignPage, false},
 		{"POST", "/dealer/campaigns/:id", "Admin: start, pause, resume or abort a campaign", w.campaignAction, false},
@@ -291,9 +291,28 @@ type page struct {
 	USBValidUntil time.Time
 	// Diagnosis is the vehicle's, on the dealer console.
 	Diagnosis *diagnosis.Report
-	// Record is the vehicle's software record, newest first.
-	Record []server.SoftwareRecord
+	// Record is the vehicle's software record, newest first: the first
+	// few entries, or one page of it.
+	Record recordView
 }
+
+// recordView is the part of a vehicle's software record a page shows.
+type recordView struct {
+	VIN     string
+	Entries []server.SoftwareRecord
+	// Older is the before= of the next (older) page; 0: none.
+	Older int64
+	// Preview: a few entries on a page about something else, with a
+	// link to the whole record.
+	Preview bool
+}
+
+// Software record pages: a few entries on the portal and console, and
+// pages of recordPage entries on the record's own page.
+const (
+	recordPreview = 10
+	recordPage    = 50
+)
 
 // pageHeaders are every page's security headers.
 func pageHeaders(c *gin.Context) {
@@ -362,12 +381,12 @@ func (w *Web) ownerPage(c *gin.Context) {
 		Link         server.Link
 		Subscription string
 		Updates      []campaigns.Pending
-		Record       []server.SoftwareRecord
+		Record       recordView
 	}
 	var vs []owned
 	for _, l := range links {
 		if v, err := w.Store.Vehicle(ctx, l.VIN); err == nil {
-			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l), Record: w.record(ctx, l.VIN)}
+			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l), Record: w.record(ctx, l.VIN, 0, recordPreview)}
 			if w.Campaigns != nil {
 				o.Updates, _ = w.Campaigns.PendingConsent(ctx, l.VIN)
 			}
@@ -564,7 +583,7 @@ func (w *Web) dealerPage(c *gin.Context) {
 			for i := len(js) - 1; i >= 0; i-- { // newest first
 				p.Jobs = append(p.Jobs, js[i])
 			}
-			p.Record = w.record(ctx, v.VIN)
+			p.Record = w.record(ctx, v.VIN, 0, recordPreview)
 		}
 	}
 	w.render(c, http.StatusOK, "dealer", p)
@@ -724,13 +743,46 @@ func (w *Web) statusPage(c *gin.Context) {
 	w.render(c, status, "status", data)
 }
 
-// record is a vehicle's software record, newest first, for the pages.
-func (w *Web) record(ctx context.Context, vin string) []server.SoftwareRecord {
-	recs, err := w.Store.SoftwareRecords(ctx, vin)
+// record is up to n entries of a vehicle's software record, newest
+// first, before the entry with ID before (0: from the newest).
+func (w *Web) record(ctx context.Context, vin string, before int64, n int) recordView {
+	v := recordView{VIN: vin, Preview: n == recordPreview}
+	recs, err := w.Store.SoftwareRecords(ctx, vin, server.RecordQuery{NewestFirst: true, BeforeID: before, Limit: n + 1})
 	if err != nil {
 		w.Log.Warn("software record", "vin", vin, "err", err)
-		return nil
+		return v
 	}
-	slices.Reverse(recs)
-	return recs
+	if len(recs) > n {
+		recs = recs[:n]
+		v.Older = recs[n-1].ID
+	}
+	v.Entries = recs
+	return v
+}
+
+// recordPage is one page of a vehicle's software record, for its owner,
+// a dealer or an admin.
+func (w *Web) recordPage(c *gin.Context) {
+	s, ok := w.session(c)
+	if !ok || !hasRole(s, []server.Role{server.RoleOwner, server.RoleDealer, server.RoleAdmin}) {
+		w.loginPage(c, "Roadsign", "/login", false)
+		return
+	}
+	ctx := c.Request.Context()
+	v, err := w.Registry.Get(ctx, s.principal(), c.Param("vin"))
+	if err != nil {
+		w.redirect(c, "/", "", "err", message(err))
+		return
+	}
+	before, _ := strconv.ParseInt(c.Query("before"), 10, 64)
+	p := struct {
+		page
+		Back   string
+		Before int64
+	}{page: w.base(c, s, "Software record of "+v.VIN), Back: "/", Before: before}
+	if s.Role != server.RoleOwner {
+		p.Back = "/dealer?vin=" + v.VIN
+	}
+	p.Record = w.record(ctx, v.VIN, before, recordPage)
+	w.render(c, http.StatusOK, "recordpage", p)
 }

@@ -93,22 +93,6 @@ func run(ctx context.Context, args []string, env Env) error {
 	})
 }
 
-// stringList is a repeatable string flag.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-
-// Set implements flag.Value; a comma-separated value adds several entries
-// (that is also how ROADSIGN_HARDWARE_ID=A,B sets more than one).
-func (s *stringList) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*s = append(*s, p)
-		}
-	}
-	return nil
-}
-
 func parse(fs *flag.FlagSet, args []string, env Env, positional int, synopsis string) ([]string, error) {
 	fs.SetOutput(env.Stderr)
 	return envflag.Parse(fs, args, env.Getenv, positional, synopsis)
@@ -164,7 +148,7 @@ func cmdInit(args []string, env Env) error {
 func cmdAdd(args []string, env Env) error {
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	var o signer.AddOptions
-	var hw stringList
+	var hw envflag.List
 	fs.StringVar(&o.ECU, "ecu", "", "ECU type: head-unit or dcm")
 	fs.Var(&hw, "hardware-id", "hardware ID the image runs on (repeat for several)")
 	fs.StringVar(&o.Version, "version", "", "firmware version (semantic version)")
@@ -446,7 +430,7 @@ func cmdExtend(args []string, env Env) error {
 }
 
 // holderFlags are the holders' public key files of init and rotate.
-type holderFlags struct{ root, targets stringList }
+type holderFlags struct{ root, targets envflag.List }
 
 func (h *holderFlags) register(fs *flag.FlagSet, rootUsage, targetsUsage string) {
 	fs.Var(&h.root, "root-key", rootUsage)
