@@ -27,8 +27,11 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
 all: build
 
 # The TUF conformance suite reads expected failures beside the client.
+# -v names each package as it compiles: on a cold Go cache the first build
+# downloads and compiles every dependency (a few minutes).
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	@echo "building the programs into bin/ (the first build on a cold Go cache fetches and compiles every dependency: a few minutes)"
+	$(GO) build -v -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	cp cmd/roadsign-tuf-client/roadsign-tuf-client.xfails $(BIN)/
 
 # All tests, with the race detector, including the state-store suite on

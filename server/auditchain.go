@@ -139,7 +139,7 @@ func (v *AuditVerifier) Add(e AuditEntry) error {
 	case v.chained && e.Seq < want:
 		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("it is out of order: seq %d comes after seq %d (reordered)", e.Seq, v.prev.Seq)}
 	case v.chained && e.Seq > want:
-		v.gap, v.gapWant = &AuditBreak{e.ID, e.Seq, fmt.Sprintf("entries seq %d to %d before it are missing (removed)", want, e.Seq-1)}, want
+		v.gap, v.gapWant = &AuditBreak{e.ID, e.Seq, fmt.Sprintf("%s missing before it (removed)", seqRange(want, e.Seq-1))}, want
 		return nil
 	case !v.chained && e.Seq != 1:
 		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("the chain starts at seq %d, not 1: entries seq 1 to %d are missing (removed)", e.Seq, e.Seq-1)}
@@ -206,10 +206,18 @@ func (v *AuditVerifier) Checkpoint(c AuditCheckpoint, pub ed25519.PublicKey) err
 		}
 	}
 	if c.Seq > v.prev.Seq {
-		return &AuditBreak{0, c.Seq, fmt.Sprintf("entries seq %d to %d are missing from the end (removed); a checkpoint signed at %s names seq %d", v.prev.Seq+1, c.Seq, c.At.Format(time.RFC3339), c.Seq)}
+		return &AuditBreak{0, c.Seq, fmt.Sprintf("%s missing from the end (removed); a checkpoint signed at %s names seq %d", seqRange(v.prev.Seq+1, c.Seq), c.At.Format(time.RFC3339), c.Seq)}
 	}
 	if h, ok := v.hashes[c.Seq]; !ok || h != c.Hash {
 		return &AuditBreak{0, c.Seq, fmt.Sprintf("entry seq %d differs from the one a checkpoint signed at %s (altered)", c.Seq, c.At.Format(time.RFC3339))}
 	}
 	return nil
+}
+
+// seqRange names entries a to b: "entry seq 7 is" or "entries seq 7 to 9 are".
+func seqRange(a, b int64) string {
+	if a == b {
+		return fmt.Sprintf("entry seq %d is", a)
+	}
+	return fmt.Sprintf("entries seq %d to %d are", a, b)
 }

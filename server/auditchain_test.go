@@ -95,10 +95,10 @@ func TestAuditVerifier(t *testing.T) {
 			return rehash(c, 2)
 		}, ""},
 		{"edited", func(c []AuditEntry) []AuditEntry { c[2].Detail = "x"; return c }, "entry id 3 (seq 3): its content does not match its hash (altered)"},
-		{"removed", func(c []AuditEntry) []AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entries seq 3 to 3 before it are missing (removed)"},
+		{"removed", func(c []AuditEntry) []AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entry seq 3 is missing before it (removed)"},
 		{"removed first", func(c []AuditEntry) []AuditEntry { return c[1:] }, "the chain starts at seq 2"},
 		{"reordered", func(c []AuditEntry) []AuditEntry { c[1], c[2] = c[2], c[1]; return c }, "(seq 3): it comes before seq 2 (reordered)"},
-		{"removed last but one", func(c []AuditEntry) []AuditEntry { return append(c[:3], c[4]) }, "(seq 5): entries seq 4 to 4 before it are missing (removed)"},
+		{"removed last but one", func(c []AuditEntry) []AuditEntry { return append(c[:3], c[4]) }, "(seq 5): entry seq 4 is missing before it (removed)"},
 		{"chain fields blanked", func(c []AuditEntry) []AuditEntry { c[3].Hash, c[3].Seq = "", 0; return c }, "its chain fields were removed"},
 		{"rehashed without its predecessor", func(c []AuditEntry) []AuditEntry {
 			c[2].PrevHash = "forged"
@@ -136,7 +136,7 @@ func TestAuditCheckpoints(t *testing.T) {
 		t.Errorf("good checkpoint: %v", err)
 	}
 	beyond := SignAuditCheckpoint(5, c[4].Hash, time.Now(), "k", priv)
-	if err := v.Checkpoint(beyond, pub); err == nil || !strings.Contains(err.Error(), "entries seq 5 to 5 are missing from the end") {
+	if err := v.Checkpoint(beyond, pub); err == nil || !strings.Contains(err.Error(), "entry seq 5 is missing from the end") {
 		t.Errorf("checkpoint beyond the end: %v", err)
 	}
 	forged := good

@@ -96,12 +96,27 @@ type RequestFaults struct {
 	BadSignatureCount int           `json:"badSignatureCount,omitempty"`
 	ClockSkewAt       time.Time     `json:"clockSkewAt,omitzero"`
 	ClockSkew         time.Duration `json:"clockSkew,omitempty"`
+	// CheckInRefusedAt is the last check-in the vehicle signed that the
+	// server refused (its manifest names units not registered for the
+	// VIN, or is malformed), and CheckInRefused why.
+	CheckInRefusedAt time.Time `json:"checkInRefusedAt,omitzero"`
+	CheckInRefused   string    `json:"checkInRefused,omitempty"`
+}
+
+// RequestFault is one refused request: its kind, the vehicle clock's
+// offset (clock skew: the server's time minus the vehicle's), and, for a
+// refused check-in, why.
+type RequestFault struct {
+	Kind   string
+	Skew   time.Duration
+	Detail string
 }
 
 // Request fault kinds.
 const (
-	FaultBadSignature = "bad_signature"
-	FaultClockSkew    = "clock_skew"
+	FaultBadSignature   = "bad_signature"
+	FaultClockSkew      = "clock_skew"
+	FaultCheckInRefused = "checkin_refused"
 )
 
 // Health is what a vehicle reports about itself at a check-in.
@@ -368,8 +383,9 @@ type Store interface {
 	// active or ended after since, newest first.
 	DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]DTCEpisode, error)
 	// RecordRequestFault notes a refused request for vin (kind
-	// FaultBadSignature or FaultClockSkew); nothing for an unknown VIN.
-	RecordRequestFault(ctx context.Context, vin, kind string, skew time.Duration, at time.Time) error
+	// FaultBadSignature, FaultClockSkew or FaultCheckInRefused); nothing
+	// for an unknown VIN.
+	RecordRequestFault(ctx context.Context, vin string, f RequestFault, at time.Time) error
 	// RecordFindings opens the findings in codes that are not open for
 	// vin, touches those that are, and resolves the open ones not in codes;
 	// it returns the codes it opened and resolved.
@@ -403,6 +419,9 @@ type Store interface {
 	// unchained entries before the chain; false when one exists already.
 	AppendAuditGenesis(ctx context.Context, e AuditEntry, seal func(seq int64, prevHash string, legacy int64) string) (bool, error)
 	ListAudit(ctx context.Context, afterID int64, limit int) ([]AuditEntry, error)
+	// RecentAudit lists entries newest first, before beforeID (0: from
+	// the newest).
+	RecentAudit(ctx context.Context, beforeID int64, limit int) ([]AuditEntry, error)
 	// AddAuditCheckpoint stores a signed checkpoint of the chain's head
 	// (replacing one of the same seq); AuditCheckpoints lists them,
 	// oldest first.

@@ -154,6 +154,12 @@ func exists(ctx context.Context, c *http.Client, target string, length int64) (b
 	case http.StatusNotFound:
 		return false, nil
 	}
+	if resp.StatusCode == http.StatusBadRequest && resp.Request.URL.Scheme == "http" {
+		// The server never refuses a HEAD for a target as malformed: this
+		// is a TLS port answering plain HTTP (its reason is in a body HEAD
+		// does not get).
+		return false, fmt.Errorf("check %s: server answered %s: the server speaks HTTPS on this port: use https:// in --server", target, resp.Status)
+	}
 	return false, fmt.Errorf("check %s: server answered %s", target, resp.Status)
 }
 
@@ -201,6 +207,9 @@ func serverError(what string, resp *http.Response) error {
 		} `json:"error"`
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if tlsconf.IsPlainToTLS(resp.StatusCode, b) {
+		return fmt.Errorf("%s: the server speaks HTTPS on this port: use https:// in --server", what)
+	}
 	if json.Unmarshal(b, &e) != nil || e.Error.Message == "" {
 		return fmt.Errorf("%s: server answered %s", what, resp.Status)
 	}
@@ -215,7 +224,7 @@ func serverError(what string, resp *http.Response) error {
 // security refusal (exit 3), not a network failure.
 func tlsRefused(err error) error {
 	if tlsconf.IsVerifyError(err) {
-		return fmt.Errorf("%w: the server's TLS certificate does not verify (%v); give its CA with --ca-cert", ErrSecurity, err)
+		return fmt.Errorf("%w: %s", ErrSecurity, tlsconf.Refusal(err, "give the server's CA certificate with --ca-cert FILE (another one if you gave one)"))
 	}
 	return err
 }

@@ -77,6 +77,9 @@ func (c *Client) do(ctx context.Context, method, path, bearer string, in, out an
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if tlsconf.IsPlainToTLS(resp.StatusCode, raw) {
+		return fmt.Errorf("%w: %s %s: the server speaks HTTPS on this port: use https:// in the server URL", client.ErrUsage, method, path)
+	}
 	if resp.StatusCode >= 300 {
 		var e struct {
 			Error struct{ Code, Message string } `json:"error"`

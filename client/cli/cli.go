@@ -63,9 +63,14 @@ commands:
   replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE
                                         fit a replacement ECU (new key pair; prints the public key)
   client-cert --state DIR --cert FILE   install the certificate issued for the vehicle's key (mutual TLS)
+  trust-ca    --state DIR --ca-cert FILE|system
+                                        set or replace the CA the server's certificate must chain to
 
 faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
-power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
+power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail,
+signal:BARS (0 to 5; 0: nothing reaches the server), can-loss (the head unit
+silent on the bus), corrupt-active (bytes flipped in the DCM's active slot),
+rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD (the vehicle's clock wrong)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 refused for security (nothing installed),
 4 install failed and the ECU rolled back. 'roadsign-agent COMMAND --help' lists flags.`
@@ -111,6 +116,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		"link-code":   func(a []string) error { return cmdLinkCode(ctx, a, env) },
 		"replace-ecu": func(a []string) error { return cmdReplaceECU(a, env) },
 		"client-cert": func(a []string) error { return cmdClientCert(a, env) },
+		"trust-ca":    func(a []string) error { return cmdTrustCA(a, env) },
 	})
 }
 
@@ -165,19 +171,57 @@ func cmdInit(args []string, env Env) error {
 	if err != nil {
 		return envflag.Usagef("--director-root: %v", err)
 	}
-	v, err := vehicle.Create(state, cfg, ir, dr, firmware, env.Now)
+	// The vehicle is made beside --state and takes its place only once
+	// everything (registration included) worked: a failed init leaves
+	// nothing behind, so running it again, corrected, just works.
+	if err := vehicle.CheckFree(state); err != nil {
+		return err
+	}
+	stage, err := vehicle.Stage(state)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "provisioned vehicle %s in %s with %d ECU(s)\n", v.VIN, v.Dir, len(v.ECUs))
+	defer os.RemoveAll(stage) // gone once moved into place
+	v, err := vehicle.Create(stage, cfg, ir, dr, firmware, env.Now)
+	if err != nil {
+		return err
+	}
+	if *token != "" {
+		if err := register(v, *token, api.Registration{VIN: v.VIN, Model: *model, Year: *year, Region: *region}, env); err != nil {
+			return fmt.Errorf("register %s with %s: %w; nothing was written: correct it and run init again", v.VIN, v.Server, err)
+		}
+	}
+	if err := vehicle.MoveInto(stage, state); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "provisioned vehicle %s in %s with %d ECU%s\n", v.VIN, state, len(v.ECUs), map[bool]string{false: "s"}[len(v.ECUs) == 1])
 	if *token == "" {
 		return nil
 	}
+	fmt.Fprintf(env.Stdout, "registered %s with %s\n", v.VIN, v.Server)
+	// The server learns the factory firmware at once.
+	placed, err := vehicle.Open(state, env.Now)
+	if err != nil {
+		return err
+	}
+	defer placed.Close()
+	a, err := newAgent(placed, fault.Set{}, env)
+	if err != nil {
+		return err
+	}
+	if err := a.CheckIn(context.Background()); err != nil {
+		fmt.Fprintf(env.Stderr, "roadsign-agent: first check-in failed (the next update retries): %v\n", err)
+	}
+	return nil
+}
+
+// register registers v with the server (its key and ECUs filled in).
+func register(v *vehicle.Vehicle, token string, reg api.Registration, env Env) error {
 	key, err := keys.Load(v.KeyPath())
 	if err != nil {
 		return err
 	}
-	reg := api.Registration{VIN: v.VIN, Model: *model, Year: *year, Region: *region, PublicKey: key.Private.Public().(ed25519.PublicKey)}
+	reg.PublicKey = key.Private.Public().(ed25519.PublicKey)
 	for _, e := range v.ECUs {
 		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
 	}
@@ -185,13 +229,41 @@ func cmdInit(args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	if err := a.API.Register(context.Background(), *token, reg); err != nil {
-		return fmt.Errorf("register %s with %s: %w (the vehicle is provisioned; register it with POST /api/v1/vehicles)", v.VIN, v.Server, err)
+	return a.API.Register(context.Background(), token, reg)
+}
+
+// cmdTrustCA sets or replaces the CA certificate the vehicle trusts for
+// the server's TLS certificate (none: the system's roots).
+func cmdTrustCA(args []string, env Env) error {
+	fs := flag.NewFlagSet("trust-ca", flag.ContinueOnError)
+	caCert := fs.String("ca-cert", "", "PEM CA certificate the server's TLS certificate must chain to; \"system\" for the system's roots")
+	state, _, err := parseState(fs, args, env, 0, "roadsign-agent trust-ca --state DIR --ca-cert FILE|system")
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(env.Stdout, "registered %s with %s\n", v.VIN, v.Server)
-	// The server learns the factory firmware at once.
-	if err := a.CheckIn(context.Background()); err != nil {
-		fmt.Fprintf(env.Stderr, "roadsign-agent: first check-in failed (the next update retries): %v\n", err)
+	if *caCert == "" {
+		return envflag.Usagef("trust-ca needs --ca-cert FILE (or --ca-cert system)")
+	}
+	pem := ""
+	if *caCert != "system" {
+		b, err := os.ReadFile(*caCert)
+		if err != nil {
+			return envflag.Usagef("--ca-cert: %v", err)
+		}
+		pem = string(b)
+	}
+	v, err := vehicle.Open(state, env.Now)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	if err := v.SetCACert(pem); err != nil {
+		return err
+	}
+	if pem == "" {
+		fmt.Fprintf(env.Stdout, "%s now trusts the system's CAs for %s\n", v.VIN, v.Server)
+	} else {
+		fmt.Fprintf(env.Stdout, "%s now trusts the CA in %s for %s\n", v.VIN, *caCert, v.Server)
 	}
 	return nil
 }
@@ -290,9 +362,10 @@ func newAgent(v *vehicle.Vehicle, faults fault.Set, env Env) (*agent.Agent, erro
 	}
 	hc.Transport.(*http.Transport).TLSClientConfig = tlsCfg
 	hc.Transport = faults.Transport(hc.Transport)
+	now := faults.Clock(env.Now) // the vehicle's clock, right or (simulated) wrong
 	return &agent.Agent{
-		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy, Now: env.Now,
-		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: env.Now},
+		V: v, Client: hc, Progress: env.Stderr, Faults: faults, Policy: policy, Now: now,
+		API: &api.Client{Base: v.Server, HTTP: hc, VIN: v.VIN, Key: key.Private, Now: now},
 		Log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
 }

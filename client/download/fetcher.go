@@ -92,7 +92,7 @@ func (f *MetadataFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 
 // TLSRefusal says why a server certificate was refused and what to do.
 func TLSRefusal(err error) string {
-	return fmt.Sprintf("the server's TLS certificate does not verify (%v); if the server uses a private CA, provision the vehicle with --ca-cert", err)
+	return tlsconf.Refusal(err, "give the vehicle the server's CA certificate: roadsign-agent trust-ca --state DIR --ca-cert FILE (or --ca-cert at init)")
 }
 
 // ServerError is an HTTP error answer with the server's code and message

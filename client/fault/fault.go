@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/roadsign/roadsign/client/bootctl"
 )
@@ -42,6 +43,10 @@ type Set struct {
 	SignalBars *int
 	// CorruptActive flips bytes in the DCM's active slot before the cycle.
 	CorruptActive bool
+	// RTCOffset or RTCDate set the vehicle's clock wrong (rtc=+DURATION,
+	// rtc=-DURATION, rtc=YYYY-MM-DD): what it signs and checks against.
+	RTCOffset time.Duration
+	RTCDate   time.Time
 	// Kill ends the process at once; the default sends SIGKILL to itself,
 	// so nothing is cleaned up, as with a real power loss.
 	Kill func()
@@ -60,6 +65,12 @@ func Parse(s string) (Set, error) {
 		return f, nil
 	}
 	for _, item := range strings.Split(s, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(item), "rtc="); ok {
+			if err := f.parseRTC(v); err != nil {
+				return f, err
+			}
+			continue
+		}
 		parts := strings.Split(strings.TrimSpace(item), ":")
 		switch parts[0] {
 		case "corrupt-download":
@@ -108,10 +119,39 @@ func Parse(s string) (Set, error) {
 			}
 			f.SignalBars = &n
 		default:
-			return f, fmt.Errorf("unknown fault %q; want corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss or corrupt-active", item)
+			return f, fmt.Errorf("unknown fault %q; want %s", item, Names)
 		}
 	}
 	return f, nil
+}
+
+// Names lists every fault, as --simulate takes them.
+const Names = "corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss, corrupt-active, rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD"
+
+func (f *Set) parseRTC(v string) error {
+	if d, err := time.Parse(time.DateOnly, v); err == nil {
+		f.RTCDate = d
+		return nil
+	}
+	if (strings.HasPrefix(v, "+") || strings.HasPrefix(v, "-")) && len(v) > 1 {
+		if d, err := time.ParseDuration(v); err == nil {
+			f.RTCOffset = d
+			return nil
+		}
+	}
+	return fmt.Errorf("rtc=%q: want rtc=+DURATION, rtc=-DURATION (such as rtc=+20m) or rtc=YYYY-MM-DD", v)
+}
+
+// Clock is now as the vehicle's (simulated) real-time clock reads it.
+func (f Set) Clock(now func() time.Time) func() time.Time {
+	switch {
+	case !f.RTCDate.IsZero():
+		start := now()
+		return func() time.Time { return f.RTCDate.Add(now().Sub(start)) }
+	case f.RTCOffset != 0:
+		return func() time.Time { return now().Add(f.RTCOffset) }
+	}
+	return now
 }
 
 func percent(s string) (int, error) {
@@ -134,7 +174,7 @@ func contains(list []string, s string) bool {
 // Any reports whether any fault is set.
 func (f Set) Any() bool {
 	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != "" ||
-		f.CANLoss || f.SignalBars != nil || f.CorruptActive
+		f.CANLoss || f.SignalBars != nil || f.CorruptActive || f.RTCOffset != 0 || !f.RTCDate.IsZero()
 }
 
 func (f Set) kill() {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func ptr(n int) *int { return &n }
@@ -33,6 +34,12 @@ func TestParse(t *testing.T) {
 		{in: "signal:6", wantErr: true},
 		{in: "signal:-1", wantErr: true},
 		{in: "signal:12", wantErr: true},
+		{in: "rtc=+20m", want: Set{RTCOffset: 20 * time.Minute}},
+		{in: "rtc=-2h,can-loss", want: Set{RTCOffset: -2 * time.Hour, CANLoss: true}},
+		{in: "rtc=1970-01-01", want: Set{RTCDate: time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		{in: "rtc=20m", wantErr: true},
+		{in: "rtc=", wantErr: true},
+		{in: "rtc=tomorrow", wantErr: true},
 	}
 	for _, tt := range tests {
 		got, err := Parse(tt.in)
@@ -76,5 +83,23 @@ func TestBodyFaults(t *testing.T) {
 	}()
 	if !killed {
 		t.Error("power-loss:download did not kill")
+	}
+}
+
+// TestClock: the simulated clock runs from the date it is set to, or off
+// the real one by the offset.
+func TestClock(t *testing.T) {
+	wall := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	now := func() time.Time { return wall }
+	if got := (Set{}).Clock(now)(); !got.Equal(wall) {
+		t.Errorf("no fault: %s", got)
+	}
+	if got := (Set{RTCOffset: -30 * time.Minute}).Clock(now)(); !got.Equal(wall.Add(-30 * time.Minute)) {
+		t.Errorf("offset: %s", got)
+	}
+	clock := (Set{RTCDate: time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)}).Clock(now)
+	wall = wall.Add(time.Minute)
+	if got := clock(); !got.Equal(time.Date(1970, 1, 1, 0, 1, 0, 0, time.UTC)) {
+		t.Errorf("date: %s", got)
 	}
 }

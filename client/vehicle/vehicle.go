@@ -126,6 +126,55 @@ func Create(dir string, c Config, imageRoot, directorRoot []byte, firmware map[s
 	return v, nil
 }
 
+// CheckFree refuses a state directory that holds a vehicle, or anything
+// else: init only fills a new or empty one.
+func CheckFree(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, configFile)); err == nil {
+		return fmt.Errorf("%w: %s already holds a vehicle; use another --state directory", client.ErrUsage, dir)
+	}
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return fmt.Errorf("%w: %s is not empty; give init a new or empty --state directory", client.ErrUsage, dir)
+	}
+	return nil
+}
+
+// Stage makes an empty directory beside dir to build a vehicle in, for
+// MoveInto to put in dir's place.
+func Stage(dir string) (string, error) {
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", parent, err)
+	}
+	stage, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".init-*")
+	if err != nil {
+		return "", fmt.Errorf("create a directory beside %s: %w", dir, err)
+	}
+	return stage, nil
+}
+
+// MoveInto puts the vehicle built in stage at dir (absent or empty).
+func MoveInto(stage, dir string) error {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s: %v", client.ErrUsage, dir, err)
+	}
+	if err := os.Rename(stage, dir); err != nil {
+		return fmt.Errorf("put the vehicle in %s: %w", dir, err)
+	}
+	return keys.SyncDir(filepath.Dir(filepath.Clean(dir)))
+}
+
+// SetCACert replaces the CA certificate the vehicle trusts for the
+// server ("" for the system's roots); it refuses one that is not PEM.
+func (v *Vehicle) SetCACert(pem string) error {
+	if pem != "" {
+		if _, err := tlsconf.Client([]byte(pem), nil); err != nil {
+			return fmt.Errorf("%w: %v", client.ErrUsage, err)
+		}
+	}
+	v.CACert = pem
+	return v.writeJSON(configFile, v.Config)
+}
+
 // Open opens an existing state directory and takes its lock, so two agent
 // processes never install on one vehicle at once. Close releases it.
 func Open(dir string, now func() time.Time) (*Vehicle, error) {

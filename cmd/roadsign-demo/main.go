@@ -41,9 +41,15 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "roadsign-demo: %v\n", err)
+		if errors.As(err, new(usageError)) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
+
+// usageError is a mistake in how the demo was called (exit 2).
+type usageError struct{ error }
 
 type demo struct {
 	bin, tmp string
@@ -57,6 +63,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	bin := fs.String("bin", "bin", "directory with roadsign-server, roadsign-signer and roadsign-agent")
 	samples := fs.String("samples", "firmware-samples", "firmware samples directory")
 	keep := fs.Bool("keep", false, "keep the temporary directory")
+	serve := fs.Bool("serve", false, "keep the server running after the demo, for the browser, until Ctrl-C")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,6 +75,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	absBin, err := filepath.Abs(*bin)
 	if err != nil {
 		return err
+	}
+	for _, p := range []string{"roadsign-server", "roadsign-signer", "roadsign-agent", "roadsign-fleetsim"} {
+		if _, err := os.Stat(filepath.Join(absBin, p)); err != nil {
+			return usageError{fmt.Errorf("%s is not in --bin %s: build the programs (make build) or give the directory that holds them", p, *bin)}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(*samples, "samples.json")); err != nil {
+		return usageError{fmt.Errorf("no firmware samples at --samples %s: give the firmware-samples directory of the source tree or the release tarball", *samples)}
 	}
 	tmp, err := os.MkdirTemp("", "roadsign-demo-")
 	if err != nil {
@@ -203,6 +218,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := d.cmd(ctx, "roadsign-agent", "status", "--state", state); err != nil {
 		return err
 	}
+	if *serve {
+		d.step(fmt.Sprintf("Done in %s. The server keeps running for the browser: %s/dealer (log in as an admin with the token in %s), %s/status. Ctrl-C stops it.",
+			time.Since(start).Round(100*time.Millisecond), url, filepath.Join(tmp, "admin-token"), url))
+		if err := os.WriteFile(filepath.Join(tmp, "admin-token"), []byte(token+"\n"), 0o600); err != nil {
+			return err
+		}
+		<-ctx.Done()
+	}
 	if err := srv.stop(); err != nil {
 		return err
 	}
@@ -241,7 +264,7 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples, car, vin s
 		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, &c); err != nil {
 			return err
 		}
-		fmt.Fprintf(d.out, "   %d vehicles selected; watch it at %s/dealer/campaigns/%s\n", c.Selected, url, c.ID)
+		fmt.Fprintf(d.out, "   %d vehicles selected; watch it at %s/dealer/campaigns/%s (until the demo ends; --serve keeps the server up)\n", c.Selected, url, c.ID)
 		args := append(sim, "--interval", "300ms", "--duration", "2m")
 		if r.fail != "" {
 			args = append(args, "--fail", r.fail)

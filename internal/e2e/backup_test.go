@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,9 @@ func TestBackupAndRestoreMidTraffic(t *testing.T) {
 	v := w.vehicle(1)
 
 	archive := filepath.Join(w.dir, "backup.tar.gz")
+	if r := serverCmd(t, "backup", "--data", w.data, "--out", filepath.Join(w.dir, "no-such-dir", "b.tar.gz")); r.code != 2 || !strings.Contains(r.stderr, "does not exist") || strings.Contains(r.stderr, ".tmp") {
+		t.Fatalf("backup into a missing directory: want exit 2 naming it, got %s", r)
+	}
 	var wg sync.WaitGroup
 	var traffic result
 	wg.Go(func() {
@@ -64,8 +69,8 @@ func TestBackupAndRestoreMidTraffic(t *testing.T) {
 	w.shutdown()
 
 	restored := filepath.Join(w.dir, "restored")
-	if r := serverCmd(t, "restore", "--data", restored, "--from", archive); r.code != 0 {
-		t.Fatalf("restore: %s", r)
+	if r := serverCmd(t, "restore", "--data", restored, "--from", archive); r.code != 0 || !strings.Contains(r.stdout, "publish again from the signer's workspace") {
+		t.Fatalf("restore (it must say a publish is due): %s", r)
 	}
 	if r := serverCmd(t, "restore", "--data", restored, "--from", archive); r.code != 2 || !strings.Contains(r.stderr, "not empty") {
 		t.Fatalf("restore over a non-empty directory: want exit 2, got %s", r)
@@ -81,8 +86,30 @@ func TestBackupAndRestoreMidTraffic(t *testing.T) {
 	_, addr, _ := strings.Cut(w.url, "://")
 	w.extra = append(w.extra, "--listen", addr)
 	w.start()
+	// Until the signer publishes again, the restored server says so, and
+	// the vehicle that saw the later targets refuses the older ones.
+	publishDue := func() (string, string) {
+		var ready struct{ Notices map[string]string }
+		w.api("GET", "/readyz", "", nil, &ready)
+		resp, err := http.Get(w.url + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		page, _ := io.ReadAll(resp.Body)
+		return ready.Notices["publish"], string(page)
+	}
+	if notice, page := publishDue(); !strings.Contains(notice, "publish again") || !strings.Contains(page, "Restored from a backup") || strings.Contains(page, "All systems working") {
+		t.Fatalf("before the publish: /readyz notice %q; /status:\n%s", notice, page)
+	}
+	if r := agent(t, "update", "--state", v.dir); r.code != 3 {
+		t.Fatalf("before the publish the vehicle refuses the older targets: %s", r)
+	}
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish() // the workspace republishes what the backup missed
+	if notice, page := publishDue(); notice != "" || strings.Contains(page, "Restored from a backup") {
+		t.Fatalf("after the publish: /readyz notice %q; /status:\n%s", notice, page)
+	}
 	r := agent(t, "update", "--state", v.dir)
 	if r.code != 0 {
 		t.Fatalf("update from the restored server: %s", r)

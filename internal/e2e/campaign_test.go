@@ -195,7 +195,7 @@ func TestCampaignHaltsOnFailures(t *testing.T) {
 		if !strings.Contains(c.HaltReason, "wave 1") || !strings.Contains(c.HaltReason, "failure rate") || !strings.Contains(c.HaltReason, "5% threshold") {
 			t.Fatalf("halt reason should name the wave and the rate: %q", c.HaltReason)
 		}
-		if c.Waves[1].State != "pending" || c.Waves[1].Targeted != 0 {
+		if c.Waves[1].State != "pending" || c.Waves[1].Targeted != 0 { // the API keeps pending; the page says "never opened"
 			t.Fatalf("wave 2 must never open: %+v", c.Waves[1])
 		}
 		got := received(f, "1.1.0")

@@ -224,6 +224,23 @@ func TestDiagnosisReplacedDCM(t *testing.T) {
 	w.fixed(t, v, "unknown_vehicle_key")
 }
 
+// TestDiagnosisClockSkewSimulated: the agent's own rtc= fault sets the
+// car's clock wrong, and the diagnosis names it (a dealer's training
+// bench reproduces the cause with the agent alone).
+func TestDiagnosisClockSkewSimulated(t *testing.T) {
+	w := newWorld(t)
+	w.setup(nil)
+	v, _ := healthyCar(t, w, 1)
+	if r := agent(t, "update", "--state", v.dir, "--simulate", "rtc=-20m"); r.code == 0 || !strings.Contains(r.stderr, "clock") {
+		t.Fatalf("update with the clock 20 minutes behind should be refused: %s", r)
+	}
+	w.diagnosedFirst(t, v.vin, "clock_skew")
+	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
+		t.Fatalf("update with the clock right: %s", r)
+	}
+	w.fixed(t, v, "clock_skew")
+}
+
 // TestDiagnosisClockSkew: the car's clock is 20 minutes off; set right,
 // it works again. The DCM is not blamed.
 func TestDiagnosisClockSkew(t *testing.T) {
@@ -447,7 +464,7 @@ func TestDiagnosisServiceUnhealthy(t *testing.T) {
 		return len(p) > 0 && p[0] == "service_unhealthy"
 	})
 	d := w.diagnosedFirst(t, v.vin, "service_unhealthy")
-	if ev := fmt.Sprint(d.Findings[0].Evidence); !strings.Contains(ev, "Blob store: unreachable") || strings.Contains(ev, "State store") ||
+	if ev := fmt.Sprint(d.Findings[0].Evidence); !strings.Contains(ev, "Update files (blob store): unreachable") || strings.Contains(ev, "state store") ||
 		!strings.Contains(d.Findings[0].Fix, "nothing needs doing on the car") {
 		t.Fatalf("service finding: %+v", d.Findings[0])
 	}

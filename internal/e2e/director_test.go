@@ -382,7 +382,7 @@ func TestManifestReplayIsRejected(t *testing.T) {
 	if code, b := send(changed); code != 401 || !strings.Contains(b, "body_mismatch") {
 		t.Fatalf("manifest changed after signing: %d %s, want 401 body_mismatch", code, b)
 	}
-	if code, b := send(signed(k.Private, manifest("DCM000002"))); code != 400 || !strings.Contains(b, "does not have") {
+	if code, b := send(signed(k.Private, manifest("DCM000002"))); code != 400 || !strings.Contains(b, "unregistered_ecu") {
 		t.Fatalf("another vehicle's ECU: %d %s, want 400", code, b)
 	}
 }

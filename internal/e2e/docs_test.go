@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"github.com/roadsign/roadsign/client/fault"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,9 +43,9 @@ func TestCLIReferenceMatchesHelp(t *testing.T) {
 	bin := builtPrograms(t)
 	doc := readDoc(t, "docs/cli.md")
 	commands := map[string][]string{
-		"roadsign-server":     {"init", "serve"},
+		"roadsign-server":     {"init", "serve", "backup", "restore"},
 		"roadsign-signer":     {"init", "add", "publish", "status", "rotate"},
-		"roadsign-agent":      {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu", "client-cert"},
+		"roadsign-agent":      {"init", "update", "run", "status", "install-usb", "reauthorize", "link-code", "replace-ecu", "client-cert", "trust-ca"},
 		"roadsign-demo":       {""},
 		"roadsign-fleetsim":   {""},
 		"roadsign-tuf-client": {""},
@@ -71,6 +73,27 @@ func TestCLIReferenceMatchesHelp(t *testing.T) {
 					t.Errorf("docs/cli.md %q does not name `--%s`", heading, f[1])
 				}
 			}
+		}
+	}
+}
+
+// TestHelpNamesEverything: roadsign-server --help names every command,
+// and roadsign-agent --help every fault --simulate takes.
+func TestHelpNamesEverything(t *testing.T) {
+	bin := builtPrograms(t)
+	server, _ := exec.Command(filepath.Join(bin, "roadsign-server"), "--help").CombinedOutput()
+	for _, c := range []string{"roadsign-server init", "roadsign-server backup", "roadsign-server restore", "roadsign-server audit verify",
+		"roadsign-server audit export-checkpoints", "roadsign-server record verify"} {
+		if !strings.Contains(string(server), c) {
+			t.Errorf("roadsign-server --help does not name %q:\n%s", c, server)
+		}
+	}
+	agentHelp, _ := exec.Command(filepath.Join(bin, "roadsign-agent"), "--help").CombinedOutput()
+	for _, f := range strings.Split(strings.NewReplacer(" or ", ", ").Replace(fault.Names), ", ") {
+		name, _, _ := strings.Cut(f, ":")
+		name, _, _ = strings.Cut(name, "=")
+		if !strings.Contains(string(agentHelp), name) {
+			t.Errorf("roadsign-agent --help does not name the fault %s", name)
 		}
 	}
 }

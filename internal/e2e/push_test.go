@@ -94,6 +94,55 @@ func TestPushWakeUp(t *testing.T) {
 	}
 }
 
+// TestPushSurvivesServerRestart: the server restarts (its embedded broker
+// on a new port, as by default); the running agent asks for the broker
+// again when its connection drops, and a job created afterwards still
+// wakes it within seconds, not at its next hourly poll.
+func TestPushSurvivesServerRestart(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none")
+	w.setup(nil)
+	v := w.vehicle(1)
+	out, _ := runAgentDaemon(t, v, "--interval", "1h")
+	waitUntil(t, "the agent listens for wake-ups", 20*time.Second, func() bool {
+		return strings.Contains(out.String(), "listening for wake-ups") && strings.Contains(out.String(), "next check-in in")
+	})
+	first := brokerOf(t, out.String())
+	addr := strings.TrimPrefix(w.url, "http://")
+	w.shutdown()
+	w.extra = append(w.extra, "--listen", addr) // same HTTP address; the broker takes a new port
+	w.start()
+	waitUntil(t, "the agent finds the restarted server's broker", 30*time.Second, func() bool {
+		return strings.Count(out.String(), "listening for wake-ups") >= 2
+	})
+	if again := brokerOf(t, out.String()); again == first {
+		t.Fatalf("the broker kept its port %s across the restart; the test shows nothing", first)
+	}
+	start := time.Now()
+	j := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "after a server restart"})
+	waitUntil(t, "the job succeeds", 15*time.Second, func() bool { return w.getJob(adminToken, j.ID).State == "succeeded" })
+	t.Logf("job succeeded %s after it was created, past a server restart", time.Since(start).Round(time.Millisecond))
+}
+
+// brokerOf is the broker address the agent last said it listens at.
+func brokerOf(t *testing.T, log string) string {
+	t.Helper()
+	i := strings.LastIndex(log, "listening for wake-ups")
+	if i < 0 {
+		t.Fatal("the agent never listened for wake-ups")
+	}
+	line := log[i:]
+	if j := strings.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	for _, f := range strings.Fields(line) {
+		if b, ok := strings.CutPrefix(f, "broker="); ok {
+			return b
+		}
+	}
+	t.Fatalf("no broker in %q", line)
+	return ""
+}
+
 // TestPushFallsBackToPolling: with the broker gone the agent still
 // updates at its next poll.
 func TestPushFallsBackToPolling(t *testing.T) {

@@ -80,7 +80,8 @@ func TestReadmeWalkthrough(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script.String())
 	cmd.Dir = dir
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "LANG=C.UTF-8"}
+	walkTmp := t.TempDir() // where the walkthrough makes its own directory
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "LANG=C.UTF-8", "TMPDIR=" + walkTmp}
 	// Its own process group: whatever it left running (the server) goes with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -93,9 +94,27 @@ func TestReadmeWalkthrough(t *testing.T) {
 		if m := regexp.MustCompile(`### README walkthrough block (\d+)`).FindAllStringSubmatch(string(out), -1); m != nil {
 			failed = m[len(m)-1][1]
 		}
-		log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
+		logs, _ := filepath.Glob(filepath.Join(walkTmp, "*", "server.log"))
+		var log []byte
+		if len(logs) > 0 {
+			log, _ = os.ReadFile(logs[0])
+		}
 		t.Fatalf("README walkthrough failed in block %s (%v):\n%s\n--- server.log (tail):\n%s", failed, err, out, tail(string(log), 3000))
 	}
+	// It worked in a directory of its own: where it started (the
+	// clone's root) holds only what was there, and it can run again.
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("the walkthrough left files where it started: %v (want only bin and firmware-samples)", names)
+	}
+	walked, _ := filepath.Glob(filepath.Join(walkTmp, "roadsign-walkthrough.*"))
+	if len(walked) != 1 {
+		t.Fatalf("the walkthrough's own directory: %v", walked)
+	}
+	dir = walked[0]
 
 	// Where the story ends: both ECUs on 2.0.0 (the replaced DCM updated
 	// online), authorized, and the jobs as told.
@@ -116,7 +135,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if got != "[{head-unit HU000001 2.0.0} {dcm DCM000002 2.0.0}]" || status.Authorization.State != "authorized" {
 		t.Fatalf("after the walkthrough the car should run 2.0.0 everywhere, authorized: %s %s\n%s", got, status.Authorization.State, out)
 	}
-	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "unknown_vehicle_key: If the DCM was replaced", "repo.publish"} {
+	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "unknown_vehicle_key: If the DCM was replaced", "repo.publish", "campaign.start"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the walkthrough's output should show %s:\n%s", want, out)
 		}

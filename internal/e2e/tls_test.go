@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,8 +64,11 @@ func TestAgentOverTLS(t *testing.T) {
 	w.signerInit()
 	w.add(findSample(t, huHW, "1.1.0"))
 	w.add(findSample(t, dcmHW, "1.1.0"))
-	if r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken); r.code != 3 || !strings.Contains(r.stderr, "does not verify") {
+	if r := w.signer("publish", w.ws, "--server", w.url, "--token", adminToken); r.code != 3 || !strings.Contains(r.stderr, "not signed by a CA this program trusts") {
 		t.Fatalf("publish without the CA: want exit 3, got %s", r)
+	}
+	if r := w.signer("publish", w.ws, "--server", strings.Replace(w.url, "https://", "http://", 1), "--token", adminToken); r.code == 0 || !strings.Contains(r.stderr, "use https://") {
+		t.Fatalf("publish with http:// to the HTTPS port: want a message naming https://, got %s", r)
 	}
 	if r := w.tlsPublish(ca.File); r.code != 0 {
 		t.Fatalf("publish with --ca-cert: %s", r)
@@ -77,23 +81,50 @@ func TestAgentOverTLS(t *testing.T) {
 		t.Fatalf("after the update over TLS: %v", got)
 	}
 
-	// A vehicle provisioned without the CA refuses the server.
+	// A vehicle provisioned without the CA, or with another one, refuses
+	// the server, and init writes nothing: run again with the right CA,
+	// it works.
 	st := filepath.Join(w.dir, "no-ca")
 	hu, dcm := findSample(t, huHW, "1.0.0"), findSample(t, dcmHW, "1.0.0")
-	r := agent(t, "init", "--state", st, "--server", w.url, "--vin", testVIN(2),
-		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-		"--ecu", "head-unit:HU2:"+huHW+":"+filepath.Join(samplesDir(), hu.File), "--ecu", "dcm:DCM2:"+dcmHW+":"+filepath.Join(samplesDir(), dcm.File),
-		"--token", adminToken)
-	if r.code != 3 || !strings.Contains(r.stderr, "--ca-cert") {
-		t.Fatalf("registering without the CA: want exit 3 naming --ca-cert, got %s", r)
+	initCar := func(extra ...string) result {
+		return agent(t, append([]string{"init", "--state", st, "--server", w.url, "--vin", testVIN(2),
+			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+			"--ecu", "head-unit:HU2:" + huHW + ":" + filepath.Join(samplesDir(), hu.File), "--ecu", "dcm:DCM2:" + dcmHW + ":" + filepath.Join(samplesDir(), dcm.File),
+			"--token", adminToken}, extra...)...)
 	}
+	other := testca.New(t, t.TempDir(), "another-ca")
+	for _, extra := range [][]string{nil, {"--ca-cert", other.File}} {
+		r := initCar(extra...)
+		if r.code != 3 || !strings.Contains(r.stderr, "not signed by a CA") || !strings.Contains(r.stderr, "trust-ca") || !strings.Contains(r.stderr, "nothing was written") {
+			t.Fatalf("init %v: want exit 3 saying what to do, got %s", extra, r)
+		}
+		if entries, _ := os.ReadDir(w.dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool {
+			return strings.HasPrefix(e.Name(), "no-ca") || strings.HasPrefix(e.Name(), ".no-ca")
+		}) {
+			t.Fatalf("a failed init left state behind: %v", entries)
+		}
+	}
+	if r := initCar("--ca-cert", ca.File); r.code != 0 {
+		t.Fatalf("init with the right CA, after two failures: %s", r)
+	}
+	// The CA is replaced in place: the wrong one is refused, nothing
+	// installed; the right one again, and it updates.
 	noCA := vehicleState{dir: st, vin: testVIN(2)}
+	if r := agent(t, "trust-ca", "--state", st, "--ca-cert", other.File); r.code != 0 {
+		t.Fatalf("trust-ca: %s", r)
+	}
 	before := activeBytes(t, noCA)
-	if r := agent(t, "update", "--state", st); r.code != 3 || !strings.Contains(r.stderr, "does not verify") {
-		t.Fatalf("update without the CA: want exit 3, got %s", r)
+	if r := agent(t, "update", "--state", st); r.code != 3 || !strings.Contains(r.stderr, "roadsign-agent trust-ca") {
+		t.Fatalf("update trusting another CA: want exit 3 naming trust-ca, got %s", r)
 	}
 	if after := activeBytes(t, noCA); before["dcm"] != after["dcm"] || before["head-unit"] != after["head-unit"] {
 		t.Fatal("installed something from a server whose certificate did not verify")
+	}
+	if r := agent(t, "trust-ca", "--state", st, "--ca-cert", ca.File); r.code != 0 {
+		t.Fatalf("trust-ca: %s", r)
+	}
+	if r := agent(t, "update", "--state", st); r.code != 0 {
+		t.Fatalf("update after trust-ca: %s", r)
 	}
 
 	// The fleet simulator takes the CA too.

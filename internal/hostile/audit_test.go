@@ -64,7 +64,7 @@ func TestAuditRewritesNeedTheKey(t *testing.T) {
 		{"the last entries and their checkpoints deleted", func(t *testing.T, d *sql.DB) {
 			execSQL(t, d, `DELETE FROM audit WHERE seq > ?`, want-2)
 			execSQL(t, d, `DELETE FROM audit_checkpoints WHERE seq > ?`, want-2)
-		}, true, "are missing from the end (removed)"},
+		}, true, "missing from the end (removed)"},
 		{"every entry's chain fields blanked", func(t *testing.T, d *sql.DB) {
 			execSQL(t, d, `UPDATE audit SET seq = 0, prev_hash = '', hash = ''`)
 			execSQL(t, d, `DELETE FROM audit_checkpoints`)

@@ -172,9 +172,9 @@ func tarball(path, name, bin string, date time.Time) error {
 			return err
 		}
 	}
-	docs, _ := filepath.Glob("docs/*.md")
-	sort.Strings(docs)
-	for _, d := range append([]string{"README.md"}, docs...) {
+	// The README and docs, and the firmware samples roadsign-demo runs on
+	// (bin/roadsign-demo --bin bin --samples firmware-samples).
+	for _, d := range shipped() {
 		if err := add(d, name+"/"+filepath.ToSlash(d), 0o644); err != nil {
 			return err
 		}
@@ -187,6 +187,28 @@ func tarball(path, name, bin string, date time.Time) error {
 	}
 	return f.Close()
 }
+
+// shipped are the files besides the programs a tarball carries, sorted:
+// the README, docs/ and the firmware samples.
+func shipped() []string {
+	docs, _ := filepath.Glob("docs/*.md")
+	samples, _ := filepath.Glob("firmware-samples/*.img")
+	out := append(append([]string{"README.md", "firmware-samples/samples.json"}, docs...), samples...)
+	sort.Strings(out)
+	return out
+}
+
+// copyright is every package's /usr/share/doc/NAME/copyright.
+const copyright = `Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: roadsign
+Comment: The README and the docs beside this file describe the programs.
+
+Files: *
+Copyright: the Roadsign developers
+License: none chosen yet
+ The Roadsign developers have not yet published the programs under a
+ license; ask them before you redistribute these packages.
+`
 
 // buildDeb lays out the package tree and builds it with dpkg-deb.
 func buildDeb(o options, p pkg, arch, binary, root string) (string, error) {
@@ -212,9 +234,20 @@ func buildDeb(o options, p pkg, arch, binary, root string) (string, error) {
 		{"lib/systemd/system/" + p.unit, emb(p.unit), 0o644},
 		{"etc/roadsign/" + p.env, emb(p.env), 0o640},
 		{"usr/share/doc/" + p.name + "/README.md", mustRead("README.md"), 0o644},
+		{"usr/share/doc/" + p.name + "/copyright", []byte(copyright), 0o644},
 		{"DEBIAN/postinst", emb(p.postinst), 0o755},
 		{"DEBIAN/prerm", []byte(prerm), 0o755},
 		{"DEBIAN/conffiles", []byte("/etc/roadsign/" + p.env + "\n"), 0o644},
+	}
+	// The README links into docs/: ship them beside it.
+	docs, _ := filepath.Glob("docs/*.md")
+	sort.Strings(docs)
+	for _, d := range docs {
+		files = append(files, struct {
+			path string
+			data []byte
+			mode os.FileMode
+		}{"usr/share/doc/" + p.name + "/" + filepath.ToSlash(d), mustRead(d), 0o644})
 	}
 	for _, f := range files {
 		full := filepath.Join(root, filepath.FromSlash(f.path))
@@ -239,11 +272,11 @@ Installed-Size: %d
 Depends: %s
 Section: admin
 Priority: optional
-Homepage: file:///usr/share/doc/%s/README.md
 Description: %s
  Part of Roadsign, open firmware updates for vehicles (Uptane and TUF,
- A/B installs, staged campaigns). See /usr/share/doc/%s/README.md.
-`, p.name, o.version, arch, (size+1023)/1024, p.depends, p.name, p.description, p.name)
+ A/B installs, staged campaigns). See /usr/share/doc/%s/README.md and
+ the docs/ beside it.
+`, p.name, o.version, arch, (size+1023)/1024, p.depends, p.description, p.name)
 	if err := os.WriteFile(filepath.Join(root, "DEBIAN", "control"), []byte(control), 0o644); err != nil {
 		return "", err
 	}

@@ -75,6 +75,28 @@ func TestRelease(t *testing.T) {
 				t.Errorf("%s tarball lacks bin/%s", arch, p)
 			}
 		}
+		for _, f := range []string{"README.md", "docs/operations.md", "firmware-samples/samples.json", "firmware-samples/dcm-DCM-4G-24MM-1.0.0.img"} {
+			if !names["roadsign_0.2.0_linux_"+arch+"/"+f] {
+				t.Errorf("%s tarball lacks %s (the README links to docs/; roadsign-demo needs the samples)", arch, f)
+			}
+		}
+	}
+	// The demo runs from the unpacked amd64 tarball as the README says,
+	// and a missing samples directory is a usage error.
+	unpacked := t.TempDir()
+	if b, err := exec.Command("tar", "-xzf", filepath.Join(out, "roadsign_0.2.0_linux_amd64.tar.gz"), "-C", unpacked).CombinedOutput(); err != nil {
+		t.Fatalf("unpack: %v\n%s", err, b)
+	}
+	top := filepath.Join(unpacked, "roadsign_0.2.0_linux_amd64")
+	demo := exec.Command("bin/roadsign-demo", "--bin", "bin", "--samples", "nowhere")
+	demo.Dir = top
+	if b, err := demo.CombinedOutput(); demo.ProcessState.ExitCode() != 2 || !strings.Contains(string(b), "no firmware samples") {
+		t.Errorf("the demo without samples: exit %d, want 2 naming the samples: %v\n%s", demo.ProcessState.ExitCode(), err, b)
+	}
+	demo = exec.Command("bin/roadsign-demo", "--bin", "bin", "--samples", "firmware-samples")
+	demo.Dir = top
+	if b, err := demo.CombinedOutput(); err != nil {
+		t.Errorf("the demo from the tarball: %v\n%s", err, b)
 	}
 	// The amd64 server binary (this machine's) says its version.
 	root := t.TempDir()
@@ -94,10 +116,15 @@ func TestRelease(t *testing.T) {
 			"-rwxr-xr-x root/root .* ./usr/bin/" + p.program,
 			"-rw-r--r-- root/root .* ./lib/systemd/system/" + p.unit,
 			"-rw-r----- root/root .* ./etc/roadsign/" + p.env,
+			"-rw-r--r-- root/root .* ./usr/share/doc/" + p.name + "/copyright",
+			"-rw-r--r-- root/root .* ./usr/share/doc/" + p.name + "/docs/operations.md",
 		} {
 			if !matchLine(contents, want) {
 				t.Errorf("%s: no entry like %q in:\n%s", p.name, want, contents)
 			}
+		}
+		if hp := run1(t, "dpkg-deb", "-f", deb(p.name), "Homepage"); strings.TrimSpace(hp) != "" {
+			t.Errorf("%s control names a Homepage that is not one: %q", p.name, hp)
 		}
 		fields := run1(t, "dpkg-deb", "-f", deb(p.name), "Package", "Version", "Architecture", "Depends")
 		for _, w := range []string{"Package: " + p.name, "Version: 0.2.0", "Architecture: amd64", "adduser"} {

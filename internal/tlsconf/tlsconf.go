@@ -6,6 +6,7 @@
 package tlsconf
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
@@ -169,4 +170,29 @@ func IsVerifyError(err error) bool {
 		inv  x509.CertificateInvalidError
 	)
 	return errors.As(err, &ve) || errors.As(err, &ua) || errors.As(err, &host) || errors.As(err, &inv)
+}
+
+// Refusal says, in one clause, why a server certificate was refused and
+// what to do: caFix is how the program takes a CA (--ca-cert FILE, ...).
+func Refusal(err error, caFix string) string {
+	var (
+		ua   x509.UnknownAuthorityError
+		host x509.HostnameError
+		inv  x509.CertificateInvalidError
+	)
+	switch {
+	case errors.As(err, &host):
+		return fmt.Sprintf("the server's TLS certificate is not for this address (%v): use the name or address it is issued for in the server URL", err)
+	case errors.As(err, &inv):
+		return fmt.Sprintf("the server's TLS certificate is not valid now (%v): renew it, or check this machine's clock", err)
+	case errors.As(err, &ua):
+		return fmt.Sprintf("the server's TLS certificate is not signed by a CA this program trusts (%v): %s", err, caFix)
+	}
+	return fmt.Sprintf("the server's TLS certificate does not verify (%v): %s", err, caFix)
+}
+
+// IsPlainToTLS reports whether an answer is Go's (and nginx's) reply to
+// plain HTTP sent to an HTTPS port.
+func IsPlainToTLS(status int, body []byte) bool {
+	return status == 400 && (bytes.Contains(body, []byte("HTTP request to an HTTPS server")) || bytes.Contains(body, []byte("plain HTTP request was sent to HTTPS port")))
 }

@@ -217,7 +217,42 @@ type Restored struct {
 	// VersionFloor is the least version the server signs for any online
 	// role from now on (see the package comment).
 	VersionFloor int64 `json:"versionFloor"`
+	// PublishedAt is the first publish after the restore: until then,
+	// vehicles that saw targets or roots published after the backup refuse
+	// the older ones the restored server has.
+	PublishedAt time.Time `json:"publishedAt,omitzero"`
 }
+
+// Load reads DATA/restored.json; ok is false for a server never restored.
+func Load(data string) (r Restored, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(data, RestoredFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, false, fmt.Errorf("%s: %w", RestoredFile, err)
+	}
+	return r, true, nil
+}
+
+// MarkPublished records the first publish after a restore (nothing for a
+// server never restored, or one already published to).
+func MarkPublished(data string, at time.Time) error {
+	r, ok, err := Load(data)
+	if err != nil || !ok || !r.PublishedAt.IsZero() {
+		return err
+	}
+	r.PublishedAt = at.UTC()
+	b, _ := json.MarshalIndent(r, "", "  ")
+	return keys.WriteFileAtomic(filepath.Join(data, RestoredFile), append(b, '\n'), 0o600)
+}
+
+// PublishNeeded is what a restored server says until the signer publishes
+// to it again.
+const PublishNeeded = "restored from a backup: publish again from the signer's workspace (roadsign-signer publish); until then vehicles that saw anything published after the backup refuse the older metadata this server has"
 
 // RestoreOptions say what to restore where.
 type RestoreOptions struct {
@@ -446,16 +481,6 @@ func extract(r io.Reader, dest string, size int64) error {
 // Floor reads the version floor of a restored data directory (0 if it
 // was never restored).
 func Floor(data string) (int64, error) {
-	b, err := os.ReadFile(filepath.Join(data, RestoredFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var r Restored
-	if err := json.Unmarshal(b, &r); err != nil {
-		return 0, fmt.Errorf("%s: %w", RestoredFile, err)
-	}
-	return r.VersionFloor, nil
+	r, _, err := Load(data)
+	return r.VersionFloor, err
 }

@@ -288,6 +288,11 @@ func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (
 				Draw: draw(c.Seed, e.VIN, e.ECUSerial)})
 		}
 	}
+	if len(cands) == 0 && !c.Config.IncludeNew {
+		return View{}, server.CodedErrorf(server.KindConflict, "campaign_empty",
+			"campaign %s selects no vehicle that needs %s %s (%d match its selector, all already on it or another campaign's): widen the selector, or set includeNew to take in vehicles registered later",
+			id, c.Config.ECU, c.Config.Version, len(all))
+	}
 	if err := s.store.StartCampaign(ctx, id, cands, now); err != nil {
 		if errors.Is(err, server.ErrConflict) {
 			return View{}, server.Errorf(server.KindConflict, "campaign %s changed meanwhile; look again", id)
@@ -522,6 +527,43 @@ func (s *Service) List(ctx context.Context) ([]View, error) {
 			return nil, err
 		}
 		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Failure is a campaign vehicle whose install did not succeed, and why.
+type Failure struct {
+	VIN       string    `json:"vin"`
+	ECUSerial string    `json:"ecuSerial"`
+	State     string    `json:"state"` // failed, rolled_back, timed_out
+	At        time.Time `json:"at"`
+	// Why is the vehicle's last report (its agent's message).
+	Why   string `json:"why,omitempty"`
+	JobID string `json:"jobId"`
+}
+
+// Failures lists up to limit of the campaign's failed, rolled-back and
+// timed-out installs, newest first.
+func (s *Service) Failures(ctx context.Context, id string, limit int) ([]Failure, error) {
+	var out []Failure
+	for _, state := range []string{server.JobFailed, server.JobRolledBack, server.JobTimedOut} {
+		js, err := s.store.CampaignJobs(ctx, id, state)
+		if err != nil {
+			return nil, err
+		}
+		for _, j := range js {
+			f := Failure{VIN: j.VIN, ECUSerial: j.ECUSerial, State: j.State, At: j.UpdatedAt, JobID: j.ID}
+			for _, e := range j.Events {
+				if e.Message != "" {
+					f.Why = e.Message
+				}
+			}
+			out = append(out, f)
+		}
+	}
+	slices.SortFunc(out, func(a, b Failure) int { return b.At.Compare(a.At) })
+	if len(out) > limit {
+		out = out[:limit]
 	}
 	return out, nil
 }

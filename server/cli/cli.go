@@ -72,6 +72,16 @@ const (
 // verify.
 var errRefused = errors.New("refused")
 
+// commands is every command, for --help and help.
+const commands = `roadsign-server [serve] [flags]          run the server (the default; its flags are below)
+       roadsign-server init --data DIR          create the online keys and DIR/online-keys.json for the signer
+       roadsign-server backup --data DIR --out FILE   archive a server's data while it runs
+       roadsign-server restore --data DIR --from FILE [--force]
+       roadsign-server audit verify [--data DIR | --database URL] [--checkpoints FILE ...]
+       roadsign-server audit export-checkpoints [--data DIR | --database URL] --out FILE
+       roadsign-server record verify --vin VIN [--online-keys FILE | --data DIR] RECORD
+       roadsign-server COMMAND --help lists that command's flags`
+
 // Env is the process environment Run works in; tests pass their own.
 type Env struct {
 	Stdout, Stderr io.Writer
@@ -174,7 +184,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		}
 		return cmdRecordVerify(args[1:], env)
 	case "help":
-		fmt.Fprintln(env.Stdout, "usage: roadsign-server [init|serve|backup|restore|audit|record] [flags]; roadsign-server COMMAND --help lists the flags")
+		fmt.Fprintf(env.Stdout, "usage: %s\n", commands)
 		return nil
 	default:
 		return envflag.Usagef("unknown command %q; want init, serve, backup, restore, audit or record", cmd)
@@ -232,7 +242,11 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of --tls-cert; reread on SIGHUP")
 		fs.StringVar(&c.clientCA, "client-ca", "", "mutual TLS for vehicles: PEM CA that issues vehicle certificates; a vehicle's signed requests must come with a certificate for its registered key")
 	}
-	if _, err := envflag.Parse(fs, args, env.Getenv, 0, "roadsign-server "+cmd+" [flags]"); err != nil {
+	synopsis := "roadsign-server init --data DIR"
+	if cmd == "serve" {
+		synopsis = commands
+	}
+	if _, err := envflag.Parse(fs, args, env.Getenv, 0, synopsis); err != nil {
 		return c, err
 	}
 	if cmd == "serve" && c.autoAssign != director.AutoLatest && c.autoAssign != director.AutoNone {
@@ -442,7 +456,16 @@ func serve(ctx context.Context, c config, env Env) error {
 	}
 	connectSvc := connect.New(store, directorSvc, images, secret, time.Now)
 	connectSvc.TokenTTL = c.authTokenTTL
-	status := func(ctx context.Context) []server.HealthCheck { return statusChecks(ctx, images, store, blobs, log) }
+	restoreNotice := func() []server.HealthCheck {
+		r, restored, err := backup.Load(c.data)
+		if err != nil || !restored || !r.PublishedAt.IsZero() {
+			return nil
+		}
+		return []server.HealthCheck{{Name: "Restored from a backup", Detail: fmt.Sprintf("of %s: %s", r.BackupCreatedAt.Format(time.DateOnly), backup.PublishNeeded)}}
+	}
+	status := func(ctx context.Context) []server.HealthCheck {
+		return append(statusChecks(ctx, images, store, blobs, pushStatus(c), log), restoreNotice()...)
+	}
 	// Every handshake's diagnosis reads the service's health: at most
 	// every few seconds per replica, so a fleet's handshakes do not poll
 	// the stores.
@@ -450,7 +473,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	diagnosisSvc.OfflineAfter = c.offlineAfter
 	connectSvc.Handshake = diagnosisSvc.Record
 	ownerSvc := owners.New(store, time.Now)
-	registrySvc := registry.New(store, time.Now, log)
+	registrySvc := registry.New(store, images, time.Now, log)
 	registrySvc.Owns = ownerSvc.Owns
 	registrySvc.Registered = campaignSvc.OnRegister
 	var certs *tlsconf.Reloader
@@ -499,6 +522,17 @@ func serve(ctx context.Context, c config, env Env) error {
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready:              map[string]httpapi.Pinger{"blobs": blobs, "state": store},
 		VehicleClientCerts: clientCAs != nil, RecordKey: keys.ImageTimestamp, Push: pushSvc, PublicHosts: publicHosts,
+		OnPublish: func() {
+			if err := backup.MarkPublished(c.data, time.Now()); err != nil {
+				log.Warn("recording the first publish after the restore", "err", err)
+			}
+		},
+		Notices: func() map[string]string {
+			if n := restoreNotice(); len(n) > 0 {
+				return map[string]string{"publish": backup.PublishNeeded}
+			}
+			return nil
+		},
 	})
 
 	ln, err := net.Listen("tcp", c.listen)
@@ -618,7 +652,7 @@ func blobDesc(c config) string {
 
 // statusChecks is what /status shows an owner before they blame the car.
 // Causes of failures go to the log: the page is public.
-func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore, log *slog.Logger) []web.Check {
+func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, blobs server.BlobStore, push web.Check, log *slog.Logger) []web.Check {
 	ping := func(name string, p interface{ Ping(context.Context) error }) func(context.Context) []web.Check {
 		return func(ctx context.Context) []web.Check {
 			if err := p.Ping(ctx); err != nil {
@@ -632,13 +666,14 @@ func statusChecks(ctx context.Context, images *repo.Repo, store server.Store, bl
 		func(ctx context.Context) []web.Check { return repoChecks(ctx, images, log) },
 		func(ctx context.Context) []web.Check {
 			if v, err := images.DirectorRootVersion(ctx); err != nil || v == 0 {
-				return []web.Check{{Name: "Director", Detail: "no director root published"}}
+				return []web.Check{{Name: "Update instructions for each car (director)", Detail: "not set up yet: nothing published"}}
 			} else {
-				return []web.Check{{Name: "Director", OK: true, Detail: fmt.Sprintf("root v%d; per-vehicle metadata signed on demand", v)}}
+				return []web.Check{{Name: "Update instructions for each car (director)", OK: true, Detail: fmt.Sprintf("ready (director root v%d)", v)}}
 			}
 		},
-		ping("State store", store),
-		ping("Blob store", blobs),
+		ping("Vehicle and account records (state store)", store),
+		ping("Update files (blob store)", blobs),
+		func(context.Context) []web.Check { return []web.Check{push} },
 	}
 	// Each check on its own clock, all at once: one that hangs (a store
 	// that does not answer) neither delays the page nor fails the others.
@@ -674,6 +709,23 @@ func memoize(ttl time.Duration, f func(context.Context) []server.HealthCheck) fu
 	}
 }
 
+// repoCheck names the image repository for people reading /status.
+const repoCheck = "Software updates (image repository)"
+
+// pushStatus says whether cars are woken when an update is ready.
+func pushStatus(c config) web.Check {
+	ch := web.Check{Name: "Instant update notices (push)", OK: true}
+	switch _, on := push.ParseListen(c.mqttListen); {
+	case c.mqttBroker != "":
+		ch.Detail = "on, through the operator's broker; cars also check on their own schedule"
+	case on:
+		ch.Detail = "on; cars also check on their own schedule"
+	default:
+		ch.Detail = "off: cars find updates when they check on their own schedule"
+	}
+	return ch
+}
+
 // repoChecks are the image repository's checks: its timestamp, and
 // whether re-signing keeps it fresh.
 func repoChecks(ctx context.Context, images *repo.Repo, log *slog.Logger) []web.Check {
@@ -681,21 +733,21 @@ func repoChecks(ctx context.Context, images *repo.Repo, log *slog.Logger) []web.
 	switch {
 	case err != nil:
 		log.Warn("status: image repository", "err", err)
-		return []web.Check{{Name: "Image repository", Detail: "cannot be read; the operator is told"}}
+		return []web.Check{{Name: repoCheck, Detail: "cannot be read; the operator is told"}}
 	case !h.Published:
-		return []web.Check{{Name: "Image repository", Detail: "nothing published yet"}}
+		return []web.Check{{Name: repoCheck, Detail: "no software published yet"}}
 	}
-	out := []web.Check{{Name: "Image repository", OK: time.Now().Before(h.TimestampExpires),
-		Detail: fmt.Sprintf("timestamp v%d valid until %s", h.TimestampVersion, h.TimestampExpires.Format(time.RFC3339))}}
-	resign := web.Check{Name: "Timestamp re-signing", OK: h.ResignErr == nil}
+	out := []web.Check{{Name: repoCheck, OK: time.Now().Before(h.TimestampExpires),
+		Detail: fmt.Sprintf("available; signed until %s (timestamp v%d)", h.TimestampExpires.UTC().Format("2 Jan 2006 15:04 MST"), h.TimestampVersion)}}
+	resign := web.Check{Name: "Signatures kept fresh (re-signing)", OK: h.ResignErr == nil}
 	switch {
 	case h.ResignErr != nil:
 		log.Warn("status: re-signing", "err", h.ResignErr)
-		resign.Detail = "the last attempt failed; the operator is told"
+		resign.Detail = "the last renewal failed; the operator is told"
 	case !h.LastResign.IsZero():
-		resign.Detail = "last successful re-sign " + h.LastResign.UTC().Format(time.RFC3339)
+		resign.Detail = "last renewed " + h.LastResign.UTC().Format("2 Jan 2006 15:04 MST")
 	default:
-		resign.Detail = "no re-sign needed since this server started"
+		resign.Detail = "no renewal needed since this server started"
 	}
 	return append(out, resign)
 }
@@ -731,6 +783,9 @@ func cmdBackup(ctx context.Context, args []string, env Env) error {
 	}
 	if o.Out == "" {
 		return envflag.Usagef("backup needs --out FILE")
+	}
+	if st, err := os.Stat(filepath.Dir(o.Out)); err != nil || !st.IsDir() {
+		return envflag.Usagef("--out %s: the directory %s does not exist; create it or choose another", o.Out, filepath.Dir(o.Out))
 	}
 	switch {
 	case *blob == "":
@@ -776,6 +831,7 @@ func cmdRestore(args []string, env Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "restored the backup of %s into %s; start roadsign-server serve --data %s: it signs every online role above what the old server served\n",
 		m.CreatedAt.Format(time.RFC3339), o.Data, o.Data)
+	fmt.Fprintln(env.Stdout, "then publish again from the signer's workspace (roadsign-signer publish WORKSPACE --server URL --token TOKEN): vehicles that saw anything published after this backup refuse the older metadata until then; /status and /readyz say so until it is done")
 	for _, n := range m.Notes {
 		fmt.Fprintf(env.Stdout, "note: %s\n", n)
 	}

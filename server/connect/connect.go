@@ -175,7 +175,7 @@ func (s *Service) authorize(ctx context.Context, vin string, fw []Firmware, now 
 	l, err := s.store.Link(ctx, vin)
 	switch {
 	case errors.Is(err, server.ErrNotFound):
-		return Answer{}, server.CodedErrorf(server.KindForbidden, "vehicle_not_linked", "%s is not linked to any owner account (account not found); the owner links it in the portal with the code the vehicle shows", vin)
+		return Answer{}, server.CodedErrorf(server.KindForbidden, "vehicle_not_linked", "%s is not linked to any owner account; the owner links it in the portal with the code the vehicle shows", vin)
 	case err != nil:
 		return Answer{}, err
 	case now.After(l.SubscriptionEnds):

@@ -152,6 +152,17 @@ func (r Report) Problems() []string {
 	return out
 }
 
+// FirstProblem is the likeliest cause of failing services (nil when the
+// car is healthy).
+func (r Report) FirstProblem() *Finding {
+	for i := range r.Findings {
+		if r.Findings[i].Severity == Problem {
+			return &r.Findings[i]
+		}
+	}
+	return nil
+}
+
 // ForOwner is the report in the owner's words: the problems' steps, in
 // order, without records, keys or serials.
 func (r Report) ForOwner() OwnerReport {
@@ -164,7 +175,7 @@ func (r Report) ForOwner() OwnerReport {
 	if r.Healthy {
 		o.Summary = "We found nothing wrong: your car's connected services are working. If the screen still shows an error, restart the head unit (hold its power button for 10 seconds)."
 	} else {
-		o.Summary = fmt.Sprintf("We found %d thing(s) that stop your car's connected services; the likeliest comes first.", len(o.Steps))
+		o.Summary = fmt.Sprintf("We found %s that stop%s your car's connected services; the likeliest comes first.", count(len(o.Steps), "thing"), map[bool]string{true: "s"}[len(o.Steps) == 1])
 	}
 	return o
 }
@@ -172,7 +183,7 @@ func (r Report) ForOwner() OwnerReport {
 func summary(e Evidence, r Report) string {
 	v := e.Vehicle
 	if !r.Healthy {
-		return fmt.Sprintf("%d problem(s) found; the likeliest cause first: %s.", len(r.Problems()), r.Findings[0].Title)
+		return fmt.Sprintf("%s found; the likeliest cause first: %s.", count(len(r.Problems()), "problem"), r.FirstProblem().Title)
 	}
 	s := "Connected services work: "
 	switch {
@@ -190,4 +201,12 @@ func summary(e Evidence, r Report) string {
 		s += fmt.Sprintf("; signal %d bars", v.SignalBars)
 	}
 	return s + "; no active trouble codes."
+}
+
+// count is "1 thing" or "N things".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

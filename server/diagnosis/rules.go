@@ -65,13 +65,29 @@ var Rules = []Rule{
 			if f.BadSignatureAt.IsZero() || !f.BadSignatureAt.After(e.Vehicle.LastSeen) {
 				return nil
 			}
-			detail := fmt.Sprintf("%d request(s) for this VIN were not signed by its registered key; the last at %s", f.BadSignatureCount, stamp(f.BadSignatureAt))
+			detail := fmt.Sprintf("%s for this VIN not signed by its registered key; the last at %s", count(f.BadSignatureCount, "request"), stamp(f.BadSignatureAt))
 			if !e.Vehicle.LastSeen.IsZero() {
 				detail += fmt.Sprintf(", after the car's last accepted check-in at %s", stamp(e.Vehicle.LastSeen))
 			}
 			return []Finding{{Title: "The car signs with a key the server does not know (replaced DCM not re-provisioned?)",
 				Evidence: []Fact{{Record: "refused requests", At: f.BadSignatureAt, Detail: detail}},
 				Actions:  []Action{{Kind: ActReprovision, ECU: serialOf(e, "dcm"), Label: "Re-provision the DCM"}}}}
+		},
+	},
+	{
+		Code: "checkin_refused", Severity: Problem,
+		Fix: "The units the car reports are not the ones registered for this VIN, so every check-in is refused and no update reaches it. Compare the units in the car with those listed here, and re-provision the one that differs: the removed unit, replaced by a new one of the same type and its hardware ID.",
+		Owner: OwnerStep{Title: "Our records of your car's units do not match your car", Steps: []string{
+			"This happens when a unit was replaced and registered wrongly.",
+			"A dealer has to correct the registration: book a visit and mention this message."}, SeeDealer: true},
+		Match: func(e Evidence) []Finding {
+			f := e.Vehicle.RequestFaults
+			if f.CheckInRefusedAt.IsZero() || !f.CheckInRefusedAt.After(e.Vehicle.LastSeen) {
+				return nil
+			}
+			return []Finding{{Title: "The car's check-ins are refused: the units it reports do not match its registration",
+				Evidence: []Fact{{Record: "refused check-ins", At: f.CheckInRefusedAt, Detail: f.CheckInRefused}},
+				Actions:  []Action{{Kind: ActReprovision, ECU: unreported(e), Label: "Correct the registration"}}}}
 		},
 	},
 	{
@@ -124,7 +140,7 @@ var Rules = []Rule{
 			if ep == nil || ep.SignalBars < 0 || ep.SignalBars > weakSignal {
 				return nil
 			}
-			return []Finding{{Title: fmt.Sprintf("B15C4 telematics connection error with %d bar(s) of signal", ep.SignalBars),
+			return []Finding{{Title: fmt.Sprintf("B15C4 telematics connection error with %s of signal", count(ep.SignalBars, "bar")),
 				Evidence: []Fact{episodeFact(*ep)}}}
 		},
 	},
@@ -151,8 +167,8 @@ var Rules = []Rule{
 		Code: "subscription_expired", Severity: Problem,
 		Fix: "Renew the connected-services subscription.",
 		Owner: OwnerStep{Title: "Your connected-services subscription has ended", Steps: []string{
-			"Renew your subscription; a dealer can renew it for you.",
-			"Services come back at your car's next connection after the renewal."}},
+			"Any dealer renews it for you in a few minutes: call or visit one and give them your car's VIN (on this page).",
+			"Services come back at your car's next connection after the renewal."}, SeeDealer: true},
 		Match: func(e Evidence) []Finding {
 			if e.Link == nil || !e.Now.After(e.Link.SubscriptionEnds) {
 				return nil
@@ -356,7 +372,7 @@ func activeEpisode(e Evidence, code string) *server.DTCEpisode {
 }
 
 func episodeFact(ep server.DTCEpisode) Fact {
-	d := fmt.Sprintf("%s first seen %s, last %s, %d time(s)", ep.Code, stamp(ep.FirstSeen), stamp(ep.LastSeen), ep.Count)
+	d := fmt.Sprintf("%s first seen %s, last %s, %s", ep.Code, stamp(ep.FirstSeen), stamp(ep.LastSeen), count(ep.Count, "time"))
 	if ep.SignalBars >= 0 {
 		d += fmt.Sprintf(", weakest signal %d bars", ep.SignalBars)
 	}
@@ -410,3 +426,16 @@ func orNone(s string) string {
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// unreported is the registered unit the car has reported least recently
+// (never, after a wrong re-provision): the one whose registration to fix.
+func unreported(e Evidence) string {
+	best := ""
+	var at time.Time
+	for _, u := range e.ECUs {
+		if best == "" || u.ReportedAt.Before(at) {
+			best, at = u.Serial, u.ReportedAt
+		}
+	}
+	return best
+}

@@ -51,6 +51,10 @@ func TestEachRule(t *testing.T) {
 		{"unknown_vehicle_key", ActReprovision, func(e *Evidence) {
 			e.Vehicle.RequestFaults = server.RequestFaults{BadSignatureAt: t0.Add(-time.Second), BadSignatureCount: 7}
 		}},
+		{"checkin_refused", ActReprovision, func(e *Evidence) {
+			e.Vehicle.RequestFaults = server.RequestFaults{CheckInRefusedAt: t0.Add(-time.Second), CheckInRefused: "the car reports units HU1, DCM1"}
+			e.ECUs[0].ReportedAt = t0.Add(-time.Hour)
+		}},
 		{"clock_skew", "", func(e *Evidence) {
 			e.Vehicle.RequestFaults = server.RequestFaults{ClockSkewAt: t0.Add(-time.Second), ClockSkew: -15 * time.Minute}
 		}},

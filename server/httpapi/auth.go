@@ -90,10 +90,10 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	var skew *vehicleauth.ClockSkewError
 	switch {
 	case errors.As(err, &skew):
-		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultClockSkew, skew.Skew)
+		a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultClockSkew, Skew: skew.Skew})
 		return server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error())
 	case err != nil:
-		a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
+		a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultBadSignature})
 		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
 			"the request for %s is not signed by a key registered for that VIN over host %q%s: a vehicle must be registered first and a replaced DCM re-provisioned by a dealer; "+
 				"if every vehicle gets this, a reverse proxy may rewrite the Host header: start roadsign-server with --public-url set to the URL vehicles use (docs/operations.md)",
@@ -106,7 +106,7 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 				"this server requires vehicles to present their client certificate (mutual TLS); install one issued for the vehicle's key with roadsign-agent client-cert")
 		}
 		if !tlsconf.SameKey(tlsState.PeerCertificates[0].PublicKey, key) {
-			a.Registry.NoteRequestFault(ctx, claim.VIN, server.FaultBadSignature, 0)
+			a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultBadSignature})
 			return server.CodedErrorf(server.KindUnauthorized, "client_certificate_mismatch",
 				"the client certificate is not for the key registered to %s", claim.VIN)
 		}

@@ -78,6 +78,11 @@ type Deps struct {
 	RecordKey *keys.Key
 	// Push tells vehicles where to hear wake-ups (nil: nowhere).
 	Push *push.Service
+	// OnPublish, if set, hears of each publish that changed the
+	// repository; Notices, if set, are what /readyz says beside its
+	// checks (a restored server waiting for a publish).
+	OnPublish func()
+	Notices   func() map[string]string
 	// PublicHosts are the hosts (host[:port]) of the URLs vehicles are
 	// given (--public-url): a vehicle's signature over one of them is
 	// accepted when a proxy rewrote the request's Host.
@@ -308,11 +313,18 @@ func (a *api) readyz(c *gin.Context) {
 			checks[name] = "ok"
 		}
 	}
+	body := gin.H{"status": "ok", "checks": checks}
+	if a.Notices != nil {
+		if n := a.Notices(); len(n) > 0 {
+			body["notices"] = n
+		}
+	}
 	if !ok {
-		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "checks": checks})
+		body["status"] = "unavailable"
+		c.JSON(http.StatusServiceUnavailable, body)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "ok", "checks": checks})
+	c.JSON(http.StatusOK, body)
 }
 
 // serveFile serves a repository file with caching headers; http.ServeContent
@@ -391,6 +403,9 @@ func (a *api) publish(c *gin.Context) {
 	if err != nil {
 		a.fail(c, err)
 		return
+	}
+	if a.OnPublish != nil {
+		a.OnPublish()
 	}
 	if res.Changed {
 		p, _ := principal(c)

@@ -485,7 +485,14 @@ func (a *api) jobEvent(c *gin.Context) {
 func (a *api) audit(c *gin.Context) {
 	after, _ := strconv.ParseInt(c.Query("after"), 10, 64)
 	limit, _ := strconv.Atoi(c.Query("limit"))
-	es, err := a.Store.ListAudit(c.Request.Context(), after, limit)
+	list := a.Store.ListAudit
+	if c.Query("newest") == "true" { // newest first; after= is then "before"
+		list, after = a.Store.RecentAudit, 0
+		if b, err := strconv.ParseInt(c.Query("before"), 10, 64); err == nil {
+			after = b
+		}
+	}
+	es, err := list(c.Request.Context(), after, limit)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -767,7 +774,7 @@ func (a *api) eachRecord(ctx context.Context, vin string, fn func(server.Softwar
 // pushInfo tells a vehicle which broker and topic carry its wake-ups.
 func (a *api) pushInfo(c *gin.Context) {
 	vin := c.Param("vin")
-	c.JSON(http.StatusOK, gin.H{"broker": a.Push.Broker(), "topic": vehicleauth.WakeTopic(vin)})
+	c.JSON(http.StatusOK, gin.H{"broker": a.Push.BrokerFor(c.Request.Host), "topic": vehicleauth.WakeTopic(vin)})
 }
 
 // queryInt reads an integer query parameter, def when absent.

@@ -71,6 +71,30 @@ func (s *Service) Broker() string {
 	return s.p.Advertised()
 }
 
+// BrokerFor is the broker URL for a vehicle that reached the server at
+// host (the request's Host): a broker listening on every interface
+// (0.0.0.0 or ::) with no --mqtt-advertise is given at that host's name,
+// the one address the vehicle is known to reach.
+func (s *Service) BrokerFor(host string) string {
+	b := s.Broker()
+	u, err := url.Parse(b)
+	if err != nil || u.Host == "" {
+		return b
+	}
+	if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsUnspecified() {
+		return b
+	}
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
+	}
+	if name == "" {
+		return b
+	}
+	u.Host = net.JoinHostPort(strings.Trim(name, "[]"), u.Port())
+	return u.String()
+}
+
 // Wake tells each vehicle its assignment changed. Failures are logged:
 // vehicles still poll.
 func (s *Service) Wake(vins ...string) {

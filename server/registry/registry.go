@@ -12,21 +12,32 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/signer/meta"
 )
+
+// Images lists the published image targets: which hardware IDs each ECU
+// type has images for.
+type Images interface {
+	CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error)
+}
 
 // Service is the vehicle registry.
 type Service struct {
-	store server.Store
-	now   func() time.Time
-	log   *slog.Logger
+	store  server.Store
+	images Images
+	now    func() time.Time
+	log    *slog.Logger
 	// faults bounds the refused-request writes in flight.
 	faults chan struct{}
 	// Owns, if set, tells whether an owner is linked to a VIN.
@@ -37,8 +48,8 @@ type Service struct {
 }
 
 // New returns a registry.
-func New(store server.Store, now func() time.Time, log *slog.Logger) *Service {
-	return &Service{store: store, now: now, log: log, faults: make(chan struct{}, 4)}
+func New(store server.Store, images Images, now func() time.Time, log *slog.Logger) *Service {
+	return &Service{store: store, images: images, now: now, log: log, faults: make(chan struct{}, 4)}
 }
 
 // NoteRequestFault records that a request for vin was refused: kind
@@ -49,7 +60,7 @@ func New(store server.Store, now func() time.Time, log *slog.Logger) *Service {
 // changes nothing), so a refusal costs both the same; beyond a few at
 // once, writes are skipped, so a flood of forged requests costs the
 // database little.
-func (s *Service) NoteRequestFault(ctx context.Context, vin, kind string, skew time.Duration) {
+func (s *Service) NoteRequestFault(ctx context.Context, vin string, f server.RequestFault) {
 	select {
 	case s.faults <- struct{}{}:
 		defer func() { <-s.faults }()
@@ -58,7 +69,7 @@ func (s *Service) NoteRequestFault(ctx context.Context, vin, kind string, skew t
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	s.store.RecordRequestFault(ctx, vin, kind, skew, s.now())
+	s.store.RecordRequestFault(ctx, vin, f, s.now())
 }
 
 // ECURequest is one ECU in a registration.
@@ -174,7 +185,17 @@ func (s *Service) VehicleKey(ctx context.Context, vinStr string) (ed25519.Public
 // over these exact bytes, with a nonce never seen before. That signature
 // is the one check-in verification; the manifest must still be fresh,
 // name the VIN it is posted for, and list only the vehicle's ECU serials.
+// A refused check-in is itself evidence for the diagnosis: the car's own
+// key signed it, so what it reports is what the car is.
 func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.SignedManifest) error {
+	err := s.checkIn(ctx, vinStr, sm)
+	if e := server.ErrorOf(err); err != nil && e.Kind == server.KindInvalid {
+		s.NoteRequestFault(ctx, vinStr, server.RequestFault{Kind: server.FaultCheckInRefused, Detail: e.Message})
+	}
+	return err
+}
+
+func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.SignedManifest) error {
 	if len(sm.Signed) == 0 || len(sm.Signature) == 0 {
 		return server.Errorf(server.KindInvalid, "manifest needs signed (the manifest JSON, base64) and signature")
 	}
@@ -215,7 +236,8 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		before, _ = s.store.Vehicle(ctx, vinStr) // what ran before the USB installs
 	}
 	if err := s.store.ReportECUs(ctx, vinStr, ecus, h, now); errors.Is(err, server.ErrNotFound) {
-		return server.Errorf(server.KindInvalid, "manifest names an ECU %s does not have (%v)", vinStr, err)
+		return server.CodedErrorf(server.KindInvalid, "unregistered_ecu", "the car reports units %s, and %s has %s registered: a unit was replaced and not re-provisioned, or re-provisioned in place of the wrong one",
+			serials(m.ECUs), vinStr, registeredSerials(ctx, s.store, vinStr))
 	} else if err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
 	}
@@ -238,6 +260,28 @@ func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 // a vehicle key that reports more is broken or hostile, and the record must
 // not grow with it.
 const MaxUSBRecordsPerDay = 16
+
+// serials lists the units a manifest reports.
+func serials(es []vehicleauth.ECUReport) string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Serial)
+	}
+	return strings.Join(out, ", ")
+}
+
+// registeredSerials lists the units registered for vin, "TYPE SERIAL".
+func registeredSerials(ctx context.Context, st server.Store, vinStr string) string {
+	v, err := st.Vehicle(ctx, vinStr)
+	if err != nil {
+		return "no units"
+	}
+	var out []string
+	for _, e := range v.ECUs {
+		out = append(out, e.Type+" "+e.Serial)
+	}
+	return strings.Join(out, ", ")
+}
 
 // nonceRE is a manifest nonce: 128 to 256 random bits, hex.
 var nonceRE = regexp.MustCompile(`^[0-9a-f]{32,64}$`)
@@ -294,6 +338,9 @@ var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ReplaceRequest is the body of POST /api/v1/vehicles/{vin}/ecus/{serial}/replace.
 type ReplaceRequest struct {
+	// Type, if given, must be the removed unit's: a head unit is not
+	// replaced by a DCM.
+	Type       string `json:"type,omitempty"`
 	Serial     string `json:"serial"`
 	HardwareID string `json:"hardwareId"`
 	PublicKey  string `json:"publicKey"`
@@ -326,6 +373,11 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 		return v, server.Errorf(server.KindInvalid, "hardwareId: give the new ECU's hardware ID")
 	case strings.TrimSpace(r.Reason) == "":
 		return v, server.Errorf(server.KindInvalid, "reason is required (it is audited)")
+	case r.Type != "" && r.Type != old.Type:
+		return v, server.CodedErrorf(server.KindInvalid, "ecu_type_mismatch", "%s is a %s; a %s cannot take its place: choose the unit that was removed", oldSerial, old.Type, r.Type)
+	}
+	if err := s.checkHardware(ctx, old, r.HardwareID); err != nil {
+		return v, err
 	}
 	err = s.store.ReplaceECU(ctx, vinStr, oldSerial, server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID}, key)
 	if errors.Is(err, server.ErrConflict) {
@@ -339,6 +391,48 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 		return v, err
 	}
 	return s.store.Vehicle(ctx, vinStr)
+}
+
+// checkHardware refuses a replacement's hardware ID that belongs to
+// another ECU type, or, where images for the removed unit's type are
+// published, one none of them is built for: either way the car would
+// report a unit the registration does not describe, and every check-in
+// would be refused.
+func (s *Service) checkHardware(ctx context.Context, old server.ECU, hw string) error {
+	byType := map[string][]string{old.Type: {old.HardwareID}}
+	published := false
+	if s.images != nil {
+		targets, _, err := s.images.CurrentTargets(ctx)
+		if err != nil {
+			return fmt.Errorf("published images: %w", err)
+		}
+		for _, tf := range targets {
+			c, err := meta.TargetCustom(tf)
+			if err != nil {
+				continue
+			}
+			published = published || c.ECU == old.Type
+			for _, id := range c.HardwareIDs {
+				if !slices.Contains(byType[c.ECU], id) {
+					byType[c.ECU] = append(byType[c.ECU], id)
+				}
+			}
+		}
+	}
+	known := byType[old.Type]
+	slices.Sort(known)
+	for typ, ids := range byType {
+		if typ != old.Type && slices.Contains(ids, hw) && !slices.Contains(known, hw) {
+			return server.CodedErrorf(server.KindInvalid, "ecu_type_mismatch",
+				"hardware ID %s is a %s's; %s is a %s (its hardware: %s): choose the unit that was removed, or give the new %s's hardware ID",
+				hw, typ, old.Serial, old.Type, strings.Join(known, ", "), old.Type)
+		}
+	}
+	if published && !slices.Contains(known, hw) {
+		return server.CodedErrorf(server.KindInvalid, "unknown_hardware_id",
+			"no %s image is published for hardware ID %s (known: %s): check the label on the new unit", old.Type, hw, strings.Join(known, ", "))
+	}
+	return nil
 }
 
 // recordOffline adds USB installs the vehicle reports (notes "TYPE SERIAL:

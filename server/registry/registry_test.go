@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -10,9 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/sqlite"
+	"github.com/roadsign/roadsign/server/sqlstore"
 )
 
 // TestOfflineInstallsRecordedOnceAndCapped: a USB install note is
@@ -45,17 +50,9 @@ func TestOfflineInstallsRecordedOnceAndCapped(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "roadsign.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
 			now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-			if err := st.CreateVehicle(ctx, server.Vehicle{VIN: vin, Model: "Corolla", Year: 2024, Region: "NA", PublicKey: make([]byte, 32), CreatedAt: now,
-				ECUs: []server.ECU{{Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"}}}); err != nil {
-				t.Fatal(err)
-			}
-			s := New(st, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+			st := storeWith(t, vin, now, server.ECU{Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"})
+			s := New(st, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
 			checkIn := func(offline []string) {
 				t.Helper()
 				b, _ := json.Marshal(vehicleauth.Manifest{VIN: vin, Nonce: strings.Repeat("ab", 16), Time: now, Offline: offline,
@@ -90,4 +87,67 @@ func TestOfflineInstallsRecordedOnceAndCapped(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeImages publishes one image per (ECU type, hardware IDs).
+type fakeImages map[string][]string
+
+func (f fakeImages) CurrentTargets(context.Context) (map[string]*metadata.TargetFiles, int64, error) {
+	out := map[string]*metadata.TargetFiles{}
+	for typ, hws := range f {
+		raw, _ := json.Marshal(map[string]any{"ecuType": typ, "hardwareIds": hws, "version": "1.0.0", "releaseCounter": 1})
+		msg := json.RawMessage(raw)
+		out[typ+"/x.img"] = &metadata.TargetFiles{Custom: &msg}
+	}
+	return out, 1, nil
+}
+
+// TestReplaceChecksTheUnit: a re-provision keeps the removed unit's type
+// and takes a hardware ID its type has images for; anything else is
+// refused with a code that says which.
+func TestReplaceChecksTheUnit(t *testing.T) {
+	const vin = "JTMBFREV0N0000001"
+	ctx := context.Background()
+	images := fakeImages{"head-unit": {"HU-GEN5-NA"}, "dcm": {"DCM-4G-24MM", "DCM-5G-25MM"}}
+	tests := []struct {
+		name     string
+		images   Images
+		old      string
+		req      ReplaceRequest
+		wantCode string
+	}{
+		{"a DCM by a DCM", images, "DCM1", ReplaceRequest{HardwareID: "DCM-5G-25MM"}, ""},
+		{"the head unit by a DCM's hardware", images, "HU1", ReplaceRequest{HardwareID: "DCM-4G-24MM"}, "ecu_type_mismatch"},
+		{"a type that is not the removed unit's", images, "HU1", ReplaceRequest{Type: "dcm", HardwareID: "HU-GEN5-NA"}, "ecu_type_mismatch"},
+		{"hardware no image is built for", images, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, "unknown_hardware_id"},
+		{"nothing published: the removed unit's type decides", nil, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, ""},
+		{"nothing published for the type yet", fakeImages{"head-unit": {"HU-GEN5-NA"}}, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, ""},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+			st := storeWith(t, vin, now, server.ECU{Serial: "HU1", Type: "head-unit", HardwareID: "HU-GEN5-NA"}, server.ECU{Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"})
+			s := New(st, tt.images, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+			tt.req.Serial, tt.req.Reason = fmt.Sprintf("NEW%d", i), "test"
+			tt.req.PublicKey = base64.StdEncoding.EncodeToString(make([]byte, 32))
+			_, err := s.ReplaceECU(ctx, accounts.Principal{Name: "dealer"}, vin, tt.old, tt.req)
+			if got := server.ErrorOf(err).Code; err != nil && got != tt.wantCode || err == nil && tt.wantCode != "" {
+				t.Fatalf("err %v (code %s), want code %q", err, got, tt.wantCode)
+			}
+		})
+	}
+}
+
+// storeWith is a new SQLite store holding one vehicle with ecus.
+func storeWith(t *testing.T, vin string, now time.Time, ecus ...server.ECU) *sqlstore.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "roadsign.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.CreateVehicle(context.Background(), server.Vehicle{VIN: vin, Model: "Corolla", Year: 2024, Region: "NA", PublicKey: make([]byte, 32), CreatedAt: now, ECUs: ecus}); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

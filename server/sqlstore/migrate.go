@@ -133,6 +133,9 @@ var migrations = []string{
 	CREATE INDEX software_record_vin ON software_record (vin, id);`,
 	// 12: the audit chain's genesis entry is found by its action.
 	`CREATE INDEX audit_action ON audit (action);`,
+	// 13: the vehicle's last refused check-in, evidence for the diagnosis.
+	`ALTER TABLE vehicles ADD COLUMN checkin_refused_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE vehicles ADD COLUMN checkin_refused TEXT NOT NULL DEFAULT '';`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -274,13 +274,14 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 }
 
 const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
-	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros`
+	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused`
 
 func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
-	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew int64
+	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew, refusedAt int64
 	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
-		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew)
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused)
+	v.RequestFaults.CheckInRefusedAt = fromMicros(refusedAt)
 	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
 	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
 	v.RequestFaults.ClockSkew = time.Duration(skew) * time.Microsecond
@@ -820,10 +821,22 @@ func (s *Store) AuditCheckpoints(ctx context.Context) ([]server.AuditCheckpoint,
 
 // ListAudit implements server.Store.
 func (s *Store) ListAudit(ctx context.Context, after int64, limit int) ([]server.AuditEntry, error) {
+	return s.listAudit(ctx, `id > ? ORDER BY id`, after, limit)
+}
+
+// RecentAudit implements server.Store.
+func (s *Store) RecentAudit(ctx context.Context, before int64, limit int) ([]server.AuditEntry, error) {
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	return s.listAudit(ctx, `id < ? ORDER BY id DESC`, before, limit)
+}
+
+func (s *Store) listAudit(ctx context.Context, where string, bound int64, limit int) ([]server.AuditEntry, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	rows, err := s.query(ctx, `SELECT id, at, actor_id, actor, role, action, subject, detail, seq, prev_hash, hash FROM audit WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	rows, err := s.query(ctx, `SELECT id, at, actor_id, actor, role, action, subject, detail, seq, prev_hash, hash FROM audit WHERE `+where+` LIMIT ?`, bound, limit)
 	if err != nil {
 		return nil, s.wrap("audit", err)
 	}
@@ -1048,7 +1061,7 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 		}
 		// The refused requests were signed with the old key's successor,
 		// or by someone else: evidence about a key that is gone.
-		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0 WHERE vin = ?`, key, vin)
+		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0, checkin_refused_at = 0, checkin_refused = '' WHERE vin = ?`, key, vin)
 		return err
 	}))
 }
@@ -1075,17 +1088,19 @@ func (s *Store) DTCEpisodes(ctx context.Context, vin string, since time.Time) ([
 }
 
 // RecordRequestFault implements server.Store.
-func (s *Store) RecordRequestFault(ctx context.Context, vin, kind string, skew time.Duration, at time.Time) error {
+func (s *Store) RecordRequestFault(ctx context.Context, vin string, f server.RequestFault, at time.Time) error {
 	var err error
-	switch kind {
+	switch f.Kind {
 	case server.FaultBadSignature:
 		_, err = s.exec(ctx, `UPDATE vehicles SET bad_signature_at = ?, bad_signature_count = bad_signature_count + 1 WHERE vin = ?`, micros(at), vin)
 	case server.FaultClockSkew:
-		_, err = s.exec(ctx, `UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`, micros(at), skew.Microseconds(), vin)
+		_, err = s.exec(ctx, `UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`, micros(at), f.Skew.Microseconds(), vin)
+	case server.FaultCheckInRefused:
+		_, err = s.exec(ctx, `UPDATE vehicles SET checkin_refused_at = ?, checkin_refused = ? WHERE vin = ?`, micros(at), truncate(f.Detail, 512), vin)
 	default:
-		return fmt.Errorf("request fault %q: want %s or %s", kind, server.FaultBadSignature, server.FaultClockSkew)
+		return fmt.Errorf("request fault %q: want %s, %s or %s", f.Kind, server.FaultBadSignature, server.FaultClockSkew, server.FaultCheckInRefused)
 	}
-	return s.wrap("record "+kind+" of "+vin, err)
+	return s.wrap("record "+f.Kind+" of "+vin, err)
 }
 
 // RecordFindings implements server.Store.
@@ -1205,4 +1220,12 @@ func (s *Store) RepoVersion(ctx context.Context) (int64, error) {
 func (s *Store) SetRepoVersion(ctx context.Context, v int64) error {
 	_, err := s.exec(ctx, `UPDATE repo_versions SET version = ? WHERE name = 'image' AND version < ?`, v, v)
 	return s.wrap("raise repository version", err)
+}
+
+// truncate cuts s to at most n bytes (evidence text is bounded).
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }

@@ -320,6 +320,13 @@ func testAudit(t *testing.T, s server.Store) {
 	if g := all[len(all)-1]; len(all) != 14 || g.Action != server.GenesisAction || g.Detail != "sealed" || g.Seq != 14 || g.Hash != server.AuditHash(hash, g) {
 		t.Fatalf("genesis entry: %+v of %d", g, len(all))
 	}
+	recent, err := s.RecentAudit(ctx, 0, 3)
+	must(t, err)
+	older, err := s.RecentAudit(ctx, recent[2].ID, 2)
+	must(t, err)
+	if len(recent) != 3 || recent[0].Seq != 14 || recent[2].Seq != 12 || len(older) != 2 || older[0].Seq != 11 || older[1].Seq != 10 {
+		t.Fatalf("newest first: %v then %v", recent, older)
+	}
 }
 
 func testDirector(t *testing.T, s server.Store) {
@@ -729,12 +736,15 @@ func testDiagnosisEvidence(t *testing.T, s server.Store) {
 		t.Fatalf("the newest episode is gone: %+v", kept[:min(len(kept), 1)])
 	}
 
-	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now))
-	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultBadSignature, 0, now.Add(time.Second)))
-	must(t, s.RecordRequestFault(ctx, v.VIN, server.FaultClockSkew, -10*time.Minute, now))
-	must(t, s.RecordRequestFault(ctx, "VIN00000000000099", server.FaultBadSignature, 0, now)) // unknown VIN: nothing
+	bad := server.RequestFault{Kind: server.FaultBadSignature}
+	must(t, s.RecordRequestFault(ctx, v.VIN, bad, now))
+	must(t, s.RecordRequestFault(ctx, v.VIN, bad, now.Add(time.Second)))
+	must(t, s.RecordRequestFault(ctx, v.VIN, server.RequestFault{Kind: server.FaultClockSkew, Skew: -10 * time.Minute}, now))
+	must(t, s.RecordRequestFault(ctx, v.VIN, server.RequestFault{Kind: server.FaultCheckInRefused, Detail: "manifest names an ECU X"}, now))
+	must(t, s.RecordRequestFault(ctx, "VIN00000000000099", bad, now)) // unknown VIN: nothing
 	got, _ = s.Vehicle(ctx, v.VIN)
-	if f := got.RequestFaults; f.BadSignatureCount != 2 || !f.BadSignatureAt.Equal(now.Add(time.Second)) || f.ClockSkew != -10*time.Minute || !f.ClockSkewAt.Equal(now) {
+	if f := got.RequestFaults; f.BadSignatureCount != 2 || !f.BadSignatureAt.Equal(now.Add(time.Second)) || f.ClockSkew != -10*time.Minute || !f.ClockSkewAt.Equal(now) ||
+		!f.CheckInRefusedAt.Equal(now) || f.CheckInRefused != "manifest names an ECU X" {
 		t.Fatalf("refused requests: %+v", f)
 	}
 	must(t, s.ReplaceECU(ctx, v.VIN, "DCM3", server.ECU{Serial: "DCM3b", HardwareID: "DCM-4G"}, []byte{9, 9}))

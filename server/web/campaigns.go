@@ -31,6 +31,22 @@ const (
 	barGap     = 12
 )
 
+// waveState is a wave's state as people read it: a halted or aborted
+// campaign's open wave stopped, its pending ones never opened (the API
+// keeps pending, open, done).
+func waveState(campaign, wave string) string {
+	if campaign != server.CampaignHalted && campaign != server.CampaignAborted {
+		return wave
+	}
+	switch wave {
+	case "open":
+		return "stopped: the campaign " + campaign
+	case "pending":
+		return "never opened"
+	}
+	return wave
+}
+
 // chart lays out a campaign's waves as stacked bars, each as wide as the
 // share of the campaign's vehicles it adds and starting where the waves
 // before it end, so the bars together span the whole campaign.
@@ -39,7 +55,7 @@ func chart(v campaigns.View) ([]bar, int) {
 	total := max(v.Selected, 1)
 	before := 0
 	for i, w := range v.Waves {
-		b := bar{Label: fmt.Sprintf("Wave %d · %d%% · %s", i+1, w.Percent, w.State), Y: i * (barHeight + barGap)}
+		b := bar{Label: fmt.Sprintf("Wave %d · %d%% · %s", i+1, w.Percent, waveState(v.State, w.State)), Y: i * (barHeight + barGap)}
 		x := chartWidth * float64(before) / float64(total)
 		before += w.Targeted
 		for _, s := range []struct {
@@ -67,7 +83,12 @@ type campaignPage struct {
 	Height    int
 	Admin     bool
 	Actions   []string
+	// Failures are the campaign's failed installs, newest first.
+	Failures []campaigns.Failure
 }
+
+// failuresShown is how many failed installs a campaign page lists.
+const failuresShown = 50
 
 // campaignActions are what an admin may do to a campaign in its state.
 func campaignActions(state string) []string {
@@ -112,6 +133,9 @@ func (w *Web) campaignPage(c *gin.Context) {
 	}
 	p := campaignPage{page: w.base(c, s, "Campaign "+v.Name), Campaign: &v, Admin: s.Role == server.RoleAdmin, Actions: campaignActions(v.State)}
 	p.Bars, p.Height = chart(v)
+	if p.Failures, err = w.Campaigns.Failures(c.Request.Context(), v.ID, failuresShown); err != nil {
+		w.Log.Warn("campaign failures", "campaign", v.ID, "err", err)
+	}
 	w.render(c, http.StatusOK, "campaign", p)
 }
 

@@ -90,6 +90,10 @@ func New(d Deps) (*Web, error) {
 		"add2":  func(a, b int) int { return a + b },
 		"inc":   func(i int) int { return i + 1 },
 		"title": func(s string) string { return strings.ToUpper(s[:1]) + s[1:] },
+		// A halted or aborted campaign's waves: the API keeps pending,
+		// open, done; people read what happened to each.
+		"waveState": waveState,
+		"outcome":   func(s string) string { return strings.ReplaceAll(s, "_", " ") },
 	}).ParseFS(templateFS, "templates/*.html")
 	if err != nil {
 		return nil, fmt.Errorf("web templates: %w", err)
@@ -291,6 +295,9 @@ type page struct {
 	USBValidUntil time.Time
 	// Diagnosis is the vehicle's, on the dealer console.
 	Diagnosis *diagnosis.Report
+	// Replace is the unit the replace form starts on (a diagnosis's
+	// one-click re-provisioning names it).
+	Replace string
 	// Record is the vehicle's software record, newest first: the first
 	// few entries, or one page of it.
 	Record recordView
@@ -382,6 +389,8 @@ func (w *Web) ownerPage(c *gin.Context) {
 		Subscription string
 		Updates      []campaigns.Pending
 		Record       recordView
+		// Help is the owner's diagnosis when services fail (nil: they work).
+		Help *diagnosis.OwnerReport
 	}
 	var vs []owned
 	for _, l := range links {
@@ -389,6 +398,14 @@ func (w *Web) ownerPage(c *gin.Context) {
 			o := owned{Vehicle: v, Link: l, Subscription: w.Owners.SubscriptionState(l), Record: w.record(ctx, l.VIN, 0, recordPreview)}
 			if w.Campaigns != nil {
 				o.Updates, _ = w.Campaigns.PendingConsent(ctx, l.VIN)
+			}
+			if w.Diagnosis != nil {
+				if r, err := w.Diagnosis.Diagnose(ctx, l.VIN); err != nil {
+					w.Log.Warn("owner page diagnosis", "vin", l.VIN, "err", err)
+				} else if !r.Healthy {
+					help := r.ForOwner()
+					o.Help = &help
+				}
 			}
 			vs = append(vs, o)
 		}
@@ -564,6 +581,7 @@ func (w *Web) dealerPage(c *gin.Context) {
 	}
 	p := w.base(c, s, "Dealer console")
 	p.VIN = strings.ToUpper(strings.TrimSpace(c.Query("vin")))
+	p.Replace = c.Query("replace")
 	if p.VIN != "" {
 		ctx := c.Request.Context()
 		v, err := w.Registry.Get(ctx, s.principal(), p.VIN)

@@ -8,7 +8,8 @@
       .then(function (r) { return r.json(); })
       .then(function (j) {
         row.querySelector(".state").textContent = j.state;
-        row.querySelector(".phase").textContent = j.phase || "";
+        // The phase says where an open job is; a finished one's state says it all.
+        row.querySelector(".phase").textContent = done[j.state] || j.phase === j.state ? "" : (j.phase || "");
         var pct = 0;
         (j.events || []).forEach(function (e) { if (e.percent) pct = e.percent; });
         if (j.state === "succeeded") pct = 100;
