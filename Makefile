@@ -42,7 +42,7 @@ build:
 # bound here), and the release packages (dpkg-deb, systemd-analyze).
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
-test: tools testdeps
+test: lint tools testdeps
 	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 	$(GO) test -race -count=1 -timeout 5m -v ./internal/hostile | grep -E '^(--- |ok|FAIL|PASS|panic)|_test\.go:[0-9]+: '
@@ -59,7 +59,7 @@ torture:
 FUZZTIME ?= 30s
 FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse internal/vehicleauth:FuzzVerify \
 	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
-	server/repo:FuzzPublish server/repo:FuzzUploadTarget firmware-samples/fwimage:FuzzParseHeader client/fault:FuzzParse \
+	server/repo:FuzzPublish server/repo:FuzzUploadTarget internal/fwimage:FuzzParseHeader client/fault:FuzzParse \
 	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -98,9 +98,13 @@ release:
 	$(GO) run ./internal/release --version $(VERSION) --commit $(COMMIT) --date $(SOURCE_DATE_EPOCH) --out dist
 	@cat dist/SHA256SUMS
 
+# gofmt, go vet, and go.mod/go.sum as go mod tidy would leave them (a
+# module imported directly but marked indirect, or one no longer used,
+# fails here). make test runs it first.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum drifted from the imports: run go mod tidy and commit the result"; exit 1; }
 
 tools: $(VERSITYGW)
 

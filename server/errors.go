@@ -6,6 +6,8 @@ package server
 import (
 	"errors"
 	"fmt"
+
+	"github.com/roadsign/roadsign/internal/errcode"
 )
 
 // Kind classifies an Error; the HTTP layer maps each kind to one status.
@@ -25,15 +27,15 @@ const (
 )
 
 var kindCodes = map[Kind]string{
-	KindInternal:       "internal",
-	KindInvalid:        "invalid",
-	KindUnauthorized:   "unauthorized",
-	KindForbidden:      "forbidden",
-	KindNotFound:       "not_found",
-	KindConflict:       "conflict",
-	KindTooLarge:       "too_large",
-	KindUnavailable:    "unavailable",
-	KindLengthRequired: "length_required",
+	KindInternal:       errcode.Internal,
+	KindInvalid:        errcode.Invalid,
+	KindUnauthorized:   errcode.Unauthorized,
+	KindForbidden:      errcode.Forbidden,
+	KindNotFound:       errcode.NotFound,
+	KindConflict:       errcode.Conflict,
+	KindTooLarge:       errcode.TooLarge,
+	KindUnavailable:    errcode.Unavailable,
+	KindLengthRequired: errcode.LengthRequired,
 }
 
 // Error is an error meant for the API's caller: a kind, a machine-readable

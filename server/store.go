@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/roadsign/roadsign/internal/errcode"
 )
 
 // Store errors. Backends return these (wrapped) so services can tell them apart.
@@ -114,8 +116,8 @@ type RequestFault struct {
 
 // Request fault kinds.
 const (
-	FaultBadSignature   = "bad_signature"
-	FaultClockSkew      = "clock_skew"
+	FaultBadSignature   = errcode.BadSignature
+	FaultClockSkew      = errcode.ClockSkew
 	FaultCheckInRefused = "checkin_refused"
 )
 

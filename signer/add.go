@@ -13,9 +13,9 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/progress"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 var versionRE = regexp.MustCompile(`^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$`)

@@ -11,8 +11,9 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/signer/hsm"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // Multi-party workspaces hold no private root or targets keys: only the
@@ -101,7 +102,7 @@ func (w *Workspace) stage(name string, m interface{ ToBytes(bool) ([]byte, error
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(w.stagedPath(name), b, 0o644)
+	return atomicfile.Write(w.stagedPath(name), b, 0o644)
 }
 
 // stagedRoot returns a repository's staged root, or nil.

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/progress"
 	"github.com/roadsign/roadsign/internal/tlsconf"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // PublishOptions say where to publish.

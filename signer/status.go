@@ -6,7 +6,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // RoleStatus describes one role of a repository.

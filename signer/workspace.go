@@ -18,8 +18,9 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // Repository names.
@@ -193,7 +194,7 @@ func (w *Workspace) save() error {
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(w.Dir, stateFile), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(w.Dir, stateFile), append(b, '\n'), 0o600)
 }
 
 // generateKeys makes n new key files named PREFIX-K.key, K continuing after
@@ -388,10 +389,10 @@ func (w *Workspace) storeRoot(repoName string, root, prev *metadata.Metadata[met
 	if err != nil {
 		return err
 	}
-	if err := keys.WriteFileAtomic(filepath.Join(w.Dir, repoName, fmt.Sprintf("%d.root.json", root.Signed.Version)), b, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(w.Dir, repoName, fmt.Sprintf("%d.root.json", root.Signed.Version)), b, 0o644); err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(w.Dir, repoName+".root.json"), b, 0o644)
+	return atomicfile.Write(filepath.Join(w.Dir, repoName+".root.json"), b, 0o644)
 }
 
 // prevRootKeyFiles finds the key files (active or retired) whose IDs the
@@ -459,5 +460,5 @@ func (w *Workspace) storeTargets(t *metadata.Metadata[metadata.TargetsType]) err
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(w.Dir, Image, "targets.json"), b, 0o644)
+	return atomicfile.Write(filepath.Join(w.Dir, Image, "targets.json"), b, 0o644)
 }

@@ -34,9 +34,10 @@ import (
 	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/client/usb"
 	"github.com/roadsign/roadsign/client/vehicle"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/progress"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Agent updates one vehicle.
@@ -463,7 +464,7 @@ func (a *Agent) event(ctx context.Context, p *plan, kind string, pct int, msg st
 	}
 	err := a.API.JobEvent(ctx, p.jobID, e)
 	var apiErr *api.Error
-	if errors.As(err, &apiErr) && apiErr.Code == "job_canceled" {
+	if errors.As(err, &apiErr) && apiErr.Code == errcode.JobCanceled {
 		return errJobCanceled
 	}
 	if err != nil {

@@ -17,8 +17,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // Slot names an A/B slot.
@@ -194,7 +194,7 @@ func (e *ECU) ClearJournal() error {
 	if err := os.Remove(e.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear journal: %w", err)
 	}
-	return keys.SyncDir(e.Dir)
+	return atomicfile.SyncDir(e.Dir)
 }
 
 func writeJSON(path string, v any) error {
@@ -202,7 +202,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(path, append(b, '\n'), 0o600)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // HashSlot streams a slot file through sha256.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client"
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 func image(t *testing.T, version string, bootable bool) []byte {

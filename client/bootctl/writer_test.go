@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/roadsign/roadsign/client"
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // bigImage is an image of several chunks and a ragged tail, so the

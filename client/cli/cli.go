@@ -27,16 +27,8 @@ import (
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/client/wake"
 	"github.com/roadsign/roadsign/internal/envflag"
-	"github.com/roadsign/roadsign/signer/keys"
-)
-
-// Exit codes (docs/cli.md).
-const (
-	exitOK         = 0
-	exitError      = 1
-	exitUsage      = 2
-	exitRefused    = 3
-	exitRolledBack = 4
+	"github.com/roadsign/roadsign/internal/exitcode"
+	"github.com/roadsign/roadsign/internal/keys"
 )
 
 // Env is the process environment Run works in.
@@ -93,15 +85,15 @@ func Run(ctx context.Context, args []string, env Env) int {
 func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		return exitOK
+		return exitcode.OK
 	case errors.As(err, new(envflag.UsageError)), errors.Is(err, client.ErrUsage):
-		return exitUsage
+		return exitcode.Usage
 	case errors.Is(err, client.ErrRefused):
-		return exitRefused
+		return exitcode.Refused
 	case errors.Is(err, client.ErrRolledBack):
-		return exitRolledBack
+		return exitcode.RolledBack
 	}
-	return exitError
+	return exitcode.Error
 }
 
 func run(ctx context.Context, args []string, env Env) error {

@@ -15,8 +15,8 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/tlsconf"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // NewHTTPClient returns a client with connection and header timeouts and

@@ -18,9 +18,10 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client/download"
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/internal/exitcode"
+	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/progress"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 )
@@ -44,18 +45,18 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 func Run(ctx context.Context, args []string, env Env) int {
 	if len(args) > 0 && envflag.IsVersion(args[0]) {
 		fmt.Fprintln(env.Stdout, buildinfo.String("roadsign-fleetsim"))
-		return 0
+		return exitcode.OK
 	}
 	err := run(ctx, args, env)
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
+		return exitcode.OK
 	case errors.As(err, new(envflag.UsageError)):
 		fmt.Fprintf(env.Stderr, "roadsign-fleetsim: %v\n", err)
-		return 2
+		return exitcode.Usage
 	}
 	fmt.Fprintf(env.Stderr, "roadsign-fleetsim: %v\n", err)
-	return 1
+	return exitcode.Error
 }
 
 func run(ctx context.Context, args []string, env Env) error {

@@ -33,9 +33,10 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/internal/vin"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // ECUSpec is one ECU every simulated vehicle has, with its factory image.
@@ -407,7 +408,7 @@ func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf
 	for i, s := range steps {
 		if err := event(s.kind, s.pct, ""); err != nil {
 			var ae *api.Error
-			if errors.As(err, &ae) && ae.Code == "job_canceled" {
+			if errors.As(err, &ae) && ae.Code == errcode.JobCanceled {
 				rec.Outcome = "canceled"
 				return nil
 			}

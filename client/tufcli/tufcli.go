@@ -28,8 +28,9 @@ import (
 
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/internal/atomicfile"
 	"github.com/roadsign/roadsign/internal/buildinfo"
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/exitcode"
 )
 
 // Env is the process environment Run works in.
@@ -76,28 +77,28 @@ func Run(ctx context.Context, args []string, env Env) int {
 	fs.Var(repeated{&o.targetNames}, "target-name", "target path to download (repeatable)")
 	if len(args) == 1 && args[0] == "--version" {
 		fmt.Fprintln(env.Stdout, buildinfo.String("roadsign-tuf-client"))
-		return 0
+		return exitcode.OK
 	}
 	// Flags may come before and after the command.
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return 0
+		return exitcode.OK
 	} else if err != nil {
-		return 2
+		return exitcode.Usage
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(env.Stderr, usage)
-		return 2
+		return exitcode.Usage
 	}
 	cmd := fs.Arg(0)
 	if err := fs.Parse(fs.Args()[1:]); errors.Is(err, flag.ErrHelp) {
-		return 0
+		return exitcode.OK
 	} else if err != nil {
-		return 2
+		return exitcode.Usage
 	}
 	rest := fs.Args()
 	if o.metadataDir == "" {
 		fmt.Fprintln(env.Stderr, "roadsign-tuf-client: --metadata-dir DIR is required")
-		return 2
+		return exitcode.Usage
 	}
 	var err error
 	switch cmd {
@@ -107,28 +108,28 @@ func Run(ctx context.Context, args []string, env Env) int {
 		}
 		if o.trustedRoot == "" {
 			fmt.Fprintln(env.Stderr, "roadsign-tuf-client: init needs the trusted root file: init ROOT")
-			return 2
+			return exitcode.Usage
 		}
 		err = initialize(o)
 	case "refresh", "download":
 		if o.metadataURL == "" {
 			fmt.Fprintf(env.Stderr, "roadsign-tuf-client: %s needs --metadata-url URL\n", cmd)
-			return 2
+			return exitcode.Usage
 		}
 		if cmd == "download" && (o.targetBaseURL == "" || o.targetDir == "" || len(o.targetNames) == 0) {
 			fmt.Fprintln(env.Stderr, "roadsign-tuf-client: download needs --target-name PATH, --target-base-url URL and --target-dir DIR")
-			return 2
+			return exitcode.Usage
 		}
 		err = refreshAndDownload(ctx, o, env, log)
 	default:
 		fmt.Fprintf(env.Stderr, "roadsign-tuf-client: unknown command %q\n%s\n", cmd, usage)
-		return 2
+		return exitcode.Usage
 	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "roadsign-tuf-client: %s: %v\n", cmd, err)
-		return 1
+		return exitcode.Error
 	}
-	return 0
+	return exitcode.OK
 }
 
 // initialize trusts the given root as is: the protocol expects no checks
@@ -144,7 +145,7 @@ func initialize(o options) error {
 	if err := os.MkdirAll(o.metadataDir, 0o700); err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(o.metadataDir, "root.json"), b, 0o600)
+	return atomicfile.Write(filepath.Join(o.metadataDir, "root.json"), b, 0o600)
 }
 
 func refreshAndDownload(ctx context.Context, o options, env Env, log *slog.Logger) error {

@@ -16,8 +16,8 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // testRepo writes a one-key consistent-snapshot repository holding one

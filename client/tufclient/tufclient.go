@@ -24,7 +24,7 @@ import (
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/download"
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/atomicfile"
 )
 
 // Repo is a repository's local cache and remote location.
@@ -86,7 +86,7 @@ func SeedRoot(from, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(dir, "root.json"), src, 0o600)
+	return atomicfile.Write(filepath.Join(dir, "root.json"), src, 0o600)
 }
 
 // CachedVersion returns the version of a role's metadata cached in dir

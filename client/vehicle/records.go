@@ -10,14 +10,16 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/keys"
 )
 
 // Authorization states besides the server's failure codes.
 const (
-	Authorized = "authorized"
+	Authorized = errcode.Authorized
 	// Expired: authorized once, and the token has run out since.
-	Expired = "expired"
+	Expired = errcode.Expired
 	// NotAuthorized: no handshake has been run yet.
 	NotAuthorized = "not_authorized"
 	// PendingReauthorization: the firmware changed offline (USB); the
@@ -63,7 +65,7 @@ func (v *Vehicle) writeJSON(name string, val any) error {
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(v.Dir, name), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(v.Dir, name), append(b, '\n'), 0o600)
 }
 
 // Auth returns the authorization state now: NotAuthorized if no

@@ -18,10 +18,11 @@ import (
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/tufclient"
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vin"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // ECUConfig is one ECU of the vehicle.
@@ -160,7 +161,7 @@ func MoveInto(stage, dir string) error {
 	if err := os.Rename(stage, dir); err != nil {
 		return fmt.Errorf("put the vehicle in %s: %w", dir, err)
 	}
-	return keys.SyncDir(filepath.Dir(filepath.Clean(dir)))
+	return atomicfile.SyncDir(filepath.Dir(filepath.Clean(dir)))
 }
 
 // SetCACert replaces the CA certificate the vehicle trusts for the

@@ -25,8 +25,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
 	"github.com/roadsign/roadsign/internal/buildinfo"
+	"github.com/roadsign/roadsign/internal/exitcode"
+	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/campaigns"
@@ -42,9 +43,9 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "roadsign-demo: %v\n", err)
 		if errors.As(err, new(usageError)) {
-			os.Exit(2)
+			os.Exit(exitcode.Usage)
 		}
-		os.Exit(1)
+		os.Exit(exitcode.Error)
 	}
 }
 

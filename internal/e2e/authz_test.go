@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // TestAuthorizationMatrix calls every route with every kind of caller (and

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // BenchmarkAgentInstall measures the agent's peak memory (max RSS of the

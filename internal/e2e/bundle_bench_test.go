@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // peakRSS reads a process's peak resident set (VmHWM) in MiB.

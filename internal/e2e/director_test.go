@@ -17,11 +17,11 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/sqlite"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // api calls the server with a bearer token and decodes the JSON answer.

@@ -24,11 +24,11 @@ import (
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
 	"github.com/roadsign/roadsign/client/download"
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/meta"
 	servercli "github.com/roadsign/roadsign/server/cli"
 	"github.com/roadsign/roadsign/server/repo"
 	signercli "github.com/roadsign/roadsign/signer/cli"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 const adminToken = "e2e-admin-token"

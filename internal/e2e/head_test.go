@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/server/postgres/pgtest"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/s3blob"

@@ -15,8 +15,8 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/client/tufclient"
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // softHSM makes a fresh SoftHSM2 token "roadsign" in a temporary token

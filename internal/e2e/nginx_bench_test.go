@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // BenchmarkServeVsNginx measures the real roadsign-server and nginx

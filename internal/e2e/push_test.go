@@ -14,8 +14,8 @@ import (
 
 	"github.com/roadsign/roadsign/client/api"
 	agentcli "github.com/roadsign/roadsign/client/cli"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // runAgentDaemon starts roadsign-agent run in the background; stop ends it.

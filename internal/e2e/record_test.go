@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/softwarerecord"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // TestSoftwareRecord: one vehicle's record lists a USB install, an

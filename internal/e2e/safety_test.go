@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // run is one real agent process.

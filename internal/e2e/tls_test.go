@@ -19,8 +19,8 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	fleetsimcli "github.com/roadsign/roadsign/client/fleetsim"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/testca"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // tlsWorld starts a server on HTTPS with a certificate from a new CA.

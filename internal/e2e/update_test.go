@@ -25,8 +25,8 @@ import (
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
 	"github.com/roadsign/roadsign/client/download"
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 func TestUpdateMovesBothECUsToNewest(t *testing.T) {

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // world is a server with signed, published samples and one provisioned,

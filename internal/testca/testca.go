@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/atomicfile"
 )
 
 // CA is a certificate authority for one test.
@@ -84,7 +84,7 @@ func (ca *CA) ServerCert(t testing.TB, serial int64, certFile, keyFile string) {
 // WritePEM writes one PEM block to file (mode 0600).
 func WritePEM(t testing.TB, file, typ string, der []byte) {
 	t.Helper()
-	if err := keys.WriteFileAtomic(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.Write(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

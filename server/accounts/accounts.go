@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 )
@@ -100,7 +101,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 		return Principal{}, err
 	}
 	if a.Disabled {
-		return Principal{}, server.CodedErrorf(server.KindUnauthorized, "account_disabled", "account %s is disabled; ask an admin", a.Name)
+		return Principal{}, server.CodedErrorf(server.KindUnauthorized, errcode.AccountDisabled, "account %s is disabled; ask an admin", a.Name)
 	}
 	return principalOf(a), nil
 }
@@ -161,7 +162,7 @@ func (s *Service) Create(ctx context.Context, by Principal, req CreateRequest) (
 		return Created{}, server.Errorf(server.KindInvalid, "name: give 1 to 100 characters")
 	}
 	if reserved(name) {
-		return Created{}, server.CodedErrorf(server.KindInvalid, "reserved_name", "name %q is reserved (it names the server, a role or a vehicle in the audit log); choose another name", name)
+		return Created{}, server.CodedErrorf(server.KindInvalid, errcode.ReservedName, "name %q is reserved (it names the server, a role or a vehicle in the audit log); choose another name", name)
 	}
 	a := server.Account{ID: uuid.NewString(), Role: role, Name: name, CreatedAt: s.now().UTC()}
 	if role == server.RoleOwner {

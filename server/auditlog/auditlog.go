@@ -18,8 +18,9 @@ import (
 	"sort"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // Store is what the audit log needs of the state store.
@@ -92,7 +93,7 @@ func Export(ctx context.Context, s Store, path string) (int, error) {
 		line, _ := json.Marshal(c)
 		b = append(append(b, line...), '\n')
 	}
-	if err := keys.WriteFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return 0, fmt.Errorf("export checkpoints: %w", err)
 	}
 	return len(cps), nil

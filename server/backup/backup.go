@@ -30,8 +30,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/atomicfile"
 	"github.com/roadsign/roadsign/server/sqlite"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 const (
@@ -151,7 +151,7 @@ func Create(ctx context.Context, o Options) (Manifest, error) {
 	if err := os.Rename(tmp.Name(), o.Out); err != nil {
 		return m, fmt.Errorf("write %s: %w", o.Out, err)
 	}
-	return m, keys.SyncDir(filepath.Dir(o.Out))
+	return m, atomicfile.SyncDir(filepath.Dir(o.Out))
 }
 
 // addTree adds the regular files under dir as prefix/REL, skipping
@@ -247,7 +247,7 @@ func MarkPublished(data string, at time.Time) error {
 	}
 	r.PublishedAt = at.UTC()
 	b, _ := json.MarshalIndent(r, "", "  ")
-	return keys.WriteFileAtomic(filepath.Join(data, RestoredFile), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(data, RestoredFile), append(b, '\n'), 0o600)
 }
 
 // PublishNeeded is what a restored server says until the signer publishes
@@ -306,7 +306,7 @@ func Restore(o RestoreOptions) (Manifest, error) {
 	now := o.Now().UTC()
 	r := Restored{RestoredAt: now, BackupCreatedAt: m.CreatedAt, From: o.From, VersionFloor: now.Unix()}
 	b, _ := json.MarshalIndent(r, "", "  ")
-	if err := keys.WriteFileAtomic(filepath.Join(stage, RestoredFile), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(stage, RestoredFile), append(b, '\n'), 0o600); err != nil {
 		return m, err
 	}
 	return m, swapIn(stage, o.Data)
@@ -427,7 +427,7 @@ func swapIn(stage, data string) error {
 			return err
 		}
 	}
-	return keys.SyncDir(filepath.Dir(data))
+	return atomicfile.SyncDir(filepath.Dir(data))
 }
 
 // freeBytes is the space an unprivileged writer has left under dir.

@@ -29,11 +29,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/repo"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // DefaultValidity is how long a bundle installs when the caller does not
@@ -145,7 +146,7 @@ type expirer interface{ IsExpired(time.Time) bool }
 
 func checkExpiry(what string, e expirer, exp time.Time, until time.Time) error {
 	if e.IsExpired(until) {
-		return server.CodedErrorf(server.KindConflict, "metadata_expires_too_soon",
+		return server.CodedErrorf(server.KindConflict, errcode.MetadataExpiresTooSoon,
 			"%s expires at %s, before the bundle's validity ends at %s; ask for fewer days (?valid_days=), or have the release engineer re-sign it with a later expiry and publish",
 			what, exp.Format(time.RFC3339), until.Format(time.RFC3339))
 	}

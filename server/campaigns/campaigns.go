@@ -26,10 +26,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Store is what campaigns need of the state store.
@@ -100,7 +101,7 @@ type CreateRequest struct {
 }
 
 func invalid(format string, args ...any) error {
-	return server.CodedErrorf(server.KindInvalid, "invalid_campaign", format, args...)
+	return server.CodedErrorf(server.KindInvalid, errcode.InvalidCampaign, format, args...)
 }
 
 // config validates a request and fills in defaults.
@@ -218,7 +219,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 		}
 	}
 	if len(cfg.Targets) == 0 {
-		return View{}, server.CodedErrorf(server.KindConflict, "no_such_image", "no %s image version %s is published (for the selected hardware); publish it first", cfg.ECU, cfg.Version)
+		return View{}, server.CodedErrorf(server.KindConflict, errcode.NoSuchImage, "no %s image version %s is published (for the selected hardware); publish it first", cfg.ECU, cfg.Version)
 	}
 	now := s.now().UTC()
 	c := server.Campaign{ID: uuid.NewString(), Name: strings.TrimSpace(r.Name), State: server.CampaignDraft, Config: cfg,
@@ -289,7 +290,7 @@ func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (
 		}
 	}
 	if len(cands) == 0 && !c.Config.IncludeNew {
-		return View{}, server.CodedErrorf(server.KindConflict, "campaign_empty",
+		return View{}, server.CodedErrorf(server.KindConflict, errcode.CampaignEmpty,
 			"campaign %s selects no vehicle that needs %s %s (%d match its selector, all already on it or another campaign's): widen the selector, or set includeNew to take in vehicles registered later",
 			id, c.Config.ECU, c.Config.Version, len(all))
 	}

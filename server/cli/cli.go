@@ -32,6 +32,8 @@ import (
 	"github.com/roadsign/roadsign/internal/buildinfo"
 	"github.com/roadsign/roadsign/internal/connlimit"
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/internal/exitcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
@@ -57,15 +59,6 @@ import (
 	"github.com/roadsign/roadsign/server/sqlite"
 	"github.com/roadsign/roadsign/server/sqlstore"
 	"github.com/roadsign/roadsign/server/web"
-	"github.com/roadsign/roadsign/signer/meta"
-)
-
-// Exit codes (docs/cli.md).
-const (
-	exitOK      = 0
-	exitError   = 1
-	exitUsage   = 2
-	exitRefused = 3
 )
 
 // errRefused marks a security refusal (exit 3): a signature that does not
@@ -140,18 +133,18 @@ func Run(ctx context.Context, args []string, env Env) int {
 	err := run(ctx, args, env)
 	switch {
 	case err == nil:
-		return exitOK
+		return exitcode.OK
 	case errors.Is(err, flag.ErrHelp):
-		return exitOK
+		return exitcode.OK
 	case errors.As(err, new(envflag.UsageError)):
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
-		return exitUsage
+		return exitcode.Usage
 	case errors.Is(err, errRefused):
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
-		return exitRefused
+		return exitcode.Refused
 	default:
 		fmt.Fprintf(env.Stderr, "roadsign-server: %v\n", err)
-		return exitError
+		return exitcode.Error
 	}
 }
 

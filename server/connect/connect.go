@@ -25,10 +25,11 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/director"
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Service runs the handshake.
@@ -59,7 +60,7 @@ func LoadSecret(dataDir string) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
 	}
-	if err := keys.WriteFileAtomic(p, []byte(hex.EncodeToString(s)), 0o600); err != nil {
+	if err := atomicfile.Write(p, []byte(hex.EncodeToString(s)), 0o600); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -116,8 +117,8 @@ func StateOf(v server.Vehicle, now time.Time) State {
 	switch {
 	case v.AuthState == "":
 		st.State, st.Message = "never", "the vehicle has not run the connected-services handshake yet"
-	case v.AuthState == "authorized" && !v.AuthExpires.IsZero() && now.After(v.AuthExpires):
-		st.State, st.Message = "expired", "the vehicle's token ran out and it has not renewed it; it renews at its next contact with the server"
+	case v.AuthState == errcode.Authorized && !v.AuthExpires.IsZero() && now.After(v.AuthExpires):
+		st.State, st.Message = errcode.Expired, "the vehicle's token ran out and it has not renewed it; it renews at its next contact with the server"
 	}
 	return st
 }
@@ -137,7 +138,7 @@ func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, er
 		return Answer{}, err
 	}
 	ans, err := s.authorize(ctx, vin, r.Firmware, now)
-	rec := server.AuthRecord{State: "authorized", At: now, Expires: ans.ExpiresAt}
+	rec := server.AuthRecord{State: errcode.Authorized, At: now, Expires: ans.ExpiresAt}
 	var se *server.Error
 	if errors.As(err, &se) {
 		rec = server.AuthRecord{State: se.Code, Message: se.Message, At: now}
@@ -154,15 +155,15 @@ func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, er
 func (s *Service) checkChallenge(vin, c string, now time.Time) error {
 	parts := strings.Split(c, ".")
 	if len(parts) != 4 || parts[0] != vin {
-		return server.CodedErrorf(server.KindInvalid, "invalid_challenge", "challenge is malformed or for another vehicle; ask for a new one")
+		return server.CodedErrorf(server.KindInvalid, errcode.InvalidChallenge, "challenge is malformed or for another vehicle; ask for a new one")
 	}
 	payload := strings.Join(parts[:3], ".")
 	if !hmac.Equal([]byte(parts[3]), []byte(s.mac("challenge", payload))) {
-		return server.CodedErrorf(server.KindInvalid, "invalid_challenge", "challenge was not issued by this server; ask for a new one")
+		return server.CodedErrorf(server.KindInvalid, errcode.InvalidChallenge, "challenge was not issued by this server; ask for a new one")
 	}
 	exp, _ := strconv.ParseInt(parts[1], 10, 64)
 	if now.Unix() > exp {
-		return server.CodedErrorf(server.KindInvalid, "invalid_challenge", "challenge expired; ask for a new one")
+		return server.CodedErrorf(server.KindInvalid, errcode.InvalidChallenge, "challenge expired; ask for a new one")
 	}
 	return nil
 }
@@ -175,11 +176,11 @@ func (s *Service) authorize(ctx context.Context, vin string, fw []Firmware, now 
 	l, err := s.store.Link(ctx, vin)
 	switch {
 	case errors.Is(err, server.ErrNotFound):
-		return Answer{}, server.CodedErrorf(server.KindForbidden, "vehicle_not_linked", "%s is not linked to any owner account; the owner links it in the portal with the code the vehicle shows", vin)
+		return Answer{}, server.CodedErrorf(server.KindForbidden, errcode.VehicleNotLinked, "%s is not linked to any owner account; the owner links it in the portal with the code the vehicle shows", vin)
 	case err != nil:
 		return Answer{}, err
 	case now.After(l.SubscriptionEnds):
-		return Answer{}, server.CodedErrorf(server.KindForbidden, "subscription_expired", "the connected-services subscription of %s ended on %s; renew it to restore service", vin, l.SubscriptionEnds.Format(time.DateOnly))
+		return Answer{}, server.CodedErrorf(server.KindForbidden, errcode.SubscriptionExpired, "the connected-services subscription of %s ended on %s; renew it to restore service", vin, l.SubscriptionEnds.Format(time.DateOnly))
 	}
 	if err := s.checkFirmware(ctx, v, fw); err != nil {
 		return Answer{}, err
@@ -214,11 +215,11 @@ func (s *Service) checkFirmware(ctx context.Context, v server.Vehicle, fw []Firm
 	for _, e := range v.ECUs {
 		got, ok := reported[e.Serial]
 		if !ok {
-			return server.CodedErrorf(server.KindForbidden, "firmware_not_authorized", "ECU %s did not report its firmware; a replaced ECU must be re-provisioned by a dealer", e.Serial)
+			return server.CodedErrorf(server.KindForbidden, errcode.FirmwareNotAuthorized, "ECU %s did not report its firmware; a replaced ECU must be re-provisioned by a dealer", e.Serial)
 		}
 		if tf := want[e.Serial]; tf != nil {
 			if hex.EncodeToString(tf.Hashes["sha256"]) != got {
-				return server.CodedErrorf(server.KindForbidden, "firmware_not_authorized", "ECU %s runs firmware %.12s…, not the image the director assigned (%s); update the vehicle (OTA, USB or dealer reflash) and reauthorize", e.Serial, got, tf.Path)
+				return server.CodedErrorf(server.KindForbidden, errcode.FirmwareNotAuthorized, "ECU %s runs firmware %.12s…, not the image the director assigned (%s); update the vehicle (OTA, USB or dealer reflash) and reauthorize", e.Serial, got, tf.Path)
 			}
 			continue
 		}
@@ -231,7 +232,7 @@ func (s *Service) checkFirmware(ctx context.Context, v server.Vehicle, fw []Firm
 			}
 		}
 		if !known {
-			return server.CodedErrorf(server.KindForbidden, "firmware_not_authorized", "ECU %s runs firmware %.12s… that is not a signed image for %s; reflash it", e.Serial, got, e.HardwareID)
+			return server.CodedErrorf(server.KindForbidden, errcode.FirmwareNotAuthorized, "ECU %s runs firmware %.12s… that is not a signed image for %s; reflash it", e.Serial, got, e.HardwareID)
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -187,9 +188,9 @@ func summary(e Evidence, r Report) string {
 	}
 	s := "Connected services work: "
 	switch {
-	case v.AuthState == "authorized" && !v.AuthExpires.IsZero():
+	case v.AuthState == errcode.Authorized && !v.AuthExpires.IsZero():
 		s += "authorized until " + v.AuthExpires.UTC().Format(time.RFC3339)
-	case v.AuthState == "authorized":
+	case v.AuthState == errcode.Authorized:
 		s += "authorized"
 	default:
 		s += "no handshake failure on record"

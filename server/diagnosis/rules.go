@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -205,7 +206,7 @@ var Rules = []Rule{
 				return nil
 			}
 			facts := []Fact{{Record: "owner link", Detail: "no owner account is linked to this VIN"}}
-			if e.Vehicle.AuthState == "vehicle_not_linked" {
+			if e.Vehicle.AuthState == errcode.VehicleNotLinked {
 				facts = append(facts, handshakeFact(e))
 			}
 			return []Finding{{Title: "No owner account is linked to the car", Evidence: facts}}
@@ -272,7 +273,7 @@ var Rules = []Rule{
 			"Leave your car switched on where it has mobile signal: the update installs on its own.",
 			"Or download the USB update on your vehicles page and install it from a USB stick."}},
 		Match: func(e Evidence) []Finding {
-			if e.Vehicle.AuthState != "firmware_not_authorized" {
+			if e.Vehicle.AuthState != errcode.FirmwareNotAuthorized {
 				return nil
 			}
 			return outdated(e)
@@ -286,7 +287,7 @@ var Rules = []Rule{
 			"If the problem stays, a dealer reads the details."}, SeeDealer: true},
 		Match: func(e Evidence) []Finding {
 			st := e.Vehicle.AuthState
-			if slices.Contains([]string{"", "authorized", "vehicle_not_linked", "subscription_expired", "firmware_not_authorized"}, st) {
+			if slices.Contains([]string{"", errcode.Authorized, errcode.VehicleNotLinked, errcode.SubscriptionExpired, errcode.FirmwareNotAuthorized}, st) {
 				return nil
 			}
 			return []Finding{{Title: "The last handshake failed: " + st, Evidence: []Fact{handshakeFact(e)}}}
@@ -296,7 +297,7 @@ var Rules = []Rule{
 		Code: "update_pending", Severity: Info,
 		Fix: "An update is assigned and installs at the car's next check-in; nothing else to do.",
 		Match: func(e Evidence) []Finding {
-			if e.Vehicle.AuthState == "firmware_not_authorized" {
+			if e.Vehicle.AuthState == errcode.FirmwareNotAuthorized {
 				return nil
 			}
 			return outdated(e)
@@ -337,7 +338,7 @@ func outdated(e Evidence) []Finding {
 			continue
 		}
 		facts := []Fact{{Record: "director assignment", At: e.Now, Detail: fmt.Sprintf("%s %s runs %s; the director assigns %s (%s)", u.Type, u.Serial, orNone(u.InstalledVersion), u.AssignedVersion, u.AssignedPath)}}
-		if e.Vehicle.AuthState == "firmware_not_authorized" {
+		if e.Vehicle.AuthState == errcode.FirmwareNotAuthorized {
 			facts = append(facts, handshakeFact(e))
 		}
 		out = append(out, Finding{Title: fmt.Sprintf("%s %s runs %s, not the assigned %s", u.Type, u.Serial, orNone(u.InstalledVersion), u.AssignedVersion),

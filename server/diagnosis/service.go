@@ -11,9 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/director"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Store is what the diagnosis reads and records.

@@ -20,9 +20,9 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/repo"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Auto-assign policies for ECUs no job covers.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
@@ -91,10 +92,10 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	switch {
 	case errors.As(err, &skew):
 		a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultClockSkew, Skew: skew.Skew})
-		return server.CodedErrorf(server.KindUnauthorized, "clock_skew", "%s", skew.Error())
+		return server.CodedErrorf(server.KindUnauthorized, errcode.ClockSkew, "%s", skew.Error())
 	case err != nil:
 		a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultBadSignature})
-		return server.CodedErrorf(server.KindUnauthorized, "unknown_vehicle_key",
+		return server.CodedErrorf(server.KindUnauthorized, errcode.UnknownVehicleKey,
 			"the request for %s is not signed by a key registered for that VIN over host %q%s: a vehicle must be registered first and a replaced DCM re-provisioned by a dealer; "+
 				"if every vehicle gets this, a reverse proxy may rewrite the Host header: start roadsign-server with --public-url set to the URL vehicles use (docs/operations.md)",
 			claim.VIN, c.Request.Host, publicHostsNote(a.PublicHosts))
@@ -102,17 +103,17 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	if a.VehicleClientCerts {
 		tlsState := c.Request.TLS
 		if tlsState == nil || len(tlsState.PeerCertificates) == 0 {
-			return server.CodedErrorf(server.KindUnauthorized, "client_certificate_required",
+			return server.CodedErrorf(server.KindUnauthorized, errcode.ClientCertificateRequired,
 				"this server requires vehicles to present their client certificate (mutual TLS); install one issued for the vehicle's key with roadsign-agent client-cert")
 		}
 		if !tlsconf.SameKey(tlsState.PeerCertificates[0].PublicKey, key) {
 			a.Registry.NoteRequestFault(ctx, claim.VIN, server.RequestFault{Kind: server.FaultBadSignature})
-			return server.CodedErrorf(server.KindUnauthorized, "client_certificate_mismatch",
+			return server.CodedErrorf(server.KindUnauthorized, errcode.ClientCertificateMismatch,
 				"the client certificate is not for the key registered to %s", claim.VIN)
 		}
 	}
 	if err := a.Store.UseNonce(ctx, claim.VIN, "request:"+claim.Nonce, now); errors.Is(err, server.ErrConflict) {
-		return server.CodedErrorf(server.KindUnauthorized, "replayed_request", "this signed request was seen before (nonce %s): a replay is refused; sign each request anew", claim.Nonce)
+		return server.CodedErrorf(server.KindUnauthorized, errcode.ReplayedRequest, "this signed request was seen before (nonce %s): a replay is refused; sign each request anew", claim.Nonce)
 	} else if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 		return server.Errorf(server.KindInvalid, "reading the request body: %v", err)
 	}
 	if vehicleauth.BodySHA256(body) != claim.BodySHA256 {
-		return server.CodedErrorf(server.KindUnauthorized, "body_mismatch", "the request body is not the one the vehicle signed")
+		return server.CodedErrorf(server.KindUnauthorized, errcode.BodyMismatch, "the request body is not the one the vehicle signed")
 	}
 	c.Request.Body = io.NopCloser(bytes.NewReader(body))
 	return nil

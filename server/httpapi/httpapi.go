@@ -20,6 +20,8 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
@@ -33,7 +35,6 @@ import (
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/web"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // ginMode sets gin's process-wide mode once; gin keeps it in a global.
@@ -111,7 +112,7 @@ func New(d Deps) http.Handler {
 		a.fail(c, server.Errorf(server.KindNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
 	r.NoMethod(func(c *gin.Context) {
-		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: "method_not_allowed", Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
+		a.fail(c, &server.Error{Kind: server.KindInvalid, Code: errcode.MethodNotAllowed, Message: fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path)})
 	})
 	for _, rt := range a.routes() {
 		// The body limit comes before anything reads the body (a vehicle's
@@ -155,7 +156,7 @@ func (a *api) fail(c *gin.Context, err error) {
 	if e.Kind == server.KindInternal {
 		a.Log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
 	}
-	if e.Code == "method_not_allowed" {
+	if e.Code == errcode.MethodNotAllowed {
 		c.AbortWithStatusJSON(http.StatusMethodNotAllowed, gin.H{"error": gin.H{"code": e.Code, "message": e.Message}})
 		return
 	}
@@ -247,7 +248,7 @@ func (m *httpMetrics) fleet(c *gin.Context, route string, status int) {
 	case "/api/v1/vehicles/:vin/manifest":
 		m.checkins.WithLabelValues(outcomeOf(c, "recorded")).Inc()
 	case "/api/v1/vehicles/:vin/auth":
-		m.authorizations.WithLabelValues(outcomeOf(c, "authorized")).Inc()
+		m.authorizations.WithLabelValues(outcomeOf(c, errcode.Authorized)).Inc()
 	case "/repo/*file":
 		m.countMetadata("image", c.Param("file"), status)
 	case "/director/:vin/*file":

@@ -22,9 +22,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Config tunes retries and timeouts.
@@ -310,16 +311,16 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 	case r.Percent < 0 || r.Percent > 100:
 		return server.Errorf(server.KindInvalid, "percent %d: want 0 to 100", r.Percent)
 	case len(j.Events) >= maxJobEvents:
-		return server.CodedErrorf(server.KindConflict, "too_many_events", "job %s has %d events, the most it keeps; report its outcome", j.ID, len(j.Events))
+		return server.CodedErrorf(server.KindConflict, errcode.TooManyEvents, "job %s has %d events, the most it keeps; report its outcome", j.ID, len(j.Events))
 	}
 	switch r.Kind {
 	case "downloading", "installing", "rebooting":
 		if phases[r.Kind] < phases[j.Phase] {
-			return server.CodedErrorf(server.KindConflict, "invalid_transition", "job %s is %s; it cannot go back to %s", j.ID, j.Phase, r.Kind)
+			return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "job %s is %s; it cannot go back to %s", j.ID, j.Phase, r.Kind)
 		}
 	case server.JobRolledBack:
 		if phases[j.Phase] < phases["installing"] {
-			return server.CodedErrorf(server.KindConflict, "invalid_transition", "job %s never switched slots (phase %q); it cannot have rolled back", j.ID, j.Phase)
+			return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "job %s never switched slots (phase %q); it cannot have rolled back", j.ID, j.Phase)
 		}
 	case server.JobSucceeded:
 		targets, _, err := s.images.CurrentTargets(ctx)
@@ -328,7 +329,7 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 		}
 		tf, ok := targets[j.TargetPath]
 		if !ok || r.SHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
-			return server.CodedErrorf(server.KindConflict, "invalid_transition", "succeeded must name the job's image by its sha256 (got %.16q)", r.SHA256)
+			return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "succeeded must name the job's image by its sha256 (got %.16q)", r.SHA256)
 		}
 	case server.JobFailed:
 	default:
@@ -350,7 +351,7 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 			return j, server.Errorf(server.KindForbidden, "job %s belongs to another vehicle", id)
 		}
 		if j.State == server.JobCanceled {
-			return j, server.CodedErrorf(server.KindConflict, "job_canceled", "job %s was canceled; abandon it", id)
+			return j, server.CodedErrorf(server.KindConflict, errcode.JobCanceled, "job %s was canceled; abandon it", id)
 		}
 		if server.JobTerminal(j.State) {
 			return j, server.Errorf(server.KindConflict, "job %s is already %s", id, j.State)

@@ -12,11 +12,11 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/sqlite"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 type images map[string]*metadata.TargetFiles

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 )
@@ -69,7 +70,7 @@ func (s *Service) LinkWithCode(ctx context.Context, owner accounts.Principal, r 
 	}
 	now := s.now().UTC()
 	if err := s.store.TakeLinkCode(ctx, r.VIN, accounts.HashToken(r.VIN+":"+r.Code), now); errors.Is(err, server.ErrNotFound) {
-		return server.Link{}, server.CodedErrorf(server.KindForbidden, "invalid_link_code", "that link code is wrong or expired; show a new one on the vehicle (roadsign-agent link-code) and try again")
+		return server.Link{}, server.CodedErrorf(server.KindForbidden, errcode.InvalidLinkCode, "that link code is wrong or expired; show a new one on the vehicle (roadsign-agent link-code) and try again")
 	} else if err != nil {
 		return server.Link{}, err
 	}
@@ -95,7 +96,7 @@ func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string
 		if err := accounts.Audit(ctx, s.store, now, owner, "owner.claim", vin, "claims a vehicle linked to another owner"); err != nil {
 			return l, err
 		}
-		return l, server.CodedErrorf(server.KindConflict, "linked_to_previous_owner", "%s is still linked to its previous owner; your claim is recorded: they can accept it in their portal, or a dealer can transfer the car to you", vin)
+		return l, server.CodedErrorf(server.KindConflict, errcode.LinkedToPreviousOwner, "%s is still linked to its previous owner; your claim is recorded: they can accept it in their portal, or a dealer can transfer the car to you", vin)
 	}
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
@@ -231,7 +232,7 @@ func (s *Service) Renew(ctx context.Context, by accounts.Principal, vin string) 
 	}
 	end := from.AddDate(1, 0, 0)
 	if end.After(now.AddDate(maxSubscriptionYears, 0, 0)) {
-		return l, server.CodedErrorf(server.KindConflict, "subscription_cap",
+		return l, server.CodedErrorf(server.KindConflict, errcode.SubscriptionCap,
 			"%s's subscription already runs until %s; a renewal may not take it more than %d years ahead", vin,
 			l.SubscriptionEnds.Format(time.DateOnly), maxSubscriptionYears)
 	}

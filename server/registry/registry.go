@@ -18,12 +18,13 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Images lists the published image targets: which hardware IDs each ECU
@@ -92,7 +93,7 @@ type RegisterRequest struct {
 // Register validates and stores a vehicle.
 func (s *Service) Register(ctx context.Context, by accounts.Principal, r RegisterRequest) (server.Vehicle, error) {
 	if err := vin.Validate(r.VIN); err != nil {
-		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, "invalid_vin", "%v", err)
+		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, errcode.InvalidVIN, "%v", err)
 	}
 	if strings.TrimSpace(r.Model) == "" {
 		return server.Vehicle{}, server.Errorf(server.KindInvalid, "model is required")
@@ -105,7 +106,7 @@ func (s *Service) Register(ctx context.Context, by accounts.Principal, r Registe
 	}
 	key, err := base64.StdEncoding.DecodeString(r.PublicKey)
 	if err != nil || len(key) != ed25519.PublicKeySize {
-		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, "invalid_public_key", "publicKey: want a base64 ed25519 public key (32 bytes)")
+		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "publicKey: want a base64 ed25519 public key (32 bytes)")
 	}
 	if len(r.ECUs) == 0 {
 		return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus: register at least one ECU")
@@ -210,7 +211,7 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 	case !nonceRE.MatchString(m.Nonce):
 		return server.Errorf(server.KindInvalid, "manifest nonce must be 32 to 64 hex digits")
 	case now.Sub(m.Time) > 24*time.Hour || m.Time.Sub(now) > vehicleauth.MaxSkew:
-		return server.CodedErrorf(server.KindInvalid, "stale_manifest", "manifest time %s is too far from now; check the vehicle clock", m.Time.Format(time.RFC3339))
+		return server.CodedErrorf(server.KindInvalid, errcode.StaleManifest, "manifest time %s is too far from now; check the vehicle clock", m.Time.Format(time.RFC3339))
 	}
 	if err := checkManifestSizes(m); err != nil {
 		return err
@@ -236,7 +237,7 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		before, _ = s.store.Vehicle(ctx, vinStr) // what ran before the USB installs
 	}
 	if err := s.store.ReportECUs(ctx, vinStr, ecus, h, now); errors.Is(err, server.ErrNotFound) {
-		return server.CodedErrorf(server.KindInvalid, "unregistered_ecu", "the car reports units %s, and %s has %s registered: a unit was replaced and not re-provisioned, or re-provisioned in place of the wrong one",
+		return server.CodedErrorf(server.KindInvalid, errcode.UnregisteredECU, "the car reports units %s, and %s has %s registered: a unit was replaced and not re-provisioned, or re-provisioned in place of the wrong one",
 			serials(m.ECUs), vinStr, registeredSerials(ctx, s.store, vinStr))
 	} else if err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
@@ -366,7 +367,7 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 	key, err := base64.StdEncoding.DecodeString(r.PublicKey)
 	switch {
 	case err != nil || len(key) != ed25519.PublicKeySize:
-		return v, server.CodedErrorf(server.KindInvalid, "invalid_public_key", "publicKey: want the new unit's base64 ed25519 public key (32 bytes)")
+		return v, server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "publicKey: want the new unit's base64 ed25519 public key (32 bytes)")
 	case r.Serial == "" || strings.ContainsAny(r.Serial, "/\\ "):
 		return v, server.Errorf(server.KindInvalid, "serial: give the new ECU's serial")
 	case r.HardwareID == "":
@@ -374,7 +375,7 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 	case strings.TrimSpace(r.Reason) == "":
 		return v, server.Errorf(server.KindInvalid, "reason is required (it is audited)")
 	case r.Type != "" && r.Type != old.Type:
-		return v, server.CodedErrorf(server.KindInvalid, "ecu_type_mismatch", "%s is a %s; a %s cannot take its place: choose the unit that was removed", oldSerial, old.Type, r.Type)
+		return v, server.CodedErrorf(server.KindInvalid, errcode.ECUTypeMismatch, "%s is a %s; a %s cannot take its place: choose the unit that was removed", oldSerial, old.Type, r.Type)
 	}
 	if err := s.checkHardware(ctx, old, r.HardwareID); err != nil {
 		return v, err
@@ -423,13 +424,13 @@ func (s *Service) checkHardware(ctx context.Context, old server.ECU, hw string) 
 	slices.Sort(known)
 	for typ, ids := range byType {
 		if typ != old.Type && slices.Contains(ids, hw) && !slices.Contains(known, hw) {
-			return server.CodedErrorf(server.KindInvalid, "ecu_type_mismatch",
+			return server.CodedErrorf(server.KindInvalid, errcode.ECUTypeMismatch,
 				"hardware ID %s is a %s's; %s is a %s (its hardware: %s): choose the unit that was removed, or give the new %s's hardware ID",
 				hw, typ, old.Serial, old.Type, strings.Join(known, ", "), old.Type)
 		}
 	}
 	if published && !slices.Contains(known, hw) {
-		return server.CodedErrorf(server.KindInvalid, "unknown_hardware_id",
+		return server.CodedErrorf(server.KindInvalid, errcode.UnknownHardwareID,
 			"no %s image is published for hardware ID %s (known: %s): check the label on the new unit", old.Type, hw, strings.Join(known, ", "))
 	}
 	return nil

@@ -8,8 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
+	"github.com/roadsign/roadsign/internal/atomicfile"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // OnlineKeys are the keys the server signs with while it runs: snapshot and
@@ -98,5 +99,5 @@ func writePublic(dataDir string, k *OnlineKeys) error {
 	if err != nil {
 		return err
 	}
-	return keys.WriteFileAtomic(filepath.Join(dataDir, PublicKeysFile), append(b, '\n'), 0o644)
+	return atomicfile.Write(filepath.Join(dataDir, PublicKeysFile), append(b, '\n'), 0o644)
 }

@@ -25,9 +25,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/signer/keys"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // Blob key prefixes. Everything under imagePrefix is served at /repo/.
@@ -412,15 +413,15 @@ func (r *Repo) checkRootChain(ctx context.Context, name, prefix string, cur *met
 			return nil, nil, server.Errorf(server.KindConflict, "%s root: the server has none yet, so the chain must start at version 1, not %d", name, v)
 		case trusted == nil:
 			if err := root.VerifyDelegate(metadata.ROOT, root); err != nil {
-				return nil, nil, server.CodedErrorf(server.KindInvalid, "bad_signature", "%s root v1 is not signed by a threshold of its own keys: %v", name, err)
+				return nil, nil, server.CodedErrorf(server.KindInvalid, errcode.BadSignature, "%s root v1 is not signed by a threshold of its own keys: %v", name, err)
 			}
 		default:
 			if err := meta.VerifyNextRoot(trusted, root); err != nil {
-				return nil, nil, server.CodedErrorf(server.KindInvalid, "bad_signature", "%s %v", name, err)
+				return nil, nil, server.CodedErrorf(server.KindInvalid, errcode.BadSignature, "%s %v", name, err)
 			}
 		}
 		if root.Signed.IsExpired(now) {
-			return nil, nil, server.CodedErrorf(server.KindInvalid, "expired", "%s root v%d expired at %s; re-sign it with roadsign-signer rotate", name, v, root.Signed.Expires.Format(time.RFC3339))
+			return nil, nil, server.CodedErrorf(server.KindInvalid, errcode.Expired, "%s root v%d expired at %s; re-sign it with roadsign-signer rotate", name, v, root.Signed.Expires.Format(time.RFC3339))
 		}
 		trusted = root
 		updates = append(updates, rootUpdate{version: v, raw: raw})
@@ -465,7 +466,7 @@ func (r *Repo) checkTargets(ctx context.Context, root *metadata.Metadata[metadat
 		return nil, server.Errorf(server.KindInvalid, "targets: not valid targets metadata: %v", err)
 	}
 	if err := root.VerifyDelegate(metadata.TARGETS, t); err != nil {
-		return nil, server.CodedErrorf(server.KindInvalid, "bad_signature", "targets v%d is not signed by a threshold of the keys root v%d lists for targets: %v", t.Signed.Version, root.Signed.Version, err)
+		return nil, server.CodedErrorf(server.KindInvalid, errcode.BadSignature, "targets v%d is not signed by a threshold of the keys root v%d lists for targets: %v", t.Signed.Version, root.Signed.Version, err)
 	}
 	v := t.Signed.Version
 	if v < 1 {
@@ -485,7 +486,7 @@ func (r *Repo) checkTargets(ctx context.Context, root *metadata.Metadata[metadat
 		return nil, nil
 	}
 	if t.Signed.IsExpired(now) {
-		return nil, server.CodedErrorf(server.KindInvalid, "expired", "targets v%d expired at %s; re-sign it", v, t.Signed.Expires.Format(time.RFC3339))
+		return nil, server.CodedErrorf(server.KindInvalid, errcode.Expired, "targets v%d expired at %s; re-sign it", v, t.Signed.Expires.Format(time.RFC3339))
 	}
 	for p, tf := range t.Signed.Targets {
 		key, err := TargetKey(p, tf)
@@ -547,7 +548,7 @@ func (r *Repo) UploadTarget(ctx context.Context, filePath string, body io.Reader
 	vr := &verifyingReader{r: body, h: sha256.New(), want: want, size: size}
 	if err := r.blobs.Put(ctx, key, vr, size); err != nil {
 		if vr.mismatch {
-			return false, server.CodedErrorf(server.KindInvalid, "hash_mismatch", "target %s: content sha256 is %s, not the one in its name; nothing stored", filePath, hex.EncodeToString(vr.h.Sum(nil)))
+			return false, server.CodedErrorf(server.KindInvalid, errcode.HashMismatch, "target %s: content sha256 is %s, not the one in its name; nothing stored", filePath, hex.EncodeToString(vr.h.Sum(nil)))
 		}
 		return false, fmt.Errorf("store target %s: %w", filePath, err)
 	}

@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/signer/meta"
 )
 
 // signSnapshotAndTimestamp writes snapshot v+1 naming targetsV and then

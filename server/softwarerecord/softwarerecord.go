@@ -34,8 +34,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/signer/keys"
 )
 
 // Format and Version name the signed form; Context is its signing context.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -115,12 +116,12 @@ func testVehicles(t *testing.T, s server.Store) {
 	must(t, s.RecordAuth(ctx, v.VIN, server.AuthRecord{State: "authorized", At: now, Expires: now.Add(time.Hour)}))
 	got, _ = s.Vehicle(ctx, v.VIN)
 	if e, _ := got.ECUBySerial("DCM1"); e.InstalledVersion != "2.0.0" || !e.ReportedAt.Equal(now.Add(time.Minute)) || !got.LastSeen.Equal(now.Add(time.Minute)) ||
-		got.DTCs != "B15C4" || got.AuthState != "authorized" || !got.AuthAt.Equal(now) || !got.AuthExpires.Equal(now.Add(time.Hour)) {
+		got.DTCs != "B15C4" || got.AuthState != errcode.Authorized || !got.AuthAt.Equal(now) || !got.AuthExpires.Equal(now.Add(time.Hour)) {
 		t.Fatalf("after report: %+v", got)
 	}
 	must(t, s.RecordAuth(ctx, v.VIN, server.AuthRecord{State: "subscription_expired", Message: "renew it", At: now.Add(time.Hour)}))
 	got, _ = s.Vehicle(ctx, v.VIN)
-	if got.AuthState != "subscription_expired" || got.AuthMessage != "renew it" || !got.AuthExpires.IsZero() {
+	if got.AuthState != errcode.SubscriptionExpired || got.AuthMessage != "renew it" || !got.AuthExpires.IsZero() {
 		t.Fatalf("after a failed handshake: %+v", got)
 	}
 	wantErr(t, s.ReportECUs(ctx, "VIN00000000000009", rep, server.Health{}, now), server.ErrNotFound)

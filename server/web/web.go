@@ -30,6 +30,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/bundle"
@@ -642,12 +643,12 @@ func (w *Web) cancelJob(c *gin.Context) {
 func (w *Web) jobJSON(c *gin.Context) {
 	s, ok := w.session(c)
 	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
-		c.JSON(http.StatusUnauthorized, gin.H{"error": gin.H{"code": "unauthorized", "message": "log in first"}})
+		c.JSON(http.StatusUnauthorized, gin.H{"error": gin.H{"code": errcode.Unauthorized, "message": "log in first"}})
 		return
 	}
 	j, err := w.Jobs.Get(c.Request.Context(), strings.TrimSuffix(c.Param("id"), ".json"))
 	if err != nil {
-		c.JSON(http.StatusNotFound, gin.H{"error": gin.H{"code": "not_found", "message": message(err)}})
+		c.JSON(http.StatusNotFound, gin.H{"error": gin.H{"code": errcode.NotFound, "message": message(err)}})
 		return
 	}
 	c.Header("Cache-Control", "no-store")

@@ -18,18 +18,11 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/internal/envflag"
+	"github.com/roadsign/roadsign/internal/exitcode"
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/signer"
 	"github.com/roadsign/roadsign/signer/hsm"
-	"github.com/roadsign/roadsign/signer/meta"
-)
-
-// Exit codes (docs/cli.md).
-const (
-	exitOK       = 0
-	exitError    = 1
-	exitUsage    = 2
-	exitSecurity = 3
 )
 
 // Env is the process environment Run works in.
@@ -67,16 +60,16 @@ func Run(ctx context.Context, args []string, env Env) int {
 	err := run(ctx, args, env)
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-		return exitOK
+		return exitcode.OK
 	case errors.As(err, new(envflag.UsageError)), errors.Is(err, signer.ErrUsage):
 		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", strings.TrimPrefix(err.Error(), "usage: "))
-		return exitUsage
+		return exitcode.Usage
 	case errors.Is(err, signer.ErrSecurity):
 		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", err)
-		return exitSecurity
+		return exitcode.Refused
 	default:
 		fmt.Fprintf(env.Stderr, "roadsign-signer: %v\n", err)
-		return exitError
+		return exitcode.Error
 	}
 }
 

@@ -5,7 +5,7 @@ package hsm
 import (
 	"errors"
 
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/keys"
 )
 
 // Supported reports whether this build can use PKCS#11 tokens.

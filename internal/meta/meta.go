@@ -16,7 +16,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/signer/keys"
+	"github.com/roadsign/roadsign/internal/keys"
 )
 
 // Custom is the custom metadata the signer puts on every image target.

@@ -11,10 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/internal/atomicfile"
 )
 
 // ErrInsecure is returned for a key file that others can read or write.
@@ -56,7 +57,7 @@ func Generate(path string) (*Key, error) {
 		return nil, fmt.Errorf("key file %s already exists; refusing to overwrite it", path)
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err := WriteFileAtomic(path, data, 0o600); err != nil {
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		return nil, err
 	}
 	return fromPrivate(priv, path)
@@ -107,51 +108,6 @@ func fromPrivate(priv ed25519.PrivateKey, path string) (*Key, error) {
 	return &Key{ID: id, Public: pub, Signer: s, Private: priv, Path: path}, nil
 }
 
-// WriteFileAtomic writes data to a temporary file in the same directory,
-// fsyncs it, renames it over path and fsyncs the directory, so a crash
-// leaves either the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name)
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory so that a rename in it survives a power loss.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
 // WritePublic writes a TUF public key (keytype, scheme, keyval) as JSON,
 // the form key holders hand to whoever runs roadsign-signer init.
 func WritePublic(path string, k *metadata.Key) error {
@@ -162,7 +118,7 @@ func WritePublic(path string, k *metadata.Key) error {
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("public key file %s already exists; refusing to overwrite it", path)
 	}
-	return WriteFileAtomic(path, append(b, '\n'), 0o644)
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
 }
 
 // LoadPublic reads a public key written by WritePublic.

@@ -7,14 +7,14 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/roadsign/roadsign/firmware-samples/fwimage"
+	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
 // TestCommittedSamples checks every committed sample against samples.json:
 // it is byte-for-byte what the generator makes, its header names the listed
 // ECU, hardware and version, and it boots exactly when listed as bootable.
 func TestCommittedSamples(t *testing.T) {
-	dir := filepath.Join("..")
+	dir := filepath.Join("..", "..", "firmware-samples")
 	list, err := fwimage.LoadSamples(dir)
 	if err != nil {
 		t.Fatal(err)
