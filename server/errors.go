@@ -48,6 +48,18 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
+// Is makes every not-found error match ErrNotFound and every conflict
+// match ErrConflict, whichever layer made it.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case error(ErrNotFound):
+		return e.Kind == KindNotFound
+	case error(ErrConflict):
+		return e.Kind == KindConflict
+	}
+	return false
+}
+
 // Errorf returns an *Error of kind k whose code is the kind's default.
 func Errorf(k Kind, format string, args ...any) *Error {
 	return &Error{Kind: k, Code: kindCodes[k], Message: fmt.Sprintf(format, args...)}

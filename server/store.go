@@ -3,16 +3,25 @@ package server
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/roadsign/roadsign/internal/errcode"
 )
 
-// Store errors. Backends return these (wrapped) so services can tell them apart.
+// Store errors. Backends return *Error values of kind KindNotFound or
+// KindConflict, for which errors.Is(err, ErrNotFound) (ErrConflict) holds:
+// services tell them apart that way and may say more, and one they pass
+// on untranslated still reaches the caller as a 404 or 409, never a 500.
 var (
-	ErrNotFound = errors.New("not found")
-	ErrConflict = errors.New("conflict")
+	ErrNotFound = &Error{Kind: KindNotFound, Code: errcode.NotFound, Message: "not found"}
+	ErrConflict = &Error{Kind: KindConflict, Code: errcode.Conflict, Message: "conflict"}
 )
+
+// NoVehicle is the error for a VIN that is not registered.
+func NoVehicle(vin string) *Error {
+	return Errorf(KindNotFound, "no vehicle %s is registered", vin)
+}
 
 // Role is what an account may do.
 type Role string
@@ -363,15 +372,52 @@ type Link struct {
 	PendingSince   time.Time `json:"pendingSince,omitzero"`
 }
 
-// Store is the server's state. Every method is safe for concurrent use by
-// several server replicas sharing one database.
+// Store is the server's state: every role below, in one database. Every
+// method is safe for concurrent use by several server replicas sharing it.
+// Services take the roles they use, never the whole Store.
 type Store interface {
+	Accounts
+	Sessions
+	Vehicles
+	Findings
+	Jobs
+	Audit
+	Records
+	DirectorMetadata
+	Links
+	Campaigns
+	Rollouts
+	Leases
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Accounts are the people and systems that log in.
+type Accounts interface {
 	CreateAccount(ctx context.Context, a Account) error
 	AccountByTokenHash(ctx context.Context, tokenHash string) (Account, error)
 	AccountByName(ctx context.Context, name string) (Account, error)
+	AccountByID(ctx context.Context, id string) (Account, error)
+	ListAccounts(ctx context.Context) ([]Account, error)
+	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
+	SetAccountToken(ctx context.Context, id, tokenHash string) error
+	SetAccountPassword(ctx context.Context, id, passwordHash string) error
+}
 
+// Sessions are the web pages' logged-in sessions.
+type Sessions interface {
+	CreateSession(ctx context.Context, s Session) error
+	Session(ctx context.Context, idHash string) (Session, error)
+	DeleteSession(ctx context.Context, idHash string) error
+	DeleteSessions(ctx context.Context, accountID string) error
+}
+
+// Vehicles are the registered vehicles, their ECUs and keys, and what
+// they last reported.
+type Vehicles interface {
 	// CreateVehicle returns ErrConflict if the VIN or an ECU serial exists.
 	CreateVehicle(ctx context.Context, v Vehicle) error
+	// Vehicle returns NoVehicle(vin) for an unknown VIN.
 	Vehicle(ctx context.Context, vin string) (Vehicle, error)
 	// VehicleKey is the vehicle's registered public key alone (every
 	// signed vehicle request reads it).
@@ -381,13 +427,27 @@ type Store interface {
 	// codes and signal; ErrNotFound if an ECU serial is not the vehicle's
 	// (nothing is recorded then).
 	ReportECUs(ctx context.Context, vin string, ecus []ECU, h Health, at time.Time) error
-	// DTCEpisodes lists the vehicle's trouble code episodes that are
-	// active or ended after since, newest first.
-	DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]DTCEpisode, error)
+	// ReplaceECU binds a new ECU (serial, hardware) in place of oldSerial
+	// and the vehicle's new public key, revoking the old one.
+	ReplaceECU(ctx context.Context, vin, oldSerial string, e ECU, publicKey []byte) error
 	// RecordRequestFault notes a refused request for vin (kind
 	// FaultBadSignature, FaultClockSkew or FaultCheckInRefused); nothing
 	// for an unknown VIN.
 	RecordRequestFault(ctx context.Context, vin string, f RequestFault, at time.Time) error
+	// RecordAuth records the outcome of a connected-services handshake.
+	RecordAuth(ctx context.Context, vin string, a AuthRecord) error
+	// UseNonce records a request nonce; ErrConflict if it was used before.
+	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
+	// PruneNonces forgets nonces used before; requests that old are
+	// refused for their time anyway.
+	PruneNonces(ctx context.Context, before time.Time) (int64, error)
+}
+
+// Findings are the diagnosis' evidence of trouble codes and what it found.
+type Findings interface {
+	// DTCEpisodes lists the vehicle's trouble code episodes that are
+	// active or ended after since, newest first.
+	DTCEpisodes(ctx context.Context, vin string, since time.Time) ([]DTCEpisode, error)
 	// RecordFindings opens the findings in codes that are not open for
 	// vin, touches those that are, and resolves the open ones not in codes;
 	// it returns the codes it opened and resolved.
@@ -397,14 +457,10 @@ type Store interface {
 	// FindingCounts counts findings by code across the fleet: open now,
 	// and resolved since.
 	FindingCounts(ctx context.Context, since time.Time) ([]FindingCount, error)
-	// RecordAuth records the outcome of a connected-services handshake.
-	RecordAuth(ctx context.Context, vin string, a AuthRecord) error
-	// UseNonce records a request nonce; ErrConflict if it was used before.
-	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
-	// PruneNonces forgets nonces used before; requests that old are
-	// refused for their time anyway.
-	PruneNonces(ctx context.Context, before time.Time) (int64, error)
+}
 
+// Jobs are installs asked of one ECU.
+type Jobs interface {
 	CreateJob(ctx context.Context, j Job) error
 	Job(ctx context.Context, id string) (Job, error)
 	JobsByVIN(ctx context.Context, vin string) ([]Job, error)
@@ -414,7 +470,12 @@ type Store interface {
 	AddJobEvent(ctx context.Context, jobID string, e JobEvent) error
 	// OpenJobs lists jobs not yet finished (for the sweeper), oldest first.
 	OpenJobs(ctx context.Context, limit int) ([]Job, error)
+	// JobStates counts jobs by state, for /metrics.
+	JobStates(ctx context.Context) (map[string]int, error)
+}
 
+// Audit is the hash-chained audit log and its signed checkpoints.
+type Audit interface {
 	AppendAudit(ctx context.Context, e AuditEntry) error
 	// AppendAuditGenesis appends the chain's genesis entry, its Detail
 	// made by seal from its seq, the hash before it and the count of
@@ -424,11 +485,17 @@ type Store interface {
 	// RecentAudit lists entries newest first, before beforeID (0: from
 	// the newest).
 	RecentAudit(ctx context.Context, beforeID int64, limit int) ([]AuditEntry, error)
+	// AuditHead is the last entry's seq and hash (0, "" for none).
+	AuditHead(ctx context.Context) (int64, string, error)
 	// AddAuditCheckpoint stores a signed checkpoint of the chain's head
 	// (replacing one of the same seq); AuditCheckpoints lists them,
 	// oldest first.
 	AddAuditCheckpoint(ctx context.Context, c AuditCheckpoint) error
 	AuditCheckpoints(ctx context.Context) ([]AuditCheckpoint, error)
+}
+
+// Records are the vehicles' software records.
+type Records interface {
 	// AddSoftwareRecord appends to a vehicle's software record;
 	// SoftwareRecords lists a page of it.
 	AddSoftwareRecord(ctx context.Context, r SoftwareRecord) error
@@ -439,9 +506,11 @@ type Store interface {
 	// one lock of the vehicle, so concurrent check-ins neither repeat nor
 	// overrun. It returns those it added.
 	AddUSBRecords(ctx context.Context, vin string, recs []SoftwareRecord, perDay int, since time.Time) ([]SoftwareRecord, error)
-	// AuditHead is the last entry's seq and hash (0, "" for none).
-	AuditHead(ctx context.Context) (int64, string, error)
+}
 
+// DirectorMetadata is the per-vehicle director metadata and the image
+// repository's version row.
+type DirectorMetadata interface {
 	DirectorHead(ctx context.Context, vin string) (DirectorHead, error)
 	// SaveDirector stores new metadata files and the new head, if the head
 	// is still prev (ErrConflict otherwise: another replica got there first).
@@ -450,7 +519,15 @@ type Store interface {
 	// NextBundleVersion returns the next version of the VIN's USB bundle
 	// metadata (1, 2, ...), durable and never handed out twice.
 	NextBundleVersion(ctx context.Context, vin string) (int64, error)
+	// RepoVersion and SetRepoVersion are the image repository's version
+	// row: the served timestamp version, raised (never lowered) by the
+	// replica that signs, read by the others to notice a change.
+	RepoVersion(ctx context.Context) (int64, error)
+	SetRepoVersion(ctx context.Context, v int64) error
+}
 
+// Links tie vehicles to their owners' accounts.
+type Links interface {
 	// SetLinkCode stores the (hashed) one-time code a vehicle displays.
 	SetLinkCode(ctx context.Context, vin, codeHash string, expires time.Time) error
 	// TakeLinkCode consumes the code if it matches and has not expired;
@@ -460,25 +537,54 @@ type Store interface {
 	LinksByOwner(ctx context.Context, ownerID string) ([]Link, error)
 	SaveLink(ctx context.Context, l Link) error
 	DeleteLink(ctx context.Context, vin string) error
-	AccountByID(ctx context.Context, id string) (Account, error)
-	// ReplaceECU binds a new ECU (serial, hardware) in place of oldSerial
-	// and the vehicle's new public key, revoking the old one.
-	ReplaceECU(ctx context.Context, vin, oldSerial string, e ECU, publicKey []byte) error
+}
 
-	// AcquireLease takes (or renews) a named lease for ttl; false if
-	// another holder has it. Replicas use it to take turns at singleton work.
-	// RepoVersion and SetRepoVersion are the image repository's version
-	// row: the served timestamp version, raised (never lowered) by the
-	// replica that signs, read by the others to notice a change.
-	RepoVersion(ctx context.Context) (int64, error)
-	SetRepoVersion(ctx context.Context, v int64) error
-	// JobStates counts jobs by state, for /metrics.
-	JobStates(ctx context.Context) (map[string]int, error)
-	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
+// Campaigns are staged rollouts as operators see them.
+type Campaigns interface {
+	CreateCampaign(ctx context.Context, c Campaign) error
+	Campaign(ctx context.Context, id string) (Campaign, error)
+	Campaigns(ctx context.Context, states ...string) ([]Campaign, error)
+	// SetCampaignState moves a campaign from one of from to to (an
+	// operator's action); ErrConflict if it is in none of them.
+	SetCampaignState(ctx context.Context, id string, from []string, to string, at time.Time) error
+	// CampaignCounts counts the members of each wave by where they are,
+	// and the campaign's members in all.
+	CampaignCounts(ctx context.Context, id string) ([]WaveCount, int, error)
+	// CampaignMembers lists members in draw order: of one wave, or (wave
+	// -1) those not in a wave yet.
+	CampaignMembers(ctx context.Context, id string, wave int) ([]CampaignMember, error)
+	// CampaignMembership lists the campaigns a vehicle's ECUs belong to.
+	CampaignMembership(ctx context.Context, vin string) ([]CampaignMember, error)
+	CampaignJobs(ctx context.Context, id, state string) ([]Job, error)
+	// CampaignTargets lists the images campaigns cover; CampaignHolds the
+	// vehicle's ECU serials that a running or paused campaign holds
+	// (members still waiting for their job), which auto-assign leaves alone.
+	CampaignTargets(ctx context.Context) (map[string]bool, error)
+	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
+}
+
+// Rollouts are what the campaign engine writes as it runs a campaign;
+// writes that depend on leadership are fenced.
+type Rollouts interface {
+	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel Selector) ([]CampaignCandidate, error)
+	StartCampaign(ctx context.Context, id string, members []CampaignMember, at time.Time) error
+	AddCampaignMember(ctx context.Context, m CampaignMember) error
+	CampaignMembersToAssign(ctx context.Context, id string, openWaves, limit int) ([]CampaignMember, error)
+	OpenCampaignWave(ctx context.Context, f Fence, id string, wave, take int, askConsent bool, at time.Time) error
+	AssignCampaignJobs(ctx context.Context, f Fence, id string, jobs []Job, clock, at time.Time) ([]Job, error)
+	EndCampaign(ctx context.Context, f Fence, id, to, reason string, at time.Time) error
+	SetCampaignConsent(ctx context.Context, id, vin, decision string) error
+}
+
+// Leases let replicas take turns at singleton work. There is one kind:
+// a named lease with an epoch that grows each time it changes hands, so
+// writes fenced by an older epoch fail (Fence).
+type Leases interface {
+	// AcquireLeadership takes the named lease if it is free or expired,
+	// or renews it for its holder, and returns its epoch; false if
+	// another holder has it.
+	AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (epoch int64, ok bool, err error)
 	ReleaseLease(ctx context.Context, name, holder string) error
-
-	Ping(ctx context.Context) error
-	Close() error
 }
 
 // Fence names the lease a leader's write depends on: the write happens
@@ -585,4 +691,18 @@ type WaveCount struct {
 	RolledBack int `json:"rolledBack"`
 	TimedOut   int `json:"timedOut"`
 	Canceled   int `json:"canceled"`
+}
+
+// AuditCheckpoint is a signed statement of the chain's head.
+type AuditCheckpoint struct {
+	Seq       int64     `json:"seq"`
+	Hash      string    `json:"hash"`
+	At        time.Time `json:"at"`
+	KeyID     string    `json:"keyId"`
+	Signature string    `json:"signature"` // hex ed25519 over Message()
+}
+
+// Message is what a checkpoint's signature covers.
+func (c AuditCheckpoint) Message() []byte {
+	return []byte("roadsign-audit-checkpoint:" + strconv.FormatInt(c.Seq, 10) + ":" + c.Hash + ":" + strconv.FormatInt(c.At.UnixMicro(), 10))
 }

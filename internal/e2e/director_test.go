@@ -227,7 +227,10 @@ func (w *world) forgeDirector(v vehicleState, targets map[string]*metadata.Targe
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	d := director.New(st, nil, k, director.AutoNone, time.Hour, time.Now, slog.New(slog.DiscardHandler))
+	d, err := director.New(director.Config{Store: st, Keys: k, Expiry: time.Hour, Now: time.Now, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		w.t.Fatal(err)
+	}
 	head, err := st.DirectorHead(ctx, v.vin)
 	if err != nil {
 		w.t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	rs "github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/auditlog"
 	_ "github.com/roadsign/roadsign/server/sqlite" // the "sqlite" driver
 )
 
@@ -145,7 +146,7 @@ func rechain(t *testing.T, d *sql.DB) {
 	rows.Close()
 	prev := ""
 	for _, e := range es {
-		h := rs.AuditHash(prev, e)
+		h := auditlog.Hash(prev, e)
 		execSQL(t, d, `UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?`, prev, h, e.ID)
 		prev = h
 	}

@@ -24,41 +24,15 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
 // Store is what accounts need of the state store.
 type Store interface {
-	Auditor
-	CreateAccount(ctx context.Context, a server.Account) error
-	AccountByTokenHash(ctx context.Context, tokenHash string) (server.Account, error)
-	AccountByName(ctx context.Context, name string) (server.Account, error)
-	AccountByID(ctx context.Context, id string) (server.Account, error)
-	ListAccounts(ctx context.Context) ([]server.Account, error)
-	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
-	SetAccountToken(ctx context.Context, id, tokenHash string) error
-	SetAccountPassword(ctx context.Context, id, passwordHash string) error
-	CreateSession(ctx context.Context, s server.Session) error
-	Session(ctx context.Context, idHash string) (server.Session, error)
-	DeleteSession(ctx context.Context, idHash string) error
-	DeleteSessions(ctx context.Context, accountID string) error
+	server.Accounts
+	server.Sessions
+	auditlog.Appender
 }
-
-// Auditor appends to the audit log.
-type Auditor interface {
-	AppendAudit(ctx context.Context, e server.AuditEntry) error
-}
-
-// Principal is who is calling.
-type Principal struct {
-	ID   string
-	Name string
-	Role server.Role
-	// VIN is set for a vehicle (signed request); Role is then empty.
-	VIN string
-}
-
-// IsVehicle reports whether the caller is a vehicle.
-func (p Principal) IsVehicle() bool { return p.VIN != "" }
 
 // Service manages accounts.
 type Service struct {
@@ -83,38 +57,40 @@ func HashToken(token string) string {
 }
 
 // Bootstrap is the principal of the bootstrap admin token.
-var Bootstrap = Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Role: server.RoleAdmin}
+var Bootstrap = server.Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Role: server.RoleAdmin}
 
 // Authenticate returns the principal a bearer token belongs to.
-func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
+func (s *Service) Authenticate(ctx context.Context, token string) (server.Principal, error) {
 	if token == "" {
-		return Principal{}, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN")
+		return server.Principal{}, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN")
 	}
 	if s.bootstrapToken != "" && subtle.ConstantTimeCompare([]byte(HashToken(token)), []byte(HashToken(s.bootstrapToken))) == 1 {
 		return Bootstrap, nil
 	}
 	a, err := s.store.AccountByTokenHash(ctx, HashToken(token))
 	if errors.Is(err, server.ErrNotFound) {
-		return Principal{}, server.Errorf(server.KindUnauthorized, "unknown bearer token; ask an admin for an account")
+		return server.Principal{}, server.Errorf(server.KindUnauthorized, "unknown bearer token; ask an admin for an account")
 	}
 	if err != nil {
-		return Principal{}, err
+		return server.Principal{}, err
 	}
 	if a.Disabled {
-		return Principal{}, server.CodedErrorf(server.KindUnauthorized, errcode.AccountDisabled, "account %s is disabled; ask an admin", a.Name)
+		return server.Principal{}, server.CodedErrorf(server.KindUnauthorized, errcode.AccountDisabled, "account %s is disabled; ask an admin", a.Name)
 	}
 	return principalOf(a), nil
 }
 
-func principalOf(a server.Account) Principal { return Principal{ID: a.ID, Name: a.Name, Role: a.Role} }
+func principalOf(a server.Account) server.Principal {
+	return server.Principal{ID: a.ID, Name: a.Name, Role: a.Role}
+}
 
 // CheckOwnerPassword checks an owner's name and password. Unknown names,
 // other roles and disabled accounts cost a full password check too and
 // fail the same way.
-func (s *Service) CheckOwnerPassword(ctx context.Context, name, password string) (Principal, bool, error) {
+func (s *Service) CheckOwnerPassword(ctx context.Context, name, password string) (server.Principal, bool, error) {
 	a, err := s.store.AccountByName(ctx, strings.TrimSpace(name))
 	if err != nil && !errors.Is(err, server.ErrNotFound) {
-		return Principal{}, false, err
+		return server.Principal{}, false, err
 	}
 	hash := ""
 	if err == nil && a.Role == server.RoleOwner && !a.Disabled {
@@ -122,7 +98,7 @@ func (s *Service) CheckOwnerPassword(ctx context.Context, name, password string)
 	}
 	ok, err := s.passwords.Check(ctx, hash, password)
 	if err != nil || !ok {
-		return Principal{}, false, err
+		return server.Principal{}, false, err
 	}
 	return principalOf(a), true, nil
 }
@@ -152,7 +128,7 @@ type Created struct {
 }
 
 // Create makes an account and returns its token once.
-func (s *Service) Create(ctx context.Context, by Principal, req CreateRequest) (Created, error) {
+func (s *Service) Create(ctx context.Context, by server.Principal, req CreateRequest) (Created, error) {
 	role := server.Role(req.Role)
 	if !role.Valid() {
 		return Created{}, server.Errorf(server.KindInvalid, "role %q: want admin, dealer or owner", req.Role)
@@ -213,20 +189,6 @@ func NewToken() (string, error) {
 	return "rs_" + base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// System is the server itself acting (timeouts, auto-assign), for the audit log.
-var System = Principal{ID: "server", Name: "server", Role: "system"}
-
-// Audit appends an audit record for an action by p, naming p by ID (an
-// account's UUID, "bootstrap-admin", a vehicle's VIN, or "server") as
-// well as by name and role.
-func Audit(ctx context.Context, store Auditor, now time.Time, p Principal, action, subject, detail string) error {
-	id, actor, role := p.ID, p.Name, string(p.Role)
-	if p.IsVehicle() {
-		id, actor, role = p.VIN, p.VIN, "vehicle"
-	}
-	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), ActorID: id, Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
-}
-
 // --- administration ---
 
 // View is an account as GET /api/v1/accounts shows it.
@@ -258,7 +220,7 @@ func (s *Service) byID(ctx context.Context, id string) (server.Account, error) {
 
 // SetDisabled disables (or enables again) an account. Disabling ends its
 // sessions, and its token stops working at once.
-func (s *Service) SetDisabled(ctx context.Context, by Principal, id string, disabled bool) (View, error) {
+func (s *Service) SetDisabled(ctx context.Context, by server.Principal, id string, disabled bool) (View, error) {
 	a, err := s.byID(ctx, id)
 	if err != nil {
 		return View{}, err
@@ -276,7 +238,7 @@ func (s *Service) SetDisabled(ctx context.Context, by Principal, id string, disa
 			return View{}, err
 		}
 	}
-	if err := Audit(ctx, s.store, s.now(), by, action, id, "name="+a.Name); err != nil {
+	if err := auditlog.Record(ctx, s.store, s.now(), by, action, id, "name="+a.Name); err != nil {
 		return View{}, err
 	}
 	a.Disabled = disabled
@@ -284,7 +246,7 @@ func (s *Service) SetDisabled(ctx context.Context, by Principal, id string, disa
 }
 
 // RotateToken gives an account a new token; the old one stops working.
-func (s *Service) RotateToken(ctx context.Context, by Principal, id string) (Created, error) {
+func (s *Service) RotateToken(ctx context.Context, by server.Principal, id string) (Created, error) {
 	a, err := s.byID(ctx, id)
 	if err != nil {
 		return Created{}, err
@@ -296,7 +258,7 @@ func (s *Service) RotateToken(ctx context.Context, by Principal, id string) (Cre
 	if err := s.store.SetAccountToken(ctx, id, HashToken(token)); err != nil {
 		return Created{}, err
 	}
-	if err := Audit(ctx, s.store, s.now(), by, "account.token", id, "token replaced; the old one is revoked"); err != nil {
+	if err := auditlog.Record(ctx, s.store, s.now(), by, "account.token", id, "token replaced; the old one is revoked"); err != nil {
 		return Created{}, err
 	}
 	return Created{ID: a.ID, Role: string(a.Role), Name: a.Name, Token: token}, nil
@@ -304,7 +266,7 @@ func (s *Service) RotateToken(ctx context.Context, by Principal, id string) (Cre
 
 // ChangePassword sets an owner's new password after checking the current
 // one, and ends all of the account's sessions.
-func (s *Service) ChangePassword(ctx context.Context, p Principal, current, next string) error {
+func (s *Service) ChangePassword(ctx context.Context, p server.Principal, current, next string) error {
 	if len(next) < 8 || len(next) > 256 {
 		return server.Errorf(server.KindInvalid, "new password: give 8 to 256 characters")
 	}
@@ -332,14 +294,14 @@ func (s *Service) ChangePassword(ctx context.Context, p Principal, current, next
 	if err := s.store.DeleteSessions(ctx, a.ID); err != nil {
 		return err
 	}
-	return Audit(ctx, s.store, s.now(), p, "account.password", a.ID, "password changed; every session ended")
+	return auditlog.Record(ctx, s.store, s.now(), p, "account.password", a.ID, "password changed; every session ended")
 }
 
 // --- sessions ---
 
 // StartSession opens a portal session for p and returns its cookie value:
 // 256 random bits, stored only as their sha256.
-func (s *Service) StartSession(ctx context.Context, p Principal) (string, error) {
+func (s *Service) StartSession(ctx context.Context, p server.Principal) (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
@@ -352,17 +314,17 @@ func (s *Service) StartSession(ctx context.Context, p Principal) (string, error)
 // Session returns the principal of a live session; false if the session
 // ended, expired, or its account is disabled. The bootstrap admin has no
 // account and so no portal session.
-func (s *Service) Session(ctx context.Context, id string) (Principal, bool) {
+func (s *Service) Session(ctx context.Context, id string) (server.Principal, bool) {
 	if id == "" || len(id) > 64 {
-		return Principal{}, false
+		return server.Principal{}, false
 	}
 	se, err := s.store.Session(ctx, HashToken(id))
 	if err != nil || !s.now().Before(se.ExpiresAt) {
-		return Principal{}, false
+		return server.Principal{}, false
 	}
 	a, err := s.store.AccountByID(ctx, se.AccountID)
 	if err != nil || a.Disabled {
-		return Principal{}, false
+		return server.Principal{}, false
 	}
 	return principalOf(a), true
 }

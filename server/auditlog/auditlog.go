@@ -38,7 +38,7 @@ func EnsureGenesis(ctx context.Context, s Store, key *keys.Key, now time.Time) (
 	at := now.UTC().Truncate(time.Microsecond)
 	e := server.AuditEntry{At: at, ActorID: "server", Actor: "roadsign-server", Role: "system", Subject: "audit"}
 	added, err := s.AppendAuditGenesis(ctx, e, func(seq int64, prevHash string, legacy int64) string {
-		return server.SealGenesis(seq, prevHash, legacy, at, key.ID, key.Private)
+		return SealGenesis(seq, prevHash, legacy, at, key.ID, key.Private)
 	})
 	if err != nil {
 		return false, fmt.Errorf("audit genesis: %w", err)
@@ -55,7 +55,7 @@ func Checkpoint(ctx context.Context, s Store, key *keys.Key, now time.Time) (ser
 	if err != nil || seq == 0 {
 		return server.AuditCheckpoint{}, err
 	}
-	c := server.SignAuditCheckpoint(seq, hash, now, key.ID, key.Private)
+	c := SignCheckpoint(seq, hash, now, key.ID, key.Private)
 	if err := s.AddAuditCheckpoint(ctx, c); err != nil {
 		return c, fmt.Errorf("audit checkpoint: %w", err)
 	}
@@ -163,10 +163,10 @@ type Options struct {
 var ErrStale = errors.New("the newest audit checkpoint is too old")
 
 // Verify walks the whole log, then every checkpoint in the database and
-// every external one. A broken chain is a *server.AuditBreak naming the
+// every external one. A broken chain is a *Break naming the
 // first entry affected.
 func Verify(ctx context.Context, s Store, o Options) (Report, error) {
-	v := server.AuditVerifier{Pub: o.Pub}
+	v := Verifier{Pub: o.Pub}
 	var after int64
 	for {
 		page, err := s.ListAudit(ctx, after, 1000)
@@ -216,4 +216,20 @@ func Verify(ctx context.Context, s Store, o Options) (Report, error) {
 		}
 	}
 	return r, nil
+}
+
+// Appender appends to the audit log.
+type Appender interface {
+	AppendAudit(ctx context.Context, e server.AuditEntry) error
+}
+
+// Record appends an audit record for an action by p, naming p by ID (an
+// account's UUID, "bootstrap-admin", a vehicle's VIN, or "server") as
+// well as by name and role.
+func Record(ctx context.Context, store Appender, now time.Time, p server.Principal, action, subject, detail string) error {
+	id, actor, role := p.ID, p.Name, string(p.Role)
+	if p.IsVehicle() {
+		id, actor, role = p.VIN, p.VIN, "vehicle"
+	}
+	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), ActorID: id, Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
 }

@@ -32,7 +32,7 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/repo"
 )
@@ -283,8 +283,8 @@ func writeFile(ctx context.Context, tw *tar.Writer, f file, mod time.Time) error
 }
 
 // Serve audits the issue and streams the bundle as a download.
-func (p *Plan) Serve(ctx context.Context, w http.ResponseWriter, store server.Store, by accounts.Principal, now time.Time) error {
-	if err := accounts.Audit(ctx, store, now, by, "bundle.issue", p.Manifest.VIN,
+func (p *Plan) Serve(ctx context.Context, w http.ResponseWriter, store auditlog.Appender, by server.Principal, now time.Time) error {
+	if err := auditlog.Record(ctx, store, now, by, "bundle.issue", p.Manifest.VIN,
 		fmt.Sprintf("valid until %s; images %v", p.Manifest.ValidUntil.Format(time.RFC3339), p.Manifest.Images)); err != nil {
 		return err
 	}

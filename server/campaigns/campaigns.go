@@ -30,28 +30,16 @@ import (
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
-// Store is what campaigns need of the state store.
+// Store is what campaigns need of the state store: campaigns and their
+// rollout, the vehicles they cover, and the audit log.
 type Store interface {
-	accounts.Auditor
+	server.Campaigns
+	server.Rollouts
 	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
-	CreateCampaign(ctx context.Context, c server.Campaign) error
-	Campaign(ctx context.Context, id string) (server.Campaign, error)
-	Campaigns(ctx context.Context, states ...string) ([]server.Campaign, error)
-	SetCampaignState(ctx context.Context, id string, from []string, to string, at time.Time) error
-	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignCandidate, error)
-	StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error
-	AddCampaignMember(ctx context.Context, m server.CampaignMember) error
-	CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error)
-	CampaignMembersToAssign(ctx context.Context, id string, openWaves, limit int) ([]server.CampaignMember, error)
-	CampaignMembership(ctx context.Context, vin string) ([]server.CampaignMember, error)
-	OpenCampaignWave(ctx context.Context, f server.Fence, id string, wave, take int, askConsent bool, at time.Time) error
-	AssignCampaignJobs(ctx context.Context, f server.Fence, id string, jobs []server.Job, clock, at time.Time) ([]server.Job, error)
-	EndCampaign(ctx context.Context, f server.Fence, id, to, reason string, at time.Time) error
-	SetCampaignConsent(ctx context.Context, id, vin, decision string) error
-	CampaignJobs(ctx context.Context, id, state string) ([]server.Job, error)
+	auditlog.Appender
 }
 
 // Images is the image repository.
@@ -71,13 +59,28 @@ type Service struct {
 	jobs   Canceler
 	now    func() time.Time
 	m      *metrics
-	// Wake, if set, is told the VINs whose assignment changed (push).
-	Wake func(vins ...string)
+	wake   func(vins ...string)
 }
 
-// New returns the service; reg may be nil.
-func New(store Store, images Images, jobs Canceler, now func() time.Time, reg prometheus.Registerer) *Service {
-	return &Service{store: store, images: images, jobs: jobs, now: now, m: newMetrics(reg)}
+// Config is what the campaign service is built from.
+type Config struct {
+	Store  Store
+	Images Images
+	// Jobs ends the jobs a campaign no longer wants.
+	Jobs Canceler
+	// Wake, if set, is told the VINs whose assignment changed (push).
+	Wake func(vins ...string)
+	Now  func() time.Time
+	// Metrics (may be nil) gets the campaign metrics.
+	Metrics prometheus.Registerer
+}
+
+// New returns the service, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Images == nil || cfg.Jobs == nil || cfg.Now == nil {
+		return nil, errors.New("campaigns: store, image repository, jobs and clock are required")
+	}
+	return &Service{store: cfg.Store, images: cfg.Images, jobs: cfg.Jobs, now: cfg.Now, m: newMetrics(cfg.Metrics), wake: cfg.Wake}, nil
 }
 
 // CreateRequest is the body of POST /api/v1/campaigns.
@@ -197,7 +200,7 @@ func CheckWindow(w server.Window) error {
 
 // Create stores a draft campaign after resolving its image: every
 // published image of that ECU type and version, one per hardware ID.
-func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateRequest) (View, error) {
+func (s *Service) Create(ctx context.Context, by server.Principal, r CreateRequest) (View, error) {
 	cfg, err := r.config()
 	if err != nil {
 		return View{}, err
@@ -230,7 +233,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := s.store.CreateCampaign(ctx, c); err != nil {
 		return View{}, err
 	}
-	if err := accounts.Audit(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%q: %s %s to %s; waves %v", c.Name, cfg.ECU, cfg.Version, describe(cfg.Selector), cfg.Waves)); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%q: %s %s to %s; waves %v", c.Name, cfg.ECU, cfg.Version, describe(cfg.Selector), cfg.Waves)); err != nil {
 		return View{}, err
 	}
 	return s.Get(ctx, c.ID)
@@ -261,7 +264,7 @@ func (s *Service) load(ctx context.Context, id string) (server.Campaign, error) 
 // Start fixes the campaign's vehicles (those its selector matches now, and
 // no other running campaign has for this ECU) and starts it; the engine
 // opens the first wave.
-func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (View, error) {
+func (s *Service) Start(ctx context.Context, by server.Principal, id string) (View, error) {
 	c, err := s.load(ctx, id)
 	if err != nil {
 		return View{}, err
@@ -300,7 +303,7 @@ func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (
 		}
 		return View{}, err
 	}
-	if err := accounts.Audit(ctx, s.store, now, by, "campaign.start", id, fmt.Sprintf("%d vehicles selected", len(cands))); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "campaign.start", id, fmt.Sprintf("%d vehicles selected", len(cands))); err != nil {
 		return View{}, err
 	}
 	return s.Get(ctx, id)
@@ -309,7 +312,7 @@ func (s *Service) Start(ctx context.Context, by accounts.Principal, id string) (
 // Act pauses, resumes or aborts a campaign. Pause stops new assignments;
 // abort ends the campaign and cancels jobs not picked up yet. A halted
 // campaign stays halted: it can only be aborted.
-func (s *Service) Act(ctx context.Context, by accounts.Principal, id, action string) (View, error) {
+func (s *Service) Act(ctx context.Context, by server.Principal, id, action string) (View, error) {
 	c, err := s.load(ctx, id)
 	if err != nil {
 		return View{}, err
@@ -337,7 +340,7 @@ func (s *Service) Act(ctx context.Context, by accounts.Principal, id, action str
 			return View{}, err
 		}
 	}
-	if err := accounts.Audit(ctx, s.store, now, by, "campaign."+action, id, c.State+" -> "+to); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "campaign."+action, id, c.State+" -> "+to); err != nil {
 		return View{}, err
 	}
 	return s.Get(ctx, id)
@@ -357,8 +360,8 @@ func (s *Service) cancelQueued(ctx context.Context, id, why string) error {
 		}
 		vins = append(vins, j.VIN)
 	}
-	if s.Wake != nil && len(vins) > 0 {
-		s.Wake(vins...)
+	if s.wake != nil && len(vins) > 0 {
+		s.wake(vins...)
 	}
 	return nil
 }
@@ -608,7 +611,7 @@ func (s *Service) PendingConsent(ctx context.Context, vin string) ([]Pending, er
 
 // Consent records the owner's accept or decline; declined vehicles count
 // as neither success nor failure.
-func (s *Service) Consent(ctx context.Context, owner accounts.Principal, vin, campaignID, decision string) error {
+func (s *Service) Consent(ctx context.Context, owner server.Principal, vin, campaignID, decision string) error {
 	var d string
 	switch decision {
 	case "accept":
@@ -623,7 +626,7 @@ func (s *Service) Consent(ctx context.Context, owner accounts.Principal, vin, ca
 	} else if err != nil {
 		return err
 	}
-	return accounts.Audit(ctx, s.store, s.now(), owner, "campaign.consent_"+decision, campaignID, "vin="+vin)
+	return auditlog.Record(ctx, s.store, s.now(), owner, "campaign.consent_"+decision, campaignID, "vin="+vin)
 }
 
 // rate is a fraction for messages: 0.3 -> "30%".

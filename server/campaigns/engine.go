@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
 // maxBatch bounds the jobs one tick assigns per campaign.
@@ -88,7 +88,7 @@ func (s *Service) advance(ctx context.Context, f server.Fence, c server.Campaign
 			c.OpenWaves++
 			c.WaveOpened = append(c.WaveOpened, now)
 			s.m.waves.WithLabelValues(c.ID).Inc()
-			if err := accounts.Audit(ctx, s.store, now, accounts.System, "campaign.wave_open", c.ID,
+			if err := auditlog.Record(ctx, s.store, now, server.System, "campaign.wave_open", c.ID,
 				fmt.Sprintf("wave %d (%d%%): %d more vehicles", c.OpenWaves, cfg.Waves[c.OpenWaves-1], take)); err != nil {
 				return err
 			}
@@ -178,14 +178,14 @@ func (s *Service) assign(ctx context.Context, f server.Fence, c server.Campaign,
 	for i, j := range made {
 		vins[i] = j.VIN
 	}
-	if s.Wake != nil {
-		s.Wake(vins...)
+	if s.wake != nil {
+		s.wake(vins...)
 	}
 	shown := vins
 	if len(shown) > 10 {
 		shown = append(shown[:10:10], fmt.Sprintf("and %d more", len(vins)-10))
 	}
-	return accounts.Audit(ctx, s.store, now, accounts.System, "campaign.assign", c.ID, fmt.Sprintf("%d vehicles: %s", len(made), strings.Join(shown, " ")))
+	return auditlog.Record(ctx, s.store, now, server.System, "campaign.assign", c.ID, fmt.Sprintf("%d vehicles: %s", len(made), strings.Join(shown, " ")))
 }
 
 // end halts or completes a campaign; a halt cancels jobs no vehicle
@@ -208,7 +208,7 @@ func (s *Service) end(ctx context.Context, f server.Fence, c server.Campaign, to
 			return err
 		}
 	}
-	return accounts.Audit(ctx, s.store, now, accounts.System, action, c.ID, reason)
+	return auditlog.Record(ctx, s.store, now, server.System, action, c.ID, reason)
 }
 
 type metrics struct {

@@ -32,17 +32,36 @@ import (
 	"github.com/roadsign/roadsign/server/director"
 )
 
+// Store is what the handshake needs of the state store.
+type Store interface {
+	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
+	RecordAuth(ctx context.Context, vin string, a server.AuthRecord) error
+	Link(ctx context.Context, vin string) (server.Link, error)
+}
+
 // Service runs the handshake.
 type Service struct {
-	store    server.Store
+	store    Store
 	director *director.Service
 	images   director.Images
 	secret   []byte
 	now      func() time.Time
+	cfg      Config
+}
+
+// Config is what the handshake service is built from.
+type Config struct {
+	Store    Store
+	Director *director.Service
+	Images   director.Images
+	// Secret keys the stateless challenges and tokens (LoadSecret).
+	Secret []byte
+	// TokenTTL (1 h) is how long a connected-services token is good for.
 	TokenTTL time.Duration
 	// Handshake, if set, hears of every completed handshake (the
 	// diagnosis records what it finds then).
 	Handshake func(ctx context.Context, vin string)
+	Now       func() time.Time
 }
 
 // LoadSecret reads (creating on first use) the HMAC secret shared by all
@@ -66,9 +85,18 @@ func LoadSecret(dataDir string) ([]byte, error) {
 	return s, nil
 }
 
-// New returns the service.
-func New(store server.Store, d *director.Service, images director.Images, secret []byte, now func() time.Time) *Service {
-	return &Service{store: store, director: d, images: images, secret: secret, now: now, TokenTTL: time.Hour}
+// New returns the service, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	switch {
+	case cfg.Store == nil || cfg.Director == nil || cfg.Images == nil || cfg.Now == nil:
+		return nil, errors.New("connect: store, director, image repository and clock are required")
+	case len(cfg.Secret) < 32:
+		return nil, errors.New("connect: the secret must be at least 32 bytes")
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = time.Hour
+	}
+	return &Service{store: cfg.Store, director: cfg.Director, images: cfg.Images, secret: cfg.Secret, now: cfg.Now, cfg: cfg}, nil
 }
 
 func (s *Service) mac(parts ...string) string {
@@ -146,8 +174,8 @@ func (s *Service) Handle(ctx context.Context, vin string, r Request) (Answer, er
 	if rerr := s.store.RecordAuth(ctx, vin, rec); rerr != nil && err == nil {
 		return Answer{}, rerr
 	}
-	if s.Handshake != nil {
-		s.Handshake(ctx, vin)
+	if s.cfg.Handshake != nil {
+		s.cfg.Handshake(ctx, vin)
 	}
 	return ans, err
 }
@@ -188,7 +216,7 @@ func (s *Service) authorize(ctx context.Context, vin string, fw []Firmware, now 
 	sort.Slice(fw, func(i, j int) bool { return fw[i].Serial < fw[j].Serial })
 	b, _ := json.Marshal(fw)
 	sum := sha256.Sum256(b)
-	exp := now.Add(s.TokenTTL)
+	exp := now.Add(s.cfg.TokenTTL)
 	payload := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"vin":%q,"firmware":%q,"exp":%d}`, vin, hex.EncodeToString(sum[:]), exp.Unix())))
 	return Answer{Token: "cs_" + payload + "." + s.mac("token", payload), ExpiresAt: exp}, nil
 }

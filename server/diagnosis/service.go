@@ -47,15 +47,37 @@ type Service struct {
 	status func(ctx context.Context) []server.HealthCheck
 	now    func() time.Time
 	log    *slog.Logger
-	// OfflineAfter is how long without contact makes a car offline.
-	OfflineAfter time.Duration
+	// offlineAfter is how long without contact makes a car offline.
+	offlineAfter time.Duration
 	opened       *prometheus.CounterVec
 	resolved     *prometheus.CounterVec
 }
 
-// New returns the service; reg (may be nil) gets its metrics.
-func New(store Store, d Director, images Images, status func(ctx context.Context) []server.HealthCheck, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *Service {
-	s := &Service{store: store, director: d, images: images, status: status, now: now, log: log, OfflineAfter: 72 * time.Hour,
+// Config is what the diagnosis is built from.
+type Config struct {
+	Store    Store
+	Director Director
+	Images   Images
+	// Status returns the service's own health checks.
+	Status func(ctx context.Context) []server.HealthCheck
+	// OfflineAfter (72 h) is how long without contact makes a car offline.
+	OfflineAfter time.Duration
+	Now          func() time.Time
+	Log          *slog.Logger
+	// Metrics (may be nil) gets the findings counters.
+	Metrics prometheus.Registerer
+}
+
+// New returns the service, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Director == nil || cfg.Images == nil || cfg.Status == nil || cfg.Now == nil || cfg.Log == nil {
+		return nil, errors.New("diagnosis: store, director, image repository, status, clock and logger are required")
+	}
+	if cfg.OfflineAfter <= 0 {
+		cfg.OfflineAfter = 72 * time.Hour
+	}
+	reg := cfg.Metrics
+	s := &Service{store: cfg.Store, director: cfg.Director, images: cfg.Images, status: cfg.Status, now: cfg.Now, log: cfg.Log, offlineAfter: cfg.OfflineAfter,
 		opened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roadsign_diagnosis_findings_opened_total",
 			Help: "Diagnosis findings (problems) opened, by code."}, []string{"code"}),
 		resolved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roadsign_diagnosis_findings_resolved_total",
@@ -64,7 +86,7 @@ func New(store Store, d Director, images Images, status func(ctx context.Context
 	if reg != nil {
 		reg.MustRegister(s.opened, s.resolved)
 	}
-	return s
+	return s, nil
 }
 
 // Diagnose gathers the evidence for vin, applies the rules, and records
@@ -100,13 +122,10 @@ func (s *Service) Record(ctx context.Context, vin string) {
 func (s *Service) Evidence(ctx context.Context, vin string) (Evidence, error) {
 	now := s.now().UTC()
 	v, err := s.store.Vehicle(ctx, vin)
-	if errors.Is(err, server.ErrNotFound) {
-		return Evidence{}, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vin)
-	}
 	if err != nil {
 		return Evidence{}, err
 	}
-	e := Evidence{Now: now, Vehicle: v, OfflineAfter: s.OfflineAfter}
+	e := Evidence{Now: now, Vehicle: v, OfflineAfter: s.offlineAfter}
 	l, err := s.store.Link(ctx, vin)
 	switch {
 	case errors.Is(err, server.ErrNotFound):

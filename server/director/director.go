@@ -43,9 +43,16 @@ type AutoJobs interface {
 	Supersede(ctx context.Context, j server.Job, why string) (stillOpen bool, err error)
 }
 
+// Store is what the director needs of the state store: the per-vehicle
+// metadata it signs, and the vehicle's jobs it signs for.
+type Store interface {
+	server.DirectorMetadata
+	JobsByVIN(ctx context.Context, vin string) ([]server.Job, error)
+}
+
 // Service is the director.
 type Service struct {
-	store      server.Store
+	store      Store
 	images     Images
 	jobs       AutoJobs
 	campaigns  Campaigns
@@ -59,17 +66,46 @@ type Service struct {
 	floor int64
 }
 
-// New returns a director.
-func New(store server.Store, images Images, keys *repo.OnlineKeys, autoAssign string, expiry time.Duration, now func() time.Time, log *slog.Logger) *Service {
-	return &Service{store: store, images: images, keys: keys, autoAssign: autoAssign, expiry: expiry, now: now, log: log}
+// Config is what a director is built from.
+type Config struct {
+	Store  Store
+	Images Images
+	// Keys are the director's online keys (targets, snapshot, timestamp).
+	Keys *repo.OnlineKeys
+	// Jobs, if set, records what auto-assign decides as jobs.
+	Jobs AutoJobs
+	// Campaigns, if set, makes the director defer to campaigns.
+	Campaigns Campaigns
+	// AutoAssign is AutoLatest or AutoNone ("": none).
+	AutoAssign string
+	// Expiry is how long signed timestamp metadata lives.
+	Expiry time.Duration
+	// VersionFloor makes every version signed at least it, and metadata
+	// signed below it stale (re-signed at the next fetch): a restored
+	// server (see server/backup); 0 when never restored.
+	VersionFloor int64
+	Now          func() time.Time
+	Log          *slog.Logger
 }
 
-// SetVersionFloor makes every version signed from now on at least floor,
-// and metadata signed below it stale (re-signed at the next fetch).
-func (d *Service) SetVersionFloor(floor int64) { d.floor = floor }
-
-// UseJobs makes the director record what auto-assign decides as jobs.
-func (d *Service) UseJobs(j AutoJobs) { d.jobs = j }
+// New returns a director, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.AutoAssign == "" {
+		cfg.AutoAssign = AutoNone
+	}
+	switch {
+	case cfg.Store == nil || cfg.Keys == nil || cfg.Now == nil || cfg.Log == nil:
+		return nil, errors.New("director: store, online keys, clock and logger are required")
+	case cfg.AutoAssign != AutoLatest && cfg.AutoAssign != AutoNone:
+		return nil, fmt.Errorf("director: auto-assign %q: want %s or %s", cfg.AutoAssign, AutoLatest, AutoNone)
+	case cfg.AutoAssign == AutoLatest && cfg.Images == nil:
+		return nil, errors.New("director: auto-assign needs the image repository")
+	case cfg.Expiry <= 0:
+		return nil, fmt.Errorf("director: metadata expiry %v must be positive", cfg.Expiry)
+	}
+	return &Service{store: cfg.Store, images: cfg.Images, keys: cfg.Keys, jobs: cfg.Jobs, campaigns: cfg.Campaigns,
+		autoAssign: cfg.AutoAssign, expiry: cfg.Expiry, floor: cfg.VersionFloor, now: cfg.Now, log: cfg.Log}, nil
+}
 
 // Campaigns is what the director asks of campaigns.
 type Campaigns interface {
@@ -80,9 +116,6 @@ type Campaigns interface {
 	// job: auto-assign leaves them alone.
 	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
 }
-
-// UseCampaigns makes the director defer to campaigns.
-func (d *Service) UseCampaigns(c Campaigns) { d.campaigns = c }
 
 // Assigned is one ECU's assignment.
 type Assigned struct {

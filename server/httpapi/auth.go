@@ -16,7 +16,6 @@ import (
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
 )
 
 // Who may call a route.
@@ -69,7 +68,7 @@ func (a *api) authenticate(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	c.Set(principalKey, accounts.Principal{VIN: claim.VIN, Name: claim.VIN})
+	c.Set(principalKey, server.Principal{VIN: claim.VIN, Name: claim.VIN})
 	c.Next()
 }
 
@@ -132,12 +131,12 @@ func (a *api) verifyVehicle(c *gin.Context, claim vehicleauth.Claim) error {
 	return nil
 }
 
-func principal(c *gin.Context) (accounts.Principal, bool) {
+func principal(c *gin.Context) (server.Principal, bool) {
 	v, ok := c.Get(principalKey)
 	if !ok {
-		return accounts.Principal{}, false
+		return server.Principal{}, false
 	}
-	return v.(accounts.Principal), true
+	return v.(server.Principal), true
 }
 
 // allow lets a route through for the listed kinds of caller: 401 without
@@ -169,7 +168,7 @@ func (a *api) allow(who []string) gin.HandlerFunc {
 	}
 }
 
-func callerKind(p accounts.Principal) string {
+func callerKind(p server.Principal) string {
 	if p.IsVehicle() {
 		return "a vehicle"
 	}

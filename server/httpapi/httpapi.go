@@ -24,6 +24,7 @@ import (
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
@@ -42,6 +43,18 @@ var ginMode sync.Once
 
 // maxJSONBody caps JSON request bodies (publish carries targets metadata).
 const maxJSONBody = 16 << 20
+
+// Store is what the handlers read of the state store directly (the rest
+// through the services): vehicles, request nonces, software records and
+// the audit log.
+type Store interface {
+	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
+	UseNonce(ctx context.Context, vin, nonce string, at time.Time) error
+	SoftwareRecords(ctx context.Context, vin string, q server.RecordQuery) ([]server.SoftwareRecord, error)
+	ListAudit(ctx context.Context, afterID int64, limit int) ([]server.AuditEntry, error)
+	RecentAudit(ctx context.Context, beforeID int64, limit int) ([]server.AuditEntry, error)
+	auditlog.Appender
+}
 
 // Pinger is a dependency /readyz checks.
 type Pinger interface {
@@ -62,7 +75,7 @@ type Deps struct {
 	Campaigns *campaigns.Service
 	Diagnosis *diagnosis.Service
 	Web       *web.Web
-	Store     server.Store
+	Store     Store
 	Ready     map[string]Pinger
 	Log       *slog.Logger
 	Metrics   *prometheus.Registry
@@ -412,7 +425,7 @@ func (a *api) publish(c *gin.Context) {
 		p, _ := principal(c)
 		detail := fmt.Sprintf("image root v%d, targets v%d, snapshot v%d, timestamp v%d; director root v%d",
 			res.RootVersion, res.TargetsVersion, res.SnapshotVersion, res.TimestampVersion, res.DirectorRoot)
-		if err := accounts.Audit(ctx, a.Store, a.Now(), p, "repo.publish", "image repository", detail); err != nil {
+		if err := auditlog.Record(ctx, a.Store, a.Now(), p, "repo.publish", "image repository", detail); err != nil {
 			a.fail(c, err)
 			return
 		}
@@ -430,7 +443,7 @@ func (a *api) uploadTarget(c *gin.Context) {
 	}
 	if created {
 		p, _ := principal(c)
-		if err := accounts.Audit(ctx, a.Store, a.Now(), p, "repo.target_upload", name, fmt.Sprintf("%d bytes", c.Request.ContentLength)); err != nil {
+		if err := auditlog.Record(ctx, a.Store, a.Now(), p, "repo.target_upload", name, fmt.Sprintf("%d bytes", c.Request.ContentLength)); err != nil {
 			a.fail(c, err)
 			return
 		}

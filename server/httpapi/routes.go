@@ -15,6 +15,7 @@ import (
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
@@ -172,7 +173,7 @@ func (a *api) createAccount(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	if err := accounts.Audit(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "role="+created.Role); err != nil {
+	if err := auditlog.Record(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "role="+created.Role); err != nil {
 		a.fail(c, err)
 		return
 	}

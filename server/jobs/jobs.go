@@ -25,15 +25,22 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
-// Config tunes retries and timeouts.
+// Config is what the jobs service is built from.
 type Config struct {
+	Store  Store
+	Images Images
+	// MaxAttempts (3), RetryBase (1 min): a failed install is retried.
 	MaxAttempts int
 	RetryBase   time.Duration
-	// Timeout ends a job the vehicle has not reported on for this long.
+	// Timeout (72 h) ends a job the vehicle has not reported on for this long.
 	Timeout time.Duration
+	// Wake, if set, is told the VINs whose assignment a job changed (push).
+	Wake func(vins ...string)
+	Now  func() time.Time
+	Log  *slog.Logger
 }
 
 // Images is the image repository as jobs need it.
@@ -41,19 +48,30 @@ type Images interface {
 	CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error)
 }
 
-// Service manages jobs.
-type Service struct {
-	store  server.Store
-	images Images
-	cfg    Config
-	// Wake, if set, is told the VINs whose assignment a job changed (push).
-	Wake func(vins ...string)
-	now  func() time.Time
-	log  *slog.Logger
+// Store is what jobs need of the state store: the jobs, the vehicles
+// they are for, the software record their outcomes go to, and the audit
+// log.
+type Store interface {
+	server.Jobs
+	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
+	AddSoftwareRecord(ctx context.Context, r server.SoftwareRecord) error
+	auditlog.Appender
 }
 
-// New returns a job service.
-func New(store server.Store, images Images, cfg Config, now func() time.Time, log *slog.Logger) *Service {
+// Service manages jobs.
+type Service struct {
+	store  Store
+	images Images
+	cfg    Config
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+// New returns a job service, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Images == nil || cfg.Now == nil || cfg.Log == nil {
+		return nil, errors.New("jobs: store, image repository, clock and logger are required")
+	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
@@ -63,7 +81,7 @@ func New(store server.Store, images Images, cfg Config, now func() time.Time, lo
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 72 * time.Hour
 	}
-	return &Service{store: store, images: images, cfg: cfg, now: now, log: log}
+	return &Service{store: cfg.Store, images: cfg.Images, cfg: cfg, now: cfg.Now, log: cfg.Log}, nil
 }
 
 // CreateRequest is the body of POST /api/v1/jobs.
@@ -76,11 +94,8 @@ type CreateRequest struct {
 }
 
 // Create queues a job after resolving the ECU and the image.
-func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateRequest) (server.Job, error) {
+func (s *Service) Create(ctx context.Context, by server.Principal, r CreateRequest) (server.Job, error) {
 	v, err := s.store.Vehicle(ctx, r.VIN)
-	if errors.Is(err, server.ErrNotFound) {
-		return server.Job{}, server.Errorf(server.KindNotFound, "no vehicle %s is registered", r.VIN)
-	}
 	if err != nil {
 		return server.Job{}, err
 	}
@@ -121,7 +136,7 @@ func (s *Service) Create(ctx context.Context, by accounts.Principal, r CreateReq
 	if err := s.store.CreateJob(ctx, j); err != nil {
 		return server.Job{}, err
 	}
-	if err := accounts.Audit(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
 		return server.Job{}, err
 	}
 	defer s.wake(j.VIN)
@@ -148,13 +163,13 @@ func (s *Service) CreateAuto(ctx context.Context, v server.Vehicle, e server.ECU
 	j := server.Job{
 		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: e.Serial, ECUType: e.Type, TargetPath: path, Version: c.Version,
 		Reason: "auto-assign latest: the newest image for " + e.HardwareID, State: server.JobQueued,
-		CreatedBy: accounts.System.Name, Origin: server.OriginAutoAssign, CreatedAt: now, UpdatedAt: now, MaxAttempts: s.cfg.MaxAttempts,
+		CreatedBy: server.System.Name, Origin: server.OriginAutoAssign, CreatedAt: now, UpdatedAt: now, MaxAttempts: s.cfg.MaxAttempts,
 		Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, assigned by the server's auto-assign policy", c.Version, e.Type, e.Serial)}},
 	}
 	if err := s.store.CreateJob(ctx, j); err != nil {
 		return server.Job{}, err
 	}
-	if err := accounts.Audit(ctx, s.store, now, accounts.System, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s origin=auto-assign", j.VIN, j.ECUSerial, path)); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, server.System, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s origin=auto-assign", j.VIN, j.ECUSerial, path)); err != nil {
 		return server.Job{}, err
 	}
 	return j, nil
@@ -168,7 +183,7 @@ func (s *Service) Supersede(ctx context.Context, j server.Job, why string) (bool
 	if j.CancelRequested {
 		return true, nil // already asked; the install decides
 	}
-	got, err := s.cancel(ctx, accounts.System, j.ID, why)
+	got, err := s.cancel(ctx, server.System, j.ID, why)
 	var se *server.Error
 	if errors.As(err, &se) && se.Kind == server.KindConflict {
 		return false, nil // it ended meanwhile
@@ -239,11 +254,11 @@ func flashing(j server.Job) bool { return j.Phase == "installing" || j.Phase == 
 
 // Cancel cancels a job that has not started flashing; once flashing has
 // started it records the request and the job ends as the install does.
-func (s *Service) Cancel(ctx context.Context, by accounts.Principal, id string) (server.Job, error) {
+func (s *Service) Cancel(ctx context.Context, by server.Principal, id string) (server.Job, error) {
 	return s.cancel(ctx, by, id, "canceled by "+by.Name)
 }
 
-func (s *Service) cancel(ctx context.Context, by accounts.Principal, id, why string) (server.Job, error) {
+func (s *Service) cancel(ctx context.Context, by server.Principal, id, why string) (server.Job, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		j, err := s.Get(ctx, id)
 		if err != nil {
@@ -270,7 +285,7 @@ func (s *Service) cancel(ctx context.Context, by accounts.Principal, id, why str
 		if err := s.store.AddJobEvent(ctx, j.ID, ev); err != nil {
 			return j, err
 		}
-		if err := accounts.Audit(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
+		if err := auditlog.Record(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
 			return j, err
 		}
 		s.wake(j.VIN) // a vehicle mid-download hears of it at once
@@ -390,7 +405,7 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 		}
 		s.record(ctx, j, r.Kind, msg, now)
 		if from != j.State {
-			if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
+			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
 				return j, err
 			}
 		}
@@ -423,7 +438,7 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		if err := s.store.AddJobEvent(ctx, j.ID, server.JobEvent{At: now, Kind: server.JobTimedOut, Message: msg}); err != nil {
 			return n, err
 		}
-		if err := accounts.Audit(ctx, s.store, now, accounts.System, "job.state", j.ID, from+" -> timed_out: "+msg); err != nil {
+		if err := auditlog.Record(ctx, s.store, now, server.System, "job.state", j.ID, from+" -> timed_out: "+msg); err != nil {
 			return n, err
 		}
 		n++
@@ -461,7 +476,7 @@ func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, no
 }
 
 func (s *Service) wake(vin string) {
-	if s.Wake != nil {
-		s.Wake(vin)
+	if s.cfg.Wake != nil {
+		s.cfg.Wake(vin)
 	}
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/sqlite"
 )
@@ -50,11 +49,14 @@ func setup(t *testing.T) (*jobs.Service, server.Store, *clock) {
 	st.ReportECUs(context.Background(), "VIN1", []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm/2.img", InstalledVersion: "2.0.0"}}, server.Health{}, time.Now())
 	imgs := images{"dcm/1.img": image("1.0.0", 1, false), "dcm/1b.img": image("1.0.1", 2, true), "dcm/2.img": image("2.0.0", 3, false), "dcm/3.img": image("3.0.0", 4, false)}
 	c := &clock{t: time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)}
-	svc := jobs.New(st, imgs, jobs.Config{MaxAttempts: 3, RetryBase: time.Minute, Timeout: time.Hour}, c.now, slog.New(slog.DiscardHandler))
+	svc, err := jobs.New(jobs.Config{Store: st, Images: imgs, MaxAttempts: 3, RetryBase: time.Minute, Timeout: time.Hour, Now: c.now, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return svc, st, c
 }
 
-var dealer = accounts.Principal{ID: "d", Name: "dealer-1", Role: server.RoleDealer}
+var dealer = server.Principal{ID: "d", Name: "dealer-1", Role: server.RoleDealer}
 
 func create(t *testing.T, svc *jobs.Service, version string, forced bool) server.Job {
 	t.Helper()

@@ -17,21 +17,46 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
+
+// Store is what links need of the state store.
+type Store interface {
+	server.Links
+	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
+	AccountByName(ctx context.Context, name string) (server.Account, error)
+	auditlog.Appender
+}
 
 // Service manages links.
 type Service struct {
-	store server.Store
+	store Store
 	now   func() time.Time
-	// Subscription is how long a new link's subscription runs.
-	Subscription time.Duration
-	// CodeTTL is how long a link code is valid.
-	CodeTTL time.Duration
+	cfg   Config
 }
 
-// New returns the owners service.
-func New(store server.Store, now func() time.Time) *Service {
-	return &Service{store: store, now: now, Subscription: 365 * 24 * time.Hour, CodeTTL: 15 * time.Minute}
+// Config is what the owners service is built from.
+type Config struct {
+	Store Store
+	// Subscription (a year) is how long a new link's subscription runs.
+	Subscription time.Duration
+	// CodeTTL (15 min) is how long a link code is valid.
+	CodeTTL time.Duration
+	Now     func() time.Time
+}
+
+// New returns the owners service, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Now == nil {
+		return nil, errors.New("owners: store and clock are required")
+	}
+	if cfg.Subscription <= 0 {
+		cfg.Subscription = 365 * 24 * time.Hour
+	}
+	if cfg.CodeTTL <= 0 {
+		cfg.CodeTTL = 15 * time.Minute
+	}
+	return &Service{store: cfg.Store, now: cfg.Now, cfg: cfg}, nil
 }
 
 const codeAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789" // no 0/O, 1/I
@@ -48,7 +73,7 @@ func (s *Service) NewLinkCode(ctx context.Context, vin string) (string, time.Tim
 		b[i] = codeAlphabet[n.Int64()]
 	}
 	code := string(b)
-	exp := s.now().Add(s.CodeTTL).UTC()
+	exp := s.now().Add(s.cfg.CodeTTL).UTC()
 	if err := s.store.SetLinkCode(ctx, vin, accounts.HashToken(vin+":"+code), exp); err != nil {
 		return "", time.Time{}, err
 	}
@@ -62,10 +87,8 @@ type LinkRequest struct {
 }
 
 // LinkWithCode links vin to the calling owner.
-func (s *Service) LinkWithCode(ctx context.Context, owner accounts.Principal, r LinkRequest) (server.Link, error) {
-	if _, err := s.store.Vehicle(ctx, r.VIN); errors.Is(err, server.ErrNotFound) {
-		return server.Link{}, server.Errorf(server.KindNotFound, "no vehicle %s is registered", r.VIN)
-	} else if err != nil {
+func (s *Service) LinkWithCode(ctx context.Context, owner server.Principal, r LinkRequest) (server.Link, error) {
+	if _, err := s.store.Vehicle(ctx, r.VIN); err != nil {
 		return server.Link{}, err
 	}
 	now := s.now().UTC()
@@ -77,11 +100,11 @@ func (s *Service) LinkWithCode(ctx context.Context, owner accounts.Principal, r 
 	return s.link(ctx, owner, r.VIN, now, "owner.link")
 }
 
-func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string, now time.Time, action string) (server.Link, error) {
+func (s *Service) link(ctx context.Context, owner server.Principal, vin string, now time.Time, action string) (server.Link, error) {
 	l, err := s.store.Link(ctx, vin)
 	switch {
 	case errors.Is(err, server.ErrNotFound):
-		l = server.Link{VIN: vin, OwnerID: owner.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
+		l = server.Link{VIN: vin, OwnerID: owner.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.cfg.Subscription)}
 	case err != nil:
 		return l, err
 	case l.OwnerID == owner.ID:
@@ -93,7 +116,7 @@ func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string
 		if err := s.store.SaveLink(ctx, l); err != nil {
 			return l, err
 		}
-		if err := accounts.Audit(ctx, s.store, now, owner, "owner.claim", vin, "claims a vehicle linked to another owner"); err != nil {
+		if err := auditlog.Record(ctx, s.store, now, owner, "owner.claim", vin, "claims a vehicle linked to another owner"); err != nil {
 			return l, err
 		}
 		return l, server.CodedErrorf(server.KindConflict, errcode.LinkedToPreviousOwner, "%s is still linked to its previous owner; your claim is recorded: they can accept it in their portal, or a dealer can transfer the car to you", vin)
@@ -101,12 +124,12 @@ func (s *Service) link(ctx context.Context, owner accounts.Principal, vin string
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
 	}
-	return l, accounts.Audit(ctx, s.store, now, owner, action, vin, "owner="+owner.Name)
+	return l, auditlog.Record(ctx, s.store, now, owner, action, vin, "owner="+owner.Name)
 }
 
 // Release ends the calling owner's link (the car was sold). A pending
 // claim does not take over: the new owner links with the car's code.
-func (s *Service) Release(ctx context.Context, owner accounts.Principal, vin string) error {
+func (s *Service) Release(ctx context.Context, owner server.Principal, vin string) error {
 	l, err := s.ownLink(ctx, owner, vin)
 	if err != nil {
 		return err
@@ -118,10 +141,10 @@ func (s *Service) Release(ctx context.Context, owner accounts.Principal, vin str
 	if l.PendingOwnerID != "" {
 		detail = "pending claim by " + l.PendingOwnerID + " dropped"
 	}
-	return accounts.Audit(ctx, s.store, s.now().UTC(), owner, "owner.release", vin, detail)
+	return auditlog.Record(ctx, s.store, s.now().UTC(), owner, "owner.release", vin, detail)
 }
 
-func (s *Service) ownLink(ctx context.Context, owner accounts.Principal, vin string) (server.Link, error) {
+func (s *Service) ownLink(ctx context.Context, owner server.Principal, vin string) (server.Link, error) {
 	l, err := s.store.Link(ctx, vin)
 	if errors.Is(err, server.ErrNotFound) || (err == nil && l.OwnerID != owner.ID) {
 		return l, server.Errorf(server.KindNotFound, "%s is not linked to your account", vin)
@@ -138,7 +161,7 @@ type ClaimDecision struct {
 // DecideClaim accepts (the car moves to the claimant, with a new
 // subscription) or rejects a pending claim. The owner decides for their
 // car (asOwner); a dealer or admin for any, giving a reason.
-func (s *Service) DecideClaim(ctx context.Context, by accounts.Principal, vin string, d ClaimDecision, asOwner bool) (server.Link, error) {
+func (s *Service) DecideClaim(ctx context.Context, by server.Principal, vin string, d ClaimDecision, asOwner bool) (server.Link, error) {
 	var l server.Link
 	var err error
 	if asOwner {
@@ -162,7 +185,7 @@ func (s *Service) DecideClaim(ctx context.Context, by accounts.Principal, vin st
 	claimant := l.PendingOwnerID
 	switch d.Decision {
 	case "accept":
-		l = server.Link{VIN: vin, OwnerID: claimant, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
+		l = server.Link{VIN: vin, OwnerID: claimant, LinkedAt: now, SubscriptionEnds: now.Add(s.cfg.Subscription)}
 	case "reject":
 		l.PendingOwnerID, l.PendingSince = "", time.Time{}
 	default:
@@ -175,7 +198,7 @@ func (s *Service) DecideClaim(ctx context.Context, by accounts.Principal, vin st
 	if d.Reason != "" {
 		detail += fmt.Sprintf(" reason=%q", d.Reason)
 	}
-	return l, accounts.Audit(ctx, s.store, now, by, "owner.claim_"+d.Decision, vin, detail)
+	return l, auditlog.Record(ctx, s.store, now, by, "owner.claim_"+d.Decision, vin, detail)
 }
 
 // maxSubscriptionYears is the longest subscription a dealer may set, by
@@ -189,9 +212,9 @@ type TransferRequest struct {
 }
 
 // Transfer links vin to another owner (dealer approval or transfer).
-func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin string, r TransferRequest) (server.Link, error) {
-	if _, err := s.store.Vehicle(ctx, vin); errors.Is(err, server.ErrNotFound) {
-		return server.Link{}, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vin)
+func (s *Service) Transfer(ctx context.Context, by server.Principal, vin string, r TransferRequest) (server.Link, error) {
+	if _, err := s.store.Vehicle(ctx, vin); err != nil {
+		return server.Link{}, err
 	}
 	to, err := s.store.AccountByName(ctx, r.Owner)
 	if errors.Is(err, server.ErrNotFound) || (err == nil && to.Role != server.RoleOwner) {
@@ -201,7 +224,7 @@ func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin strin
 		return server.Link{}, err
 	}
 	now := s.now().UTC()
-	l := server.Link{VIN: vin, OwnerID: to.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.Subscription)}
+	l := server.Link{VIN: vin, OwnerID: to.ID, LinkedAt: now, SubscriptionEnds: now.Add(s.cfg.Subscription)}
 	if !r.SubscriptionEnds.IsZero() {
 		if r.SubscriptionEnds.After(now.AddDate(maxSubscriptionYears, 0, 0)) {
 			return l, server.Errorf(server.KindInvalid, "subscriptionEnds %s is more than %d years away; give a real end date", r.SubscriptionEnds.Format(time.DateOnly), maxSubscriptionYears)
@@ -212,12 +235,12 @@ func (s *Service) Transfer(ctx context.Context, by accounts.Principal, vin strin
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
 	}
-	return l, accounts.Audit(ctx, s.store, now, by, "owner.transfer", vin, fmt.Sprintf("from=%s to=%s subscriptionEnds=%s", prev.OwnerID, to.ID, l.SubscriptionEnds.Format(time.RFC3339)))
+	return l, auditlog.Record(ctx, s.store, now, by, "owner.transfer", vin, fmt.Sprintf("from=%s to=%s subscriptionEnds=%s", prev.OwnerID, to.ID, l.SubscriptionEnds.Format(time.RFC3339)))
 }
 
 // Renew extends vin's subscription by a year, from its end or from now,
 // whichever is later (a dealer's renewal).
-func (s *Service) Renew(ctx context.Context, by accounts.Principal, vin string) (server.Link, error) {
+func (s *Service) Renew(ctx context.Context, by server.Principal, vin string) (server.Link, error) {
 	l, err := s.store.Link(ctx, vin)
 	if errors.Is(err, server.ErrNotFound) {
 		return l, server.Errorf(server.KindConflict, "%s is not linked to an owner; link it first, then renew", vin)
@@ -240,11 +263,11 @@ func (s *Service) Renew(ctx context.Context, by accounts.Principal, vin string) 
 	if err := s.store.SaveLink(ctx, l); err != nil {
 		return l, err
 	}
-	return l, accounts.Audit(ctx, s.store, now, by, "owner.renew", vin, "subscriptionEnds="+l.SubscriptionEnds.Format(time.RFC3339))
+	return l, auditlog.Record(ctx, s.store, now, by, "owner.renew", vin, "subscriptionEnds="+l.SubscriptionEnds.Format(time.RFC3339))
 }
 
 // Owns reports whether owner is linked to vin.
-func (s *Service) Owns(ctx context.Context, owner accounts.Principal, vin string) (bool, error) {
+func (s *Service) Owns(ctx context.Context, owner server.Principal, vin string) (bool, error) {
 	l, err := s.store.Link(ctx, vin)
 	if errors.Is(err, server.ErrNotFound) {
 		return false, nil
@@ -253,7 +276,7 @@ func (s *Service) Owns(ctx context.Context, owner accounts.Principal, vin string
 }
 
 // Mine lists the calling owner's links.
-func (s *Service) Mine(ctx context.Context, owner accounts.Principal) ([]server.Link, error) {
+func (s *Service) Mine(ctx context.Context, owner server.Principal) ([]server.Link, error) {
 	return s.store.LinksByOwner(ctx, owner.ID)
 }
 

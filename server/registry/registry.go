@@ -24,7 +24,7 @@ import (
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
 // Images lists the published image targets: which hardware IDs each ECU
@@ -33,24 +33,44 @@ type Images interface {
 	CurrentTargets(ctx context.Context) (map[string]*metadata.TargetFiles, int64, error)
 }
 
+// Store is what the registry needs of the state store: the vehicles,
+// the USB installs they report for their record, and the audit log.
+type Store interface {
+	server.Vehicles
+	AddUSBRecords(ctx context.Context, vin string, recs []server.SoftwareRecord, perDay int, since time.Time) ([]server.SoftwareRecord, error)
+	auditlog.Appender
+}
+
 // Service is the vehicle registry.
 type Service struct {
-	store  server.Store
+	store  Store
 	images Images
 	now    func() time.Time
 	log    *slog.Logger
 	// faults bounds the refused-request writes in flight.
 	faults chan struct{}
+	cfg    Config
+}
+
+// Config is what the registry is built from.
+type Config struct {
+	Store  Store
+	Images Images
 	// Owns, if set, tells whether an owner is linked to a VIN.
-	Owns func(ctx context.Context, p accounts.Principal, vin string) (bool, error)
+	Owns func(ctx context.Context, p server.Principal, vin string) (bool, error)
 	// Registered, if set, hears of each new vehicle (campaigns that
 	// include new vehicles take it in).
 	Registered func(ctx context.Context, v server.Vehicle) error
+	Now        func() time.Time
+	Log        *slog.Logger
 }
 
-// New returns a registry.
-func New(store server.Store, images Images, now func() time.Time, log *slog.Logger) *Service {
-	return &Service{store: store, images: images, now: now, log: log, faults: make(chan struct{}, 4)}
+// New returns a registry, or an error naming what cfg lacks.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Images == nil || cfg.Now == nil || cfg.Log == nil {
+		return nil, errors.New("registry: store, image repository, clock and logger are required")
+	}
+	return &Service{store: cfg.Store, images: cfg.Images, now: cfg.Now, log: cfg.Log, faults: make(chan struct{}, 4), cfg: cfg}, nil
 }
 
 // NoteRequestFault records that a request for vin was refused: kind
@@ -91,7 +111,7 @@ type RegisterRequest struct {
 }
 
 // Register validates and stores a vehicle.
-func (s *Service) Register(ctx context.Context, by accounts.Principal, r RegisterRequest) (server.Vehicle, error) {
+func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterRequest) (server.Vehicle, error) {
 	if err := vin.Validate(r.VIN); err != nil {
 		return server.Vehicle{}, server.CodedErrorf(server.KindInvalid, errcode.InvalidVIN, "%v", err)
 	}
@@ -134,11 +154,11 @@ func (s *Service) Register(ctx context.Context, by accounts.Principal, r Registe
 		return server.Vehicle{}, err
 	}
 	detail, _ := json.Marshal(r.ECUs)
-	if err := accounts.Audit(ctx, s.store, s.now(), by, "vehicle.register", v.VIN, string(detail)); err != nil {
+	if err := auditlog.Record(ctx, s.store, s.now(), by, "vehicle.register", v.VIN, string(detail)); err != nil {
 		return server.Vehicle{}, err
 	}
-	if s.Registered != nil {
-		if err := s.Registered(ctx, v); err != nil {
+	if s.cfg.Registered != nil {
+		if err := s.cfg.Registered(ctx, v); err != nil {
 			return server.Vehicle{}, err
 		}
 	}
@@ -146,11 +166,11 @@ func (s *Service) Register(ctx context.Context, by accounts.Principal, r Registe
 }
 
 // Get returns a vehicle; admins and dealers see any, owners only their own.
-func (s *Service) Get(ctx context.Context, by accounts.Principal, vinStr string) (server.Vehicle, error) {
+func (s *Service) Get(ctx context.Context, by server.Principal, vinStr string) (server.Vehicle, error) {
 	if by.Role == server.RoleOwner {
 		ok, err := false, error(nil)
-		if s.Owns != nil {
-			ok, err = s.Owns(ctx, by, vinStr)
+		if s.cfg.Owns != nil {
+			ok, err = s.cfg.Owns(ctx, by, vinStr)
 		}
 		if err != nil {
 			return server.Vehicle{}, err
@@ -160,11 +180,7 @@ func (s *Service) Get(ctx context.Context, by accounts.Principal, vinStr string)
 			return server.Vehicle{}, server.Errorf(server.KindNotFound, "vehicle %s is not linked to your account", vinStr)
 		}
 	}
-	v, err := s.store.Vehicle(ctx, vinStr)
-	if errors.Is(err, server.ErrNotFound) {
-		return v, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vinStr)
-	}
-	return v, err
+	return s.store.Vehicle(ctx, vinStr)
 }
 
 // List pages through vehicles, optionally by hardware ID.
@@ -248,7 +264,7 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 			return err
 		}
 		if len(added) > 0 {
-			if err := accounts.Audit(ctx, s.store, now, accounts.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(added, "; ")); err != nil {
+			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vinStr}, "vehicle.offline_install", vinStr, strings.Join(added, "; ")); err != nil {
 				return err
 			}
 		}
@@ -272,7 +288,7 @@ func serials(es []vehicleauth.ECUReport) string {
 }
 
 // registeredSerials lists the units registered for vin, "TYPE SERIAL".
-func registeredSerials(ctx context.Context, st server.Store, vinStr string) string {
+func registeredSerials(ctx context.Context, st Store, vinStr string) string {
 	v, err := st.Vehicle(ctx, vinStr)
 	if err != nil {
 		return "no units"
@@ -352,11 +368,8 @@ type ReplaceRequest struct {
 // take the old one's place on the VIN, and the vehicle key becomes the new
 // one (the old key is refused from now on). The director assigns for the
 // new serial on the vehicle's next refresh.
-func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr, oldSerial string, r ReplaceRequest) (server.Vehicle, error) {
+func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, oldSerial string, r ReplaceRequest) (server.Vehicle, error) {
 	v, err := s.store.Vehicle(ctx, vinStr)
-	if errors.Is(err, server.ErrNotFound) {
-		return v, server.Errorf(server.KindNotFound, "no vehicle %s is registered", vinStr)
-	}
 	if err != nil {
 		return v, err
 	}
@@ -387,7 +400,7 @@ func (s *Service) ReplaceECU(ctx context.Context, by accounts.Principal, vinStr,
 	if err != nil {
 		return v, err
 	}
-	if err := accounts.Audit(ctx, s.store, s.now(), by, "ecu.replace", vinStr,
+	if err := auditlog.Record(ctx, s.store, s.now(), by, "ecu.replace", vinStr,
 		fmt.Sprintf("%s %s (%s) -> %s (%s); vehicle key replaced, old key revoked; reason=%q", old.Type, oldSerial, old.HardwareID, r.Serial, r.HardwareID, r.Reason)); err != nil {
 		return v, err
 	}

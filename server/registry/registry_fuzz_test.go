@@ -41,7 +41,10 @@ func FuzzCheckInManifest(f *testing.F) {
 		ECUs: []server.ECU{{Serial: "HU1", Type: "head-unit", HardwareID: "HU-GEN5-NA"}, {Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"}}}); err != nil {
 		f.Fatal(err)
 	}
-	s := New(st, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	s, err := New(Config{Store: st, Images: fakeImages{}, Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, signed []byte) {
 		err := s.CheckIn(ctx, vin, vehicleauth.SignedManifest{Signed: signed, Signature: []byte("s")})
 		if err != nil {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
-	"github.com/roadsign/roadsign/server/accounts"
 	"github.com/roadsign/roadsign/server/sqlite"
 	"github.com/roadsign/roadsign/server/sqlstore"
 )
@@ -52,7 +51,10 @@ func TestOfflineInstallsRecordedOnceAndCapped(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 			st := storeWith(t, vin, now, server.ECU{Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"})
-			s := New(st, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+			s, err := New(Config{Store: st, Images: fakeImages{}, Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
 			checkIn := func(offline []string) {
 				t.Helper()
 				b, _ := json.Marshal(vehicleauth.Manifest{VIN: vin, Nonce: strings.Repeat("ab", 16), Time: now, Offline: offline,
@@ -120,17 +122,20 @@ func TestReplaceChecksTheUnit(t *testing.T) {
 		{"the head unit by a DCM's hardware", images, "HU1", ReplaceRequest{HardwareID: "DCM-4G-24MM"}, "ecu_type_mismatch"},
 		{"a type that is not the removed unit's", images, "HU1", ReplaceRequest{Type: "dcm", HardwareID: "HU-GEN5-NA"}, "ecu_type_mismatch"},
 		{"hardware no image is built for", images, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, "unknown_hardware_id"},
-		{"nothing published: the removed unit's type decides", nil, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, ""},
+		{"nothing published: the removed unit's type decides", fakeImages{}, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, ""},
 		{"nothing published for the type yet", fakeImages{"head-unit": {"HU-GEN5-NA"}}, "DCM1", ReplaceRequest{HardwareID: "DCM-9X"}, ""},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 			st := storeWith(t, vin, now, server.ECU{Serial: "HU1", Type: "head-unit", HardwareID: "HU-GEN5-NA"}, server.ECU{Serial: "DCM1", Type: "dcm", HardwareID: "DCM-4G-24MM"})
-			s := New(st, tt.images, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+			s, err := New(Config{Store: st, Images: tt.images, Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
 			tt.req.Serial, tt.req.Reason = fmt.Sprintf("NEW%d", i), "test"
 			tt.req.PublicKey = base64.StdEncoding.EncodeToString(make([]byte, 32))
-			_, err := s.ReplaceECU(ctx, accounts.Principal{Name: "dealer"}, vin, tt.old, tt.req)
+			_, err = s.ReplaceECU(ctx, server.Principal{Name: "dealer"}, vin, tt.old, tt.req)
 			if got := server.ErrorOf(err).Code; err != nil && got != tt.wantCode || err == nil && tt.wantCode != "" {
 				t.Fatalf("err %v (code %s), want code %q", err, got, tt.wantCode)
 			}

@@ -24,7 +24,10 @@ import (
 // every refusal is the caller's fault (never an internal error).
 func FuzzPublish(f *testing.F) {
 	blobs, keys, dir := published(f)
-	r := repo.New(blobs, keys, repo.Config{}, time.Now, slog.New(slog.DiscardHandler), nil)
+	r, err := repo.New(blobs, keys, repo.Config{}, time.Now, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
 	ctx := context.Background()
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, "blobs", "repo", name))
@@ -79,7 +82,10 @@ func FuzzUploadTarget(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := repo.New(blobs, nil, repo.Config{MaxTargetSize: 1 << 20}, time.Now, slog.New(slog.DiscardHandler), nil)
+		r, err := repo.New(blobs, nil, repo.Config{MaxTargetSize: 1 << 20}, time.Now, slog.New(slog.DiscardHandler), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		created, err := r.UploadTarget(context.Background(), filePath, bytes.NewReader(body), int64(len(body)))
 		sum := sha256.Sum256(body)
 		var stored []string

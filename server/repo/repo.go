@@ -49,11 +49,21 @@ type Config struct {
 	// VersionFloor is the least snapshot and timestamp version signed (a
 	// restored server, see server/backup); 0 when never restored.
 	VersionFloor int64
+	// Leases, if set, makes publish and re-sign take the shared lease
+	// first (as Holder), so several replicas never sign the same version
+	// twice. If it is also an Announcer, replicas learn of each other's
+	// publishes through it. Nil: one process.
+	Leases Leaser
+	Holder string
+	// Redirects makes target downloads redirect to the blob store itself,
+	// so their bytes never pass through a replica. The blob store must be
+	// able to presign URLs (S3), and vehicles must reach it.
+	Redirects bool
 }
 
 // Leaser hands out named leases shared by all replicas (the state store).
 type Leaser interface {
-	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
+	AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (epoch int64, ok bool, err error)
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
@@ -90,8 +100,15 @@ type Repo struct {
 	presign Presigner
 }
 
-// New returns a Repo. reg may be nil.
-func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *Repo {
+// New returns a Repo, or an error for a configuration it cannot serve.
+// reg may be nil.
+func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) (*Repo, error) {
+	if blobs == nil || now == nil || log == nil {
+		return nil, errors.New("repo: blob store, clock and logger are required")
+	}
+	if cfg.Leases != nil && cfg.Holder == "" {
+		return nil, errors.New("repo: a lease holder name is required with leases")
+	}
 	if cfg.TimestampExpiry <= 0 {
 		cfg.TimestampExpiry = 24 * time.Hour
 	}
@@ -104,14 +121,24 @@ func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time
 	if cfg.MaxTargetSize <= 0 {
 		cfg.MaxTargetSize = 8 << 30
 	}
-	r := &Repo{blobs: blobs, keys: k, cfg: cfg, now: now, log: log, m: newMetrics(reg)}
+	r := &Repo{blobs: blobs, keys: k, cfg: cfg, now: now, log: log, m: newMetrics(reg), leases: cfg.Leases, holder: cfg.Holder}
+	if a, ok := cfg.Leases.(Announcer); ok {
+		r.announcer = a
+	}
+	if cfg.Redirects {
+		p, err := presigner(blobs)
+		if err != nil {
+			return nil, err
+		}
+		r.presign = p
+	}
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roadsign_repo_resign_lag_seconds",
 			Help: "How long the timestamp this replica serves is past its re-sign time (half its life); 0 while on schedule.",
 		}, func() float64 { return r.resignLag().Seconds() }))
 	}
-	return r
+	return r, nil
 }
 
 // resignLag is how far the served timestamp is past the point where the
@@ -127,17 +154,6 @@ func (r *Repo) resignLag() time.Duration {
 	return max(0, r.now().Sub(h.tsExpires.Add(-r.cfg.TimestampExpiry/2)))
 }
 
-// UseLeases makes publish and re-sign take the shared lease first, so
-// several replicas never sign the same version twice.
-// If l is also an Announcer, replicas learn of each other's publishes
-// through it.
-func (r *Repo) UseLeases(l Leaser, holder string) {
-	r.leases, r.holder = l, holder
-	if a, ok := l.(Announcer); ok {
-		r.announcer = a
-	}
-}
-
 // lease takes the shared lease, waiting up to wait for it. It returns a
 // release function, or ok=false if another replica kept it.
 func (r *Repo) lease(ctx context.Context, wait time.Duration) (release func(), ok bool, err error) {
@@ -148,7 +164,7 @@ func (r *Repo) lease(ctx context.Context, wait time.Duration) (release func(), o
 	for {
 		// Wall-clock time: the lease measures real elapsed time, whatever
 		// clock signs metadata.
-		ok, err := r.leases.AcquireLease(ctx, leaseName, r.holder, time.Minute, time.Now())
+		_, ok, err := r.leases.AcquireLeadership(ctx, leaseName, r.holder, time.Minute, time.Now())
 		if err != nil {
 			return nil, false, err
 		}

@@ -49,7 +49,10 @@ func published(t testing.TB) (server.BlobStore, *repo.OnlineKeys, string) {
 	for _, r := range droots {
 		req.DirectorRoots = append(req.DirectorRoots, json.RawMessage(r))
 	}
-	r := repo.New(blobs, keys, repo.Config{}, time.Now, slog.New(slog.DiscardHandler), nil)
+	r, err := repo.New(blobs, keys, repo.Config{}, time.Now, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := r.Publish(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -71,8 +74,11 @@ func TestReplicasReSignInTurns(t *testing.T) {
 	now := func() time.Time { return time.Now().Add(time.Duration(tick.Add(1)) * time.Hour) } // always past half-life
 	var replicas []*repo.Repo
 	for i := range 2 {
-		r := repo.New(blobs, keys, repo.Config{TimestampExpiry: time.Hour, SnapshotExpiry: time.Hour}, now, slog.New(slog.DiscardHandler), nil)
-		r.UseLeases(st, fmt.Sprint("replica-", i))
+		r, err := repo.New(blobs, keys, repo.Config{TimestampExpiry: time.Hour, SnapshotExpiry: time.Hour, Leases: st, Holder: fmt.Sprint("replica-", i)},
+			now, slog.New(slog.DiscardHandler), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		replicas = append(replicas, r)
 	}
 	seen := map[int64][32]byte{}

@@ -88,19 +88,16 @@ type Presigner interface {
 // slow download to start and resume (each resume asks the server again).
 const redirectTTL = 15 * time.Minute
 
-// UseRedirects makes target downloads redirect to the blob store itself,
-// so their bytes never pass through a replica. The blob store must be
-// able to presign URLs (S3), and vehicles must reach it.
-func (r *Repo) UseRedirects() error {
-	b := r.blobs
+// presigner is the blob store under b (and its wrappers) that presigns
+// URLs, for target redirects (Config.Redirects).
+func presigner(b server.BlobStore) (Presigner, error) {
 	for {
 		if p, ok := b.(Presigner); ok {
-			r.presign = p
-			return nil
+			return p, nil
 		}
 		u, ok := b.(interface{ Unwrap() server.BlobStore })
 		if !ok {
-			return errors.New("target redirects need a blob store that presigns URLs (s3://...)")
+			return nil, errors.New("target redirects need a blob store that presigns URLs (s3://...)")
 		}
 		b = u.Unwrap()
 	}

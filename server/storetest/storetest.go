@@ -17,6 +17,7 @@ import (
 
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/auditlog"
 )
 
 // Run runs the suite; newStore returns an empty, migrated store.
@@ -41,6 +42,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Campaigns", testCampaigns},
 		{"DiagnosisEvidence", testDiagnosisEvidence},
 		{"RepoVersion", testRepoVersion},
+		{"ErrorsCarryTheirKind", testErrorKinds},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -278,7 +280,7 @@ func testAudit(t *testing.T, s server.Store) {
 	wg.Wait()
 	all, err := s.ListAudit(ctx, 0, 1000)
 	must(t, err)
-	var v server.AuditVerifier
+	var v auditlog.Verifier
 	for _, e := range all {
 		if err := v.Add(e); err != nil {
 			t.Fatalf("chain: %v", err)
@@ -318,7 +320,7 @@ func testAudit(t *testing.T, s server.Store) {
 		t.Fatalf("a second genesis: added %v, %v", again, err)
 	}
 	all, _ = s.ListAudit(ctx, 0, 1000)
-	if g := all[len(all)-1]; len(all) != 14 || g.Action != server.GenesisAction || g.Detail != "sealed" || g.Seq != 14 || g.Hash != server.AuditHash(hash, g) {
+	if g := all[len(all)-1]; len(all) != 14 || g.Action != auditlog.GenesisAction || g.Detail != "sealed" || g.Seq != 14 || g.Hash != auditlog.Hash(hash, g) {
 		t.Fatalf("genesis entry: %+v of %d", g, len(all))
 	}
 	recent, err := s.RecentAudit(ctx, 0, 3)
@@ -420,7 +422,7 @@ func testDirector(t *testing.T, s server.Store) {
 
 func testLeases(t *testing.T, s server.Store) {
 	got := func(holder string, at time.Time) bool {
-		ok, err := s.AcquireLease(ctx, "image-repository", holder, time.Minute, at)
+		_, ok, err := s.AcquireLeadership(ctx, "image-repository", holder, time.Minute, at)
 		must(t, err)
 		return ok
 	}
@@ -449,7 +451,7 @@ func testLeases(t *testing.T, s server.Store) {
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
-			if ok, _ := s.AcquireLease(ctx, "race", fmt.Sprint(i), time.Minute, now); ok {
+			if _, ok, _ := s.AcquireLeadership(ctx, "race", fmt.Sprint(i), time.Minute, now); ok {
 				wins.Add(1)
 			}
 		})
@@ -498,24 +500,7 @@ func testOwners(t *testing.T, s server.Store) {
 	wantErr(t, s.ReplaceECU(ctx, "VIN00000000000001", "DCM1", server.ECU{Serial: "DCMx"}, []byte{9}), server.ErrNotFound)
 }
 
-// accountStore is what the accounts service needs of a backend.
-type accountStore interface {
-	server.Store
-	ListAccounts(ctx context.Context) ([]server.Account, error)
-	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
-	SetAccountToken(ctx context.Context, id, tokenHash string) error
-	SetAccountPassword(ctx context.Context, id, passwordHash string) error
-	CreateSession(ctx context.Context, s server.Session) error
-	Session(ctx context.Context, idHash string) (server.Session, error)
-	DeleteSession(ctx context.Context, idHash string) error
-	DeleteSessions(ctx context.Context, accountID string) error
-}
-
-func testAccountsAndSessions(t *testing.T, st server.Store) {
-	s, ok := st.(accountStore)
-	if !ok {
-		t.Fatalf("%T does not keep accounts and sessions", st)
-	}
+func testAccountsAndSessions(t *testing.T, s server.Store) {
 	a := server.Account{ID: uuid.NewString(), Role: server.RoleOwner, Name: "alice", PasswordHash: "p1", TokenHash: "t1", CreatedAt: now}
 	b := server.Account{ID: uuid.NewString(), Role: server.RoleDealer, Name: "bob", TokenHash: "t2", CreatedAt: now}
 	must(t, s.CreateAccount(ctx, a))
@@ -560,34 +545,9 @@ func testAccountsAndSessions(t *testing.T, st server.Store) {
 	wantErr(t, err, server.ErrNotFound)
 }
 
-// campaignStore is what leadership and campaigns need of a backend.
-type campaignStore interface {
-	server.Store
-	AcquireLeadership(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (int64, bool, error)
-	CreateCampaign(ctx context.Context, c server.Campaign) error
-	Campaign(ctx context.Context, id string) (server.Campaign, error)
-	CampaignCandidates(ctx context.Context, ecuType string, hardwareIDs []string, sel server.Selector) ([]server.CampaignCandidate, error)
-	StartCampaign(ctx context.Context, id string, members []server.CampaignMember, at time.Time) error
-	OpenCampaignWave(ctx context.Context, f server.Fence, id string, wave, take int, askConsent bool, at time.Time) error
-	CampaignCounts(ctx context.Context, id string) ([]server.WaveCount, int, error)
-	CampaignMembersToAssign(ctx context.Context, id string, openWaves, limit int) ([]server.CampaignMember, error)
-	AssignCampaignJobs(ctx context.Context, f server.Fence, id string, jobs []server.Job, clock, at time.Time) ([]server.Job, error)
-	EndCampaign(ctx context.Context, f server.Fence, id, to, reason string, at time.Time) error
-	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
-}
-
-func asCampaignStore(t *testing.T, st server.Store) campaignStore {
-	s, ok := st.(campaignStore)
-	if !ok {
-		t.Fatalf("%T keeps no campaigns", st)
-	}
-	return s
-}
-
 // testLeadership: one holder at a time; renewal keeps the epoch; a new
 // holder raises it; a write fenced by an old epoch is refused.
-func testLeadership(t *testing.T, st server.Store) {
-	s := asCampaignStore(t, st)
+func testLeadership(t *testing.T, s server.Store) {
 	take := func(holder string, at time.Time) (int64, bool) {
 		e, ok, err := s.AcquireLeadership(ctx, "leader", holder, 10*time.Second, at)
 		must(t, err)
@@ -622,8 +582,7 @@ func testLeadership(t *testing.T, st server.Store) {
 
 // testCampaigns: selection, waves in draw order, one job per member,
 // counts and holds.
-func testCampaigns(t *testing.T, st server.Store) {
-	s := asCampaignStore(t, st)
+func testCampaigns(t *testing.T, s server.Store) {
 	for i := range 10 {
 		v := vehicle(fmt.Sprintf("VIN%014d", i), fmt.Sprintf("HU%d", i), fmt.Sprintf("DCM%d", i))
 		if i >= 8 {
@@ -881,5 +840,55 @@ func testSoftwareRecord(t *testing.T, s server.Store) {
 	must(t, err)
 	if len(added) != 1 {
 		t.Fatalf("a day later the cap opens again: added %d", len(added))
+	}
+}
+
+// testErrorKinds: what is missing or taken comes out of every role as an
+// error of its kind, which the HTTP layer answers 404 or 409 even when no
+// service translated it (never a 500).
+func testErrorKinds(t *testing.T, s server.Store) {
+	v := vehicle("VIN00000000000001", "HU1", "DCM1")
+	must(t, s.CreateVehicle(ctx, v))
+	must(t, s.UseNonce(ctx, v.VIN, "n1", now))
+	j := server.Job{ID: uuid.NewString(), VIN: v.VIN, ECUSerial: "HU1", ECUType: "head-unit", TargetPath: "hu.bin", State: server.JobQueued, CreatedAt: now, UpdatedAt: now}
+	must(t, s.CreateJob(ctx, j))
+	stale := j
+	stale.State = server.JobInProgress
+	must(t, s.UpdateJob(ctx, stale, server.JobQueued))
+
+	missing := "VIN00000000000009"
+	tests := []struct {
+		role string
+		err  func() error
+		kind server.Kind
+	}{
+		{"Vehicles.Vehicle", func() error { _, err := s.Vehicle(ctx, missing); return err }, server.KindNotFound},
+		{"Vehicles.VehicleKey", func() error { _, err := s.VehicleKey(ctx, missing); return err }, server.KindNotFound},
+		{"Vehicles.CreateVehicle", func() error { return s.CreateVehicle(ctx, v) }, server.KindConflict},
+		{"Vehicles.UseNonce", func() error { return s.UseNonce(ctx, v.VIN, "n1", now) }, server.KindConflict},
+		{"Jobs.Job", func() error { _, err := s.Job(ctx, uuid.NewString()); return err }, server.KindNotFound},
+		{"Jobs.UpdateJob", func() error { return s.UpdateJob(ctx, stale, server.JobQueued) }, server.KindConflict},
+		{"Accounts.AccountByID", func() error { _, err := s.AccountByID(ctx, uuid.NewString()); return err }, server.KindNotFound},
+		{"Accounts.AccountByName", func() error { _, err := s.AccountByName(ctx, "nobody"); return err }, server.KindNotFound},
+		{"Sessions.Session", func() error { _, err := s.Session(ctx, "none"); return err }, server.KindNotFound},
+		{"Links.Link", func() error { _, err := s.Link(ctx, v.VIN); return err }, server.KindNotFound},
+		{"Links.TakeLinkCode", func() error { return s.TakeLinkCode(ctx, v.VIN, "x", now) }, server.KindNotFound},
+		{"DirectorMetadata.DirectorFile", func() error { _, err := s.DirectorFile(ctx, v.VIN, "targets", 1); return err }, server.KindNotFound},
+		{"Campaigns.Campaign", func() error { _, err := s.Campaign(ctx, uuid.NewString()); return err }, server.KindNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.role, func(t *testing.T) {
+			err := tt.err()
+			want := server.ErrNotFound
+			if tt.kind == server.KindConflict {
+				want = server.ErrConflict
+			}
+			if !errors.Is(err, want) {
+				t.Fatalf("err = %v, want %v", err, want)
+			}
+			if got := server.ErrorOf(err); got.Kind != tt.kind || got.Message == "" {
+				t.Fatalf("ErrorOf(%v) = %+v, want kind %v", err, got, tt.kind)
+			}
+		})
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
@@ -61,11 +62,20 @@ type Deps struct {
 	Bundles   *bundle.Service
 	Campaigns *campaigns.Service
 	Diagnosis *diagnosis.Service
-	Store     server.Store
+	Store     Store
 	Status    func(ctx context.Context) []Check
 	Secret    []byte
 	Now       func() time.Time
 	Log       *slog.Logger
+}
+
+// Store is what the pages read of the state store directly (the rest
+// through the services): vehicles, their software records, and the
+// audit log (USB bundles are audited as they are issued).
+type Store interface {
+	Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
+	SoftwareRecords(ctx context.Context, vin string, q server.RecordQuery) ([]server.SoftwareRecord, error)
+	auditlog.Appender
 }
 
 // Web renders the pages.
@@ -152,7 +162,7 @@ const (
 // session is a logged-in browser.
 type session struct {
 	ID string
-	accounts.Principal
+	server.Principal
 }
 
 func (w *Web) sign(label, payload string) string {
@@ -166,7 +176,7 @@ func (w *Web) setCookie(c *gin.Context, name, value string, maxAge int) {
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(c.Request)})
 }
 
-func (w *Web) startSession(c *gin.Context, p accounts.Principal) error {
+func (w *Web) startSession(c *gin.Context, p server.Principal) error {
 	id, err := w.Accounts.StartSession(c.Request.Context(), p)
 	if err != nil {
 		return err
@@ -190,7 +200,7 @@ func (w *Web) session(c *gin.Context) (session, bool) {
 	return session{ID: ck.Value, Principal: p}, ok
 }
 
-func (s session) principal() accounts.Principal { return s.Principal }
+func (s session) principal() server.Principal { return s.Principal }
 
 func (w *Web) csrf(s session) string { return w.sign("csrf", s.ID) }
 
@@ -446,7 +456,7 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 			w.tooMany(c, wait, "Too many failed log-ins for this account.")
 			return
 		}
-		var p accounts.Principal
+		var p server.Principal
 		ok := false
 		if dealer {
 			got, err := w.Accounts.Authenticate(ctx, secret)

@@ -1,4 +1,4 @@
-package server
+package auditlog
 
 import (
 	"crypto/ed25519"
@@ -6,8 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
+
+	"github.com/roadsign/roadsign/server"
 )
 
 // The audit log is a hash chain: each entry carries its sequence number,
@@ -16,8 +17,8 @@ import (
 // at that entry. Signed checkpoints of the chain's head (the server's
 // online key) also catch entries removed from the end.
 
-// AuditHash is the hash of entry e chained after prev.
-func AuditHash(prev string, e AuditEntry) string {
+// Hash is the hash of entry e chained after prev.
+func Hash(prev string, e server.AuditEntry) string {
 	at := int64(0) // as the stores keep a zero time
 	if !e.At.IsZero() {
 		at = e.At.UnixMicro()
@@ -63,45 +64,31 @@ func SealGenesis(seq int64, prevHash string, legacy int64, at time.Time, keyID s
 	return string(b)
 }
 
-// AuditCheckpoint is a signed statement of the chain's head.
-type AuditCheckpoint struct {
-	Seq       int64     `json:"seq"`
-	Hash      string    `json:"hash"`
-	At        time.Time `json:"at"`
-	KeyID     string    `json:"keyId"`
-	Signature string    `json:"signature"` // hex ed25519 over Message()
-}
-
-// Message is what a checkpoint's signature covers.
-func (c AuditCheckpoint) Message() []byte {
-	return []byte("roadsign-audit-checkpoint:" + strconv.FormatInt(c.Seq, 10) + ":" + c.Hash + ":" + strconv.FormatInt(c.At.UnixMicro(), 10))
-}
-
-// SignAuditCheckpoint signs the head (seq, hash) at now.
-func SignAuditCheckpoint(seq int64, hash string, now time.Time, keyID string, key ed25519.PrivateKey) AuditCheckpoint {
-	c := AuditCheckpoint{Seq: seq, Hash: hash, At: now.UTC().Truncate(time.Microsecond), KeyID: keyID}
+// SignCheckpoint signs the head (seq, hash) at now.
+func SignCheckpoint(seq int64, hash string, now time.Time, keyID string, key ed25519.PrivateKey) server.AuditCheckpoint {
+	c := server.AuditCheckpoint{Seq: seq, Hash: hash, At: now.UTC().Truncate(time.Microsecond), KeyID: keyID}
 	c.Signature = hex.EncodeToString(ed25519.Sign(key, c.Message()))
 	return c
 }
 
-// AuditBreak names the first entry where the chain breaks.
-type AuditBreak struct {
+// Break names the first entry where the chain breaks.
+type Break struct {
 	ID, Seq int64
 	Reason  string
 }
 
-func (b *AuditBreak) Error() string {
+func (b *Break) Error() string {
 	if b.ID == 0 {
 		return "audit log broken: " + b.Reason
 	}
 	return fmt.Sprintf("audit log broken at entry id %d (seq %d): %s", b.ID, b.Seq, b.Reason)
 }
 
-// AuditVerifier walks the log in storage order (by ID).
-type AuditVerifier struct {
+// Verifier walks the log in storage order (by ID).
+type Verifier struct {
 	// Pub, if set, checks the genesis entry's signature.
 	Pub     ed25519.PublicKey
-	prev    AuditEntry
+	prev    server.AuditEntry
 	chained bool
 	// Genesis is the genesis entry's seq (0 until seen).
 	Genesis int64
@@ -111,16 +98,16 @@ type AuditVerifier struct {
 	hashes          map[int64]string // seq -> hash, for the checkpoints
 	// gap is a seq jump not yet judged: removed entries, unless the
 	// missing seq comes next (then the jumped entry was moved).
-	gap     *AuditBreak
+	gap     *Break
 	gapWant int64
 }
 
 // Add checks the next entry.
-func (v *AuditVerifier) Add(e AuditEntry) error {
+func (v *Verifier) Add(e server.AuditEntry) error {
 	if v.gap != nil {
 		g := v.gap
 		if e.Seq == v.gapWant {
-			return &AuditBreak{g.ID, g.Seq, fmt.Sprintf("it comes before seq %d (reordered)", e.Seq)}
+			return &Break{g.ID, g.Seq, fmt.Sprintf("it comes before seq %d (reordered)", e.Seq)}
 		}
 		return g
 	}
@@ -135,20 +122,20 @@ func (v *AuditVerifier) Add(e AuditEntry) error {
 	want := v.prev.Seq + 1
 	switch {
 	case e.Hash == "" || e.Seq <= 0:
-		return &AuditBreak{e.ID, e.Seq, "its chain fields were removed (altered)"}
+		return &Break{e.ID, e.Seq, "its chain fields were removed (altered)"}
 	case v.chained && e.Seq < want:
-		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("it is out of order: seq %d comes after seq %d (reordered)", e.Seq, v.prev.Seq)}
+		return &Break{e.ID, e.Seq, fmt.Sprintf("it is out of order: seq %d comes after seq %d (reordered)", e.Seq, v.prev.Seq)}
 	case v.chained && e.Seq > want:
-		v.gap, v.gapWant = &AuditBreak{e.ID, e.Seq, fmt.Sprintf("%s missing before it (removed)", seqRange(want, e.Seq-1))}, want
+		v.gap, v.gapWant = &Break{e.ID, e.Seq, fmt.Sprintf("%s missing before it (removed)", seqRange(want, e.Seq-1))}, want
 		return nil
 	case !v.chained && e.Seq != 1:
-		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("the chain starts at seq %d, not 1: entries seq 1 to %d are missing (removed)", e.Seq, e.Seq-1)}
-	case AuditHash(e.PrevHash, e) != e.Hash:
-		return &AuditBreak{e.ID, e.Seq, "its content does not match its hash (altered)"}
+		return &Break{e.ID, e.Seq, fmt.Sprintf("the chain starts at seq %d, not 1: entries seq 1 to %d are missing (removed)", e.Seq, e.Seq-1)}
+	case Hash(e.PrevHash, e) != e.Hash:
+		return &Break{e.ID, e.Seq, "its content does not match its hash (altered)"}
 	case v.chained && e.PrevHash != v.prev.Hash:
-		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("it does not chain to entry seq %d before it (altered or reordered)", v.prev.Seq)}
+		return &Break{e.ID, e.Seq, fmt.Sprintf("it does not chain to entry seq %d before it (altered or reordered)", v.prev.Seq)}
 	case !v.chained && e.PrevHash != "":
-		return &AuditBreak{e.ID, e.Seq, "the first chained entry names a predecessor (altered)"}
+		return &Break{e.ID, e.Seq, "the first chained entry names a predecessor (altered)"}
 	}
 	if e.Action == GenesisAction && v.Genesis == 0 {
 		if err := v.genesis(e); err != nil {
@@ -162,19 +149,19 @@ func (v *AuditVerifier) Add(e AuditEntry) error {
 
 // genesis checks the chain's genesis entry: its signature over its place
 // in the chain, and the unchained entries before it.
-func (v *AuditVerifier) genesis(e AuditEntry) error {
+func (v *Verifier) genesis(e server.AuditEntry) error {
 	var g Genesis
 	if err := json.Unmarshal([]byte(e.Detail), &g); err != nil {
-		return &AuditBreak{e.ID, e.Seq, "the genesis entry's signature is unreadable (altered)"}
+		return &Break{e.ID, e.Seq, "the genesis entry's signature is unreadable (altered)"}
 	}
 	if v.Pub != nil {
 		sig, err := hex.DecodeString(g.Signature)
 		if err != nil || !ed25519.Verify(v.Pub, GenesisMessage(e.Seq, e.PrevHash, g.LegacyEntries, e.At), sig) {
-			return &AuditBreak{e.ID, e.Seq, "the genesis entry is not signed by the server's key for its place in the chain (forged, moved, or entries before it altered)"}
+			return &Break{e.ID, e.Seq, "the genesis entry is not signed by the server's key for its place in the chain (forged, moved, or entries before it altered)"}
 		}
 	}
 	if g.LegacyEntries != v.Legacy {
-		return &AuditBreak{e.ID, e.Seq, fmt.Sprintf("the genesis entry was signed after %d unchained entries, and %d come before it (chain fields blanked, or entries removed)", g.LegacyEntries, v.Legacy)}
+		return &Break{e.ID, e.Seq, fmt.Sprintf("the genesis entry was signed after %d unchained entries, and %d come before it (chain fields blanked, or entries removed)", g.LegacyEntries, v.Legacy)}
 	}
 	v.Genesis = e.Seq
 	return nil
@@ -182,34 +169,34 @@ func (v *AuditVerifier) genesis(e AuditEntry) error {
 
 // Finish reports a break found at the last entry, once all are added: a
 // gap at the end, or a log with entries and no genesis.
-func (v *AuditVerifier) Finish() error {
+func (v *Verifier) Finish() error {
 	if v.gap != nil {
 		return v.gap
 	}
 	if v.Entries > 0 && v.Genesis == 0 {
-		return &AuditBreak{0, 0, "no signed genesis entry: the start of the chain was removed or the entries' chain fields blanked (a server of this version writes one when it first starts)"}
+		return &Break{0, 0, "no signed genesis entry: the start of the chain was removed or the entries' chain fields blanked (a server of this version writes one when it first starts)"}
 	}
 	return nil
 }
 
 // Head is the last chained entry's seq and hash.
-func (v *AuditVerifier) Head() (int64, string) { return v.prev.Seq, v.prev.Hash }
+func (v *Verifier) Head() (int64, string) { return v.prev.Seq, v.prev.Hash }
 
 // Checkpoint checks a signed checkpoint against the walked chain: its
 // signature (with pub, if given), and that the chain still holds the
 // entry it names with the same hash.
-func (v *AuditVerifier) Checkpoint(c AuditCheckpoint, pub ed25519.PublicKey) error {
+func (v *Verifier) Checkpoint(c server.AuditCheckpoint, pub ed25519.PublicKey) error {
 	if pub != nil {
 		sig, err := hex.DecodeString(c.Signature)
 		if err != nil || !ed25519.Verify(pub, c.Message(), sig) {
-			return &AuditBreak{0, c.Seq, fmt.Sprintf("the checkpoint of seq %d at %s is not signed by the server's key %s (forged or altered checkpoint)", c.Seq, c.At.Format(time.RFC3339), c.KeyID)}
+			return &Break{0, c.Seq, fmt.Sprintf("the checkpoint of seq %d at %s is not signed by the server's key %s (forged or altered checkpoint)", c.Seq, c.At.Format(time.RFC3339), c.KeyID)}
 		}
 	}
 	if c.Seq > v.prev.Seq {
-		return &AuditBreak{0, c.Seq, fmt.Sprintf("%s missing from the end (removed); a checkpoint signed at %s names seq %d", seqRange(v.prev.Seq+1, c.Seq), c.At.Format(time.RFC3339), c.Seq)}
+		return &Break{0, c.Seq, fmt.Sprintf("%s missing from the end (removed); a checkpoint signed at %s names seq %d", seqRange(v.prev.Seq+1, c.Seq), c.At.Format(time.RFC3339), c.Seq)}
 	}
 	if h, ok := v.hashes[c.Seq]; !ok || h != c.Hash {
-		return &AuditBreak{0, c.Seq, fmt.Sprintf("entry seq %d differs from the one a checkpoint signed at %s (altered)", c.Seq, c.At.Format(time.RFC3339))}
+		return &Break{0, c.Seq, fmt.Sprintf("entry seq %d differs from the one a checkpoint signed at %s (altered)", c.Seq, c.At.Format(time.RFC3339))}
 	}
 	return nil
 }

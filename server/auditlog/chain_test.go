@@ -1,4 +1,4 @@
-package server
+package auditlog
 
 import (
 	"crypto/ed25519"
@@ -6,23 +6,25 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/roadsign/roadsign/server"
 )
 
 var testPub, testKey, _ = ed25519.GenerateKey(rand.Reader)
 
 // chain is n entries, the first the signed genesis (after legacy
 // unchained entries).
-func chain(n int) []AuditEntry { return chainAfter(n, 0) }
+func chain(n int) []server.AuditEntry { return chainAfter(n, 0) }
 
-func chainAfter(n int, legacy int64) []AuditEntry {
-	var out []AuditEntry
+func chainAfter(n int, legacy int64) []server.AuditEntry {
+	var out []server.AuditEntry
 	prev := ""
 	for i := range n {
-		e := AuditEntry{ID: int64(i + 1), Seq: int64(i + 1), At: time.Unix(1764500000+int64(i), 0), ActorID: "a", Actor: "a", Role: "admin", Action: "act", Subject: "s"}
+		e := server.AuditEntry{ID: int64(i + 1), Seq: int64(i + 1), At: time.Unix(1764500000+int64(i), 0), ActorID: "a", Actor: "a", Role: "admin", Action: "act", Subject: "s"}
 		if i == 0 {
 			e.Action, e.Detail = GenesisAction, SealGenesis(e.Seq, prev, legacy, e.At, "k", testKey)
 		}
-		e.PrevHash, e.Hash = prev, AuditHash(prev, e)
+		e.PrevHash, e.Hash = prev, Hash(prev, e)
 		prev = e.Hash
 		out = append(out, e)
 	}
@@ -31,53 +33,53 @@ func chainAfter(n int, legacy int64) []AuditEntry {
 
 // rehash recomputes every hash from entry i on, as someone who can write
 // the database but holds no key could.
-func rehash(c []AuditEntry, i int) []AuditEntry {
+func rehash(c []server.AuditEntry, i int) []server.AuditEntry {
 	prev := ""
 	if i > 0 {
 		prev = c[i-1].Hash
 	}
 	for ; i < len(c); i++ {
-		c[i].PrevHash, c[i].Hash = prev, AuditHash(prev, c[i])
+		c[i].PrevHash, c[i].Hash = prev, Hash(prev, c[i])
 		prev = c[i].Hash
 	}
 	return c
 }
 
 func TestAuditVerifier(t *testing.T) {
-	legacy := AuditEntry{ID: 1}
+	legacy := server.AuditEntry{ID: 1}
 	for _, tc := range []struct {
 		name string
-		edit func([]AuditEntry) []AuditEntry
+		edit func([]server.AuditEntry) []server.AuditEntry
 		want string
 	}{
-		{"intact", func(c []AuditEntry) []AuditEntry { return c }, ""},
-		{"legacy prefix named by the genesis", func([]AuditEntry) []AuditEntry {
+		{"intact", func(c []server.AuditEntry) []server.AuditEntry { return c }, ""},
+		{"legacy prefix named by the genesis", func([]server.AuditEntry) []server.AuditEntry {
 			c := chainAfter(5, 1)
 			for i := range c {
 				c[i].ID++
 			}
-			return append([]AuditEntry{legacy}, c...)
+			return append([]server.AuditEntry{legacy}, c...)
 		}, ""},
-		{"legacy prefix the genesis does not name", func(c []AuditEntry) []AuditEntry {
+		{"legacy prefix the genesis does not name", func(c []server.AuditEntry) []server.AuditEntry {
 			for i := range c {
 				c[i].ID++
 			}
-			return append([]AuditEntry{legacy}, c...)
+			return append([]server.AuditEntry{legacy}, c...)
 		}, "signed after 0 unchained entries, and 1 come before it"},
-		{"every entry's chain fields blanked", func(c []AuditEntry) []AuditEntry {
+		{"every entry's chain fields blanked", func(c []server.AuditEntry) []server.AuditEntry {
 			for i := range c {
 				c[i].Seq, c[i].PrevHash, c[i].Hash = 0, "", ""
 			}
 			return c
 		}, "no signed genesis entry"},
-		{"genesis removed and the rest re-chained", func(c []AuditEntry) []AuditEntry {
+		{"genesis removed and the rest re-chained", func(c []server.AuditEntry) []server.AuditEntry {
 			c = c[1:]
 			for i := range c {
 				c[i].Seq--
 			}
 			return rehash(c, 0)
 		}, "no signed genesis entry"},
-		{"genesis moved after blanked entries", func(c []AuditEntry) []AuditEntry {
+		{"genesis moved after blanked entries", func(c []server.AuditEntry) []server.AuditEntry {
 			g := c[0]
 			rest := c[1:]
 			for i := range rest {
@@ -85,28 +87,28 @@ func TestAuditVerifier(t *testing.T) {
 			}
 			return append(rest, g)
 		}, "signed after 0 unchained entries, and 4 come before it"},
-		{"genesis forged", func(c []AuditEntry) []AuditEntry {
+		{"genesis forged", func(c []server.AuditEntry) []server.AuditEntry {
 			_, other, _ := ed25519.GenerateKey(rand.Reader)
 			c[0].Detail = SealGenesis(1, "", 0, c[0].At, "k", other)
 			return rehash(c, 0)
 		}, "not signed by the server's key"},
-		{"entry after the genesis edited and re-chained (only checkpoints show it)", func(c []AuditEntry) []AuditEntry {
+		{"entry after the genesis edited and re-chained (only checkpoints show it)", func(c []server.AuditEntry) []server.AuditEntry {
 			c[2].Detail = "x"
 			return rehash(c, 2)
 		}, ""},
-		{"edited", func(c []AuditEntry) []AuditEntry { c[2].Detail = "x"; return c }, "entry id 3 (seq 3): its content does not match its hash (altered)"},
-		{"removed", func(c []AuditEntry) []AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entry seq 3 is missing before it (removed)"},
-		{"removed first", func(c []AuditEntry) []AuditEntry { return c[1:] }, "the chain starts at seq 2"},
-		{"reordered", func(c []AuditEntry) []AuditEntry { c[1], c[2] = c[2], c[1]; return c }, "(seq 3): it comes before seq 2 (reordered)"},
-		{"removed last but one", func(c []AuditEntry) []AuditEntry { return append(c[:3], c[4]) }, "(seq 5): entry seq 4 is missing before it (removed)"},
-		{"chain fields blanked", func(c []AuditEntry) []AuditEntry { c[3].Hash, c[3].Seq = "", 0; return c }, "its chain fields were removed"},
-		{"rehashed without its predecessor", func(c []AuditEntry) []AuditEntry {
+		{"edited", func(c []server.AuditEntry) []server.AuditEntry { c[2].Detail = "x"; return c }, "entry id 3 (seq 3): its content does not match its hash (altered)"},
+		{"removed", func(c []server.AuditEntry) []server.AuditEntry { return append(c[:2], c[3:]...) }, "entry id 4 (seq 4): entry seq 3 is missing before it (removed)"},
+		{"removed first", func(c []server.AuditEntry) []server.AuditEntry { return c[1:] }, "the chain starts at seq 2"},
+		{"reordered", func(c []server.AuditEntry) []server.AuditEntry { c[1], c[2] = c[2], c[1]; return c }, "(seq 3): it comes before seq 2 (reordered)"},
+		{"removed last but one", func(c []server.AuditEntry) []server.AuditEntry { return append(c[:3], c[4]) }, "(seq 5): entry seq 4 is missing before it (removed)"},
+		{"chain fields blanked", func(c []server.AuditEntry) []server.AuditEntry { c[3].Hash, c[3].Seq = "", 0; return c }, "its chain fields were removed"},
+		{"rehashed without its predecessor", func(c []server.AuditEntry) []server.AuditEntry {
 			c[2].PrevHash = "forged"
-			c[2].Hash = AuditHash("forged", c[2])
+			c[2].Hash = Hash("forged", c[2])
 			return c
 		}, "does not chain to entry seq 2"},
 	} {
-		v := AuditVerifier{Pub: testPub}
+		v := Verifier{Pub: testPub}
 		var err error
 		for _, e := range tc.edit(chain(5)) {
 			if err = v.Add(e); err != nil {
@@ -125,17 +127,17 @@ func TestAuditVerifier(t *testing.T) {
 func TestAuditCheckpoints(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	c := chain(5)
-	var v AuditVerifier
+	var v Verifier
 	for _, e := range c[:4] { // the last entry was cut off
 		if err := v.Add(e); err != nil {
 			t.Fatal(err)
 		}
 	}
-	good := SignAuditCheckpoint(3, c[2].Hash, time.Now(), "k", priv)
+	good := SignCheckpoint(3, c[2].Hash, time.Now(), "k", priv)
 	if err := v.Checkpoint(good, pub); err != nil {
 		t.Errorf("good checkpoint: %v", err)
 	}
-	beyond := SignAuditCheckpoint(5, c[4].Hash, time.Now(), "k", priv)
+	beyond := SignCheckpoint(5, c[4].Hash, time.Now(), "k", priv)
 	if err := v.Checkpoint(beyond, pub); err == nil || !strings.Contains(err.Error(), "entry seq 5 is missing from the end") {
 		t.Errorf("checkpoint beyond the end: %v", err)
 	}
@@ -144,7 +146,7 @@ func TestAuditCheckpoints(t *testing.T) {
 	if err := v.Checkpoint(forged, pub); err == nil || !strings.Contains(err.Error(), "not signed by the server's key") {
 		t.Errorf("altered checkpoint: %v", err)
 	}
-	other := SignAuditCheckpoint(2, "0000", time.Now(), "k", priv)
+	other := SignCheckpoint(2, "0000", time.Now(), "k", priv)
 	if err := v.Checkpoint(other, pub); err == nil || !strings.Contains(err.Error(), "entry seq 2 differs") {
 		t.Errorf("checkpoint of another entry: %v", err)
 	}

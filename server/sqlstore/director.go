@@ -1,0 +1,88 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+
+	"github.com/roadsign/roadsign/server"
+)
+
+// DirectorHead implements server.DirectorMetadata; a VIN never signed has a zero head.
+func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHead, error) {
+	h := server.DirectorHead{VIN: vin}
+	var exp int64
+	err := s.queryRow(ctx, `SELECT targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires FROM director_heads WHERE vin = ?`, vin).
+		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return h, nil
+	}
+	h.TimestampExpires = fromMicros(exp)
+	return h, s.wrap("director head "+vin, err)
+}
+
+// directorKeep is how many old versions of each director file are kept for
+// vehicles in the middle of a refresh.
+const directorKeep = 8
+
+// SaveDirector implements server.DirectorMetadata.
+func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
+	return s.wrap("save director metadata of "+next.VIN, s.tx(ctx, func(tx *sql.Tx) error {
+		// The row may exist with version 0 (a USB bundle was counted first).
+		res, err := s.txExec(ctx, tx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (vin) DO UPDATE SET targets_version = excluded.targets_version, snapshot_version = excluded.snapshot_version,
+			timestamp_version = excluded.timestamp_version, assignment_hash = excluded.assignment_hash, timestamp_expires = excluded.timestamp_expires
+			WHERE director_heads.timestamp_version = ?`,
+			next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), prev.TimestampVersion)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return server.ErrConflict
+		}
+		for _, f := range files {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO director_files (vin, role, version, body, expires) VALUES (?, ?, ?, ?, ?)`,
+				f.VIN, f.Role, f.Version, f.Body, micros(f.Expires)); err != nil {
+				return err
+			}
+			if _, err := s.txExec(ctx, tx, `DELETE FROM director_files WHERE vin = ? AND role = ? AND version < ?`,
+				f.VIN, f.Role, f.Version-directorKeep); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+// NextBundleVersion implements server.DirectorMetadata.
+func (s *Store) NextBundleVersion(ctx context.Context, vin string) (int64, error) {
+	var v int64
+	err := s.queryRow(ctx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires, bundle_version)
+		VALUES (?, 0, 0, 0, '', 0, 1)
+		ON CONFLICT (vin) DO UPDATE SET bundle_version = director_heads.bundle_version + 1
+		RETURNING bundle_version`, vin).Scan(&v)
+	return v, s.wrap("next bundle version of "+vin, err)
+}
+
+// DirectorFile implements server.DirectorMetadata.
+func (s *Store) DirectorFile(ctx context.Context, vin, role string, version int64) (server.DirectorMeta, error) {
+	m := server.DirectorMeta{VIN: vin, Role: role, Version: version}
+	var exp int64
+	err := s.queryRow(ctx, `SELECT body, expires FROM director_files WHERE vin = ? AND role = ? AND version = ?`, vin, role, version).Scan(&m.Body, &exp)
+	m.Expires = fromMicros(exp)
+	return m, s.wrap("director "+role+" v"+strconv.FormatInt(version, 10)+" of "+vin, err)
+}
+
+// RepoVersion implements server.DirectorMetadata.
+func (s *Store) RepoVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.queryRow(ctx, `SELECT version FROM repo_versions WHERE name = 'image'`).Scan(&v)
+	return v, s.wrap("repository version", err)
+}
+
+// SetRepoVersion implements server.DirectorMetadata.
+func (s *Store) SetRepoVersion(ctx context.Context, v int64) error {
+	_, err := s.exec(ctx, `UPDATE repo_versions SET version = ? WHERE name = 'image' AND version < ?`, v, v)
+	return s.wrap("raise repository version", err)
+}

@@ -1,0 +1,266 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/roadsign/roadsign/server"
+)
+
+// CreateVehicle implements server.Vehicles.
+func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
+	return s.wrap("create vehicle "+v.VIN, s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.txExec(ctx, tx, `INSERT INTO vehicles (vin, model, year, region, public_key, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, 0)`,
+			v.VIN, v.Model, v.Year, v.Region, v.PublicKey, micros(v.CreatedAt)); err != nil {
+			return err
+		}
+		for i, e := range v.ECUs {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position) VALUES (?, ?, ?, ?, ?)`,
+				e.Serial, v.VIN, e.Type, e.HardwareID, i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
+	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused`
+
+func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
+	var v server.Vehicle
+	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew, refusedAt int64
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused)
+	v.RequestFaults.CheckInRefusedAt = fromMicros(refusedAt)
+	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
+	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
+	v.RequestFaults.ClockSkew = time.Duration(skew) * time.Microsecond
+	return v, err
+}
+
+// RecordAuth implements server.Vehicles.
+func (s *Store) RecordAuth(ctx context.Context, vin string, a server.AuthRecord) error {
+	_, err := s.exec(ctx, `UPDATE vehicles SET auth_state = ?, auth_at = ?, auth_message = ?, auth_expires = ? WHERE vin = ?`,
+		a.State, micros(a.At), a.Message, micros(a.Expires), vin)
+	return s.wrap("record auth of "+vin, err)
+}
+
+func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]server.ECU, error) {
+	out := map[string][]server.ECU{}
+	if len(vins) == 0 {
+		return out, nil
+	}
+	ph := strings.TrimSuffix(strings.Repeat("?, ", len(vins)), ", ")
+	args := make([]any, len(vins))
+	for i, v := range vins {
+		args[i] = v
+	}
+	rows, err := s.query(ctx, `SELECT vin, serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at
+		FROM ecus WHERE vin IN (`+ph+`) ORDER BY vin, position`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var vin string
+		var e server.ECU
+		var rep int64
+		if err := rows.Scan(&vin, &e.Serial, &e.Type, &e.HardwareID, &e.InstalledTarget, &e.InstalledVersion, &e.InstalledSHA256, &rep); err != nil {
+			return nil, err
+		}
+		e.ReportedAt = fromMicros(rep)
+		out[vin] = append(out[vin], e)
+	}
+	return out, rows.Err()
+}
+
+// Vehicle implements server.Vehicles.
+func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error) {
+	v, err := scanVehicle(s.queryRow(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin = ?`, vin))
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, server.NoVehicle(vin)
+	} else if err != nil {
+		return v, s.wrap("vehicle "+vin, err)
+	}
+	ecus, err := s.loadECUs(ctx, []string{vin})
+	v.ECUs = ecus[vin]
+	return v, s.wrap("vehicle "+vin, err)
+}
+
+// ListVehicles implements server.Vehicles: keyset pagination by VIN, so every
+// page is an index range scan however deep it is.
+func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]server.Vehicle, error) {
+	if f.Limit <= 0 || f.Limit > 1000 {
+		f.Limit = 100
+	}
+	var rows *sql.Rows
+	var err error
+	if f.HardwareID != "" {
+		// Walks the (hardware_id, vin) index in order and stops at the limit.
+		rows, err = s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+` FROM ecus e JOIN vehicles v ON v.vin = e.vin
+			WHERE e.hardware_id = ? AND e.vin > ? ORDER BY e.vin LIMIT ?`, f.HardwareID, f.After, f.Limit)
+	} else {
+		rows, err = s.query(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`, f.After, f.Limit)
+	}
+	if err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	defer rows.Close()
+	var out []server.Vehicle
+	var vins []string
+	for rows.Next() {
+		v, err := scanVehicle(rows)
+		if err != nil {
+			return nil, s.wrap("list vehicles", err)
+		}
+		if len(vins) > 0 && vins[len(vins)-1] == v.VIN {
+			continue // two ECUs of one vehicle with that hardware ID
+		}
+		out = append(out, v)
+		vins = append(vins, v.VIN)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	ecus, err := s.loadECUs(ctx, vins)
+	if err != nil {
+		return nil, s.wrap("list vehicles", err)
+	}
+	for i := range out {
+		out[i].ECUs = ecus[out[i].VIN]
+	}
+	return out, nil
+}
+
+func prefixCols(p, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i := range parts {
+		parts[i] = p + parts[i]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ReportECUs implements server.Vehicles.
+func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h server.Health, at time.Time) error {
+	return s.wrap("report ECUs of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?`, []any{micros(at), h.Active}
+		if !h.SignalAt.IsZero() {
+			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
+		}
+		res, err := s.txExec(ctx, tx, q+` WHERE vin = ?`, append(args, vin)...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return sql.ErrNoRows
+		}
+		if len(h.Episodes) > 0 {
+			if err := s.pruneEpisodes(ctx, tx, vin); err != nil {
+				return err
+			}
+		}
+		for _, e := range h.Episodes {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO dtc_episodes (vin, code, first_seen, last_seen, count, detail, cleared_at, signal_bars, reported_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vin, code, first_seen) DO UPDATE SET last_seen = excluded.last_seen,
+				count = excluded.count, detail = excluded.detail, cleared_at = excluded.cleared_at, signal_bars = excluded.signal_bars,
+				reported_at = excluded.reported_at`,
+				vin, e.Code, micros(e.FirstSeen), micros(e.LastSeen), e.Count, e.Detail, micros(e.ClearedAt), e.SignalBars, micros(at)); err != nil {
+				return err
+			}
+		}
+		for _, e := range ecus {
+			res, err := s.txExec(ctx, tx, `UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`,
+				e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at), vin, e.Serial)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return fmt.Errorf("ECU %s: %w", e.Serial, sql.ErrNoRows)
+			}
+		}
+		return nil
+	}))
+}
+
+// pruneEpisodes keeps a vehicle's trouble code episodes under
+// MaxEpisodesPerVehicle, with room for one more report: the least recently
+// seen go first. A vehicle reports at most 32 per check-in, so no
+// check-in, however hostile, grows the table past the cap.
+func (s *Store) pruneEpisodes(ctx context.Context, tx *sql.Tx, vin string) error {
+	const keep = server.MaxEpisodesPerVehicle - 32
+	var n int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM dtc_episodes WHERE vin = ?`), vin).Scan(&n); err != nil {
+		return err
+	}
+	if n <= keep {
+		return nil
+	}
+	_, err := s.txExec(ctx, tx, `DELETE FROM dtc_episodes WHERE vin = ? AND (code, first_seen) NOT IN
+		(SELECT code, first_seen FROM dtc_episodes WHERE vin = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?)`, vin, vin, keep)
+	return err
+}
+
+// UseNonce implements server.Vehicles.
+func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) error {
+	_, err := s.exec(ctx, `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?)`, vin, nonce, micros(at))
+	return s.wrap("nonce", err)
+}
+
+// PruneNonces implements server.Vehicles.
+func (s *Store) PruneNonces(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.exec(ctx, `DELETE FROM nonces WHERE used_at < ?`, micros(before))
+	if err != nil {
+		return 0, s.wrap("prune nonces", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
+// VehicleKey implements server.Vehicles.
+func (s *Store) VehicleKey(ctx context.Context, vin string) ([]byte, error) {
+	var key []byte
+	err := s.queryRow(ctx, `SELECT public_key FROM vehicles WHERE vin = ?`, vin).Scan(&key)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, server.NoVehicle(vin)
+	}
+	return key, s.wrap("key of "+vin, err)
+}
+
+// ReplaceECU implements server.Vehicles.
+func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.ECU, key []byte) error {
+	return s.wrap("replace ECU "+oldSerial+" of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, `UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0
+			WHERE vin = ? AND serial = ?`, e.Serial, e.HardwareID, vin, oldSerial)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return sql.ErrNoRows
+		}
+		// The refused requests were signed with the old key's successor,
+		// or by someone else: evidence about a key that is gone.
+		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0, checkin_refused_at = 0, checkin_refused = '' WHERE vin = ?`, key, vin)
+		return err
+	}))
+}
+
+// RecordRequestFault implements server.Vehicles.
+func (s *Store) RecordRequestFault(ctx context.Context, vin string, f server.RequestFault, at time.Time) error {
+	var err error
+	switch f.Kind {
+	case server.FaultBadSignature:
+		_, err = s.exec(ctx, `UPDATE vehicles SET bad_signature_at = ?, bad_signature_count = bad_signature_count + 1 WHERE vin = ?`, micros(at), vin)
+	case server.FaultClockSkew:
+		_, err = s.exec(ctx, `UPDATE vehicles SET clock_skew_at = ?, clock_skew_micros = ? WHERE vin = ?`, micros(at), f.Skew.Microseconds(), vin)
+	case server.FaultCheckInRefused:
+		_, err = s.exec(ctx, `UPDATE vehicles SET checkin_refused_at = ?, checkin_refused = ? WHERE vin = ?`, micros(at), truncate(f.Detail, 512), vin)
+	default:
+		return fmt.Errorf("request fault %q: want %s, %s or %s", f.Kind, server.FaultBadSignature, server.FaultClockSkew, server.FaultCheckInRefused)
+	}
+	return s.wrap("record "+f.Kind+" of "+vin, err)
+}
