@@ -22,7 +22,7 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
            -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
            -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
 
-.PHONY: all build test demo bench benchdeps torture fuzz lint tools testdeps release clean
+.PHONY: all build test demo bench benchdeps torture fuzz lint cover tools testdeps release clean
 
 all: build
 
@@ -46,6 +46,17 @@ test: lint tools testdeps
 	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
 	$(GO) test -race -count=1 -timeout 5m -v ./internal/hostile | grep -E '^(--- |ok|FAIL|PASS|panic)|_test\.go:[0-9]+: '
+	@$(MAKE) --no-print-directory cover
+
+# The decisions' own package tests (without the end-to-end suites) cover
+# at least COVER_MIN % of the director, the campaign engine, the signer and
+# the agent; make test runs it.
+COVER_MIN  ?= 70
+COVER_PKGS := ./server/director ./server/campaigns ./signer/... ./client/agent
+cover:
+	@ROADSIGN_REQUIRE_HSM=1 $(GO) test -count=1 -cover $(COVER_PKGS) | tee /dev/stderr | \
+		awk -v min=$(COVER_MIN) '/coverage:/ { for (i = 1; i <= NF; i++) if ($$i == "coverage:") { pct = $$(i+1); sub("%", "", pct); \
+		if (pct + 0 < min) { print "coverage of " $$2 " is " pct "%, under " min "%"; bad = 1 } } } END { exit bad }'
 
 # SIGKILLs the real agent at random points of 500 installs.
 torture:

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/progress"
 	"github.com/roadsign/roadsign/internal/tlsconf"
@@ -214,7 +215,7 @@ func serverError(what string, resp *http.Response) error {
 		return fmt.Errorf("%s: server answered %s", what, resp.Status)
 	}
 	err := fmt.Errorf("%s: server refused (%s, %s): %s", what, resp.Status, e.Error.Code, e.Error.Message)
-	if e.Error.Code == "bad_signature" || e.Error.Code == "expired" {
+	if e.Error.Code == errcode.BadSignature || e.Error.Code == errcode.Expired {
 		return fmt.Errorf("%w: %v", ErrSecurity, err)
 	}
 	return err

@@ -159,7 +159,7 @@ func TestNoErrorCodeComparedAsLiteral(t *testing.T) {
 	if len(codes) < 20 {
 		t.Fatalf("found %d codes in internal/errcode; the test reads the wrong file", len(codes))
 	}
-	for _, dir := range []string{"server", "client", "cmd", "internal/vehicleauth", "internal/tlsconf"} {
+	for _, dir := range []string{"server", "client", "signer", "cmd", "internal/vehicleauth", "internal/tlsconf"} {
 		err := filepath.WalkDir(filepath.Join(root(t), dir), func(path string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err

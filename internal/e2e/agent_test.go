@@ -87,10 +87,7 @@ func TestDownloadResumesAfterNetworkDrop(t *testing.T) {
 	if after := activeBytes(t, v); !maps.Equal(before, after) {
 		t.Fatal("a dropped download changed an active slot")
 	}
-	r = agent(t, "update", "--state", v.dir, "--json")
-	if r.code != 0 {
-		t.Fatalf("resumed update: %s", r)
-	}
+	r = update(t, v.dir, 0, "--json")
 	size, _ := os.Stat(filepath.Join(samplesDir(), dcm.File))
 	got := transferred(t, r.stdout)["dcm"]
 	t.Logf("resumed transfer: %d of %d bytes", got, size.Size())
@@ -118,9 +115,7 @@ func TestSimulatedDownloadFaultsAreRefused(t *testing.T) {
 				t.Fatal("active slots changed")
 			}
 			// The fault is gone: the next update installs.
-			if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-				t.Fatalf("clean update after %s: %s", f, r)
-			}
+			update(t, v.dir, 0)
 		})
 	}
 }
@@ -148,9 +143,7 @@ func TestTruncatedCachedTimestampHeals(t *testing.T) {
 	w.add(findSample(t, dcmHW, "1.1.0"))
 	w.publish()
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("first update: %s", r)
-	}
+	update(t, v.dir, 0)
 	for _, name := range []string{"timestamp.json", "snapshot.json"} {
 		p := filepath.Join(v.dir, "tuf", "image", name)
 		b, err := os.ReadFile(p)
@@ -163,9 +156,7 @@ func TestTruncatedCachedTimestampHeals(t *testing.T) {
 	}
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with a truncated cache: %s", r)
-	}
+	update(t, v.dir, 0)
 	if versions(t, v)["dcm"] != "2.0.0" {
 		t.Fatal("not updated")
 	}

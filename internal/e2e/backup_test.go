@@ -60,9 +60,7 @@ func TestBackupAndRestoreMidTraffic(t *testing.T) {
 	// vehicle sees newer image and director versions than the backup has.
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.publish()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update before the loss: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "1.1.0" {
 		t.Fatalf("before the loss: %v", got)
 	}
@@ -102,18 +100,13 @@ func TestBackupAndRestoreMidTraffic(t *testing.T) {
 	if notice, page := publishDue(); !strings.Contains(notice, "publish again") || !strings.Contains(page, "Restored from a backup") || strings.Contains(page, "All systems working") {
 		t.Fatalf("before the publish: /readyz notice %q; /status:\n%s", notice, page)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 3 {
-		t.Fatalf("before the publish the vehicle refuses the older targets: %s", r)
-	}
+	update(t, v.dir, 3)
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish() // the workspace republishes what the backup missed
 	if notice, page := publishDue(); notice != "" || strings.Contains(page, "Restored from a backup") {
 		t.Fatalf("after the publish: /readyz notice %q; /status:\n%s", notice, page)
 	}
-	r := agent(t, "update", "--state", v.dir)
-	if r.code != 0 {
-		t.Fatalf("update from the restored server: %s", r)
-	}
+	r := update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after the restore: %v\n%s", got, r)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
 // peakRSS reads a process's peak resident set (VmHWM) in MiB.
@@ -45,10 +46,7 @@ func BenchmarkServerStreamsUSBBundle(b *testing.B) {
 		mib, _ = strconv.ParseInt(s, 10, 64)
 	}
 	dir := b.TempDir()
-	bin := filepath.Join(dir, "roadsign-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/roadsign-server").CombinedOutput(); err != nil {
-		b.Fatalf("build server: %v\n%s", err, out)
-	}
+	bin := filepath.Join(testsupport.MustPrograms(b), "roadsign-server")
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()

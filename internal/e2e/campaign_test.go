@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client/fleetsim"
+	"github.com/roadsign/roadsign/internal/testsupport"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server/postgres/pgtest"
 )
@@ -415,7 +416,7 @@ func TestCampaignMaintenanceWindow(t *testing.T) {
 type replica struct {
 	url  string
 	cmd  *exec.Cmd
-	log  *lockedBuffer
+	log  *testsupport.LockedBuffer
 	done chan struct{}
 }
 
@@ -427,7 +428,7 @@ func startReplica(t *testing.T, w *world, extra ...string) *replica {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	r := &replica{url: "http://" + addr, log: &lockedBuffer{}, done: make(chan struct{})}
+	r := &replica{url: "http://" + addr, log: &testsupport.LockedBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(filepath.Join(builtPrograms(t), "roadsign-server"), append([]string{"--listen", addr, "--data", w.data, "--log-format", "text"}, extra...)...)
 	r.cmd.Env = append(os.Environ(), "ROADSIGN_ADMIN_TOKEN="+adminToken)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	agentcli "github.com/roadsign/roadsign/client/cli"
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
 func dtcs(t *testing.T, v vehicleState) string {
@@ -42,7 +43,7 @@ func TestDaemonRecordsConnectionDTC(t *testing.T) {
 	w.shutdown()
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out lockedBuffer
+	var out testsupport.LockedBuffer
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

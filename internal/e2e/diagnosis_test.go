@@ -66,9 +66,7 @@ func healthyCar(t *testing.T, w *world, n int) (vehicleState, string) {
 	v := w.vehicle(n)
 	owner := w.account("owner", fmt.Sprintf("owner-%d", n))
 	w.linkOwner(t, v, owner)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	if d := w.diagnose(t, v.vin); !d.Healthy || len(d.problems()) != 0 {
 		t.Fatalf("a working car should diagnose healthy: %+v", d)
 	}
@@ -168,9 +166,7 @@ func TestDiagnosisNotLinked(t *testing.T) {
 	w := newWorld(t)
 	w.setup(nil)
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.diagnosedFirst(t, v.vin, "vehicle_not_linked")
 	w.linkOwner(t, v, w.account("owner", "alice"))
 	w.fixed(t, v, "vehicle_not_linked")
@@ -218,9 +214,7 @@ func TestDiagnosisReplacedDCM(t *testing.T) {
 	if code := w.api("POST", "/api/v1/vehicles/"+v.vin+"/ecus/DCM000001/replace", w.account("dealer", "dealer-1"), body, nil); code != 200 {
 		t.Fatalf("re-provision: %d", code)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update after re-provisioning: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "unknown_vehicle_key")
 }
 
@@ -235,9 +229,7 @@ func TestDiagnosisClockSkewSimulated(t *testing.T) {
 		t.Fatalf("update with the clock 20 minutes behind should be refused: %s", r)
 	}
 	w.diagnosedFirst(t, v.vin, "clock_skew")
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the clock right: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "clock_skew")
 }
 
@@ -254,9 +246,7 @@ func TestDiagnosisClockSkew(t *testing.T) {
 	if slices.Contains(d.problems(), "unknown_vehicle_key") || !strings.Contains(d.Findings[0].Evidence[0].Detail, "20m0s ahead") {
 		t.Fatalf("clock skew: %+v", d.Findings)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the clock right: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "clock_skew")
 }
 
@@ -276,9 +266,7 @@ func TestDiagnosisOutdatedFirmware(t *testing.T) {
 	if !actionOf(d, "reflash") || !strings.Contains(d.Findings[0].Title, "not the assigned 2.0.0") {
 		t.Fatalf("outdated: %+v", d.Findings[0])
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "firmware_outdated")
 }
 
@@ -299,9 +287,7 @@ func TestDiagnosisCorruptDCM(t *testing.T) {
 		t.Fatalf("corrupt DCM: %+v", d.Findings)
 	}
 	w.job(w.account("dealer", "dealer-1"), map[string]any{"vin": v.vin, "ecu": "dcm", "version": "latest", "reason": "diagnosis: B15A8"})
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("reflash: %s", r)
-	}
+	update(t, v.dir, 0)
 	if strings.Contains(dtcs(t, v), "B15A8") {
 		t.Fatalf("B15A8 still set after the reflash: %s", dtcs(t, v))
 	}
@@ -317,14 +303,10 @@ func TestDiagnosisBootFailRecurs(t *testing.T) {
 	v, _ := healthyCar(t, w, 1)
 	dealer := w.account("dealer", "dealer-1")
 	w.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "1.1.0", "reason": "DCM update"})
-	if r := agent(t, "update", "--state", v.dir, "--simulate", "boot-fail"); r.code != 4 {
-		t.Fatalf("boot-fail should roll back (exit 4): %s", r)
-	}
+	update(t, v.dir, 4, "--simulate", "boot-fail")
 	w.diagnosedFirst(t, v.vin, "dcm_fault")
 	w.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "reflash after B15A8"})
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("reflash: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "dcm_fault")
 	if r := agent(t, "update", "--state", v.dir, "--simulate", "corrupt-active"); r.code > 1 {
 		t.Fatalf("update: %s", r)
@@ -348,9 +330,7 @@ func TestDiagnosisLostCommunication(t *testing.T) {
 	if !strings.Contains(d.Findings[0].Fix, "wiring") {
 		t.Fatalf("U1100 fix: %+v", d.Findings[0])
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the bus repaired: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "lost_communication")
 }
 
@@ -362,16 +342,12 @@ func TestDiagnosisNoSignal(t *testing.T) {
 	w.setup(nil)
 	v, _ := healthyCar(t, w, 1)
 	for range 3 {
-		if r := agent(t, "update", "--state", v.dir, "--simulate", "signal:0"); r.code != 1 {
-			t.Fatalf("update without signal: %s", r)
-		}
+		update(t, v.dir, 1, "--simulate", "signal:0")
 	}
 	if !strings.Contains(dtcs(t, v), "B15C4") {
 		t.Fatalf("B15C4 not set after 3 cycles without signal: %s", dtcs(t, v))
 	}
-	if r := agent(t, "update", "--state", v.dir, "--simulate", "signal:1"); r.code != 0 {
-		t.Fatalf("update with 1 bar: %s", r)
-	}
+	update(t, v.dir, 0, "--simulate", "signal:1")
 	d := w.diagnosedFirst(t, v.vin, "no_signal")
 	if !strings.Contains(d.Findings[0].Fix, "Antenna or coverage") || !strings.Contains(d.Findings[0].Evidence[0].Detail, "weakest signal 0 bars") {
 		t.Fatalf("no signal: %+v", d.Findings[0])
@@ -392,22 +368,16 @@ func TestDiagnosisServerWasDown(t *testing.T) {
 	addr := strings.TrimPrefix(w.url, "http://")
 	w.shutdown()
 	for range 3 {
-		if r := agent(t, "update", "--state", v.dir); r.code != 1 {
-			t.Fatalf("update with the server down: %s", r)
-		}
+		update(t, v.dir, 1)
 	}
 	w.extra = append(w.extra, "--listen", addr)
 	w.start()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the server back: %s", r)
-	}
+	update(t, v.dir, 0)
 	d := w.diagnosedFirst(t, v.vin, "telematics_connection")
 	if !strings.Contains(d.Findings[0].Fix, "service down") || !strings.Contains(d.Findings[0].Evidence[0].Detail, "weakest signal 4 bars") {
 		t.Fatalf("server down: %+v", d.Findings[0])
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "telematics_connection")
 }
 
@@ -419,9 +389,7 @@ func TestDiagnosisOffline(t *testing.T) {
 	v, _ := healthyCar(t, w, 1)
 	time.Sleep(2500 * time.Millisecond)
 	w.diagnosedFirst(t, v.vin, "vehicle_offline")
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "vehicle_offline")
 }
 
@@ -470,8 +438,6 @@ func TestDiagnosisServiceUnhealthy(t *testing.T) {
 	}
 	gw.Restart(t)
 	waitFor(t, "the diagnosis to see the store back", func() bool { return w.diagnose(t, v.vin).Healthy })
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the store back: %s", r)
-	}
+	update(t, v.dir, 0)
 	w.fixed(t, v, "service_unhealthy")
 }

@@ -122,9 +122,7 @@ func TestDealerJobInstallsExactlyTheChosenImage(t *testing.T) {
 	}
 	before2 := activeBytes(t, v2)
 	for _, v := range []vehicleState{v1, v2} {
-		if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-			t.Fatalf("update %s: %s", v.vin, r)
-		}
+		update(t, v.dir, 0)
 	}
 	if got := versions(t, v1); got["dcm"] != "1.1.0" || got["head-unit"] != "1.0.0" {
 		t.Fatalf("vehicle 1: %v, want dcm 1.1.0 and head unit untouched", got)
@@ -174,9 +172,7 @@ func TestJobWithUnbootableImageEndsRolledBack(t *testing.T) {
 	w.publish()
 	v := w.vehicle(1)
 	j := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "DCM000001", "version": "latest", "reason": "test"})
-	if r := agent(t, "update", "--state", v.dir); r.code != 4 {
-		t.Fatalf("want exit 4, got %s", r)
-	}
+	update(t, v.dir, 4)
 	if got := w.getJob(adminToken, j.ID); got.State != "rolled_back" || !strings.HasSuffix(kinds(got), "rebooting,rolled_back") {
 		t.Fatalf("job %s: %s", got.State, kinds(got))
 	}
@@ -195,9 +191,7 @@ func TestCanceledJobInstallsNothing(t *testing.T) {
 		t.Fatalf("cancel: %d %+v", code, canceled)
 	}
 	before := activeBytes(t, v)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	if after := activeBytes(t, v); fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatal("a canceled job installed something")
 	}
@@ -398,15 +392,11 @@ func TestJobsForOneECUQueueBehindEachOther(t *testing.T) {
 	v := w.vehicle(1)
 	first := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "1.1.0", "reason": "first"})
 	second := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "DCM000001", "version": "2.0.0", "reason": "second"})
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update 1: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v)["dcm"]; got != "1.1.0" || w.getJob(adminToken, first.ID).State != "succeeded" || w.getJob(adminToken, second.ID).State != "queued" {
 		t.Fatalf("after the first update: dcm %s, jobs %s/%s", got, w.getJob(adminToken, first.ID).State, w.getJob(adminToken, second.ID).State)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update 2: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v)["dcm"]; got != "2.0.0" || w.getJob(adminToken, second.ID).State != "succeeded" {
 		t.Fatalf("after the second update: dcm %s, job %s", got, w.getJob(adminToken, second.ID).State)
 	}

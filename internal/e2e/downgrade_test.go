@@ -33,9 +33,7 @@ func TestDowngradeNeedsForcedJobAndPermittingImage(t *testing.T) {
 	install := func(version string, forced bool) {
 		t.Helper()
 		j := w.job(adminToken, map[string]any{"vin": v.vin, "ecu": "dcm", "version": version, "forced": forced, "reason": "test"})
-		if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-			t.Fatalf("install %s: %s", version, r)
-		}
+		update(t, v.dir, 0)
 		if got := versions(t, v)["dcm"]; got != version || w.getJob(adminToken, j.ID).State != "succeeded" {
 			t.Fatalf("after the %s job: dcm %s", version, got)
 		}

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/testsupport"
 	servercli "github.com/roadsign/roadsign/server/cli"
 	"github.com/roadsign/roadsign/server/repo"
 	signercli "github.com/roadsign/roadsign/signer/cli"
@@ -68,27 +68,10 @@ type world struct {
 	env    map[string]string
 	stop   context.CancelFunc
 	done   chan int
-	logBuf *lockedBuffer
+	logBuf *testsupport.LockedBuffer
 	// reload stands for SIGHUP: it asks the server to reread its TLS
 	// certificate and key.
 	reload chan os.Signal
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // newWorld starts a server on 127.0.0.1:0 with extra flags.
@@ -106,7 +89,7 @@ func (w *world) getenv(k string) string { return w.env[k] }
 func (w *world) start() {
 	t := w.t
 	ctx, cancel := context.WithCancel(context.Background())
-	w.stop, w.done, w.logBuf = cancel, make(chan int, 1), &lockedBuffer{}
+	w.stop, w.done, w.logBuf = cancel, make(chan int, 1), &testsupport.LockedBuffer{}
 	if w.reload == nil {
 		w.reload = make(chan os.Signal, 1)
 	}
@@ -183,6 +166,17 @@ func agent(t testing.TB, args ...string) result {
 	p := instantRetry
 	code := agentcli.Run(context.Background(), args, agentcli.Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Now: time.Now, Policy: &p})
 	return result{code, out.String(), errb.String()}
+}
+
+// update runs one agent update cycle on the vehicle in dir (with more
+// flags) and fails the test unless it exits want.
+func update(t testing.TB, dir string, want int, args ...string) result {
+	t.Helper()
+	r := agent(t, append([]string{"update", "--state", dir}, args...)...)
+	if r.code != want {
+		t.Fatalf("update %s: want exit %d, got %s", strings.Join(args, " "), want, r)
+	}
+	return r
 }
 
 // signerInit creates the workspace from this server's online keys.

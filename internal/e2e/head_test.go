@@ -75,9 +75,7 @@ func TestTimestampPollsDoNotTouchTheBlobStore(t *testing.T) {
 	w := newS3World(t, gw)
 	w.setup(nil)
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	ts := servedTimestamp(t, w.url)
 	before := blobOps(t, w.url)
 	etag := ""
@@ -167,9 +165,7 @@ func TestTargetDownloadsRedirectToTheStore(t *testing.T) {
 	w.setup(nil)
 	v := w.vehicle(1)
 	before := blobOps(t, w.url)
-	if r := agent(t, "update", "--state", v.dir, "--simulate", "network-drop:50"); r.code != 1 {
-		t.Fatalf("update with the network dropping halfway: %s", r)
-	}
+	update(t, v.dir, 1, "--simulate", "network-drop:50")
 	if r := agent(t, "update", "--state", v.dir); r.code != 0 || !strings.Contains(r.stdout, "installed") {
 		t.Fatalf("resumed update: %s", r)
 	}

@@ -59,9 +59,7 @@ func TestTokenRenewalAndExpiry(t *testing.T) {
 		t.Fatalf("before any handshake the server should say never: %v", view)
 	}
 	w.linkOwner(t, v, w.account("owner", "alice"))
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	a := readAuth(t, v)
 	if a.State != "authorized" || time.Until(a.ExpiresAt) > 3*time.Second {
 		t.Fatalf("after the update: %+v", a)
@@ -276,9 +274,7 @@ func TestAutoAssignedInstallsHaveHistory(t *testing.T) {
 	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
 	dealer := w.account("dealer", "dealer-1")
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	js := w.jobsOf(t, v.vin)
 	if len(js) != 2 {
 		t.Fatalf("want one auto-assign job per ECU, got %+v", js)
@@ -298,9 +294,7 @@ func TestAutoAssignedInstallsHaveHistory(t *testing.T) {
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish()
-	if r := agent(t, "update", "--state", v.dir, "--simulate", "network-drop:50"); r.code != 1 {
-		t.Fatalf("interrupted update: %s", r)
-	}
+	update(t, v.dir, 1, "--simulate", "network-drop:50")
 	dj := w.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "customer waiting"})
 	var superseded jobView
 	for _, j := range w.jobsOf(t, v.vin) {
@@ -311,9 +305,7 @@ func TestAutoAssignedInstallsHaveHistory(t *testing.T) {
 	if superseded.State != "canceled" || !strings.Contains(fmt.Sprint(superseded.Events), "superseded by dealer job "+dj.ID) {
 		t.Fatalf("the open auto-assign DCM job should be superseded by the dealer's: %+v", superseded)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := w.getJob(dealer, dj.ID); got.State != "succeeded" {
 		t.Fatalf("dealer job: %s", got.State)
 	}
@@ -342,16 +334,12 @@ func TestRolledBackAutoAssignIsNotPushedAgain(t *testing.T) {
 	w.publish()
 	v := w.vehicle(1)
 	w.linkOwner(t, v, w.account("owner", "alice"))
-	if r := agent(t, "update", "--state", v.dir); r.code != 4 {
-		t.Fatalf("want the unbootable DCM image to roll back (exit 4): %s", r)
-	}
+	update(t, v.dir, 4)
 	js := w.jobsOf(t, v.vin)
 	if len(js) != 1 || js[0].State != "rolled_back" || js[0].Origin != "auto-assign" {
 		t.Fatalf("jobs: %+v", js)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("second update: %s", r)
-	}
+	update(t, v.dir, 0)
 	if n := len(w.jobsOf(t, v.vin)); n != 1 {
 		t.Fatalf("the rolled-back image was pushed again (%d jobs)", n)
 	}

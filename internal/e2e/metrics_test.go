@@ -28,9 +28,7 @@ func TestFleetMetrics(t *testing.T) {
 	w := newWorld(t)
 	w.setup(nil)
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	owner := w.account("owner", "metrics-owner")
 	if code := w.linkOwner(t, v, owner); code != 200 && code != 201 {
 		t.Fatalf("link: %d", code)

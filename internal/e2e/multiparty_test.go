@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,41 +16,8 @@ import (
 	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
-
-// softHSM makes a fresh SoftHSM2 token "roadsign" in a temporary token
-// directory and returns the URI query that reaches it (module and PIN
-// file). It skips when SoftHSM2 is missing, unless ROADSIGN_REQUIRE_HSM
-// is set (make test sets it and installs Debian's softhsm2).
-func softHSM(t *testing.T) string {
-	t.Helper()
-	module := "/usr/lib/softhsm/libsofthsm2.so"
-	util, err := exec.LookPath("softhsm2-util")
-	if _, serr := os.Stat(module); err != nil || serr != nil {
-		if os.Getenv("ROADSIGN_REQUIRE_HSM") != "" {
-			t.Fatalf("SoftHSM2 is required (apt-get install softhsm2): %v %v", err, serr)
-		}
-		t.Skip("SoftHSM2 not installed (apt-get install softhsm2)")
-	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "softhsm2.conf")
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.MkdirAll(tokens, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SOFTHSM2_CONF", conf)
-	if out, err := exec.Command(util, "--init-token", "--free", "--label", "roadsign", "--pin", "4711", "--so-pin", "0815").CombinedOutput(); err != nil {
-		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
-	}
-	pin := filepath.Join(dir, "pin")
-	if err := os.WriteFile(pin, []byte("4711\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return "?module-path=" + module + "&pin-source=file:" + pin
-}
 
 // TestMultiPartySigning: root and targets keys held by different people,
 // one of them on a PKCS#11 token (SoftHSM2). Every change is staged,
@@ -60,7 +26,7 @@ func softHSM(t *testing.T) string {
 // pinned to root v1 follows a 2-of-3 root rotation and installs images
 // signed 2-of-2.
 func TestMultiPartySigning(t *testing.T) {
-	query := softHSM(t)
+	query := testsupport.SoftHSM(t)
 	w := newWorld(t)
 	keysDir := t.TempDir()
 	key := func(name string) string { return filepath.Join(keysDir, name+".key") }
@@ -100,9 +66,7 @@ func TestMultiPartySigning(t *testing.T) {
 	w.mustSigner("sign", w.ws, "--key", hsmKey("targets-tom"))
 	w.publish()
 	v := w.vehicle(1) // pinned to root v1
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("first update: %s", r)
-	}
+	update(t, v.dir, 0)
 
 	// Rotate the image root to bob, carol, dave (2-of-3) and add images:
 	// root v2 needs 2 of the old keys and 2 of the new, targets 2 of 2.
@@ -181,9 +145,7 @@ func TestMultiPartySigning(t *testing.T) {
 		t.Errorf("published staged metadata is still staged: %v", err)
 	}
 
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update across the root rotation: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after rotation: %v", got)
 	}

@@ -162,9 +162,7 @@ func TestUSBBundleOnEmbeddedDefaults(t *testing.T) {
 	}
 
 	w.restart()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("first online cycle after the USB install: %s", r)
-	}
+	update(t, v.dir, 0)
 	if st := agent(t, "status", "--state", v.dir).stdout; !strings.Contains(st, "authorization: authorized until") {
 		t.Fatalf("the first online cycle should reauthorize:\n%s", st)
 	}
@@ -195,9 +193,7 @@ func TestUSBBundleOnEmbeddedDefaults(t *testing.T) {
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("online update after the USB install: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after the online update: %v", got)
 	}
@@ -224,9 +220,7 @@ func TestUSBBundleMetadataStaysOffline(t *testing.T) {
 		t.Fatalf("bundle director timestamp expires %s", bts.Signed.Expires)
 	}
 	// ...the vehicle's online metadata still lives a day.
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	online := filepath.Join(v.dir, "tuf", "director", "timestamp.json")
 	ots, err := metadata.Timestamp().FromFile(online)
 	if err != nil {
@@ -260,9 +254,7 @@ func TestUSBBundleMetadataStaysOffline(t *testing.T) {
 		t.Fatal("the refused bundle metadata reached the online cache")
 	}
 	setServer(t, v, w.url)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("back on the real server: %s", r)
-	}
+	update(t, v.dir, 0)
 }
 
 // setServer points a provisioned vehicle at another server URL.
@@ -472,9 +464,7 @@ func TestReauthorizationFailures(t *testing.T) {
 		t.Fatalf("link: %d", code)
 	}
 	reauth("firmware_not_authorized") // the director assigns 2.0.0; the car runs 1.0.0
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	reauth("") // update reauthorized already; once more by hand
 	if code := w.linkOwner(t, v, bob); code != 409 {
 		t.Fatalf("bob linking alice's car: %d, want 409", code)
@@ -504,9 +494,7 @@ func TestDCMReplacement(t *testing.T) {
 	dealer, owner := w.account("dealer", "dealer-1"), w.account("owner", "alice")
 	v := w.vehicle(1)
 	w.linkOwner(t, v, owner)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	oldKey, _ := os.ReadFile(filepath.Join(v.dir, "vehicle.key"))
 	r := agent(t, "replace-ecu", "--state", v.dir, "--serial", "DCM000001", "--new-serial", "DCM777777",
 		"--hardware-id", dcmHW, "--firmware", sampleFile(t, dcmHW, "1.0.0"))
@@ -522,9 +510,7 @@ func TestDCMReplacement(t *testing.T) {
 		t.Fatalf("replace: %d", code)
 	}
 	// The new DCM runs factory 1.0.0; the director assigns it 2.0.0.
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update after re-provisioning: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["dcm"] != "2.0.0" {
 		t.Fatalf("new DCM runs %s", got["dcm"])
 	}

@@ -1,13 +1,13 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
 // What the release build stamps (make build does the same with git's).
@@ -17,13 +17,6 @@ const (
 	stampDate    = "2026-11-29T12:00:00Z"
 )
 
-var (
-	programsOnce sync.Once
-	programsDir  string
-	programsErr  error
-	programsOut  []byte
-)
-
 // programs are the ones users run, all built into one bin directory.
 var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", "roadsign-demo", "roadsign-fleetsim"}
 
@@ -31,21 +24,12 @@ var programs = []string{"roadsign-server", "roadsign-signer", "roadsign-agent", 
 // does, and returns the directory holding them.
 func builtPrograms(t testing.TB) string {
 	t.Helper()
-	programsOnce.Do(func() {
-		programsDir, programsErr = os.MkdirTemp("", "roadsign-e2e-programs-")
-		if programsErr != nil {
-			return
-		}
-		pkg := "github.com/roadsign/roadsign/internal/buildinfo."
-		ldflags := "-X " + pkg + "Version=" + stampVersion + " -X " + pkg + "Commit=" + stampCommit + " -X " + pkg + "Date=" + stampDate
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", programsDir+"/", "./cmd/...")
-		cmd.Dir = filepath.Join("..", "..")
-		programsOut, programsErr = cmd.CombinedOutput()
-	})
-	if programsErr != nil {
-		t.Fatalf("build the programs: %v\n%s", programsErr, programsOut)
+	pkg := "github.com/roadsign/roadsign/internal/buildinfo."
+	dir, err := testsupport.StampedPrograms("-X " + pkg + "Version=" + stampVersion + " -X " + pkg + "Commit=" + stampCommit + " -X " + pkg + "Date=" + stampDate)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return programsDir
+	return dir
 }
 
 // TestVersionOfEveryProgram: --version names the program, the version,

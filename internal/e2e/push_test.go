@@ -15,14 +15,15 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	agentcli "github.com/roadsign/roadsign/client/cli"
 	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/testsupport"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // runAgentDaemon starts roadsign-agent run in the background; stop ends it.
-func runAgentDaemon(t *testing.T, v vehicleState, args ...string) (*lockedBuffer, func()) {
+func runAgentDaemon(t *testing.T, v vehicleState, args ...string) (*testsupport.LockedBuffer, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out lockedBuffer
+	var out testsupport.LockedBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- agentcli.Run(ctx, append([]string{"run", "--state", v.dir, "--jitter", "0"}, args...),

@@ -46,9 +46,7 @@ func TestSoftwareRecord(t *testing.T) {
 	// 2. Over the air: DCM 2.0.0, auto-assigned.
 	w.add(findSample(t, dcmHW, "2.0.0"))
 	w.publish()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("OTA update: %s", r)
-	}
+	update(t, v.dir, 0)
 	// 3. A DCM image that fails its boot check (rolled back), and the head
 	// unit's 2.0.0 through a campaign.
 	for _, s := range loadSamples(t) {

@@ -27,10 +27,7 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	a.url = saved
 
 	j := a.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "2.0.0", "reason": "replica test"})
-	r := agent(t, "update", "--state", v.dir)
-	if r.code != 0 {
-		t.Fatalf("update through replica b: %s", r)
-	}
+	r := update(t, v.dir, 0)
 	if got := versions(t, v); got["dcm"] != "2.0.0" || got["head-unit"] != "1.0.0" {
 		_, snap := httpGet(t, b.url+"/repo/timestamp.json", nil)
 		t.Fatalf("after the job: %v; the agent said %s\nreplica b logged: %s\nreplica b serves %s (a: %d)", got, r, b.logBuf.String(), snap, servedTimestamp(t, a.url))

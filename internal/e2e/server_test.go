@@ -174,9 +174,7 @@ func TestServerResignsTimestampBeforeExpiry(t *testing.T) {
 			}
 			// A vehicle still verifies the re-signed repository.
 			v := w.vehicle(1)
-			if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-				t.Fatalf("update after re-sign: %s", r)
-			}
+			update(t, v.dir, 0)
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -219,9 +217,7 @@ func TestUpdateOverS3(t *testing.T) {
 	w := newS3World(t, gw)
 	w.setup(nil)
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update over S3: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after update over S3: %v", got)
 	}

@@ -69,9 +69,7 @@ func TestKeyRotation(t *testing.T) {
 	w.add(findSample(t, dcmHW, "1.1.0"))
 	w.publish()
 	v := w.vehicle(1) // pinned to root v1
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("first update: %s", r)
-	}
+	update(t, v.dir, 0)
 
 	w.mustSigner("rotate", w.ws, "--role", "root", "--root-keys", "4", "--root-threshold", "3")
 	w.mustSigner("rotate", w.ws, "--role", "targets")
@@ -92,9 +90,7 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("want 3+1+3 retired keys, got %d", len(entries))
 	}
 
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update across root rotation: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after rotation: %v", got)
 	}

@@ -21,6 +21,7 @@ import (
 	fleetsimcli "github.com/roadsign/roadsign/client/fleetsim"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/testca"
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
 // tlsWorld starts a server on HTTPS with a certificate from a new CA.
@@ -74,9 +75,7 @@ func TestAgentOverTLS(t *testing.T) {
 		t.Fatalf("publish with --ca-cert: %s", r)
 	}
 	v := w.tlsVehicle(1, ca.File)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update over TLS: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "1.1.0" || got["dcm"] != "1.1.0" {
 		t.Fatalf("after the update over TLS: %v", got)
 	}
@@ -123,9 +122,7 @@ func TestAgentOverTLS(t *testing.T) {
 	if r := agent(t, "trust-ca", "--state", st, "--ca-cert", ca.File); r.code != 0 {
 		t.Fatalf("trust-ca: %s", r)
 	}
-	if r := agent(t, "update", "--state", st); r.code != 0 {
-		t.Fatalf("update after trust-ca: %s", r)
-	}
+	update(t, st, 0)
 
 	// The fleet simulator takes the CA too.
 	if r := runFleetsim(t, "--server", w.url, "--token", adminToken, "--ca-cert", ca.File, "--samples", samplesDir(), "--vehicles", "2", "--register", "--cycles", "1", "--interval", "0"); r.code != 0 {
@@ -246,9 +243,7 @@ func TestMutualTLSForVehicles(t *testing.T) {
 	if r := agent(t, "client-cert", "--state", v.dir, "--cert", own); r.code != 0 {
 		t.Fatalf("client-cert: %s", r)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update with the vehicle's certificate: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["dcm"] != "1.1.0" {
 		t.Fatalf("after the mutual-TLS update: %v", got)
 	}
@@ -290,7 +285,7 @@ func TestServerBinaryReloadsCertificateOnSIGHUP(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	var logs lockedBuffer
+	var logs testsupport.LockedBuffer
 	cmd := exec.Command(filepath.Join(bin, "roadsign-server"), "serve", "--data", filepath.Join(dir, "data"), "--listen", addr,
 		"--tls-cert", certFile, "--tls-key", keyFile, "--log-format", "text")
 	cmd.Stdout, cmd.Stderr = &logs, &logs

@@ -36,10 +36,7 @@ func TestUpdateMovesBothECUsToNewest(t *testing.T) {
 	if got := versions(t, v); got["head-unit"] != "1.0.0" || got["dcm"] != "1.0.0" {
 		t.Fatalf("before: %v", got)
 	}
-	r := agent(t, "update", "--state", v.dir)
-	if r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	r := update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after: %v\n%s", got, r)
 	}
@@ -72,9 +69,7 @@ func TestUpdateOnlyPicksCompatibleHardwareAndHigherCounters(t *testing.T) {
 		return true
 	})
 	v := w.vehicle(1)
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "1.1.0" || got["dcm"] != "1.1.0" {
 		t.Fatalf("want 1.1.0 (newest for our hardware), got %v", got)
 	}
@@ -250,9 +245,7 @@ func TestAgentRefusesTamperedRepository(t *testing.T) {
 				// The vehicle sees a newer timestamp (nothing new to install)...
 				w.forgeSnapshotAndTimestamp(currentTargetsVersion(t, w), meta.Expires(time.Now(), time.Hour))
 				w.restart()
-				if r := agent(t, "update", "--state", v.dir, "--simulate", "network-drop:1"); r.code != 1 {
-					t.Fatalf("priming update: want exit 1 from the simulated drop, got %s", r)
-				}
+				update(t, v.dir, 1, "--simulate", "network-drop:1")
 				// ...then the attacker replays the old one.
 				w.writeBlob("repo/timestamp.json", old)
 			},
@@ -357,10 +350,7 @@ func TestImageFailingBootCheckRollsBack(t *testing.T) {
 	}
 	w.publish()
 	v := w.vehicle(1)
-	r := agent(t, "update", "--state", v.dir)
-	if r.code != 4 {
-		t.Fatalf("want exit 4 (rolled back), got %s", r)
-	}
+	update(t, v.dir, 4)
 	st := status(t, v)
 	dcm := st["dcm"]
 	if dcm.ActiveSlot != "a" || dcm.Version != "1.0.0" {
@@ -412,10 +402,7 @@ func TestCompromisedImageRepositoryAlone(t *testing.T) {
 	w.add(findSample(t, huHW, "2.0.0"))
 	w.publish()
 
-	r := agent(t, "update", "--state", v.dir)
-	if r.code != 0 {
-		t.Fatalf("update: %s", r)
-	}
+	r := update(t, v.dir, 0)
 	if got := versions(t, v); got["dcm"] != "1.1.0" || got["head-unit"] != "1.0.0" {
 		t.Fatalf("the vehicle installed what the director did not assign: %v\n%s", got, r)
 	}
@@ -458,9 +445,7 @@ func TestSlowRetrievalIsAbandoned(t *testing.T) {
 		t.Fatalf("active slots changed: %v -> %v", before, after)
 	}
 	restore()
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update over an honest network: %s", r)
-	}
+	update(t, v.dir, 0)
 	if got := versions(t, v); got["head-unit"] != "2.0.0" || got["dcm"] != "2.0.0" {
 		t.Fatalf("after the honest update: %v", got)
 	}

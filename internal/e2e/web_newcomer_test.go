@@ -95,9 +95,7 @@ func TestWebReprovisioningChecksTheUnit(t *testing.T) {
 	if flash := replace("DCM000009", "DCM000002", dcmHW); !strings.Contains(flash, "re-provisioned") {
 		t.Fatalf("correcting the registration: %q", flash)
 	}
-	if r := agent(t, "update", "--state", v.dir); r.code != 0 {
-		t.Fatalf("update after the correction: %s", r)
-	}
+	update(t, v.dir, 0)
 	waitFor(t, "the car to diagnose healthy", func() bool { return w.diagnose(t, v.vin).Healthy })
 	err = chromedp.Run(ctx,
 		chromedp.Navigate(w.url+"/dealer?vin="+v.vin),

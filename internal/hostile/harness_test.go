@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
 const adminToken = "hostile-admin-token"
@@ -40,20 +42,15 @@ const adminToken = "hostile-admin-token"
 var bin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "roadsign-hostile-")
+	dir, err := testsupport.Programs()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/roadsign-server", "./cmd/roadsign-agent", "./cmd/roadsign-signer")
-	cmd.Dir = filepath.Join("..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		testsupport.Clean()
 		os.Exit(1)
 	}
 	bin = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	testsupport.Clean()
 	os.Exit(code)
 }
 
@@ -64,29 +61,12 @@ type server struct {
 	dir, data  string
 	tmp        string // its TMPDIR: nothing may land there
 	cmd        *exec.Cmd
-	log        *lockedBuffer
+	log        *testsupport.LockedBuffer
 	done       chan struct{}
 	stopOnce   sync.Once
 	extraFlags []string
 	// client is how the harness talks to it (trusting its CA on HTTPS).
 	client *http.Client
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func freeAddr(t testing.TB) string {
@@ -121,7 +101,7 @@ func startTLS(t testing.TB, pool *x509.CertPool, extra ...string) *server {
 
 func launch(t testing.TB, wrapper []string, pool *x509.CertPool, extra ...string) *server {
 	t.Helper()
-	s := &server{t: t, dir: t.TempDir(), log: &lockedBuffer{}, done: make(chan struct{}), extraFlags: extra}
+	s := &server{t: t, dir: t.TempDir(), log: &testsupport.LockedBuffer{}, done: make(chan struct{}), extraFlags: extra}
 	s.data, s.tmp = filepath.Join(s.dir, "data"), filepath.Join(s.dir, "tmp")
 	os.MkdirAll(s.tmp, 0o700)
 	s.addr = freeAddr(t)

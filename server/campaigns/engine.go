@@ -58,26 +58,13 @@ func (s *Service) advance(ctx context.Context, f server.Fence, c server.Campaign
 	}
 	s.m.observe(c.ID, counts)
 
-	// A wave's failure rate is over its finished vehicles, but never over
-	// fewer than minSamples (or the whole wave, if smaller): the first
-	// failure of a large wave does not halt it alone.
-	for i := range c.OpenWaves {
-		w := counts[i]
-		base := max(finished(w), min(cfg.MinSamples, eligible(w)))
-		if failures(w) > 0 && float64(failures(w))/float64(base) > cfg.FailureThreshold {
-			reason := fmt.Sprintf("wave %d (%d%%): %d of %d finished vehicles failed, rolled back or timed out; counted over a sample of %d that is a failure rate of %s, above the %s threshold",
-				i+1, cfg.Waves[i], failures(w), finished(w), base, rate(float64(failures(w))/float64(base)), rate(cfg.FailureThreshold))
-			return s.end(ctx, f, c, server.CampaignHalted, reason, now)
-		}
+	if reason, halt := haltReason(cfg, c.OpenWaves, counts); halt {
+		return s.end(ctx, f, c, server.CampaignHalted, reason, now)
 	}
 
 	if c.OpenWaves < len(cfg.Waves) {
 		if ready, _ := waveReady(c, counts, now); ready {
-			inWaves := 0
-			for _, w := range counts {
-				inWaves += w.Targeted
-			}
-			take := max(int(math.Ceil(float64(total)*float64(cfg.Waves[c.OpenWaves])/100))-inWaves, 0)
+			take := nextWave(total, cfg.Waves[c.OpenWaves], counts)
 			err := s.store.OpenCampaignWave(ctx, f, c.ID, c.OpenWaves, take, cfg.Consent == "owner", now)
 			if errors.Is(err, server.ErrConflict) {
 				return nil // opened meanwhile, or no longer running: look again next tick
@@ -108,6 +95,33 @@ func (s *Service) advance(ctx context.Context, f server.Fence, c server.Campaign
 		}
 	}
 	return s.assign(ctx, f, c, now)
+}
+
+// haltReason says whether an open wave failed too often, and why. A
+// wave's failure rate is over its finished vehicles, but never over fewer
+// than minSamples (or the whole wave, if smaller): the first failure of a
+// large wave does not halt it alone.
+func haltReason(cfg server.CampaignConfig, openWaves int, counts []server.WaveCount) (string, bool) {
+	for i := range openWaves {
+		w := counts[i]
+		base := max(finished(w), min(cfg.MinSamples, eligible(w)))
+		if failures(w) > 0 && float64(failures(w))/float64(base) > cfg.FailureThreshold {
+			return fmt.Sprintf("wave %d (%d%%): %d of %d finished vehicles failed, rolled back or timed out; counted over a sample of %d that is a failure rate of %s, above the %s threshold",
+				i+1, cfg.Waves[i], failures(w), finished(w), base, rate(float64(failures(w))/float64(base)), rate(cfg.FailureThreshold)), true
+		}
+	}
+	return "", false
+}
+
+// nextWave is how many more members the next wave takes: waves are
+// cumulative percentages of all total members, rounded up, less those in
+// the waves already open.
+func nextWave(total, percent int, counts []server.WaveCount) int {
+	inWaves := 0
+	for _, w := range counts {
+		inWaves += w.Targeted
+	}
+	return max(int(math.Ceil(float64(total)*float64(percent)/100))-inWaves, 0)
 }
 
 // waveReady says whether the last open wave lets the next one open (and

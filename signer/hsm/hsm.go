@@ -32,16 +32,18 @@ func Open(ref string) (*keys.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := ctx.FindKeyPair(u.ID, label(u))
+	// FindKeyPairs, not FindKeyPair: that one reports a missing key as an
+	// error of its own words, and the user needs to hear what to do.
+	found, err := ctx.FindKeyPairs(u.ID, label(u))
 	if err != nil {
 		ctx.Close()
 		return nil, fmt.Errorf("PKCS#11 token %q: find key %q: %w", u.Token, u.Object, err)
 	}
-	if s == nil {
+	if len(found) == 0 {
 		ctx.Close()
 		return nil, fmt.Errorf("PKCS#11 token %q has no key pair %q; create one with roadsign-signer keygen --out %s", u.Token, u.Object, ref)
 	}
-	return wrap(ctx, s, ref)
+	return wrap(ctx, found[0], ref)
 }
 
 // Generate creates an ECDSA P-256 key pair on the token; the private key
@@ -58,7 +60,7 @@ func Generate(ref string) (*keys.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s, err := ctx.FindKeyPair(nil, label(u)); err == nil && s != nil {
+	if found, err := ctx.FindKeyPairs(nil, label(u)); err == nil && len(found) > 0 {
 		ctx.Close()
 		return nil, fmt.Errorf("PKCS#11 token %q already holds a key %q; refusing to create a second", u.Token, u.Object)
 	}

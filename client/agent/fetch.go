@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/api"
+	"github.com/roadsign/roadsign/client/bootctl"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/progress"
+)
+
+var errJobCanceled = errors.New("job canceled on the server")
+
+// eventFailed is the job event for a failed attempt.
+const eventFailed = "failed"
+
+// event reports job progress; without a job it does nothing. It returns
+// errJobCanceled when the server says the job was canceled.
+func (a *Agent) event(ctx context.Context, src Source, p *plan, kind string, pct int, msg string) error {
+	jobs := src.Jobs()
+	if p.jobID == "" || jobs == nil {
+		return nil
+	}
+	e := api.JobEvent{Kind: kind, Percent: pct, Message: truncate(msg, api.MaxEventMessage)}
+	if kind == "succeeded" && p.tf != nil {
+		e.SHA256 = hex.EncodeToString(p.tf.Hashes["sha256"])
+	}
+	err := jobs.JobEvent(ctx, p.jobID, e)
+	var apiErr *api.Error
+	if errors.As(err, &apiErr) && apiErr.Code == errcode.JobCanceled {
+		return errJobCanceled
+	}
+	if err != nil {
+		a.Log.Warn("job event not delivered", "job", p.jobID, "kind", kind, "err", err)
+	}
+	return nil
+}
+
+// fetch streams one image into its ECU's inactive slot and verifies it.
+// It returns how many bytes it downloaded.
+func (a *Agent) fetch(ctx context.Context, src Source, p *plan) (int64, error) {
+	sum := hex.EncodeToString(p.tf.Hashes["sha256"])
+	if len(sum) != 64 {
+		return 0, fmt.Errorf("%w: target %s has no sha256 in signed metadata; nothing installed", client.ErrRefused, p.path)
+	}
+	w, err := p.boot.Begin(bootctl.Journal{
+		Target: p.path, Length: p.tf.Length, SHA256: sum,
+		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
+	}
+	w.WriteHook = a.Faults.WriteHook(p.tf.Length)
+	p.w = w
+	if w.Offset() > 0 {
+		a.Log.Info("resuming download", "target", p.path, "offset", w.Offset(), "length", p.tf.Length)
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	canceled := false
+	if err := a.event(ctx, src, p, "downloading", int(100*w.Offset()/max(p.tf.Length, 1)), "downloading "+p.path); errors.Is(err, errJobCanceled) {
+		w.Pause()
+		return 0, errJobCanceled
+	}
+	name := path.Base(p.path)
+	bar := progress.New(a.Progress, "downloading "+name, p.tf.Length, w.Offset())
+	prog := &jobProgress{bar: bar, done: w.Offset(), total: p.tf.Length, next: 25 * (1 + int(100*w.Offset()/max(p.tf.Length, 1))/25),
+		report: func(pct int) {
+			if err := a.event(ctx, src, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
+				canceled = true
+				cancel()
+			}
+		}}
+	res, err := src.Fetch(dctx, Target{Path: p.path, SHA256: sum, Length: p.tf.Length}, w, w.Offset(), prog)
+	bar.Finish()
+	n := res.Transferred
+	switch {
+	case canceled:
+		w.Pause()
+		return n, errJobCanceled
+	case errors.Is(err, download.ErrServerLength):
+		w.Pause()
+		p.boot.Abort()
+		return n, fmt.Errorf("%w: target %s: %v; nothing installed", client.ErrRefused, p.path, err)
+	case errors.Is(err, fault.ErrFlash):
+		w.Pause()
+		p.boot.Abort()
+		return n, fmt.Errorf("%w: ECU %s: writing slot %s failed (%v); the active slot was not touched", client.ErrRolledBack, p.ecu.Serial, w.Journal().Slot, err)
+	case err != nil:
+		// Keep what arrived: the next attempt resumes from here.
+		if perr := w.Pause(); perr != nil {
+			return n, fmt.Errorf("download %s: %v; and saving progress failed: %w", p.path, err, perr)
+		}
+		if errors.Is(err, download.ErrNotFound) {
+			return n, fmt.Errorf("download %s: %w (%d of %d bytes kept; the next update resumes)", p.path, err, w.Offset(), p.tf.Length)
+		}
+		return n, fmt.Errorf("%w: download %s: %v (%d of %d bytes kept; the next update resumes)", client.ErrUnreachable, p.path, err, w.Offset(), p.tf.Length)
+	}
+	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
+	a.say("verifying %s: length and sha256 against signed metadata", name)
+	return n, w.Finish(a.Faults.Hooks())
+}
+
+// jobProgress feeds the progress bar and reports every 25% to the job.
+type jobProgress struct {
+	bar         *progress.Bar
+	done, total int64
+	next        int
+	report      func(pct int)
+}

@@ -1,0 +1,398 @@
+package testsupport
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/meta"
+)
+
+// Uptane is an image repository and one VIN's director, each signed with
+// keys of its own and served over HTTP the way roadsign-server serves
+// them, with the vehicle API routes an agent calls. Unlike the real
+// server it signs whatever a test asks, so tests can play a compromised
+// director or mirror.
+type Uptane struct {
+	*httptest.Server
+	VIN string
+
+	t        testing.TB
+	expires  time.Time
+	image    *tufRepo
+	director *tufRepo
+
+	mu     sync.Mutex
+	blobs  map[string][]byte // consistent target path -> bytes
+	events []JobEvent
+	// cancel answers job events of these job IDs with job_canceled.
+	cancel map[string]bool
+	// manifests counts check-ins.
+	manifests int
+	// refuseAuth, if set, is the error code the authorization handshake
+	// answers with (403).
+	refuseAuth string
+	// targetLength overrides the served length of a target (a mirror
+	// that serves more or fewer bytes than signed).
+	targetLength map[string]int
+}
+
+// JobEvent is one job event an agent posted.
+type JobEvent struct {
+	Job, Kind, Message string
+}
+
+type tufRepo struct {
+	root, targets, snapshot, timestamp *keys.Key
+	rootRaw                            []byte
+	targetsMeta                        *metadata.Metadata[metadata.TargetsType]
+	files                              map[string][]byte // N.targets.json, timestamp.json, ...
+	version                            int64
+}
+
+// NewUptane builds both repositories for vin (empty targets) and serves them.
+func NewUptane(t testing.TB, vin string) *Uptane {
+	t.Helper()
+	u := &Uptane{VIN: vin, t: t, expires: time.Now().Add(30 * 24 * time.Hour).UTC().Truncate(time.Second),
+		blobs: map[string][]byte{}, cancel: map[string]bool{}, targetLength: map[string]int{}}
+	u.image, u.director = u.newRepo(), u.newRepo()
+	u.director.targetsMeta.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{"vin": vin}}
+	u.Publish()
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *Uptane) newRepo() *tufRepo {
+	dir := u.t.TempDir()
+	gen := func(name string) *keys.Key {
+		k, err := keys.Generate(filepath.Join(dir, name))
+		if err != nil {
+			u.t.Fatal(err)
+		}
+		return k
+	}
+	r := &tufRepo{root: gen("root"), targets: gen("targets"), snapshot: gen("snapshot"), timestamp: gen("timestamp"), files: map[string][]byte{}}
+	root := metadata.Root(u.expires)
+	for role, k := range map[string]*keys.Key{metadata.ROOT: r.root, metadata.TARGETS: r.targets, metadata.SNAPSHOT: r.snapshot, metadata.TIMESTAMP: r.timestamp} {
+		if err := root.Signed.AddKey(k.Public, role); err != nil {
+			u.t.Fatal(err)
+		}
+	}
+	if err := meta.Sign(root, r.root); err != nil {
+		u.t.Fatal(err)
+	}
+	raw, err := root.ToBytes(false)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	r.rootRaw, r.files["1.root.json"] = raw, raw
+	r.targetsMeta = metadata.Targets(u.expires)
+	r.targetsMeta.Signed.Targets = map[string]*metadata.TargetFiles{}
+	return r
+}
+
+// ImageRoot and DirectorRoot are the roots a vehicle pins.
+func (u *Uptane) ImageRoot() []byte    { return u.image.rootRaw }
+func (u *Uptane) DirectorRoot() []byte { return u.director.rootRaw }
+
+// Image is a firmware image: its header and signed custom metadata.
+type Image struct {
+	ECU, HardwareID, Version string
+	ReleaseCounter           int64
+	AllowDowngrade           bool
+	// Unbootable images verify but fail their boot check.
+	Unbootable bool
+}
+
+// ImageBytes is the image file for im (4 KiB).
+func ImageBytes(t testing.TB, im Image) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := fwimage.Write(&b, fwimage.Spec{ECU: im.ECU, HardwareID: im.HardwareID, Version: im.Version, Size: 4096, Unbootable: im.Unbootable}); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// AddImage lists im in the image repository under target path p and
+// serves its bytes; Publish makes it visible.
+func (u *Uptane) AddImage(p string, im Image) *metadata.TargetFiles {
+	u.t.Helper()
+	data := ImageBytes(u.t, im)
+	sum := sha256.Sum256(data)
+	c, _ := json.Marshal(meta.Custom{ECU: im.ECU, HardwareIDs: []string{im.HardwareID}, Version: im.Version,
+		ReleaseCounter: im.ReleaseCounter, AllowDowngrade: im.AllowDowngrade})
+	raw := json.RawMessage(c)
+	tf := &metadata.TargetFiles{Length: int64(len(data)), Hashes: metadata.Hashes{"sha256": sum[:]}, Custom: &raw, Path: p}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.image.targetsMeta.Signed.Targets[p] = tf
+	u.blobs[meta.ConsistentPath(p, hex.EncodeToString(sum[:]), false)] = data
+	return tf
+}
+
+// Assign is one director target: the image at Path for these ECU serials
+// (serial -> hardware ID), with the director's custom fields.
+type Assign struct {
+	Path      string
+	ECUs      map[string]string
+	JobID     string
+	Downgrade bool
+	Window    map[string]string
+	// Length and SHA256, if set, replace the image repository's (a
+	// director that disagrees with it).
+	Length int64
+	SHA256 []byte
+}
+
+// Direct replaces the director's targets with as (for the VIN given, ""
+// for the Uptane's own); Publish signs them.
+func (u *Uptane) Direct(vin string, as ...Assign) {
+	u.t.Helper()
+	if vin == "" {
+		vin = u.VIN
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	files := map[string]*metadata.TargetFiles{}
+	for _, a := range as {
+		itf := u.image.targetsMeta.Signed.Targets[a.Path]
+		tf := &metadata.TargetFiles{Path: a.Path, Length: a.Length, Hashes: metadata.Hashes{"sha256": a.SHA256}}
+		if itf != nil && a.Length == 0 {
+			tf.Length = itf.Length
+		}
+		if itf != nil && a.SHA256 == nil {
+			tf.Hashes = itf.Hashes
+		}
+		ids := map[string]any{}
+		for serial, hw := range a.ECUs {
+			ids[serial] = map[string]string{"hardwareId": hw}
+		}
+		custom := map[string]any{"ecuIdentifiers": ids}
+		if a.JobID != "" {
+			custom["jobId"] = a.JobID
+		}
+		if a.Downgrade {
+			custom["downgrade"] = true
+		}
+		if a.Window != nil {
+			custom["window"] = a.Window
+		}
+		c, _ := json.Marshal(custom)
+		raw := json.RawMessage(c)
+		tf.Custom = &raw
+		files[a.Path] = tf
+	}
+	u.director.targetsMeta.Signed.Targets = files
+	u.director.targetsMeta.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{"vin": vin}}
+}
+
+// Publish signs new targets, snapshot and timestamp versions of both
+// repositories.
+func (u *Uptane) Publish() {
+	u.t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, r := range []*tufRepo{u.image, u.director} {
+		r.version++
+		v := r.version
+		r.targetsMeta.Signed.Version = v
+		r.targetsMeta.Signed.Expires = u.expires
+		r.targetsMeta.Signatures = nil
+		if err := meta.Sign(r.targetsMeta, r.targets); err != nil {
+			u.t.Fatal(err)
+		}
+		traw, err := r.targetsMeta.ToBytes(false)
+		if err != nil {
+			u.t.Fatal(err)
+		}
+		sraw, err := meta.SignSnapshot(v, v, u.expires, nil, r.snapshot)
+		if err != nil {
+			u.t.Fatal(err)
+		}
+		tsraw, err := meta.SignTimestamp(v, v, sraw, u.expires, nil, r.timestamp)
+		if err != nil {
+			u.t.Fatal(err)
+		}
+		r.files[fmt.Sprintf("%d.targets.json", v)] = traw
+		r.files[fmt.Sprintf("%d.snapshot.json", v)] = sraw
+		r.files["timestamp.json"] = tsraw
+	}
+}
+
+// RefuseAuth makes the authorization handshake answer 403 with code
+// ("": authorize).
+func (u *Uptane) RefuseAuth(code string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.refuseAuth = code
+}
+
+// ServeLength makes the mirror serve target p (its image repository
+// path) with n bytes, whatever was signed (n < 0: as signed).
+func (u *Uptane) ServeLength(p string, n int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	tf := u.image.targetsMeta.Signed.Targets[p]
+	name := meta.ConsistentPath(p, hex.EncodeToString(tf.Hashes["sha256"]), false)
+	if n < 0 {
+		delete(u.targetLength, name)
+		return
+	}
+	u.targetLength[name] = n
+}
+
+// CancelJob makes the server answer events of job id with job_canceled.
+func (u *Uptane) CancelJob(id string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.cancel[id] = true
+}
+
+// Events are the job events posted so far.
+func (u *Uptane) Events() []JobEvent {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]JobEvent(nil), u.events...)
+}
+
+// Manifests counts check-ins.
+func (u *Uptane) Manifests() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.manifests
+}
+
+func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	p := r.URL.Path
+	serveFile := func(files map[string][]byte, name string) {
+		b, ok := files[name]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(b)
+	}
+	switch {
+	case strings.HasPrefix(p, "/repo/targets/"):
+		name := strings.TrimPrefix(p, "/repo/targets/")
+		b, ok := u.blobs[name]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		if n, ok := u.targetLength[name]; ok {
+			b = append(b, make([]byte, max(n-len(b), 0))...)[:n]
+		}
+		http.ServeContent(w, r, path.Base(name), time.Time{}, bytes.NewReader(b))
+	case strings.HasPrefix(p, "/repo/"):
+		serveFile(u.image.files, strings.TrimPrefix(p, "/repo/"))
+	case strings.HasPrefix(p, "/director/"+u.VIN+"/"):
+		serveFile(u.director.files, strings.TrimPrefix(p, "/director/"+u.VIN+"/"))
+	case strings.HasPrefix(p, "/api/v1/jobs/") && strings.HasSuffix(p, "/events"):
+		id := strings.TrimSuffix(strings.TrimPrefix(p, "/api/v1/jobs/"), "/events")
+		var e struct{ Kind, Message string }
+		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&e)
+		u.events = append(u.events, JobEvent{Job: id, Kind: e.Kind, Message: e.Message})
+		if u.cancel[id] {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusConflict)
+			w.Write([]byte(`{"error":{"code":"job_canceled","message":"job ` + id + ` was canceled; abandon it"}}`))
+			return
+		}
+		w.Write([]byte("{}"))
+	case p == "/api/v1/vehicles/"+u.VIN+"/manifest":
+		u.manifests++
+		w.WriteHeader(http.StatusNoContent)
+	case p == "/api/v1/vehicles/"+u.VIN+"/auth" && u.refuseAuth != "":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`{"error":{"code":"` + u.refuseAuth + `","message":"refused by the test"}}`))
+	case p == "/api/v1/vehicles/"+u.VIN+"/auth":
+		var body map[string]any
+		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body)
+		if body["challenge"] == nil {
+			w.Write([]byte(`{"challenge":"c"}`))
+			return
+		}
+		w.Write([]byte(`{"token":"t","expiresAt":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"}`))
+	default:
+		http.Error(w, "no route "+strconv.Quote(p), http.StatusNotFound)
+	}
+}
+
+// WriteBundle writes a USB bundle folder for the VIN into dir, as
+// roadsign-server issues them: the image repository's current metadata
+// (pinned by the director), director metadata marked for the bundle
+// (version n, valid until until) and the directed images.
+func (u *Uptane) WriteBundle(dir string, n int64, issued, until time.Time) {
+	u.t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	write := func(name string, b []byte) {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			u.t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			u.t.Fatal(err)
+		}
+	}
+	iv := u.image.version
+	for _, name := range []string{"1.root.json", "timestamp.json", fmt.Sprintf("%d.snapshot.json", iv), fmt.Sprintf("%d.targets.json", iv)} {
+		write("image/"+name, u.image.files[name])
+	}
+	sum := sha256.Sum256(u.image.files["timestamp.json"])
+	b := meta.USBBundle{VIN: u.VIN, IssuedAt: issued, ValidUntil: until, ImageTimestampVersion: iv, ImageTimestampSHA256: hex.EncodeToString(sum[:])}
+	tm := metadata.Targets(until)
+	tm.Signed.Version = n
+	tm.Signed.Targets = u.director.targetsMeta.Signed.Targets
+	tm.Signed.UnrecognizedFields = map[string]any{"custom": b.Custom()}
+	if err := meta.Sign(tm, u.director.targets); err != nil {
+		u.t.Fatal(err)
+	}
+	traw, err := tm.ToBytes(false)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	sraw, err := meta.SignSnapshot(n, n, until, b.Custom(), u.director.snapshot)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	tsraw, err := meta.SignTimestamp(n, n, sraw, until, b.Custom(), u.director.timestamp)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	write("director/1.root.json", u.director.rootRaw)
+	write(fmt.Sprintf("director/%d.targets.json", n), traw)
+	write(fmt.Sprintf("director/%d.snapshot.json", n), sraw)
+	write("director/timestamp.json", tsraw)
+	var images []string
+	for p, tf := range tm.Signed.Targets {
+		name := meta.ConsistentPath(p, hex.EncodeToString(tf.Hashes["sha256"]), false)
+		write("targets/"+name, u.blobs[name])
+		images = append(images, p)
+	}
+	mb, _ := json.Marshal(map[string]any{"vin": u.VIN, "issuedAt": issued, "validUntil": until, "images": images})
+	write("bundle.json", mb)
+}

@@ -1,0 +1,425 @@
+package director_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/director"
+	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/repo"
+	"github.com/roadsign/roadsign/server/sqlite"
+	"github.com/roadsign/roadsign/server/sqlstore"
+)
+
+var ctx = context.Background()
+
+const vin = "1RSDA0000000000A1"
+
+// images is a fixed image repository: path -> target.
+type images map[string]*metadata.TargetFiles
+
+func (i images) CurrentTargets(context.Context) (map[string]*metadata.TargetFiles, int64, error) {
+	return i, 1, nil
+}
+
+// image is a target built for ecu/hw at version with counter.
+func image(ecu, hw, version string, counter int64) *metadata.TargetFiles {
+	sum := sha256.Sum256([]byte(ecu + hw + version))
+	c, _ := json.Marshal(meta.Custom{ECU: ecu, HardwareIDs: []string{hw}, Version: version, ReleaseCounter: counter})
+	raw := json.RawMessage(c)
+	return &metadata.TargetFiles{Length: 1000 + counter, Hashes: metadata.Hashes{"sha256": sum[:]}, Custom: &raw}
+}
+
+func sumOf(tf *metadata.TargetFiles) string { return hex.EncodeToString(tf.Hashes["sha256"]) }
+
+// repository: two head-unit images and two DCM images for DCM-A, one for DCM-B.
+var catalog = images{
+	"hu-1.0.bin":   image("head-unit", "HU-A", "1.0.0", 1),
+	"hu-2.0.bin":   image("head-unit", "HU-A", "2.0.0", 2),
+	"dcm-1.0.bin":  image("dcm", "DCM-A", "1.0.0", 1),
+	"dcm-2.0.bin":  image("dcm", "DCM-A", "2.0.0", 2),
+	"dcmb-9.0.bin": image("dcm", "DCM-B", "9.0.0", 9),
+}
+
+// campaigns is what running campaigns cover and hold.
+type campaigns struct {
+	covered map[string]bool
+	held    map[string]bool
+}
+
+func (c campaigns) CampaignTargets(context.Context) (map[string]bool, error) { return c.covered, nil }
+func (c campaigns) CampaignHolds(context.Context, string) (map[string]bool, error) {
+	return c.held, nil
+}
+
+type world struct {
+	store *sqlstore.Store
+	keys  *repo.OnlineKeys
+	jobs  *jobs.Service
+	now   time.Time
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	k, _, err := repo.InitKeys(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{store: st, keys: k, now: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	w.jobs, err = jobs.New(jobs.Config{Store: st, Images: catalog, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func (w *world) clock() time.Time { return w.now }
+
+func (w *world) director(t *testing.T, auto string, c director.Campaigns, floor int64) *director.Service {
+	t.Helper()
+	d, err := director.New(director.Config{Store: w.store, Images: catalog, Keys: w.keys, Jobs: w.jobs, Campaigns: c,
+		AutoAssign: auto, Expiry: 24 * time.Hour, VersionFloor: floor, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// vehicle registers a car with a head unit HU1 (HU-A) and a DCM DCM1
+// (DCM-A), each reported running runs[serial] (a target path; "" never
+// reported).
+func (w *world) vehicle(t *testing.T, runs map[string]string) server.Vehicle {
+	t.Helper()
+	v := server.Vehicle{VIN: vin, Model: "M", Year: 2026, Region: "EU", PublicKey: []byte{1}, CreatedAt: w.now,
+		ECUs: []server.ECU{{Serial: "HU1", Type: "head-unit", HardwareID: "HU-A"}, {Serial: "DCM1", Type: "dcm", HardwareID: "DCM-A"}}}
+	if err := w.store.CreateVehicle(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	var reported []server.ECU
+	for _, e := range v.ECUs {
+		if p := runs[e.Serial]; p != "" {
+			e.InstalledTarget, e.InstalledSHA256 = p, sumOf(catalog[p])
+			reported = append(reported, e)
+		}
+	}
+	if len(reported) > 0 {
+		if err := w.store.ReportECUs(ctx, vin, reported, server.Health{}, w.now.Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := w.store.Vehicle(ctx, vin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// job stores a job for serial.
+func (w *world) job(t *testing.T, serial, path, origin, state string, edit ...func(*server.Job)) server.Job {
+	t.Helper()
+	j := server.Job{ID: uuid.NewString(), VIN: vin, ECUSerial: serial, TargetPath: path, Origin: origin, State: state,
+		CreatedAt: w.now, UpdatedAt: w.now, MaxAttempts: 3}
+	for _, f := range edit {
+		f(&j)
+	}
+	if err := w.store.CreateJob(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	w.now = w.now.Add(time.Second) // jobs are ordered by creation
+	return j
+}
+
+// assigned is what Assignment gives each serial: "path" or "path job:ORIGIN".
+func assigned(t *testing.T, d *director.Service, v server.Vehicle, jobOrigins map[string]string) map[string]string {
+	t.Helper()
+	as, err := d.Assignment(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, a := range as {
+		s := a.Path
+		if a.JobID != "" {
+			s += " job:" + jobOrigins[a.JobID]
+		}
+		if a.Downgrade {
+			s += " downgrade"
+		}
+		out[a.Serial] = s
+	}
+	return out
+}
+
+// TestPrecedence: per ECU, an open dealer job beats a campaign's, which
+// beats auto-assign; auto-assign gives the newest image for the hardware
+// that no campaign covers, never a downgrade, never an image whose
+// auto-assigned install failed there, and nothing to an ECU a campaign
+// holds.
+func TestPrecedence(t *testing.T) {
+	type jobSpec struct {
+		serial, path, origin, state string
+		edit                        func(*server.Job)
+	}
+	tests := []struct {
+		name      string
+		auto      string
+		runs      map[string]string
+		jobs      []jobSpec
+		campaigns campaigns
+		want      map[string]string
+	}{
+		{name: "auto-assign none: nothing without a job", auto: director.AutoNone,
+			want: map[string]string{}},
+		{name: "auto-assign latest: the newest image for each ECU's hardware", auto: director.AutoLatest,
+			want: map[string]string{"HU1": "hu-2.0.bin", "DCM1": "dcm-2.0.bin"}},
+		{name: "a dealer job beats auto-assign", auto: director.AutoLatest,
+			jobs: []jobSpec{{"DCM1", "dcm-1.0.bin", server.OriginDealer, server.JobQueued, nil}},
+			want: map[string]string{"HU1": "hu-2.0.bin", "DCM1": "dcm-1.0.bin job:dealer"}},
+		{name: "a dealer job beats a campaign job", auto: director.AutoNone,
+			jobs: []jobSpec{
+				{"HU1", "hu-2.0.bin", server.OriginCampaign, server.JobQueued, nil},
+				{"HU1", "hu-1.0.bin", server.OriginDealer, server.JobQueued, nil},
+			},
+			want: map[string]string{"HU1": "hu-1.0.bin job:dealer"}},
+		{name: "the oldest open dealer job is the active one", auto: director.AutoNone,
+			jobs: []jobSpec{
+				{"HU1", "hu-1.0.bin", server.OriginDealer, server.JobInProgress, nil},
+				{"HU1", "hu-2.0.bin", server.OriginDealer, server.JobQueued, nil},
+			},
+			want: map[string]string{"HU1": "hu-1.0.bin job:dealer"}},
+		{name: "a campaign job beats auto-assign", auto: director.AutoLatest,
+			jobs: []jobSpec{{"HU1", "hu-1.0.bin", server.OriginCampaign, server.JobQueued, nil}},
+			want: map[string]string{"HU1": "hu-1.0.bin job:campaign", "DCM1": "dcm-2.0.bin"}},
+		{name: "finished jobs assign nothing", auto: director.AutoNone,
+			jobs: []jobSpec{
+				{"HU1", "hu-2.0.bin", server.OriginDealer, server.JobFailed, nil},
+				{"DCM1", "dcm-2.0.bin", server.OriginCampaign, server.JobCanceled, nil},
+			},
+			want: map[string]string{}},
+		{name: "a forced dealer job asks for a downgrade", auto: director.AutoNone,
+			jobs: []jobSpec{{"HU1", "hu-1.0.bin", server.OriginDealer, server.JobQueued, func(j *server.Job) { j.Forced = true }}},
+			want: map[string]string{"HU1": "hu-1.0.bin job:dealer downgrade"}},
+		{name: "a job waiting for its retry assigns nothing yet", auto: director.AutoNone,
+			jobs: []jobSpec{{"HU1", "hu-2.0.bin", server.OriginDealer, server.JobQueued, func(j *server.Job) { j.NextAttemptAt = j.CreatedAt.Add(time.Hour) }}},
+			want: map[string]string{}},
+		{name: "a job naming an image the repository no longer has assigns nothing", auto: director.AutoNone,
+			jobs: []jobSpec{{"HU1", "hu-0.9.bin", server.OriginDealer, server.JobQueued, nil}},
+			want: map[string]string{}},
+		{name: "auto-assign skips images a campaign covers", auto: director.AutoLatest,
+			campaigns: campaigns{covered: map[string]bool{"hu-2.0.bin": true}},
+			want:      map[string]string{"HU1": "hu-1.0.bin", "DCM1": "dcm-2.0.bin"}},
+		{name: "auto-assign leaves an ECU a campaign holds", auto: director.AutoLatest,
+			campaigns: campaigns{held: map[string]bool{"DCM1": true}},
+			want:      map[string]string{"HU1": "hu-2.0.bin"}},
+		{name: "auto-assign never downgrades what an ECU runs", auto: director.AutoLatest,
+			runs:      map[string]string{"HU1": "hu-2.0.bin"},
+			campaigns: campaigns{covered: map[string]bool{"hu-2.0.bin": true}},
+			want:      map[string]string{"DCM1": "dcm-2.0.bin"}},
+		{name: "an ECU running the newest image is still assigned it", auto: director.AutoLatest,
+			runs: map[string]string{"HU1": "hu-2.0.bin", "DCM1": "dcm-2.0.bin"},
+			want: map[string]string{"HU1": "hu-2.0.bin", "DCM1": "dcm-2.0.bin"}},
+		{name: "auto-assign does not push again an image that rolled back", auto: director.AutoLatest,
+			jobs: []jobSpec{{"DCM1", "dcm-2.0.bin", server.OriginAutoAssign, server.JobRolledBack, nil}},
+			want: map[string]string{"HU1": "hu-2.0.bin"}},
+		{name: "an open auto-assign job is what auto-assign gives", auto: director.AutoLatest,
+			jobs: []jobSpec{{"DCM1", "dcm-2.0.bin", server.OriginAutoAssign, server.JobInProgress, nil}},
+			want: map[string]string{"HU1": "hu-2.0.bin", "DCM1": "dcm-2.0.bin job:auto-assign"}},
+		{name: "a job that succeeded since the last report counts as installed", auto: director.AutoLatest,
+			runs:      map[string]string{"HU1": "hu-1.0.bin"},
+			jobs:      []jobSpec{{"HU1", "hu-2.0.bin", server.OriginDealer, server.JobSucceeded, nil}},
+			campaigns: campaigns{covered: map[string]bool{"hu-2.0.bin": true}},
+			want:      map[string]string{"DCM1": "dcm-2.0.bin"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			v := w.vehicle(t, tt.runs)
+			origins := map[string]string{}
+			for _, js := range tt.jobs {
+				j := w.job(t, js.serial, js.path, js.origin, js.state, func(j *server.Job) {
+					if js.edit != nil {
+						js.edit(j)
+					}
+				})
+				origins[j.ID] = j.Origin
+			}
+			var c director.Campaigns
+			if tt.campaigns.covered != nil || tt.campaigns.held != nil {
+				c = tt.campaigns
+			}
+			got := assigned(t, w.director(t, tt.auto, c, 0), v, origins)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("assigned %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTimestampRecordsAutoAssignAsJobs: a fetch writes auto-assign's
+// decision down as a job (for an ECU that reported what it runs), and a
+// job superseded by a dealer's is canceled.
+func TestTimestampRecordsAutoAssignAsJobs(t *testing.T) {
+	w := newWorld(t)
+	v := w.vehicle(t, map[string]string{"HU1": "hu-1.0.bin"})
+	d := w.director(t, director.AutoLatest, nil, 0)
+	if _, err := d.Timestamp(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	js, err := w.store.JobsByVIN(ctx, vin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(js) != 1 || js[0].ECUSerial != "HU1" || js[0].TargetPath != "hu-2.0.bin" || js[0].Origin != server.OriginAutoAssign {
+		t.Fatalf("jobs after a fetch: %+v (want one auto-assign job for HU1: DCM1 never reported)", js)
+	}
+	dealer := w.job(t, "HU1", "hu-1.0.bin", server.OriginDealer, server.JobQueued)
+	if _, err := d.Timestamp(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	auto, err := w.store.Job(ctx, js[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auto.State != server.JobCanceled {
+		t.Fatalf("the auto-assign job is %s after dealer job %s, want canceled", auto.State, dealer.ID)
+	}
+}
+
+// TestSigningVersions: metadata is re-signed when the assignment changes
+// or half its life has passed, not otherwise; every version is at least
+// the floor; the VIN is signed in; files are served by version.
+func TestSigningVersions(t *testing.T) {
+	w := newWorld(t)
+	v := w.vehicle(t, nil)
+	d := w.director(t, director.AutoNone, nil, 0)
+	version := func() (int64, string) {
+		t.Helper()
+		raw, err := d.Timestamp(ctx, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := (&metadata.Metadata[metadata.TimestampType]{}).FromBytes(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, err := w.store.DirectorHead(ctx, vin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts.Signed.Version, head.AssignmentHash
+	}
+	steps := []struct {
+		name string
+		do   func()
+		want int64
+	}{
+		{"first fetch signs version 1", func() {}, 1},
+		{"the same assignment keeps it", func() { w.now = w.now.Add(time.Hour) }, 1},
+		{"a new job re-signs", func() { w.job(t, "HU1", "hu-2.0.bin", server.OriginDealer, server.JobQueued) }, 2},
+		{"half its life re-signs", func() { w.now = w.now.Add(13 * time.Hour) }, 3},
+	}
+	for _, s := range steps {
+		s.do()
+		if got, _ := version(); got != s.want {
+			t.Fatalf("%s: timestamp v%d, want v%d", s.name, got, s.want)
+		}
+	}
+	targets, err := d.File(ctx, vin, "3.targets.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := tm.Signed.UnrecognizedFields["custom"].(map[string]any); c["vin"] != vin || tm.Signed.Targets["hu-2.0.bin"] == nil {
+		t.Fatalf("director targets: custom %v, targets %v", tm.Signed.UnrecognizedFields, tm.Signed.Targets)
+	}
+	for _, name := range []string{"9.targets.json", "3.timestamp.json", "root.json", "x"} {
+		if _, err := d.File(ctx, vin, name); !errors.Is(err, server.ErrNotFound) {
+			t.Errorf("File(%s): %v, want not found", name, err)
+		}
+	}
+
+	// A restored server signs at or above its floor.
+	floored := w.director(t, director.AutoNone, nil, 50)
+	raw, err := floored.Timestamp(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, _ := (&metadata.Metadata[metadata.TimestampType]{}).FromBytes(raw)
+	if ts.Signed.Version < 50 {
+		t.Fatalf("after a restore: timestamp v%d, want ≥ 50", ts.Signed.Version)
+	}
+}
+
+// TestForBundle: bundle metadata is signed for the VIN, marked as a
+// bundle, versioned by the bundle counter, and stores nothing online.
+func TestForBundle(t *testing.T) {
+	w := newWorld(t)
+	v := w.vehicle(t, nil)
+	w.job(t, "DCM1", "dcm-2.0.bin", server.OriginDealer, server.JobQueued)
+	d := w.director(t, director.AutoNone, nil, 0)
+	for want := int64(1); want <= 2; want++ {
+		metas, as, err := d.ForBundle(ctx, v, meta.USBBundle{IssuedAt: w.now, ValidUntil: w.now.Add(72 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(metas) != 3 || len(as) != 1 || as[0].Serial != "DCM1" {
+			t.Fatalf("bundle %d: %d files, assignment %+v", want, len(metas), as)
+		}
+		for _, m := range metas {
+			if m.Version != want || !meta.IsUSBBundleMetadata(m.Body) {
+				t.Fatalf("bundle %d: %s v%d, marked %v", want, m.Role, m.Version, meta.IsUSBBundleMetadata(m.Body))
+			}
+		}
+	}
+	if head, _ := w.store.DirectorHead(ctx, vin); head.TimestampVersion != 0 {
+		t.Fatalf("bundles changed the online head: %+v", head)
+	}
+}
+
+func TestNewRefusesAnIncompleteConfig(t *testing.T) {
+	w := newWorld(t)
+	base := director.Config{Store: w.store, Images: catalog, Keys: w.keys, Expiry: time.Hour, Now: time.Now, Log: slog.New(slog.DiscardHandler)}
+	tests := []struct {
+		name string
+		edit func(*director.Config)
+		ok   bool
+	}{
+		{"complete", func(*director.Config) {}, true},
+		{"no store", func(c *director.Config) { c.Store = nil }, false},
+		{"no keys", func(c *director.Config) { c.Keys = nil }, false},
+		{"unknown auto-assign", func(c *director.Config) { c.AutoAssign = "newest" }, false},
+		{"auto-assign without images", func(c *director.Config) { c.AutoAssign, c.Images = director.AutoLatest, nil }, false},
+		{"no expiry", func(c *director.Config) { c.Expiry = 0 }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base
+			tt.edit(&c)
+			if _, err := director.New(c); (err == nil) != tt.ok {
+				t.Fatalf("New: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
