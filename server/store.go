@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/errcode"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // Store errors. Backends return *Error values of kind KindNotFound or
@@ -140,21 +141,10 @@ type Health struct {
 	SignalAt   time.Time
 }
 
-// DTCEpisode is one trouble code episode, from first to last seen, and
-// cleared at ClearedAt (zero while active).
-type DTCEpisode struct {
-	Code       string    `json:"code"`
-	FirstSeen  time.Time `json:"firstSeen"`
-	LastSeen   time.Time `json:"lastSeen"`
-	Count      int       `json:"count"`
-	Detail     string    `json:"detail,omitempty"`
-	ClearedAt  time.Time `json:"clearedAt,omitzero"`
-	SignalBars int       `json:"signalBars"` // weakest during the episode; -1: unknown
-	ReportedAt time.Time `json:"reportedAt"`
-}
-
-// Active reports whether the code was still set when last reported.
-func (e DTCEpisode) Active() bool { return e.ClearedAt.IsZero() }
+// DTCEpisode is one trouble code episode as the vehicle reported it, the
+// shared type of internal/vehicleauth (its SignalBars is nil when
+// unknown), with ReportedAt set when the server received it.
+type DTCEpisode = vehicleauth.DTCEpisode
 
 // HealthCheck is one of the service's own checks (those of /status).
 type HealthCheck struct {

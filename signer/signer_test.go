@@ -13,7 +13,6 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/testsupport"
@@ -22,36 +21,8 @@ import (
 
 var clock = func() time.Time { return time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC) }
 
-// onlineKeys are the server's five online public keys.
-func onlineKeys(t *testing.T) meta.OnlineKeys {
-	t.Helper()
-	dir := t.TempDir()
-	gen := func(name string) *metadata.Key {
-		k, err := keys.Generate(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k.Public
-	}
-	var o meta.OnlineKeys
-	o.Image.Snapshot, o.Image.Timestamp = gen("is"), gen("it")
-	o.Director.Targets, o.Director.Snapshot, o.Director.Timestamp = gen("dt"), gen("ds"), gen("dts")
-	return o
-}
-
-// imageFile writes a bootable image and returns its path.
 func imageFile(t *testing.T, ecu, hw, version string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), ecu+"-"+version+".bin")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := fwimage.Write(f, fwimage.Spec{ECU: ecu, HardwareID: hw, Version: version, Size: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testsupport.ImageFile(t, testsupport.Image{ECU: ecu, HardwareID: hw, Version: version})
 }
 
 func initWorkspace(t *testing.T, o signer.InitOptions) *signer.Workspace {
@@ -59,7 +30,7 @@ func initWorkspace(t *testing.T, o signer.InitOptions) *signer.Workspace {
 	if o.RootExpiry == 0 {
 		o.RootExpiry, o.TargetsExpiry = 365*24*time.Hour, 90*24*time.Hour
 	}
-	o.OnlineKeys = onlineKeys(t)
+	o.OnlineKeys = testsupport.OnlineKeys(t)
 	w, err := signer.Init(filepath.Join(t.TempDir(), "ws"), o, clock)
 	if err != nil {
 		t.Fatal(err)
@@ -88,14 +59,14 @@ func TestInitRefusesBadThresholds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.o.OnlineKeys = onlineKeys(t)
+			tt.o.OnlineKeys = testsupport.OnlineKeys(t)
 			if _, err := signer.Init(filepath.Join(t.TempDir(), "ws"), tt.o, clock); !errors.Is(err, signer.ErrUsage) {
 				t.Fatalf("Init: %v, want a usage error", err)
 			}
 		})
 	}
 	t.Run("missing online key", func(t *testing.T) {
-		o := signer.InitOptions{RootKeys: 1, RootThreshold: 1, OnlineKeys: onlineKeys(t)}
+		o := signer.InitOptions{RootKeys: 1, RootThreshold: 1, OnlineKeys: testsupport.OnlineKeys(t)}
 		o.OnlineKeys.Director.Timestamp = nil
 		if _, err := signer.Init(filepath.Join(t.TempDir(), "ws"), o, clock); !errors.Is(err, signer.ErrUsage) || !strings.Contains(err.Error(), "director.timestamp") {
 			t.Fatalf("Init: %v", err)
@@ -104,7 +75,7 @@ func TestInitRefusesBadThresholds(t *testing.T) {
 	t.Run("a workspace that is not empty", func(t *testing.T) {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "x"), nil, 0o600)
-		if _, err := signer.Init(dir, signer.InitOptions{RootKeys: 1, RootThreshold: 1, OnlineKeys: onlineKeys(t)}, clock); !errors.Is(err, signer.ErrUsage) {
+		if _, err := signer.Init(dir, signer.InitOptions{RootKeys: 1, RootThreshold: 1, OnlineKeys: testsupport.OnlineKeys(t)}, clock); !errors.Is(err, signer.ErrUsage) {
 			t.Fatalf("Init: %v", err)
 		}
 	})

@@ -135,14 +135,14 @@ func (a *Agent) noteConnection(h *health, cycleErr error) {
 }
 
 // healthReport is what the check-in tells the server about the vehicle.
-func (a *Agent) healthReport() (dtcs []vehicleauth.DTCReport, signal *vehicleauth.SignalReport, err error) {
+func (a *Agent) healthReport() (dtcs []vehicleauth.DTCEpisode, signal *vehicleauth.SignalReport, err error) {
 	hist, err := a.V.DTCHistory()
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, d := range hist {
-		dtcs = append(dtcs, vehicleauth.DTCReport{Code: d.Code, FirstSeen: d.Since, LastSeen: d.LastSeen, Count: d.Count,
-			Detail: truncate(d.Detail, 200), ClearedAt: d.ClearedAt, SignalBars: d.SignalBars})
+		d.Description, d.Detail = "", truncate(d.Detail, 200) // the server has the words; details are bounded
+		dtcs = append(dtcs, d)
 	}
 	conn, err := a.V.Connection()
 	if err == nil && conn.SignalBars >= 0 {

@@ -5,14 +5,15 @@ import (
 
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/vehicle"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // Status is the vehicle's state as `status --json` prints it (docs/cli.md).
 type Status struct {
-	VIN           string        `json:"vin"`
-	ECUs          []ECUStatus   `json:"ecus"`
-	Authorization AuthStatus    `json:"authorization"`
-	DTCs          []vehicle.DTC `json:"dtcs"`
+	VIN           string                   `json:"vin"`
+	ECUs          []ECUStatus              `json:"ecus"`
+	Authorization AuthStatus               `json:"authorization"`
+	DTCs          []vehicleauth.DTCEpisode `json:"dtcs"`
 	// SignalBars is the DCM's last cellular signal reading (-1: none yet).
 	SignalBars int `json:"signalBars"`
 }
@@ -45,7 +46,7 @@ type AuthStatus struct {
 
 // VehicleStatus reads the state directory.
 func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
-	st := Status{VIN: v.VIN, DTCs: []vehicle.DTC{}}
+	st := Status{VIN: v.VIN, DTCs: []vehicleauth.DTCEpisode{}}
 	auth, err := v.Auth()
 	if err != nil {
 		return st, err

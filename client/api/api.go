@@ -160,7 +160,7 @@ func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offl
 // Health is what the vehicle reports about itself at check-in: its
 // trouble codes (active and recently cleared) and its cellular signal.
 type Health struct {
-	DTCs   []vehicleauth.DTCReport
+	DTCs   []vehicleauth.DTCEpisode
 	Signal *vehicleauth.SignalReport
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/roadsign/roadsign/internal/envflag"
 	"github.com/roadsign/roadsign/internal/exitcode"
 	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // Env is the process environment Run works in.
@@ -448,13 +449,13 @@ func slotDesc(s *agent.SlotStatus) string {
 	return s.Version + " " + s.SHA256[:min(8, len(s.SHA256))]
 }
 
-func dtcs(d []vehicle.DTC) string {
+func dtcs(d []vehicleauth.DTCEpisode) string {
 	if len(d) == 0 {
 		return "none"
 	}
 	var parts []string
 	for _, x := range d {
-		parts = append(parts, fmt.Sprintf("%s (%s since %s)", x.Code, x.Description, x.Since.Local().Format(time.DateTime)))
+		parts = append(parts, fmt.Sprintf("%s (%s since %s)", x.Code, x.Description, x.FirstSeen.Local().Format(time.DateTime)))
 	}
 	return strings.Join(parts, ", ")
 }

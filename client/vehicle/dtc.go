@@ -3,6 +3,8 @@ package vehicle
 import (
 	"sort"
 	"time"
+
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // The diagnostic trouble codes the agent sets.
@@ -27,29 +29,10 @@ var dtcDescriptions = map[string]string{
 // dtcHistory is how long a cleared code is kept (and reported).
 const dtcHistory = 30 * 24 * time.Hour
 
-// DTC is a diagnostic trouble code the vehicle has recorded: one episode,
-// from Since (first seen) to LastSeen, cleared at ClearedAt (zero while
-// active). Setting a cleared code starts a new episode.
-type DTC struct {
-	Code        string    `json:"code"`
-	Description string    `json:"description"`
-	Since       time.Time `json:"since"`
-	LastSeen    time.Time `json:"lastSeen,omitzero"`
-	Count       int       `json:"count"`
-	Detail      string    `json:"detail,omitempty"`
-	ClearedAt   time.Time `json:"clearedAt,omitzero"`
-	// SignalBars is the weakest cellular signal seen during the episode
-	// (B15C4 only; nil: unknown).
-	SignalBars *int `json:"signalBars,omitempty"`
-}
-
-// Active reports whether the code is set.
-func (d DTC) Active() bool { return d.ClearedAt.IsZero() }
-
 const dtcFile = "dtcs.json"
 
 // DTCs returns the active trouble codes, sorted by code.
-func (v *Vehicle) DTCs() ([]DTC, error) {
+func (v *Vehicle) DTCs() ([]vehicleauth.DTCEpisode, error) {
 	all, err := v.DTCHistory()
 	active := all[:0]
 	for _, d := range all {
@@ -62,12 +45,12 @@ func (v *Vehicle) DTCs() ([]DTC, error) {
 
 // DTCHistory returns every code's last episode, active or cleared in the
 // last 30 days, sorted by code.
-func (v *Vehicle) DTCHistory() ([]DTC, error) {
-	var m map[string]DTC
+func (v *Vehicle) DTCHistory() ([]vehicleauth.DTCEpisode, error) {
+	var m map[string]vehicleauth.DTCEpisode
 	if err := v.readJSON(dtcFile, &m); err != nil {
 		return nil, err
 	}
-	out := make([]DTC, 0, len(m))
+	out := make([]vehicleauth.DTCEpisode, 0, len(m))
 	for _, d := range m {
 		if d.Active() || v.now().Sub(d.ClearedAt) < dtcHistory {
 			out = append(out, d)
@@ -77,8 +60,8 @@ func (v *Vehicle) DTCHistory() ([]DTC, error) {
 	return out, nil
 }
 
-func (v *Vehicle) saveDTCs(list []DTC) error {
-	m := map[string]DTC{}
+func (v *Vehicle) saveDTCs(list []vehicleauth.DTCEpisode) error {
+	m := map[string]vehicleauth.DTCEpisode{}
 	for _, d := range list {
 		m[d.Code] = d
 	}
@@ -95,12 +78,12 @@ func (v *Vehicle) SetDTC(code, detail string, signalBars *int) error {
 	now := v.now().UTC()
 	i := sort.Search(len(list), func(i int) bool { return list[i].Code >= code })
 	if i == len(list) || list[i].Code != code {
-		list = append(list, DTC{Code: code})
+		list = append(list, vehicleauth.DTCEpisode{Code: code})
 		i = len(list) - 1
 	}
 	d := &list[i]
-	if !d.Active() || d.Since.IsZero() {
-		*d = DTC{Code: code, Description: dtcDescriptions[code], Since: now}
+	if !d.Active() || d.FirstSeen.IsZero() {
+		*d = vehicleauth.DTCEpisode{Code: code, Description: dtcDescriptions[code], FirstSeen: now}
 	}
 	d.Count++
 	d.LastSeen, d.Detail = now, detail

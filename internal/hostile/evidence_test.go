@@ -54,7 +54,7 @@ func TestHostileCheckInsStayBounded(t *testing.T) {
 					k := i*32 + int64(j)
 					m.Offline = append(m.Offline, fmt.Sprintf("dcm DCM000001: 1.0.0 -> 1.0.%d from USB bundle issued %s %s", k, base.Format(time.RFC3339), strings.Repeat("x", 400)))
 					at := base.Add(time.Duration(k) * time.Millisecond)
-					m.DTCDetails = append(m.DTCDetails, vehicleauth.DTCReport{Code: "U1100", FirstSeen: at, LastSeen: at, Count: 1, Detail: strings.Repeat("d", 500)})
+					m.DTCDetails = append(m.DTCDetails, vehicleauth.DTCEpisode{Code: "U1100", FirstSeen: at, LastSeen: at, Count: 1, Detail: strings.Repeat("d", 500)})
 				}
 				signed, _ := json.Marshal(m)
 				body, _ := json.Marshal(vehicleauth.SignedManifest{Signed: signed, Signature: ed25519.Sign(w.key, signed)})

@@ -57,11 +57,7 @@ func (s *PublishServer) Publishes() int {
 func (s *PublishServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fail := func(status int, code, msg string) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-	}
+	fail := func(status int, code, msg string) { writeError(w, status, code, msg) }
 	if r.Method != http.MethodHead && r.Header.Get("Authorization") != "Bearer "+s.token {
 		fail(http.StatusUnauthorized, "unauthorized", "unknown bearer token")
 		return

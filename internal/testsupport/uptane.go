@@ -315,9 +315,7 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&e)
 		u.events = append(u.events, JobEvent{Job: id, Kind: e.Kind, Message: e.Message})
 		if u.cancel[id] {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusConflict)
-			w.Write([]byte(`{"error":{"code":"job_canceled","message":"job ` + id + ` was canceled; abandon it"}}`))
+			writeError(w, http.StatusConflict, "job_canceled", "job "+id+" was canceled; abandon it")
 			return
 		}
 		w.Write([]byte("{}"))
@@ -325,9 +323,7 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 		u.manifests++
 		w.WriteHeader(http.StatusNoContent)
 	case p == "/api/v1/vehicles/"+u.VIN+"/auth" && u.refuseAuth != "":
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusForbidden)
-		w.Write([]byte(`{"error":{"code":"` + u.refuseAuth + `","message":"refused by the test"}}`))
+		writeError(w, http.StatusForbidden, u.refuseAuth, "refused by the test")
 	case p == "/api/v1/vehicles/"+u.VIN+"/auth":
 		var body map[string]any
 		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body)
@@ -395,4 +391,40 @@ func (u *Uptane) WriteBundle(dir string, n int64, issued, until time.Time) {
 	}
 	mb, _ := json.Marshal(map[string]any{"vin": u.VIN, "issuedAt": issued, "validUntil": until, "images": images})
 	write("bundle.json", mb)
+}
+
+// ImageFile writes the image file for im into a temporary folder and
+// returns its path.
+func ImageFile(t testing.TB, im Image) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), im.ECU+"-"+im.Version+".bin")
+	if err := os.WriteFile(p, ImageBytes(t, im), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// OnlineKeys are five new online public keys, as roadsign-server init
+// writes them to online-keys.json.
+func OnlineKeys(t testing.TB) meta.OnlineKeys {
+	t.Helper()
+	dir := t.TempDir()
+	gen := func(name string) *metadata.Key {
+		k, err := keys.Generate(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.Public
+	}
+	var o meta.OnlineKeys
+	o.Image.Snapshot, o.Image.Timestamp = gen("image-snapshot"), gen("image-timestamp")
+	o.Director.Targets, o.Director.Snapshot, o.Director.Timestamp = gen("director-targets"), gen("director-snapshot"), gen("director-timestamp")
+	return o
+}
+
+// writeError answers as roadsign-server does: {"error": {"code", "message"}}.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }

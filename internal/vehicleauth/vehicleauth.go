@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -189,22 +190,50 @@ type Manifest struct {
 	// DTCs are the active diagnostic trouble codes.
 	DTCs []string `json:"dtcs,omitempty"`
 	// DTCDetails are the codes' episodes, active and recently cleared.
-	DTCDetails []DTCReport `json:"dtcDetails,omitempty"`
+	DTCDetails []DTCEpisode `json:"dtcDetails,omitempty"`
 	// Signal is the DCM's cellular signal when the manifest was made.
 	Signal *SignalReport `json:"signal,omitempty"`
 }
 
-// DTCReport is one diagnostic trouble code episode: first and last seen,
-// how often, and when it cleared (zero while active).
-type DTCReport struct {
-	Code      string    `json:"code"`
-	FirstSeen time.Time `json:"firstSeen"`
-	LastSeen  time.Time `json:"lastSeen"`
-	Count     int       `json:"count"`
-	Detail    string    `json:"detail,omitempty"`
-	ClearedAt time.Time `json:"clearedAt,omitzero"`
-	// SignalBars is the weakest cellular signal during the episode.
+// DTCEpisode is one diagnostic trouble code episode, the one type for it
+// everywhere: the vehicle keeps its episodes (STATE/dtcs.json), reports
+// them at check-in, and the server stores them as evidence. An episode
+// runs from first seen to cleared (zero while active).
+type DTCEpisode struct {
+	Code string `json:"code"`
+	// Description is the code's meaning in words (the vehicle's own list).
+	Description string    `json:"description,omitempty"`
+	FirstSeen   time.Time `json:"firstSeen"`
+	LastSeen    time.Time `json:"lastSeen"`
+	Count       int       `json:"count"`
+	Detail      string    `json:"detail,omitempty"`
+	ClearedAt   time.Time `json:"clearedAt,omitzero"`
+	// SignalBars is the weakest cellular signal during the episode, 0 to
+	// 5 (nil: unknown).
 	SignalBars *int `json:"signalBars,omitempty"`
+	// ReportedAt is when the server received it (the server's record).
+	ReportedAt time.Time `json:"reportedAt,omitzero"`
+}
+
+// Active reports whether the code was still set when last seen.
+func (e DTCEpisode) Active() bool { return e.ClearedAt.IsZero() }
+
+// UnmarshalJSON also reads "since", the name vehicles provisioned before
+// this type was shared stored FirstSeen under.
+func (e *DTCEpisode) UnmarshalJSON(b []byte) error {
+	type plain DTCEpisode
+	var v struct {
+		plain
+		Since time.Time `json:"since"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*e = DTCEpisode(v.plain)
+	if e.FirstSeen.IsZero() {
+		e.FirstSeen = v.Since
+	}
+	return nil
 }
 
 // SignalReport is a cellular signal reading, 0 to 5 bars.

@@ -138,10 +138,10 @@ var Rules = []Rule{
 			"It reconnects on its own once it has signal. If it loses signal where your phone has it, a dealer checks the car's antenna."}},
 		Match: func(e Evidence) []Finding {
 			ep := activeEpisode(e, dtcConnection)
-			if ep == nil || ep.SignalBars < 0 || ep.SignalBars > weakSignal {
+			if ep == nil || ep.SignalBars == nil || *ep.SignalBars > weakSignal {
 				return nil
 			}
-			return []Finding{{Title: fmt.Sprintf("B15C4 telematics connection error with %s of signal", count(ep.SignalBars, "bar")),
+			return []Finding{{Title: fmt.Sprintf("B15C4 telematics connection error with %s of signal", count(*ep.SignalBars, "bar")),
 				Evidence: []Fact{episodeFact(*ep)}}}
 		},
 	},
@@ -153,11 +153,11 @@ var Rules = []Rule{
 			"If it keeps happening, a dealer updates the telematics unit's software."}, SeeDealer: true},
 		Match: func(e Evidence) []Finding {
 			ep := activeEpisode(e, dtcConnection)
-			if ep == nil || (ep.SignalBars >= 0 && ep.SignalBars <= weakSignal) {
+			if ep == nil || (ep.SignalBars != nil && *ep.SignalBars <= weakSignal) {
 				return nil
 			}
 			title := "B15C4 telematics connection error with good signal"
-			if ep.SignalBars < 0 {
+			if ep.SignalBars == nil {
 				title = "B15C4 telematics connection error (signal unknown)"
 			}
 			return []Finding{{Title: title, Evidence: []Fact{episodeFact(*ep)},
@@ -374,8 +374,8 @@ func activeEpisode(e Evidence, code string) *server.DTCEpisode {
 
 func episodeFact(ep server.DTCEpisode) Fact {
 	d := fmt.Sprintf("%s first seen %s, last %s, %s", ep.Code, stamp(ep.FirstSeen), stamp(ep.LastSeen), count(ep.Count, "time"))
-	if ep.SignalBars >= 0 {
-		d += fmt.Sprintf(", weakest signal %d bars", ep.SignalBars)
+	if ep.SignalBars != nil {
+		d += fmt.Sprintf(", weakest signal %d bars", *ep.SignalBars)
 	}
 	if !ep.Active() {
 		d += ", cleared " + stamp(ep.ClearedAt)

@@ -29,8 +29,12 @@ func healthy() Evidence {
 	}
 }
 
+// episode is an episode of code; bars < 0: signal unknown.
 func episode(code string, bars int, active bool) server.DTCEpisode {
-	ep := server.DTCEpisode{Code: code, FirstSeen: t0.Add(-time.Hour), LastSeen: t0.Add(-10 * time.Minute), Count: 3, SignalBars: bars, ReportedAt: t0.Add(-5 * time.Minute)}
+	ep := server.DTCEpisode{Code: code, FirstSeen: t0.Add(-time.Hour), LastSeen: t0.Add(-10 * time.Minute), Count: 3, ReportedAt: t0.Add(-5 * time.Minute)}
+	if bars >= 0 {
+		ep.SignalBars = &bars
+	}
 	if !active {
 		ep.ClearedAt = t0.Add(-2 * time.Minute)
 	}

@@ -241,12 +241,8 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		h.SignalBars, h.SignalAt = m.Signal.Bars, m.Signal.At
 	}
 	for _, d := range m.DTCDetails {
-		bars := -1
-		if d.SignalBars != nil {
-			bars = *d.SignalBars
-		}
-		h.Episodes = append(h.Episodes, server.DTCEpisode{Code: d.Code, FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, Count: d.Count,
-			Detail: d.Detail, ClearedAt: d.ClearedAt, SignalBars: bars})
+		d.Description, d.ReportedAt = "", time.Time{} // the vehicle's words stay the vehicle's; the store stamps receipt
+		h.Episodes = append(h.Episodes, d)
 	}
 	var before server.Vehicle
 	if len(m.Offline) > 0 {

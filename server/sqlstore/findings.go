@@ -21,8 +21,12 @@ func (s *Store) DTCEpisodes(ctx context.Context, vin string, since time.Time) ([
 	for rows.Next() {
 		var e server.DTCEpisode
 		var first, last, cleared, reported int64
-		if err := rows.Scan(&e.Code, &first, &last, &e.Count, &e.Detail, &cleared, &e.SignalBars, &reported); err != nil {
+		bars := -1
+		if err := rows.Scan(&e.Code, &first, &last, &e.Count, &e.Detail, &cleared, &bars, &reported); err != nil {
 			return nil, s.wrap("DTC episodes of "+vin, err)
+		}
+		if bars >= 0 {
+			e.SignalBars = &bars
 		}
 		e.FirstSeen, e.LastSeen, e.ClearedAt, e.ReportedAt = fromMicros(first), fromMicros(last), fromMicros(cleared), fromMicros(reported)
 		out = append(out, e)

@@ -137,8 +137,9 @@ func perVehicleRequests(t *testing.T, s *sqlstore.Store, vin string) {
 	for i := range ecus {
 		ecus[i].InstalledVersion, ecus[i].ReportedAt = "2.0.0", now
 	}
+	two := 2
 	must("report", s.ReportECUs(ctx, vin, ecus, server.Health{Active: "U1100", SignalBars: 2, SignalAt: now,
-		Episodes: []server.DTCEpisode{{Code: "U1100", FirstSeen: now, LastSeen: now, Count: 1, SignalBars: 2, ReportedAt: now}}}, now))
+		Episodes: []server.DTCEpisode{{Code: "U1100", FirstSeen: now, LastSeen: now, Count: 1, SignalBars: &two, ReportedAt: now}}}, now))
 	must("request fault", s.RecordRequestFault(ctx, vin, server.RequestFault{Kind: server.FaultClockSkew, Skew: time.Minute}, now))
 	// A USB install reported at check-in, and the record read back.
 	_, err = s.AddUSBRecords(ctx, vin, []server.SoftwareRecord{{ECUSerial: "DCM" + n, ECUType: "dcm", At: now, Outcome: "installed", Detail: "new"}}, 16, now.Add(-24*time.Hour))

@@ -169,7 +169,7 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vin, code, first_seen) DO UPDATE SET last_seen = excluded.last_seen,
 				count = excluded.count, detail = excluded.detail, cleared_at = excluded.cleared_at, signal_bars = excluded.signal_bars,
 				reported_at = excluded.reported_at`,
-				vin, e.Code, micros(e.FirstSeen), micros(e.LastSeen), e.Count, e.Detail, micros(e.ClearedAt), e.SignalBars, micros(at)); err != nil {
+				vin, e.Code, micros(e.FirstSeen), micros(e.LastSeen), e.Count, e.Detail, micros(e.ClearedAt), barsOrUnknown(e.SignalBars), micros(at)); err != nil {
 				return err
 			}
 		}
@@ -263,4 +263,13 @@ func (s *Store) RecordRequestFault(ctx context.Context, vin string, f server.Req
 		return fmt.Errorf("request fault %q: want %s, %s or %s", f.Kind, server.FaultBadSignature, server.FaultClockSkew, server.FaultCheckInRefused)
 	}
 	return s.wrap("record "+f.Kind+" of "+vin, err)
+}
+
+// barsOrUnknown is how an episode's signal is stored: 0 to 5, or -1 for
+// unknown (nil).
+func barsOrUnknown(bars *int) int {
+	if bars == nil {
+		return -1
+	}
+	return *bars
 }

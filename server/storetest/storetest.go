@@ -661,14 +661,14 @@ func testDiagnosisEvidence(t *testing.T, s server.Store) {
 	if got.SignalBars != -1 || !got.RequestFaults.BadSignatureAt.IsZero() {
 		t.Fatalf("a new vehicle has no signal reading and no refused requests: %+v", got)
 	}
-	ep := server.DTCEpisode{Code: "B15C4", FirstSeen: now, LastSeen: now.Add(time.Minute), Count: 3, Detail: "no server", SignalBars: 0}
+	ep := server.DTCEpisode{Code: "B15C4", FirstSeen: now, LastSeen: now.Add(time.Minute), Count: 3, Detail: "no server", SignalBars: ptr(0)}
 	must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Active: "B15C4", Episodes: []server.DTCEpisode{ep}, SignalBars: 1, SignalAt: now}, now.Add(2*time.Minute)))
 	ep.ClearedAt, ep.LastSeen, ep.Count = now.Add(3*time.Minute), now.Add(2*time.Minute), 4
-	older := server.DTCEpisode{Code: "U1100", FirstSeen: now.Add(-72 * time.Hour), LastSeen: now.Add(-71 * time.Hour), Count: 1, ClearedAt: now.Add(-70 * time.Hour), SignalBars: -1}
+	older := server.DTCEpisode{Code: "U1100", FirstSeen: now.Add(-72 * time.Hour), LastSeen: now.Add(-71 * time.Hour), Count: 1, ClearedAt: now.Add(-70 * time.Hour)}
 	must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Episodes: []server.DTCEpisode{ep, older}, SignalBars: 4, SignalAt: now.Add(3 * time.Minute)}, now.Add(4*time.Minute)))
 	eps, err := s.DTCEpisodes(ctx, v.VIN, now.Add(-24*time.Hour))
 	must(t, err)
-	if len(eps) != 1 || eps[0].Count != 4 || !eps[0].ClearedAt.Equal(now.Add(3*time.Minute)) || eps[0].SignalBars != 0 || eps[0].Active() {
+	if len(eps) != 1 || eps[0].Count != 4 || !eps[0].ClearedAt.Equal(now.Add(3*time.Minute)) || eps[0].SignalBars == nil || *eps[0].SignalBars != 0 || eps[0].Active() {
 		t.Fatalf("episodes since a day ago: %+v", eps)
 	}
 	if all, _ := s.DTCEpisodes(ctx, v.VIN, now.Add(-100*time.Hour)); len(all) != 2 {
@@ -684,7 +684,7 @@ func testDiagnosisEvidence(t *testing.T, s server.Store) {
 		var batch []server.DTCEpisode
 		for i := range 32 {
 			at := now.Add(time.Duration(r*32+i+1) * time.Hour)
-			batch = append(batch, server.DTCEpisode{Code: "P0420", FirstSeen: at, LastSeen: at, Count: 1, SignalBars: -1})
+			batch = append(batch, server.DTCEpisode{Code: "P0420", FirstSeen: at, LastSeen: at, Count: 1})
 		}
 		must(t, s.ReportECUs(ctx, v.VIN, nil, server.Health{Episodes: batch}, now))
 	}
@@ -892,3 +892,5 @@ func testErrorKinds(t *testing.T, s server.Store) {
 		})
 	}
 }
+
+func ptr(n int) *int { return &n }

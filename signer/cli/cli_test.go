@@ -12,9 +12,6 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/exitcode"
-	"github.com/roadsign/roadsign/internal/fwimage"
-	"github.com/roadsign/roadsign/internal/keys"
-	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/testsupport"
 	"github.com/roadsign/roadsign/signer/cli"
 )
@@ -45,19 +42,8 @@ func must(t *testing.T, want int, args ...string) result {
 // onlineKeysFile writes an online-keys.json as roadsign-server init does.
 func onlineKeysFile(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	gen := func(name string) *keys.Key {
-		k, err := keys.Generate(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	var o meta.OnlineKeys
-	o.Image.Snapshot, o.Image.Timestamp = gen("is").Public, gen("it").Public
-	o.Director.Targets, o.Director.Snapshot, o.Director.Timestamp = gen("dt").Public, gen("ds").Public, gen("dts").Public
-	b, _ := json.Marshal(o)
-	p := filepath.Join(dir, "online-keys.json")
+	b, _ := json.Marshal(testsupport.OnlineKeys(t))
+	p := filepath.Join(t.TempDir(), "online-keys.json")
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -65,17 +51,7 @@ func onlineKeysFile(t *testing.T) string {
 }
 
 func imageFile(t *testing.T, ecu, hw, version string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), ecu+"-"+version+".bin")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := fwimage.Write(f, fwimage.Spec{ECU: ecu, HardwareID: hw, Version: version, Size: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testsupport.ImageFile(t, testsupport.Image{ECU: ecu, HardwareID: hw, Version: version})
 }
 
 // TestReleaseEngineerWorkflow: init, add, status, publish, rotate and
