@@ -32,7 +32,7 @@ type Env struct {
 	Getenv         func(string) string
 }
 
-const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--until-campaign ID] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download] [--check-in-only]"
+const synopsis = "roadsign-fleetsim --server URL --token TOKEN --vehicles N [--register] [--concurrency C] [--interval 1s] [--cycles K | --duration D] [--warmup N] [--until-campaign ID] [--seed S] [--ecu TYPE:HWID:VERSION ...] [--fail VERSION=RATE ...] [--rollback VERSION=RATE ...] [--download] [--check-in-only]"
 
 type list []string
 
@@ -69,7 +69,8 @@ func run(ctx context.Context, args []string, env Env) error {
 	conc := fs.Int("concurrency", 32, "vehicles in flight at once")
 	interval := fs.Duration("interval", time.Second, "time between a vehicle's cycles (0: as fast as the server answers)")
 	cycles := fs.Int("cycles", 0, "cycles per vehicle (0: until --duration)")
-	duration := fs.Duration("duration", 0, "how long to run (0: until --cycles)")
+	duration := fs.Duration("duration", 0, "how long to measure (0: until --cycles): no vehicle starts a cycle after it, those in flight finish")
+	warmup := fs.Int("warmup", 0, "whole-fleet cycles to run first, untimed (first director metadata, caches); the summary covers only what follows")
 	until := fs.String("until-campaign", "", "stop once this campaign is no longer running or paused, and print how it ended (needs --token)")
 	seed := fs.Int64("seed", 1, "makes the fleet (VINs, keys, who fails): the same seed is the same fleet")
 	var ecus, fails, rollbacks list
@@ -92,8 +93,8 @@ func run(ctx context.Context, args []string, env Env) error {
 	switch {
 	case *server == "":
 		return envflag.Usagef("--server is required; usage: %s", synopsis)
-	case *n < 1 || *conc < 1 || *interval < 0 || *cycles < 0 || *duration < 0:
-		return envflag.Usagef("--vehicles and --concurrency must be positive, --interval, --cycles and --duration not negative")
+	case *n < 1 || *conc < 1 || *interval < 0 || *cycles < 0 || *duration < 0 || *warmup < 0:
+		return envflag.Usagef("--vehicles and --concurrency must be positive, --interval, --cycles, --duration and --warmup not negative")
 	case *cycles == 0 && *duration == 0 && !*register:
 		return envflag.Usagef("give --cycles or --duration (or only --register)")
 	case *until != "" && *token == "":
@@ -158,17 +159,26 @@ func run(ctx context.Context, args []string, env Env) error {
 		fmt.Fprintf(env.Stdout, "%d vehicles registered\n", *n)
 		return nil
 	}
+	if *warmup > 0 {
+		bar := progress.NewCount(env.Stderr, "warm-up cycles", int64(*warmup))
+		for range *warmup {
+			f.Cycle(ctx)
+			bar.Add(1)
+		}
+		bar.Finish()
+		f.ResetStats()
+	}
 	end := time.Time{}
 	if *duration > 0 {
 		end = time.Now().Add(*duration)
 	}
 	ended := ""
 	for i := 0; *cycles == 0 || i < *cycles; i++ {
-		if !end.IsZero() && time.Now().After(end) || ctx.Err() != nil {
+		if !end.IsZero() && !time.Now().Before(end) || ctx.Err() != nil {
 			break
 		}
 		start := time.Now()
-		f.Cycle(ctx)
+		f.CycleUntil(ctx, end)
 		if *until != "" {
 			c, err := f.Campaign(ctx, *until)
 			if err != nil {
@@ -182,7 +192,11 @@ func run(ctx context.Context, args []string, env Env) error {
 				break
 			}
 		}
-		if wait := *interval - time.Since(start); wait > 0 && (*cycles == 0 || i < *cycles-1) {
+		wait := *interval - time.Since(start)
+		if !end.IsZero() {
+			wait = min(wait, time.Until(end)) // the run ends at the deadline, not after a whole wait
+		}
+		if wait > 0 && (*cycles == 0 || i < *cycles-1) {
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):

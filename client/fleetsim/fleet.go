@@ -112,7 +112,9 @@ type Fleet struct {
 	checkIns, errs atomic.Int64
 	mu             sync.Mutex
 	latencies      []time.Duration
-	started        time.Time
+	// started is when the measured window began (the first cycle after
+	// New or ResetStats); done when its last cycle so far ended.
+	started, done time.Time
 }
 
 // New makes the fleet's vehicles: VINs with valid check digits, keys and
@@ -184,11 +186,17 @@ func (f *Fleet) Receipts() map[string][]Receipt {
 
 // each runs fn for every vehicle on cfg.Concurrency workers.
 func (f *Fleet) each(ctx context.Context, fn func(context.Context, *Vehicle) error) {
+	f.eachUntil(ctx, time.Time{}, fn)
+}
+
+// eachUntil is each that starts no vehicle after end (zero: no end);
+// those in flight finish.
+func (f *Fleet) eachUntil(ctx context.Context, end time.Time, fn func(context.Context, *Vehicle) error) {
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range f.cfg.Concurrency {
 		wg.Go(func() {
-			for ctx.Err() == nil {
+			for ctx.Err() == nil && (end.IsZero() || time.Now().Before(end)) {
 				i := next.Add(1) - 1
 				if i >= int64(len(f.vehicles)) {
 					return
@@ -237,13 +245,22 @@ func (f *Fleet) Register(ctx context.Context, onDone func()) error {
 // Cycle runs one update cycle for every vehicle: check in, then refresh
 // and verify its director metadata if it changed, and act on what it
 // assigns.
-func (f *Fleet) Cycle(ctx context.Context) {
+func (f *Fleet) Cycle(ctx context.Context) { f.CycleUntil(ctx, time.Time{}) }
+
+// CycleUntil is Cycle that starts no vehicle's cycle after end (zero: no
+// end): the vehicles in flight then finish, the rest wait for the next
+// cycle. It reports whether the whole fleet was done.
+func (f *Fleet) CycleUntil(ctx context.Context, end time.Time) bool {
+	f.mu.Lock()
 	if f.started.IsZero() {
 		f.started = time.Now()
 	}
+	f.mu.Unlock()
 	var mu sync.Mutex
 	var lat []time.Duration
-	f.each(ctx, func(ctx context.Context, v *Vehicle) error {
+	var n atomic.Int64
+	f.eachUntil(ctx, end, func(ctx context.Context, v *Vehicle) error {
+		n.Add(1)
 		d, err := f.cycle(ctx, v)
 		if d > 0 {
 			mu.Lock()
@@ -254,7 +271,9 @@ func (f *Fleet) Cycle(ctx context.Context) {
 	})
 	f.mu.Lock()
 	f.latencies = append(f.latencies, lat...)
+	f.done = time.Now()
 	f.mu.Unlock()
+	return n.Load() == int64(len(f.vehicles))
 }
 
 func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
@@ -504,8 +523,8 @@ func (s Summary) Rate() float64 { return float64(s.CheckIns) / max(s.Elapsed.Sec
 
 func (s Summary) String() string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
-	return fmt.Sprintf("%d vehicles, %d check-ins, %.0f check-ins/s, p50 %s ms, p99 %s ms, %d errors",
-		s.Vehicles, s.CheckIns, s.Rate(), ms(s.P50), ms(s.P99), s.Errors)
+	return fmt.Sprintf("%d vehicles, %d check-ins in %.1f s, %.0f check-ins/s, p50 %s ms, p99 %s ms, %d errors",
+		s.Vehicles, s.CheckIns, s.Elapsed.Seconds(), s.Rate(), ms(s.P50), ms(s.P99), s.Errors)
 }
 
 // SetCheckInOnly switches between full cycles and check-ins alone (not
@@ -516,7 +535,7 @@ func (f *Fleet) SetCheckInOnly(on bool) { f.cfg.CheckInOnly = on }
 // cycles after it (to measure a steady state after a warm-up).
 func (f *Fleet) ResetStats() {
 	f.mu.Lock()
-	f.latencies, f.started = nil, time.Time{}
+	f.latencies, f.started, f.done = nil, time.Time{}, time.Time{}
 	f.mu.Unlock()
 	f.checkIns.Store(0)
 	f.errs.Store(0)
@@ -526,6 +545,7 @@ func (f *Fleet) ResetStats() {
 func (f *Fleet) Summary() Summary {
 	f.mu.Lock()
 	lat := slices.Clone(f.latencies)
+	elapsed := f.done.Sub(f.started)
 	f.mu.Unlock()
 	slices.Sort(lat)
 	q := func(p float64) time.Duration {
@@ -534,5 +554,5 @@ func (f *Fleet) Summary() Summary {
 		}
 		return lat[min(len(lat)-1, int(math.Ceil(p*float64(len(lat))))-1)]
 	}
-	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: time.Since(f.started), P50: q(0.50), P99: q(0.99)}
+	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: max(elapsed, 0), P50: q(0.50), P99: q(0.99)}
 }
