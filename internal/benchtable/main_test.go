@@ -6,8 +6,8 @@ import (
 )
 
 const sample = `goos: linux
-BenchmarkAgentInstall/64MiB-2         	       1	 512000000 ns/op	 200.0 install-MiB/s	  30.00 peak-RSS-MiB	   0.20 ratio	1000 sha256-MiB/s	 150.0 update-MiB/s
-BenchmarkAgentInstall/1024MiB-2       	       1	2000000000 ns/op	 600.0 install-MiB/s	  31.00 peak-RSS-MiB	   0.60 ratio	1000 sha256-MiB/s	 450.0 update-MiB/s
+BenchmarkAgentInstall/64MiB-2         	       1	 512000000 ns/op	 200.0 install-MiB/s	  12.00 peak-RSS-MiB	   0.20 ratio	1000 sha256-MiB/s	 150.0 update-MiB/s
+BenchmarkAgentInstall/1024MiB-2       	       1	2000000000 ns/op	 600.0 install-MiB/s	  %r peak-RSS-MiB	   0.60 ratio	1000 sha256-MiB/s	 450.0 update-MiB/s
 BenchmarkServeVsNginx/timestamp-2     	       1	 1 ns/op	 40000 nginx-req/s	0.90 ratio	 36000 roadsign-req/s
 BenchmarkServeVsNginx/download-1024MiB-2	1	 1 ns/op	 2000 nginx-MiB/s	0.95 ratio	 1900 roadsign-MiB/s
 BenchmarkServerStreamsUSBBundle-2     	       1	 1 ns/op	 20.00 server-peak-RSS-MiB
@@ -22,19 +22,21 @@ func TestTable(t *testing.T) {
 	tests := []struct {
 		name   string
 		pgRate string
+		rss    string
 		extra  string
 		wantOK bool
 		want   []string
 	}{
-		{"all met", "2400", "", true, []string{"| 36 000 | nginx: 40 000 | 0.90× | ≥ 0.8× | yes |", "| 600 | Go sha256 from memory: 1 000 | 0.60× | ≥ 0.5× | yes |", "at 10 000: 2 500/s, p99 25.0 ms | 0.96× | ≥ 0.8× | yes |"}},
-		{"check-ins slow down with the fleet", "1500", "", false, []string{"at 10 000: 2 500/s, p99 25.0 ms | 0.60× | ≥ 0.8× | NO |"}},
-		{"a failed benchmark", "2400", "--- FAIL: BenchmarkFleet\n", false, nil},
-		{"go test exited non-zero", "2400", "exit status 1\n", false, nil},
-		{"go test exited zero", "2400", "exit status 0\n", true, nil},
+		{"all met", "2400", "13.00", "", true, []string{"| 36 000 | nginx: 40 000 | 0.90× | ≥ 0.8× | yes |", "| 600 | Go sha256 from memory: 1 000 | 0.60× | ≥ 0.5× | yes |", "at 10 000: 2 500/s, p99 25.0 ms | 0.96× | ≥ 0.8× | yes |", "| 2 400/s | ed25519 verifications/s, one core: 14 000 | 0.17× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | yes |", "| 13.0 MiB |  |  | ≤ 16.0 MiB | yes |"}},
+		{"check-ins slow down with the fleet", "1500", "13.00", "", false, []string{"at 10 000: 2 500/s, p99 25.0 ms | 0.60× | ≥ 0.8× | NO |", "| 1 500/s | ed25519 verifications/s, one core: 14 000 | 0.11× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | NO |"}},
+		{"the agent grows past 16 MiB", "2400", "22.50", "", false, []string{"| agent peak RSS, 1 GiB image | 22.5 MiB |  |  | ≤ 16.0 MiB | NO |"}},
+		{"a failed benchmark", "2400", "13.00", "--- FAIL: BenchmarkFleet\n", false, nil},
+		{"go test exited non-zero", "2400", "13.00", "exit status 1\n", false, nil},
+		{"go test exited zero", "2400", "13.00", "exit status 0\n", true, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := strings.Replace(sample, "%s", tt.pgRate, 1) + tt.extra
+			in := strings.Replace(strings.Replace(sample, "%s", tt.pgRate, 1), "%r", tt.rss, 1) + tt.extra
 			res, failed, err := parse(strings.NewReader(in))
 			if err != nil {
 				t.Fatal(err)

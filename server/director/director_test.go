@@ -72,7 +72,7 @@ type world struct {
 	now   time.Time
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "state.db"))
@@ -107,7 +107,7 @@ func (w *world) director(t *testing.T, auto string, c director.Campaigns, floor 
 // vehicle registers a car with a head unit HU1 (HU-A) and a DCM DCM1
 // (DCM-A), each reported running runs[serial] (a target path; "" never
 // reported).
-func (w *world) vehicle(t *testing.T, runs map[string]string) server.Vehicle {
+func (w *world) vehicle(t testing.TB, runs map[string]string) server.Vehicle {
 	t.Helper()
 	v := server.Vehicle{VIN: vin, Model: "M", Year: 2026, Region: "EU", PublicKey: []byte{1}, CreatedAt: w.now,
 		ECUs: []server.ECU{{Serial: "HU1", Type: "head-unit", HardwareID: "HU-A"}, {Serial: "DCM1", Type: "dcm", HardwareID: "DCM-A"}}}
@@ -134,7 +134,7 @@ func (w *world) vehicle(t *testing.T, runs map[string]string) server.Vehicle {
 }
 
 // job stores a job for serial.
-func (w *world) job(t *testing.T, serial, path, origin, state string, edit ...func(*server.Job)) server.Job {
+func (w *world) job(t testing.TB, serial, path, origin, state string, edit ...func(*server.Job)) server.Job {
 	t.Helper()
 	j := server.Job{ID: uuid.NewString(), VIN: vin, ECUSerial: serial, TargetPath: path, Origin: origin, State: state,
 		CreatedAt: w.now, UpdatedAt: w.now, MaxAttempts: 3}
@@ -421,5 +421,30 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 				t.Fatalf("New: %v, want ok=%v", err, tt.ok)
 			}
 		})
+	}
+}
+
+// BenchmarkTimestampUnchanged is a vehicle's everyday poll: its director
+// timestamp when nothing changed (a few finished jobs in its history).
+func BenchmarkTimestampUnchanged(b *testing.B) {
+	w := newWorld(b)
+	v := w.vehicle(b, map[string]string{"HU1": "hu-1.0.bin", "DCM1": "dcm-1.0.bin"})
+	for _, p := range []string{"hu-2.0.bin", "hu-1.0.bin"} {
+		w.job(b, "HU1", p, server.OriginDealer, server.JobSucceeded)
+	}
+	d, err := director.New(director.Config{Store: w.store, Images: catalog, Keys: w.keys, Jobs: w.jobs,
+		AutoAssign: director.AutoNone, Expiry: 24 * time.Hour, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.Timestamp(ctx, v); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := d.Timestamp(ctx, v); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
