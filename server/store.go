@@ -248,6 +248,9 @@ type Job struct {
 	NextAttemptAt   time.Time `json:"nextAttemptAt,omitzero"`
 	CancelRequested bool      `json:"cancelRequested,omitempty"`
 	Phase           string    `json:"phase,omitempty"` // last reported progress event
+	// EventCount is how many events the job has (len(Events) when they
+	// are loaded; JobHead loads the count alone).
+	EventCount int `json:"-"`
 	// CampaignID and Window are set for a campaign's job.
 	CampaignID string     `json:"campaignId,omitempty"`
 	Window     *Window    `json:"window,omitempty"`
@@ -453,10 +456,14 @@ type Findings interface {
 type Jobs interface {
 	CreateJob(ctx context.Context, j Job) error
 	Job(ctx context.Context, id string) (Job, error)
+	// JobHead is the job without its events (EventCount says how many):
+	// what a state change needs to read.
+	JobHead(ctx context.Context, id string) (Job, error)
 	JobsByVIN(ctx context.Context, vin string) ([]Job, error)
-	// UpdateJob writes j if the stored job is still in state from
-	// (optimistic concurrency); ErrConflict otherwise.
-	UpdateJob(ctx context.Context, j Job, from string) error
+	// UpdateJob writes j, and appends events to its history, in one
+	// transaction, if the stored job is still in state from (optimistic
+	// concurrency); ErrConflict otherwise (nothing written).
+	UpdateJob(ctx context.Context, j Job, from string, events ...JobEvent) error
 	AddJobEvent(ctx context.Context, jobID string, e JobEvent) error
 	// OpenJobs lists jobs not yet finished (for the sweeper), oldest first.
 	OpenJobs(ctx context.Context, limit int) ([]Job, error)

@@ -77,6 +77,8 @@ var rows = []row{
 		value: "update-MiB/s", ref: "sha256-MiB/s", refName: "Go sha256 from memory"},
 	{what: "agent peak RSS, 64 MiB image", bench: "BenchmarkAgentInstall/64MiB", value: "peak-RSS-MiB", atMost: 16, unit: "MiB"},
 	{what: "agent peak RSS, 1 GiB image", bench: "BenchmarkAgentInstall/1024MiB", value: "peak-RSS-MiB", atMost: 16, unit: "MiB"},
+	{what: "job events/s, 32 vehicles reporting at once, SQLite (signed, over HTTP)", bench: "BenchmarkJobEvents",
+		value: "events/s", atLeast: 2000, unit: "/s"},
 	{what: "server RSS streaming a 1 GiB USB bundle", bench: "BenchmarkServerStreamsUSBBundle", value: "server-peak-RSS-MiB", atMost: 64, unit: "MiB"},
 	{what: "signed check-ins/s, 100 000 vehicles, SQLite (32 in flight)", bench: "BenchmarkFleet/sqlite/100000",
 		value: "checkins/s", ref: "ed25519-verify/s", refName: "ed25519 verifications/s, one core", unit: "/s", atLeast: 3000, p99AtMost: 50,
@@ -145,6 +147,8 @@ func print(w io.Writer, res results) bool {
 			}
 		} else if r.atMost > 0 {
 			target, ok = fmt.Sprintf("≤ %s %s", num(r.atMost), r.unit), v <= r.atMost
+		} else if r.atLeast > 0 {
+			target, ok = fmt.Sprintf("≥ %s", withUnit(r.atLeast, r.unit)), v >= r.atLeast
 		}
 		if r.extra != nil {
 			ratio += " (" + r.extra(m) + ")"

@@ -325,8 +325,8 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 		return server.Errorf(server.KindInvalid, "event message is %d bytes; at most %d", len(r.Message), maxEventMessage)
 	case r.Percent < 0 || r.Percent > 100:
 		return server.Errorf(server.KindInvalid, "percent %d: want 0 to 100", r.Percent)
-	case len(j.Events) >= maxJobEvents:
-		return server.CodedErrorf(server.KindConflict, errcode.TooManyEvents, "job %s has %d events, the most it keeps; report its outcome", j.ID, len(j.Events))
+	case j.EventCount >= maxJobEvents:
+		return server.CodedErrorf(server.KindConflict, errcode.TooManyEvents, "job %s has %d events, the most it keeps; report its outcome", j.ID, j.EventCount)
 	}
 	switch r.Kind {
 	case "downloading", "installing", "rebooting":
@@ -357,8 +357,11 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 // job's state. It answers job_canceled (409) when the job was canceled, so
 // the vehicle abandons a download.
 func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (server.Job, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return server.Job{}, server.Errorf(server.KindNotFound, "no job %q (job IDs are UUIDs)", id)
+	}
 	for attempt := 0; attempt < 3; attempt++ {
-		j, err := s.Get(ctx, id)
+		j, err := s.store.JobHead(ctx, id)
 		if err != nil {
 			return j, err
 		}
@@ -395,14 +398,13 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 				j.State, j.Phase = server.JobFailed, server.JobFailed
 			}
 		}
-		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+		ev := server.JobEvent{At: now, Kind: r.Kind, Percent: r.Percent, Message: msg}
+		if err := s.store.UpdateJob(ctx, j, from, ev); errors.Is(err, server.ErrConflict) {
 			continue
 		} else if err != nil {
 			return j, err
 		}
-		if err := s.store.AddJobEvent(ctx, id, server.JobEvent{At: now, Kind: r.Kind, Percent: r.Percent, Message: msg}); err != nil {
-			return j, err
-		}
+		j.Events, j.EventCount = append(j.Events, ev), j.EventCount+1
 		s.record(ctx, j, r.Kind, msg, now)
 		if from != j.State {
 			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"strings"
 
 	"github.com/roadsign/roadsign/server"
@@ -121,9 +122,30 @@ func (s *Store) jobs(ctx context.Context, what, where string, args ...any) ([]se
 		if out[i].Events == nil {
 			out[i].Events = []server.JobEvent{}
 		}
+		out[i].EventCount = len(out[i].Events)
 	}
 	return out, nil
 }
+
+// JobHead implements server.Jobs.
+func (s *Store) JobHead(ctx context.Context, id string) (server.Job, error) {
+	var n int
+	row := s.queryRow(ctx, `SELECT `+jobCols+`, (SELECT COUNT(*) FROM job_events e WHERE e.job_id = jobs.id) FROM jobs WHERE id = ?`, id)
+	j, err := scanJob(scanWith{row, &n})
+	if errors.Is(err, sql.ErrNoRows) {
+		return j, server.Errorf(server.KindNotFound, "no job %s", id)
+	}
+	j.EventCount = n
+	return j, s.wrap("job "+id, err)
+}
+
+// scanWith scans a row into what the wrapped scan asks for, then extra.
+type scanWith struct {
+	row   interface{ Scan(...any) error }
+	extra any
+}
+
+func (w scanWith) Scan(dest ...any) error { return w.row.Scan(append(dest, w.extra)...) }
 
 // Job implements server.Jobs.
 func (s *Store) Job(ctx context.Context, id string) (server.Job, error) {
@@ -147,18 +169,41 @@ func (s *Store) OpenJobs(ctx context.Context, limit int) ([]server.Job, error) {
 	return s.jobs(ctx, "open jobs", `state IN ('queued', 'in_progress') ORDER BY created_at, id LIMIT ?`, limit)
 }
 
-// UpdateJob implements server.Jobs.
-func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string) error {
-	res, err := s.exec(ctx, `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
-		WHERE id = ? AND state = ?`,
-		j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from)
-	if err != nil {
-		return s.wrap("update job "+j.ID, err)
+// UpdateJob implements server.Jobs: one statement without events, one
+// transaction with them (a progress report is one commit, not two).
+func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events ...server.JobEvent) error {
+	const update = `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
+		WHERE id = ? AND state = ?`
+	args := []any{j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from}
+	stale := func(res sql.Result) error {
+		if n, _ := res.RowsAffected(); n == 0 {
+			return server.Errorf(server.KindConflict, "job %s is no longer %s; read it again", j.ID, from)
+		}
+		return nil
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return server.Errorf(server.KindConflict, "job %s is no longer %s; read it again", j.ID, from)
+	if len(events) == 0 {
+		res, err := s.exec(ctx, update, args...)
+		if err != nil {
+			return s.wrap("update job "+j.ID, err)
+		}
+		return stale(res)
 	}
-	return nil
+	return s.wrap("update job "+j.ID, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, update, args...)
+		if err != nil {
+			return err
+		}
+		if err := stale(res); err != nil {
+			return err
+		}
+		for _, e := range events {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`,
+				j.ID, micros(e.At), e.Kind, e.Percent, e.Message); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
 }
 
 // AddJobEvent implements server.Jobs.

@@ -218,8 +218,26 @@ func testJobs(t *testing.T, s server.Store) {
 	if got.State != server.JobInProgress || got.Phase != "downloading" || len(got.Events) != 2 || got.Events[1].Percent != 40 {
 		t.Fatalf("after update: %+v", got)
 	}
+	// A state change with its events is one write: both or neither.
+	done := server.JobEvent{At: now.Add(2 * time.Minute), Kind: server.JobSucceeded, Percent: 100, Message: "booted"}
+	stale := j1
+	stale.State = server.JobFailed
+	wantErr(t, s.UpdateJob(ctx, stale, server.JobQueued, done), server.ErrConflict)
+	if head, err := s.JobHead(ctx, j1.ID); err != nil || head.EventCount != 2 || head.Events != nil || head.State != server.JobInProgress {
+		t.Fatalf("a refused update wrote something: %+v %v", head, err)
+	}
 	j1.State = server.JobSucceeded
-	must(t, s.UpdateJob(ctx, j1, server.JobInProgress))
+	must(t, s.UpdateJob(ctx, j1, server.JobInProgress, done))
+	head, err := s.JobHead(ctx, j1.ID)
+	must(t, err)
+	if head.State != server.JobSucceeded || head.EventCount != 3 || head.VIN != "VIN1" {
+		t.Fatalf("job head after the update: %+v", head)
+	}
+	if got, _ = s.Job(ctx, j1.ID); len(got.Events) != 3 || got.Events[2].Message != "booted" || got.EventCount != 3 {
+		t.Fatalf("events after the update: %+v", got.Events)
+	}
+	_, err = s.JobHead(ctx, uuid.NewString())
+	wantErr(t, err, server.ErrNotFound)
 	open, err := s.OpenJobs(ctx, 10)
 	must(t, err)
 	if len(open) != 2 {
