@@ -54,9 +54,10 @@ test: lint tools testdeps
 COVER_MIN  ?= 70
 COVER_PKGS := ./server/director ./server/campaigns ./signer/... ./client/agent
 cover:
-	@ROADSIGN_REQUIRE_HSM=1 $(GO) test -count=1 -cover $(COVER_PKGS) | tee /dev/stderr | \
-		awk -v min=$(COVER_MIN) '/coverage:/ { for (i = 1; i <= NF; i++) if ($$i == "coverage:") { pct = $$(i+1); sub("%", "", pct); \
-		if (pct + 0 < min) { print "coverage of " $$2 " is " pct "%, under " min "%"; bad = 1 } } } END { exit bad }'
+	@out=$$(mktemp); ROADSIGN_REQUIRE_HSM=1 $(GO) test -count=1 -cover $(COVER_PKGS) > $$out 2>&1; rc=$$?; cat $$out; \
+	awk -v min=$(COVER_MIN) '/coverage:/ { for (i = 1; i <= NF; i++) if ($$i == "coverage:") { pct = $$(i+1); sub("%", "", pct); \
+		if (pct + 0 < min) { print "coverage of " $$2 " is " pct "%, under " min "%"; bad = 1 } } } END { exit bad }' $$out; bad=$$?; \
+	rm -f $$out; [ $$rc -eq 0 ] && [ $$bad -eq 0 ]
 
 # SIGKILLs the real agent at random points of 500 installs.
 torture:
