@@ -470,8 +470,6 @@ type WaveView struct {
 	server.WaveCount
 }
 
-func (w WaveView) finished() int { return w.Succeeded + w.Failed + w.RolledBack + w.TimedOut }
-
 // Get returns a campaign with its waves' counts.
 func (s *Service) Get(ctx context.Context, id string) (View, error) {
 	c, err := s.load(ctx, id)

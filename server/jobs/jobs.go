@@ -234,14 +234,18 @@ func pickImage(targets map[string]*metadata.TargetFiles, e server.ECU, version s
 
 // Get returns a job.
 func (s *Service) Get(ctx context.Context, id string) (server.Job, error) {
+	if err := checkID(id); err != nil {
+		return server.Job{}, err
+	}
+	return s.store.Job(ctx, id) // "no job ID" for an unknown one
+}
+
+// checkID refuses what is not a job ID before the store is asked.
+func checkID(id string) error {
 	if _, err := uuid.Parse(id); err != nil {
-		return server.Job{}, server.Errorf(server.KindNotFound, "no job %q (job IDs are UUIDs)", id)
+		return server.Errorf(server.KindNotFound, "no job %q (job IDs are UUIDs)", id)
 	}
-	j, err := s.store.Job(ctx, id)
-	if errors.Is(err, server.ErrNotFound) {
-		return j, server.Errorf(server.KindNotFound, "no job %s", id)
-	}
-	return j, err
+	return nil
 }
 
 // ByVIN lists a vehicle's jobs, oldest first.
@@ -357,8 +361,8 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 // job's state. It answers job_canceled (409) when the job was canceled, so
 // the vehicle abandons a download.
 func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (server.Job, error) {
-	if _, err := uuid.Parse(id); err != nil {
-		return server.Job{}, server.Errorf(server.KindNotFound, "no job %q (job IDs are UUIDs)", id)
+	if err := checkID(id); err != nil {
+		return server.Job{}, err
 	}
 	for attempt := 0; attempt < 3; attempt++ {
 		j, err := s.store.JobHead(ctx, id)
