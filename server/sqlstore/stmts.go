@@ -20,6 +20,12 @@ type stmts struct {
 	m       map[string]*sql.Stmt
 	warming map[string]bool // being prepared for a transaction's next use
 	closed  bool
+	// warmers counts the goroutines preparing statements off a
+	// transaction's path; Close waits for them, so none opens a
+	// connection (and re-creates the database file) after the store
+	// is closed.
+	warmers sync.WaitGroup
+	stop    chan struct{} // closed by Close: warmers give up
 }
 
 // prepared returns the cached statement for query (already rewritten for
@@ -112,9 +118,22 @@ func (s *Store) cached(query string) (*sql.Stmt, bool) {
 			s.stmts.warming = map[string]bool{}
 		}
 		s.stmts.warming[query] = true
+		if s.stmts.stop == nil {
+			s.stmts.stop = make(chan struct{})
+		}
+		stop := s.stmts.stop
+		s.stmts.warmers.Add(1)
 		go func() {
+			defer s.stmts.warmers.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
+			go func() {
+				select {
+				case <-stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
 			if _, done, err := s.prepared(ctx, query); err == nil {
 				done()
 			}
@@ -151,12 +170,24 @@ func (s *Store) txQueryRow(ctx context.Context, tx *sql.Tx, query string, args .
 	return tx.QueryRowContext(ctx, query, args...)
 }
 
-// closeStatements closes every cached statement.
+// closeStatements stops the warmers, waits for them and closes every
+// cached statement.
 func (s *Store) closeStatements() {
+	s.stmts.mu.Lock()
+	if s.stmts.closed {
+		s.stmts.mu.Unlock()
+		return
+	}
+	s.stmts.closed = true
+	if s.stmts.stop != nil {
+		close(s.stmts.stop)
+	}
+	s.stmts.mu.Unlock()
+	s.stmts.warmers.Wait()
 	s.stmts.mu.Lock()
 	defer s.stmts.mu.Unlock()
 	for _, st := range s.stmts.m {
 		st.Close()
 	}
-	s.stmts.m, s.stmts.closed = nil, true
+	s.stmts.m = nil
 }
