@@ -39,6 +39,7 @@ type Store struct {
 	db    *sql.DB
 	d     Dialect
 	stmts stmts
+	group writeGroup
 	// trace, when set, sees every statement the store runs with its
 	// arguments (TraceQueries).
 	trace func(query string, args []any)
@@ -129,6 +130,7 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close implements server.Store.
 func (s *Store) Close() error {
+	s.closeGroup()
 	s.closeStatements()
 	return s.db.Close()
 }

@@ -146,8 +146,10 @@ func prefixCols(p, cols string) string {
 }
 
 // ReportECUs implements server.Vehicles.
+// Every check-in makes one, so they are group-committed, each in a
+// savepoint of its own.
 func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h server.Health, at time.Time) error {
-	return s.wrap("report ECUs of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
+	return s.wrap("report ECUs of "+vin, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
 		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?`, []any{micros(at), h.Active}
 		if !h.SignalAt.IsZero() {
 			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
@@ -206,8 +208,21 @@ func (s *Store) pruneEpisodes(ctx context.Context, tx *sql.Tx, vin string) error
 }
 
 // UseNonce implements server.Vehicles.
+// Every signed vehicle request uses one, so they are group-committed.
 func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) error {
-	_, err := s.exec(ctx, `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?)`, vin, nonce, micros(at))
+	used := false
+	err := s.grouped(ctx, false, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?) ON CONFLICT (vin, nonce) DO NOTHING`, vin, nonce, micros(at))
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		used = n == 0
+		return err
+	})
+	if err == nil && used {
+		return server.Errorf(server.KindConflict, "nonce: already used")
+	}
 	return s.wrap("nonce", err)
 }
 

@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Vehicles", testVehicles},
 		{"VehiclePagination", testPagination},
 		{"Nonces", testNonces},
+		{"ConcurrentRequestWrites", testConcurrentRequestWrites},
 		{"Jobs", testJobs},
 		{"JobConcurrency", testJobConcurrency},
 		{"Audit", testAudit},
@@ -185,6 +186,54 @@ func testNonces(t *testing.T, s server.Store) {
 	wg.Wait()
 	if wins.Load() != 1 {
 		t.Fatalf("%d concurrent uses of one nonce succeeded", wins.Load())
+	}
+}
+
+// testConcurrentRequestWrites: the writes of many vehicles' requests at
+// once (nonces and check-in reports, which a store may commit together)
+// each end as they would alone: a report for an unknown vehicle fails
+// without taking the others' writes with it, a replayed nonce is refused
+// while its neighbours' are taken, and a caller that gave up leaves no
+// error behind for the others.
+func testConcurrentRequestWrites(t *testing.T, s server.Store) {
+	const n = 40
+	for i := range n {
+		must(t, s.CreateVehicle(ctx, vehicle(fmt.Sprintf("VIN%014d", i), fmt.Sprintf("HU%d", i))))
+	}
+	must(t, s.UseNonce(ctx, "VIN00000000000000", "seen", now))
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 3*n+2)
+	for i := range n {
+		vin := fmt.Sprintf("VIN%014d", i)
+		wg.Go(func() {
+			rep := []server.ECU{{Serial: fmt.Sprintf("HU%d", i), InstalledTarget: "hu/x.img", InstalledVersion: fmt.Sprint(i), InstalledSHA256: "ab"}}
+			errs[3*i] = s.ReportECUs(ctx, vin, rep, server.Health{}, now.Add(time.Duration(i)*time.Second))
+		})
+		wg.Go(func() { errs[3*i+1] = s.UseNonce(ctx, vin, "n", now) })
+		wg.Go(func() {
+			errs[3*i+2] = s.ReportECUs(ctx, fmt.Sprintf("NOVIN%012d", i), []server.ECU{{Serial: "X"}}, server.Health{}, now)
+		})
+	}
+	wg.Go(func() { errs[3*n] = s.UseNonce(gone, "VIN00000000000001", "gave-up", now) })
+	wg.Go(func() { errs[3*n+1] = s.UseNonce(ctx, "VIN00000000000000", "seen", now) })
+	wg.Wait()
+	wantErr(t, errs[3*n+1], server.ErrConflict)
+	for i := range n {
+		vin := fmt.Sprintf("VIN%014d", i)
+		must(t, errs[3*i])
+		must(t, errs[3*i+1])
+		wantErr(t, errs[3*i+2], server.ErrNotFound)
+		v, err := s.Vehicle(ctx, vin)
+		must(t, err)
+		if e := v.ECUs[0]; e.InstalledVersion != fmt.Sprint(i) || !e.ReportedAt.Equal(now.Add(time.Duration(i)*time.Second)) {
+			t.Fatalf("%s after a concurrent report: %+v", vin, e)
+		}
+		wantErr(t, s.UseNonce(ctx, vin, "n", now), server.ErrConflict)
+	}
+	if errs[3*n] != nil && !errors.Is(errs[3*n], context.Canceled) {
+		t.Fatalf("a write whose caller gave up: %v", errs[3*n])
 	}
 }
 
