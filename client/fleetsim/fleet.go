@@ -112,6 +112,9 @@ type Fleet struct {
 	checkIns, errs atomic.Int64
 	mu             sync.Mutex
 	latencies      []time.Duration
+	// cycleLatencies are whole cycles': check-in, director poll and
+	// whatever the poll brought.
+	cycleLatencies []time.Duration
 	// started is when the measured window began (the first cycle after
 	// New or ResetStats); done when its last cycle so far ended.
 	started, done time.Time
@@ -257,20 +260,23 @@ func (f *Fleet) CycleUntil(ctx context.Context, end time.Time) bool {
 	}
 	f.mu.Unlock()
 	var mu sync.Mutex
-	var lat []time.Duration
+	var lat, whole []time.Duration
 	var n atomic.Int64
 	f.eachUntil(ctx, end, func(ctx context.Context, v *Vehicle) error {
 		n.Add(1)
+		t0 := time.Now()
 		d, err := f.cycle(ctx, v)
 		if d > 0 {
+			w := time.Since(t0)
 			mu.Lock()
-			lat = append(lat, d)
+			lat, whole = append(lat, d), append(whole, w)
 			mu.Unlock()
 		}
 		return err
 	})
 	f.mu.Lock()
 	f.latencies = append(f.latencies, lat...)
+	f.cycleLatencies = append(f.cycleLatencies, whole...)
 	f.done = time.Now()
 	f.mu.Unlock()
 	return n.Load() == int64(len(f.vehicles))
@@ -515,7 +521,10 @@ type Summary struct {
 	CheckIns int64
 	Errors   int64
 	Elapsed  time.Duration
-	P50, P99 time.Duration
+	// P50 and P99 are check-ins' latencies; CycleP50 and CycleP99 whole
+	// cycles' (check-in, director poll and what it brought).
+	P50, P99           time.Duration
+	CycleP50, CycleP99 time.Duration
 }
 
 // Rate is check-ins per second.
@@ -535,7 +544,7 @@ func (f *Fleet) SetCheckInOnly(on bool) { f.cfg.CheckInOnly = on }
 // cycles after it (to measure a steady state after a warm-up).
 func (f *Fleet) ResetStats() {
 	f.mu.Lock()
-	f.latencies, f.started, f.done = nil, time.Time{}, time.Time{}
+	f.latencies, f.cycleLatencies, f.started, f.done = nil, nil, time.Time{}, time.Time{}
 	f.mu.Unlock()
 	f.checkIns.Store(0)
 	f.errs.Store(0)
@@ -544,15 +553,18 @@ func (f *Fleet) ResetStats() {
 // Summary says what the cycles so far did.
 func (f *Fleet) Summary() Summary {
 	f.mu.Lock()
-	lat := slices.Clone(f.latencies)
+	lat, whole := slices.Clone(f.latencies), slices.Clone(f.cycleLatencies)
 	elapsed := f.done.Sub(f.started)
 	f.mu.Unlock()
-	slices.Sort(lat)
-	q := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(math.Ceil(p*float64(len(lat))))-1)]
+	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: max(elapsed, 0),
+		P50: quantile(lat, 0.50), P99: quantile(lat, 0.99), CycleP50: quantile(whole, 0.50), CycleP99: quantile(whole, 0.99)}
+}
+
+// quantile is the p-quantile of ds (sorted here), 0 if there are none.
+func quantile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
 	}
-	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: max(elapsed, 0), P50: q(0.50), P99: q(0.99)}
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, int(math.Ceil(p*float64(len(ds))))-1)]
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"strings"
 	"testing"
 )
@@ -13,14 +14,14 @@ BenchmarkServeVsNginx/download-1024MiB-2	1	 1 ns/op	 2000 nginx-MiB/s	0.95 ratio
 BenchmarkServerStreamsUSBBundle-2     	       1	 1 ns/op	 20.00 server-peak-RSS-MiB
 BenchmarkJobEvents-2                  	       1	 1 ns/op	 %e events/s
 BenchmarkFleet/sqlite/10000-2         	       1	 1 ns/op	 5000 checkins/s	 20.0 p99-ms	 14000 ed25519-verify/s
-BenchmarkFleet/sqlite/100000-2        	       1	 1 ns/op	 4800 checkins/s	 24.0 p99-ms	 14000 ed25519-verify/s
+BenchmarkFleet/sqlite/100000-2        	       1	 1 ns/op	 4800 checkins/s	 24.0 p99-ms	 %c cycles/s	 30.0 cycle-p99-ms	 1200 first-cycle-vehicles/s	 14000 ed25519-verify/s
 BenchmarkFleet/postgres/10000-2       	       1	 1 ns/op	 2500 checkins/s	 25.0 p99-ms	 14000 ed25519-verify/s
-BenchmarkFleet/postgres/100000-2      	       1	 1 ns/op	 %s checkins/s	 30.0 p99-ms	 14000 ed25519-verify/s
+BenchmarkFleet/postgres/100000-2      	       1	 1 ns/op	 %s checkins/s	 30.0 p99-ms	 1600 cycles/s	 %p cycle-p99-ms	 14000 ed25519-verify/s
 PASS
 `
 
 func TestTable(t *testing.T) {
-	tests := []struct {
+	type tableCase struct {
 		name   string
 		pgRate string
 		rss    string
@@ -28,18 +29,30 @@ func TestTable(t *testing.T) {
 		extra  string
 		wantOK bool
 		want   []string
+		cycles string // SQLite's full cycles/s ("": 2 100)
+		p99    string // PostgreSQL's full-cycle p99 ("": 40 ms)
+	}
+	tests := []tableCase{
+		{"all met", "2400", "13.00", "2400", "", true, []string{"| 36 000 | nginx: 40 000 | 0.90× | ≥ 0.8× | yes |", "| 600 | Go sha256 from memory: 1 000 | 0.60× | ≥ 0.5× | yes |", "at 10 000: 2 500/s, p99 25.0 ms | 0.96× | ≥ 0.8× | yes |", "| 2 400/s | ed25519 verifications/s, one core: 14 000 | 0.17× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | yes |", "| 13.0 MiB |  |  | ≤ 16.0 MiB | yes |"}, "", ""},
+		{"check-ins slow down with the fleet", "1500", "13.00", "2400", "", false, []string{"at 10 000: 2 500/s, p99 25.0 ms | 0.60× | ≥ 0.8× | NO |", "| 1 500/s | ed25519 verifications/s, one core: 14 000 | 0.11× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | NO |"}, "", ""},
+		{"job events too slow", "2400", "13.00", "1500", "", false, []string{"| job events/s, 32 vehicles reporting at once, SQLite (signed, over HTTP) | 1 500/s |  |  | ≥ 2 000/s | NO |"}, "", ""},
+		{"the agent grows past 16 MiB", "2400", "22.50", "2400", "", false, []string{"| agent peak RSS, 1 GiB image | 22.5 MiB |  |  | ≤ 16.0 MiB | NO |"}, "", ""},
+		{"a failed benchmark", "2400", "13.00", "2400", "--- FAIL: BenchmarkFleet\n", false, nil, "", ""},
+		{"go test exited non-zero", "2400", "13.00", "2400", "exit status 1\n", false, nil, "", ""},
+		{"go test exited zero", "2400", "13.00", "2400", "exit status 0\n", true, nil, "", ""},
+	}
+	for _, tt := range []struct {
+		name, cycles, p99 string
+		want              string
 	}{
-		{"all met", "2400", "13.00", "2400", "", true, []string{"| 36 000 | nginx: 40 000 | 0.90× | ≥ 0.8× | yes |", "| 600 | Go sha256 from memory: 1 000 | 0.60× | ≥ 0.5× | yes |", "at 10 000: 2 500/s, p99 25.0 ms | 0.96× | ≥ 0.8× | yes |", "| 2 400/s | ed25519 verifications/s, one core: 14 000 | 0.17× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | yes |", "| 13.0 MiB |  |  | ≤ 16.0 MiB | yes |"}},
-		{"check-ins slow down with the fleet", "1500", "13.00", "2400", "", false, []string{"at 10 000: 2 500/s, p99 25.0 ms | 0.60× | ≥ 0.8× | NO |", "| 1 500/s | ed25519 verifications/s, one core: 14 000 | 0.11× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | NO |"}},
-		{"job events too slow", "2400", "13.00", "1500", "", false, []string{"| job events/s, 32 vehicles reporting at once, SQLite (signed, over HTTP) | 1 500/s |  |  | ≥ 2 000/s | NO |"}},
-		{"the agent grows past 16 MiB", "2400", "22.50", "2400", "", false, []string{"| agent peak RSS, 1 GiB image | 22.5 MiB |  |  | ≤ 16.0 MiB | NO |"}},
-		{"a failed benchmark", "2400", "13.00", "2400", "--- FAIL: BenchmarkFleet\n", false, nil},
-		{"go test exited non-zero", "2400", "13.00", "2400", "exit status 1\n", false, nil},
-		{"go test exited zero", "2400", "13.00", "2400", "exit status 0\n", true, nil},
+		{"full cycles too slow", "1900", "", "| 1 900/s | ed25519 verifications/s, one core: 14 000 | 0.14× (p99 30.0 ms) | ≥ 2 000/s, p99 ≤ 50.0 ms | NO |"},
+		{"full cycles too slow at the tail", "", "60.0", "| 1 600/s | ed25519 verifications/s, one core: 14 000 | 0.11× (p99 60.0 ms) | ≥ 1 500/s, p99 ≤ 50.0 ms | NO |"},
+	} {
+		tests = append(tests, tableCase{name: tt.name, pgRate: "2400", rss: "13.00", events: "2400", cycles: tt.cycles, p99: tt.p99, want: []string{tt.want}})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := strings.NewReplacer("%s", tt.pgRate, "%r", tt.rss, "%e", tt.events).Replace(sample) + tt.extra
+			in := strings.NewReplacer("%s", tt.pgRate, "%r", tt.rss, "%e", tt.events, "%c", cmp.Or(tt.cycles, "2100"), "%p", cmp.Or(tt.p99, "40.0")).Replace(sample) + tt.extra
 			res, failed, err := parse(strings.NewReader(in))
 			if err != nil {
 				t.Fatal(err)
