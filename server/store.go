@@ -341,6 +341,10 @@ type DirectorHead struct {
 	// unchanged assignments are not re-signed.
 	AssignmentHash   string
 	TimestampExpires time.Time
+	// Timestamp is the body of timestamp.json at TimestampVersion, as
+	// DirectorHead reads it (nil when there is none): a poll of
+	// unchanged metadata is answered from the one read.
+	Timestamp []byte
 }
 
 // AuthRecord is the outcome of one connected-services handshake.

@@ -107,7 +107,9 @@ type Fleet struct {
 	vehicles []*Vehicle
 	root     []byte
 	rootOnce sync.Once
-	rootErr  error
+	// rootCheck checks the pinned root once: every vehicle pins the same.
+	rootCheck sync.Once
+	rootErr   error
 
 	checkIns, errs atomic.Int64
 	mu             sync.Mutex
@@ -330,7 +332,7 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 	}
 	dir := filepath.Join(f.cfg.StateDir, v.VIN)
 	if _, err := os.Stat(filepath.Join(dir, "root.json")); err != nil {
-		if err := tufclient.Pin(dir, root); err != nil {
+		if err := tufclient.PinChecked(dir, root); err != nil { // directorRoot checked it
 			return err
 		}
 	}
@@ -400,6 +402,11 @@ func (f *Fleet) directorRoot(ctx context.Context, v *Vehicle) ([]byte, error) {
 			return
 		}
 		f.root, f.rootErr = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	})
+	f.rootCheck.Do(func() {
+		if f.rootErr == nil {
+			f.rootErr = tufclient.CheckRoot(f.root) // once for the whole fleet
+		}
 	})
 	return f.root, f.rootErr
 }

@@ -412,6 +412,9 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 	if metas != nil {
 		return metas[2].Body, nil
 	}
+	if head.Timestamp != nil {
+		return head.Timestamp, nil
+	}
 	f, err := d.store.DirectorFile(ctx, v.VIN, metadata.TIMESTAMP, head.TimestampVersion)
 	return f.Body, err
 }

@@ -13,8 +13,10 @@ import (
 func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHead, error) {
 	h := server.DirectorHead{VIN: vin}
 	var exp int64
-	err := s.queryRow(ctx, `SELECT targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires FROM director_heads WHERE vin = ?`, vin).
-		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp)
+	err := s.queryRow(ctx, `SELECT h.targets_version, h.snapshot_version, h.timestamp_version, h.assignment_hash, h.timestamp_expires, f.body
+		FROM director_heads h LEFT JOIN director_files f ON f.vin = h.vin AND f.role = 'timestamp' AND f.version = h.timestamp_version
+		WHERE h.vin = ?`, vin).
+		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp, &h.Timestamp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return h, nil
 	}
@@ -27,8 +29,10 @@ func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHe
 const directorKeep = 8
 
 // SaveDirector implements server.DirectorMetadata.
+// A fleet's first cycle signs metadata for every vehicle, so saves are
+// group-committed, each in a savepoint of its own.
 func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
-	return s.wrap("save director metadata of "+next.VIN, s.tx(ctx, func(tx *sql.Tx) error {
+	return s.wrap("save director metadata of "+next.VIN, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
 		// The row may exist with version 0 (a USB bundle was counted first).
 		res, err := s.txExec(ctx, tx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (vin) DO UPDATE SET targets_version = excluded.targets_version, snapshot_version = excluded.snapshot_version,

@@ -31,11 +31,12 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
 	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused`
 
-func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
+// scanVehicle scans vehicleCols, then extra.
+func scanVehicle(sc interface{ Scan(...any) error }, extra ...any) (server.Vehicle, error) {
 	var v server.Vehicle
 	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew, refusedAt int64
-	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
-		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused)
+	err := sc.Scan(append([]any{&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused}, extra...)...)
 	v.RequestFaults.CheckInRefusedAt = fromMicros(refusedAt)
 	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
 	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
@@ -80,16 +81,38 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 }
 
 // Vehicle implements server.Vehicles.
+// The vehicle and its ECUs are one query (every director poll loads them).
 func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error) {
-	v, err := scanVehicle(s.queryRow(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin = ?`, vin))
-	if errors.Is(err, sql.ErrNoRows) {
-		return v, server.NoVehicle(vin)
-	} else if err != nil {
-		return v, s.wrap("vehicle "+vin, err)
+	rows, err := s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+`, e.serial, e.type, e.hardware_id, e.installed_target, e.installed_version, e.installed_sha256, e.reported_at
+		FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin WHERE v.vin = ? ORDER BY e.position`, vin)
+	if err != nil {
+		return server.Vehicle{}, s.wrap("vehicle "+vin, err)
 	}
-	ecus, err := s.loadECUs(ctx, []string{vin})
-	v.ECUs = ecus[vin]
-	return v, s.wrap("vehicle "+vin, err)
+	defer rows.Close()
+	var v server.Vehicle
+	found := false
+	for rows.Next() {
+		var serial, typ, hw, target, version, sum sql.NullString
+		var rep sql.NullInt64
+		row, err := scanVehicle(rows, &serial, &typ, &hw, &target, &version, &sum, &rep)
+		if err != nil {
+			return server.Vehicle{}, s.wrap("vehicle "+vin, err)
+		}
+		if !found {
+			v, found = row, true
+		}
+		if serial.Valid {
+			v.ECUs = append(v.ECUs, server.ECU{Serial: serial.String, Type: typ.String, HardwareID: hw.String, InstalledTarget: target.String,
+				InstalledVersion: version.String, InstalledSHA256: sum.String, ReportedAt: fromMicros(rep.Int64)})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return server.Vehicle{}, s.wrap("vehicle "+vin, err)
+	}
+	if !found {
+		return v, server.NoVehicle(vin)
+	}
+	return v, nil
 }
 
 // ListVehicles implements server.Vehicles: keyset pagination by VIN, so every
