@@ -17,9 +17,10 @@ import (
 
 // Dialect is SQLite's.
 var Dialect = sqlstore.Dialect{
-	Name:   "sqlite",
-	AutoID: "INTEGER PRIMARY KEY AUTOINCREMENT",
-	Blob:   "BLOB",
+	Name:        "sqlite",
+	AutoID:      "INTEGER PRIMARY KEY AUTOINCREMENT",
+	Blob:        "BLOB",
+	GroupCommit: true,
 	IsUnique: func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 	},

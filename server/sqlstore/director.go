@@ -30,7 +30,8 @@ const directorKeep = 8
 
 // SaveDirector implements server.DirectorMetadata.
 // A fleet's first cycle signs metadata for every vehicle, so saves are
-// group-committed, each in a savepoint of its own.
+// group-committed where the dialect does (SQLite), each in a savepoint of
+// its own.
 func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
 	return s.wrap("save director metadata of "+next.VIN, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
 		// The row may exist with version 0 (a USB bundle was counted first).

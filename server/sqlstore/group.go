@@ -9,9 +9,9 @@ import (
 )
 
 // Group commit. The writes every vehicle request makes (its nonce, its
-// check-in's report) are small and many; one transaction each spent the
-// server's time taking SQLite's one write lock and committing (and on
-// PostgreSQL, a WAL flush per request). Concurrent requests' writes are
+// check-in's report) are small and many; on SQLite, one transaction each
+// spent the server's time taking the one write lock and committing.
+// Concurrent requests' writes are
 // instead queued and run by one writer, many to a transaction: each
 // caller still returns only once its write is committed (or has failed),
 // so nothing is acknowledged that is not durable.
@@ -51,7 +51,12 @@ type writeGroup struct {
 // without isolation an error fails the whole group, so use it only for
 // statements that cannot fail on their own, such as an INSERT ... ON
 // CONFLICT DO NOTHING).
+//
+// Without the dialect's GroupCommit, fn runs in a transaction of its own.
 func (s *Store) grouped(ctx context.Context, isolated bool, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	if !s.d.GroupCommit {
+		return s.tx(ctx, func(tx *sql.Tx) error { return fn(ctx, tx) })
+	}
 	op := &groupOp{ctx: ctx, fn: fn, isolated: isolated, done: make(chan error, 1)}
 	g := &s.group
 	g.mu.Lock()

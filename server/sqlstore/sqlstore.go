@@ -32,6 +32,12 @@ type Dialect struct {
 	// ForUpdate locks selected rows to the transaction (" FOR UPDATE");
 	// empty where transactions lock the whole database for writing anyway.
 	ForUpdate string
+	// GroupCommit makes concurrent requests' small writes share one
+	// transaction (see grouped): where one writer at a time is the
+	// model (SQLite), that is fewer turns of the write lock. PostgreSQL
+	// runs concurrent transactions in parallel and flushes its WAL for
+	// many commits at once by itself; one writer there was a bottleneck.
+	GroupCommit bool
 }
 
 // Store is a server.Store on a *sql.DB.

@@ -169,8 +169,8 @@ func prefixCols(p, cols string) string {
 }
 
 // ReportECUs implements server.Vehicles.
-// Every check-in makes one, so they are group-committed, each in a
-// savepoint of its own.
+// Every check-in makes one, so they are group-committed where the dialect
+// does (SQLite), each in a savepoint of its own.
 func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h server.Health, at time.Time) error {
 	return s.wrap("report ECUs of "+vin, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
 		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?`, []any{micros(at), h.Active}
@@ -231,18 +231,27 @@ func (s *Store) pruneEpisodes(ctx context.Context, tx *sql.Tx, vin string) error
 }
 
 // UseNonce implements server.Vehicles.
-// Every signed vehicle request uses one, so they are group-committed.
+// Every signed vehicle request uses one, so they are group-committed
+// where the dialect does (SQLite).
 func (s *Store) UseNonce(ctx context.Context, vin, nonce string, at time.Time) error {
+	const insert = `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?) ON CONFLICT (vin, nonce) DO NOTHING`
 	used := false
-	err := s.grouped(ctx, false, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := s.txExec(ctx, tx, `INSERT INTO nonces (vin, nonce, used_at) VALUES (?, ?, ?) ON CONFLICT (vin, nonce) DO NOTHING`, vin, nonce, micros(at))
+	took := func(res sql.Result, err error) error {
 		if err != nil {
 			return err
 		}
 		n, err := res.RowsAffected()
 		used = n == 0
 		return err
-	})
+	}
+	var err error
+	if s.d.GroupCommit {
+		err = s.grouped(ctx, false, func(ctx context.Context, tx *sql.Tx) error {
+			return took(s.txExec(ctx, tx, insert, vin, nonce, micros(at)))
+		})
+	} else {
+		err = took(s.exec(ctx, insert, vin, nonce, micros(at))) // one statement: no transaction to wrap it in
+	}
 	if err == nil && used {
 		return server.Errorf(server.KindConflict, "nonce: already used")
 	}
