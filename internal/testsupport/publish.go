@@ -57,9 +57,8 @@ func (s *PublishServer) Publishes() int {
 func (s *PublishServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fail := func(status int, code, msg string) { writeError(w, status, code, msg) }
 	if r.Method != http.MethodHead && r.Header.Get("Authorization") != "Bearer "+s.token {
-		fail(http.StatusUnauthorized, "unauthorized", "unknown bearer token")
+		writeError(w, http.StatusUnauthorized, "unauthorized", "unknown bearer token")
 		return
 	}
 	switch {
@@ -77,7 +76,7 @@ func (s *PublishServer) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 	case r.Method == http.MethodPost && r.URL.Path == "/api/v1/repo/publish":
 		if s.refuseCode != "" {
-			fail(http.StatusBadRequest, s.refuseCode, "refused by the test")
+			writeError(w, http.StatusBadRequest, s.refuseCode, "refused by the test")
 			return
 		}
 		var body struct {
@@ -85,12 +84,12 @@ func (s *PublishServer) serve(w http.ResponseWriter, r *http.Request) {
 			ImageRoots []json.RawMessage `json:"imageRoots"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || len(body.ImageRoots) == 0 {
-			fail(http.StatusBadRequest, "invalid", "want targets and imageRoots")
+			writeError(w, http.StatusBadRequest, "invalid", "want targets and imageRoots")
 			return
 		}
 		root, err := (&metadata.Metadata[metadata.RootType]{}).FromBytes(body.ImageRoots[len(body.ImageRoots)-1])
 		if err != nil {
-			fail(http.StatusBadRequest, "invalid", err.Error())
+			writeError(w, http.StatusBadRequest, "invalid", err.Error())
 			return
 		}
 		tm, err := (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(body.Targets)
@@ -98,7 +97,7 @@ func (s *PublishServer) serve(w http.ResponseWriter, r *http.Request) {
 			err = root.VerifyDelegate(metadata.TARGETS, tm)
 		}
 		if err != nil {
-			fail(http.StatusBadRequest, "bad_signature", err.Error())
+			writeError(w, http.StatusBadRequest, "bad_signature", err.Error())
 			return
 		}
 		s.publishes++

@@ -281,12 +281,9 @@ func (s *Service) cancel(ctx context.Context, by server.Principal, id, why strin
 			j.State = server.JobCanceled
 		}
 		j.UpdatedAt = now
-		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+		if err := s.store.UpdateJob(ctx, j, from, ev); errors.Is(err, server.ErrConflict) {
 			continue
 		} else if err != nil {
-			return j, err
-		}
-		if err := s.store.AddJobEvent(ctx, j.ID, ev); err != nil {
 			return j, err
 		}
 		if err := auditlog.Record(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
@@ -435,13 +432,10 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		}
 		from := j.State
 		j.State, j.UpdatedAt = server.JobTimedOut, now
-		if err := s.store.UpdateJob(ctx, j, from); errors.Is(err, server.ErrConflict) {
+		msg := fmt.Sprintf("no report from the vehicle for %s", s.cfg.Timeout)
+		if err := s.store.UpdateJob(ctx, j, from, server.JobEvent{At: now, Kind: server.JobTimedOut, Message: msg}); errors.Is(err, server.ErrConflict) {
 			continue
 		} else if err != nil {
-			return n, err
-		}
-		msg := fmt.Sprintf("no report from the vehicle for %s", s.cfg.Timeout)
-		if err := s.store.AddJobEvent(ctx, j.ID, server.JobEvent{At: now, Kind: server.JobTimedOut, Message: msg}); err != nil {
 			return n, err
 		}
 		if err := auditlog.Record(ctx, s.store, now, server.System, "job.state", j.ID, from+" -> timed_out: "+msg); err != nil {

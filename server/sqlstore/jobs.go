@@ -131,7 +131,7 @@ func (s *Store) jobs(ctx context.Context, what, where string, args ...any) ([]se
 func (s *Store) JobHead(ctx context.Context, id string) (server.Job, error) {
 	var n int
 	row := s.queryRow(ctx, `SELECT `+jobCols+`, (SELECT COUNT(*) FROM job_events e WHERE e.job_id = jobs.id) FROM jobs WHERE id = ?`, id)
-	j, err := scanJob(scanWith{row, &n})
+	j, err := scanJob(scanWith{row, []any{&n}})
 	if errors.Is(err, sql.ErrNoRows) {
 		return j, server.Errorf(server.KindNotFound, "no job %s", id)
 	}
@@ -142,10 +142,10 @@ func (s *Store) JobHead(ctx context.Context, id string) (server.Job, error) {
 // scanWith scans a row into what the wrapped scan asks for, then extra.
 type scanWith struct {
 	row   interface{ Scan(...any) error }
-	extra any
+	extra []any
 }
 
-func (w scanWith) Scan(dest ...any) error { return w.row.Scan(append(dest, w.extra)...) }
+func (w scanWith) Scan(dest ...any) error { return w.row.Scan(append(dest, w.extra...)...) }
 
 // Job implements server.Jobs.
 func (s *Store) Job(ctx context.Context, id string) (server.Job, error) {
@@ -168,6 +168,8 @@ func (s *Store) JobsByVIN(ctx context.Context, vin string) ([]server.Job, error)
 func (s *Store) OpenJobs(ctx context.Context, limit int) ([]server.Job, error) {
 	return s.jobs(ctx, "open jobs", `state IN ('queued', 'in_progress') ORDER BY created_at, id LIMIT ?`, limit)
 }
+
+const insertJobEvent = `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`
 
 // UpdateJob implements server.Jobs: one statement without events, one
 // transaction with them (a progress report is one commit, not two).
@@ -197,8 +199,7 @@ func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events
 			return err
 		}
 		for _, e := range events {
-			if _, err := s.txExec(ctx, tx, `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`,
-				j.ID, micros(e.At), e.Kind, e.Percent, e.Message); err != nil {
+			if _, err := s.txExec(ctx, tx, insertJobEvent, j.ID, micros(e.At), e.Kind, e.Percent, e.Message); err != nil {
 				return err
 			}
 		}
@@ -208,8 +209,7 @@ func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events
 
 // AddJobEvent implements server.Jobs.
 func (s *Store) AddJobEvent(ctx context.Context, id string, e server.JobEvent) error {
-	_, err := s.exec(ctx, `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`,
-		id, micros(e.At), e.Kind, e.Percent, e.Message)
+	_, err := s.exec(ctx, insertJobEvent, id, micros(e.At), e.Kind, e.Percent, e.Message)
 	return s.wrap("job event", err)
 }
 

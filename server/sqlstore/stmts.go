@@ -25,7 +25,9 @@ type stmts struct {
 	// connection (and re-creates the database file) after the store
 	// is closed.
 	warmers sync.WaitGroup
-	stop    chan struct{} // closed by Close: warmers give up
+	// base is the warmers' context, canceled by Close: they give up.
+	base   context.Context
+	cancel context.CancelFunc
 }
 
 // prepared returns the cached statement for query (already rewritten for
@@ -118,22 +120,15 @@ func (s *Store) cached(query string) (*sql.Stmt, bool) {
 			s.stmts.warming = map[string]bool{}
 		}
 		s.stmts.warming[query] = true
-		if s.stmts.stop == nil {
-			s.stmts.stop = make(chan struct{})
+		if s.stmts.base == nil {
+			s.stmts.base, s.stmts.cancel = context.WithCancel(context.Background())
 		}
-		stop := s.stmts.stop
+		base := s.stmts.base
 		s.stmts.warmers.Add(1)
 		go func() {
 			defer s.stmts.warmers.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(base, 10*time.Second)
 			defer cancel()
-			go func() {
-				select {
-				case <-stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
 			if _, done, err := s.prepared(ctx, query); err == nil {
 				done()
 			}
@@ -179,8 +174,8 @@ func (s *Store) closeStatements() {
 		return
 	}
 	s.stmts.closed = true
-	if s.stmts.stop != nil {
-		close(s.stmts.stop)
+	if s.stmts.cancel != nil {
+		s.stmts.cancel()
 	}
 	s.stmts.mu.Unlock()
 	s.stmts.warmers.Wait()

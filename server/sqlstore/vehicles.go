@@ -31,12 +31,11 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
 	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused`
 
-// scanVehicle scans vehicleCols, then extra.
-func scanVehicle(sc interface{ Scan(...any) error }, extra ...any) (server.Vehicle, error) {
+func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
 	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew, refusedAt int64
-	err := sc.Scan(append([]any{&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
-		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused}, extra...)...)
+	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused)
 	v.RequestFaults.CheckInRefusedAt = fromMicros(refusedAt)
 	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
 	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
@@ -94,7 +93,7 @@ func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
 	for rows.Next() {
 		var serial, typ, hw, target, version, sum sql.NullString
 		var rep sql.NullInt64
-		row, err := scanVehicle(rows, &serial, &typ, &hw, &target, &version, &sum, &rep)
+		row, err := scanVehicle(scanWith{rows, []any{&serial, &typ, &hw, &target, &version, &sum, &rep}})
 		if err != nil {
 			return server.Vehicle{}, s.wrap("vehicle "+vin, err)
 		}
