@@ -345,6 +345,15 @@ type DirectorHead struct {
 	// DirectorHead reads it (nil when there is none): a poll of
 	// unchanged metadata is answered from the one read.
 	Timestamp []byte
+	// Basis is what the assignment was last decided on (see
+	// director.Service.Timestamp); empty when it must be decided again
+	// at every poll.
+	Basis string
+	// VehicleGen and CampaignGen are read with the head, not stored in
+	// it: how many times the vehicle's own assignment inputs (its jobs,
+	// the images its ECUs report, its ECUs) and any campaign have
+	// changed so far.
+	VehicleGen, CampaignGen int64
 }
 
 // AuthRecord is the outcome of one connected-services handshake.
@@ -516,6 +525,10 @@ type DirectorMetadata interface {
 	// SaveDirector stores new metadata files and the new head, if the head
 	// is still prev (ErrConflict otherwise: another replica got there first).
 	SaveDirector(ctx context.Context, prev, next DirectorHead, files []DirectorMeta) error
+	// SaveDirectorBasis records the basis an unchanged assignment was
+	// decided on again, if the head's timestamp is still version
+	// (nothing otherwise: a newer head has a basis of its own).
+	SaveDirectorBasis(ctx context.Context, vin string, version int64, basis string) error
 	DirectorFile(ctx context.Context, vin, role string, version int64) (DirectorMeta, error)
 	// NextBundleVersion returns the next version of the VIN's USB bundle
 	// metadata (1, 2, ...), durable and never handed out twice.

@@ -133,7 +133,21 @@ type Assigned struct {
 // Assignment decides what each ECU of v must run, without changing
 // anything (see assign).
 func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned, error) {
-	return d.assign(ctx, v, recordNothing)
+	dec, err := d.assign(ctx, v, recordNothing)
+	return dec.As, err
+}
+
+// decision is an assignment with what it was decided from.
+type decision struct {
+	As []Assigned
+	// ImageVersion is the version of the image repository's targets it
+	// was decided on.
+	ImageVersion int64
+	// Volatile is set when it depends on more than the stored inputs:
+	// on the clock (a job waiting for its retry time) or on a job's
+	// success that the ECU has yet to report. It is then decided again
+	// at every poll until it settles.
+	Volatile bool
 }
 
 // What assign writes down.
@@ -160,27 +174,36 @@ const (
 // written down: an auto-assigned install the ECU does not run yet gets a
 // job, and open auto-assign jobs that no longer match the decision are
 // superseded.
-func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode) ([]Assigned, error) {
+func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode) (decision, error) {
 	record := mode != recordNothing && d.jobs != nil
-	targets, _, err := d.images.CurrentTargets(ctx)
+	var dec decision
+	targets, iv, err := d.images.CurrentTargets(ctx)
 	if err != nil {
-		return nil, err
+		return dec, err
 	}
+	dec.ImageVersion = iv
 	jobs, err := d.store.JobsByVIN(ctx, v.VIN)
 	if err != nil {
-		return nil, err
+		return dec, err
 	}
 	covered, held := map[string]bool{}, map[string]bool{}
 	if d.campaigns != nil && d.autoAssign == AutoLatest {
 		if covered, err = d.campaigns.CampaignTargets(ctx); err != nil {
-			return nil, err
+			return dec, err
 		}
 		if held, err = d.campaigns.CampaignHolds(ctx, v.VIN); err != nil {
-			return nil, err
+			return dec, err
 		}
 	}
 	now := d.now()
 	var out []Assigned
+	// fromJob is d.fromJob, noting a job that waits for its retry time.
+	fromJob := func(e server.ECU, j server.Job) (Assigned, bool) {
+		if j.State == server.JobQueued && j.NextAttemptAt.After(now) {
+			dec.Volatile = true
+		}
+		return d.fromJob(e, j, targets, now)
+	}
 	for _, e := range v.ECUs {
 		var dealer, campaign *server.Job
 		var autos []server.Job
@@ -190,6 +213,7 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 			if j.ECUSerial == e.Serial && j.State == server.JobSucceeded && j.UpdatedAt.After(e.ReportedAt) {
 				if tf, ok := targets[j.TargetPath]; ok {
 					e.InstalledSHA256, e.ReportedAt = hex.EncodeToString(tf.Hashes["sha256"]), j.UpdatedAt
+					dec.Volatile = true
 				}
 			}
 			switch {
@@ -227,18 +251,18 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 				autos = append(autos, *campaign) // a dealer's job beats a campaign's too
 			}
 			if _, err := supersede("", "superseded by dealer job "+dealer.ID); err != nil {
-				return nil, err
+				return dec, err
 			}
-			if a, ok := d.fromJob(e, *dealer, targets, now); ok {
+			if a, ok := fromJob(e, *dealer); ok {
 				out = append(out, a)
 			}
 			continue
 		}
 		if campaign != nil {
 			if _, err := supersede("", "superseded by campaign job "+campaign.ID); err != nil {
-				return nil, err
+				return dec, err
 			}
-			if a, ok := d.fromJob(e, *campaign, targets, now); ok {
+			if a, ok := fromJob(e, *campaign); ok {
 				out = append(out, a)
 			}
 			continue
@@ -246,7 +270,7 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		p, tf, c, ok := latest(targets, e, covered)
 		if d.autoAssign != AutoLatest || !ok || held[e.Serial] {
 			if _, err := supersede("", "auto-assign no longer assigns an image to this ECU"); err != nil {
-				return nil, err
+				return dec, err
 			}
 			continue
 		}
@@ -262,7 +286,7 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		}
 		pending, err := supersede(keep, "superseded by "+p)
 		if err != nil {
-			return nil, err
+			return dec, err
 		}
 		if job == nil && failedBefore(jobs, e.Serial, p) {
 			continue
@@ -275,19 +299,20 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		if job == nil && record && !pending && (known || mode == recordAll) && e.InstalledSHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
 			j, err := d.jobs.CreateAuto(ctx, v, e, p, c)
 			if err != nil {
-				return nil, err // ErrConflict: another request recorded it first
+				return dec, err // ErrConflict: another request recorded it first
 			}
 			job = &j
 		}
 		if job != nil {
-			if a, ok := d.fromJob(e, *job, targets, now); ok {
+			if a, ok := fromJob(e, *job); ok {
 				out = append(out, a)
 			}
 			continue
 		}
 		out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
 	}
-	return out, nil
+	dec.As = out
+	return dec, nil
 }
 
 // fromJob is what an open job assigns to e: its image, unless the job
@@ -402,10 +427,15 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 	return files, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// Timestamp returns the VIN's current timestamp.json, re-signing the
-// director metadata first if the assignment changed or it is half expired.
-func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, error) {
-	head, metas, err := d.refresh(ctx, v)
+// Timestamp returns the VIN's current timestamp.json. A poll of unchanged
+// metadata costs one read: when nothing the assignment is decided from
+// changed since it was last decided (the head's basis: the vehicle's and
+// the campaigns' generations, the image repository's targets version and
+// this director's policy) and the metadata is not half expired, the
+// stored timestamp is the answer. Otherwise load gives the vehicle, the
+// assignment is decided again, and re-signed if it changed.
+func (d *Service) Timestamp(ctx context.Context, vin string, load func(context.Context) (server.Vehicle, error)) ([]byte, error) {
+	head, metas, err := d.refresh(ctx, vin, load)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +445,7 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 	if head.Timestamp != nil {
 		return head.Timestamp, nil
 	}
-	f, err := d.store.DirectorFile(ctx, v.VIN, metadata.TIMESTAMP, head.TimestampVersion)
+	f, err := d.store.DirectorFile(ctx, vin, metadata.TIMESTAMP, head.TimestampVersion)
 	return f.Body, err
 }
 
@@ -427,13 +457,14 @@ func (d *Service) Timestamp(ctx context.Context, v server.Vehicle) ([]byte, erro
 // a newer one. None of it is stored: the vehicle's online metadata, and
 // its expiry, are untouched.
 func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBundle) ([]server.DirectorMeta, []Assigned, error) {
-	var as []Assigned
+	var dec decision
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		if as, err = d.assign(ctx, v, recordAll); !errors.Is(err, server.ErrConflict) {
+		if dec, err = d.assign(ctx, v, recordAll); !errors.Is(err, server.ErrConflict) {
 			break
 		}
 	}
+	as := dec.As
 	if err != nil {
 		return nil, nil, err
 	}
@@ -457,32 +488,56 @@ func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBun
 // stand).
 // Concurrent refreshes (other requests, other replicas) are resolved by
 // the store: the loser reloads and uses the winner's metadata.
-func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.DirectorHead, []server.DirectorMeta, error) {
+func (d *Service) refresh(ctx context.Context, vin string, load func(context.Context) (server.Vehicle, error)) (server.DirectorHead, []server.DirectorMeta, error) {
 	life := d.expiry
 	for attempt := 0; attempt < 5; attempt++ {
-		head, err := d.store.DirectorHead(ctx, v.VIN)
+		// The head (with the generations) is read before the inputs, so
+		// a change made meanwhile is decided again at the next poll.
+		head, err := d.store.DirectorHead(ctx, vin)
 		if err != nil {
 			return head, nil, err
 		}
-		as, err := d.assign(ctx, v, recordReported)
+		now := d.now()
+		current := head.TimestampVersion > 0 && head.TimestampExpires.Sub(now) > life/2 && head.TimestampVersion >= d.floor
+		if current && head.Basis != "" && head.Timestamp != nil {
+			if iv, err := d.imageVersion(ctx); err != nil {
+				return head, nil, err
+			} else if head.Basis == d.basis(head, iv) {
+				return head, nil, nil
+			}
+		}
+		v, err := load(ctx)
+		if err != nil {
+			return head, nil, err
+		}
+		dec, err := d.assign(ctx, v, recordReported)
 		if errors.Is(err, server.ErrConflict) {
 			continue
 		}
 		if err != nil {
 			return head, nil, err
 		}
-		files, hash, err := build(v.VIN, as)
+		files, hash, err := build(vin, dec.As)
 		if err != nil {
 			return head, nil, err
 		}
-		now := d.now()
-		if head.TimestampVersion > 0 && hash == head.AssignmentHash && head.TimestampExpires.Sub(now) > life/2 && head.TimestampVersion >= d.floor {
+		basis := ""
+		if !dec.Volatile {
+			basis = d.basis(head, dec.ImageVersion)
+		}
+		if current && hash == head.AssignmentHash {
+			if basis != head.Basis {
+				if err := d.store.SaveDirectorBasis(ctx, vin, head.TimestampVersion, basis); err != nil {
+					return head, nil, err
+				}
+			}
 			return head, nil, nil
 		}
-		next, metas, err := d.Sign(v.VIN, head, files, hash, now, life)
+		next, metas, err := d.Sign(vin, head, files, hash, now, life)
 		if err != nil {
 			return head, nil, err
 		}
+		next.Basis = basis
 		err = d.store.SaveDirector(ctx, head, next, metas)
 		if errors.Is(err, server.ErrConflict) {
 			continue
@@ -490,10 +545,28 @@ func (d *Service) refresh(ctx context.Context, v server.Vehicle) (server.Directo
 		if err != nil {
 			return head, nil, err
 		}
-		d.log.Info("signed director metadata", "vin", v.VIN, "targets", next.TargetsVersion, "timestamp", next.TimestampVersion, "ecus_assigned", len(as))
+		d.log.Info("signed director metadata", "vin", vin, "targets", next.TargetsVersion, "timestamp", next.TimestampVersion, "ecus_assigned", len(dec.As))
 		return next, metas, nil
 	}
-	return server.DirectorHead{}, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", v.VIN)
+	return server.DirectorHead{}, nil, server.Errorf(server.KindUnavailable, "director metadata for %s is being regenerated concurrently; retry", vin)
+}
+
+// basis is what an assignment decided now, after head was read, was
+// decided on: the vehicle's and the campaigns' generations read with the
+// head, the image repository's targets version, and the director's own
+// policy.
+func (d *Service) basis(head server.DirectorHead, imageVersion int64) string {
+	return fmt.Sprintf("v%d.c%d.i%d.%s.f%d", head.VehicleGen, head.CampaignGen, imageVersion, d.autoAssign, d.floor)
+}
+
+// imageVersion is the version of the image repository's targets this
+// replica serves.
+func (d *Service) imageVersion(ctx context.Context) (int64, error) {
+	if d.images == nil {
+		return 0, nil
+	}
+	_, v, err := d.images.CurrentTargets(ctx)
+	return v, err
 }
 
 // Sign signs director targets (files), snapshot and timestamp for a VIN

@@ -94,6 +94,9 @@ func newWorld(t testing.TB) *world {
 
 func (w *world) clock() time.Time { return w.now }
 
+// load is how the director reads the vehicle when it decides again.
+func (w *world) load(ctx context.Context) (server.Vehicle, error) { return w.store.Vehicle(ctx, vin) }
+
 func (w *world) director(t *testing.T, auto string, c director.Campaigns, floor int64) *director.Service {
 	t.Helper()
 	d, err := director.New(director.Config{Store: w.store, Images: catalog, Keys: w.keys, Jobs: w.jobs, Campaigns: c,
@@ -279,9 +282,9 @@ func TestPrecedence(t *testing.T) {
 // job superseded by a dealer's is canceled.
 func TestTimestampRecordsAutoAssignAsJobs(t *testing.T) {
 	w := newWorld(t)
-	v := w.vehicle(t, map[string]string{"HU1": "hu-1.0.bin"})
+	w.vehicle(t, map[string]string{"HU1": "hu-1.0.bin"})
 	d := w.director(t, director.AutoLatest, nil, 0)
-	if _, err := d.Timestamp(ctx, v); err != nil {
+	if _, err := d.Timestamp(ctx, vin, w.load); err != nil {
 		t.Fatal(err)
 	}
 	js, err := w.store.JobsByVIN(ctx, vin)
@@ -292,7 +295,7 @@ func TestTimestampRecordsAutoAssignAsJobs(t *testing.T) {
 		t.Fatalf("jobs after a fetch: %+v (want one auto-assign job for HU1: DCM1 never reported)", js)
 	}
 	dealer := w.job(t, "HU1", "hu-1.0.bin", server.OriginDealer, server.JobQueued)
-	if _, err := d.Timestamp(ctx, v); err != nil {
+	if _, err := d.Timestamp(ctx, vin, w.load); err != nil {
 		t.Fatal(err)
 	}
 	auto, err := w.store.Job(ctx, js[0].ID)
@@ -309,11 +312,11 @@ func TestTimestampRecordsAutoAssignAsJobs(t *testing.T) {
 // the floor; the VIN is signed in; files are served by version.
 func TestSigningVersions(t *testing.T) {
 	w := newWorld(t)
-	v := w.vehicle(t, nil)
+	w.vehicle(t, nil)
 	d := w.director(t, director.AutoNone, nil, 0)
 	version := func() (int64, string) {
 		t.Helper()
-		raw, err := d.Timestamp(ctx, v)
+		raw, err := d.Timestamp(ctx, vin, w.load)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -362,13 +365,127 @@ func TestSigningVersions(t *testing.T) {
 
 	// A restored server signs at or above its floor.
 	floored := w.director(t, director.AutoNone, nil, 50)
-	raw, err := floored.Timestamp(ctx, v)
+	raw, err := floored.Timestamp(ctx, vin, w.load)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts, _ := (&metadata.Metadata[metadata.TimestampType]{}).FromBytes(raw)
 	if ts.Signed.Version < 50 {
 		t.Fatalf("after a restore: timestamp v%d, want ≥ 50", ts.Signed.Version)
+	}
+}
+
+// versioned is an image repository whose targets version can change.
+type versioned struct {
+	images
+	v int64
+}
+
+func (i *versioned) CurrentTargets(context.Context) (map[string]*metadata.TargetFiles, int64, error) {
+	return i.images, i.v, nil
+}
+
+// TestPollOfUnchangedMetadata: once decided, a poll is one read of the
+// stored head and timestamp, and neither reads the vehicle nor decides
+// again; each change the assignment depends on makes the next poll
+// decide again, and a check-in that reports nothing new does not.
+func TestPollOfUnchangedMetadata(t *testing.T) {
+	w := newWorld(t)
+	w.vehicle(t, map[string]string{"HU1": "hu-1.0.bin", "DCM1": "dcm-1.0.bin"})
+	repo := &versioned{images: catalog, v: 1}
+	d, err := director.New(director.Config{Store: w.store, Images: repo, Keys: w.keys, Jobs: w.jobs, Campaigns: w.store,
+		AutoAssign: director.AutoNone, Expiry: 24 * time.Hour, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statements, loads int
+	w.store.TraceQueries(func(string, []any) { statements++ })
+	defer w.store.TraceQueries(nil)
+	// poll fetches the timestamp; it says whether the assignment was
+	// decided again (the vehicle read), and the version served.
+	poll := func(step string) (bool, int64) {
+		t.Helper()
+		statements, loads = 0, 0
+		raw, err := d.Timestamp(ctx, vin, func(ctx context.Context) (server.Vehicle, error) {
+			loads++
+			return w.load(ctx)
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		ts, err := (&metadata.Metadata[metadata.TimestampType]{}).FromBytes(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if loads == 0 && statements != 1 {
+			t.Fatalf("%s: a poll of unchanged metadata ran %d statements, want 1", step, statements)
+		}
+		return loads > 0, ts.Signed.Version
+	}
+	report := func(dcm string) func() {
+		return func() {
+			e := server.ECU{Serial: "DCM1", InstalledTarget: dcm, InstalledSHA256: sumOf(catalog[dcm])}
+			if err := w.store.ReportECUs(ctx, vin, []server.ECU{e}, server.Health{}, w.now); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var dealer server.Job
+	steps := []struct {
+		name    string
+		do      func()
+		decided bool
+		version int64
+	}{
+		{"first poll", func() {}, true, 1},
+		{"nothing changed", func() { w.now = w.now.Add(time.Minute) }, false, 1},
+		{"a check-in reporting what it said before", report("dcm-1.0.bin"), false, 1},
+		{"a dealer job", func() { dealer = w.job(t, "DCM1", "dcm-2.0.bin", server.OriginDealer, server.JobQueued) }, true, 2},
+		{"after it", func() {}, false, 2},
+		{"the job in progress (same assignment)", func() {
+			j := dealer
+			j.State, j.UpdatedAt = server.JobInProgress, w.now
+			if err := w.store.UpdateJob(ctx, j, server.JobQueued); err != nil {
+				t.Fatal(err)
+			}
+		}, true, 2},
+		{"after it, nothing decided again", func() {}, false, 2},
+		{"a check-in reporting another image", report("dcm-2.0.bin"), true, 2},
+		{"an image repository publish", func() { repo.v++ }, true, 2},
+		{"a campaign created", func() {
+			c := server.Campaign{ID: uuid.NewString(), Name: "c", State: server.CampaignDraft, CreatedAt: w.now, UpdatedAt: w.now}
+			if err := w.store.CreateCampaign(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}, true, 2},
+		{"a replaced DCM", func() {
+			if err := w.store.ReplaceECU(ctx, vin, "DCM1", server.ECU{Serial: "DCM2", HardwareID: "DCM-A"}, []byte{2}); err != nil {
+				t.Fatal(err)
+			}
+		}, true, 3},
+		{"half its life", func() { w.now = w.now.Add(13 * time.Hour) }, true, 4},
+		{"settled again", func() {}, false, 4},
+	}
+	for _, s := range steps {
+		s.do()
+		decided, version := poll(s.name)
+		if decided != s.decided || version != s.version {
+			t.Fatalf("%s: decided again %v, timestamp v%d; want %v, v%d", s.name, decided, version, s.decided, s.version)
+		}
+	}
+	// A job waiting for its retry time is decided at every poll until then.
+	w.job(t, "HU1", "hu-2.0.bin", server.OriginDealer, server.JobQueued, func(j *server.Job) { j.NextAttemptAt = w.now.Add(time.Hour) })
+	for i, want := range []bool{true, true} {
+		if decided, _ := poll("retry wait"); decided != want {
+			t.Fatalf("poll %d while a job waits for its retry: decided again %v, want %v", i, decided, want)
+		}
+	}
+	w.now = w.now.Add(2 * time.Hour)
+	if _, v := poll("retry time came"); v != 5 {
+		t.Fatalf("once the retry time came: timestamp v%d, want 5 (the job assigned)", v)
+	}
+	if decided, _ := poll("settled"); decided {
+		t.Fatal("settled after the retry: decided again")
 	}
 }
 
@@ -428,7 +545,7 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 // timestamp when nothing changed (a few finished jobs in its history).
 func BenchmarkTimestampUnchanged(b *testing.B) {
 	w := newWorld(b)
-	v := w.vehicle(b, map[string]string{"HU1": "hu-1.0.bin", "DCM1": "dcm-1.0.bin"})
+	w.vehicle(b, map[string]string{"HU1": "hu-1.0.bin", "DCM1": "dcm-1.0.bin"})
 	for _, p := range []string{"hu-2.0.bin", "hu-1.0.bin"} {
 		w.job(b, "HU1", p, server.OriginDealer, server.JobSucceeded)
 	}
@@ -437,13 +554,13 @@ func BenchmarkTimestampUnchanged(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := d.Timestamp(ctx, v); err != nil {
+	if _, err := d.Timestamp(ctx, vin, w.load); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		if _, err := d.Timestamp(ctx, v); err != nil {
+		if _, err := d.Timestamp(ctx, vin, w.load); err != nil {
 			b.Fatal(err)
 		}
 	}

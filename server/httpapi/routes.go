@@ -514,15 +514,14 @@ func (a *api) directorFile(c *gin.Context) {
 		serveFile(c, name, f)
 		return
 	}
+	// Only the vehicle itself gets here (allow checked the VIN), and
+	// the vehicle is read only when its assignment must be decided again.
 	p, _ := principal(c)
-	v, err := a.Registry.Get(ctx, p, vin)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
+	load := func(ctx context.Context) (server.Vehicle, error) { return a.Registry.Get(ctx, p, vin) }
 	var body []byte
+	var err error
 	if name == "timestamp.json" {
-		body, err = a.Director.Timestamp(ctx, v)
+		body, err = a.Director.Timestamp(ctx, vin, load)
 		c.Header("Cache-Control", "no-store")
 	} else {
 		body, err = a.Director.File(ctx, vin, name)

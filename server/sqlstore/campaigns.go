@@ -43,10 +43,22 @@ func (s *Store) CreateCampaign(ctx context.Context, c server.Campaign) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.exec(ctx, `INSERT INTO campaigns (`+campaignCols+`) VALUES (`+placeholders(13)+`)`,
-		c.ID, c.Name, c.State, string(config), c.HaltReason, c.Seed, c.OpenWaves, "[]",
-		c.CreatedBy, micros(c.CreatedAt), micros(c.UpdatedAt), micros(c.StartedAt), micros(c.AssignClock))
-	return s.wrap("create campaign", err)
+	return s.wrap("create campaign", s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.txExec(ctx, tx, `INSERT INTO campaigns (`+campaignCols+`) VALUES (`+placeholders(13)+`)`,
+			c.ID, c.Name, c.State, string(config), c.HaltReason, c.Seed, c.OpenWaves, "[]",
+			c.CreatedBy, micros(c.CreatedAt), micros(c.UpdatedAt), micros(c.StartedAt), micros(c.AssignClock)); err != nil {
+			return err
+		}
+		return s.bumpCampaigns(ctx, tx)
+	}))
+}
+
+// bumpCampaigns counts a change to any campaign (see
+// server.DirectorHead), in the transaction that made it: auto-assign
+// decisions depend on what campaigns cover and hold.
+func (s *Store) bumpCampaigns(ctx context.Context, tx *sql.Tx) error {
+	_, err := s.txExec(ctx, tx, `UPDATE repo_versions SET version = version + 1 WHERE name = 'campaigns'`)
+	return err
 }
 
 // Campaign returns a campaign.
@@ -89,8 +101,13 @@ func (s *Store) SetCampaignState(ctx context.Context, id string, from []string, 
 	for _, f := range from {
 		args = append(args, f)
 	}
-	res, err := s.exec(ctx, `UPDATE campaigns SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+placeholders(len(from))+`)`, args...)
-	return s.wrap("campaign "+id, s.oneRow(res, err))
+	return s.wrap("campaign "+id, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+placeholders(len(from))+`)`, args...)
+		if err := s.oneRow(res, err); err != nil {
+			return err
+		}
+		return s.bumpCampaigns(ctx, tx)
+	}))
 }
 
 func (s *Store) oneRow(res sql.Result, err error) error {
@@ -158,6 +175,9 @@ func (s *Store) StartCampaign(ctx context.Context, id string, members []server.C
 		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET state = 'running', started_at = ?, updated_at = ?, assign_clock = ? WHERE id = ? AND state = 'draft'`,
 			micros(at), micros(at), micros(at), id)
 		if err := s.oneRow(res, err); err != nil {
+			return err
+		}
+		if err := s.bumpCampaigns(ctx, tx); err != nil {
 			return err
 		}
 		return s.insertMembers(ctx, tx, members)
@@ -297,9 +317,11 @@ func (s *Store) OpenCampaignWave(ctx context.Context, f server.Fence, id string,
 		if askConsent {
 			consent = "pending"
 		}
-		_, err := s.txExec(ctx, tx, `UPDATE campaign_members SET wave = ?, consent = ? WHERE campaign_id = ? AND wave = -1 AND (vin, ecu_serial) IN
-			(SELECT vin, ecu_serial FROM campaign_members WHERE campaign_id = ? AND wave = -1 ORDER BY draw LIMIT ?)`, wave, consent, id, id, take)
-		return err
+		if _, err := s.txExec(ctx, tx, `UPDATE campaign_members SET wave = ?, consent = ? WHERE campaign_id = ? AND wave = -1 AND (vin, ecu_serial) IN
+			(SELECT vin, ecu_serial FROM campaign_members WHERE campaign_id = ? AND wave = -1 ORDER BY draw LIMIT ?)`, wave, consent, id, id, take); err != nil {
+			return err
+		}
+		return s.bumpCampaigns(ctx, tx)
 	}))
 }
 
@@ -334,15 +356,24 @@ func (s *Store) AssignCampaignJobs(ctx context.Context, f server.Fence, id strin
 func (s *Store) EndCampaign(ctx context.Context, f server.Fence, id, to, reason string, at time.Time) error {
 	return s.wrap("end campaign "+id, s.fenced(ctx, f, at, func(tx *sql.Tx) error {
 		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET state = ?, halt_reason = ?, updated_at = ? WHERE id = ? AND state = 'running'`, to, reason, micros(at), id)
-		return s.oneRow(res, err)
+		if err := s.oneRow(res, err); err != nil {
+			return err
+		}
+		return s.bumpCampaigns(ctx, tx)
 	}))
 }
 
 // SetCampaignConsent records an owner's answer for a member asked for
 // consent; server.ErrConflict if it was not pending.
 func (s *Store) SetCampaignConsent(ctx context.Context, id, vin, decision string) error {
-	res, err := s.exec(ctx, `UPDATE campaign_members SET consent = ? WHERE campaign_id = ? AND vin = ? AND consent = 'pending'`, decision, id, vin)
-	return s.wrap("consent", s.oneRow(res, err))
+	return s.wrap("consent", s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, `UPDATE campaign_members SET consent = ? WHERE campaign_id = ? AND vin = ? AND consent = 'pending'`, decision, id, vin)
+		if err := s.oneRow(res, err); err != nil {
+			return err
+		}
+		_, err = s.txExec(ctx, tx, bumpVehicleGen, vin) // a declined member is no longer held
+		return err
+	}))
 }
 
 // CampaignJobs lists a campaign's jobs in a state.

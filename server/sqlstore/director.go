@@ -3,25 +3,37 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"strconv"
 
 	"github.com/roadsign/roadsign/server"
 )
 
-// DirectorHead implements server.DirectorMetadata; a VIN never signed has a zero head.
+// DirectorHead implements server.DirectorMetadata; a VIN never signed has
+// a zero head (with the vehicle's and the campaigns' generations).
 func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHead, error) {
 	h := server.DirectorHead{VIN: vin}
-	var exp int64
-	err := s.queryRow(ctx, `SELECT h.targets_version, h.snapshot_version, h.timestamp_version, h.assignment_hash, h.timestamp_expires, f.body
-		FROM director_heads h LEFT JOIN director_files f ON f.vin = h.vin AND f.role = 'timestamp' AND f.version = h.timestamp_version
-		WHERE h.vin = ?`, vin).
-		Scan(&h.TargetsVersion, &h.SnapshotVersion, &h.TimestampVersion, &h.AssignmentHash, &exp, &h.Timestamp)
-	if errors.Is(err, sql.ErrNoRows) {
-		return h, nil
+	var tv, sv, tsv, exp, gen sql.NullInt64
+	var hash, basis sql.NullString
+	err := s.queryRow(ctx, `SELECT h.targets_version, h.snapshot_version, h.timestamp_version, h.assignment_hash, h.timestamp_expires, h.basis, f.body,
+		v.director_gen, (SELECT version FROM repo_versions WHERE name = 'campaigns')
+		FROM repo_versions one LEFT JOIN vehicles v ON v.vin = ? LEFT JOIN director_heads h ON h.vin = ?
+		LEFT JOIN director_files f ON f.vin = h.vin AND f.role = 'timestamp' AND f.version = h.timestamp_version
+		WHERE one.name = 'image'`, vin, vin).
+		Scan(&tv, &sv, &tsv, &hash, &exp, &basis, &h.Timestamp, &gen, &h.CampaignGen)
+	h.TargetsVersion, h.SnapshotVersion, h.TimestampVersion = tv.Int64, sv.Int64, tsv.Int64
+	h.AssignmentHash, h.Basis, h.VehicleGen = hash.String, basis.String, gen.Int64
+	if exp.Valid {
+		h.TimestampExpires = fromMicros(exp.Int64)
 	}
-	h.TimestampExpires = fromMicros(exp)
 	return h, s.wrap("director head "+vin, err)
+}
+
+// SaveDirectorBasis implements server.DirectorMetadata.
+func (s *Store) SaveDirectorBasis(ctx context.Context, vin string, version int64, basis string) error {
+	return s.wrap("save director basis of "+vin, s.grouped(ctx, false, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := s.txExec(ctx, tx, `UPDATE director_heads SET basis = ? WHERE vin = ? AND timestamp_version = ?`, basis, vin, version)
+		return err
+	}))
 }
 
 // directorKeep is how many old versions of each director file are kept for
@@ -35,11 +47,12 @@ const directorKeep = 8
 func (s *Store) SaveDirector(ctx context.Context, prev, next server.DirectorHead, files []server.DirectorMeta) error {
 	return s.wrap("save director metadata of "+next.VIN, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
 		// The row may exist with version 0 (a USB bundle was counted first).
-		res, err := s.txExec(ctx, tx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires) VALUES (?, ?, ?, ?, ?, ?)
+		res, err := s.txExec(ctx, tx, `INSERT INTO director_heads (vin, targets_version, snapshot_version, timestamp_version, assignment_hash, timestamp_expires, basis) VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (vin) DO UPDATE SET targets_version = excluded.targets_version, snapshot_version = excluded.snapshot_version,
-			timestamp_version = excluded.timestamp_version, assignment_hash = excluded.assignment_hash, timestamp_expires = excluded.timestamp_expires
+			timestamp_version = excluded.timestamp_version, assignment_hash = excluded.assignment_hash, timestamp_expires = excluded.timestamp_expires,
+			basis = excluded.basis
 			WHERE director_heads.timestamp_version = ?`,
-			next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), prev.TimestampVersion)
+			next.VIN, next.TargetsVersion, next.SnapshotVersion, next.TimestampVersion, next.AssignmentHash, micros(next.TimestampExpires), next.Basis, prev.TimestampVersion)
 		if err != nil {
 			return err
 		}

@@ -48,8 +48,19 @@ type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
+// bumpVehicleGen counts a change to a vehicle's assignment inputs (see
+// server.DirectorHead), in the transaction that made it: a director poll
+// after it decides the assignment again.
+const bumpVehicleGen = `UPDATE vehicles SET director_gen = director_gen + 1 WHERE vin = ?`
+
+// bumpJobVehicleGen is bumpVehicleGen for the vehicle of a job ID.
+const bumpJobVehicleGen = `UPDATE vehicles SET director_gen = director_gen + 1 WHERE vin = (SELECT vin FROM jobs WHERE id = ?)`
+
 func (s *Store) insertJob(ctx context.Context, db execer, j server.Job) error {
 	if _, err := db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (`+placeholders(20)+`)`), jobArgs(j)...); err != nil {
+		return err
+	}
+	if _, err := db.ExecContext(ctx, s.q(bumpVehicleGen), j.VIN); err != nil {
 		return err
 	}
 	for _, e := range j.Events {
@@ -171,31 +182,20 @@ func (s *Store) OpenJobs(ctx context.Context, limit int) ([]server.Job, error) {
 
 const insertJobEvent = `INSERT INTO job_events (job_id, at, kind, percent, message) VALUES (?, ?, ?, ?, ?)`
 
-// UpdateJob implements server.Jobs: one statement without events, one
-// transaction with them (a progress report is one commit, not two).
+// UpdateJob implements server.Jobs: the job, its events and its
+// vehicle's generation in one transaction.
 func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events ...server.JobEvent) error {
-	const update = `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
-		WHERE id = ? AND state = ?`
-	args := []any{j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from}
-	stale := func(res sql.Result) error {
-		if n, _ := res.RowsAffected(); n == 0 {
-			return server.Errorf(server.KindConflict, "job %s is no longer %s; read it again", j.ID, from)
-		}
-		return nil
-	}
-	if len(events) == 0 {
-		res, err := s.exec(ctx, update, args...)
-		if err != nil {
-			return s.wrap("update job "+j.ID, err)
-		}
-		return stale(res)
-	}
 	return s.wrap("update job "+j.ID, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := s.txExec(ctx, tx, update, args...)
+		res, err := s.txExec(ctx, tx, `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
+			WHERE id = ? AND state = ?`,
+			j.State, micros(j.UpdatedAt), j.Attempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, j.ID, from)
 		if err != nil {
 			return err
 		}
-		if err := stale(res); err != nil {
+		if n, _ := res.RowsAffected(); n == 0 {
+			return server.Errorf(server.KindConflict, "job %s is no longer %s; read it again", j.ID, from)
+		}
+		if _, err := s.txExec(ctx, tx, bumpJobVehicleGen, j.ID); err != nil {
 			return err
 		}
 		for _, e := range events {

@@ -136,6 +136,14 @@ var migrations = []string{
 	// 13: the vehicle's last refused check-in, evidence for the diagnosis.
 	`ALTER TABLE vehicles ADD COLUMN checkin_refused_at BIGINT NOT NULL DEFAULT 0;
 	ALTER TABLE vehicles ADD COLUMN checkin_refused TEXT NOT NULL DEFAULT '';`,
+	// 14: what a VIN's director assignment was decided from, so a poll of
+	// unchanged metadata is answered from the stored timestamp: each
+	// vehicle counts the changes to its own inputs (jobs, installed
+	// images, ECUs), one row counts changes to any campaign, and a head
+	// keeps the basis it was last decided on.
+	`ALTER TABLE vehicles ADD COLUMN director_gen BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE director_heads ADD COLUMN basis TEXT NOT NULL DEFAULT '';
+	INSERT INTO repo_versions (name, version) VALUES ('campaigns', 0);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -69,8 +69,13 @@ func TestPerVehicleQueriesUseIndexesAt100k(t *testing.T) {
 					t.Errorf("explain %s: %v", oneLine(st.query), err)
 					continue
 				}
-				if m := fullScan.FindStringSubmatch(plan); m != nil {
-					t.Errorf("%s reads all of %s:\n%s", oneLine(st.query), m[1], plan)
+				// repo_versions holds a fixed handful of rows (one counter
+				// per repository and the campaigns'): reading it whole is
+				// what an index would cost, and PostgreSQL rightly does.
+				for _, m := range fullScan.FindAllStringSubmatch(plan, -1) {
+					if m[1] != "repo_versions" {
+						t.Errorf("%s reads all of %s:\n%s", oneLine(st.query), m[1], plan)
+					}
 				}
 			}
 			if !t.Failed() {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -176,6 +177,19 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		if !h.SignalAt.IsZero() {
 			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
 		}
+		if len(ecus) > 0 {
+			// A report changes the assignment's inputs when an ECU reports
+			// for the first time or runs another image than it last said
+			// (the ECU rows are still the old ones here).
+			var when strings.Builder
+			for _, e := range ecus {
+				when.WriteString(` WHEN ? THEN ?`)
+				args = append(args, e.Serial, e.InstalledSHA256)
+			}
+			q += `, director_gen = director_gen + CASE WHEN EXISTS (SELECT 1 FROM ecus e WHERE e.vin = vehicles.vin AND e.serial IN (` + placeholders(len(ecus)) +
+				`) AND (e.reported_at = 0 OR e.installed_sha256 <> CASE e.serial` + when.String() + ` END)) THEN 1 ELSE 0 END`
+			args = slices.Insert(args, len(args)-2*len(ecus), serials(ecus)...)
+		}
 		res, err := s.txExec(ctx, tx, q+` WHERE vin = ?`, append(args, vin)...)
 		if err != nil {
 			return err
@@ -209,6 +223,15 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		}
 		return nil
 	}))
+}
+
+// serials lists the ECUs' serials as statement arguments.
+func serials(ecus []server.ECU) []any {
+	out := make([]any, len(ecus))
+	for i, e := range ecus {
+		out[i] = e.Serial
+	}
+	return out
 }
 
 // pruneEpisodes keeps a vehicle's trouble code episodes under
@@ -289,8 +312,10 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 			return sql.ErrNoRows
 		}
 		// The refused requests were signed with the old key's successor,
-		// or by someone else: evidence about a key that is gone.
-		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0, checkin_refused_at = 0, checkin_refused = '' WHERE vin = ?`, key, vin)
+		// or by someone else: evidence about a key that is gone. The
+		// new ECU changes the assignment's inputs.
+		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0, checkin_refused_at = 0, checkin_refused = '',
+			director_gen = director_gen + 1 WHERE vin = ?`, key, vin)
 		return err
 	}))
 }

@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Audit", testAudit},
 		{"SoftwareRecord", testSoftwareRecord},
 		{"Director", testDirector},
+		{"DirectorInputs", testDirectorInputs},
 		{"Leases", testLeases},
 		{"Owners", testOwners},
 		{"AccountsAndSessions", testAccountsAndSessions},
@@ -488,6 +489,86 @@ func testDirector(t *testing.T, s server.Store) {
 	}
 	if got, _ := s.DirectorHead(ctx, "VIN2"); !reflect.DeepEqual(got, first) {
 		t.Fatalf("head after counting a bundle: %+v, want %+v", got, first)
+	}
+}
+
+// testDirectorInputs: every change an assignment depends on counts in
+// the vehicle's generation (its jobs, an ECU's first report or another
+// image, a replaced ECU, a declined campaign member) or the campaigns'
+// (any campaign change), in the transaction that made it, and nothing
+// else does (a check-in saying what it said before); a head keeps its
+// basis, replaced only at its own version.
+func testDirectorInputs(t *testing.T, s server.Store) {
+	const vin = "VIN00000000000042"
+	must(t, s.CreateVehicle(ctx, vehicle(vin, "HU1", "DCM1")))
+	head := func() server.DirectorHead {
+		t.Helper()
+		h, err := s.DirectorHead(ctx, vin)
+		must(t, err)
+		return h
+	}
+	report := func(sha string) func() {
+		return func() {
+			must(t, s.ReportECUs(ctx, vin, []server.ECU{{Serial: "DCM1", InstalledTarget: "dcm.img", InstalledSHA256: sha}}, server.Health{}, now))
+		}
+	}
+	job := server.Job{ID: uuid.NewString(), VIN: vin, ECUSerial: "DCM1", ECUType: "dcm", TargetPath: "dcm.img", State: server.JobQueued,
+		CreatedAt: now, UpdatedAt: now, MaxAttempts: 3, Origin: server.OriginDealer}
+	e, _, err := s.AcquireLeadership(ctx, "leader", "a", time.Hour, now)
+	must(t, err)
+	fence := server.Fence{Name: "leader", Holder: "a", Epoch: e}
+	steps := []struct {
+		name              string
+		do                func()
+		vehicle, campaign int64 // how much each generation moves
+	}{
+		{"first report", report("aa"), 1, 0},
+		{"the same report again", report("aa"), 0, 0},
+		{"another image", report("bb"), 1, 0},
+		{"a report of no ECU", func() { must(t, s.ReportECUs(ctx, vin, nil, server.Health{}, now)) }, 0, 0},
+		{"a job", func() { must(t, s.CreateJob(ctx, job)) }, 1, 0},
+		{"the job changes", func() {
+			j := job
+			j.State = server.JobInProgress
+			must(t, s.UpdateJob(ctx, j, server.JobQueued, server.JobEvent{At: now, Kind: "started"}))
+		}, 1, 0},
+		{"a stale job change", func() {
+			wantErr(t, s.UpdateJob(ctx, job, server.JobQueued), server.ErrConflict)
+		}, 0, 0},
+		{"a replaced ECU", func() {
+			must(t, s.ReplaceECU(ctx, vin, "DCM1", server.ECU{Serial: "DCM9", HardwareID: "DCM-4G"}, []byte{9}))
+		}, 1, 0},
+		{"a campaign", func() {
+			must(t, s.CreateCampaign(ctx, server.Campaign{ID: "c1", Name: "c", State: server.CampaignDraft, CreatedAt: now}))
+		}, 0, 1},
+		{"it starts", func() {
+			must(t, s.StartCampaign(ctx, "c1", []server.CampaignMember{{CampaignID: "c1", VIN: vin, ECUSerial: "DCM9", Wave: -1, JoinedAt: now}}, now))
+		}, 0, 1},
+		{"a wave opens", func() { must(t, s.OpenCampaignWave(ctx, fence, "c1", 0, 1, true, now)) }, 0, 1},
+		{"its member declines", func() { must(t, s.SetCampaignConsent(ctx, "c1", vin, "declined")) }, 1, 0},
+		{"it pauses", func() {
+			must(t, s.SetCampaignState(ctx, "c1", []string{server.CampaignRunning}, server.CampaignPaused, now))
+		}, 0, 1},
+		{"it resumes and ends", func() {
+			must(t, s.SetCampaignState(ctx, "c1", []string{server.CampaignPaused}, server.CampaignRunning, now))
+			must(t, s.EndCampaign(ctx, fence, "c1", server.CampaignCompleted, "", now))
+		}, 0, 2},
+	}
+	for _, st := range steps {
+		before := head()
+		st.do()
+		after := head()
+		if dv, dc := after.VehicleGen-before.VehicleGen, after.CampaignGen-before.CampaignGen; dv != st.vehicle || dc != st.campaign {
+			t.Fatalf("%s: vehicle generation +%d, campaigns +%d; want +%d, +%d", st.name, dv, dc, st.vehicle, st.campaign)
+		}
+	}
+	// The basis is saved with the head, and replaced only at its version.
+	next := server.DirectorHead{VIN: vin, TargetsVersion: 1, SnapshotVersion: 1, TimestampVersion: 1, AssignmentHash: "a", TimestampExpires: now, Basis: "b1"}
+	must(t, s.SaveDirector(ctx, head(), next, []server.DirectorMeta{{VIN: vin, Role: "timestamp", Version: 1, Body: []byte("ts1"), Expires: now}}))
+	must(t, s.SaveDirectorBasis(ctx, vin, 1, "b2"))
+	must(t, s.SaveDirectorBasis(ctx, vin, 7, "stale"))
+	if h := head(); h.Basis != "b2" || string(h.Timestamp) != "ts1" || h.TimestampVersion != 1 {
+		t.Fatalf("head after saving bases: %+v", h)
 	}
 }
 
