@@ -306,25 +306,29 @@ func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
 // verifies the director metadata and acts on it.
 func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 	base := f.cfg.Server + "/director/" + url.PathEscape(v.VIN)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/timestamp.json", nil)
-	if err != nil {
-		return err
-	}
-	v.api.SignGet(req)
-	resp, err := f.cfg.HTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("director timestamp: %w", err)
-	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("director timestamp: %s", resp.Status)
-	}
-	var ts struct {
-		Signed struct{ Version int64 } `json:"signed"`
-	}
-	if json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion {
-		return nil // unchanged (or garbage, which the verification below would refuse anyway)
+	// A vehicle that has verified nothing yet (in this run) goes straight
+	// to the verification, which fetches the timestamp itself.
+	if v.dirVersion != 0 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/timestamp.json", nil)
+		if err != nil {
+			return err
+		}
+		v.api.SignGet(req)
+		resp, err := f.cfg.HTTP.Do(req)
+		if err != nil {
+			return fmt.Errorf("director timestamp: %w", err)
+		}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("director timestamp: %s", resp.Status)
+		}
+		var ts struct {
+			Signed struct{ Version int64 } `json:"signed"`
+		}
+		if json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion {
+			return nil // unchanged (or garbage, which the verification below would refuse anyway)
+		}
 	}
 	root, err := f.directorRoot(ctx, v)
 	if err != nil {
