@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -229,6 +230,124 @@ func TestBootCheckFailureRollsBack(t *testing.T) {
 	rep, err = c.a.Update(context.Background())
 	if err != nil || outcomes(rep)["DCM1"] != agent.UpToDate || !strings.Contains(rep.ECUs[1].Detail, "failed its boot check") {
 		t.Fatalf("again: %+v %v", rep, err)
+	}
+}
+
+// TestUpdateSetGoesBackTogether: the ECUs one cycle switches are one
+// update set; when one fails its boot check, the ones that switched
+// before it go back to their old images and the ones after it never
+// switch, so head unit and DCM never end on mismatched firmware. Only
+// the ECU whose own image failed gets a trouble code and keeps the image
+// from being tried again.
+func TestUpdateSetGoesBackTogether(t *testing.T) {
+	tests := []struct {
+		name       string
+		unbootable string // which ECU's new image fails its boot check
+		dtc        bool
+	}{
+		{"the DCM fails after the head unit passed", "DCM1", true},
+		{"the head unit fails first", "HU1", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCar(t)
+			hu, dcm := "hu-2.0.bin", "dcm-2.0.bin"
+			if tt.unbootable == "DCM1" {
+				dcm = "dcm-3.0.bin"
+				c.u.AddImage(dcm, testsupport.Image{ECU: "dcm", HardwareID: "DCM-A", Version: "3.0.0", ReleaseCounter: 3, Unbootable: true})
+			} else {
+				hu = "hu-3.0.bin"
+				c.u.AddImage(hu, testsupport.Image{ECU: "head-unit", HardwareID: "HU-A", Version: "3.0.0", ReleaseCounter: 3, Unbootable: true})
+			}
+			c.u.Direct("", testsupport.Assign{Path: hu, ECUs: map[string]string{"HU1": "HU-A"}, JobID: "job-hu"},
+				testsupport.Assign{Path: dcm, ECUs: map[string]string{"DCM1": "DCM-A"}, JobID: "job-dcm"})
+			c.u.Publish()
+			rep, err := c.a.Update(context.Background())
+			if !errors.Is(err, client.ErrRolledBack) {
+				t.Fatalf("update: %v, want rolled back", err)
+			}
+			if got := outcomes(rep); got["HU1"] != agent.RolledBack || got["DCM1"] != agent.RolledBack {
+				t.Fatalf("outcomes %v, want both rolled back", got)
+			}
+			if got := c.running(t); got["HU1"] != "1.0.0" || got["DCM1"] != "1.0.0" {
+				t.Fatalf("runs %v after its update set failed, want both on 1.0.0", got)
+			}
+			// The failing ECU's job rolled back; the other's attempt failed
+			// (it is retried: its image was fine).
+			last := map[string]string{}
+			for _, e := range c.u.Events() {
+				last[e.Job] = e.Kind
+			}
+			failing, other := "job-dcm", "job-hu"
+			if tt.unbootable == "HU1" {
+				failing, other = other, failing
+			}
+			if last[failing] != "rolled_back" || last[other] != "failed" {
+				t.Fatalf("last job events %v, want %s rolled_back and %s failed", last, failing, other)
+			}
+			if dtcs, _ := c.v.DTCs(); (len(dtcs) > 0) != tt.dtc {
+				t.Fatalf("DCM trouble codes %v, want some: %v", dtcs, tt.dtc)
+			}
+			if set, err := c.v.UpdateSet(); err != nil || set != nil {
+				t.Fatalf("update set journal left behind: %+v %v", set, err)
+			}
+		})
+	}
+}
+
+// TestPowerLossDuringAnUpdateSet cuts the power at every boot-control
+// point of a two-ECU update set (each ECU's switch and commit): after
+// the next start, both ECUs run their old images or both their new ones,
+// never one of each, and the cycle after that completes the set.
+func TestPowerLossDuringAnUpdateSet(t *testing.T) {
+	type cut struct {
+		phase string
+		skip  int
+		want  string // what both run after the restart
+	}
+	var cuts []cut
+	for skip := range 2 {
+		cuts = append(cuts, cut{"switch", skip, "1.0.0"}, cut{"commit", skip, "2.0.0"})
+	}
+	for _, k := range cuts {
+		t.Run(fmt.Sprintf("%s of ECU %d", k.phase, k.skip+1), func(t *testing.T) {
+			c := newCar(t)
+			c.u.Direct("", testsupport.Assign{Path: "hu-2.0.bin", ECUs: map[string]string{"HU1": "HU-A"}},
+				testsupport.Assign{Path: "dcm-2.0.bin", ECUs: map[string]string{"DCM1": "DCM-A"}})
+			c.u.Publish()
+			type powerCut struct{}
+			c.a.Faults = fault.Set{PowerLoss: k.phase, PowerLossSkip: k.skip, Kill: func() { panic(powerCut{}) }}
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						if _, ok := r.(powerCut); !ok {
+							panic(r)
+						}
+					}
+				}()
+				c.a.Update(context.Background())
+				t.Fatal("the power was never cut")
+			}()
+			// The next start: the same state, no more faults. Recovery
+			// runs first; the director still assigns the set, so the
+			// cycle may complete it: look at what recovery left.
+			c.a.Faults = fault.Set{}
+			c.u.Direct("")
+			c.u.Publish()
+			rep, _ := c.a.Update(context.Background())
+			if got := c.running(t); got["HU1"] != k.want || got["DCM1"] != k.want {
+				t.Fatalf("after the restart: runs %v (recovery: %+v), want both on %s", got, rep.Recovery, k.want)
+			}
+			c.u.Direct("", testsupport.Assign{Path: "hu-2.0.bin", ECUs: map[string]string{"HU1": "HU-A"}},
+				testsupport.Assign{Path: "dcm-2.0.bin", ECUs: map[string]string{"DCM1": "DCM-A"}})
+			c.u.Publish()
+			if _, err := c.a.Update(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.running(t); got["HU1"] != "2.0.0" || got["DCM1"] != "2.0.0" {
+				t.Fatalf("the set did not complete afterwards: %v", got)
+			}
+		})
 	}
 }
 

@@ -67,6 +67,7 @@ const (
 	PhaseDownload = "download" // streaming into the inactive slot
 	PhaseVerified = "verified" // slot bytes match the signed length and sha256
 	PhaseSwitch   = "switch"   // boot control points at the new slot, on trial
+	PhaseTrial    = "trial"    // its boot check passed; committed or reverted with its update set
 )
 
 // Journal records an install in progress.

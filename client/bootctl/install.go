@@ -125,6 +125,17 @@ func (e *ECU) Abort() error {
 // boot control falls back to the previous slot. It returns nil when the
 // new image was committed and an ErrRolledBack error when it was not.
 func (e *ECU) Switch(hooks Hooks) error {
+	if err := e.Trial(hooks); err != nil {
+		return err
+	}
+	return e.Commit(hooks)
+}
+
+// Trial is Switch up to the passed boot check: the new slot stays on
+// trial (PhaseTrial) until Commit makes it permanent or Revert goes
+// back, so that several ECUs of one update set switch together or not
+// at all. A failed boot check falls back at once (ErrRolledBack).
+func (e *ECU) Trial(hooks Hooks) error {
 	j, err := e.LoadJournal()
 	if err != nil {
 		return err
@@ -147,11 +158,78 @@ func (e *ECU) Switch(hooks Hooks) error {
 		return err
 	}
 	hooks.at("switch")
-	return e.trialBoot(rec, hooks)
+	if err := e.bootCheck(rec, hooks); err != nil {
+		return err
+	}
+	j.Phase = PhaseTrial
+	return e.SaveJournal(j)
 }
 
-// trialBoot is the bootloader starting a slot on trial.
+// Commit makes a slot that passed its trial boot (Trial) permanent.
+func (e *ECU) Commit(hooks Hooks) error {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return err
+	}
+	if !rec.Trial {
+		return errors.New("no slot on trial to commit")
+	}
+	hooks.at("commit")
+	return e.commit(rec)
+}
+
+// Revert undoes this ECU's part of an update set that did not complete:
+// a slot on trial (its own boot check passed or not yet run) falls back
+// to the previous one, which it never touched, without counting the
+// image as failed here; a verified slot not yet switched is discarded.
+// A download in progress is left to resume. It reports whether
+// anything was reverted.
+func (e *ECU) Revert(why string) (bool, error) {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return false, err
+	}
+	if rec.Trial {
+		version := "?"
+		if s := rec.Slots[rec.Active]; s != nil {
+			version = s.Version
+		}
+		rec.Active, rec.Trial = rec.Active.Other(), false
+		prev := "?"
+		if s := rec.Slots[rec.Active]; s != nil {
+			prev = s.Version
+		}
+		rec.LastResult = fmt.Sprintf("rolled back from %s to %s: %s", version, prev, why)
+		if err := e.SaveRecord(rec); err != nil {
+			return false, err
+		}
+		return true, e.ClearJournal()
+	}
+	j, err := e.LoadJournal()
+	if err != nil || j == nil {
+		return false, err
+	}
+	if j.Phase == PhaseVerified {
+		return true, e.Abort()
+	}
+	if j.Phase != PhaseDownload { // a finished install's stale journal
+		return false, e.ClearJournal()
+	}
+	return false, nil
+}
+
+// trialBoot is the bootloader starting a slot on trial, then committing
+// it.
 func (e *ECU) trialBoot(rec *Record, hooks Hooks) error {
+	if err := e.bootCheck(rec, hooks); err != nil {
+		return err
+	}
+	hooks.at("commit")
+	return e.commit(rec)
+}
+
+// bootCheck starts the slot on trial; it falls back if the check fails.
+func (e *ECU) bootCheck(rec *Record, hooks Hooks) error {
 	rec.BootAttempts++
 	if err := e.SaveRecord(rec); err != nil {
 		return err
@@ -163,8 +241,7 @@ func (e *ECU) trialBoot(rec *Record, hooks Hooks) error {
 	if err != nil {
 		return e.rollback(rec, err)
 	}
-	hooks.at("commit")
-	return e.commit(rec)
+	return nil
 }
 
 func (e *ECU) commit(rec *Record) error {

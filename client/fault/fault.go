@@ -36,6 +36,10 @@ type Set struct {
 	// write, the share of the image at which power goes.
 	PowerLoss    string
 	PowerLossPct int
+	// PowerLossSkip, for switch and commit, lets the power stay on the
+	// first PowerLossSkip times the phase is reached in a cycle (each ECU
+	// of an update set reaches it once).
+	PowerLossSkip int
 	// CANLoss: the head unit does not answer on the vehicle bus.
 	CANLoss bool
 	// SignalBars, if not nil, is the DCM's cellular signal, 0 to 5; at 0
@@ -246,8 +250,12 @@ func (b *body) Read(p []byte) (int, error) {
 func (f Set) Hooks() bootctl.Hooks {
 	var h bootctl.Hooks
 	if f.PowerLoss != "" && f.PowerLoss != "download" {
+		reached := 0
 		h.At = func(point string) {
-			if point == f.PowerLoss && (point != "write" || f.PowerLossPct >= 100) {
+			if point != f.PowerLoss || (point == "write" && f.PowerLossPct < 100) {
+				return
+			}
+			if reached++; reached > f.PowerLossSkip {
 				f.kill()
 			}
 		}

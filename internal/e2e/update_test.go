@@ -339,8 +339,11 @@ func currentTargetsVersion(t *testing.T, w *world) int64 {
 	return snap.Signed.Meta["targets.json"].Version
 }
 
+// TestImageFailingBootCheckRollsBack: a DCM image that verifies but
+// fails its boot check rolls back, and takes the head unit's install of
+// the same cycle back with it (one update set).
 func TestImageFailingBootCheckRollsBack(t *testing.T) {
-	w := newWorld(t)
+	w := newWorld(t, "--job-retry", "1ms") // the head unit's failed attempt is retried at once
 	w.signerInit()
 	w.add(findSample(t, huHW, "1.1.0"))
 	for _, s := range loadSamples(t) {
@@ -359,10 +362,17 @@ func TestImageFailingBootCheckRollsBack(t *testing.T) {
 	if !strings.Contains(dcm.LastResult, "rolled back") {
 		t.Errorf("lastResult should say rolled back: %q", dcm.LastResult)
 	}
-	if hu := st["head-unit"]; hu.Version != "1.1.0" {
-		t.Errorf("head unit should have installed 1.1.0 regardless: %+v", hu)
+	// Head unit and DCM were one update set: the head unit went back to
+	// 1.0.0 with it, and installs 1.1.0 alone in the next cycle (the DCM
+	// image that failed is not tried again).
+	if hu := st["head-unit"]; hu.Version != "1.0.0" || !strings.Contains(hu.LastResult, "update set failed") {
+		t.Errorf("head unit should have gone back with its update set: %+v", hu)
 	}
 	activeBytes(t, v)
+	update(t, v.dir, 0)
+	if st := status(t, v); st["head-unit"].Version != "1.1.0" || st["dcm"].Version != "1.0.0" {
+		t.Errorf("next cycle: head unit %s, DCM %s; want 1.1.0 alone", st["head-unit"].Version, st["dcm"].Version)
+	}
 }
 
 func sha256hex(b []byte) string {
