@@ -179,26 +179,41 @@ func (a *Agent) switchSet(ctx context.Context, src Source, live []*plan, rep *Re
 		if err == nil {
 			continue
 		}
-		cause := err
-		if !errors.Is(err, client.ErrRolledBack) {
-			cause = fmt.Errorf("%w: %s %s on %s could not be switched: %v", client.ErrRolledBack, p.ecu.Type, p.custom.Version, p.ecu.Serial, err)
+		why := fmt.Sprintf("its update set failed: %s %s on %s did not pass its boot check", p.ecu.Type, p.custom.Version, p.ecu.Serial)
+		if errors.Is(err, client.ErrRolledBack) {
+			a.rolledBack(ctx, src, p, &rep.ECUs[p.idx], err)
+		} else {
+			// The switch itself failed (boot control could not be
+			// written): this ECU goes back too, and if even that fails
+			// the journal stays for the next start to finish.
+			why = fmt.Sprintf("its update set failed: %s %s on %s could not be switched", p.ecu.Type, p.custom.Version, p.ecu.Serial)
+			if _, rerr := p.boot.Revert(why); rerr != nil {
+				return fmt.Errorf("ECU %s: %w (going back: %v)", p.ecu.Serial, err, rerr)
+			}
+			r := &rep.ECUs[p.idx]
+			r.Outcome, r.Detail = Failed, err.Error()
+			a.event(ctx, src, p, eventFailed, 0, err.Error())
+			err = fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
 		}
-		a.rolledBack(ctx, src, p, &rep.ECUs[p.idx], cause)
 		// The others' images are fine: their jobs' attempts failed (and
 		// are retried), they did not roll back for a fault of their own.
-		why := fmt.Sprintf("its update set failed: %s %s on %s did not pass its boot check", p.ecu.Type, p.custom.Version, p.ecu.Serial)
-		for _, q := range slices.Concat(live[:i], live[i+1:]) {
+		for j, q := range live {
+			if j == i {
+				continue
+			}
 			if _, err := q.boot.Revert(why); err != nil {
 				return fmt.Errorf("ECU %s: going back with its update set: %w", q.ecu.Serial, err)
 			}
 			r := &rep.ECUs[q.idx]
-			r.Outcome, r.Detail = RolledBack, "back on its old image: "+why
+			if r.Outcome, r.Detail = RolledBack, "back on its old image: "+why; j > i {
+				r.Outcome, r.Detail = Failed, "not switched: "+why
+			}
 			a.event(ctx, src, q, eventFailed, 0, "not installed: "+why)
 		}
-		if err := a.V.ClearUpdateSet(); err != nil {
-			return err
+		if cerr := a.V.ClearUpdateSet(); cerr != nil {
+			return cerr
 		}
-		return cause
+		return err
 	}
 	set.Phase = vehicle.SetCommitting
 	if err := a.V.SaveUpdateSet(set); err != nil {
