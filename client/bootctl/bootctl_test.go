@@ -124,6 +124,7 @@ func TestRecover(t *testing.T) {
 		{"power loss after switch, image fails", bad, "switch", A, "1.0.0", true},
 		{"power loss before commit", good, "commit", B, "2.0.0", false},
 		{"power loss after write, before verify", good, "write", A, "1.0.0", false},
+		{"power loss after verify, before the switch", good, "verified", A, "1.0.0", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,6 +144,7 @@ func TestRecover(t *testing.T) {
 				if err := w.Finish(crash); err != nil {
 					t.Fatal(err)
 				}
+				crash.at("verified")
 				e.Switch(crash)
 			}()
 			_, err := e.Recover(Hooks{})
@@ -153,6 +155,12 @@ func TestRecover(t *testing.T) {
 				// Nothing was verified: the download resumes next time.
 				if j, _ := e.LoadJournal(); j == nil || j.Phase != PhaseDownload {
 					t.Fatalf("journal = %+v, want a download to resume", j)
+				}
+			}
+			if tt.crashAt == "verified" {
+				// Never switched alone (it may be one of an update set).
+				if j, _ := e.LoadJournal(); j != nil {
+					t.Fatalf("journal = %+v, want the unswitched slot discarded", j)
 				}
 			}
 			if s, v := active(t, e); s != tt.wantSlot || v != tt.wantVer {

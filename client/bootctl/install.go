@@ -279,8 +279,8 @@ func (e *ECU) rollback(rec *Record, cause error) error {
 
 // Recover finishes what a power loss interrupted, from the boot record and
 // journal: a pending trial boot is run (commit or fall back), a verified
-// but unswitched slot is re-checked and switched, a stale journal is
-// cleared. A download in progress is left for the next update to resume.
+// but unswitched slot is discarded (never switched alone: see Trial), a
+// stale journal is cleared. A download in progress is left for the next update to resume.
 // It returns a description of what it did ("" for nothing) and, like
 // Switch, an ErrRolledBack error if the new image did not boot.
 func (e *ECU) Recover(hooks Hooks) (string, error) {
@@ -308,14 +308,10 @@ func (e *ECU) Recover(hooks Hooks) (string, error) {
 		// The switch was recorded and resolved; only the journal was left.
 		return "cleared a finished install's journal", e.ClearJournal()
 	case j.Phase == PhaseVerified:
-		sum, n, err := e.HashSlot(j.Slot)
-		if err != nil || sum != j.SHA256 || n != j.Length {
-			return "discarded a verified slot that no longer matches its hash", e.Abort()
-		}
-		if err := e.Switch(hooks); err != nil {
-			return "finished an interrupted install; it failed its boot check", err
-		}
-		return "finished an interrupted install of " + j.Version, nil
+		// Verified but never switched: it may be one ECU of an update set
+		// whose others were not ready, so it never switches alone. The
+		// next update installs it again, with its set.
+		return "discarded a verified slot of " + j.Version + " that was never switched; the next update installs it again", e.Abort()
 	}
 	return "", nil
 }

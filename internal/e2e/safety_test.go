@@ -301,7 +301,9 @@ func tortureInstalls(t *testing.T) int {
 
 // TestPowerLossTorture kills the real agent process with SIGKILL at random
 // points of many installs, restarting it each time, and checks after every
-// kill that no ECU is bricked or runs an unverified image.
+// kill that no ECU is bricked or runs an unverified image, and that after
+// the next start (a run with no network: recovery only) head unit and DCM,
+// one update set, run the same release: never one new and one old.
 func TestPowerLossTorture(t *testing.T) {
 	n := tortureInstalls(t)
 	w := newWorld(t)
@@ -339,7 +341,7 @@ func TestPowerLossTorture(t *testing.T) {
 	t.Logf("a clean install takes %s; random kills over [0, %s]; seed %d (ROADSIGN_TORTURE_SEED repeats it)", span, span, seed)
 
 	phases := []string{"download", "write", "switch", "commit"}
-	kills, bricked, unverified := 0, 0, 0
+	kills, bricked, unverified, mixed := 0, 0, 0, 0
 	for i := range n {
 		v := w.vehicle(i + 1)
 		done := false
@@ -356,6 +358,16 @@ func TestPowerLossTorture(t *testing.T) {
 			}
 			if r.killed {
 				kills++
+				b, u := checkInvariant(t, v, allowed)
+				bricked += b
+				unverified += u
+				if boot := runAgent(t, 0, "update", "--state", v.dir, "--simulate", "signal:0"); boot.killed {
+					t.Fatalf("install %d: the recovery start was killed\n%s", i, boot.out)
+				}
+				if got := versions(t, v); got["head-unit"] != got["dcm"] {
+					mixed++
+					t.Errorf("install %d attempt %d: after the next start head unit %s, DCM %s: a mixed update set", i, attempt, got["head-unit"], got["dcm"])
+				}
 			} else if r.code != 0 {
 				t.Fatalf("install %d attempt %d: exit %d\n%s", i, attempt, r.code, r.out)
 			} else {
@@ -370,10 +382,10 @@ func TestPowerLossTorture(t *testing.T) {
 		}
 		os.RemoveAll(v.dir)
 	}
-	fmt.Printf("power-loss torture: %d installs, %d bricked, %d unverified (%d kills)\n", n, bricked, unverified, kills)
-	t.Logf("%d installs, %d bricked, %d unverified (%d kills)", n, bricked, unverified, kills)
-	if bricked+unverified > 0 {
-		t.Fatalf("%d installs, %d bricked, %d unverified", n, bricked, unverified)
+	fmt.Printf("power-loss torture: %d installs, %d bricked, %d unverified, %d mixed sets after a restart (%d kills)\n", n, bricked, unverified, mixed, kills)
+	t.Logf("%d installs, %d bricked, %d unverified, %d mixed (%d kills)", n, bricked, unverified, mixed, kills)
+	if bricked+unverified+mixed > 0 {
+		t.Fatalf("%d installs, %d bricked, %d unverified, %d mixed", n, bricked, unverified, mixed)
 	}
 	if kills < n {
 		t.Fatalf("only %d kills in %d installs; the torture did not bite", kills, n)
