@@ -190,20 +190,8 @@ func (e *ECU) Revert(why string) (bool, error) {
 		return false, err
 	}
 	if rec.Trial {
-		version := "?"
-		if s := rec.Slots[rec.Active]; s != nil {
-			version = s.Version
-		}
-		rec.Active, rec.Trial = rec.Active.Other(), false
-		prev := "?"
-		if s := rec.Slots[rec.Active]; s != nil {
-			prev = s.Version
-		}
-		rec.LastResult = fmt.Sprintf("rolled back from %s to %s: %s", version, prev, why)
-		if err := e.SaveRecord(rec); err != nil {
-			return false, err
-		}
-		return true, e.ClearJournal()
+		_, _, err := e.fallBack(rec, why)
+		return err == nil, err
 	}
 	j, err := e.LoadJournal()
 	if err != nil || j == nil {
@@ -254,33 +242,39 @@ func (e *ECU) commit(rec *Record) error {
 }
 
 func (e *ECU) rollback(rec *Record, cause error) error {
-	failed := rec.Active
-	version := "?"
-	if s := rec.Slots[failed]; s != nil {
-		version = s.Version
-		if !slices.Contains(rec.Failed, s.SHA256) {
-			rec.Failed = append(rec.Failed, s.SHA256)
-		}
+	if s := rec.Slots[rec.Active]; s != nil && !slices.Contains(rec.Failed, s.SHA256) {
+		rec.Failed = append(rec.Failed, s.SHA256)
 	}
-	rec.Active, rec.Trial = failed.Other(), false
-	prev := "?"
-	if s := rec.Slots[rec.Active]; s != nil {
-		prev = s.Version
-	}
-	rec.LastResult = fmt.Sprintf("rolled back from %s to %s: %v", version, prev, cause)
-	if err := e.SaveRecord(rec); err != nil {
-		return err
-	}
-	if err := e.ClearJournal(); err != nil {
+	version, prev, err := e.fallBack(rec, cause.Error())
+	if err != nil {
 		return err
 	}
 	return fmt.Errorf("%w: %s %s: new image %s failed its boot check (%v); running %s again", client.ErrRolledBack, e.Type, e.HardwareID, version, cause, prev)
 }
 
+// fallBack points boot control back at the slot the trial one replaced
+// and clears the journal; it returns the versions of both.
+func (e *ECU) fallBack(rec *Record, why string) (version, prev string, err error) {
+	version, prev = "?", "?"
+	if s := rec.Slots[rec.Active]; s != nil {
+		version = s.Version
+	}
+	rec.Active, rec.Trial = rec.Active.Other(), false
+	if s := rec.Slots[rec.Active]; s != nil {
+		prev = s.Version
+	}
+	rec.LastResult = fmt.Sprintf("rolled back from %s to %s: %s", version, prev, why)
+	if err := e.SaveRecord(rec); err != nil {
+		return version, prev, err
+	}
+	return version, prev, e.ClearJournal()
+}
+
 // Recover finishes what a power loss interrupted, from the boot record and
 // journal: a pending trial boot is run (commit or fall back), a verified
 // but unswitched slot is discarded (never switched alone: see Trial), a
-// stale journal is cleared. A download in progress is left for the next update to resume.
+// stale journal is cleared. A download in progress is left for the next
+// update to resume.
 // It returns a description of what it did ("" for nothing) and, like
 // Switch, an ErrRolledBack error if the new image did not boot.
 func (e *ECU) Recover(hooks Hooks) (string, error) {

@@ -309,25 +309,8 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 	// A vehicle that has verified nothing yet (in this run) goes straight
 	// to the verification, which fetches the timestamp itself.
 	if v.dirVersion != 0 {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/timestamp.json", nil)
-		if err != nil {
+		if same, err := f.unchanged(ctx, v, base); same || err != nil {
 			return err
-		}
-		v.api.SignGet(req)
-		resp, err := f.cfg.HTTP.Do(req)
-		if err != nil {
-			return fmt.Errorf("director timestamp: %w", err)
-		}
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("director timestamp: %s", resp.Status)
-		}
-		var ts struct {
-			Signed struct{ Version int64 } `json:"signed"`
-		}
-		if json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion {
-			return nil // unchanged (or garbage, which the verification below would refuse anyway)
 		}
 	}
 	root, err := f.directorRoot(ctx, v)
@@ -382,6 +365,30 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// unchanged fetches the vehicle's director timestamp and reports whether
+// its version is the one the vehicle verified last (or garbage, which
+// the verification would refuse anyway).
+func (f *Fleet) unchanged(ctx context.Context, v *Vehicle, base string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/timestamp.json", nil)
+	if err != nil {
+		return false, err
+	}
+	v.api.SignGet(req)
+	resp, err := f.cfg.HTTP.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("director timestamp: %w", err)
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("director timestamp: %s", resp.Status)
+	}
+	var ts struct {
+		Signed struct{ Version int64 } `json:"signed"`
+	}
+	return json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion, nil
 }
 
 func (f *Fleet) directorRoot(ctx context.Context, v *Vehicle) ([]byte, error) {

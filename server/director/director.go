@@ -499,7 +499,7 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 		}
 		now := d.now()
 		current := head.TimestampVersion > 0 && head.TimestampExpires.Sub(now) > life/2 && head.TimestampVersion >= d.floor
-		if current && head.Basis != "" && head.Timestamp != nil {
+		if current && head.Timestamp != nil { // a volatile head's basis is "", which never matches
 			if iv, err := d.imageVersion(ctx); err != nil {
 				return head, nil, err
 			} else if head.Basis == d.basis(head, iv) {

@@ -15,10 +15,10 @@ func (s *Store) DirectorHead(ctx context.Context, vin string) (server.DirectorHe
 	var tv, sv, tsv, exp, gen sql.NullInt64
 	var hash, basis sql.NullString
 	err := s.queryRow(ctx, `SELECT h.targets_version, h.snapshot_version, h.timestamp_version, h.assignment_hash, h.timestamp_expires, h.basis, f.body,
-		v.director_gen, (SELECT version FROM repo_versions WHERE name = 'campaigns')
-		FROM repo_versions one LEFT JOIN vehicles v ON v.vin = ? LEFT JOIN director_heads h ON h.vin = ?
+		v.director_gen, repo_versions.version
+		FROM repo_versions LEFT JOIN vehicles v ON v.vin = ? LEFT JOIN director_heads h ON h.vin = ?
 		LEFT JOIN director_files f ON f.vin = h.vin AND f.role = 'timestamp' AND f.version = h.timestamp_version
-		WHERE one.name = 'image'`, vin, vin).
+		WHERE repo_versions.name = 'campaigns'`, vin, vin).
 		Scan(&tv, &sv, &tsv, &hash, &exp, &basis, &h.Timestamp, &gen, &h.CampaignGen)
 	h.TargetsVersion, h.SnapshotVersion, h.TimestampVersion = tv.Int64, sv.Int64, tsv.Int64
 	h.AssignmentHash, h.Basis, h.VehicleGen = hash.String, basis.String, gen.Int64

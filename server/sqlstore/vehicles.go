@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -182,13 +181,14 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 			// for the first time or runs another image than it last said
 			// (the ECU rows are still the old ones here).
 			var when strings.Builder
+			in, cases := make([]any, 0, len(ecus)), make([]any, 0, 2*len(ecus))
 			for _, e := range ecus {
 				when.WriteString(` WHEN ? THEN ?`)
-				args = append(args, e.Serial, e.InstalledSHA256)
+				in, cases = append(in, e.Serial), append(cases, e.Serial, e.InstalledSHA256)
 			}
 			q += `, director_gen = director_gen + CASE WHEN EXISTS (SELECT 1 FROM ecus e WHERE e.vin = vehicles.vin AND e.serial IN (` + placeholders(len(ecus)) +
 				`) AND (e.reported_at = 0 OR e.installed_sha256 <> CASE e.serial` + when.String() + ` END)) THEN 1 ELSE 0 END`
-			args = slices.Insert(args, len(args)-2*len(ecus), serials(ecus)...)
+			args = append(append(args, in...), cases...)
 		}
 		res, err := s.txExec(ctx, tx, q+` WHERE vin = ?`, append(args, vin)...)
 		if err != nil {
@@ -223,15 +223,6 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 		}
 		return nil
 	}))
-}
-
-// serials lists the ECUs' serials as statement arguments.
-func serials(ecus []server.ECU) []any {
-	out := make([]any, len(ecus))
-	for i, e := range ecus {
-		out[i] = e.Serial
-	}
-	return out
 }
 
 // pruneEpisodes keeps a vehicle's trouble code episodes under
