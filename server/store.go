@@ -252,9 +252,56 @@ type Job struct {
 	// are loaded; JobHead loads the count alone).
 	EventCount int `json:"-"`
 	// CampaignID and Window are set for a campaign's job.
-	CampaignID string     `json:"campaignId,omitempty"`
-	Window     *Window    `json:"window,omitempty"`
-	Events     []JobEvent `json:"events"`
+	CampaignID string  `json:"campaignId,omitempty"`
+	Window     *Window `json:"window,omitempty"`
+	// Parts, for an update set (several ECUs that install together, all
+	// or none), are its ECUs in install order; the fields above then
+	// describe the first. Nil for a job on one ECU.
+	Parts  []JobPart  `json:"ecus,omitempty"`
+	Events []JobEvent `json:"events"`
+}
+
+// JobPart is one ECU of an update set and the image it gets.
+type JobPart struct {
+	ECUSerial  string `json:"ecuSerial"`
+	ECUType    string `json:"ecuType"`
+	TargetPath string `json:"target"`
+	Version    string `json:"version"`
+}
+
+// AllParts are the ECUs the job installs on: its parts, or the one ECU.
+func (j Job) AllParts() []JobPart {
+	if len(j.Parts) > 0 {
+		return j.Parts
+	}
+	return []JobPart{{ECUSerial: j.ECUSerial, ECUType: j.ECUType, TargetPath: j.TargetPath, Version: j.Version}}
+}
+
+// RunningWith is the versions v's ECUs run by ECU type, as last
+// reported, with parts installed ("" where an ECU never reported): what
+// an image's declared requirements are checked against.
+func (v Vehicle) RunningWith(parts []JobPart) map[string][]string {
+	run := map[string][]string{}
+	for _, e := range v.ECUs {
+		ver := e.InstalledVersion
+		for _, p := range parts {
+			if p.ECUSerial == e.Serial {
+				ver = p.Version
+			}
+		}
+		run[e.Type] = append(run[e.Type], ver)
+	}
+	return run
+}
+
+// Part is what the job installs on the ECU serial, if it covers it.
+func (j Job) Part(serial string) (JobPart, bool) {
+	for _, p := range j.AllParts() {
+		if p.ECUSerial == serial {
+			return p, true
+		}
+	}
+	return JobPart{}, false
 }
 
 // JobEvent is one entry of a job's history.
@@ -304,6 +351,20 @@ type SoftwareRecord struct {
 	// Outcome: installed, rolled_back, failed.
 	Outcome string `json:"outcome"`
 	Detail  string `json:"detail,omitempty"`
+	// Parts, for an update set, are its ECUs (the fields above then
+	// summarise the set: ECU type "set", serials and versions joined by
+	// " + "). Nil for one ECU.
+	Parts []RecordPart `json:"parts,omitempty"`
+}
+
+// RecordPart is one ECU of an update set in the software record.
+type RecordPart struct {
+	ECUSerial   string `json:"ecuSerial"`
+	ECUType     string `json:"ecuType"`
+	FromVersion string `json:"fromVersion"`
+	FromSHA256  string `json:"fromSha256"`
+	ToVersion   string `json:"toVersion"`
+	ToSHA256    string `json:"toSha256"`
 }
 
 // RecordQuery is one page of a vehicle's software record: oldest first

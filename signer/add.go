@@ -32,6 +32,9 @@ type AddOptions struct {
 	ReleaseNotes   string
 	// AllowDowngrade lets a forced dealer job install this image over a newer one.
 	AllowDowngrade bool
+	// Requires are TYPE>=VERSION compatibilities (custom.requires): the
+	// versions other ECUs of the vehicle must run with this image.
+	Requires []string
 	// Progress receives a progress bar while the file is hashed (if a terminal).
 	Progress io.Writer
 }
@@ -57,6 +60,10 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 	}
 	if !versionRE.MatchString(o.Version) {
 		return AddResult{}, fmt.Errorf("%w: --version %q is not a semantic version like 1.2.0", ErrUsage, o.Version)
+	}
+	requires, err := parseRequires(o.ECU, o.Requires)
+	if err != nil {
+		return AddResult{}, err
 	}
 	if o.ReleaseCounter < 0 {
 		return AddResult{}, fmt.Errorf("%w: --release-counter %d: want a positive number", ErrUsage, o.ReleaseCounter)
@@ -84,7 +91,7 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 		if old.Length == length && slices.Equal(old.Hashes["sha256"], sum) &&
 			oc.Version == o.Version && slices.Equal(oc.HardwareIDs, o.HardwareIDs) &&
 			(o.ReleaseCounter == 0 || o.ReleaseCounter == oc.ReleaseCounter) && o.ReleaseNotes == oc.ReleaseNotes &&
-			o.AllowDowngrade == oc.AllowDowngrade {
+			o.AllowDowngrade == oc.AllowDowngrade && slices.Equal(requires, oc.Requires) {
 			res.ReleaseCounter = oc.ReleaseCounter
 			w.State.TargetFiles[path] = abs
 			return res, w.save()
@@ -114,7 +121,7 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 	}
 	custom, err := json.Marshal(meta.Custom{
 		ECU: o.ECU, HardwareIDs: o.HardwareIDs, Version: o.Version,
-		ReleaseCounter: counter, ReleaseNotes: o.ReleaseNotes, AllowDowngrade: o.AllowDowngrade,
+		ReleaseCounter: counter, ReleaseNotes: o.ReleaseNotes, AllowDowngrade: o.AllowDowngrade, Requires: requires,
 	})
 	if err != nil {
 		return AddResult{}, err
@@ -136,6 +143,28 @@ func (w *Workspace) Add(o AddOptions) (AddResult, error) {
 	}
 	res.ReleaseCounter, res.TargetsVersion, res.Changed = counter, t.Signed.Version, true
 	return res, nil
+}
+
+// parseRequires reads --requires flags: each TYPE>=VERSION names another
+// ECU type, at most once.
+func parseRequires(ecu string, flags []string) ([]meta.Requirement, error) {
+	var out []meta.Requirement
+	for _, f := range flags {
+		r, err := meta.ParseRequirement(f)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --requires: %v", ErrUsage, err)
+		}
+		if r.ECU == ecu {
+			return nil, fmt.Errorf("%w: --requires %s: an image cannot require its own ECU type %s; name another ECU", ErrUsage, f, ecu)
+		}
+		for _, o := range out {
+			if o.ECU == r.ECU {
+				return nil, fmt.Errorf("%w: --requires names %s twice; give one minimum version per ECU type", ErrUsage, r.ECU)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // bumpTargets gives a changed targets its next version: one above the

@@ -115,6 +115,16 @@ func TestAddStagesTargets(t *testing.T) {
 		t.Fatalf("custom of %s: %+v %v", res.Path, c, err)
 	}
 
+	hu3 := imageFile(t, "head-unit", "HU-A", "3.0.0")
+	res, err = w.Add(signer.AddOptions{File: hu3, ECU: "head-unit", HardwareIDs: []string{"HU-A"}, Version: "3.0.0", Requires: []string{"dcm>=2.1.0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, _, _ = w.Targets()
+	if c, err := meta.TargetCustom(tm.Signed.Targets[res.Path]); err != nil || len(c.Requires) != 1 || c.Requires[0] != (meta.Requirement{ECU: "dcm", MinVersion: "2.1.0"}) {
+		t.Fatalf("custom of %s: %+v %v (want requires dcm>=2.1.0)", res.Path, c, err)
+	}
+
 	dcm := imageFile(t, "dcm", "DCM-A", "1.0.0")
 	refusals := []struct {
 		name string
@@ -127,13 +137,16 @@ func TestAddStagesTargets(t *testing.T) {
 		{"header of another hardware", signer.AddOptions{File: dcm, ECU: "dcm", HardwareIDs: []string{"DCM-B"}, Version: "1.0.0"}},
 		{"header of another version", signer.AddOptions{File: dcm, ECU: "dcm", HardwareIDs: []string{"DCM-A"}, Version: "1.0.1"}},
 		{"no such file", signer.AddOptions{File: dcm + ".missing", ECU: "dcm", HardwareIDs: []string{"DCM-A"}, Version: "1.0.0"}},
+		{"requirement not TYPE>=VERSION", signer.AddOptions{File: dcm, ECU: "dcm", HardwareIDs: []string{"DCM-A"}, Version: "1.0.0", Requires: []string{"head-unit=3.0.0"}}},
+		{"requirement on its own ECU type", signer.AddOptions{File: dcm, ECU: "dcm", HardwareIDs: []string{"DCM-A"}, Version: "1.0.0", Requires: []string{"dcm>=1.0.0"}}},
+		{"requirement twice", signer.AddOptions{File: dcm, ECU: "dcm", HardwareIDs: []string{"DCM-A"}, Version: "1.0.0", Requires: []string{"head-unit>=1.0.0", "head-unit>=2.0.0"}}},
 	}
 	for _, r := range refusals {
 		t.Run(r.name, func(t *testing.T) {
 			if _, err := w.Add(r.o); err == nil {
 				t.Fatal("added")
 			}
-			if tm, _, _ := w.Targets(); tm.Signed.Version != 3 {
+			if tm, _, _ := w.Targets(); tm.Signed.Version != 4 {
 				t.Fatalf("a refused add changed targets to v%d", tm.Signed.Version)
 			}
 		})

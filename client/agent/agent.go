@@ -42,6 +42,8 @@ type Agent struct {
 	Now func() time.Time
 	// health is what this cycle found about the vehicle's units.
 	health *health
+	// jobs are this cycle's reports on update-set jobs.
+	jobs *jobLog
 }
 
 // Outcomes of one ECU in a cycle.

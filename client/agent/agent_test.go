@@ -301,6 +301,58 @@ func TestUpdateSetGoesBackTogether(t *testing.T) {
 	}
 }
 
+// TestUpdateSetJobReportsOnce: when the director names one job for both
+// ECUs (an update set job), the agent reports one stream of progress
+// that never goes back a phase and one outcome: succeeded naming both
+// images, or, when the DCM fails its boot check after the head unit
+// switched, rolled back, with both ECUs on their old images.
+func TestUpdateSetJobReportsOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		dcm     string
+		outcome string
+	}{
+		{"both install", "dcm-2.0.bin", "succeeded"},
+		{"the DCM fails its boot check", "dcm-3.0.bin", "rolled_back"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCar(t)
+			c.u.AddImage("dcm-3.0.bin", testsupport.Image{ECU: "dcm", HardwareID: "DCM-A", Version: "3.0.0", ReleaseCounter: 3, Unbootable: true})
+			c.u.Direct("", testsupport.Assign{Path: "hu-2.0.bin", ECUs: map[string]string{"HU1": "HU-A"}, JobID: "job-set"},
+				testsupport.Assign{Path: tt.dcm, ECUs: map[string]string{"DCM1": "DCM-A"}, JobID: "job-set"})
+			c.u.Publish()
+			c.a.Update(context.Background())
+			phase := map[string]int{"downloading": 1, "installing": 2, "rebooting": 3}
+			seen, outcomes := 0, 0
+			var last testsupport.JobEvent
+			for _, e := range c.u.Events() {
+				if p, ok := phase[e.Kind]; ok {
+					if p < seen {
+						t.Fatalf("events went back to %s: %+v", e.Kind, c.u.Events())
+					}
+					seen = p
+					continue
+				}
+				outcomes++
+				last = e
+			}
+			if outcomes != 1 || last.Kind != tt.outcome {
+				t.Fatalf("%d outcomes, last %+v; want one %s: %+v", outcomes, last, tt.outcome, c.u.Events())
+			}
+			want := map[string]string{"HU1": "1.0.0", "DCM1": "1.0.0"}
+			if tt.outcome == "succeeded" {
+				want = map[string]string{"HU1": "2.0.0", "DCM1": "2.0.0"}
+				if len(last.Installed) != 2 || last.Installed["HU1"] == "" || last.Installed["DCM1"] == "" {
+					t.Fatalf("succeeded names %v, want both ECUs' images", last.Installed)
+				}
+			}
+			if got := c.running(t); got["HU1"] != want["HU1"] || got["DCM1"] != want["DCM1"] {
+				t.Fatalf("runs %v, want %v", got, want)
+			}
+		})
+	}
+}
+
 // TestPowerLossDuringAnUpdateSet cuts the power at every boot-control
 // point of a two-ECU update set (each ECU's switch and commit): after
 // the next start, both ECUs run their old images or both their new ones,

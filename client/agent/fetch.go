@@ -32,6 +32,9 @@ func (a *Agent) event(ctx context.Context, src Source, p *plan, kind string, pct
 	if kind == "succeeded" && p.tf != nil {
 		e.SHA256 = hex.EncodeToString(p.tf.Hashes["sha256"])
 	}
+	if !a.jobs.report(p, &e) {
+		return nil
+	}
 	err := jobs.JobEvent(ctx, p.jobID, e)
 	var apiErr *api.Error
 	if errors.As(err, &apiErr) && apiErr.Code == errcode.JobCanceled {
@@ -41,6 +44,57 @@ func (a *Agent) event(ctx context.Context, src Source, p *plan, kind string, pct
 		a.Log.Warn("job event not delivered", "job", p.jobID, "kind", kind, "err", err)
 	}
 	return nil
+}
+
+// jobLog keeps one cycle's reports on update-set jobs (one job for
+// several ECUs): their events are one stream that never goes back a
+// phase, and they report one outcome: succeeded, naming every ECU's
+// image, once all of them installed; else the first failure.
+type jobLog struct {
+	// parts is how many ECUs each job covers in this cycle's metadata.
+	parts map[string]int
+	phase map[string]int
+	ended map[string]bool
+	// installed are the set's ECUs that installed: serial → sha256.
+	installed map[string]map[string]string
+}
+
+func newJobLog(parts map[string]int) *jobLog {
+	return &jobLog{parts: parts, phase: map[string]int{}, ended: map[string]bool{}, installed: map[string]map[string]string{}}
+}
+
+// progressPhases orders progress events (the server refuses going back).
+var progressPhases = map[string]int{"downloading": 1, "installing": 2, "rebooting": 3}
+
+// report says whether e, about p's ECU, goes to the server now; for the
+// outcome of a set it completes e with every ECU's image.
+func (l *jobLog) report(p *plan, e *api.JobEvent) bool {
+	if l == nil || l.parts[p.jobID] < 2 {
+		return true
+	}
+	id := p.jobID
+	switch {
+	case l.ended[id]:
+		return false
+	case progressPhases[e.Kind] > 0:
+		if progressPhases[e.Kind] < l.phase[id] {
+			return false
+		}
+		l.phase[id] = progressPhases[e.Kind]
+		return true
+	case e.Kind == "succeeded":
+		if l.installed[id] == nil {
+			l.installed[id] = map[string]string{}
+		}
+		l.installed[id][p.ecu.Serial] = e.SHA256
+		if len(l.installed[id]) < l.parts[id] {
+			return false
+		}
+		e.Installed, e.SHA256 = l.installed[id], ""
+		e.Message = fmt.Sprintf("update set of %d ECUs installed; last: %s", len(e.Installed), e.Message)
+	}
+	l.ended[id] = true
+	return true
 }
 
 // fetch streams one image into its ECU's inactive slot and verifies it.

@@ -18,6 +18,7 @@ import (
 func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	var rep Report
 	hooks := a.Faults.Hooks()
+	a.jobs = nil
 
 	// 1. Whatever a power loss interrupted comes first: an update set
 	// as a whole, then each ECU.
@@ -50,6 +51,7 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	// 3. What the director assigns, checked against the image repository.
 	pl, err := a.plan(images, directed)
 	rep.ECUs = pl.results
+	a.jobs = newJobLog(pl.jobParts)
 	if err != nil {
 		for _, p := range pl.jobs {
 			a.event(ctx, src, p, eventFailed, 0, err.Error())

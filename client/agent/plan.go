@@ -70,6 +70,9 @@ type planned struct {
 	results   []ECUResult
 	satisfied []*plan
 	jobs      []*plan
+	// jobParts is how many ECUs each job covers (more than one: an
+	// update set).
+	jobParts map[string]int
 }
 
 // directorCustom is the director's custom metadata on a target.
@@ -103,8 +106,9 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 	}
 	// Jobs named in refused metadata still hear that their attempt failed.
 	var jobPlans []*plan
+	jobParts := map[string]int{}
 	refuse := func(format string, args ...any) (planned, error) {
-		return planned{results: results, jobs: jobPlans}, fmt.Errorf("%w: director: "+format+"; nothing installed", append([]any{client.ErrRefused}, args...)...)
+		return planned{results: results, jobs: jobPlans, jobParts: jobParts}, fmt.Errorf("%w: director: "+format+"; nothing installed", append([]any{client.ErrRefused}, args...)...)
 	}
 	if vin, _ := directed.TargetsCustom()["vin"].(string); vin != a.V.VIN {
 		return refuse("metadata is for VIN %q, this vehicle is %s", vin, a.V.VIN)
@@ -123,6 +127,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 		}
 		if dc.JobID != "" {
 			jobPlans = append(jobPlans, &plan{path: p, jobID: dc.JobID})
+			jobParts[dc.JobID] += len(dc.ECUIdentifiers)
 		}
 		itf, err := images.TargetInfo(p)
 		if err != nil {
@@ -213,7 +218,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 		results = append(results, res)
 		plans = append(plans, p)
 	}
-	return planned{installs: plans, results: results, satisfied: satisfied}, nil
+	return planned{installs: plans, results: results, satisfied: satisfied, jobParts: jobParts}, nil
 }
 
 // installedHow says how an ECU came to run what a job asks for: from a

@@ -126,6 +126,9 @@ type JobEvent struct {
 	Message string `json:"message,omitempty"`
 	// SHA256 is the installed image's, with succeeded.
 	SHA256 string `json:"sha256,omitempty"`
+	// Installed, with succeeded for an update set, is each of its ECU
+	// serials' installed image sha256.
+	Installed map[string]string `json:"installed,omitempty"`
 }
 
 // MaxEventMessage is the longest message the server takes.

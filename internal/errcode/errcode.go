@@ -51,6 +51,7 @@ const (
 	NoSuchImage            = "no_such_image"
 	MetadataExpiresTooSoon = "metadata_expires_too_soon"
 	JobCanceled            = "job_canceled"
+	RequirementUnmet       = "requirement_unmet"
 	CampaignEmpty          = "campaign_empty"
 )
 

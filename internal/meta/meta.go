@@ -30,6 +30,9 @@ type Custom struct {
 	// AllowDowngrade lets a forced dealer job install this image over a
 	// newer one (the signer must opt in with --allow-downgrade).
 	AllowDowngrade bool `json:"allowDowngrade,omitempty"`
+	// Requires are the versions other ECUs of the vehicle must run with
+	// this image installed: the director never issues it otherwise.
+	Requires []Requirement `json:"requires,omitempty"`
 }
 
 // TargetCustom decodes a target's custom metadata.

@@ -57,6 +57,8 @@ type Uptane struct {
 // JobEvent is one job event an agent posted.
 type JobEvent struct {
 	Job, Kind, Message string
+	// Installed is an update set's images by ECU serial, with succeeded.
+	Installed map[string]string
 }
 
 type tufRepo struct {
@@ -311,9 +313,12 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 		serveFile(u.director.files, strings.TrimPrefix(p, "/director/"+u.VIN+"/"))
 	case strings.HasPrefix(p, "/api/v1/jobs/") && strings.HasSuffix(p, "/events"):
 		id := strings.TrimSuffix(strings.TrimPrefix(p, "/api/v1/jobs/"), "/events")
-		var e struct{ Kind, Message string }
+		var e struct {
+			Kind, Message string
+			Installed     map[string]string
+		}
 		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&e)
-		u.events = append(u.events, JobEvent{Job: id, Kind: e.Kind, Message: e.Message})
+		u.events = append(u.events, JobEvent{Job: id, Kind: e.Kind, Message: e.Message, Installed: e.Installed})
 		if u.cancel[id] {
 			writeError(w, http.StatusConflict, "job_canceled", "job "+id+" was canceled; abandon it")
 			return

@@ -210,14 +210,15 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		for i, j := range jobs { // oldest first: the first open dealer job is the active one
 			// A job that succeeded after the ECU's last report is what the
 			// ECU runs now, though its next manifest has yet to say so.
-			if j.ECUSerial == e.Serial && j.State == server.JobSucceeded && j.UpdatedAt.After(e.ReportedAt) {
-				if tf, ok := targets[j.TargetPath]; ok {
+			part, covers := j.Part(e.Serial)
+			if covers && j.State == server.JobSucceeded && j.UpdatedAt.After(e.ReportedAt) {
+				if tf, ok := targets[part.TargetPath]; ok {
 					e.InstalledSHA256, e.ReportedAt = hex.EncodeToString(tf.Hashes["sha256"]), j.UpdatedAt
 					dec.Volatile = true
 				}
 			}
 			switch {
-			case j.ECUSerial != e.Serial || server.JobTerminal(j.State):
+			case !covers || server.JobTerminal(j.State):
 			case j.Origin == server.OriginAutoAssign:
 				autos = append(autos, j)
 			case j.Origin == server.OriginCampaign:
@@ -311,8 +312,65 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		}
 		out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
 	}
-	dec.As = out
+	dec.As = d.withRequirements(v, wholeSets(out, jobs))
 	return dec, nil
+}
+
+// wholeSets drops the parts of an update set that is not assigned whole
+// (another job comes first on one of its ECUs, or one of its images is
+// gone): a set installs all together or waits.
+func wholeSets(as []Assigned, jobs []server.Job) []Assigned {
+	want := map[string]int{}
+	for _, j := range jobs {
+		if len(j.Parts) > 1 {
+			want[j.ID] = len(j.Parts)
+		}
+	}
+	have := map[string]int{}
+	for _, a := range as {
+		have[a.JobID]++
+	}
+	kept := as[:0:0]
+	for _, a := range as {
+		if n, set := want[a.JobID]; !set || have[a.JobID] == n {
+			kept = append(kept, a)
+		}
+	}
+	return kept
+}
+
+// withRequirements drops from as every install whose image declares a
+// requirement (custom.requires) that v's recorded software, with all of
+// as installed, breaks; an update set goes whole (its other parts too).
+// It repeats until what is left holds together.
+func (d *Service) withRequirements(v server.Vehicle, as []Assigned) []Assigned {
+	for {
+		parts := make([]server.JobPart, len(as))
+		for i, a := range as {
+			parts[i] = server.JobPart{ECUSerial: a.Serial, ECUType: a.ECUType, TargetPath: a.Path, Version: a.Image.Version}
+		}
+		run := v.RunningWith(parts)
+		drop := -1
+		for i, a := range as {
+			if req, why, ok := meta.Unmet(a.Image.Requires, run); !ok {
+				d.log.Warn("not issuing an image whose requirement the vehicle does not meet", "vin", v.VIN, "ecu", a.Serial,
+					"target", a.Path, "job", a.JobID, "requirement", req.String(), "why", why)
+				drop = i
+				break
+			}
+		}
+		if drop < 0 {
+			return as
+		}
+		job := as[drop].JobID
+		kept := as[:0:0]
+		for i, a := range as {
+			if i != drop && (job == "" || a.JobID != job) {
+				kept = append(kept, a)
+			}
+		}
+		as = kept
+	}
 }
 
 // fromJob is what an open job assigns to e: its image, unless the job
@@ -321,16 +379,17 @@ func (d *Service) fromJob(e server.ECU, j server.Job, targets map[string]*metada
 	if j.State == server.JobQueued && j.NextAttemptAt.After(now) {
 		return Assigned{}, false // waiting for its retry: assign nothing yet
 	}
-	tf, ok := targets[j.TargetPath]
+	part, _ := j.Part(e.Serial)
+	tf, ok := targets[part.TargetPath]
 	if !ok {
-		d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", j.TargetPath, "targets_served", len(targets))
+		d.log.Warn("job names a target the image repository no longer has", "job", j.ID, "target", part.TargetPath, "targets_served", len(targets))
 		return Assigned{}, false
 	}
 	c, err := meta.TargetCustom(tf)
 	if err != nil {
 		return Assigned{}, false
 	}
-	return Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: j.TargetPath, Target: tf, Image: c,
+	return Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: part.TargetPath, Target: tf, Image: c,
 		JobID: j.ID, Downgrade: j.Forced, Window: j.Window}, true
 }
 

@@ -565,3 +565,90 @@ func BenchmarkTimestampUnchanged(b *testing.B) {
 		}
 	}
 }
+
+// TestUpdateSetsAreIssuedWholeAndCompatible: the director issues an
+// update set's parts together or not at all, and never an image whose
+// declared requirement the vehicle's software would break.
+func TestUpdateSetsAreIssuedWholeAndCompatible(t *testing.T) {
+	w := newWorld(t)
+	withReq := images{"dcm-7.0.bin": image("dcm", "DCM-A", "7.0.0", 7)}
+	for p, tf := range catalog {
+		withReq[p] = tf
+	}
+	hu3 := image("head-unit", "HU-A", "3.0.0", 3)
+	c, _ := json.Marshal(meta.Custom{ECU: "head-unit", HardwareIDs: []string{"HU-A"}, Version: "3.0.0", ReleaseCounter: 3,
+		Requires: []meta.Requirement{{ECU: "dcm", MinVersion: "2.0.0"}}})
+	raw := json.RawMessage(c)
+	hu3.Custom = &raw
+	withReq["hu-3.0.bin"] = hu3
+	d, err := director.New(director.Config{Store: w.store, Images: withReq, Keys: w.keys, Jobs: w.jobs,
+		AutoAssign: director.AutoNone, Expiry: 24 * time.Hour, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.vehicle(t, nil)
+	if err := w.store.ReportECUs(ctx, vin, []server.ECU{
+		{Serial: "HU1", InstalledTarget: "hu-1.0.bin", InstalledSHA256: sumOf(catalog["hu-1.0.bin"]), InstalledVersion: "1.0.0"},
+		{Serial: "DCM1", InstalledTarget: "dcm-1.0.bin", InstalledSHA256: sumOf(catalog["dcm-1.0.bin"]), InstalledVersion: "1.0.0"},
+	}, server.Health{}, w.now); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := w.store.Vehicle(ctx, vin)
+	set := func(parts ...server.JobPart) func(*server.Job) {
+		return func(j *server.Job) { j.Parts = parts }
+	}
+	origins := map[string]string{}
+	end := func(j server.Job) {
+		j.State = server.JobCanceled
+		if err := w.store.UpdateJob(ctx, j, server.JobQueued, server.JobEvent{At: w.now, Kind: server.JobCanceled}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	alone := w.job(t, "HU1", "hu-3.0.bin", server.OriginDealer, server.JobQueued)
+	if got := assigned(t, d, v, origins); len(got) != 0 {
+		t.Fatalf("head unit 3.0.0 alone, which needs DCM 2.0.0 on a car whose DCM runs 1.0.0, was issued: %v", got)
+	}
+	end(alone)
+
+	gone := w.job(t, "HU1", "hu-2.0.bin", server.OriginDealer, server.JobQueued, set(
+		server.JobPart{ECUSerial: "HU1", ECUType: "head-unit", TargetPath: "hu-2.0.bin", Version: "2.0.0"},
+		server.JobPart{ECUSerial: "DCM1", ECUType: "dcm", TargetPath: "dcm-9.9.bin", Version: "9.9.0"}))
+	origins[gone.ID] = "set"
+	if got := assigned(t, d, v, origins); len(got) != 0 {
+		t.Fatalf("a set with one image no longer in the repository was issued in part: %v", got)
+	}
+	end(gone)
+
+	broken := w.job(t, "HU1", "hu-3.0.bin", server.OriginDealer, server.JobQueued, set(
+		server.JobPart{ECUSerial: "HU1", ECUType: "head-unit", TargetPath: "hu-3.0.bin", Version: "3.0.0"},
+		server.JobPart{ECUSerial: "DCM1", ECUType: "dcm", TargetPath: "dcm-1.0.bin", Version: "1.0.0"}))
+	origins[broken.ID] = "set"
+	if got := assigned(t, d, v, origins); len(got) != 0 {
+		t.Fatalf("a set breaking its own requirement was issued: %v", got)
+	}
+	end(broken)
+
+	good := w.job(t, "HU1", "hu-3.0.bin", server.OriginDealer, server.JobQueued, set(
+		server.JobPart{ECUSerial: "HU1", ECUType: "head-unit", TargetPath: "hu-3.0.bin", Version: "3.0.0"},
+		server.JobPart{ECUSerial: "DCM1", ECUType: "dcm", TargetPath: "dcm-2.0.bin", Version: "2.0.0"}))
+	origins[good.ID] = "set"
+	got := assigned(t, d, v, origins)
+	if want := map[string]string{"HU1": "hu-3.0.bin job:set", "DCM1": "dcm-2.0.bin job:set"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("the compatible set: assigned %v, want %v", got, want)
+	}
+
+	// An older dealer job on one ECU of the set comes first: the set
+	// waits whole.
+	end(good)
+	first := w.job(t, "DCM1", "dcm-7.0.bin", server.OriginDealer, server.JobQueued)
+	origins[first.ID] = "dealer"
+	later := w.job(t, "HU1", "hu-3.0.bin", server.OriginDealer, server.JobQueued, set(
+		server.JobPart{ECUSerial: "HU1", ECUType: "head-unit", TargetPath: "hu-3.0.bin", Version: "3.0.0"},
+		server.JobPart{ECUSerial: "DCM1", ECUType: "dcm", TargetPath: "dcm-2.0.bin", Version: "2.0.0"}))
+	origins[later.ID] = "set"
+	got = assigned(t, d, v, origins)
+	if want := map[string]string{"DCM1": "dcm-7.0.bin job:dealer"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("a set behind another job on its DCM: assigned %v, want %v", got, want)
+	}
+}

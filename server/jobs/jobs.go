@@ -1,4 +1,6 @@
-// Package jobs runs dealer reflash jobs: one image on one ECU of one VIN.
+// Package jobs runs dealer reflash jobs: one image on one ECU of one VIN,
+// or an update set (images on several ECUs of one VIN, installed all
+// together or not at all).
 //
 //	queued → in_progress → succeeded | failed | rolled_back | canceled | timed_out
 //
@@ -84,24 +86,42 @@ func New(cfg Config) (*Service, error) {
 	return &Service{store: cfg.Store, images: cfg.Images, cfg: cfg, now: cfg.Now, log: cfg.Log}, nil
 }
 
-// CreateRequest is the body of POST /api/v1/jobs.
+// CreateRequest is the body of POST /api/v1/jobs: one ECU (ECU and
+// Version), or an update set (ECUs).
 type CreateRequest struct {
 	VIN     string `json:"vin"`
 	ECU     string `json:"ecu"`     // dcm, head-unit or an ECU serial
 	Version string `json:"version"` // e.g. 1.1.0, or latest
-	Forced  bool   `json:"forced"`  // allow a downgrade (the image must permit it)
-	Reason  string `json:"reason"`
+	// ECUs, instead of ECU and Version, make an update set: several ECUs
+	// that install together, in this order, all or none.
+	ECUs   []PartRequest `json:"ecus,omitempty"`
+	Forced bool          `json:"forced"` // allow a downgrade (the image must permit it)
+	Reason string        `json:"reason"`
 }
 
-// Create queues a job after resolving the ECU and the image.
+// PartRequest is one ECU of an update set.
+type PartRequest struct {
+	ECU     string `json:"ecu"`
+	Version string `json:"version"`
+}
+
+// Create queues a job after resolving its ECUs and images. The images'
+// declared requirements (custom.requires) must hold for the vehicle's
+// recorded software with the job's images installed; an update set is
+// how two ECUs that need each other move together.
 func (s *Service) Create(ctx context.Context, by server.Principal, r CreateRequest) (server.Job, error) {
 	v, err := s.store.Vehicle(ctx, r.VIN)
 	if err != nil {
 		return server.Job{}, err
 	}
-	ecu, err := pickECU(v, r.ECU)
-	if err != nil {
-		return server.Job{}, err
+	asked := r.ECUs
+	switch {
+	case len(asked) > 0 && (r.ECU != "" || r.Version != ""):
+		return server.Job{}, server.Errorf(server.KindInvalid, "give ecu and version for one ECU, or ecus for an update set, not both")
+	case len(asked) == 0:
+		asked = []PartRequest{{ECU: r.ECU, Version: r.Version}}
+	case len(asked) > len(v.ECUs):
+		return server.Job{}, server.Errorf(server.KindInvalid, "ecus names %d ECUs; %s has %d", len(asked), v.VIN, len(v.ECUs))
 	}
 	if strings.TrimSpace(r.Reason) == "" {
 		return server.Job{}, server.Errorf(server.KindInvalid, "reason is required: say why this ECU is reflashed (it is audited)")
@@ -110,50 +130,122 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 	if err != nil {
 		return server.Job{}, err
 	}
-	path, c, err := pickImage(targets, ecu, r.Version)
-	if err != nil {
+	var parts []server.JobPart
+	customs := map[string]meta.Custom{}
+	for _, a := range asked {
+		ecu, err := pickECU(v, a.ECU)
+		if err != nil {
+			return server.Job{}, err
+		}
+		if _, dup := customs[ecu.Serial]; dup {
+			return server.Job{}, server.Errorf(server.KindInvalid, "ecus names ECU %s twice; an update set installs one image per ECU", ecu.Serial)
+		}
+		path, c, err := pickImage(targets, ecu, a.Version)
+		if err != nil {
+			return server.Job{}, err
+		}
+		if err := checkDowngrade(targets, ecu, path, c, r.Forced); err != nil {
+			return server.Job{}, err
+		}
+		customs[ecu.Serial] = c
+		parts = append(parts, server.JobPart{ECUSerial: ecu.Serial, ECUType: ecu.Type, TargetPath: path, Version: c.Version})
+	}
+	if err := CheckRequirements(v, parts, customs); err != nil {
 		return server.Job{}, err
 	}
-	if ecu.InstalledTarget != "" {
-		if tf, ok := targets[ecu.InstalledTarget]; ok {
-			if ic, err := meta.TargetCustom(tf); err == nil && c.ReleaseCounter < ic.ReleaseCounter {
-				if !r.Forced {
-					return server.Job{}, server.Errorf(server.KindConflict, "%s is older than the installed %s (release %d < %d); set forced to downgrade", c.Version, ic.Version, c.ReleaseCounter, ic.ReleaseCounter)
-				}
-				if !c.AllowDowngrade {
-					return server.Job{}, server.Errorf(server.KindConflict, "image %s does not permit downgrades; the release engineer must sign it with --allow-downgrade", path)
-				}
-			}
-		}
-	}
 	now := s.now().UTC()
+	first := parts[0]
 	j := server.Job{
-		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: ecu.Serial, ECUType: ecu.Type, TargetPath: path, Version: c.Version,
+		ID: uuid.NewString(), VIN: v.VIN, ECUSerial: first.ECUSerial, ECUType: first.ECUType, TargetPath: first.TargetPath, Version: first.Version,
 		Forced: r.Forced, Reason: r.Reason, State: server.JobQueued, CreatedBy: by.Name, Origin: server.OriginDealer,
 		CreatedAt: now, UpdatedAt: now, MaxAttempts: s.cfg.MaxAttempts,
-		Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, by %s: %s", c.Version, ecu.Type, ecu.Serial, by.Name, r.Reason)}},
 	}
+	what := fmt.Sprintf("%s on %s %s", first.Version, first.ECUType, first.ECUSerial)
+	audit := fmt.Sprintf("vin=%s ecu=%s target=%s", j.VIN, j.ECUSerial, first.TargetPath)
+	if len(parts) > 1 {
+		j.Parts = parts
+		what, audit = "update set "+describeParts(parts), fmt.Sprintf("vin=%s set=%s", j.VIN, auditParts(parts))
+	}
+	j.Events = []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s, by %s: %s", what, by.Name, r.Reason)}}
 	if err := s.store.CreateJob(ctx, j); err != nil {
 		return server.Job{}, err
 	}
-	if err := auditlog.Record(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("vin=%s ecu=%s target=%s forced=%v reason=%q", j.VIN, j.ECUSerial, path, r.Forced, r.Reason)); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("%s forced=%v reason=%q", audit, r.Forced, r.Reason)); err != nil {
 		return server.Job{}, err
 	}
 	defer s.wake(j.VIN)
 	// A dealer job beats a campaign's and auto-assign: their installs
-	// still open on this ECU end now (or, mid-flash, as the install does).
+	// still open on its ECUs end now (or, mid-flash, as the install does).
 	open, err := s.store.JobsByVIN(ctx, v.VIN)
 	if err != nil {
 		return server.Job{}, err
 	}
 	for _, o := range open {
-		if o.ECUSerial == ecu.Serial && o.Origin != server.OriginDealer && !server.JobTerminal(o.State) {
-			if _, err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
-				return server.Job{}, err
+		if o.Origin == server.OriginDealer || server.JobTerminal(o.State) {
+			continue
+		}
+		for _, p := range parts {
+			if _, ok := o.Part(p.ECUSerial); ok {
+				if _, err := s.Supersede(ctx, o, "superseded by dealer job "+j.ID); err != nil {
+					return server.Job{}, err
+				}
+				break
 			}
 		}
 	}
 	return j, nil
+}
+
+// checkDowngrade refuses an image older than the one ecu runs, unless
+// the job is forced and the image permits it.
+func checkDowngrade(targets map[string]*metadata.TargetFiles, ecu server.ECU, path string, c meta.Custom, forced bool) error {
+	tf, ok := targets[ecu.InstalledTarget]
+	if ecu.InstalledTarget == "" || !ok {
+		return nil
+	}
+	ic, err := meta.TargetCustom(tf)
+	if err != nil || c.ReleaseCounter >= ic.ReleaseCounter {
+		return nil
+	}
+	if !forced {
+		return server.Errorf(server.KindConflict, "%s is older than the installed %s on %s (release %d < %d); set forced to downgrade", c.Version, ic.Version, ecu.Serial, c.ReleaseCounter, ic.ReleaseCounter)
+	}
+	if !c.AllowDowngrade {
+		return server.Errorf(server.KindConflict, "image %s does not permit downgrades; the release engineer must sign it with --allow-downgrade", path)
+	}
+	return nil
+}
+
+// CheckRequirements answers requirement_unmet (409) when an image of
+// parts declares a requirement (custom.requires, by the ECU serial in
+// customs) that v's recorded software, with parts installed, breaks.
+func CheckRequirements(v server.Vehicle, parts []server.JobPart, customs map[string]meta.Custom) error {
+	run := v.RunningWith(parts)
+	for _, p := range parts {
+		if req, why, ok := meta.Unmet(customs[p.ECUSerial].Requires, run); !ok {
+			return server.CodedErrorf(server.KindConflict, errcode.RequirementUnmet,
+				"%s %s on %s %s; install both in one update set (ecus) or update the %s first", p.ECUType, p.Version, p.ECUSerial, why, req.ECU)
+		}
+	}
+	return nil
+}
+
+// describeParts is "head-unit 3.0.0 on HU-1 + dcm 2.1.0 on DCM-1".
+func describeParts(parts []server.JobPart) string {
+	var out []string
+	for _, p := range parts {
+		out = append(out, fmt.Sprintf("%s %s on %s", p.ECUType, p.Version, p.ECUSerial))
+	}
+	return strings.Join(out, " + ")
+}
+
+// auditParts is "HU-1:head-unit/hu-3.0.0.img,DCM-1:dcm/dcm-2.1.0.img".
+func auditParts(parts []server.JobPart) string {
+	var out []string
+	for _, p := range parts {
+		out = append(out, p.ECUSerial+":"+p.TargetPath)
+	}
+	return strings.Join(out, ",")
 }
 
 // CreateAuto records an install the --auto-assign policy decided for ECU
@@ -302,6 +394,9 @@ type EventRequest struct {
 	Message string `json:"message,omitempty"`
 	// SHA256 is the installed image's, with succeeded: it must be the job's.
 	SHA256 string `json:"sha256,omitempty"`
+	// Installed, with succeeded for an update set, is each ECU serial's
+	// installed image sha256: every part's, and each the part's image.
+	Installed map[string]string `json:"installed,omitempty"`
 }
 
 // Limits on what a vehicle may report.
@@ -343,9 +438,21 @@ func (s *Service) checkEvent(ctx context.Context, j server.Job, r EventRequest) 
 		if err != nil {
 			return err
 		}
-		tf, ok := targets[j.TargetPath]
-		if !ok || r.SHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
-			return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "succeeded must name the job's image by its sha256 (got %.16q)", r.SHA256)
+		if len(j.Parts) == 0 {
+			tf, ok := targets[j.TargetPath]
+			if !ok || r.SHA256 != hex.EncodeToString(tf.Hashes["sha256"]) {
+				return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "succeeded must name the job's image by its sha256 (got %.16q)", r.SHA256)
+			}
+			break
+		}
+		if len(r.Installed) != len(j.Parts) {
+			return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "succeeded for update set %s must name, in installed, the image of each of its %d ECUs (got %d)", j.ID, len(j.Parts), len(r.Installed))
+		}
+		for _, p := range j.Parts {
+			tf, ok := targets[p.TargetPath]
+			if got := r.Installed[p.ECUSerial]; !ok || got != hex.EncodeToString(tf.Hashes["sha256"]) {
+				return server.CodedErrorf(server.KindConflict, errcode.InvalidTransition, "succeeded must name ECU %s's image %s by its sha256 (got %.16q)", p.ECUSerial, p.TargetPath, got)
+			}
 		}
 	case server.JobFailed:
 	default:
@@ -447,33 +554,53 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 }
 
 // record adds an install attempt's outcome to the vehicle's software
-// record: what the ECU ran (as last reported) and what the job installs.
+// record: what the ECU ran (as last reported) and what the job installs;
+// an update set is one entry with its parts.
 func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, now time.Time) {
 	outcome := map[string]string{server.JobSucceeded: "installed", server.JobRolledBack: "rolled_back", server.JobFailed: "failed"}[kind]
 	if outcome == "" {
 		return
 	}
-	rec := server.SoftwareRecord{VIN: j.VIN, ECUSerial: j.ECUSerial, ECUType: j.ECUType, At: now, ToVersion: j.Version,
-		Via: j.Origin, JobID: j.ID, CampaignID: j.CampaignID, Outcome: outcome, Detail: msg}
-	if v, err := s.store.Vehicle(ctx, j.VIN); err == nil {
-		for _, e := range v.ECUs {
-			if e.Serial == j.ECUSerial {
-				rec.FromVersion, rec.FromSHA256 = e.InstalledVersion, e.InstalledSHA256
-			}
-		}
+	var v server.Vehicle
+	if got, err := s.store.Vehicle(ctx, j.VIN); err == nil {
+		v = got
 	}
-	if targets, _, err := s.images.CurrentTargets(ctx); err == nil {
-		if tf, ok := targets[j.TargetPath]; ok {
-			rec.ToSHA256 = hex.EncodeToString(tf.Hashes["sha256"])
+	targets, _, _ := s.images.CurrentTargets(ctx)
+	var parts []server.RecordPart
+	for _, p := range j.AllParts() {
+		rp := server.RecordPart{ECUSerial: p.ECUSerial, ECUType: p.ECUType, ToVersion: p.Version}
+		if e, ok := v.ECUBySerial(p.ECUSerial); ok {
+			rp.FromVersion, rp.FromSHA256 = e.InstalledVersion, e.InstalledSHA256
 		}
+		if tf, ok := targets[p.TargetPath]; ok {
+			rp.ToSHA256 = hex.EncodeToString(tf.Hashes["sha256"])
+		}
+		parts = append(parts, rp)
 	}
-	if outcome == "installed" && rec.FromSHA256 != "" && rec.FromSHA256 == rec.ToSHA256 {
-		return // the ECU already ran it (installed offline, recorded then)
+	rec := server.SoftwareRecord{VIN: j.VIN, At: now, Via: j.Origin, JobID: j.ID, CampaignID: j.CampaignID, Outcome: outcome, Detail: msg}
+	if len(j.Parts) == 0 {
+		p := parts[0]
+		rec.ECUSerial, rec.ECUType, rec.FromVersion, rec.FromSHA256, rec.ToVersion, rec.ToSHA256 = p.ECUSerial, p.ECUType, p.FromVersion, p.FromSHA256, p.ToVersion, p.ToSHA256
+		if outcome == "installed" && rec.FromSHA256 != "" && rec.FromSHA256 == rec.ToSHA256 {
+			return // the ECU already ran it (installed offline, recorded then)
+		}
+	} else {
+		rec.ECUType, rec.Parts = SetECUType, parts
+		var serials, from, to []string
+		for _, p := range parts {
+			serials = append(serials, p.ECUSerial)
+			from = append(from, p.ECUType+" "+p.FromVersion)
+			to = append(to, p.ECUType+" "+p.ToVersion)
+		}
+		rec.ECUSerial, rec.FromVersion, rec.ToVersion = strings.Join(serials, " + "), strings.Join(from, " + "), strings.Join(to, " + ")
 	}
 	if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
 		s.log.Error("software record not written", "vin", j.VIN, "job", j.ID, "err", err)
 	}
 }
+
+// SetECUType is the ECU type of an update set's software record entry.
+const SetECUType = "set"
 
 func (s *Service) wake(vin string) {
 	if s.cfg.Wake != nil {

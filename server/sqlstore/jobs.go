@@ -5,12 +5,13 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/roadsign/roadsign/server"
 )
 
-const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase, origin, campaign_id, maintenance_window`
+const jobCols = `id, vin, ecu_serial, ecu_type, target_path, version, forced, reason, state, created_by, created_at, updated_at, attempts, max_attempts, next_attempt_at, cancel_requested, phase, origin, campaign_id, maintenance_window, parts`
 
 func jobArgs(j server.Job) []any {
 	origin := j.Origin
@@ -24,23 +25,37 @@ func jobArgs(j server.Job) []any {
 	}
 	return []any{j.ID, j.VIN, j.ECUSerial, j.ECUType, j.TargetPath, j.Version, boolInt(j.Forced), j.Reason, j.State, j.CreatedBy,
 		micros(j.CreatedAt), micros(j.UpdatedAt), j.Attempts, j.MaxAttempts, micros(j.NextAttemptAt), boolInt(j.CancelRequested), j.Phase, origin,
-		j.CampaignID, window}
+		j.CampaignID, window, jsonOrEmpty(j.Parts)}
 }
 
 func scanJob(sc interface{ Scan(...any) error }) (server.Job, error) {
 	var j server.Job
 	var forced, cancel int
 	var created, updated, next int64
-	var window string
+	var window, parts string
 	err := sc.Scan(&j.ID, &j.VIN, &j.ECUSerial, &j.ECUType, &j.TargetPath, &j.Version, &forced, &j.Reason, &j.State, &j.CreatedBy,
-		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase, &j.Origin, &j.CampaignID, &window)
+		&created, &updated, &j.Attempts, &j.MaxAttempts, &next, &cancel, &j.Phase, &j.Origin, &j.CampaignID, &window, &parts)
 	j.Forced, j.CancelRequested = forced == 1, cancel == 1
 	j.CreatedAt, j.UpdatedAt, j.NextAttemptAt = fromMicros(created), fromMicros(updated), fromMicros(next)
 	if window != "" {
 		j.Window = &server.Window{}
 		json.Unmarshal([]byte(window), j.Window)
 	}
+	if err == nil && parts != "" {
+		if perr := json.Unmarshal([]byte(parts), &j.Parts); perr != nil {
+			return j, fmt.Errorf("job %s: its parts do not decode: %w", j.ID, perr)
+		}
+	}
 	return j, err
+}
+
+// jsonOrEmpty is v as JSON, or "" for an empty slice.
+func jsonOrEmpty[T any](v []T) string {
+	if len(v) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
 }
 
 // execer is a database or a transaction.
@@ -57,7 +72,7 @@ const bumpVehicleGen = `UPDATE vehicles SET director_gen = director_gen + 1 WHER
 const bumpJobVehicleGen = `UPDATE vehicles SET director_gen = director_gen + 1 WHERE vin = (SELECT vin FROM jobs WHERE id = ?)`
 
 func (s *Store) insertJob(ctx context.Context, db execer, j server.Job) error {
-	if _, err := db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (`+placeholders(20)+`)`), jobArgs(j)...); err != nil {
+	if _, err := db.ExecContext(ctx, s.q(`INSERT INTO jobs (`+jobCols+`) VALUES (`+placeholders(21)+`)`), jobArgs(j)...); err != nil {
 		return err
 	}
 	if _, err := db.ExecContext(ctx, s.q(bumpVehicleGen), j.VIN); err != nil {

@@ -144,6 +144,11 @@ var migrations = []string{
 	`ALTER TABLE vehicles ADD COLUMN director_gen BIGINT NOT NULL DEFAULT 0;
 	ALTER TABLE director_heads ADD COLUMN basis TEXT NOT NULL DEFAULT '';
 	INSERT INTO repo_versions (name, version) VALUES ('campaigns', 0);`,
+	// 15: update sets: a job installing on several ECUs together keeps
+	// its parts (JSON, install order), and so does its software record
+	// entry; '' for one ECU.
+	`ALTER TABLE jobs ADD COLUMN parts TEXT NOT NULL DEFAULT '';
+	ALTER TABLE software_record ADD COLUMN parts TEXT NOT NULL DEFAULT '';`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -3,7 +3,9 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"time"
 
@@ -12,9 +14,9 @@ import (
 
 // AddSoftwareRecord implements server.Records.
 func (s *Store) AddSoftwareRecord(ctx context.Context, r server.SoftwareRecord) error {
-	_, err := s.exec(ctx, `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256, r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail)
+	_, err := s.exec(ctx, `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail, parts)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256, r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail, jsonOrEmpty(r.Parts))
 	return s.wrap("software record", err)
 }
 
@@ -69,7 +71,7 @@ func (s *Store) SoftwareRecords(ctx context.Context, vin string, q server.Record
 		}
 		where, args = `vin = ? AND id < ? ORDER BY id DESC`, []any{vin, before}
 	}
-	rows, err := s.query(ctx, `SELECT id, vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail
+	rows, err := s.query(ctx, `SELECT id, vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail, parts
 		FROM software_record WHERE `+where+` LIMIT ?`, append(args, q.Limit)...)
 	if err != nil {
 		return nil, s.wrap("software record", err)
@@ -79,9 +81,15 @@ func (s *Store) SoftwareRecords(ctx context.Context, vin string, q server.Record
 	for rows.Next() {
 		var r server.SoftwareRecord
 		var at int64
+		var parts string
 		if err := rows.Scan(&r.ID, &r.VIN, &r.ECUSerial, &r.ECUType, &at, &r.FromVersion, &r.FromSHA256, &r.ToVersion, &r.ToSHA256,
-			&r.Via, &r.JobID, &r.CampaignID, &r.Outcome, &r.Detail); err != nil {
+			&r.Via, &r.JobID, &r.CampaignID, &r.Outcome, &r.Detail, &parts); err != nil {
 			return nil, s.wrap("software record", err)
+		}
+		if parts != "" {
+			if err := json.Unmarshal([]byte(parts), &r.Parts); err != nil {
+				return nil, s.wrap("software record", fmt.Errorf("entry %d: its parts do not decode: %w", r.ID, err))
+			}
 		}
 		r.At = fromMicros(at)
 		out = append(out, r)

@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"JobConcurrency", testJobConcurrency},
 		{"Audit", testAudit},
 		{"SoftwareRecord", testSoftwareRecord},
+		{"UpdateSets", testUpdateSets},
 		{"Director", testDirector},
 		{"DirectorInputs", testDirectorInputs},
 		{"Leases", testLeases},
@@ -904,6 +905,40 @@ func testRepoVersion(t *testing.T, s server.Store) {
 	must(t, s.SetRepoVersion(ctx, 3)) // a late writer does not lower it
 	if v, _ := s.RepoVersion(ctx); v != 5 {
 		t.Fatalf("version row: %d, want 5", v)
+	}
+}
+
+// testUpdateSets: a job's parts and a software record entry's parts come
+// back as stored, in order; a one-ECU job has none.
+func testUpdateSets(t *testing.T, s server.Store) {
+	v := server.Vehicle{VIN: "VINSET", Model: "m", Year: 2026, Region: "EU", PublicKey: []byte{1}, CreatedAt: now,
+		ECUs: []server.ECU{{Serial: "H1", Type: "head-unit", HardwareID: "HU"}, {Serial: "D1", Type: "dcm", HardwareID: "DCM"}}}
+	must(t, s.CreateVehicle(ctx, v))
+	parts := []server.JobPart{{ECUSerial: "H1", ECUType: "head-unit", TargetPath: "head-unit/hu-3.img", Version: "3.0.0"},
+		{ECUSerial: "D1", ECUType: "dcm", TargetPath: "dcm/dcm-2.1.img", Version: "2.1.0"}}
+	set := server.Job{ID: "00000000-0000-0000-0000-00000000005e", VIN: v.VIN, ECUSerial: "H1", ECUType: "head-unit", TargetPath: parts[0].TargetPath,
+		Version: "3.0.0", State: server.JobQueued, Origin: server.OriginDealer, CreatedAt: now, UpdatedAt: now, MaxAttempts: 3, Parts: parts}
+	one := set
+	one.ID, one.Parts, one.CreatedAt = "00000000-0000-0000-0000-0000000000e1", nil, now.Add(time.Second)
+	must(t, s.CreateJob(ctx, set))
+	must(t, s.CreateJob(ctx, one))
+	got, err := s.Job(ctx, set.ID)
+	must(t, err)
+	if fmt.Sprint(got.Parts) != fmt.Sprint(parts) {
+		t.Fatalf("set job parts %+v, want %+v", got.Parts, parts)
+	}
+	byVIN, err := s.JobsByVIN(ctx, v.VIN)
+	must(t, err)
+	if len(byVIN) != 2 || len(byVIN[0].Parts) != 2 || byVIN[1].Parts != nil {
+		t.Fatalf("jobs of %s: %+v", v.VIN, byVIN)
+	}
+	rp := []server.RecordPart{{ECUSerial: "H1", ECUType: "head-unit", FromVersion: "2.0.0", FromSHA256: "aa", ToVersion: "3.0.0", ToSHA256: "bb"},
+		{ECUSerial: "D1", ECUType: "dcm", FromVersion: "1.0.0", FromSHA256: "cc", ToVersion: "2.1.0", ToSHA256: "dd"}}
+	must(t, s.AddSoftwareRecord(ctx, server.SoftwareRecord{VIN: v.VIN, ECUSerial: "H1 + D1", ECUType: "set", At: now, Via: "dealer", JobID: set.ID, Outcome: "installed", Parts: rp}))
+	recs, err := s.SoftwareRecords(ctx, v.VIN, server.RecordQuery{Limit: 5})
+	must(t, err)
+	if len(recs) != 1 || fmt.Sprint(recs[0].Parts) != fmt.Sprint(rp) {
+		t.Fatalf("set record %+v, want parts %+v", recs, rp)
 	}
 }
 

@@ -36,7 +36,7 @@ const usage = `usage: roadsign-signer COMMAND WORKSPACE [flags]
 
 commands:
   init     WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2]
-  add      WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID... --version SEMVER [--release-counter N] [--release-notes TEXT]
+  add      WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID... --version SEMVER [--release-counter N] [--release-notes TEXT] [--requires TYPE>=VERSION]...
   publish  WORKSPACE --server URL --token TOKEN
   status   WORKSPACE [--json]
   rotate   WORKSPACE --role root|targets [--repository image|director] [--root-keys N --root-threshold M]
@@ -141,18 +141,19 @@ func cmdInit(args []string, env Env) error {
 func cmdAdd(args []string, env Env) error {
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	var o signer.AddOptions
-	var hw envflag.List
+	var hw, requires envflag.List
 	fs.StringVar(&o.ECU, "ecu", "", "ECU type: head-unit or dcm")
 	fs.Var(&hw, "hardware-id", "hardware ID the image runs on (repeat for several)")
 	fs.StringVar(&o.Version, "version", "", "firmware version (semantic version)")
 	fs.Int64Var(&o.ReleaseCounter, "release-counter", 0, "anti-rollback counter (default: one above the highest for this ECU type)")
 	fs.StringVar(&o.ReleaseNotes, "release-notes", "", "release notes shown to owners and dealers")
 	fs.BoolVar(&o.AllowDowngrade, "allow-downgrade", false, "let a forced dealer job install this image over a newer one")
+	fs.Var(&requires, "requires", "TYPE>=VERSION another ECU of the vehicle must run with this image (repeat for several)")
 	pos, err := parse(fs, args, env, 2, "roadsign-signer add WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID --version SEMVER")
 	if err != nil {
 		return err
 	}
-	o.File, o.HardwareIDs, o.Progress = pos[1], hw, env.Stderr
+	o.File, o.HardwareIDs, o.Requires, o.Progress = pos[1], hw, requires, env.Stderr
 	w, err := signer.Open(pos[0], env.Now)
 	if err != nil {
 		return err

@@ -70,6 +70,10 @@ func TestReleaseEngineerWorkflow(t *testing.T) {
 	}
 	must(t, exitcode.Usage, "add", ws, img, "--ecu", "dcm", "--hardware-id", "DCM-A", "--version", "one")
 	must(t, exitcode.Usage, "add", ws, img, "--ecu", "dcm", "--version", "1.0.0")
+	if r := must(t, exitcode.Usage, "add", ws, imageFile(t, "head-unit", "HU-A", "3.0.0"), "--ecu", "head-unit", "--hardware-id", "HU-A", "--version", "3.0.0", "--requires", "dcm"); !strings.Contains(r.stderr, "TYPE>=VERSION") {
+		t.Fatalf("add --requires dcm said: %s", r)
+	}
+	must(t, exitcode.OK, "add", ws, imageFile(t, "head-unit", "HU-A", "3.0.0"), "--ecu", "head-unit", "--hardware-id", "HU-A", "--version", "3.0.0", "--requires", "dcm>=1.0.0")
 	r = must(t, exitcode.OK, "status", ws, "--json")
 	var st []map[string]any
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st) != 8 {
@@ -79,7 +83,7 @@ func TestReleaseEngineerWorkflow(t *testing.T) {
 		t.Fatalf("status: %s", r)
 	}
 	r = must(t, exitcode.OK, "publish", ws, "--server", srv.URL, "--token", "tok")
-	if srv.Uploads() != 1 || srv.Publishes() != 1 {
+	if srv.Uploads() != 2 || srv.Publishes() != 1 {
 		t.Fatalf("publish: %s (uploads %d, publishes %d)", r, srv.Uploads(), srv.Publishes())
 	}
 	must(t, exitcode.Usage, "publish", ws, "--server", srv.URL)
@@ -94,7 +98,7 @@ func TestReleaseEngineerWorkflow(t *testing.T) {
 	must(t, exitcode.OK, "extend", ws, "--role", "targets")
 	must(t, exitcode.OK, "extend", ws, "--role", "root", "--repository", "image")
 	must(t, exitcode.OK, "publish", ws, "--server", srv.URL, "--token", "tok")
-	if srv.Uploads() != 1 {
+	if srv.Uploads() != 2 {
 		t.Fatalf("the image was uploaded again: %d uploads", srv.Uploads())
 	}
 }
