@@ -67,6 +67,17 @@ type ECU struct {
 	InstalledVersion string    `json:"installedVersion,omitempty"`
 	InstalledSHA256  string    `json:"installedSha256,omitempty"`
 	ReportedAt       time.Time `json:"reportedAt,omitzero"`
+	// PublicKey is the ECU's own ed25519 key, which signs its version
+	// reports (Uptane); nil for a vehicle registered without ECU keys.
+	// The primary's is the vehicle's key.
+	PublicKey []byte `json:"publicKey,omitempty"`
+	// ReportCounter is the counter of its last accepted signed report: the
+	// next must be higher.
+	ReportCounter int64 `json:"reportCounter,omitempty"`
+	// Attack is the last refusal the ECU reported in a signed report
+	// (what it was sent and why it would not install it), at AttackAt.
+	Attack   string    `json:"attack,omitempty"`
+	AttackAt time.Time `json:"attackAt,omitzero"`
 }
 
 // Vehicle is a registered vehicle.
@@ -492,10 +503,14 @@ type Vehicles interface {
 	ListVehicles(ctx context.Context, f VehicleFilter) ([]Vehicle, error)
 	// ReportECUs records what the vehicle says is installed, its trouble
 	// codes and signal; ErrNotFound if an ECU serial is not the vehicle's
-	// (nothing is recorded then).
+	// (nothing is recorded then). An ECU with a ReportCounter (from its
+	// signed report) is recorded only if the counter is above its last:
+	// else a conflict coded ecu_report_replayed, and nothing is recorded.
+	// A non-empty Attack is kept, with the time, until the next one.
 	ReportECUs(ctx context.Context, vin string, ecus []ECU, h Health, at time.Time) error
-	// ReplaceECU binds a new ECU (serial, hardware) in place of oldSerial
-	// and the vehicle's new public key, revoking the old one.
+	// ReplaceECU binds a new ECU (serial, hardware, own key) in place of
+	// oldSerial, and, unless publicKey is nil, the vehicle's new public
+	// key, revoking the old one.
 	ReplaceECU(ctx context.Context, vin, oldSerial string, e ECU, publicKey []byte) error
 	// RecordRequestFault notes a refused request for vin (kind
 	// FaultBadSignature, FaultClockSkew or FaultCheckInRefused); nothing

@@ -40,6 +40,10 @@ const (
 	ReplayedRequest           = "replayed_request"
 	StaleManifest             = "stale_manifest"
 	UnregisteredECU           = "unregistered_ecu"
+	ECUReportSignature        = "ecu_report_signature"
+	ECUReportReplayed         = "ecu_report_replayed"
+	ECUUnknown                = "ecu_unknown"
+	ECUMissing                = "ecu_missing"
 	ClientCertificateRequired = "client_certificate_required"
 	ClientCertificateMismatch = "client_certificate_mismatch"
 )

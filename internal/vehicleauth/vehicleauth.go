@@ -193,6 +193,14 @@ type Manifest struct {
 	DTCDetails []DTCEpisode `json:"dtcDetails,omitempty"`
 	// Signal is the DCM's cellular signal when the manifest was made.
 	Signal *SignalReport `json:"signal,omitempty"`
+	// PrimarySerial, ECUReports and Unreachable make the manifest an
+	// Uptane vehicle version manifest, for a vehicle whose ECUs have keys
+	// of their own: the primary (the ECU whose key signs the manifest)
+	// gathers one signed report from every ECU, its own included; an ECU
+	// it cannot reach on the vehicle bus is listed in Unreachable instead.
+	PrimarySerial string            `json:"primarySerial,omitempty"`
+	ECUReports    []SignedECUReport `json:"ecuReports,omitempty"`
+	Unreachable   []string          `json:"unreachable,omitempty"`
 }
 
 // DTCEpisode is one diagnostic trouble code episode, the one type for it

@@ -83,12 +83,54 @@ var Rules = []Rule{
 			"A dealer has to correct the registration: book a visit and mention this message."}, SeeDealer: true},
 		Match: func(e Evidence) []Finding {
 			f := e.Vehicle.RequestFaults
-			if f.CheckInRefusedAt.IsZero() || !f.CheckInRefusedAt.After(e.Vehicle.LastSeen) {
+			if f.CheckInRefusedAt.IsZero() || !f.CheckInRefusedAt.After(e.Vehicle.LastSeen) || ecuReportCode(f.CheckInRefused) != "" {
 				return nil
 			}
 			return []Finding{{Title: "The car's check-ins are refused: the units it reports do not match its registration",
 				Evidence: []Fact{{Record: "refused check-ins", At: f.CheckInRefusedAt, Detail: f.CheckInRefused}},
 				Actions:  []Action{{Kind: ActReprovision, ECU: unreported(e), Label: "Correct the registration"}}}}
+		},
+	},
+	{
+		Code: "ecu_report_refused", Severity: Problem,
+		Owner: OwnerStep{Title: "One of your car's units could not prove which software it runs", Steps: []string{
+			"Each unit of your car signs what it runs; one unit's signature was missing or wrong, so we hold back updates.",
+			"A dealer checks the unit named here: book a visit and mention this message."}, SeeDealer: true},
+		Match: func(e Evidence) []Finding {
+			f := e.Vehicle.RequestFaults
+			code := ecuReportCode(f.CheckInRefused)
+			if f.CheckInRefusedAt.IsZero() || !f.CheckInRefusedAt.After(e.Vehicle.LastSeen) || code == "" {
+				return nil
+			}
+			unit := namedUnit(e, f.CheckInRefused)
+			fixes := map[string]string{
+				errcode.ECUReportSignature: "The unit's report is not signed by the key registered for it. If the unit was replaced, re-provision it with the new unit's key; if it was not, its report was forged: inspect the head unit (the primary that relays it).",
+				errcode.ECUReportReplayed:  "The unit's report repeats one from an earlier cycle: a report played back. Inspect the head unit (the primary that relays the reports) and the vehicle network; do not re-provision.",
+				errcode.ECUUnknown:         "A unit not registered for this VIN reports: a replaced unit that was not re-provisioned. Re-provision it in place of the unit it replaced, with its own key.",
+				errcode.ECUMissing:         "A registered unit sent no report: check that it is fitted, powered and on the vehicle bus; if it was replaced, re-provision the replacement.",
+			}
+			return []Finding{{Title: "The car's check-ins are refused: " + code + " (" + unitOr(unit) + ")",
+				Evidence: []Fact{{Record: "refused check-ins", At: f.CheckInRefusedAt, Detail: f.CheckInRefused}},
+				Fix:      fixes[code],
+				Actions:  []Action{{Kind: ActReprovision, ECU: unit, Label: "Re-provision " + unitOr(unit)}}}}
+		},
+	},
+	{
+		Code: "ecu_refused_image", Severity: Problem,
+		Fix: "The unit refused an image or metadata its primary sent it that the director did not sign for it. Nothing was installed on it. Inspect the head unit (the primary) for tampering before the next update; the unit itself is fine.",
+		Owner: OwnerStep{Title: "One of your car's units refused software it was not meant to get", Steps: []string{
+			"A unit of your car turned down software that we did not sign for it, and kept its own.",
+			"Your car is safe to drive. A dealer inspects it: book a visit and mention this message."}, SeeDealer: true},
+		Match: func(e Evidence) []Finding {
+			var out []Finding
+			for _, u := range e.Vehicle.ECUs {
+				if u.Attack == "" || e.Now.Sub(u.AttackAt) > 30*24*time.Hour {
+					continue
+				}
+				out = append(out, Finding{Title: fmt.Sprintf("%s %s refused what it was sent", u.Type, u.Serial),
+					Evidence: []Fact{{Record: "signed report of " + u.Serial, At: u.AttackAt, Detail: u.Attack}}})
+			}
+			return out
 		},
 	},
 	{
@@ -401,6 +443,34 @@ func lastSucceeded(e Evidence, ecuType string) *server.Job {
 		}
 	}
 	return nil
+}
+
+// ecuReportCode is the ECU report refusal a refused check-in's detail
+// starts with ("" for another refusal).
+func ecuReportCode(detail string) string {
+	for _, c := range []string{errcode.ECUReportSignature, errcode.ECUReportReplayed, errcode.ECUUnknown, errcode.ECUMissing} {
+		if strings.HasPrefix(detail, c+": ") {
+			return c
+		}
+	}
+	return ""
+}
+
+// namedUnit is the registered unit a refusal names ("" if none).
+func namedUnit(e Evidence, detail string) string {
+	for _, u := range e.Vehicle.ECUs {
+		if strings.Contains(detail, " "+u.Serial+" ") || strings.Contains(detail, " "+u.Serial+",") || strings.Contains(detail, " "+u.Serial+":") {
+			return u.Serial
+		}
+	}
+	return ""
+}
+
+func unitOr(serial string) string {
+	if serial == "" {
+		return "the unit named in the evidence"
+	}
+	return serial
 }
 
 func serialOf(e Evidence, ecuType string) string {

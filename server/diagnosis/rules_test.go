@@ -59,6 +59,13 @@ func TestEachRule(t *testing.T) {
 			e.Vehicle.RequestFaults = server.RequestFaults{CheckInRefusedAt: t0.Add(-time.Second), CheckInRefused: "the car reports units HU1, DCM1"}
 			e.ECUs[0].ReportedAt = t0.Add(-time.Hour)
 		}},
+		{"ecu_report_refused", ActReprovision, func(e *Evidence) {
+			e.Vehicle.RequestFaults = server.RequestFaults{CheckInRefusedAt: t0.Add(-time.Second),
+				CheckInRefused: "ecu_report_signature: the report of dcm DCM1 is not signed by its registered key: a forged report, or a unit replaced without re-provisioning"}
+		}},
+		{"ecu_refused_image", "", func(e *Evidence) {
+			e.Vehicle.ECUs[1].Attack, e.Vehicle.ECUs[1].AttackAt = "refused dcm/evil.img: not signed by the director for DCM1", t0.Add(-time.Hour)
+		}},
 		{"clock_skew", "", func(e *Evidence) {
 			e.Vehicle.RequestFaults = server.RequestFaults{ClockSkewAt: t0.Add(-time.Second), ClockSkew: -15 * time.Minute}
 		}},

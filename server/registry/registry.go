@@ -4,6 +4,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -98,6 +99,10 @@ type ECURequest struct {
 	Type       string `json:"type"`
 	Serial     string `json:"serial"`
 	HardwareID string `json:"hardwareId"`
+	// PublicKey is the ECU's own ed25519 key (base64), which signs its
+	// version reports: given for every ECU or for none, and the primary's
+	// is the vehicle's publicKey.
+	PublicKey string `json:"publicKey,omitempty"`
 }
 
 // RegisterRequest is the body of POST /api/v1/vehicles.
@@ -147,6 +152,9 @@ func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterR
 		seen[e.Serial] = true
 		v.ECUs = append(v.ECUs, server.ECU{Serial: e.Serial, Type: e.Type, HardwareID: e.HardwareID})
 	}
+	if err := ecuKeys(r, &v); err != nil {
+		return server.Vehicle{}, err
+	}
 	if err := s.store.CreateVehicle(ctx, v); err != nil {
 		if errors.Is(err, server.ErrConflict) {
 			return server.Vehicle{}, server.Errorf(server.KindConflict, "VIN %s or one of its ECU serials is already registered; a replaced ECU is re-provisioned, not registered again", v.VIN)
@@ -163,6 +171,54 @@ func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterR
 		}
 	}
 	return v, nil
+}
+
+// ecuKeys decodes the ECUs' own keys of a registration into v: every
+// ECU has one or none does, no two share one, and exactly one (the
+// primary) has the vehicle's.
+func ecuKeys(r RegisterRequest, v *server.Vehicle) error {
+	n := 0
+	for _, e := range r.ECUs {
+		if e.PublicKey != "" {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if n != len(r.ECUs) {
+		return server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "ecus: %d of %d ECUs have a publicKey; give every ECU its own key, or none", n, len(r.ECUs))
+	}
+	seen, primaries := map[string]string{}, 0
+	for i, e := range r.ECUs {
+		key, err := base64.StdEncoding.DecodeString(e.PublicKey)
+		if err != nil || len(key) != ed25519.PublicKeySize {
+			return server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "ecus[%d].publicKey: want a base64 ed25519 public key (32 bytes)", i)
+		}
+		if other, dup := seen[string(key)]; dup {
+			return server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "ecus[%d].publicKey: %s and %s have the same key; each ECU signs with its own", i, other, e.Serial)
+		}
+		seen[string(key)] = e.Serial
+		if bytes.Equal(key, v.PublicKey) {
+			primaries++
+		}
+		v.ECUs[i].PublicKey = key
+	}
+	if primaries != 1 {
+		return server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "ecus: the primary ECU's publicKey must be the vehicle's publicKey (it signs the vehicle's manifests)")
+	}
+	return nil
+}
+
+// Primary is the ECU of v whose key is the vehicle's (it signs the
+// manifests), if its ECUs have keys of their own.
+func Primary(v server.Vehicle) (server.ECU, bool) {
+	for _, e := range v.ECUs {
+		if len(e.PublicKey) > 0 && bytes.Equal(e.PublicKey, v.PublicKey) {
+			return e, true
+		}
+	}
+	return server.ECU{}, false
 }
 
 // Get returns a vehicle; admins and dealers see any, owners only their own.
@@ -207,7 +263,11 @@ func (s *Service) VehicleKey(ctx context.Context, vinStr string) (ed25519.Public
 func (s *Service) CheckIn(ctx context.Context, vinStr string, sm vehicleauth.SignedManifest) error {
 	err := s.checkIn(ctx, vinStr, sm)
 	if e := server.ErrorOf(err); err != nil && e.Kind == server.KindInvalid {
-		s.NoteRequestFault(ctx, vinStr, server.RequestFault{Kind: server.FaultCheckInRefused, Detail: e.Message})
+		detail := e.Message
+		if ECUReportCodes[e.Code] {
+			detail = e.Code + ": " + detail // the diagnosis names the ECU and why
+		}
+		s.NoteRequestFault(ctx, vinStr, server.RequestFault{Kind: server.FaultCheckInRefused, Detail: detail})
 	}
 	return err
 }
@@ -244,11 +304,24 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		d.Description, d.ReportedAt = "", time.Time{} // the vehicle's words stay the vehicle's; the store stamps receipt
 		h.Episodes = append(h.Episodes, d)
 	}
-	var before server.Vehicle
-	if len(m.Offline) > 0 {
-		before, _ = s.store.Vehicle(ctx, vinStr) // what ran before the USB installs
+	// What ran before (the USB installs' record), and whose ECUs sign
+	// their own reports.
+	before, err := s.store.Vehicle(ctx, vinStr)
+	if err != nil {
+		return err
 	}
-	if err := s.store.ReportECUs(ctx, vinStr, ecus, h, now); errors.Is(err, server.ErrNotFound) {
+	if _, keyed := Primary(before); keyed {
+		if ecus, err = verifyECUReports(before, m); err != nil {
+			return err
+		}
+	} else if len(m.ECUReports) > 0 || m.PrimarySerial != "" {
+		return server.CodedErrorf(server.KindInvalid, errcode.ECUReportSignature, "%s was registered without ECU keys, so its ECUs' signed reports cannot be checked; re-register it with each ECU's key", vinStr)
+	}
+	err = s.store.ReportECUs(ctx, vinStr, ecus, h, now)
+	if e := server.ErrorOf(err); err != nil && e.Code == errcode.ECUReportReplayed {
+		return server.CodedErrorf(server.KindInvalid, errcode.ECUReportReplayed, "%s (a report played back from an earlier cycle)", e.Message)
+	}
+	if errors.Is(err, server.ErrNotFound) {
 		return server.CodedErrorf(server.KindInvalid, errcode.UnregisteredECU, "the car reports units %s, and %s has %s registered: a unit was replaced and not re-provisioned, or re-provisioned in place of the wrong one",
 			serials(m.ECUs), vinStr, registeredSerials(ctx, s.store, vinStr))
 	} else if err != nil {
@@ -266,6 +339,82 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		}
 	}
 	return nil
+}
+
+// ECUReportCodes are the refusals of an ECU's signed version report.
+var ECUReportCodes = map[string]bool{errcode.ECUReportSignature: true, errcode.ECUReportReplayed: true, errcode.ECUUnknown: true, errcode.ECUMissing: true}
+
+// verifyECUReports holds a vehicle version manifest of v, whose ECUs have
+// keys of their own, to Uptane: the primary it names is v's; every
+// report is signed by the registered key of the ECU it names, an ECU of
+// v's inventory, with a counter above its last accepted one; every ECU of
+// the inventory sent one, unless the primary says it cannot reach it.
+// What each ECU runs is taken from its own signed report, never from the
+// primary's word. It returns the ECUs' updates.
+func verifyECUReports(v server.Vehicle, m vehicleauth.Manifest) ([]server.ECU, error) {
+	refuse := func(code, format string, args ...any) ([]server.ECU, error) {
+		return nil, server.CodedErrorf(server.KindInvalid, code, format, args...)
+	}
+	primary, _ := Primary(v)
+	if m.PrimarySerial == "" && len(m.ECUReports) == 0 {
+		return refuse(errcode.ECUMissing, "the manifest carries no signed ECU reports, and %s's ECUs have keys of their own: each signs its report (%s)", v.VIN, inventory(v))
+	}
+	if m.PrimarySerial != primary.Serial {
+		return refuse(errcode.ECUUnknown, "the manifest names primary %q; %s's primary is %s (its key signs the manifests)", m.PrimarySerial, v.VIN, primary.Serial)
+	}
+	versions := map[string]string{}
+	for _, e := range m.ECUs {
+		versions[e.Serial] = e.Version
+	}
+	reported := map[string]bool{}
+	var out []server.ECU
+	for _, sr := range m.ECUReports {
+		r, err := sr.Peek()
+		if err != nil {
+			return refuse(errcode.ECUReportSignature, "%v", err)
+		}
+		e, ok := v.ECUBySerial(r.ECUSerial)
+		switch {
+		case !ok:
+			return refuse(errcode.ECUUnknown, "a report comes from ECU %s, which is not in %s's inventory (%s): a replaced unit that was not re-provisioned?", r.ECUSerial, v.VIN, inventory(v))
+		case reported[e.Serial]:
+			return refuse(errcode.ECUReportReplayed, "ECU %s reports twice in one manifest", e.Serial)
+		}
+		if _, err := sr.Open(e.PublicKey); err != nil {
+			return refuse(errcode.ECUReportSignature, "the report of %s %s is not signed by its registered key: a forged report, or a unit replaced without re-provisioning", e.Type, e.Serial)
+		}
+		if r.Counter <= e.ReportCounter {
+			return refuse(errcode.ECUReportReplayed, "the report of %s %s has counter %d, not above %d, its last accepted one: a report played back from an earlier cycle", e.Type, e.Serial, r.Counter, e.ReportCounter)
+		}
+		reported[e.Serial] = true
+		u := server.ECU{Serial: e.Serial, InstalledTarget: r.InstalledImage.Filename, InstalledSHA256: r.InstalledImage.Hashes["sha256"],
+			ReportCounter: r.Counter, Attack: r.AttackDetected}
+		if u.InstalledSHA256 != "" {
+			u.InstalledVersion = versions[e.Serial]
+		}
+		out = append(out, u)
+	}
+	for _, serial := range m.Unreachable {
+		if _, ok := v.ECUBySerial(serial); !ok {
+			return refuse(errcode.ECUUnknown, "the manifest says ECU %s is unreachable, and it is not in %s's inventory (%s)", serial, v.VIN, inventory(v))
+		}
+		reported[serial] = true
+	}
+	for _, e := range v.ECUs {
+		if !reported[e.Serial] {
+			return refuse(errcode.ECUMissing, "%s %s of %s's inventory sent no signed report: the unit is missing, replaced, or its report was dropped", e.Type, e.Serial, v.VIN)
+		}
+	}
+	return out, nil
+}
+
+// inventory lists v's units, "TYPE SERIAL".
+func inventory(v server.Vehicle) string {
+	var out []string
+	for _, e := range v.ECUs {
+		out = append(out, e.Type+" "+e.Serial)
+	}
+	return strings.Join(out, ", ")
 }
 
 // MaxUSBRecordsPerDay is how many USB installs per vehicle the software
@@ -304,8 +453,8 @@ var dtcRE = regexp.MustCompile(`^[PBCU][0-9A-F]{4}$`)
 
 // checkManifestSizes bounds what a vehicle may report, field by field.
 func checkManifestSizes(m vehicleauth.Manifest) error {
-	if len(m.ECUs) > 16 || len(m.Offline) > 32 || len(m.DTCs) > 32 {
-		return server.Errorf(server.KindInvalid, "manifest lists too much: at most 16 ECUs, 32 offline installs and 32 trouble codes")
+	if len(m.ECUs) > 16 || len(m.ECUReports) > 16 || len(m.Unreachable) > 16 || len(m.Offline) > 32 || len(m.DTCs) > 32 {
+		return server.Errorf(server.KindInvalid, "manifest lists too much: at most 16 ECUs (and ECU reports), 32 offline installs and 32 trouble codes")
 	}
 	seen := map[string]bool{}
 	for _, e := range m.ECUs {
@@ -389,7 +538,18 @@ func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, o
 	if err := s.checkHardware(ctx, old, r.HardwareID); err != nil {
 		return v, err
 	}
-	err = s.store.ReplaceECU(ctx, vinStr, oldSerial, server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID}, key)
+	// With keys of their own, a replaced unit brings its own key, and
+	// the vehicle's changes only when the primary was replaced; without,
+	// the vehicle's key is the one the new unit brings.
+	n := server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID}
+	vehicleKey, what := key, "vehicle key replaced, old key revoked"
+	if primary, keyed := Primary(v); keyed {
+		n.PublicKey = key
+		if primary.Serial != oldSerial {
+			vehicleKey, what = nil, "the unit's own key replaced, the vehicle key unchanged"
+		}
+	}
+	err = s.store.ReplaceECU(ctx, vinStr, oldSerial, n, vehicleKey)
 	if errors.Is(err, server.ErrConflict) {
 		return v, server.Errorf(server.KindConflict, "ECU serial %s is already registered to a vehicle", r.Serial)
 	}
@@ -397,7 +557,7 @@ func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, o
 		return v, err
 	}
 	if err := auditlog.Record(ctx, s.store, s.now(), by, "ecu.replace", vinStr,
-		fmt.Sprintf("%s %s (%s) -> %s (%s); vehicle key replaced, old key revoked; reason=%q", old.Type, oldSerial, old.HardwareID, r.Serial, r.HardwareID, r.Reason)); err != nil {
+		fmt.Sprintf("%s %s (%s) -> %s (%s); %s; reason=%q", old.Type, oldSerial, old.HardwareID, r.Serial, r.HardwareID, what, r.Reason)); err != nil {
 		return v, err
 	}
 	return s.store.Vehicle(ctx, vinStr)

@@ -149,6 +149,13 @@ var migrations = []string{
 	// entry; '' for one ECU.
 	`ALTER TABLE jobs ADD COLUMN parts TEXT NOT NULL DEFAULT '';
 	ALTER TABLE software_record ADD COLUMN parts TEXT NOT NULL DEFAULT '';`,
+	// 16: ECUs with keys of their own (Uptane): the key (base64, '' for
+	// a vehicle registered without ECU keys), the counter of the last
+	// accepted signed version report, and the last refusal it reported.
+	`ALTER TABLE ecus ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
+	ALTER TABLE ecus ADD COLUMN report_counter BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE ecus ADD COLUMN attack TEXT NOT NULL DEFAULT '';
+	ALTER TABLE ecus ADD COLUMN attack_at BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -3,11 +3,13 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -19,8 +21,8 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 			return err
 		}
 		for i, e := range v.ECUs {
-			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position) VALUES (?, ?, ?, ?, ?)`,
-				e.Serial, v.VIN, e.Type, e.HardwareID, i); err != nil {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position, public_key) VALUES (?, ?, ?, ?, ?, ?)`,
+				e.Serial, v.VIN, e.Type, e.HardwareID, i, encodeKey(e.PublicKey)); err != nil {
 				return err
 			}
 		}
@@ -43,6 +45,38 @@ func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	return v, err
 }
 
+// ecuCols are an ECU's columns, as ecuRow scans them.
+const ecuCols = `serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at, public_key, report_counter, attack, attack_at`
+
+// ecuRow scans ecuCols; every column may be NULL (a vehicle without
+// ECUs, joined).
+type ecuRow struct {
+	serial, typ, hw, target, version, sum, key, attack sql.NullString
+	rep, counter, attackAt                             sql.NullInt64
+}
+
+func (r *ecuRow) dest() []any {
+	return []any{&r.serial, &r.typ, &r.hw, &r.target, &r.version, &r.sum, &r.rep, &r.key, &r.counter, &r.attack, &r.attackAt}
+}
+
+func (r *ecuRow) ecu() server.ECU {
+	e := server.ECU{Serial: r.serial.String, Type: r.typ.String, HardwareID: r.hw.String, InstalledTarget: r.target.String,
+		InstalledVersion: r.version.String, InstalledSHA256: r.sum.String, ReportedAt: fromMicros(r.rep.Int64),
+		ReportCounter: r.counter.Int64, Attack: r.attack.String, AttackAt: fromMicros(r.attackAt.Int64)}
+	if r.key.String != "" {
+		e.PublicKey, _ = base64.StdEncoding.DecodeString(r.key.String)
+	}
+	return e
+}
+
+// encodeKey is how an ECU's key is stored: base64, ” for none.
+func encodeKey(k []byte) string {
+	if len(k) == 0 {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(k)
+}
+
 // RecordAuth implements server.Vehicles.
 func (s *Store) RecordAuth(ctx context.Context, vin string, a server.AuthRecord) error {
 	_, err := s.exec(ctx, `UPDATE vehicles SET auth_state = ?, auth_at = ?, auth_message = ?, auth_expires = ? WHERE vin = ?`,
@@ -60,7 +94,7 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 	for i, v := range vins {
 		args[i] = v
 	}
-	rows, err := s.query(ctx, `SELECT vin, serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at
+	rows, err := s.query(ctx, `SELECT vin, `+ecuCols+`
 		FROM ecus WHERE vin IN (`+ph+`) ORDER BY vin, position`, args...)
 	if err != nil {
 		return nil, err
@@ -68,13 +102,11 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 	defer rows.Close()
 	for rows.Next() {
 		var vin string
-		var e server.ECU
-		var rep int64
-		if err := rows.Scan(&vin, &e.Serial, &e.Type, &e.HardwareID, &e.InstalledTarget, &e.InstalledVersion, &e.InstalledSHA256, &rep); err != nil {
+		var e ecuRow
+		if err := rows.Scan(append([]any{&vin}, e.dest()...)...); err != nil {
 			return nil, err
 		}
-		e.ReportedAt = fromMicros(rep)
-		out[vin] = append(out[vin], e)
+		out[vin] = append(out[vin], e.ecu())
 	}
 	return out, rows.Err()
 }
@@ -82,7 +114,7 @@ func (s *Store) loadECUs(ctx context.Context, vins []string) (map[string][]serve
 // Vehicle implements server.Vehicles.
 // The vehicle and its ECUs are one query (every director poll loads them).
 func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error) {
-	rows, err := s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+`, e.serial, e.type, e.hardware_id, e.installed_target, e.installed_version, e.installed_sha256, e.reported_at
+	rows, err := s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+`, `+prefixCols("e.", ecuCols)+`
 		FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin WHERE v.vin = ? ORDER BY e.position`, vin)
 	if err != nil {
 		return server.Vehicle{}, s.wrap("vehicle "+vin, err)
@@ -91,18 +123,16 @@ func (s *Store) Vehicle(ctx context.Context, vin string) (server.Vehicle, error)
 	var v server.Vehicle
 	found := false
 	for rows.Next() {
-		var serial, typ, hw, target, version, sum sql.NullString
-		var rep sql.NullInt64
-		row, err := scanVehicle(scanWith{rows, []any{&serial, &typ, &hw, &target, &version, &sum, &rep}})
+		var e ecuRow
+		row, err := scanVehicle(scanWith{rows, e.dest()})
 		if err != nil {
 			return server.Vehicle{}, s.wrap("vehicle "+vin, err)
 		}
 		if !found {
 			v, found = row, true
 		}
-		if serial.Valid {
-			v.ECUs = append(v.ECUs, server.ECU{Serial: serial.String, Type: typ.String, HardwareID: hw.String, InstalledTarget: target.String,
-				InstalledVersion: version.String, InstalledSHA256: sum.String, ReportedAt: fromMicros(rep.Int64)})
+		if e.serial.Valid {
+			v.ECUs = append(v.ECUs, e.ecu())
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -212,10 +242,27 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 			}
 		}
 		for _, e := range ecus {
-			res, err := s.txExec(ctx, tx, `UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ? WHERE vin = ? AND serial = ?`,
-				e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at), vin, e.Serial)
+			q, args := `UPDATE ecus SET installed_target = ?, installed_version = ?, installed_sha256 = ?, reported_at = ?`,
+				[]any{e.InstalledTarget, e.InstalledVersion, e.InstalledSHA256, micros(at)}
+			if e.Attack != "" {
+				q, args = q+`, attack = ?, attack_at = ?`, append(args, truncate(e.Attack, 512), micros(at))
+			}
+			where, wargs := ` WHERE vin = ? AND serial = ?`, []any{vin, e.Serial}
+			if e.ReportCounter > 0 {
+				// A signed report's counter only rises: a report played
+				// back from an earlier cycle changes nothing.
+				q, args = q+`, report_counter = ?`, append(args, e.ReportCounter)
+				where, wargs = where+` AND report_counter < ?`, append(wargs, e.ReportCounter)
+			}
+			res, err := s.txExec(ctx, tx, q+where, append(args, wargs...)...)
 			if err != nil {
 				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 && e.ReportCounter > 0 {
+				var one int
+				if tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM ecus WHERE vin = ? AND serial = ?`), vin, e.Serial).Scan(&one) == nil {
+					return server.CodedErrorf(server.KindConflict, errcode.ECUReportReplayed, "ECU %s: report counter %d is not above the last accepted one", e.Serial, e.ReportCounter)
+				}
 			}
 			if n, _ := res.RowsAffected(); n == 0 {
 				return fmt.Errorf("ECU %s: %w", e.Serial, sql.ErrNoRows)
@@ -294,8 +341,8 @@ func (s *Store) VehicleKey(ctx context.Context, vin string) ([]byte, error) {
 // ReplaceECU implements server.Vehicles.
 func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.ECU, key []byte) error {
 	return s.wrap("replace ECU "+oldSerial+" of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := s.txExec(ctx, tx, `UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0
-			WHERE vin = ? AND serial = ?`, e.Serial, e.HardwareID, vin, oldSerial)
+		res, err := s.txExec(ctx, tx, `UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0,
+			public_key = ?, report_counter = 0, attack = '', attack_at = 0 WHERE vin = ? AND serial = ?`, e.Serial, e.HardwareID, encodeKey(e.PublicKey), vin, oldSerial)
 		if err != nil {
 			return err
 		}
@@ -305,6 +352,10 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 		// The refused requests were signed with the old key's successor,
 		// or by someone else: evidence about a key that is gone. The
 		// new ECU changes the assignment's inputs.
+		if key == nil { // a secondary's own key changed: the vehicle's stays
+			_, err = s.txExec(ctx, tx, `UPDATE vehicles SET checkin_refused_at = 0, checkin_refused = '', director_gen = director_gen + 1 WHERE vin = ?`, vin)
+			return err
+		}
 		_, err = s.txExec(ctx, tx, `UPDATE vehicles SET public_key = ?, bad_signature_at = 0, bad_signature_count = 0, checkin_refused_at = 0, checkin_refused = '',
 			director_gen = director_gen + 1 WHERE vin = ?`, key, vin)
 		return err
