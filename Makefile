@@ -72,7 +72,8 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse internal/vehicleauth:FuzzVerify \
 	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
 	server/repo:FuzzPublish server/repo:FuzzUploadTarget internal/fwimage:FuzzParseHeader client/fault:FuzzParse \
-	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI
+	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI \
+	client/ecunet:FuzzFrames internal/vehicleauth:FuzzECUReport
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn (./$$pkg, $(FUZZTIME))"; \

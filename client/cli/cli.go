@@ -58,6 +58,12 @@ commands:
   client-cert --state DIR --cert FILE   install the certificate issued for the vehicle's key (mutual TLS)
   trust-ca    --state DIR --ca-cert FILE|system
                                         set or replace the CA the server's certificate must chain to
+  init-secondary --state DIR --vin VIN --ecu TYPE:SERIAL:HWID:FIRMWARE_FILE --director-root FILE
+                 [--image-root FILE] --verification full|partial
+                                        create a secondary ECU (its own slots, pinned roots and key)
+  secondary   --state DIR --listen HOST:PORT
+                                        run a secondary ECU: it verifies and installs only what the
+                                        director signed for it, whatever its primary sends
 
 faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
 power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail,
@@ -110,6 +116,9 @@ func run(ctx context.Context, args []string, env Env) error {
 		"replace-ecu": func(a []string) error { return cmdReplaceECU(a, env) },
 		"client-cert": func(a []string) error { return cmdClientCert(a, env) },
 		"trust-ca":    func(a []string) error { return cmdTrustCA(a, env) },
+
+		"init-secondary": func(a []string) error { return cmdInitSecondary(a, env) },
+		"secondary":      func(a []string) error { return cmdSecondary(ctx, a, env) },
 	})
 }
 

@@ -189,6 +189,11 @@ func (u *Uptane) Direct(vin string, as ...Assign) {
 			ids[serial] = map[string]string{"hardwareId": hw}
 		}
 		custom := map[string]any{"ecuIdentifiers": ids}
+		if itf != nil { // as the real director: the image's type, version and counter
+			if c, err := meta.TargetCustom(itf); err == nil {
+				custom["ecuType"], custom["version"], custom["releaseCounter"] = c.ECU, c.Version, c.ReleaseCounter
+			}
+		}
 		if a.JobID != "" {
 			custom["jobId"] = a.JobID
 		}
@@ -238,6 +243,33 @@ func (u *Uptane) Publish() {
 		r.files[fmt.Sprintf("%d.snapshot.json", v)] = sraw
 		r.files["timestamp.json"] = tsraw
 	}
+}
+
+// Files are the metadata files repo ("director" or "image") serves, by
+// name: what a primary forwards to its secondaries.
+func (u *Uptane) Files(repo string) map[string][]byte {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r := u.image
+	if repo == "director" {
+		r = u.director
+	}
+	out := make(map[string][]byte, len(r.files))
+	for k, v := range r.files {
+		out[k] = v
+	}
+	return out
+}
+
+// Blob is the image bytes served for target path p.
+func (u *Uptane) Blob(p string) []byte {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	tf := u.image.targetsMeta.Signed.Targets[p]
+	if tf == nil {
+		return nil
+	}
+	return u.blobs[meta.ConsistentPath(p, hex.EncodeToString(tf.Hashes["sha256"]), false)]
 }
 
 // RefuseAuth makes the authorization handshake answer 403 with code

@@ -1,0 +1,57 @@
+package secondary
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/client/ecunet"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
+)
+
+// Report signs this cycle's ECU version report with the ECU's own key:
+// the image its active slot runs, the refusal it has to report, the
+// latest time it can vouch for and a counter that rose since the last.
+func (s *State) Report() (vehicleauth.SignedECUReport, error) {
+	rec, err := s.ECU().LoadRecord()
+	if err != nil {
+		return vehicleauth.SignedECUReport{}, err
+	}
+	n, err := s.nextCounter()
+	if err != nil {
+		return vehicleauth.SignedECUReport{}, err
+	}
+	r := vehicleauth.ECUVersionReport{ECUSerial: s.Config.ECU.Serial, AttackDetected: s.lastAttack(), LatestTime: s.now().UTC(), Counter: n}
+	if a := rec.Slots[rec.Active]; a != nil {
+		r.InstalledImage = vehicleauth.InstalledImage{Filename: a.Target, Length: a.Length, Hashes: map[string]string{"sha256": a.SHA256}}
+	}
+	return vehicleauth.SignECUReport(s.key.Private, r)
+}
+
+// Status is what the ECU runs, for the primary's status.
+func (s *State) Status() (ecunet.Status, error) {
+	rec, err := s.ECU().LoadRecord()
+	if err != nil {
+		return ecunet.Status{}, err
+	}
+	st := ecunet.Status{Envelope: ecunet.Envelope{Type: ecunet.TypeStatus}, Serial: s.Config.ECU.Serial, ECUType: s.Config.ECU.Type,
+		HardwareID: s.Config.ECU.HardwareID, ActiveSlot: string(rec.Active), LastResult: rec.LastResult, UpdatedAt: rec.UpdatedAt}
+	if a := rec.Slots[rec.Active]; a != nil {
+		st.Version, st.SHA256, st.Target = a.Version, a.SHA256, a.Target
+	}
+	return st, nil
+}
+
+// rootVersion is the version of the root cached in dir (0: none).
+func rootVersion(dir string) int64 {
+	b, err := os.ReadFile(filepath.Join(dir, "root.json"))
+	if err != nil {
+		return 0
+	}
+	r, err := metadata.Root().FromBytes(b)
+	if err != nil {
+		return 0
+	}
+	return r.Signed.Version
+}
