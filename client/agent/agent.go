@@ -23,6 +23,7 @@ import (
 	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/progress"
 )
@@ -44,6 +45,36 @@ type Agent struct {
 	health *health
 	// jobs are this cycle's reports on update-set jobs.
 	jobs *jobLog
+	// remotes are this cycle's connections to secondary ECUs.
+	remotes map[string]*remoteECU
+	// trusted is this cycle's verified metadata, which secondaries are
+	// offered to verify for themselves.
+	trusted struct{ images, directed *tufclient.Trusted }
+}
+
+// boot is how this cycle reaches ECU e: its own slots, or the secondary
+// over the vehicle network (one connection per cycle).
+func (a *Agent) boot(e vehicle.ECUConfig) ecuDriver {
+	if e.Addr == "" {
+		return a.V.ECU(e)
+	}
+	if r, ok := a.remotes[e.Serial]; ok {
+		return r
+	}
+	if a.remotes == nil {
+		a.remotes = map[string]*remoteECU{}
+	}
+	r := &remoteECU{ecu: e}
+	a.remotes[e.Serial] = r
+	return r
+}
+
+// closeRemotes ends this cycle's connections to secondaries.
+func (a *Agent) closeRemotes() {
+	for _, r := range a.remotes {
+		r.Close()
+	}
+	a.remotes = nil
 }
 
 // Outcomes of one ECU in a cycle.

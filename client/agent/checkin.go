@@ -4,20 +4,35 @@ import (
 	"context"
 
 	"github.com/roadsign/roadsign/client/api"
+	"github.com/roadsign/roadsign/client/vehicle"
+	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
-// CheckIn posts the signed manifest of what every ECU runs.
+// CheckIn posts the signed manifest of what every ECU runs. A vehicle
+// whose ECUs have keys of their own sends a vehicle version manifest:
+// each ECU signs its own report (a secondary over the vehicle network),
+// and the server takes what each runs from its report.
 func (a *Agent) CheckIn(ctx context.Context) error {
 	if a.API == nil {
 		return nil
 	}
+	defer a.closeRemotes()
 	var ecus []vehicleauth.ECUReport
+	info := api.CheckInInfo{PrimarySerial: a.V.Primary}
 	for _, e := range a.V.ECUs {
 		if a.health.unreachable(e) {
+			if a.V.Keyed() {
+				info.Unreachable = append(info.Unreachable, e.Serial)
+			}
 			continue // not on the bus: nothing to report for it
 		}
-		rec, err := a.V.ECU(e).LoadRecord()
+		rec, err := a.boot(e).LoadRecord()
+		if err != nil && e.Addr != "" {
+			a.Log.Warn("secondary unreachable; reported as such", "ecu", e.Serial, "err", err)
+			info.Unreachable = append(info.Unreachable, e.Serial)
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -29,20 +44,49 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 			}
 		}
 		ecus = append(ecus, r)
+		if !a.V.Keyed() {
+			continue
+		}
+		sr, err := a.ecuReport(e, r)
+		if err != nil {
+			return err
+		}
+		info.ECUReports = append(info.ECUReports, sr)
 	}
 	offline, err := a.V.OfflineInstalls()
 	if err != nil {
 		return err
 	}
-	dtcs, signal, err := a.healthReport()
-	if err != nil {
+	if info.DTCs, info.Signal, err = a.healthReport(); err != nil {
 		return err
 	}
-	if err := a.API.CheckIn(ctx, ecus, offline, api.Health{DTCs: dtcs, Signal: signal}); err != nil {
+	if err := a.API.CheckIn(ctx, ecus, offline, info); err != nil {
 		return err
 	}
 	if err := a.V.SaveCheckIn(a.now()); err != nil {
 		return err
 	}
 	return a.V.ClearOfflineInstalls()
+}
+
+// ecuReport is ECU e's signed version report: a secondary signs its own;
+// a local ECU's is signed here with its own key (the primary's is the
+// vehicle key), from what r says it runs.
+func (a *Agent) ecuReport(e vehicle.ECUConfig, r vehicleauth.ECUReport) (vehicleauth.SignedECUReport, error) {
+	if e.Addr != "" {
+		return a.boot(e).(*remoteECU).Report()
+	}
+	k, err := keys.Load(a.V.ECUKeyPath(e.Serial))
+	if err != nil {
+		return vehicleauth.SignedECUReport{}, err
+	}
+	n, err := a.V.NextReportCounter(e.Serial)
+	if err != nil {
+		return vehicleauth.SignedECUReport{}, err
+	}
+	rep := vehicleauth.ECUVersionReport{ECUSerial: e.Serial, LatestTime: a.now().UTC(), Counter: n}
+	if r.SHA256 != "" {
+		rep.InstalledImage = vehicleauth.InstalledImage{Filename: r.InstalledTarget, Length: r.Length, Hashes: map[string]string{"sha256": r.SHA256}}
+	}
+	return vehicleauth.SignECUReport(k.Private, rep)
 }

@@ -120,7 +120,7 @@ func (a *Agent) InstallUSB(ctx context.Context, b *usb.Bundle) (Report, error) {
 func (a *Agent) Reauthorize(ctx context.Context) (vehicle.Auth, error) {
 	var fw []api.Firmware
 	for _, e := range a.V.ECUs {
-		rec, err := a.V.ECU(e).LoadRecord()
+		rec, err := a.boot(e).LoadRecord()
 		if err != nil {
 			return vehicle.Auth{}, err
 		}

@@ -104,7 +104,10 @@ func (a *Agent) fetch(ctx context.Context, src Source, p *plan) (int64, error) {
 	if len(sum) != 64 {
 		return 0, fmt.Errorf("%w: target %s has no sha256 in signed metadata; nothing installed", client.ErrRefused, p.path)
 	}
-	w, err := p.boot.Begin(bootctl.Journal{
+	if r, ok := p.boot.(*remoteECU); ok {
+		return a.fetchRemote(ctx, src, p, r, sum)
+	}
+	w, err := p.boot.(*bootctl.ECU).Begin(bootctl.Journal{
 		Target: p.path, Length: p.tf.Length, SHA256: sum,
 		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
 	})

@@ -58,6 +58,9 @@ func (a *Agent) checkHealth() (*health, error) {
 		return nil, err
 	}
 	for _, e := range a.V.ECUs {
+		if e.Addr != "" {
+			continue // a secondary watches its own slots
+		}
 		boot := a.V.ECU(e)
 		if a.Faults.CorruptActive && e.Type == dcmType {
 			if m, err := boot.CheckActive(integrityMaxAge); err == nil && m.Matches {

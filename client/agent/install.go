@@ -19,6 +19,7 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	var rep Report
 	hooks := a.Faults.Hooks()
 	a.jobs = nil
+	defer a.closeRemotes()
 
 	// 1. Whatever a power loss interrupted comes first: an update set
 	// as a whole, then each ECU.
@@ -27,7 +28,7 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	}
 	var rolledBack error
 	for _, e := range a.V.ECUs {
-		did, err := a.V.ECU(e).Recover(hooks)
+		did, err := a.boot(e).Recover(hooks)
 		if did != "" {
 			a.Log.Info("recovered from journal", "ecu", e.Serial, "what", did)
 			rep.Recovery = append(rep.Recovery, RecoveryNote{Serial: e.Serial, What: did})
@@ -47,6 +48,7 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	a.trusted.images, a.trusted.directed = images, directed
 
 	// 3. What the director assigns, checked against the image repository.
 	pl, err := a.plan(images, directed)
@@ -134,7 +136,11 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 func (a *Agent) switching(ctx context.Context, src Source, p *plan) {
 	a.Log.Info("switching to new slot", "ecu", p.ecu.Serial, "version", p.custom.Version)
 	a.say("installing %s %s on %s: switching slots, trial boot, boot check...", p.ecu.Type, p.custom.Version, p.ecu.Serial)
-	a.event(ctx, src, p, "installing", 100, "switching to slot "+string(p.w.Journal().Slot))
+	to := "its other slot"
+	if p.w != nil {
+		to = "slot " + string(p.w.Journal().Slot)
+	}
+	a.event(ctx, src, p, "installing", 100, "switching to "+to)
 	a.event(ctx, src, p, "rebooting", 100, "trial boot of "+p.custom.Version)
 }
 
@@ -244,7 +250,7 @@ func (a *Agent) recoverSet(rep *Report) error {
 		if !slices.Contains(set.Serials, e.Serial) {
 			continue
 		}
-		boot := a.V.ECU(e)
+		boot := a.boot(e)
 		var what string
 		if set.Phase == vehicle.SetCommitting {
 			rec, err := boot.LoadRecord()

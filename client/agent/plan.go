@@ -20,7 +20,7 @@ import (
 // plan is one install the director assigned and both repositories agree on.
 type plan struct {
 	ecu    vehicle.ECUConfig
-	boot   *bootctl.ECU
+	boot   ecuDriver
 	path   string
 	tf     *metadata.TargetFiles
 	custom meta.Custom
@@ -152,7 +152,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 			case !ic.Supports(e.Type, e.HardwareID):
 				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
 			}
-			assigned[serial] = &plan{ecu: e, boot: a.V.ECU(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
+			assigned[serial] = &plan{ecu: e, boot: a.boot(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
 			if dc.Window != nil {
 				assigned[serial].window = &window{dc.Window.Start, dc.Window.End, dc.Window.TZ}
 			}
@@ -163,8 +163,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 	}
 	var plans []*plan
 	for _, e := range a.V.ECUs {
-		boot := a.V.ECU(e)
-		rec, err := boot.LoadRecord()
+		rec, err := a.boot(e).LoadRecord()
 		if err != nil {
 			return planned{results: results}, err
 		}

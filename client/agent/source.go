@@ -35,6 +35,9 @@ type Source interface {
 	Fetch(ctx context.Context, t Target, w io.Writer, offset int64, progress interface{ Add(int64) }) (download.Result, error)
 	// Jobs reports job progress to the server; nil offline.
 	Jobs() Jobs
+	// Root is version n of repo's ("image" or "director") root, for a
+	// secondary whose trusted root is older than the vehicle's.
+	Root(ctx context.Context, repo string, n int64) ([]byte, error)
 }
 
 // Target is an image as signed metadata describes it.
@@ -80,6 +83,22 @@ func (s serverSource) Fetch(ctx context.Context, t Target, w io.Writer, offset i
 	}, a.Policy)
 }
 
+func (s serverSource) Root(ctx context.Context, repo string, n int64) ([]byte, error) {
+	a := s.a
+	f := &download.MetadataFetcher{Ctx: ctx, Client: a.Client, Timeout: time.Minute}
+	base := a.V.Server + "/repo"
+	if repo == "director" {
+		base = a.V.Server + "/director/" + url.PathEscape(a.V.VIN)
+		if a.API != nil {
+			f.Sign = a.API.SignGet
+		}
+	}
+	return f.DownloadFile(fmt.Sprintf("%s/%d.root.json", base, n), maxRootSize, 0)
+}
+
+// maxRootSize bounds a root file (go-tuf's own limit).
+const maxRootSize = 512000
+
 func (s serverSource) Jobs() Jobs {
 	if s.a.API == nil {
 		return nil
@@ -96,6 +115,10 @@ type bundleSource struct {
 }
 
 func (bundleSource) Jobs() Jobs { return nil }
+
+func (s bundleSource) Root(_ context.Context, repo string, n int64) ([]byte, error) {
+	return s.b.ReadFile(fmt.Sprintf("%s/%d.root.json", repo, n), maxRootSize)
+}
 
 // Refresh verifies a USB bundle's metadata, offline, in caches of its own
 // (the online ones never see bundle metadata):

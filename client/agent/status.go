@@ -65,7 +65,10 @@ func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
 	}
 	st.SignalBars = conn.SignalBars
 	for _, e := range v.ECUs {
-		b := v.ECU(e)
+		b := driver(v, e)
+		if r, ok := b.(*remoteECU); ok {
+			defer r.Close()
+		}
 		rec, err := b.LoadRecord()
 		if err != nil {
 			return st, err

@@ -102,6 +102,9 @@ type ECU struct {
 	Type       string `json:"type"`
 	Serial     string `json:"serial"`
 	HardwareID string `json:"hardwareId"`
+	// PublicKey is the ECU's own key (base64 in JSON), for a vehicle
+	// whose ECUs have keys of their own.
+	PublicKey []byte `json:"publicKey,omitempty"`
 }
 
 // Registration is the body of POST /api/v1/vehicles.
@@ -140,13 +143,13 @@ func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
 }
 
 // CheckIn posts a signed manifest with a fresh nonce.
-func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h Health) error {
+func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h CheckInInfo) error {
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
 	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
-		DTCDetails: h.DTCs, Signal: h.Signal}
+		DTCDetails: h.DTCs, Signal: h.Signal, PrimarySerial: h.PrimarySerial, ECUReports: h.ECUReports, Unreachable: h.Unreachable}
 	for _, d := range h.DTCs {
 		if d.ClearedAt.IsZero() {
 			m.DTCs = append(m.DTCs, d.Code)
@@ -160,11 +163,17 @@ func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offl
 	return c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, nil)
 }
 
-// Health is what the vehicle reports about itself at check-in: its
-// trouble codes (active and recently cleared) and its cellular signal.
-type Health struct {
-	DTCs   []vehicleauth.DTCEpisode
-	Signal *vehicleauth.SignalReport
+// CheckInInfo is what the vehicle reports at check-in besides what each
+// ECU runs: its trouble codes (active and recently cleared), its cellular
+// signal and, for a vehicle whose ECUs have keys of their own, what makes
+// the manifest a vehicle version manifest: the primary's serial, every
+// ECU's signed version report, and the ECUs the primary cannot reach.
+type CheckInInfo struct {
+	DTCs          []vehicleauth.DTCEpisode
+	Signal        *vehicleauth.SignalReport
+	PrimarySerial string
+	ECUReports    []vehicleauth.SignedECUReport
+	Unreachable   []string
 }
 
 // Firmware is what one ECU runs, for the authorization handshake.

@@ -133,8 +133,9 @@ func cmdInit(args []string, env Env) error {
 	vinFlag := fs.String("vin", "", "vehicle identification number (17 characters)")
 	imageRoot := fs.String("image-root", "", "image repository root to pin (WORKSPACE/image.root.json)")
 	directorRoot := fs.String("director-root", "", "director repository root to pin (WORKSPACE/director.root.json)")
-	var ecus stringList
+	var ecus, secondaries stringList
 	fs.Var(&ecus, "ecu", "ECU as TYPE:SERIAL:HWID:FIRMWARE_FILE (repeat; the firmware boots from slot A)")
+	fs.Var(&secondaries, "secondary", "a secondary ECU on the vehicle network as SERIAL=HOST:PORT (repeat; it runs roadsign-agent secondary)")
 	token := fs.String("token", "", "admin or dealer token: also register the vehicle with the server")
 	model := fs.String("model", "Roadsign demo car", "model, for registration")
 	year := fs.Int("year", env.Now().Year(), "model year, for registration")
@@ -164,6 +165,20 @@ func cmdInit(args []string, env Env) error {
 		}
 		cfg.ECUs = append(cfg.ECUs, vehicle.ECUConfig{Type: parts[0], Serial: parts[1], HardwareID: parts[2]})
 		firmware[parts[1]] = parts[3]
+	}
+	if len(secondaries) > 0 {
+		if len(cfg.ECUs) == 0 {
+			return envflag.Usagef("a vehicle with secondaries needs its primary's own ECU: give --ecu for the ECU this agent runs on")
+		}
+		// The first local ECU is the primary: its key is the vehicle's.
+		cfg.Primary = cfg.ECUs[0].Serial
+		for _, spec := range secondaries {
+			e, err := secondaryECU(spec, cfg.VIN)
+			if err != nil {
+				return err
+			}
+			cfg.ECUs = append(cfg.ECUs, e)
+		}
 	}
 	ir, err := os.ReadFile(*imageRoot)
 	if err != nil {
@@ -225,7 +240,7 @@ func register(v *vehicle.Vehicle, token string, reg api.Registration, env Env) e
 	}
 	reg.PublicKey = key.Private.Public().(ed25519.PublicKey)
 	for _, e := range v.ECUs {
-		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
+		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID, PublicKey: e.PublicKey})
 	}
 	a, err := newAgent(v, fault.Set{}, env)
 	if err != nil {

@@ -2,13 +2,16 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
+	"time"
 
+	"github.com/roadsign/roadsign/client/ecunet"
 	"github.com/roadsign/roadsign/client/secondary"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/envflag"
@@ -82,4 +85,35 @@ func cmdSecondary(ctx context.Context, args []string, env Env) error {
 	fmt.Fprintf(env.Stdout, "secondary %s %s listening on %s\n", st.Config.ECU.Type, st.Config.ECU.Serial, ln.Addr())
 	srv := &secondary.Server{State: st, Log: log}
 	return srv.Serve(ctx, ln)
+}
+
+// secondaryECU asks the secondary at SERIAL=HOST:PORT who it is: it must
+// be that serial, in this VIN.
+func secondaryECU(spec, vinStr string) (vehicle.ECUConfig, error) {
+	serial, addr, ok := strings.Cut(spec, "=")
+	if !ok || serial == "" || addr == "" {
+		return vehicle.ECUConfig{}, envflag.Usagef("--secondary %q: want SERIAL=HOST:PORT", spec)
+	}
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v; start it first with roadsign-agent secondary --listen %s", spec, err, addr)
+	}
+	c := ecunet.NewConn(nc, 10*time.Second)
+	defer c.Close()
+	if err := c.Send(ecunet.Envelope{Type: ecunet.TypeHello, Protocol: ecunet.Version}); err != nil {
+		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v", spec, err)
+	}
+	var h ecunet.Hello
+	if err := c.Recv(ecunet.TypeHello, &h); err != nil {
+		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v", spec, err)
+	}
+	switch {
+	case h.Serial != serial:
+		return vehicle.ECUConfig{}, envflag.Usagef("--secondary %s: the ECU at %s is %s, not %s", spec, addr, h.Serial, serial)
+	case h.VIN != vinStr:
+		return vehicle.ECUConfig{}, envflag.Usagef("--secondary %s: the ECU at %s is provisioned for VIN %s, not %s", spec, addr, h.VIN, vinStr)
+	case len(h.PublicKey) != ed25519.PublicKeySize:
+		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: the ECU at %s has no valid key", spec, addr)
+	}
+	return vehicle.ECUConfig{Type: h.ECUType, Serial: h.Serial, HardwareID: h.HardwareID, Addr: addr, PublicKey: h.PublicKey}, nil
 }

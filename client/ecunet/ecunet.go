@@ -133,6 +133,12 @@ type Status struct {
 	Target     string    `json:"target,omitempty"`
 	LastResult string    `json:"lastResult,omitempty"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Length and ReleaseCounter of the active image; Trial while on trial;
+	// Failed lists images that failed their boot check on it.
+	Length         int64    `json:"length,omitempty"`
+	ReleaseCounter int64    `json:"releaseCounter,omitempty"`
+	Trial          bool     `json:"trial,omitempty"`
+	Failed         []string `json:"failed,omitempty"`
 }
 
 // Revert says why the secondary goes back.

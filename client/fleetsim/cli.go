@@ -79,6 +79,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	fs.Var(&rollbacks, "rollback", "VERSION=RATE: that share of installs of VERSION roll back after the trial boot (repeat)")
 	dl := fs.Bool("download", false, "download each assigned image and check its signed hash")
 	checkInOnly := fs.Bool("check-in-only", false, "each cycle is the signed check-in alone, without the director poll (to measure check-ins)")
+	secondaries := fs.Bool("secondaries", false, "each vehicle is a primary (its first ECU) and secondaries: every ECU has its own key and signs its own version report at each check-in")
 	samples := fs.String("samples", "firmware-samples", "firmware samples directory (factory images)")
 	stateDir := fs.String("state", "", "where vehicles keep their verified director metadata (default: a temporary directory)")
 	report := fs.String("report", "", "write every vehicle's assignments and outcomes to this JSON file")
@@ -103,7 +104,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		return envflag.Usagef("--register needs --token (admin or dealer)")
 	}
 	cfg := Config{Server: strings.TrimRight(*server, "/"), Token: *token, Vehicles: *n, Concurrency: *conc, Seed: *seed,
-		Model: *model, Year: *year, Region: *region, Download: *dl, CheckInOnly: *checkInOnly, Fail: map[string]float64{}, Rollback: map[string]float64{}}
+		Model: *model, Year: *year, Region: *region, Download: *dl, CheckInOnly: *checkInOnly, Secondaries: *secondaries, Fail: map[string]float64{}, Rollback: map[string]float64{}}
 	var err error
 	if cfg.ECUs, err = ecuSpecs(*samples, ecus); err != nil {
 		return err

@@ -64,6 +64,10 @@ type Config struct {
 	// CheckInOnly: a cycle is the signed check-in alone, without the
 	// director poll (to measure check-ins).
 	CheckInOnly bool
+	// Secondaries: every ECU has a key of its own and signs its own
+	// version report at each check-in (Uptane); the first ECU is the
+	// primary, whose key is the vehicle's.
+	Secondaries bool
 	// StateDir keeps each vehicle's verified director metadata.
 	StateDir string
 	// DirectorRoot is the pinned director root; nil: fetched from the
@@ -88,6 +92,11 @@ type ecu struct {
 	Serial string
 	// target is the installed image's path, as the director named it.
 	target string
+	// key signs its version reports (Config.Secondaries), with a counter
+	// that rises with every report, across runs too (it starts from the
+	// clock).
+	key     ed25519.PrivateKey
+	counter int64
 }
 
 // Vehicle is one simulated vehicle.
@@ -150,8 +159,16 @@ func New(cfg Config) (*Fleet, error) {
 		}
 		seed := sha256.Sum256(fmt.Appendf(nil, "roadsign-fleetsim/%d/%d", cfg.Seed, i))
 		veh := &Vehicle{VIN: v, Key: ed25519.NewKeyFromSeed(seed[:])}
-		for _, s := range cfg.ECUs {
-			veh.ecus = append(veh.ecus, ecu{ECUSpec: s, Serial: serialPrefix(s.Type) + v})
+		for j, s := range cfg.ECUs {
+			e := ecu{ECUSpec: s, Serial: serialPrefix(s.Type) + v}
+			if cfg.Secondaries {
+				e.key = veh.Key // the primary's key is the vehicle's
+				if j > 0 {
+					es := sha256.Sum256(fmt.Appendf(nil, "roadsign-fleetsim/%d/%d/%s", cfg.Seed, i, e.Serial))
+					e.key = ed25519.NewKeyFromSeed(es[:])
+				}
+			}
+			veh.ecus = append(veh.ecus, e)
 		}
 		veh.api = &api.Client{Base: cfg.Server, HTTP: cfg.HTTP, VIN: v, Key: veh.Key, Now: cfg.Now}
 		f.vehicles = append(f.vehicles, veh)
@@ -225,7 +242,11 @@ func (f *Fleet) Register(ctx context.Context, onDone func()) error {
 	f.each(ctx, func(ctx context.Context, v *Vehicle) error {
 		reg := api.Registration{VIN: v.VIN, Model: f.cfg.Model, Year: f.cfg.Year, Region: f.cfg.Region, PublicKey: v.Key.Public().(ed25519.PublicKey)}
 		for _, e := range v.ecus {
-			reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID})
+			ae := api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID}
+			if e.key != nil {
+				ae.PublicKey = e.key.Public().(ed25519.PublicKey)
+			}
+			reg.ECUs = append(reg.ECUs, ae)
 		}
 		err := v.api.Register(ctx, f.cfg.Token, reg)
 		var ae *api.Error
@@ -286,11 +307,26 @@ func (f *Fleet) CycleUntil(ctx context.Context, end time.Time) bool {
 
 func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
 	var reports []vehicleauth.ECUReport
-	for _, e := range v.ecus {
+	var info api.CheckInInfo
+	now := f.cfg.Now()
+	for i := range v.ecus {
+		e := &v.ecus[i]
 		reports = append(reports, vehicleauth.ECUReport{Serial: e.Serial, InstalledTarget: e.target, Version: e.Version, SHA256: e.SHA256, Length: e.Length})
+		if !f.cfg.Secondaries {
+			continue
+		}
+		// Each ECU signs its own report, as a secondary does.
+		e.counter = max(e.counter+1, now.UnixMicro())
+		sr, err := vehicleauth.SignECUReport(e.key, vehicleauth.ECUVersionReport{ECUSerial: e.Serial, LatestTime: now.UTC(), Counter: e.counter,
+			InstalledImage: vehicleauth.InstalledImage{Filename: e.target, Length: e.Length, Hashes: map[string]string{"sha256": e.SHA256}}})
+		if err != nil {
+			return 0, err
+		}
+		info.PrimarySerial = v.ecus[0].Serial
+		info.ECUReports = append(info.ECUReports, sr)
 	}
 	t0 := time.Now()
-	err := v.api.CheckIn(ctx, reports, nil, api.Health{})
+	err := v.api.CheckIn(ctx, reports, nil, info)
 	d := time.Since(t0)
 	if err != nil {
 		return 0, fmt.Errorf("check-in: %w", err)

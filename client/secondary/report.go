@@ -36,9 +36,10 @@ func (s *State) Status() (ecunet.Status, error) {
 		return ecunet.Status{}, err
 	}
 	st := ecunet.Status{Envelope: ecunet.Envelope{Type: ecunet.TypeStatus}, Serial: s.Config.ECU.Serial, ECUType: s.Config.ECU.Type,
-		HardwareID: s.Config.ECU.HardwareID, ActiveSlot: string(rec.Active), LastResult: rec.LastResult, UpdatedAt: rec.UpdatedAt}
+		HardwareID: s.Config.ECU.HardwareID, ActiveSlot: string(rec.Active), LastResult: rec.LastResult, UpdatedAt: rec.UpdatedAt,
+		Trial: rec.Trial, Failed: rec.Failed}
 	if a := rec.Slots[rec.Active]; a != nil {
-		st.Version, st.SHA256, st.Target = a.Version, a.SHA256, a.Target
+		st.Version, st.SHA256, st.Target, st.Length, st.ReleaseCounter = a.Version, a.SHA256, a.Target, a.Length, a.ReleaseCounter
 	}
 	return st, nil
 }

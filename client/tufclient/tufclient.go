@@ -48,7 +48,8 @@ type Repo struct {
 
 // Trusted is a repository's verified state after a refresh.
 type Trusted struct {
-	up *updater.Updater
+	up  *updater.Updater
+	dir string
 }
 
 // Pin writes the provisioning root as the cache's root.json, once
@@ -151,7 +152,7 @@ func (r *Repo) Refresh(ctx context.Context) (*Trusted, error) {
 	if err := up.Refresh(); err != nil {
 		return nil, r.classify(err)
 	}
-	return &Trusted{up: up}, nil
+	return &Trusted{up: up, dir: r.Dir}, nil
 }
 
 // dropDamaged removes cached non-root metadata that does not parse, as a
@@ -239,6 +240,28 @@ func (t *Trusted) Version(role string) int64 {
 		return s.Targets[metadata.TARGETS].Signed.Version
 	}
 	return 0
+}
+
+// Files are the trusted top-level metadata as the repository serves
+// them, the exact bytes verified (from the cache), by served name: what a
+// primary forwards to a secondary to verify for itself.
+func (t *Trusted) Files() (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for role, names := range map[string][]string{
+		metadata.ROOT:      {fmt.Sprintf("%d.root.json", t.Version(metadata.ROOT))},
+		metadata.TIMESTAMP: {"timestamp.json"},
+		metadata.SNAPSHOT:  {"snapshot.json", fmt.Sprintf("%d.snapshot.json", t.Version(metadata.SNAPSHOT))},
+		metadata.TARGETS:   {"targets.json", fmt.Sprintf("%d.targets.json", t.Version(metadata.TARGETS))},
+	} {
+		b, err := os.ReadFile(filepath.Join(t.dir, role+".json"))
+		if err != nil {
+			return nil, fmt.Errorf("trusted %s metadata: %w", role, err)
+		}
+		for _, n := range names {
+			out[n] = b
+		}
+	}
+	return out, nil
 }
 
 // ConsistentSnapshot reports whether the trusted root asks for

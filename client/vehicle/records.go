@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/roadsign/roadsign/internal/atomicfile"
@@ -170,4 +172,16 @@ func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]
 		return nil, err
 	}
 	return []byte(k.Private.Public().(ed25519.PublicKey)), nil
+}
+
+// NextReportCounter is the next counter of a local ECU's signed version
+// reports: it only rises, across restarts.
+func (v *Vehicle) NextReportCounter(serial string) (int64, error) {
+	path := filepath.Join(v.Dir, "ecus", serial, "report-counter")
+	var n int64
+	if b, err := os.ReadFile(path); err == nil {
+		n, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	n++
+	return n, atomicfile.Write(path, []byte(strconv.FormatInt(n, 10)), 0o600)
 }

@@ -5,6 +5,7 @@ package vehicle
 
 import (
 	"crypto"
+	"crypto/ed25519"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -30,6 +31,12 @@ type ECUConfig struct {
 	Type       string `json:"type"`
 	Serial     string `json:"serial"`
 	HardwareID string `json:"hardwareId"`
+	// Addr, for a secondary ECU, is where the primary reaches it on the
+	// vehicle network (HOST:PORT); it keeps its own slots and key.
+	Addr string `json:"addr,omitempty"`
+	// PublicKey is the ECU's own key, when the vehicle's ECUs have keys
+	// of their own (a vehicle with secondaries).
+	PublicKey []byte `json:"publicKey,omitempty"`
 }
 
 // Config is STATE/vehicle.json.
@@ -44,7 +51,14 @@ type Config struct {
 	// ClientCert is the PEM certificate issued for the vehicle's key, for
 	// servers that require mutual TLS.
 	ClientCert string `json:"clientCert,omitempty"`
+	// Primary, for a vehicle whose ECUs have keys of their own (one with
+	// secondaries), is the serial of the ECU this agent runs on: its key
+	// is the vehicle key, and it signs the vehicle version manifests.
+	Primary string `json:"primary,omitempty"`
 }
+
+// Keyed reports whether the vehicle's ECUs have keys of their own.
+func (c Config) Keyed() bool { return c.Primary != "" }
 
 // Vehicle is an opened state directory.
 type Vehicle struct {
@@ -88,6 +102,18 @@ func (c Config) Validate() error {
 			return fmt.Errorf("ECU serial %s appears twice", e.Serial)
 		}
 		seen[e.Serial] = true
+		if e.Addr != "" && c.Primary == "" {
+			return fmt.Errorf("ECU %s is a secondary (%s), and the vehicle names no primary", e.Serial, e.Addr)
+		}
+	}
+	if c.Primary != "" {
+		local := false
+		for _, e := range c.ECUs {
+			local = local || (e.Serial == c.Primary && e.Addr == "")
+		}
+		if !local {
+			return fmt.Errorf("primary %s is not one of the vehicle's own ECUs", c.Primary)
+		}
 	}
 	return nil
 }
@@ -112,12 +138,36 @@ func Create(dir string, c Config, imageRoot, directorRoot []byte, firmware map[s
 		return nil, fmt.Errorf("%w: --director-root: %v", client.ErrUsage, err)
 	}
 	for _, e := range c.ECUs {
+		if e.Addr != "" {
+			continue // a secondary keeps its own slots
+		}
 		if _, err := v.ECU(e).Provision(firmware[e.Serial]); err != nil {
 			return nil, fmt.Errorf("%w: ECU %s: %v", client.ErrUsage, e.Serial, err)
 		}
 	}
 	if _, err := keys.Generate(v.KeyPath()); err != nil {
 		return nil, err
+	}
+	if c.Keyed() {
+		// Each local ECU but the primary signs its reports with a key of
+		// its own; the primary's is the vehicle key.
+		for i, e := range v.ECUs {
+			if e.Addr != "" {
+				continue
+			}
+			path := v.KeyPath()
+			if e.Serial != c.Primary {
+				path = v.ECUKeyPath(e.Serial)
+				if _, err := keys.Generate(path); err != nil {
+					return nil, err
+				}
+			}
+			k, err := keys.Load(path)
+			if err != nil {
+				return nil, err
+			}
+			v.ECUs[i].PublicKey = k.Private.Public().(ed25519.PublicKey)
+		}
 	}
 	v.CreatedAt = now().UTC()
 	// vehicle.json last: a half-provisioned directory is not a vehicle.
@@ -278,6 +328,15 @@ func (v *Vehicle) DirectorUSBDir() string { return filepath.Join(v.Dir, "tuf", "
 
 // KeyPath is the vehicle's private key.
 func (v *Vehicle) KeyPath() string { return filepath.Join(v.Dir, "vehicle.key") }
+
+// ECUKeyPath is a local ECU's own key (a keyed vehicle's ECUs but the
+// primary, whose key is the vehicle key).
+func (v *Vehicle) ECUKeyPath(serial string) string {
+	if serial == v.Primary {
+		return v.KeyPath()
+	}
+	return filepath.Join(v.Dir, "ecus", serial, "ecu.key")
+}
 
 // ECU returns the slots and boot control of one ECU.
 func (v *Vehicle) ECU(e ECUConfig) *bootctl.ECU {
