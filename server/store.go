@@ -724,6 +724,17 @@ type CampaignConfig struct {
 	// Targets is the image for each hardware ID (ECU type and version
 	// resolved when the campaign was created).
 	Targets map[string]string `json:"targets"`
+	// With, for an update set, are the other ECUs each member vehicle
+	// installs together with ECU (one job for the set, all or none).
+	With []CampaignPart `json:"with,omitempty"`
+}
+
+// CampaignPart is one more ECU of a campaign's update set.
+type CampaignPart struct {
+	ECU     string `json:"ecu"`
+	Version string `json:"version"`
+	// Targets is the image for each hardware ID.
+	Targets map[string]string `json:"targets"`
 }
 
 // Campaign is a staged rollout of one image.

@@ -40,9 +40,21 @@ func BenchmarkFleet(b *testing.B) {
 		b.Run(backend, func(b *testing.B) {
 			srv := startFleetServer(b, backend)
 			for _, n := range sizes {
-				b.Run(fmt.Sprint(n), func(b *testing.B) { benchFleet(b, srv, backend, int(n)) })
+				b.Run(fmt.Sprint(n), func(b *testing.B) { benchFleet(b, srv, backend, int(n), false) })
 			}
 		})
+	}
+}
+
+// BenchmarkFleetSecondaries is BenchmarkFleet's SQLite run with vehicles
+// whose ECUs have keys of their own (Uptane secondaries): every check-in
+// carries two ECU version reports, each signed by its ECU, which the
+// server verifies besides the vehicle's signature. 100 000 vehicles
+// (ROADSIGN_FLEET_SIZES overrides).
+func BenchmarkFleetSecondaries(b *testing.B) {
+	srv := startFleetServer(b, "sqlite")
+	for _, n := range envCounts(b, "ROADSIGN_FLEET_SIZES", 100_000) {
+		b.Run(fmt.Sprint(n), func(b *testing.B) { benchFleet(b, srv, "sqlite, secondaries", int(n), true) })
 	}
 }
 
@@ -110,14 +122,14 @@ func startFleetServer(b *testing.B, backend string) *fleetServer {
 	return &fleetServer{url: url, ws: ws, data: data, pid: cmd.Process.Pid}
 }
 
-func benchFleet(b *testing.B, srv *fleetServer, backend string, n int) {
+func benchFleet(b *testing.B, srv *fleetServer, backend string, n int, secondaries bool) {
 	b.StopTimer()
 	ctx := context.Background()
 	root, err := os.ReadFile(filepath.Join(srv.ws, "director.root.json"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	f, err := fleetsim.New(fleetsim.Config{Server: srv.url, Token: adminToken, Vehicles: n, Concurrency: 32, Seed: 1,
+	f, err := fleetsim.New(fleetsim.Config{Server: srv.url, Token: adminToken, Vehicles: n, Concurrency: 32, Seed: 1, Secondaries: secondaries,
 		ECUs: factorySpecs(b), Model: "Roadster", Year: 2025, Region: "EU", StateDir: stateDir(b), DirectorRoot: root})
 	if err != nil {
 		b.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
@@ -60,6 +61,7 @@ type Service struct {
 	now    func() time.Time
 	m      *metrics
 	wake   func(vins ...string)
+	log    *slog.Logger
 }
 
 // Config is what the campaign service is built from.
@@ -73,6 +75,8 @@ type Config struct {
 	Now  func() time.Time
 	// Metrics (may be nil) gets the campaign metrics.
 	Metrics prometheus.Registerer
+	// Log (may be nil) hears of members the engine cannot assign.
+	Log *slog.Logger
 }
 
 // New returns the service, or an error naming what cfg lacks.
@@ -80,14 +84,22 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil || cfg.Images == nil || cfg.Jobs == nil || cfg.Now == nil {
 		return nil, errors.New("campaigns: store, image repository, jobs and clock are required")
 	}
-	return &Service{store: cfg.Store, images: cfg.Images, jobs: cfg.Jobs, now: cfg.Now, m: newMetrics(cfg.Metrics), wake: cfg.Wake}, nil
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{store: cfg.Store, images: cfg.Images, jobs: cfg.Jobs, now: cfg.Now, m: newMetrics(cfg.Metrics), wake: cfg.Wake, log: cfg.Log}, nil
 }
 
 // CreateRequest is the body of POST /api/v1/campaigns.
 type CreateRequest struct {
-	Name             string          `json:"name"`
-	ECU              string          `json:"ecu"`
-	Version          string          `json:"version"`
+	Name    string `json:"name"`
+	ECU     string `json:"ecu"`
+	Version string `json:"version"`
+	// ECUs, instead of ECU and Version, make the campaign an update set:
+	// the first ECU decides the members (vehicles whose ECU of that type
+	// needs its image), and each member installs every ECU of the set
+	// together, in this order (one job).
+	ECUs             []Part          `json:"ecus,omitempty"`
 	Selector         server.Selector `json:"selector"`
 	IncludeNew       bool            `json:"includeNew"`
 	Waves            []int           `json:"waves"`
@@ -103,12 +115,36 @@ type CreateRequest struct {
 	Seed *int64 `json:"seed"`
 }
 
+// Part is one ECU of a campaign's update set.
+type Part struct {
+	ECU     string `json:"ecu"`
+	Version string `json:"version"`
+}
+
 func invalid(format string, args ...any) error {
 	return server.CodedErrorf(server.KindInvalid, errcode.InvalidCampaign, format, args...)
 }
 
 // config validates a request and fills in defaults.
 func (r CreateRequest) config() (server.CampaignConfig, error) {
+	if len(r.ECUs) > 0 {
+		if r.ECU != "" || r.Version != "" {
+			return server.CampaignConfig{}, invalid("give ecu and version, or ecus for an update set, not both")
+		}
+		seen := map[string]bool{}
+		for _, p := range r.ECUs {
+			switch {
+			case p.ECU != "head-unit" && p.ECU != "dcm":
+				return server.CampaignConfig{}, invalid("ecus: ecu %q: want head-unit or dcm", p.ECU)
+			case p.Version == "":
+				return server.CampaignConfig{}, invalid("ecus: name the %s image's version", p.ECU)
+			case seen[p.ECU]:
+				return server.CampaignConfig{}, invalid("ecus names %s twice; an update set installs one image per ECU type", p.ECU)
+			}
+			seen[p.ECU] = true
+		}
+		r.ECU, r.Version = r.ECUs[0].ECU, r.ECUs[0].Version
+	}
 	c := server.CampaignConfig{ECU: r.ECU, Version: r.Version, Selector: r.Selector, IncludeNew: r.IncludeNew, Waves: r.Waves,
 		MinSamples: r.MinSamples, SuccessThreshold: 0.95, FailureThreshold: 0.05, MaxPerMinute: r.MaxPerMinute, Consent: r.Consent, Window: r.Window}
 	switch {
@@ -209,20 +245,16 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 	if err != nil {
 		return View{}, err
 	}
-	cfg.Targets = map[string]string{}
-	for p, tf := range targets {
-		c, err := meta.TargetCustom(tf)
-		if err != nil || c.ECU != cfg.ECU || c.Version != cfg.Version {
-			continue
-		}
-		for _, hw := range c.HardwareIDs {
-			if len(cfg.Selector.HardwareIDs) == 0 || slices.Contains(cfg.Selector.HardwareIDs, hw) {
-				cfg.Targets[hw] = p
-			}
-		}
-	}
+	cfg.Targets = imagesOf(targets, cfg.ECU, cfg.Version, cfg.Selector.HardwareIDs)
 	if len(cfg.Targets) == 0 {
 		return View{}, server.CodedErrorf(server.KindConflict, errcode.NoSuchImage, "no %s image version %s is published (for the selected hardware); publish it first", cfg.ECU, cfg.Version)
+	}
+	for _, p := range r.ECUs[min(1, len(r.ECUs)):] {
+		part := server.CampaignPart{ECU: p.ECU, Version: p.Version, Targets: imagesOf(targets, p.ECU, p.Version, nil)}
+		if len(part.Targets) == 0 {
+			return View{}, server.CodedErrorf(server.KindConflict, errcode.NoSuchImage, "no %s image version %s is published; publish it first", p.ECU, p.Version)
+		}
+		cfg.With = append(cfg.With, part)
 	}
 	now := s.now().UTC()
 	c := server.Campaign{ID: uuid.NewString(), Name: strings.TrimSpace(r.Name), State: server.CampaignDraft, Config: cfg,
@@ -233,13 +265,35 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 	if err := s.store.CreateCampaign(ctx, c); err != nil {
 		return View{}, err
 	}
-	if err := auditlog.Record(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%q: %s %s to %s; waves %v", c.Name, cfg.ECU, cfg.Version, describe(cfg.Selector), cfg.Waves)); err != nil {
+	what := cfg.ECU + " " + cfg.Version
+	for _, w := range cfg.With {
+		what += " + " + w.ECU + " " + w.Version
+	}
+	if err := auditlog.Record(ctx, s.store, now, by, "campaign.create", c.ID, fmt.Sprintf("%q: %s to %s; waves %v", c.Name, what, describe(cfg.Selector), cfg.Waves)); err != nil {
 		return View{}, err
 	}
 	return s.Get(ctx, c.ID)
 }
 
 func uuidBytes() []byte { u := uuid.New(); return u[:8] }
+
+// imagesOf is every published image of an ECU type and version, by
+// hardware ID (only those in hws, unless it is empty).
+func imagesOf(targets map[string]*metadata.TargetFiles, ecu, version string, hws []string) map[string]string {
+	out := map[string]string{}
+	for p, tf := range targets {
+		c, err := meta.TargetCustom(tf)
+		if err != nil || c.ECU != ecu || c.Version != version {
+			continue
+		}
+		for _, hw := range c.HardwareIDs {
+			if len(hws) == 0 || slices.Contains(hws, hw) {
+				out[hw] = p
+			}
+		}
+	}
+	return out
+}
 
 // draw places a member in the campaign's random order: stable for the
 // campaign, unrelated to VIN order.

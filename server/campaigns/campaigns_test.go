@@ -365,3 +365,61 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 		t.Fatal("New without a store or jobs worked")
 	}
 }
+
+// TestCampaignOfAnUpdateSet: a campaign may name several ECUs; its
+// members are the vehicles whose first ECU needs its image, and each
+// member gets one job for the whole set (its DCM and its head unit), the
+// set's images are the campaign's (auto-assign leaves them alone), and a
+// vehicle that lacks an ECU of the set gets none.
+func TestCampaignOfAnUpdateSet(t *testing.T) {
+	w := newWorld(t, 0)
+	for i := range 3 {
+		v := server.Vehicle{VIN: vinOf(i), Model: "M", Year: 2026, Region: "EU", PublicKey: []byte{byte(i)}, CreatedAt: w.now,
+			ECUs: []server.ECU{{Serial: fmt.Sprintf("DCM%d", i), Type: "dcm", HardwareID: "DCM-A"}, {Serial: fmt.Sprintf("HU%d", i), Type: "head-unit", HardwareID: "HU-A"}}}
+		if err := w.store.CreateVehicle(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.register(t, 9, "") // a DCM alone: it has no head unit for the set
+	for _, bad := range []campaigns.CreateRequest{
+		{Name: "x", ECU: "dcm", Version: "2.0.0", ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}}},
+		{Name: "x", ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}, {ECU: "dcm", Version: "1.0.0"}}},
+		{Name: "x", ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}, {ECU: "head-unit"}}},
+		{Name: "x", ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}, {ECU: "radio", Version: "1.0.0"}}},
+	} {
+		if _, err := w.svc.Create(ctx, admin, bad); server.ErrorOf(err).Code != errcode.InvalidCampaign {
+			t.Fatalf("campaign %+v: %v, want invalid_campaign", bad.ECUs, err)
+		}
+	}
+	if _, err := w.svc.Create(ctx, admin, campaigns.CreateRequest{Name: "x", ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}, {ECU: "head-unit", Version: "9.0.0"}}}); server.ErrorOf(err).Code != errcode.NoSuchImage {
+		t.Fatalf("a set with an unpublished image: %v", err)
+	}
+	seed := int64(7)
+	c, err := w.svc.Create(ctx, admin, campaigns.CreateRequest{Name: "modem and head unit", Seed: &seed, Waves: []int{100}, MinSamples: 1, MaxPerMinute: 600,
+		ECUs: []campaigns.Part{{ECU: "dcm", Version: "2.0.0"}, {ECU: "head-unit", Version: "2.0.0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.svc.Start(ctx, admin, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	w.tick(t)
+	w.now = w.now.Add(time.Minute)
+	w.tick(t)
+	js, err := w.store.CampaignJobs(ctx, c.ID, server.JobQueued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(js) != 3 {
+		t.Fatalf("%d jobs, want one per vehicle with both ECUs (3)", len(js))
+	}
+	for _, j := range js {
+		if len(j.Parts) != 2 || j.Parts[0].TargetPath != "dcm-2.0.bin" || j.Parts[1].TargetPath != "hu-2.0.bin" || j.Parts[1].ECUType != "head-unit" {
+			t.Fatalf("job %s of %s: parts %+v, want the DCM then the head unit", j.ID, j.VIN, j.Parts)
+		}
+	}
+	covered, err := w.store.CampaignTargets(ctx)
+	if err != nil || !covered["hu-2.0.bin"] || !covered["dcm-2.0.bin"] {
+		t.Fatalf("the images campaigns cover: %v %v", covered, err)
+	}
+}

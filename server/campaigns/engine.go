@@ -173,11 +173,26 @@ func (s *Service) assign(ctx context.Context, f server.Fence, c server.Campaign,
 		if !ok || path == "" {
 			continue // the unit was replaced by one the campaign has no image for
 		}
+		parts, why := setParts(cfg, v, server.JobPart{ECUSerial: e.Serial, ECUType: e.Type, TargetPath: path, Version: cfg.Version})
+		if why != "" {
+			s.log.Warn("campaign member has no complete update set; not assigned", "campaign", c.ID, "vin", m.VIN, "why", why)
+			continue
+		}
+		what := fmt.Sprintf("%s on %s %s", cfg.Version, e.Type, e.Serial)
+		if len(parts) > 1 {
+			var ps []string
+			for _, p := range parts {
+				ps = append(ps, fmt.Sprintf("%s %s on %s", p.ECUType, p.Version, p.ECUSerial))
+			}
+			what = "update set " + strings.Join(ps, " + ")
+		} else {
+			parts = nil
+		}
 		jobs = append(jobs, server.Job{
 			ID: uuid.NewString(), VIN: m.VIN, ECUSerial: m.ECUSerial, ECUType: e.Type, TargetPath: path, Version: cfg.Version,
 			Reason: "campaign " + c.Name, State: server.JobQueued, CreatedBy: c.CreatedBy, Origin: server.OriginCampaign,
-			CampaignID: c.ID, Window: cfg.Window, CreatedAt: now, UpdatedAt: now, MaxAttempts: 1,
-			Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s on %s %s, campaign %s wave %d", cfg.Version, e.Type, e.Serial, c.Name, m.Wave+1)}},
+			CampaignID: c.ID, Window: cfg.Window, CreatedAt: now, UpdatedAt: now, MaxAttempts: 1, Parts: parts,
+			Events: []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s, campaign %s wave %d", what, c.Name, m.Wave+1)}},
 		})
 	}
 	made, err := s.store.AssignCampaignJobs(ctx, f, c.ID, jobs, clock.Add(per*time.Duration(len(ms))), now)
@@ -200,6 +215,30 @@ func (s *Service) assign(ctx context.Context, f server.Fence, c server.Campaign,
 		shown = append(shown[:10:10], fmt.Sprintf("and %d more", len(vins)-10))
 	}
 	return auditlog.Record(ctx, s.store, now, server.System, "campaign.assign", c.ID, fmt.Sprintf("%d vehicles: %s", len(made), strings.Join(shown, " ")))
+}
+
+// setParts is a member's update set: lead, then for each other ECU of
+// the campaign's set the vehicle's one ECU of that type with the image
+// for its hardware. why says what is missing when there is no such set.
+func setParts(cfg server.CampaignConfig, v server.Vehicle, lead server.JobPart) ([]server.JobPart, string) {
+	parts := []server.JobPart{lead}
+	for _, w := range cfg.With {
+		var found []server.ECU
+		for _, e := range v.ECUs {
+			if e.Type == w.ECU {
+				found = append(found, e)
+			}
+		}
+		if len(found) != 1 {
+			return nil, fmt.Sprintf("the vehicle has %d ECUs of type %s; the set needs one", len(found), w.ECU)
+		}
+		path := w.Targets[found[0].HardwareID]
+		if path == "" {
+			return nil, fmt.Sprintf("no %s %s image for hardware %s", w.ECU, w.Version, found[0].HardwareID)
+		}
+		parts = append(parts, server.JobPart{ECUSerial: found[0].Serial, ECUType: w.ECU, TargetPath: path, Version: w.Version})
+	}
+	return parts, ""
 }
 
 // end halts or completes a campaign; a halt cancels jobs no vehicle

@@ -131,7 +131,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 	}
 	reg.MustRegister(s.jobs.Collector())
 	if s.campaigns, err = campaigns.New(campaigns.Config{Store: store, Images: s.images, Jobs: s.jobs,
-		Wake: s.push.Wake, Now: time.Now, Metrics: reg}); err != nil {
+		Wake: s.push.Wake, Now: time.Now, Metrics: reg, Log: log}); err != nil {
 		return nil, err
 	}
 	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store,

@@ -389,6 +389,11 @@ func (s *Store) CampaignTargets(ctx context.Context) (map[string]bool, error) {
 		for _, p := range c.Config.Targets {
 			out[p] = true
 		}
+		for _, part := range c.Config.With {
+			for _, p := range part.Targets {
+				out[p] = true
+			}
+		}
 	}
 	return out, err
 }
