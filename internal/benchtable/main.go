@@ -68,7 +68,7 @@ type row struct {
 	unit      string
 	// refBench, if set, is the benchmark ref is read from (else bench).
 	refBench string
-	extra     func(m map[string]float64) string
+	extra    func(m map[string]float64) string
 }
 
 var rows = []row{
