@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/tufclient"
-	"github.com/roadsign/roadsign/internal/atomicfile"
 	"github.com/roadsign/roadsign/internal/meta"
 )
 
@@ -110,63 +107,26 @@ func (s *State) verifyFull(ctx context.Context, director, image map[string][]byt
 	return a, s.checkCounter(a)
 }
 
-// verifyPartial is Uptane's partial verification: the director's root
-// chain from this ECU's pinned root, the director targets signed by a
+// verifyPartial is Uptane's partial verification (tufclient's
+// DirectorTargets): the director's root chain from this ECU's pinned
+// root, the newest director targets the primary sent, signed by a
 // threshold of that root's targets keys, unexpired, not older than the
 // last it accepted, naming this VIN; then this serial's entry.
 func (s *State) verifyPartial(director map[string][]byte) (*assignment, error) {
-	rootPath := filepath.Join(s.DirectorDir(), "root.json")
-	raw, err := os.ReadFile(rootPath)
+	t, err := tufclient.DirectorTargets(s.DirectorDir(), func(name string) ([]byte, error) {
+		if name == "targets.json" {
+			name, _ = latestTargets(director)
+		}
+		if b, ok := director[name]; ok {
+			return b, nil
+		}
+		return nil, tufclient.ErrMissing
+	}, s.now())
 	if err != nil {
-		return nil, fmt.Errorf("no pinned director root: %w", err)
-	}
-	root, err := metadata.Root().FromBytes(raw)
-	if err != nil {
-		return nil, fmt.Errorf("pinned director root: %w", err)
-	}
-	for {
-		next, ok := director[fmt.Sprintf("%d.root.json", root.Signed.Version+1)]
-		if !ok {
-			break
-		}
-		n, err := metadata.Root().FromBytes(next)
-		if err != nil {
-			return nil, refused("director root v%d: %v", root.Signed.Version+1, err)
-		}
-		if err := meta.VerifyNextRoot(root, n); err != nil {
-			return nil, refused("director root v%d: %v", root.Signed.Version+1, err)
-		}
-		if err := atomicfile.Write(rootPath, next, 0o600); err != nil {
-			return nil, err
-		}
-		root = n
-	}
-	if root.Signed.IsExpired(s.now()) {
-		return nil, refused("director root v%d expired on %s", root.Signed.Version, root.Signed.Expires.Format(time.RFC3339))
-	}
-	name, body := latestTargets(director)
-	if body == nil {
-		return nil, refused("the offer carries no director targets metadata")
-	}
-	t, err := metadata.Targets().FromBytes(body)
-	if err != nil {
-		return nil, refused("director %s: %v", name, err)
-	}
-	if err := root.VerifyDelegate(metadata.TARGETS, t); err != nil {
-		return nil, refused("director targets v%d is not signed by a threshold of the director's targets keys: %v", t.Signed.Version, err)
-	}
-	if t.Signed.IsExpired(s.now()) {
-		return nil, refused("director targets v%d expired on %s (frozen metadata)", t.Signed.Version, t.Signed.Expires.Format(time.RFC3339))
-	}
-	seen := s.partialTargetsVersion()
-	if t.Signed.Version < seen {
-		return nil, refused("director targets v%d is older than v%d, which this ECU already accepted (rollback)", t.Signed.Version, seen)
+		return nil, asRefusal(err)
 	}
 	if v, _ := t.Signed.UnrecognizedFields["custom"].(map[string]any)["vin"].(string); v != s.VIN {
 		return nil, refused("director metadata is for VIN %q, this ECU is in %s", v, s.VIN)
-	}
-	if err := atomicfile.Write(filepath.Join(s.DirectorDir(), "partial-targets-version"), []byte(strconv.FormatInt(t.Signed.Version, 10)), 0o600); err != nil {
-		return nil, err
 	}
 	path, dtf, dc, err := s.ownEntry(t.Signed.Targets)
 	if err != nil || dtf == nil {
@@ -181,13 +141,6 @@ func (s *State) verifyPartial(director map[string][]byte) (*assignment, error) {
 	}
 	a := &assignment{Path: path, Length: dtf.Length, SHA256: sum, Version: dc.Version, Counter: dc.ReleaseCounter, JobID: dc.JobID, Downgrade: dc.Downgrade}
 	return a, s.checkCounter(a)
-}
-
-// partialTargetsVersion is the newest director targets version accepted.
-func (s *State) partialTargetsVersion() int64 {
-	b, _ := os.ReadFile(filepath.Join(s.DirectorDir(), "partial-targets-version"))
-	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	return n
 }
 
 // latestTargets is the director targets file with the highest version

@@ -48,6 +48,9 @@ commands (the TUF conformance suite's client protocol):
   refresh   --metadata-url URL           update the top-level metadata
   download  --metadata-url URL --target-name PATH ... --target-base-url URL --target-dir DIR
                                          refresh, then fetch and verify each target
+  uptane-vectors --vectors-url URL --ecu-serial ID --hardware-id ID [--vector NAME ...]
+                                         run the tuf-test-vectors suite's Uptane vectors
+                                         (docs/conformance.md); --metadata-dir optional here
 
 exit codes: 0 ok, 1 any failure (2 for a usage error).`
 
@@ -75,6 +78,11 @@ func Run(ctx context.Context, args []string, env Env) int {
 	fs.StringVar(&o.targetBaseURL, "target-base-url", "", "repository targets URL")
 	fs.StringVar(&o.targetDir, "target-dir", "", "where verified targets are stored")
 	fs.Var(repeated{&o.targetNames}, "target-name", "target path to download (repeatable)")
+	var vo vectorsOptions
+	fs.StringVar(&vo.server, "vectors-url", "", "uptane-vectors: the tuf-test-vectors server, e.g. http://127.0.0.1:8080")
+	fs.StringVar(&vo.serial, "ecu-serial", "", "uptane-vectors: the ECU identifier the vectors were generated for")
+	fs.StringVar(&vo.hardwareID, "hardware-id", "", "uptane-vectors: the hardware ID the vectors were generated for")
+	fs.Var(repeated{&vo.only}, "vector", "uptane-vectors: run only this vector (repeatable)")
 	if len(args) == 1 && args[0] == "--version" {
 		fmt.Fprintln(env.Stdout, buildinfo.String("roadsign-tuf-client"))
 		return exitcode.OK
@@ -96,6 +104,27 @@ func Run(ctx context.Context, args []string, env Env) int {
 		return exitcode.Usage
 	}
 	rest := fs.Args()
+	if cmd == "uptane-vectors" {
+		if vo.server == "" || vo.serial == "" || vo.hardwareID == "" {
+			fmt.Fprintln(env.Stderr, "roadsign-tuf-client: uptane-vectors needs --vectors-url URL, --ecu-serial ID and --hardware-id ID")
+			return exitcode.Usage
+		}
+		vo.work = o.metadataDir
+		if vo.work == "" {
+			dir, err := os.MkdirTemp("", "roadsign-uptane-vectors-")
+			if err != nil {
+				fmt.Fprintf(env.Stderr, "roadsign-tuf-client: %v\n", err)
+				return exitcode.Error
+			}
+			defer os.RemoveAll(dir)
+			vo.work = dir
+		}
+		if err := uptaneVectors(ctx, vo, env, slog.New(slog.DiscardHandler)); err != nil {
+			fmt.Fprintf(env.Stderr, "roadsign-tuf-client: uptane-vectors: %v\n", err)
+			return exitcode.Error
+		}
+		return exitcode.OK
+	}
 	if o.metadataDir == "" {
 		fmt.Fprintln(env.Stderr, "roadsign-tuf-client: --metadata-dir DIR is required")
 		return exitcode.Usage
