@@ -135,7 +135,10 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if got != "[{head-unit HU000001 2.0.0} {dcm DCM000002 2.0.0}]" || status.Authorization.State != "authorized" {
 		t.Fatalf("after the walkthrough the car should run 2.0.0 everywhere, authorized: %s %s\n%s", got, status.Authorization.State, out)
 	}
-	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "unknown_vehicle_key: If the DCM was replaced", "repo.publish", "campaign.start"} {
+	for _, want := range []string{`"state":"succeeded","events":["queued","downloading"`, `{"state":"canceled"}`, "director/timestamp.json", "pending_reauthorization", "refused until re-provisioned", "unknown_vehicle_key: If the DCM was replaced", "repo.publish", "campaign.start",
+		// The car with a DCM secondary: both ECUs on 2.0.0 from one set job.
+		`[{"type":"head-unit","serial":"HU000101","version":"2.0.0"},{"type":"dcm","serial":"DCM000101","version":"2.0.0"}]`,
+		`{"state":"succeeded","ecus":["head-unit 2.0.0","dcm 2.0.0"]}`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the walkthrough's output should show %s:\n%s", want, out)
 		}
