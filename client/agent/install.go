@@ -29,6 +29,12 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 	var rolledBack error
 	for _, e := range a.V.ECUs {
 		did, err := a.boot(e).Recover(hooks)
+		if errors.Is(err, errSecondaryUnreachable) {
+			// It finishes its own recovery once back; an update set it
+			// is part of was settled above or keeps its journal.
+			a.Log.Warn("secondary unreachable at recovery", "ecu", e.Serial, "err", err)
+			continue
+		}
 		if did != "" {
 			a.Log.Info("recovered from journal", "ecu", e.Serial, "what", did)
 			rep.Recovery = append(rep.Recovery, RecoveryNote{Serial: e.Serial, What: did})

@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -164,6 +165,15 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 	var plans []*plan
 	for _, e := range a.V.ECUs {
 		rec, err := a.boot(e).LoadRecord()
+		if errors.Is(err, errSecondaryUnreachable) {
+			if assigned[e.Serial] != nil {
+				// Every image of a cycle is verified before any switches:
+				// without this ECU, nothing installs.
+				return planned{results: results, jobs: jobPlans, jobParts: jobParts}, fmt.Errorf("%w: %v; it has an update assigned, so nothing is installed this cycle", client.ErrUnreachable, err)
+			}
+			results = append(results, ECUResult{Type: e.Type, Serial: e.Serial, Outcome: Failed, Detail: "unreachable on the vehicle network; not updated"})
+			continue
+		}
 		if err != nil {
 			return planned{results: results}, err
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"time"
 
 	"github.com/roadsign/roadsign/client/bootctl"
@@ -70,6 +71,10 @@ func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
 			defer r.Close()
 		}
 		rec, err := b.LoadRecord()
+		if errors.Is(err, errSecondaryUnreachable) {
+			st.ECUs = append(st.ECUs, ECUStatus{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID, LastResult: err.Error(), Slots: map[string]*SlotStatus{}})
+			continue
+		}
 		if err != nil {
 			return st, err
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // Uptane is an image repository and one VIN's director, each signed with
@@ -44,8 +45,9 @@ type Uptane struct {
 	events []JobEvent
 	// cancel answers job events of these job IDs with job_canceled.
 	cancel map[string]bool
-	// manifests counts check-ins.
-	manifests int
+	// manifests counts check-ins; lastManifest is the last one's.
+	manifests    int
+	lastManifest vehicleauth.Manifest
 	// refuseAuth, if set, is the error code the authorization handshake
 	// answers with (403).
 	refuseAuth string
@@ -245,6 +247,13 @@ func (u *Uptane) Publish() {
 	}
 }
 
+// LastManifest is the manifest of the last check-in.
+func (u *Uptane) LastManifest() vehicleauth.Manifest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.lastManifest
+}
+
 // Files are the metadata files repo ("director" or "image") serves, by
 // name: what a primary forwards to its secondaries.
 func (u *Uptane) Files(repo string) map[string][]byte {
@@ -358,6 +367,10 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("{}"))
 	case p == "/api/v1/vehicles/"+u.VIN+"/manifest":
 		u.manifests++
+		var sm vehicleauth.SignedManifest
+		if json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&sm) == nil {
+			json.Unmarshal(sm.Signed, &u.lastManifest)
+		}
 		w.WriteHeader(http.StatusNoContent)
 	case p == "/api/v1/vehicles/"+u.VIN+"/auth" && u.refuseAuth != "":
 		writeError(w, http.StatusForbidden, u.refuseAuth, "refused by the test")
