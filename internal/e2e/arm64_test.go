@@ -21,9 +21,11 @@ import (
 const armImageMiB = 256
 
 // TestSecondaryOnArm64: vehicles are ARM. The DCM secondary runs as a
-// linux/arm64 roadsign-agent under qemu-user and installs a 256 MiB image
-// its (amd64) primary streams to it, verified by itself; its peak memory
-// through the install is measured and must not grow with the image.
+// linux/arm64 roadsign-agent under qemu-user; with its (amd64) primary
+// it installs an update set: a new head unit image on the primary and a
+// 256 MiB DCM image the primary streams to it, verified by itself. Its
+// peak memory through the install is measured and must not grow with the
+// image.
 func TestSecondaryOnArm64(t *testing.T) {
 	qemu, err := exec.LookPath("qemu-aarch64")
 	if err != nil {
@@ -58,6 +60,7 @@ func TestSecondaryOnArm64(t *testing.T) {
 	}
 	f.Close()
 	w.mustSigner("add", w.ws, img, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0")
+	w.add(findSample(t, huHW, "1.1.0"))
 	w.publish()
 
 	vin := testVIN(1)
@@ -97,7 +100,8 @@ func TestSecondaryOnArm64(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("init the primary: %s\n%s", r, stderr.String())
 	}
-	w.job(adminToken, map[string]any{"vin": vin, "ecu": "dcm", "version": "3.0.0", "reason": "arm64 DCM"})
+	w.job(adminToken, map[string]any{"vin": vin, "reason": "arm64 DCM",
+		"ecus": []map[string]string{{"ecu": "head-unit", "version": "1.1.0"}, {"ecu": "dcm", "version": "3.0.0"}}})
 	before := peak.Load()
 	start := time.Now()
 	upd := exec.Command(agentBin, "update", "--state", hu) // the real (amd64) primary streams it through
@@ -105,8 +109,8 @@ func TestSecondaryOnArm64(t *testing.T) {
 		t.Fatalf("update: %v\n%s\nsecondary:\n%s", err, out, stderr.String())
 	}
 	took := time.Since(start)
-	if got := versions(t, vehicleState{dir: hu, vin: vin}); got["dcm"] != "3.0.0" {
-		t.Fatalf("the arm64 DCM runs %q after the install", got["dcm"])
+	if got := versions(t, vehicleState{dir: hu, vin: vin}); got["dcm"] != "3.0.0" || got["head-unit"] != "1.1.0" {
+		t.Fatalf("after the set: %v, want the head unit on 1.1.0 and the arm64 DCM on 3.0.0", got)
 	}
 	time.Sleep(20 * time.Millisecond) // one more reading
 	mib := float64(peak.Load()) / 1024
