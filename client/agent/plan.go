@@ -134,7 +134,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 		if err != nil {
 			return refuse("target %s is not in the image repository (%v)", p, err)
 		}
-		if itf.Length != dtf.Length || !hashesEqual(itf.Hashes, dtf.Hashes) {
+		if itf.Length != dtf.Length || !meta.HashesEqual(itf.Hashes, dtf.Hashes) {
 			return refuse("target %s: length or hashes differ between director and image repository", p)
 		}
 		ic, err := meta.TargetCustom(itf)
@@ -241,16 +241,4 @@ func (a *Agent) installedHow(serial string) string {
 		}
 	}
 	return "was already installed"
-}
-
-func hashesEqual(a, b metadata.Hashes) bool {
-	if len(a) == 0 || len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if hex.EncodeToString(v) != hex.EncodeToString(b[k]) {
-			return false
-		}
-	}
-	return true
 }

@@ -3,7 +3,6 @@ package tufcli
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/download"
 	"github.com/roadsign/roadsign/client/tufclient"
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // vectorsOptions drive the Uptane vectors of the public tuf-test-vectors
@@ -212,7 +212,7 @@ func vectorCycle(ctx context.Context, repo, work string, o vectorsOptions, env E
 		if err != nil {
 			return refused("target %s is not in the image repository (%v)", p, err)
 		}
-		if itf.Length != dtf.Length || !sameHashes(itf.Hashes, dtf.Hashes) {
+		if itf.Length != dtf.Length || !meta.HashesEqual(itf.Hashes, dtf.Hashes) {
 			return refused("target %s: length or hashes differ between director and image repository", p)
 		}
 		var ic struct {
@@ -256,18 +256,6 @@ func fetchVectorTarget(ctx context.Context, u string, tf *metadata.TargetFiles) 
 		return fmt.Errorf("%w: %v", client.ErrRefused, err)
 	}
 	return nil
-}
-
-func sameHashes(a, b metadata.Hashes) bool {
-	if len(a) == 0 || len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if hex.EncodeToString(v) != hex.EncodeToString(b[k]) {
-			return false
-		}
-	}
-	return true
 }
 
 // get fetches a metadata file: a 404 is tufclient.ErrMissing.

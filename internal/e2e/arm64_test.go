@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"debug/elf"
 	"fmt"
 	"os"
@@ -71,22 +70,7 @@ func TestSecondaryOnArm64(t *testing.T) {
 	if out, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("arm64 init-secondary: %v\n%s", err, out)
 	}
-	sec := exec.Command(qemu, bin, "secondary", "--state", dcmDir, "--listen", "127.0.0.1:0")
-	out, err := sec.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	sec.Stderr = &stderr
-	if err := sec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sec.Process.Kill(); sec.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("the arm64 secondary said nothing: %v\n%s", err, stderr.String())
-	}
-	addr := strings.TrimSpace(line[strings.LastIndex(line, " "):])
+	sec, addr, stderr := startSecondaryCmd(t, exec.Command(qemu, bin, "secondary", "--state", dcmDir, "--listen", "127.0.0.1:0"))
 	var peak atomic.Int64
 	stop := make(chan struct{})
 	defer close(stop)

@@ -80,7 +80,13 @@ func TestSecondaryProcess(t *testing.T) {
 // on a free loopback port and returns it and its address.
 func startSecondary(t *testing.T, dir string) (*exec.Cmd, string, *strings.Builder) {
 	t.Helper()
-	cmd := exec.Command(agentBin, "secondary", "--state", dir, "--listen", "127.0.0.1:0")
+	return startSecondaryCmd(t, exec.Command(agentBin, "secondary", "--state", dir, "--listen", "127.0.0.1:0"))
+}
+
+// startSecondaryCmd starts cmd, a secondary listening on a free port, and
+// returns it, the address it says it listens on, and its log.
+func startSecondaryCmd(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, string, *strings.Builder) {
+	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@
 package meta
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -217,4 +218,18 @@ func SignTimestamp(version, snapV int64, snapRaw []byte, expires time.Time, cust
 		return nil, fmt.Errorf("encode timestamp v%d: %w", version, err)
 	}
 	return raw, nil
+}
+
+// HashesEqual reports whether two targets' hashes are the same set, each
+// equal (a target with none equals nothing).
+func HashesEqual(a, b metadata.Hashes) bool {
+	if len(a) == 0 || len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !bytes.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
 }
