@@ -575,19 +575,38 @@ func cmdReplaceECU(args []string, env Env) error {
 	n := fs.String("new-serial", "", "serial of the new ECU")
 	hw := fs.String("hardware-id", "", "hardware ID of the new ECU")
 	fw := fs.String("firmware", "", "factory firmware of the new ECU (boots from slot A)")
-	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent replace-ecu --state DIR --serial OLD --new-serial NEW --hardware-id HWID --firmware FILE")
+	sec := fs.String("secondary", "", "the new ECU is a secondary on the vehicle network: NEW_SERIAL=HOST:PORT (instead of --new-serial, --hardware-id and --firmware)")
+	v, _, err := openForCommand(fs, args, env, 0, "roadsign-agent replace-ecu --state DIR --serial OLD (--new-serial NEW --hardware-id HWID --firmware FILE | --secondary NEW=HOST:PORT)")
 	if err != nil {
 		return err
 	}
 	defer v.Close()
-	if *old == "" || *n == "" || *hw == "" || *fw == "" {
+	ne := vehicle.ECUConfig{Serial: *n, HardwareID: *hw}
+	switch {
+	case *sec != "" && (*n != "" || *hw != "" || *fw != ""):
+		return envflag.Usagef("replace-ecu takes --secondary, or --new-serial, --hardware-id and --firmware, not both")
+	case *sec != "" && !v.Keyed():
+		return envflag.Usagef("--secondary: this vehicle's ECUs have no keys of their own (it was made without --secondary); fit a unit it runs itself")
+	case *sec != "":
+		if *old == "" {
+			return envflag.Usagef("replace-ecu needs --serial")
+		}
+		if ne, err = secondaryECU(*sec, v.VIN); err != nil {
+			return err
+		}
+		*n = ne.Serial
+	case *old == "" || *n == "" || *hw == "" || *fw == "":
 		return envflag.Usagef("replace-ecu needs --serial, --new-serial, --hardware-id and --firmware")
 	}
-	pub, err := v.ReplaceECU(*old, vehicle.ECUConfig{Serial: *n, HardwareID: *hw}, *fw)
+	pub, err := v.ReplaceECU(*old, ne, *fw)
 	if err != nil {
 		return fmt.Errorf("%w: %v", client.ErrUsage, err)
 	}
-	fmt.Fprintf(env.Stdout, "fitted %s in place of %s with a new vehicle key; the dealer re-provisions it:\n", *n, *old)
+	what := "a new vehicle key"
+	if v.Keyed() && *old != v.Primary && *n != v.Primary {
+		what = "its own key (the vehicle key is unchanged)"
+	}
+	fmt.Fprintf(env.Stdout, "fitted %s in place of %s with %s; the dealer re-provisions it:\n", *n, *old, what)
 	fmt.Fprintf(env.Stdout, "publicKey %s\n", base64.StdEncoding.EncodeToString(pub))
 	return nil
 }

@@ -134,6 +134,10 @@ func (v *Vehicle) ReportedOfflineInstalls() ([]string, error) {
 // unit boots its factory firmware from slot A, and the vehicle gets a new
 // key pair (the telematics unit holds it); the old key is kept aside,
 // revoked. It returns the new public key for the dealer to register.
+//
+// In a vehicle whose ECUs have keys of their own, only the new unit's key
+// is new: a secondary (n.Addr) brings its own, a local ECU gets one, and
+// the vehicle key changes only when the primary itself was replaced.
 func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]byte, error) {
 	idx := -1
 	for i, e := range v.ECUs {
@@ -144,10 +148,22 @@ func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]
 	if idx < 0 {
 		return nil, fmt.Errorf("this vehicle has no ECU %s", oldSerial)
 	}
+	if n.Type != "" && n.Type != v.ECUs[idx].Type {
+		return nil, fmt.Errorf("%s is a %s; a %s cannot take its place", oldSerial, v.ECUs[idx].Type, n.Type)
+	}
 	n.Type = v.ECUs[idx].Type
 	cfg := v.Config
 	cfg.ECUs = append([]ECUConfig(nil), v.ECUs...)
 	cfg.ECUs[idx] = n
+	if v.Keyed() && oldSerial != v.Primary {
+		return v.replaceOwnKeyed(cfg, idx, oldSerial, firmware)
+	}
+	if v.Keyed() {
+		cfg.Primary = n.Serial
+		if n.Addr != "" {
+			return nil, fmt.Errorf("%s is the primary (this agent's own ECU); it cannot be replaced by a secondary", oldSerial)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -162,6 +178,9 @@ func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Keyed() {
+		cfg.ECUs[idx].PublicKey = k.Private.Public().(ed25519.PublicKey)
+	}
 	v.Config = cfg
 	if err := v.writeJSON(configFile, v.Config); err != nil {
 		return nil, err
@@ -172,6 +191,36 @@ func (v *Vehicle) ReplaceECU(oldSerial string, n ECUConfig, firmware string) ([]
 		return nil, err
 	}
 	return []byte(k.Private.Public().(ed25519.PublicKey)), nil
+}
+
+// replaceOwnKeyed is ReplaceECU for a unit other than the primary of a
+// keyed vehicle: the new unit's own key, nothing else.
+func (v *Vehicle) replaceOwnKeyed(cfg Config, idx int, oldSerial, firmware string) ([]byte, error) {
+	n := &cfg.ECUs[idx]
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if n.Addr == "" {
+		if _, err := v.ECU(*n).Provision(firmware); err != nil {
+			return nil, err
+		}
+		k, err := keys.Generate(filepath.Join(v.Dir, "ecus", n.Serial, "ecu.key"))
+		if err != nil {
+			return nil, err
+		}
+		n.PublicKey = k.Private.Public().(ed25519.PublicKey)
+	} else if len(n.PublicKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("secondary %s has no valid key", n.Serial)
+	}
+	v.Config = cfg
+	if err := v.writeJSON(configFile, v.Config); err != nil {
+		return nil, err
+	}
+	os.RemoveAll(filepath.Join(v.Dir, "ecus", oldSerial))
+	if err := os.Remove(filepath.Join(v.Dir, "checkin.json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	return n.PublicKey, nil
 }
 
 // NextReportCounter is the next counter of a local ECU's signed version

@@ -199,7 +199,64 @@ func TestPrimaryAndSecondary(t *testing.T) {
 			if d := w.diagnose(t, vin); !strings.Contains(strings.Join(d.problems(), ","), "ecu_refused_image") {
 				t.Fatalf("the diagnosis does not show the DCM's refusal: %+v", d)
 			}
+			if mode == "full" {
+				replaceSecondaryDCM(t, w, vin, hu)
+			}
 		})
+	}
+}
+
+// replaceSecondaryDCM fits a new DCM secondary in the car of primary
+// hu: until a dealer re-provisions it, check-ins are refused (a unit not
+// in the inventory) and the diagnosis names it; after, they are accepted
+// with the new unit's own key, and the vehicle key never changed.
+func replaceSecondaryDCM(t *testing.T, w *world, vin, hu string) {
+	t.Helper()
+	type ecuView struct {
+		Serial        string
+		PublicKey     []byte
+		ReportCounter int64
+	}
+	var before struct {
+		Vehicle struct {
+			PublicKey []byte
+			ECUs      []ecuView `json:"ecus"`
+		} `json:"vehicle"`
+	}
+	w.api("GET", "/api/v1/vehicles/"+vin, adminToken, nil, &before)
+	dir := filepath.Join(t.TempDir(), "dcm2")
+	if r := agent(t, "init-secondary", "--state", dir, "--vin", vin,
+		"--ecu", "dcm:DCM000002:"+dcmHW+":"+filepath.Join(samplesDir(), findSample(t, dcmHW, "1.0.0").File),
+		"--director-root", filepath.Join(w.ws, "director.root.json"), "--image-root", filepath.Join(w.ws, "image.root.json"), "--verification", "full"); r.code != 0 {
+		t.Fatalf("init-secondary: %s", r)
+	}
+	_, addr, _ := startSecondary(t, dir)
+	r := agent(t, "replace-ecu", "--state", hu, "--serial", "DCM000001", "--secondary", "DCM000002="+addr)
+	if r.code != 0 || !strings.Contains(r.stdout, "the vehicle key is unchanged") {
+		t.Fatalf("replace-ecu: %s", r)
+	}
+	pub := strings.TrimSpace(r.stdout[strings.Index(r.stdout, "publicKey ")+len("publicKey "):])
+	update(t, hu, 0)
+	d := w.diagnose(t, vin)
+	if len(d.Findings) == 0 || d.Findings[0].Code != "ecu_report_refused" || !strings.Contains(d.Findings[0].Title, "ecu_unknown") {
+		t.Fatalf("before the re-provisioning, the diagnosis should name the unknown unit first: %+v", d)
+	}
+	if code := w.api("POST", "/api/v1/vehicles/"+vin+"/ecus/DCM000001/replace", w.account("dealer", "dealer-workshop"),
+		map[string]string{"serial": "DCM000002", "hardwareId": dcmHW, "publicKey": pub, "reason": "DCM replaced"}, nil); code != 200 {
+		t.Fatalf("re-provision: %d", code)
+	}
+	update(t, hu, 0)
+	var after struct {
+		Vehicle struct {
+			PublicKey []byte
+			ECUs      []ecuView `json:"ecus"`
+		} `json:"vehicle"`
+	}
+	w.api("GET", "/api/v1/vehicles/"+vin, adminToken, nil, &after)
+	dcm := after.Vehicle.ECUs[1]
+	if string(after.Vehicle.PublicKey) != string(before.Vehicle.PublicKey) || dcm.Serial != "DCM000002" || dcm.ReportCounter == 0 ||
+		string(dcm.PublicKey) == string(before.Vehicle.ECUs[1].PublicKey) {
+		t.Fatalf("after re-provisioning the DCM: vehicle key kept %v, DCM %+v", string(after.Vehicle.PublicKey) == string(before.Vehicle.PublicKey), dcm)
 	}
 }
 
