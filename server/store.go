@@ -150,6 +150,11 @@ type Health struct {
 	// SignalBars is the reading at SignalAt; a zero SignalAt: no reading.
 	SignalBars int
 	SignalAt   time.Time
+	// Unsigned: the check-in carries no ECU-signed reports, which a
+	// vehicle whose ECUs have keys of their own must send: ReportECUs
+	// then refuses it (ecu_missing) in the same statement, without a
+	// read of its own.
+	Unsigned bool
 }
 
 // DTCEpisode is one trouble code episode as the vehicle reported it, the

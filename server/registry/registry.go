@@ -304,22 +304,30 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		d.Description, d.ReportedAt = "", time.Time{} // the vehicle's words stay the vehicle's; the store stamps receipt
 		h.Episodes = append(h.Episodes, d)
 	}
-	// What ran before (the USB installs' record), and whose ECUs sign
-	// their own reports.
-	before, err := s.store.Vehicle(ctx, vinStr)
-	if err != nil {
-		return err
+	// A check-in with ECU-signed reports is checked against the
+	// vehicle's ECU keys; one without is refused in the write itself if
+	// the vehicle's ECUs have keys (a plain check-in stays one statement).
+	var before server.Vehicle
+	signed := len(m.ECUReports) > 0 || m.PrimarySerial != ""
+	if signed || len(m.Offline) > 0 {
+		var err error
+		if before, err = s.store.Vehicle(ctx, vinStr); err != nil { // what ran before the USB installs, the ECU keys
+			return err
+		}
 	}
-	if _, keyed := Primary(before); keyed {
+	if signed {
+		if _, keyed := Primary(before); !keyed {
+			return server.CodedErrorf(server.KindInvalid, errcode.ECUReportSignature, "%s was registered without ECU keys, so its ECUs' signed reports cannot be checked; re-register it with each ECU's key", vinStr)
+		}
+		var err error
 		if ecus, err = verifyECUReports(before, m); err != nil {
 			return err
 		}
-	} else if len(m.ECUReports) > 0 || m.PrimarySerial != "" {
-		return server.CodedErrorf(server.KindInvalid, errcode.ECUReportSignature, "%s was registered without ECU keys, so its ECUs' signed reports cannot be checked; re-register it with each ECU's key", vinStr)
 	}
-	err = s.store.ReportECUs(ctx, vinStr, ecus, h, now)
-	if e := server.ErrorOf(err); err != nil && e.Code == errcode.ECUReportReplayed {
-		return server.CodedErrorf(server.KindInvalid, errcode.ECUReportReplayed, "%s (a report played back from an earlier cycle)", e.Message)
+	h.Unsigned = !signed
+	err := s.store.ReportECUs(ctx, vinStr, ecus, h, now)
+	if e := server.ErrorOf(err); err != nil && (e.Code == errcode.ECUReportReplayed || e.Code == errcode.ECUMissing) {
+		return server.CodedErrorf(server.KindInvalid, e.Code, "%s", e.Message)
 	}
 	if errors.Is(err, server.ErrNotFound) {
 		return server.CodedErrorf(server.KindInvalid, errcode.UnregisteredECU, "the car reports units %s, and %s has %s registered: a unit was replaced and not re-provisioned, or re-provisioned in place of the wrong one",

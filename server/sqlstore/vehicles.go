@@ -220,11 +220,19 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 				`) AND (e.reported_at = 0 OR e.installed_sha256 <> CASE e.serial` + when.String() + ` END)) THEN 1 ELSE 0 END`
 			args = append(append(args, in...), cases...)
 		}
-		res, err := s.txExec(ctx, tx, q+` WHERE vin = ?`, append(args, vin)...)
+		where := ` WHERE vin = ?`
+		if h.Unsigned {
+			where += ` AND NOT EXISTS (SELECT 1 FROM ecus k WHERE k.vin = vehicles.vin AND k.public_key <> '')`
+		}
+		res, err := s.txExec(ctx, tx, q+where, append(args, vin)...)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
+			var one int
+			if h.Unsigned && tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM vehicles WHERE vin = ?`), vin).Scan(&one) == nil {
+				return server.CodedErrorf(server.KindConflict, errcode.ECUMissing, "%s's ECUs have keys of their own, and the check-in carries no report signed by them", vin)
+			}
 			return sql.ErrNoRows
 		}
 		if len(h.Episodes) > 0 {
