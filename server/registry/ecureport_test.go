@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
@@ -53,7 +55,7 @@ func newKeyedCar(t *testing.T) *keyedCar {
 	}
 	t.Cleanup(func() { st.Close() })
 	c := &keyedCar{t: t, st: st, now: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC), hu: newKey(t), dcm: newKey(t), counters: map[string]int64{}}
-	c.s, err = New(Config{Store: st, Images: fakeImages{}, Now: func() time.Time { return c.now }, Log: slog.New(slog.DiscardHandler)})
+	c.s, err = New(Config{Store: st, Images: reportedImages{}, Now: func() time.Time { return c.now }, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +70,16 @@ func (c *keyedCar) registration(huKey, dcmKey string) RegisterRequest {
 	return RegisterRequest{VIN: keyedVIN, Model: "Corolla", Year: 2026, Region: "EU", PublicKey: pub64(c.hu), ECUs: []ECURequest{
 		{Type: "head-unit", Serial: "HU1", HardwareID: "HU-GEN5-NA", PublicKey: huKey},
 		{Type: "dcm", Serial: "DCM1", HardwareID: "DCM-4G-24MM", PublicKey: dcmKey}}}
+}
+
+// reportedImages publishes the images the keyed car's reports name: the
+// DCM's as 1.0.0 (the head unit's is not published).
+type reportedImages struct{}
+
+func (reportedImages) CurrentTargets(context.Context) (map[string]*metadata.TargetFiles, int64, error) {
+	raw := json.RawMessage(`{"ecuType": "dcm", "hardwareIds": ["DCM-4G-24MM"], "version": "1.0.0", "releaseCounter": 1}`)
+	sum, _ := hex.DecodeString(strings.Repeat("ab", 32))
+	return map[string]*metadata.TargetFiles{"dcm1-1.0.0.img": {Length: 10, Hashes: metadata.Hashes{"sha256": sum}, Custom: &raw}}, 1, nil
 }
 
 // report is serial's next signed report, signed with key.
@@ -122,11 +134,15 @@ func (c *keyedCar) vehicle() server.Vehicle {
 // and keeps the refusal as evidence naming the ECU.
 func TestECUReportsAreEachECUsOwn(t *testing.T) {
 	c := newKeyedCar(t)
-	if got := c.checkIn(vehicleauth.Manifest{PrimarySerial: "HU1", ECUReports: []vehicleauth.SignedECUReport{c.report("HU1", c.hu), c.report("DCM1", c.dcm)}}); got != "" {
+	// The primary's list says the DCM runs 9.9.9: the server takes the
+	// version signed for the image the DCM's own report names.
+	if got := c.checkIn(vehicleauth.Manifest{PrimarySerial: "HU1", ECUReports: []vehicleauth.SignedECUReport{c.report("HU1", c.hu), c.report("DCM1", c.dcm)},
+		ECUs: []vehicleauth.ECUReport{{Serial: "DCM1", Version: "9.9.9", SHA256: strings.Repeat("cd", 32)}}}); got != "" {
 		t.Fatalf("a good manifest was refused: %s", got)
 	}
-	if v := c.vehicle(); v.ECUs[1].InstalledTarget != "dcm1-1.0.0.img" || v.ECUs[1].ReportCounter != 1 {
-		t.Fatalf("the DCM's own report was not recorded: %+v", v.ECUs[1])
+	if v := c.vehicle(); v.ECUs[1].InstalledTarget != "dcm1-1.0.0.img" || v.ECUs[1].ReportCounter != 1 || v.ECUs[1].InstalledVersion != "1.0.0" ||
+		v.ECUs[1].InstalledSHA256 != strings.Repeat("ab", 32) || v.ECUs[0].InstalledVersion != "" {
+		t.Fatalf("the ECUs' own reports were not what was recorded: %+v", v.ECUs)
 	}
 	stranger := newKey(t)
 	var played vehicleauth.SignedECUReport

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -323,6 +324,9 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 		if ecus, err = verifyECUReports(before, m); err != nil {
 			return err
 		}
+		if err := s.signedVersions(ctx, ecus); err != nil {
+			return err
+		}
 	}
 	h.Unsigned = !signed
 	err := s.store.ReportECUs(ctx, vinStr, ecus, h, now)
@@ -370,10 +374,6 @@ func verifyECUReports(v server.Vehicle, m vehicleauth.Manifest) ([]server.ECU, e
 	if m.PrimarySerial != primary.Serial {
 		return refuse(errcode.ECUUnknown, "the manifest names primary %q; %s's primary is %s (its key signs the manifests)", m.PrimarySerial, v.VIN, primary.Serial)
 	}
-	versions := map[string]string{}
-	for _, e := range m.ECUs {
-		versions[e.Serial] = e.Version
-	}
 	reported := map[string]bool{}
 	var out []server.ECU
 	for _, sr := range m.ECUReports {
@@ -395,12 +395,8 @@ func verifyECUReports(v server.Vehicle, m vehicleauth.Manifest) ([]server.ECU, e
 			return refuse(errcode.ECUReportReplayed, "the report of %s %s has counter %d, not above %d, its last accepted one: a report played back from an earlier cycle", e.Type, e.Serial, r.Counter, e.ReportCounter)
 		}
 		reported[e.Serial] = true
-		u := server.ECU{Serial: e.Serial, InstalledTarget: r.InstalledImage.Filename, InstalledSHA256: r.InstalledImage.Hashes["sha256"],
-			ReportCounter: r.Counter, Attack: r.AttackDetected}
-		if u.InstalledSHA256 != "" {
-			u.InstalledVersion = versions[e.Serial]
-		}
-		out = append(out, u)
+		out = append(out, server.ECU{Serial: e.Serial, InstalledTarget: r.InstalledImage.Filename, InstalledSHA256: r.InstalledImage.Hashes["sha256"],
+			ReportCounter: r.Counter, Attack: r.AttackDetected})
 	}
 	for _, serial := range m.Unreachable {
 		if _, ok := v.ECUBySerial(serial); !ok {
@@ -414,6 +410,31 @@ func verifyECUReports(v server.Vehicle, m vehicleauth.Manifest) ([]server.ECU, e
 		}
 	}
 	return out, nil
+}
+
+// signedVersions sets each ECU's version from the image repository: the
+// version signed for the image its own report names (filename and
+// sha256), never the primary's word; "" for an image the repository does
+// not have.
+func (s *Service) signedVersions(ctx context.Context, ecus []server.ECU) error {
+	if s.images == nil {
+		return nil
+	}
+	targets, _, err := s.images.CurrentTargets(ctx)
+	if err != nil {
+		return fmt.Errorf("published images: %w", err)
+	}
+	for i, e := range ecus {
+		ecus[i].InstalledVersion = ""
+		tf, ok := targets[e.InstalledTarget]
+		if !ok || hex.EncodeToString(tf.Hashes["sha256"]) != e.InstalledSHA256 {
+			continue
+		}
+		if c, err := meta.TargetCustom(tf); err == nil {
+			ecus[i].InstalledVersion = c.Version
+		}
+	}
+	return nil
 }
 
 // inventory lists v's units, "TYPE SERIAL".
