@@ -95,6 +95,14 @@ func (r *remoteECU) ask(req any, want string, out any) error {
 
 func msg(typ string) ecunet.Envelope { return ecunet.Envelope{Type: typ, Protocol: ecunet.Version} }
 
+// SecondaryHello asks the secondary at addr (said to be serial) who it is (init and
+// replace-ecu, before the vehicle knows it).
+func SecondaryHello(serial, addr string) (ecunet.Hello, error) {
+	r := &remoteECU{ecu: vehicle.ECUConfig{Serial: serial, Type: "ECU", Addr: addr}}
+	defer r.Close()
+	return r.Hello()
+}
+
 // Hello asks the secondary who it is.
 func (r *remoteECU) Hello() (ecunet.Hello, error) {
 	var h ecunet.Hello
@@ -145,7 +153,7 @@ func (r *remoteECU) step(req any) (ecunet.Result, error) {
 }
 
 func (r *remoteECU) Recover(bootctl.Hooks) (string, error) {
-	res, err := r.step(msg(secondary.TypeRecover))
+	res, err := r.step(msg(ecunet.TypeRecover))
 	return res.Detail, err
 }
 

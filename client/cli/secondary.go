@@ -9,9 +9,8 @@ import (
 	"net"
 	"os"
 	"strings"
-	"time"
 
-	"github.com/roadsign/roadsign/client/ecunet"
+	"github.com/roadsign/roadsign/client/agent"
 	"github.com/roadsign/roadsign/client/secondary"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/envflag"
@@ -94,18 +93,9 @@ func secondaryECU(spec, vinStr string) (vehicle.ECUConfig, error) {
 	if !ok || serial == "" || addr == "" {
 		return vehicle.ECUConfig{}, envflag.Usagef("--secondary %q: want SERIAL=HOST:PORT", spec)
 	}
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	h, err := agent.SecondaryHello(serial, addr)
 	if err != nil {
-		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v; start it first with roadsign-agent secondary --listen %s", spec, err, addr)
-	}
-	c := ecunet.NewConn(nc, 10*time.Second)
-	defer c.Close()
-	if err := c.Send(ecunet.Envelope{Type: ecunet.TypeHello, Protocol: ecunet.Version}); err != nil {
-		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v", spec, err)
-	}
-	var h ecunet.Hello
-	if err := c.Recv(ecunet.TypeHello, &h); err != nil {
-		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v", spec, err)
+		return vehicle.ECUConfig{}, fmt.Errorf("--secondary %s: %v; is it running (roadsign-agent secondary --listen %s)?", spec, err, addr)
 	}
 	switch {
 	case h.Serial != serial:

@@ -51,6 +51,7 @@ const (
 	TypeCommit  = "commit"  // → Result
 	TypeRevert  = "revert"  // → Result: back to the old slot (its update set failed)
 	TypeAbort   = "abort"   // → Result: drop a verified image that never switched
+	TypeRecover = "recover" // → Result: finish what a power loss interrupted, once the primary settled its update set
 	TypeStatus  = "status"  // → Status
 	TypeError   = "error"   // the secondary refuses the request (and may close)
 	TypeVerdict = "verdict" // an offer's answer

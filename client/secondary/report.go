@@ -1,12 +1,10 @@
 package secondary
 
 import (
-	"os"
 	"path/filepath"
 
-	"github.com/theupdateframework/go-tuf/v2/metadata"
-
 	"github.com/roadsign/roadsign/client/ecunet"
+	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
@@ -18,7 +16,7 @@ func (s *State) Report() (vehicleauth.SignedECUReport, error) {
 	if err != nil {
 		return vehicleauth.SignedECUReport{}, err
 	}
-	n, err := s.nextCounter()
+	n, err := vehicle.NextCounter(filepath.Join(s.Dir, "report-counter"))
 	if err != nil {
 		return vehicleauth.SignedECUReport{}, err
 	}
@@ -42,17 +40,4 @@ func (s *State) Status() (ecunet.Status, error) {
 		st.Version, st.SHA256, st.Target, st.Length, st.ReleaseCounter = a.Version, a.SHA256, a.Target, a.Length, a.ReleaseCounter
 	}
 	return st, nil
-}
-
-// rootVersion is the version of the root cached in dir (0: none).
-func rootVersion(dir string) int64 {
-	b, err := os.ReadFile(filepath.Join(dir, "root.json"))
-	if err != nil {
-		return 0
-	}
-	r, err := metadata.Root().FromBytes(b)
-	if err != nil {
-		return 0
-	}
-	return r.Signed.Version
 }

@@ -2,6 +2,9 @@ package secondary
 
 import (
 	"context"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +16,7 @@ import (
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/ecunet"
+	"github.com/roadsign/roadsign/client/tufclient"
 )
 
 // Server answers one primary at a time over the vehicle network.
@@ -143,7 +147,7 @@ func (s *Server) dispatch(ctx context.Context, c *ecunet.Conn, typ string, p []b
 		return res, err
 	case ecunet.TypeAbort:
 		return result(st.ECU().Abort())
-	case TypeRecover:
+	case ecunet.TypeRecover:
 		did, err := st.ECU().Recover(s.Hooks)
 		res, err := result(err)
 		if res.Detail == "" {
@@ -153,10 +157,6 @@ func (s *Server) dispatch(ctx context.Context, c *ecunet.Conn, typ string, p []b
 	}
 	return nil, fmt.Errorf("unknown message type %q", typ)
 }
-
-// TypeRecover asks the secondary to finish what a power loss interrupted
-// (after the primary settled its update set).
-const TypeRecover = "recover"
 
 // result turns an install step's outcome into its answer: a rolled back
 // trial or a refused image is an answer, anything else ends the request.
@@ -178,9 +178,9 @@ func (s *Server) hello() (ecunet.Hello, error) {
 	st := s.State
 	h := ecunet.Hello{Envelope: ecunet.Envelope{Type: ecunet.TypeHello, Protocol: ecunet.Version}, VIN: st.VIN, Serial: st.Config.ECU.Serial,
 		ECUType: st.Config.ECU.Type, HardwareID: st.Config.ECU.HardwareID, PublicKey: st.PublicKey(), Verification: st.Verification}
-	h.DirectorRoot = rootVersion(st.DirectorDir())
+	h.DirectorRoot = tufclient.CachedVersion(st.DirectorDir(), metadata.ROOT)
 	if st.Verification == Full {
-		h.ImageRoot = rootVersion(st.ImageDir())
+		h.ImageRoot = tufclient.CachedVersion(st.ImageDir(), metadata.ROOT)
 	}
 	return h, nil
 }

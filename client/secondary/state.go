@@ -18,8 +18,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/roadsign/roadsign/client"
@@ -134,17 +132,6 @@ func (s *State) ECU() *bootctl.ECU {
 
 // PublicKey is the ECU's public key, registered with the server.
 func (s *State) PublicKey() ed25519.PublicKey { return s.key.Private.Public().(ed25519.PublicKey) }
-
-// nextCounter is the next report counter: it only rises, across restarts.
-func (s *State) nextCounter() (int64, error) {
-	path := filepath.Join(s.Dir, "report-counter")
-	var n int64
-	if b, err := os.ReadFile(path); err == nil {
-		n, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	}
-	n++
-	return n, atomicfile.Write(path, []byte(strconv.FormatInt(n, 10)), 0o600)
-}
 
 // attack is the refusal the ECU reports until it installs again.
 type attack struct {

@@ -226,7 +226,12 @@ func (v *Vehicle) replaceOwnKeyed(cfg Config, idx int, oldSerial, firmware strin
 // NextReportCounter is the next counter of a local ECU's signed version
 // reports: it only rises, across restarts.
 func (v *Vehicle) NextReportCounter(serial string) (int64, error) {
-	path := filepath.Join(v.Dir, "ecus", serial, "report-counter")
+	return NextCounter(filepath.Join(v.Dir, "ecus", serial, "report-counter"))
+}
+
+// NextCounter raises the counter kept in the file at path and returns it
+// (1 the first time); written atomically, so it only rises.
+func NextCounter(path string) (int64, error) {
 	var n int64
 	if b, err := os.ReadFile(path); err == nil {
 		n, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)

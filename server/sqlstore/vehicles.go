@@ -266,13 +266,11 @@ func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h
 			if err != nil {
 				return err
 			}
-			if n, _ := res.RowsAffected(); n == 0 && e.ReportCounter > 0 {
+			if n, _ := res.RowsAffected(); n == 0 {
 				var one int
-				if tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM ecus WHERE vin = ? AND serial = ?`), vin, e.Serial).Scan(&one) == nil {
+				if e.ReportCounter > 0 && tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM ecus WHERE vin = ? AND serial = ?`), vin, e.Serial).Scan(&one) == nil {
 					return server.CodedErrorf(server.KindConflict, errcode.ECUReportReplayed, "ECU %s: report counter %d is not above the last accepted one", e.Serial, e.ReportCounter)
 				}
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
 				return fmt.Errorf("ECU %s: %w", e.Serial, sql.ErrNoRows)
 			}
 		}
