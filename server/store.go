@@ -732,6 +732,10 @@ type CampaignConfig struct {
 	// With, for an update set, are the other ECUs each member vehicle
 	// installs together with ECU (one job for the set, all or none).
 	With []CampaignPart `json:"with,omitempty"`
+	// Deltas is wait, prefer or off ("": prefer): whether a member's job
+	// waits for the delta from what it runs, uses one when made, or
+	// always gets the full image.
+	Deltas string `json:"deltas,omitempty"`
 }
 
 // CampaignPart is one more ECU of a campaign's update set.

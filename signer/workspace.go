@@ -433,6 +433,10 @@ func (w *Workspace) Targets() (*metadata.Metadata[metadata.TargetsType], []byte,
 // signAndStoreTargets signs targets with the workspace's targets keys and
 // stores them; a multi-party workspace stages them, unsigned, instead.
 func (w *Workspace) signAndStoreTargets(t *metadata.Metadata[metadata.TargetsType]) error {
+	if k := w.State.OnlineKeys.Image.Deltas; k != nil {
+		// The server signs deltas online, for deltas/ paths only.
+		meta.DelegateDeltas(&t.Signed, k)
+	}
 	if w.MultiParty() {
 		return w.stage("targets.json", t)
 	}

@@ -142,6 +142,9 @@ type OnlineKeys struct {
 	Image struct {
 		Snapshot  *metadata.Key `json:"snapshot"`
 		Timestamp *metadata.Key `json:"timestamp"`
+		// Deltas signs the delegated role for deltas (DeltaRole); servers
+		// before deltas had none.
+		Deltas *metadata.Key `json:"deltas,omitempty"`
 	} `json:"image"`
 	Director struct {
 		Targets   *metadata.Key `json:"targets"`
@@ -181,9 +184,17 @@ func KeyID(k *metadata.Key) string {
 // SignSnapshot returns a signed snapshot naming targets version targetsV,
 // with custom (if not nil) as its signed "custom" object.
 func SignSnapshot(version, targetsV int64, expires time.Time, custom map[string]any, k *keys.Key) ([]byte, error) {
+	return SignSnapshotRoles(version, map[string]int64{metadata.TARGETS: targetsV}, expires, custom, k)
+}
+
+// SignSnapshotRoles is SignSnapshot naming the versions of several
+// targets roles (top-level "targets" and delegated ones).
+func SignSnapshotRoles(version int64, roles map[string]int64, expires time.Time, custom map[string]any, k *keys.Key) ([]byte, error) {
 	snap := metadata.Snapshot(expires)
 	snap.Signed.Version = version
-	snap.Signed.Meta["targets.json"] = metadata.MetaFile(targetsV)
+	for role, v := range roles {
+		snap.Signed.Meta[role+".json"] = metadata.MetaFile(v)
+	}
 	if custom != nil {
 		snap.Signed.UnrecognizedFields = map[string]any{"custom": custom}
 	}

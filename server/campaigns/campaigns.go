@@ -113,6 +113,10 @@ type CreateRequest struct {
 	// Seed fixes the campaign's random order, to rehearse one rollout
 	// exactly (default: a random seed).
 	Seed *int64 `json:"seed"`
+	// Deltas: wait (a member's install waits until the delta from what
+	// it runs is made), prefer (the default: a delta when made, else the
+	// full image) or off.
+	Deltas string `json:"deltas"`
 }
 
 // Part is one ECU of a campaign's update set.
@@ -214,6 +218,12 @@ func (r CreateRequest) config() (server.CampaignConfig, error) {
 		if err := CheckWindow(*c.Window); err != nil {
 			return c, invalid("window: %v", err)
 		}
+	}
+	switch r.Deltas {
+	case "", "prefer", "wait", "off":
+		c.Deltas = r.Deltas
+	default:
+		return c, invalid("deltas %q: want wait, prefer or off", r.Deltas)
 	}
 	return c, nil
 }

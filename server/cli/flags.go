@@ -50,6 +50,10 @@ type config struct {
 	mqttConnectTime time.Duration
 	perAddress      int
 	publicURLs      envflag.List
+	deltas          string
+	deltaQueue      int
+	deltaWorkers    int
+	deltaTimeout    time.Duration
 }
 
 func parseFlags(cmd string, args []string, env Env) (config, error) {
@@ -65,6 +69,10 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.DurationVar(&c.jobTimeout, "job-timeout", 72*time.Hour, "a job the vehicle does not report on for this long is timed_out")
 		fs.DurationVar(&c.jobRetry, "job-retry", time.Minute, "first retry delay of a failed job (doubles per attempt)")
 		fs.DurationVar(&c.authTokenTTL, "auth-token-ttl", time.Hour, "lifetime of a connected-services token; vehicles renew it with a third left")
+		fs.StringVar(&c.deltas, "deltas", "on", "make deltas from the images vehicles run to the ones they are assigned, and offer them instead of full images: on or off")
+		fs.IntVar(&c.deltaQueue, "delta-queue", 256, "most deltas waiting to be made on this replica; more are asked for again at later polls")
+		fs.IntVar(&c.deltaWorkers, "delta-workers", 1, "deltas made at once on this replica (each reads both images and uses a CPU)")
+		fs.DurationVar(&c.deltaTimeout, "delta-timeout", 10*time.Minute, "longest time to make one delta; past it vehicles get the full image")
 		fs.BoolVar(&c.blobRedirect, "blob-redirect", false, "send target downloads straight to the S3 store with short-lived presigned URLs (vehicles must reach the store)")
 		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")
@@ -104,6 +112,12 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && c.autoAssign != director.AutoLatest && c.autoAssign != director.AutoNone {
 		return c, envflag.Usagef("--auto-assign %q: want latest or none", c.autoAssign)
+	}
+	if cmd == "serve" && c.deltas != "on" && c.deltas != "off" {
+		return c, envflag.Usagef("--deltas %q: want on or off", c.deltas)
+	}
+	if cmd == "serve" && (c.deltaQueue < 1 || c.deltaWorkers < 1 || c.deltaTimeout <= 0) {
+		return c, envflag.Usagef("--delta-queue and --delta-workers must be at least 1 and --delta-timeout positive")
 	}
 	if cmd == "serve" && c.directorExpiry < 2*time.Second {
 		return c, envflag.Usagef("--director-expiry %s is too short; use at least 2s", c.directorExpiry)

@@ -23,6 +23,7 @@ import (
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/connect"
+	"github.com/roadsign/roadsign/server/deltas"
 	"github.com/roadsign/roadsign/server/diagnosis"
 	"github.com/roadsign/roadsign/server/director"
 	"github.com/roadsign/roadsign/server/httpapi"
@@ -56,6 +57,7 @@ type services struct {
 	jobs      *jobs.Service
 	campaigns *campaigns.Service
 	director  *director.Service
+	deltas    *deltas.Service // nil: --deltas off
 	diagnosis *diagnosis.Service
 	connect   *connect.Service
 	owners    *owners.Service
@@ -134,7 +136,15 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		Wake: s.push.Wake, Now: time.Now, Metrics: reg, Log: log}); err != nil {
 		return nil, err
 	}
-	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store,
+	var offers director.Deltas
+	if c.deltas == "on" {
+		if s.deltas, err = deltas.New(deltas.Config{Repo: s.images, Blobs: p.blobs, Queue: c.deltaQueue, Workers: c.deltaWorkers,
+			Timeout: c.deltaTimeout, Log: log, Metrics: reg}); err != nil {
+			return nil, err
+		}
+		offers = s.deltas
+	}
+	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store, Deltas: offers,
 		AutoAssign: c.autoAssign, Expiry: c.directorExpiry, VersionFloor: floor, Now: time.Now, Log: log}); err != nil {
 		return nil, err
 	}
@@ -220,6 +230,9 @@ func (s *services) background(ctx context.Context, c config, store *sqlstore.Sto
 	}
 	wg.Go(func() { s.images.Watch(bg) }) // every replica: the head it serves from memory
 	wg.Go(func() { s.elector.Run(bg) })
+	if s.deltas != nil {
+		wg.Go(func() { s.deltas.Run(bg) }) // every replica makes the deltas its vehicles ask for
+	}
 	every := func(d time.Duration, name string, f func(ctx context.Context, _ server.Fence) error) {
 		wg.Go(func() { s.elector.Every(bg, d, name, f) })
 	}

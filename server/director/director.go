@@ -56,6 +56,7 @@ type Service struct {
 	images     Images
 	jobs       AutoJobs
 	campaigns  Campaigns
+	deltas     Deltas
 	keys       *repo.OnlineKeys
 	autoAssign string
 	expiry     time.Duration
@@ -76,6 +77,8 @@ type Config struct {
 	Jobs AutoJobs
 	// Campaigns, if set, makes the director defer to campaigns.
 	Campaigns Campaigns
+	// Deltas, if set, offers deltas from what each ECU runs.
+	Deltas Deltas
 	// AutoAssign is AutoLatest or AutoNone ("": none).
 	AutoAssign string
 	// Expiry is how long signed timestamp metadata lives.
@@ -103,7 +106,7 @@ func New(cfg Config) (*Service, error) {
 	case cfg.Expiry <= 0:
 		return nil, fmt.Errorf("director: metadata expiry %v must be positive", cfg.Expiry)
 	}
-	return &Service{store: cfg.Store, images: cfg.Images, keys: cfg.Keys, jobs: cfg.Jobs, campaigns: cfg.Campaigns,
+	return &Service{store: cfg.Store, images: cfg.Images, keys: cfg.Keys, jobs: cfg.Jobs, campaigns: cfg.Campaigns, deltas: cfg.Deltas,
 		autoAssign: cfg.AutoAssign, expiry: cfg.Expiry, floor: cfg.VersionFloor, now: cfg.Now, log: cfg.Log}, nil
 }
 
@@ -115,7 +118,33 @@ type Campaigns interface {
 	// CampaignHolds are the ECUs of vin waiting in a campaign for their
 	// job: auto-assign leaves them alone.
 	CampaignHolds(ctx context.Context, vin string) (map[string]bool, error)
+	// CampaignDeltas is a campaign's deltas policy (DeltasWait, ...).
+	CampaignDeltas(ctx context.Context, id string) (string, error)
 }
+
+// Deltas offers deltas (server/deltas).
+type Deltas interface {
+	// Offer names the delta from the image with sha256 baseSHA to the
+	// target at path for hardware hw, when it is made (ready), or says it
+	// is being made (pending).
+	Offer(ctx context.Context, hw, baseSHA, path string, target *metadata.TargetFiles) (deltaPath string, state int, err error)
+	// Version changes whenever a delta is added.
+	Version(ctx context.Context) (int64, error)
+}
+
+// Offer states of Deltas.Offer.
+const (
+	DeltaNone    = 0
+	DeltaReady   = 1
+	DeltaPending = 2
+)
+
+// Deltas policies of a campaign ("" is prefer).
+const (
+	DeltasWait   = "wait"
+	DeltasPrefer = "prefer"
+	DeltasOff    = "off"
+)
 
 // Assigned is one ECU's assignment.
 type Assigned struct {
@@ -128,6 +157,11 @@ type Assigned struct {
 	JobID      string
 	Downgrade  bool
 	Window     *server.Window
+	// CampaignID is the campaign of the job, if any.
+	CampaignID string
+	// Delta, when set, is the delta the vehicle may use instead of the
+	// full image (a path of the image repository's deltas role).
+	Delta string
 }
 
 // Assignment decides what each ECU of v must run, without changing
@@ -141,8 +175,8 @@ func (d *Service) Assignment(ctx context.Context, v server.Vehicle) ([]Assigned,
 type decision struct {
 	As []Assigned
 	// ImageVersion is the version of the image repository's targets it
-	// was decided on.
-	ImageVersion int64
+	// was decided on, DeltasVersion that of its deltas role.
+	ImageVersion, DeltasVersion int64
 	// Volatile is set when it depends on more than the stored inputs:
 	// on the clock (a job waiting for its retry time) or on a job's
 	// success that the ECU has yet to report. It is then decided again
@@ -312,8 +346,65 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		}
 		out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
 	}
+	if out, err = d.withDeltas(ctx, v, out, &dec); err != nil {
+		return dec, err
+	}
 	dec.As = d.withRequirements(v, wholeSets(out, jobs))
 	return dec, nil
+}
+
+// withDeltas names, for each install, the delta from the image the ECU
+// runs when one is made; it asks for it when not. A campaign with deltas
+// "wait" holds an install back while its delta is being made, "off"
+// sends full images. While a delta is being made the decision is
+// volatile: taken again at the next poll.
+func (d *Service) withDeltas(ctx context.Context, v server.Vehicle, as []Assigned, dec *decision) ([]Assigned, error) {
+	if d.deltas == nil {
+		return as, nil
+	}
+	dv, err := d.deltas.Version(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dec.DeltasVersion = dv
+	installed := map[string]string{}
+	for _, e := range v.ECUs {
+		installed[e.Serial] = e.InstalledSHA256
+	}
+	policies := map[string]string{}
+	kept := as[:0:0]
+	for _, a := range as {
+		policy := DeltasPrefer
+		if a.CampaignID != "" && d.campaigns != nil {
+			p, ok := policies[a.CampaignID]
+			if !ok {
+				if p, err = d.campaigns.CampaignDeltas(ctx, a.CampaignID); err != nil {
+					return nil, err
+				}
+				policies[a.CampaignID] = p
+			}
+			if p != "" {
+				policy = p
+			}
+		}
+		if policy != DeltasOff {
+			path, state, err := d.deltas.Offer(ctx, a.HardwareID, installed[a.Serial], a.Path, a.Target)
+			if err != nil {
+				return nil, err
+			}
+			switch state {
+			case DeltaReady:
+				a.Delta = path
+			case DeltaPending:
+				dec.Volatile = true
+				if policy == DeltasWait {
+					continue // the campaign waits for its delta
+				}
+			}
+		}
+		kept = append(kept, a)
+	}
+	return kept, nil
 }
 
 // wholeSets drops the parts of an update set that is not assigned whole
@@ -390,7 +481,7 @@ func (d *Service) fromJob(e server.ECU, j server.Job, targets map[string]*metada
 		return Assigned{}, false
 	}
 	return Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: part.TargetPath, Target: tf, Image: c,
-		JobID: j.ID, Downgrade: j.Forced, Window: j.Window}, true
+		JobID: j.ID, Downgrade: j.Forced, Window: j.Window, CampaignID: j.CampaignID}, true
 }
 
 // latest is what auto-assign gives e: the newest image for its hardware
@@ -444,6 +535,9 @@ type TargetCustom struct {
 	Downgrade      bool                     `json:"downgrade,omitempty"`
 	// Window, from a campaign, is when the vehicle may install.
 	Window *server.Window `json:"window,omitempty"`
+	// Deltas name, per ECU serial, a delta of the image repository that
+	// rebuilds this target from what the ECU runs.
+	Deltas map[string]string `json:"deltas,omitempty"`
 }
 
 // ECUIdentifier names the hardware an ECU serial must have.
@@ -465,6 +559,12 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 			files[a.Path] = &metadata.TargetFiles{Length: a.Target.Length, Hashes: a.Target.Hashes, Path: a.Path}
 		}
 		c.ECUIdentifiers[a.Serial] = ECUIdentifier{HardwareID: a.HardwareID}
+		if a.Delta != "" {
+			if c.Deltas == nil {
+				c.Deltas = map[string]string{}
+			}
+			c.Deltas[a.Serial] = a.Delta
+		}
 		if a.JobID != "" {
 			c.JobID, c.Downgrade, c.Window = a.JobID, a.Downgrade, a.Window
 		}
@@ -559,9 +659,9 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 		now := d.now()
 		current := head.TimestampVersion > 0 && head.TimestampExpires.Sub(now) > life/2 && head.TimestampVersion >= d.floor
 		if current && head.Timestamp != nil { // a volatile head's basis is "", which never matches
-			if iv, err := d.imageVersion(ctx); err != nil {
+			if iv, dv, err := d.imageVersion(ctx); err != nil {
 				return head, nil, err
-			} else if head.Basis == d.basis(head, iv) {
+			} else if head.Basis == d.basis(head, iv, dv) {
 				return head, nil, nil
 			}
 		}
@@ -582,7 +682,7 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 		}
 		basis := ""
 		if !dec.Volatile {
-			basis = d.basis(head, dec.ImageVersion)
+			basis = d.basis(head, dec.ImageVersion, dec.DeltasVersion)
 		}
 		if current && hash == head.AssignmentHash {
 			if basis != head.Basis {
@@ -614,18 +714,22 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 // decided on: the vehicle's and the campaigns' generations read with the
 // head, the image repository's targets version, and the director's own
 // policy.
-func (d *Service) basis(head server.DirectorHead, imageVersion int64) string {
-	return fmt.Sprintf("v%d.c%d.i%d.%s.f%d", head.VehicleGen, head.CampaignGen, imageVersion, d.autoAssign, d.floor)
+func (d *Service) basis(head server.DirectorHead, imageVersion, deltasVersion int64) string {
+	return fmt.Sprintf("v%d.c%d.i%d.d%d.%s.f%d", head.VehicleGen, head.CampaignGen, imageVersion, deltasVersion, d.autoAssign, d.floor)
 }
 
 // imageVersion is the version of the image repository's targets this
-// replica serves.
-func (d *Service) imageVersion(ctx context.Context) (int64, error) {
-	if d.images == nil {
-		return 0, nil
+// replica serves, and of its deltas role.
+func (d *Service) imageVersion(ctx context.Context) (iv, dv int64, err error) {
+	if d.images != nil {
+		if _, iv, err = d.images.CurrentTargets(ctx); err != nil {
+			return 0, 0, err
+		}
 	}
-	_, v, err := d.images.CurrentTargets(ctx)
-	return v, err
+	if d.deltas != nil {
+		dv, err = d.deltas.Version(ctx)
+	}
+	return iv, dv, err
 }
 
 // Sign signs director targets (files), snapshot and timestamp for a VIN

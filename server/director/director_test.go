@@ -60,6 +60,7 @@ type campaigns struct {
 	held    map[string]bool
 }
 
+func (c campaigns) CampaignDeltas(context.Context, string) (string, error)   { return "", nil }
 func (c campaigns) CampaignTargets(context.Context) (map[string]bool, error) { return c.covered, nil }
 func (c campaigns) CampaignHolds(context.Context, string) (map[string]bool, error) {
 	return c.held, nil

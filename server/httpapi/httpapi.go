@@ -194,6 +194,8 @@ type httpMetrics struct {
 	duration *prometheus.HistogramVec
 	// What a fleet operator watches, by outcome rather than by status.
 	checkins, authorizations, metadata *prometheus.CounterVec
+	// servedBytes counts target bytes served, by kind (delta, full).
+	servedBytes *prometheus.CounterVec
 }
 
 // outcomeKey is where a.fail (the error's code) or a handler (its
@@ -251,7 +253,12 @@ func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
 	m.metadata = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "roadsign_metadata_requests_total", Help: "Image repository (repo) and director requests by file role and status.",
 	}, []string{"repo", "file", "status"})
-	reg.MustRegister(m.requests, m.duration, m.checkins, m.authorizations, m.metadata)
+	m.servedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roadsign_served_bytes_total", Help: "Bytes of target files served by this replica: kind delta or full (images). Presigned redirects are not counted.",
+	}, []string{"kind"})
+	m.servedBytes.WithLabelValues("delta")
+	m.servedBytes.WithLabelValues("full")
+	reg.MustRegister(m.requests, m.duration, m.checkins, m.authorizations, m.metadata, m.servedBytes)
 	return m
 }
 
@@ -263,7 +270,15 @@ func (m *httpMetrics) fleet(c *gin.Context, route string, status int) {
 	case "/api/v1/vehicles/:vin/auth":
 		m.authorizations.WithLabelValues(outcomeOf(c, errcode.Authorized)).Inc()
 	case "/repo/*file":
+		name := strings.TrimPrefix(c.Param("file"), "/")
 		m.countMetadata("image", c.Param("file"), status)
+		if n := c.Writer.Size(); n > 0 && strings.HasPrefix(name, "targets/") && (status == http.StatusOK || status == http.StatusPartialContent) {
+			kind := "full"
+			if strings.HasPrefix(name, "targets/deltas/") {
+				kind = "delta"
+			}
+			m.servedBytes.WithLabelValues(kind).Add(float64(n))
+		}
 	case "/director/:vin/*file":
 		m.countMetadata("director", c.Param("file"), status)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
 )
 
@@ -55,7 +56,9 @@ type head struct {
 	tsExpires time.Time
 	files     map[string]memFile
 	targets   *metadata.Metadata[metadata.TargetsType]
-	readAt    time.Time
+	// deltas is the delegated deltas role (nil: none yet).
+	deltas *metadata.Metadata[metadata.TargetsType]
+	readAt time.Time
 	// rootVersion and dirRootVersion are the current roots' versions: a
 	// client asking for the next root (is there a rotation?) is answered
 	// 404 from memory.
@@ -110,6 +113,14 @@ func (r *Repo) loadHead(ctx context.Context) (*head, error) {
 		}
 		h.targets = t
 		h.files[fmt.Sprintf("%d.targets.json", st.targetsV)] = newMemFile(raw, Immutable)
+	}
+	if st.deltasV > 0 {
+		d, raw, err := r.loadDeltas(ctx, st.deltasV)
+		if err != nil {
+			return nil, err
+		}
+		h.deltas = d
+		h.files[fmt.Sprintf("%d.%s.json", st.deltasV, meta.DeltaRole)] = newMemFile(raw, Immutable)
 	}
 	return h, nil
 }
@@ -207,7 +218,7 @@ func (r *Repo) cachedFile(ctx context.Context, name string) (memFile, bool, erro
 	v, role, versioned := ParseVersionedName(name)
 	switch {
 	case name == "timestamp.json" || name == "root.json":
-	case versioned && (role == "root" || role == "snapshot" || role == "targets"):
+	case versioned && (role == "root" || role == "snapshot" || role == "targets" || role == meta.DeltaRole):
 	default:
 		return memFile{}, false, nil
 	}

@@ -16,8 +16,10 @@ import (
 // OnlineKeys are the keys the server signs with while it runs: snapshot and
 // timestamp of the image repository, and the director's roles.
 type OnlineKeys struct {
-	ImageSnapshot     *keys.Key
-	ImageTimestamp    *keys.Key
+	ImageSnapshot  *keys.Key
+	ImageTimestamp *keys.Key
+	// ImageDeltas signs the image repository's delegated deltas role.
+	ImageDeltas       *keys.Key
 	DirectorTargets   *keys.Key
 	DirectorSnapshot  *keys.Key
 	DirectorTimestamp *keys.Key
@@ -30,11 +32,16 @@ func keyFiles(k *OnlineKeys) map[string]**keys.Key {
 	return map[string]**keys.Key{
 		"image-snapshot.key":     &k.ImageSnapshot,
 		"image-timestamp.key":    &k.ImageTimestamp,
+		deltasKeyFile:            &k.ImageDeltas,
 		"director-targets.key":   &k.DirectorTargets,
 		"director-snapshot.key":  &k.DirectorSnapshot,
 		"director-timestamp.key": &k.DirectorTimestamp,
 	}
 }
+
+// deltasKeyFile came after the others: a data directory from before
+// deltas gets it at its next start.
+const deltasKeyFile = "image-deltas.key"
 
 // InitKeys creates the online keys under dataDir/keys and writes
 // dataDir/online-keys.json, unless they exist already; it is safe to run
@@ -69,13 +76,22 @@ func InitKeys(dataDir string) (*OnlineKeys, bool, error) {
 // LoadKeys loads the online keys written by InitKeys.
 func LoadKeys(dataDir string) (*OnlineKeys, error) {
 	k := &OnlineKeys{}
+	added := false
 	for name, dst := range keyFiles(k) {
 		var err error
-		if *dst, err = keys.Load(filepath.Join(dataDir, "keys", name)); err != nil {
+		p := filepath.Join(dataDir, "keys", name)
+		*dst, err = keys.Load(p)
+		if errors.Is(err, fs.ErrNotExist) && name == deltasKeyFile {
+			if _, serr := os.Stat(filepath.Join(dataDir, "keys", "image-snapshot.key")); serr == nil {
+				*dst, err = keys.Generate(p)
+				added = true
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, PublicKeysFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(dataDir, PublicKeysFile)); err != nil || added {
 		if err := writePublic(dataDir, k); err != nil {
 			return nil, err
 		}
@@ -88,6 +104,7 @@ func (k *OnlineKeys) Public() meta.OnlineKeys {
 	var p meta.OnlineKeys
 	p.Image.Snapshot = k.ImageSnapshot.Public
 	p.Image.Timestamp = k.ImageTimestamp.Public
+	p.Image.Deltas = k.ImageDeltas.Public
 	p.Director.Targets = k.DirectorTargets.Public
 	p.Director.Snapshot = k.DirectorSnapshot.Public
 	p.Director.Timestamp = k.DirectorTimestamp.Public

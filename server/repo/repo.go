@@ -208,6 +208,8 @@ type state struct {
 	timestamp *metadata.Metadata[metadata.TimestampType]
 	snapshot  *metadata.Metadata[metadata.SnapshotType]
 	targetsV  int64
+	// deltasV is the version of the delegated deltas role (0: none yet).
+	deltasV int64
 	// tsRaw and snapRaw are the served bytes of timestamp and snapshot.
 	tsRaw, snapRaw []byte
 }
@@ -255,6 +257,9 @@ func (r *Repo) loadState(ctx context.Context) (*state, error) {
 	s.snapRaw = raw
 	if tm, ok := s.snapshot.Signed.Meta["targets.json"]; ok {
 		s.targetsV = tm.Version
+	}
+	if dm, ok := s.snapshot.Signed.Meta[meta.DeltaRole+".json"]; ok {
+		s.deltasV = dm.Version
 	}
 	return s, nil
 }

@@ -21,7 +21,11 @@ func (r *Repo) signSnapshotAndTimestamp(ctx context.Context, st *state, targetsV
 		snapV = st.snapshot.Signed.Version + 1
 	}
 	snapV = max(snapV, r.cfg.VersionFloor)
-	snapRaw, err := meta.SignSnapshot(snapV, targetsV, meta.Expires(now, r.cfg.SnapshotExpiry), nil, r.keys.ImageSnapshot)
+	roles := map[string]int64{metadata.TARGETS: targetsV}
+	if st.deltasV > 0 {
+		roles[meta.DeltaRole] = st.deltasV
+	}
+	snapRaw, err := meta.SignSnapshotRoles(snapV, roles, meta.Expires(now, r.cfg.SnapshotExpiry), nil, r.keys.ImageSnapshot)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -85,6 +89,9 @@ func (r *Repo) resign(ctx context.Context) (bool, error) {
 	}
 	if st.timestamp == nil {
 		return false, nil // nothing published yet
+	}
+	if signed, err := r.resignDeltas(ctx, st, now); err != nil || signed {
+		return signed, err
 	}
 	// A restored server signs above every version the lost one may have
 	// served before vehicles see anything from it.

@@ -418,3 +418,9 @@ func (s *Store) CampaignHolds(ctx context.Context, vin string) (map[string]bool,
 	}
 	return out, s.wrap("campaign holds", rows.Err())
 }
+
+// CampaignDeltas is a campaign's deltas policy ("" when it set none).
+func (s *Store) CampaignDeltas(ctx context.Context, id string) (string, error) {
+	c, err := s.Campaign(ctx, id)
+	return c.Config.Deltas, err
+}
