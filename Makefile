@@ -71,7 +71,7 @@ torture:
 FUZZTIME ?= 30s
 FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse internal/vehicleauth:FuzzVerify \
 	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
-	server/repo:FuzzPublish server/repo:FuzzUploadTarget internal/fwimage:FuzzParseHeader client/fault:FuzzParse \
+	server/repo:FuzzPublish server/repo:FuzzUploadTarget internal/fwimage:FuzzParseHeader internal/delta:FuzzParseOp client/fault:FuzzParse \
 	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI \
 	client/ecunet:FuzzFrames internal/vehicleauth:FuzzECUReport
 fuzz:

@@ -104,6 +104,10 @@ type ECUResult struct {
 	// StreamSeconds is how long the image took from the first byte asked
 	// for to a verified slot: download, sha256 and slot write, fsynced.
 	StreamSeconds float64 `json:"streamSeconds,omitempty"`
+	// Delta says the slot was rebuilt from a delta; DeltaFallback, why
+	// an offered delta was given up for the full image.
+	Delta         bool   `json:"delta"`
+	DeltaFallback string `json:"deltaFallback,omitempty"`
 }
 
 // Report is the outcome of one update cycle.

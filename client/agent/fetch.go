@@ -107,6 +107,26 @@ func (a *Agent) fetch(ctx context.Context, src Source, p *plan) (int64, error) {
 	if r, ok := p.boot.(*remoteECU); ok {
 		return a.fetchRemote(ctx, src, p, r, sum)
 	}
+	var viaDelta int64
+	if p.delta != "" {
+		n, fallback, err := a.fetchDelta(ctx, src, p, sum)
+		switch {
+		case err != nil:
+			return n, err
+		case fallback == "":
+			p.usedDelta = true
+			return n, nil
+		}
+		a.Log.Warn("delta given up; installing the full image", "ecu", p.ecu.Serial, "delta", p.delta, "why", fallback)
+		a.say("delta for %s given up (%s); downloading the full image", p.ecu.Serial, fallback)
+		p.deltaFallback, viaDelta = fallback, n
+	}
+	n, err := a.fetchFull(ctx, src, p, sum)
+	return viaDelta + n, err
+}
+
+// fetchFull streams the full image into the ECU's inactive slot.
+func (a *Agent) fetchFull(ctx context.Context, src Source, p *plan, sum string) (int64, error) {
 	w, err := p.boot.(*bootctl.ECU).Begin(bootctl.Journal{
 		Target: p.path, Length: p.tf.Length, SHA256: sum,
 		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,

@@ -81,6 +81,7 @@ func (a *Agent) update(ctx context.Context, src Source) (Report, error) {
 		start := time.Now()
 		n, err := a.fetch(ctx, src, p)
 		rep.ECUs[p.idx].Transferred = n
+		rep.ECUs[p.idx].Delta, rep.ECUs[p.idx].DeltaFallback = p.usedDelta, p.deltaFallback
 		if err == nil {
 			rep.ECUs[p.idx].StreamSeconds = time.Since(start).Seconds()
 		}

@@ -31,6 +31,12 @@ type plan struct {
 	idx int
 	// window, if set, is when the install may happen.
 	window *window
+	// delta, when the director offers one, is the delta target that
+	// rebuilds this image from what the ECU runs; usedDelta and
+	// deltaFallback say how it went.
+	delta         string
+	usedDelta     bool
+	deltaFallback string
 }
 
 type window struct{ start, end, tz string }
@@ -83,6 +89,9 @@ type directorCustom struct {
 	} `json:"ecuIdentifiers"`
 	JobID     string `json:"jobId"`
 	Downgrade bool   `json:"downgrade"`
+	// Deltas, per ECU serial: a delta of the image repository that
+	// rebuilds the target from what that ECU runs.
+	Deltas map[string]string `json:"deltas"`
 	// Window, from a campaign: install only then (vehicle's local time).
 	Window *struct {
 		Start string `json:"start"`
@@ -153,7 +162,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 			case !ic.Supports(e.Type, e.HardwareID):
 				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
 			}
-			assigned[serial] = &plan{ecu: e, boot: a.boot(e), path: p, tf: itf, custom: ic, jobID: dc.JobID}
+			assigned[serial] = &plan{ecu: e, boot: a.boot(e), path: p, tf: itf, custom: ic, jobID: dc.JobID, delta: dc.Deltas[serial]}
 			if dc.Window != nil {
 				assigned[serial].window = &window{dc.Window.Start, dc.Window.End, dc.Window.TZ}
 			}

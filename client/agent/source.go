@@ -45,6 +45,8 @@ type Target struct {
 	Path   string
 	SHA256 string
 	Length int64
+	// Delta is set for a delta (its own download faults apply).
+	Delta bool
 }
 
 // Jobs hears job progress.
@@ -77,9 +79,13 @@ func (s serverSource) Refresh(ctx context.Context) (images, directed *tufclient.
 
 func (s serverSource) Fetch(ctx context.Context, t Target, w io.Writer, offset int64, progress interface{ Add(int64) }) (download.Result, error) {
 	a := s.a
+	body := a.Faults.Body(t.Length)
+	if t.Delta {
+		body = a.Faults.DeltaBody(t.Length)
+	}
 	return download.Fetch(ctx, a.Client, download.Target{
 		URL: a.V.Server + "/repo/targets/" + meta.ConsistentPath(t.Path, t.SHA256, true), Length: t.Length, Offset: offset, W: w,
-		Body: a.Faults.Body(t.Length), Progress: progress,
+		Body: body, Progress: progress,
 	}, a.Policy)
 }
 

@@ -84,6 +84,8 @@ type Journal struct {
 	StartedAt time.Time `json:"startedAt"`
 	// JobID ties the install to a server job, when there is one.
 	JobID string `json:"jobId,omitempty"`
+	// Delta is set while the slot is rebuilt from a delta.
+	Delta *DeltaProgress `json:"delta,omitempty"`
 }
 
 // ECU is one ECU's slots, boot control and journal in a directory.

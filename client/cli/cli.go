@@ -69,6 +69,7 @@ faults for --simulate: corrupt-download, truncate-download, network-drop:PCT,
 power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail,
 signal:BARS (0 to 5; 0: nothing reaches the server), can-loss (the head unit
 silent on the bus), corrupt-active (bytes flipped in the DCM's active slot),
+corrupt-delta and truncate-delta (a delta damaged in transit: the full image follows),
 rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD (the vehicle's clock wrong)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 refused for security (nothing installed),

@@ -47,6 +47,10 @@ type Set struct {
 	SignalBars *int
 	// CorruptActive flips bytes in the DCM's active slot before the cycle.
 	CorruptActive bool
+	// CorruptDelta and TruncateDelta damage a delta as it downloads
+	// (the full image is untouched): the agent falls back to the full
+	// image in the same cycle.
+	CorruptDelta, TruncateDelta bool
 	// RTCOffset or RTCDate set the vehicle's clock wrong (rtc=+DURATION,
 	// rtc=-DURATION, rtc=YYYY-MM-DD): what it signs and checks against.
 	RTCOffset time.Duration
@@ -113,6 +117,10 @@ func Parse(s string) (Set, error) {
 			f.CANLoss = true
 		case "corrupt-active":
 			f.CorruptActive = true
+		case "corrupt-delta":
+			f.CorruptDelta = true
+		case "truncate-delta":
+			f.TruncateDelta = true
 		case "signal":
 			n := -1
 			if len(parts) == 2 && len(parts[1]) == 1 {
@@ -130,7 +138,7 @@ func Parse(s string) (Set, error) {
 }
 
 // Names lists every fault, as --simulate takes them.
-const Names = "corrupt-download, truncate-download, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss, corrupt-active, rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD"
+const Names = "corrupt-download, truncate-download, corrupt-delta, truncate-delta, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss, corrupt-active, rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD"
 
 func (f *Set) parseRTC(v string) error {
 	if d, err := time.Parse(time.DateOnly, v); err == nil {
@@ -178,7 +186,7 @@ func contains(list []string, s string) bool {
 // Any reports whether any fault is set.
 func (f Set) Any() bool {
 	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != "" ||
-		f.CANLoss || f.SignalBars != nil || f.CorruptActive || f.RTCOffset != 0 || !f.RTCDate.IsZero()
+		f.CANLoss || f.SignalBars != nil || f.CorruptActive || f.CorruptDelta || f.TruncateDelta || f.RTCOffset != 0 || !f.RTCDate.IsZero()
 }
 
 func (f Set) kill() {
@@ -212,6 +220,14 @@ func (f Set) Body(length int64) func(r io.Reader, off int64) io.Reader {
 		}
 		return b
 	}
+}
+
+// DeltaBody is Body for a delta of the given length: the delta faults
+// (corrupt-delta, truncate-delta) and the network and power faults.
+func (f Set) DeltaBody(length int64) func(r io.Reader, off int64) io.Reader {
+	g := f
+	g.CorruptDownload, g.TruncateDownload = f.CorruptDelta, f.TruncateDelta
+	return g.Body(length)
 }
 
 // body applies download faults at absolute image offsets.

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+
+	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/client/bootctl"
+	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/internal/delta"
+	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/progress"
+)
+
+// fetchDelta rebuilds p's image in the inactive slot from the delta the
+// director offers, reading the active slot as its base. It returns the
+// bytes downloaded and, when the delta cannot be used (not verified,
+// another base, damaged, a base slot that changed), the reason: the
+// caller then installs the full image in the same cycle. An error is a
+// failure the full image would meet too (network, canceled job, flash).
+func (a *Agent) fetchDelta(ctx context.Context, src Source, p *plan, sum string) (int64, string, error) {
+	ecu := p.boot.(*bootctl.ECU)
+	if j, _ := ecu.LoadJournal(); j != nil && j.Phase == bootctl.PhaseDownload && j.Delta == nil && j.SHA256 == sum && j.Written > 0 {
+		return 0, "a download of the full image is under way; it resumes", nil
+	}
+	dtf, err := a.trusted.images.TargetInfo(p.delta)
+	if err != nil {
+		return 0, fmt.Sprintf("delta %s is not in the verified image repository (%v)", p.delta, err), nil
+	}
+	d, err := meta.TargetDelta(dtf)
+	dsum := hex.EncodeToString(dtf.Hashes["sha256"])
+	switch {
+	case err != nil:
+		return 0, fmt.Sprintf("delta %s: %v", p.delta, err), nil
+	case d.Format != delta.Format:
+		return 0, fmt.Sprintf("delta %s is in format %q, this agent reads %s", p.delta, d.Format, delta.Format), nil
+	case d.Target != p.path || d.TargetSHA256 != sum || d.TargetLength != p.tf.Length:
+		return 0, fmt.Sprintf("delta %s rebuilds %s, not the assigned %s", p.delta, d.Target, p.path), nil
+	case len(dsum) != 64:
+		return 0, fmt.Sprintf("delta %s has no sha256 in signed metadata", p.delta), nil
+	}
+	w, err := ecu.BeginDelta(bootctl.Journal{
+		Target: p.path, Length: p.tf.Length, SHA256: sum,
+		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
+	}, bootctl.DeltaProgress{Target: p.delta, Length: dtf.Length, SHA256: dsum, BaseSHA256: d.BaseSHA256})
+	if errors.Is(err, bootctl.ErrDelta) {
+		return 0, err.Error(), nil
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
+	}
+	w.WriteHook = a.Faults.WriteHook(p.tf.Length)
+	if a.Faults.CorruptDelta || a.Faults.TruncateDelta {
+		a.Log.Info("simulating a damaged delta", "delta", p.delta)
+	}
+	if w.Offset() > 0 {
+		a.Log.Info("resuming delta", "delta", p.delta, "offset", w.Offset(), "length", dtf.Length)
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	canceled := false
+	if err := a.event(ctx, src, p, "downloading", int(100*w.Offset()/max(dtf.Length, 1)), "downloading delta "+p.delta); errors.Is(err, errJobCanceled) {
+		w.Pause()
+		return 0, "", errJobCanceled
+	}
+	bar := progress.New(a.Progress, "delta "+path.Base(p.delta), dtf.Length, w.Offset())
+	prog := &jobProgress{bar: bar, done: w.Offset(), total: dtf.Length, next: 25 * (1 + int(100*w.Offset()/max(dtf.Length, 1))/25),
+		report: func(pct int) {
+			if err := a.event(ctx, src, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
+				canceled = true
+				cancel()
+			}
+		}}
+	res, err := src.Fetch(dctx, Target{Path: p.delta, SHA256: dsum, Length: dtf.Length, Delta: true}, w, w.Offset(), prog)
+	bar.Finish()
+	n := res.Transferred
+	switch {
+	case canceled:
+		w.Pause()
+		return n, "", errJobCanceled
+	case errors.Is(err, bootctl.ErrDelta), errors.Is(err, download.ErrServerLength), errors.Is(err, download.ErrNotFound):
+		w.Discard()
+		return n, err.Error(), nil
+	case errors.Is(err, fault.ErrFlash):
+		w.Discard()
+		return n, "", fmt.Errorf("%w: ECU %s: writing slot %s failed (%v); the active slot was not touched", client.ErrRolledBack, p.ecu.Serial, w.Journal().Slot, err)
+	case err != nil:
+		if perr := w.Pause(); perr != nil {
+			return n, "", fmt.Errorf("delta %s: %v; and saving progress failed: %w", p.delta, err, perr)
+		}
+		return n, "", fmt.Errorf("%w: delta %s: %v (progress kept; the next update resumes)", client.ErrUnreachable, p.delta, err)
+	}
+	a.say("verifying %s: rebuilt from a delta, length and sha256 against signed metadata", path.Base(p.path))
+	if err := w.Finish(a.Faults.Hooks()); err != nil {
+		w.Discard()
+		if errors.Is(err, bootctl.ErrDelta) {
+			return n, err.Error(), nil
+		}
+		return n, "", err
+	}
+	a.Log.Info("rebuilt from delta", "target", p.path, "delta", p.delta, "bytes", n)
+	return n, "", nil
+}

@@ -1,0 +1,317 @@
+package bootctl
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+
+	"github.com/roadsign/roadsign/internal/delta"
+)
+
+// DeltaProgress is a delta install's place, kept in the journal at each
+// checkpoint: how much of the delta was applied (always whole
+// operations) and the running sha256 of the delta and of the rebuilt
+// image, so a power loss resumes mid-delta without reading either again.
+type DeltaProgress struct {
+	Target     string `json:"target"`
+	Length     int64  `json:"length"`
+	SHA256     string `json:"sha256"`
+	BaseSHA256 string `json:"baseSha256"`
+	// Consumed is how many delta bytes were applied; Ops how many
+	// operations.
+	Consumed int64 `json:"consumed"`
+	Ops      int   `json:"ops"`
+	// DeltaHash and OutHash are the marshaled sha256 states.
+	DeltaHash []byte `json:"deltaHash,omitempty"`
+	OutHash   []byte `json:"outHash,omitempty"`
+}
+
+// ErrDelta marks a delta that cannot rebuild the image: damaged, for
+// another base, or a base that is not what it was. The caller falls back
+// to the full image; the slot was wiped and the journal cleared.
+var ErrDelta = errors.New("delta refused")
+
+// deltaCheckpoint is how much output a delta install rebuilds between
+// checkpoints.
+const deltaCheckpoint = 32 << 20
+
+// DeltaWriter rebuilds the inactive slot from a delta streamed into it
+// (Write), reading the active slot as the base. Each operation's output
+// is checked against its sha256 before it is written.
+type DeltaWriter struct {
+	e       *ECU
+	j       *Journal
+	slot    *os.File
+	base    *os.File
+	app     *delta.Applier
+	dh, oh  hash.Hash
+	buf     []byte
+	pos     int
+	header  bool
+	ended   bool
+	lastChk int64
+	err     error
+
+	// WriteHook, if set, may fail (or end) a write of n bytes at off.
+	WriteHook func(off, n int64) error
+}
+
+// BeginDelta starts rebuilding j's image from the delta d, or resumes
+// the one the journal records for the same image and delta. The active
+// slot must hold the delta's base, as the boot record says (its sha256
+// recorded when it was verified); whether its bytes still are is checked
+// operation by operation.
+func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return nil, err
+	}
+	if rec.Trial {
+		return nil, errors.New("a trial boot is pending; recover first")
+	}
+	active := rec.Slots[rec.Active]
+	if active == nil || active.SHA256 != d.BaseSHA256 {
+		have := "nothing recorded"
+		if active != nil {
+			have = active.SHA256[:min(12, len(active.SHA256))] + "…"
+		}
+		return nil, fmt.Errorf("%w: it applies to the image %.12s…, slot %s holds %s", ErrDelta, d.BaseSHA256, rec.Active, have)
+	}
+	j.Slot, j.Phase = rec.Active.Other(), PhaseDownload
+	old, err := e.LoadJournal()
+	if err != nil {
+		return nil, err
+	}
+	resume := old != nil && old.Phase == PhaseDownload && old.Slot == j.Slot && old.SHA256 == j.SHA256 &&
+		old.Length == j.Length && old.Target == j.Target && old.Delta != nil && old.Delta.SHA256 == d.SHA256 && old.Delta.Consumed > 0
+	dh, oh := sha256.New(), sha256.New()
+	if resume {
+		if dh.(encoding.BinaryUnmarshaler).UnmarshalBinary(old.Delta.DeltaHash) != nil || oh.(encoding.BinaryUnmarshaler).UnmarshalBinary(old.Delta.OutHash) != nil {
+			resume = false
+			dh, oh = sha256.New(), sha256.New()
+		}
+	}
+	if resume {
+		j.Written, j.StartedAt, d = old.Written, old.StartedAt, *old.Delta
+	} else {
+		j.Written, j.StartedAt = 0, e.now().UTC()
+		d.Consumed, d.Ops, d.DeltaHash, d.OutHash = 0, 0, nil, nil
+		if rec.Slots[j.Slot] != nil {
+			rec.Slots[j.Slot] = nil
+			if err := e.SaveRecord(rec); err != nil {
+				return nil, err
+			}
+		}
+	}
+	j.Delta = &d
+	if err := e.SaveJournal(&j); err != nil {
+		return nil, err
+	}
+	slot, err := os.OpenFile(e.SlotPath(j.Slot), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
+	}
+	if err := slot.Truncate(j.Written); err != nil {
+		slot.Close()
+		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
+	}
+	if err := reserve(slot, j.Length); err != nil {
+		slot.Close()
+		return nil, fmt.Errorf("reserve %d bytes in slot %s: %w; free space for the image and retry", j.Length, j.Slot, err)
+	}
+	base, err := os.Open(e.SlotPath(rec.Active))
+	if err != nil {
+		slot.Close()
+		return nil, fmt.Errorf("open base slot %s: %w", rec.Active, err)
+	}
+	app, err := delta.NewApplier(base, active.Length)
+	if err != nil {
+		slot.Close()
+		base.Close()
+		return nil, err
+	}
+	return &DeltaWriter{e: e, j: &j, slot: slot, base: base, app: app, dh: dh, oh: oh,
+		buf: make([]byte, 0, delta.MaxEncodedOp), header: resume, lastChk: j.Written}, nil
+}
+
+// Offset is where the delta download continues.
+func (w *DeltaWriter) Offset() int64 { return w.j.Delta.Consumed + int64(len(w.buf)-w.pos) }
+
+// Journal returns the install's journal.
+func (w *DeltaWriter) Journal() Journal { return *w.j }
+
+// Write takes delta bytes and applies every whole operation they
+// complete. A refusal wraps ErrDelta.
+func (w *DeltaWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.Offset()+int64(len(p)) > w.j.Delta.Length {
+		w.err = fmt.Errorf("%w: the server sent more than the signed %d bytes of delta %s", ErrDelta, w.j.Delta.Length, w.j.Delta.Target)
+		return 0, w.err
+	}
+	total := len(p)
+	for len(p) > 0 {
+		if w.pos > 0 && len(w.buf) == cap(w.buf) || w.pos > cap(w.buf)/2 {
+			w.buf = w.buf[:copy(w.buf, w.buf[w.pos:])]
+			w.pos = 0
+		}
+		k := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+k]
+		p = p[k:]
+		if err := w.apply(); err != nil {
+			w.err = err
+			return 0, err
+		}
+		if k == 0 && len(p) > 0 {
+			w.err = fmt.Errorf("%w: an operation larger than %d bytes", ErrDelta, delta.MaxEncodedOp)
+			return 0, w.err
+		}
+	}
+	return total, nil
+}
+
+// apply applies every whole operation in the buffer.
+func (w *DeltaWriter) apply() error {
+	d := w.j.Delta
+	for !w.ended {
+		b := w.buf[w.pos:]
+		if !w.header {
+			h, err := delta.ParseHeader(b)
+			if err == delta.ErrShort {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrDelta, err)
+			}
+			if hex.EncodeToString(h.BaseSHA256[:]) != d.BaseSHA256 || hex.EncodeToString(h.TargetSHA256[:]) != w.j.SHA256 || h.TargetLength != w.j.Length {
+				return fmt.Errorf("%w: its header names another base or image than its signed metadata", ErrDelta)
+			}
+			w.consume(delta.HeaderSize)
+			w.header = true
+			continue
+		}
+		op, n, err := delta.ParseOp(b)
+		if err == delta.ErrShort {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: operation %d: %v", ErrDelta, d.Ops, err)
+		}
+		if op.Kind == delta.End {
+			w.consume(n)
+			w.ended = true
+			return nil
+		}
+		out, err := w.app.Apply(op)
+		if err != nil {
+			return fmt.Errorf("%w: operation %d: %v", ErrDelta, d.Ops, err)
+		}
+		if w.j.Written+int64(len(out)) > w.j.Length {
+			return fmt.Errorf("%w: operations rebuild more than the signed %d bytes", ErrDelta, w.j.Length)
+		}
+		if w.WriteHook != nil {
+			if err := w.WriteHook(w.j.Written, int64(len(out))); err != nil {
+				return err
+			}
+		}
+		if _, err := w.slot.WriteAt(out, w.j.Written); err != nil {
+			return fmt.Errorf("write slot %s at %d: %w", w.j.Slot, w.j.Written, err)
+		}
+		w.oh.Write(out)
+		w.j.Written += int64(len(out))
+		w.consume(n)
+		d.Ops++
+		if w.j.Written-w.lastChk >= deltaCheckpoint {
+			if err := w.checkpoint(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (w *DeltaWriter) consume(n int) {
+	w.dh.Write(w.buf[w.pos : w.pos+n])
+	w.pos += n
+	w.j.Delta.Consumed += int64(n)
+}
+
+// checkpoint makes what was rebuilt durable and records where the delta
+// stands, with both hashes' states.
+func (w *DeltaWriter) checkpoint() error {
+	if err := w.slot.Sync(); err != nil {
+		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
+	}
+	dropCache(w.slot, w.lastChk, w.j.Written-w.lastChk)
+	w.lastChk = w.j.Written
+	var err error
+	if w.j.Delta.DeltaHash, err = w.dh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+		return err
+	}
+	if w.j.Delta.OutHash, err = w.oh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+		return err
+	}
+	return w.e.SaveJournal(w.j)
+}
+
+func (w *DeltaWriter) close() {
+	w.slot.Close()
+	w.base.Close()
+	w.app.Close()
+}
+
+// Pause records the whole operations applied so far, so a later attempt
+// resumes the delta there.
+func (w *DeltaWriter) Pause() error {
+	defer w.close()
+	if w.err != nil {
+		return w.err
+	}
+	return w.checkpoint()
+}
+
+// Discard wipes what the delta rebuilt and clears the journal: the
+// caller installs the full image instead.
+func (w *DeltaWriter) Discard() error {
+	w.close()
+	return w.e.Abort()
+}
+
+// Finish checks the whole delta against its signed length and sha256 and
+// the rebuilt image against the full image's, and records the slot as
+// verified. A mismatch wraps ErrDelta; the slot is then left for Discard.
+func (w *DeltaWriter) Finish(hooks Hooks) error {
+	defer w.close()
+	if w.err != nil {
+		return w.err
+	}
+	hooks.at("write")
+	d := w.j.Delta
+	switch {
+	case !w.ended || w.pos != len(w.buf) || d.Consumed != d.Length:
+		return fmt.Errorf("%w: delta %s ends after %d of its signed %d bytes", ErrDelta, d.Target, w.Offset(), d.Length)
+	case hex.EncodeToString(w.dh.Sum(nil)) != d.SHA256:
+		return fmt.Errorf("%w: delta %s does not match its signed sha256", ErrDelta, d.Target)
+	case w.j.Written != w.j.Length || !bytes.Equal(w.oh.Sum(nil), mustHex(w.j.SHA256)):
+		return fmt.Errorf("%w: the rebuilt image (%d bytes) does not match the signed %s (%d bytes)", ErrDelta, w.j.Written, w.j.Target, w.j.Length)
+	}
+	if err := w.slot.Sync(); err != nil {
+		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
+	}
+	w.j.Phase, w.j.Delta = PhaseVerified, nil
+	if err := w.e.SaveJournal(w.j); err != nil {
+		return err
+	}
+	return nil
+}
+
+func mustHex(s string) []byte {
+	b, _ := hex.DecodeString(s)
+	return b
+}
