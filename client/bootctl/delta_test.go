@@ -90,7 +90,10 @@ func TestDeltaRefusals(t *testing.T) {
 		name string
 		mod  func(d []byte, dp *DeltaProgress) []byte
 	}{
-		{"other base", func(d []byte, dp *DeltaProgress) []byte { dp.BaseSHA256 = hex.EncodeToString(make([]byte, 32)); return d }},
+		{"other base", func(d []byte, dp *DeltaProgress) []byte {
+			dp.BaseSHA256 = hex.EncodeToString(make([]byte, 32))
+			return d
+		}},
 		{"damaged", func(d []byte, dp *DeltaProgress) []byte {
 			d = bytes.Clone(d)
 			d[len(d)-60] ^= 1

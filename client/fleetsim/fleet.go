@@ -73,9 +73,13 @@ type Config struct {
 	// DirectorRoot is the pinned director root; nil: fetched from the
 	// server the first time (trust on first use).
 	DirectorRoot []byte
-	HTTP         *http.Client
-	Now          func() time.Time
-	Log          *slog.Logger
+	// ImageRoot is the pinned image repository root, to verify the
+	// deltas the director offers (with Download); nil: fetched from the
+	// server the first time.
+	ImageRoot []byte
+	HTTP      *http.Client
+	Now       func() time.Time
+	Log       *slog.Logger
 }
 
 // Receipt is an install a vehicle was assigned, and what it reported.
@@ -119,6 +123,9 @@ type Fleet struct {
 	// rootCheck checks the pinned root once: every vehicle pins the same.
 	rootCheck sync.Once
 	rootErr   error
+	// images is the verified image repository, refreshed when the
+	// director offers a delta it does not list yet (deltas.go).
+	images images
 
 	checkIns, errs atomic.Int64
 	mu             sync.Mutex
@@ -381,6 +388,7 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 			Version        string                                 `json:"version"`
 			JobID          string                                 `json:"jobId"`
 			Window         *struct{ Start, End, TZ string }       `json:"window"`
+			Deltas         map[string]string                      `json:"deltas"`
 		}
 		if tf.Custom == nil || json.Unmarshal(*tf.Custom, &c) != nil {
 			return fmt.Errorf("director target %s names no ECU", p)
@@ -397,7 +405,7 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 					continue
 				}
 			}
-			errs = append(errs, f.install(ctx, v, e, p, tf, c.Version, c.JobID))
+			errs = append(errs, f.install(ctx, v, e, p, tf, c.Version, c.JobID, c.Deltas[e.Serial]))
 		}
 	}
 	return errors.Join(errs...)
@@ -466,7 +474,7 @@ func (f *Fleet) chance(vinStr, version, what string) float64 {
 }
 
 // install plays out an assigned install and reports it.
-func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf *metadata.TargetFiles, version, jobID string) error {
+func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf *metadata.TargetFiles, version, jobID, delta string) error {
 	sum := hex.EncodeToString(tf.Hashes["sha256"])
 	rec := Receipt{Serial: e.Serial, Target: path, Version: version, JobID: jobID}
 	event := func(kind string, pct int, msg string) error {
@@ -496,7 +504,11 @@ func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf
 		}
 		if i == 0 {
 			if f.cfg.Download {
-				if err := f.fetch(ctx, path, sum, tf.Length); err != nil {
+				fetch := func() error { return f.fetch(ctx, path, sum, tf.Length) }
+				if delta != "" {
+					fetch = func() error { return f.fetchDelta(ctx, delta, path, sum, e.SHA256) }
+				}
+				if err := fetch(); err != nil {
 					rec.Outcome = "failed"
 					return errors.Join(err, event("failed", 0, err.Error()))
 				}

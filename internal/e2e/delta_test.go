@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/client/bootctl"
+	"github.com/roadsign/roadsign/client/fleetsim"
 	"github.com/roadsign/roadsign/internal/fwimage"
 )
 
@@ -161,5 +163,59 @@ func TestDeltaUpdates(t *testing.T) {
 		if v := metric(t, w.url, series); v <= 0 {
 			t.Errorf("/metrics: %s is %v, want above 0", series, v)
 		}
+	}
+}
+
+// TestDeltaCampaignBytes: a campaign with "deltas": "wait" over 200
+// simulated vehicles, all on the base image, serves each its delta: the
+// target bytes served (from /metrics) are at most 10 % of what full
+// images would have cost.
+func TestDeltaCampaignBytes(t *testing.T) {
+	const n = 200
+	w := newWorld(t, "--campaign-tick", "50ms", "--auto-assign", "none")
+	base, target := deltaPair(t, w.dir, 4<<20)
+	w.signerInit()
+	hu := findSample(t, huHW, "1.0.0")
+	w.add(hu)
+	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
+	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
+	w.publish()
+	spec := func(typ, hw, version, file string) fleetsim.ECUSpec {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fleetsim.ECUSpec{Type: typ, HardwareID: hw, Version: version, SHA256: sha(b), Length: int64(len(b))}
+	}
+	full := spec("dcm", dcmHW, "3.0.0", target).Length
+	dirRoot, err := os.ReadFile(filepath.Join(w.ws, "director.root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgRoot, err := os.ReadFile(filepath.Join(w.ws, "image.root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fleetsim.New(fleetsim.Config{Server: w.url, Token: adminToken, Vehicles: n, Concurrency: 16, Seed: 25,
+		ECUs:  []fleetsim.ECUSpec{spec("head-unit", huHW, "1.0.0", filepath.Join(samplesDir(), hu.File)), spec("dcm", dcmHW, "1.5.0", base)},
+		Model: "Roadster", Year: 2025, Region: "EU", Download: true, StateDir: t.TempDir(), DirectorRoot: dirRoot, ImageRoot: imgRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Register(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Cycle(context.Background()) // every vehicle reports its DCM image
+	id := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "3.0.0", "waves": []int{100}, "deltas": "wait"})
+	runUntil(t, f, "the campaign to complete", func() bool { return w.campaign(t, id).State == "completed" })
+	if c := w.campaign(t, id); c.Totals.Succeeded != n {
+		t.Fatalf("campaign totals %+v; want %d successes", c.Totals, n)
+	}
+	deltaBytes := metric(t, w.url, `roadsign_served_bytes_total{kind="delta"}`)
+	fullBytes := metric(t, w.url, `roadsign_served_bytes_total{kind="full"}`)
+	ratio := (deltaBytes + fullBytes) / float64(n*full)
+	t.Logf("served %.0f delta + %.0f full bytes for %d vehicles: %.2f %% of %d full images", deltaBytes, fullBytes, n, 100*ratio, n)
+	if ratio > 0.10 {
+		t.Fatalf("served %.2f %% of what full images would have cost; want at most 10 %%", 100*ratio)
 	}
 }
