@@ -43,8 +43,8 @@ build:
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
 test: lint tools testdeps
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 ROADSIGN_REQUIRE_QEMU=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^TestPowerLossTorture$$' $$($(GO) list ./... | grep -v /internal/hostile)
-	$(GO) test -race -count=1 -timeout 5m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
+	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 ROADSIGN_REQUIRE_QEMU=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' $$($(GO) list ./... | grep -v /internal/hostile)
+	$(GO) test -race -count=1 -timeout 8m -run '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' -v ./internal/e2e | grep -E '^(power-loss torture|delta power-loss torture|--- |ok|FAIL|PASS)|(safety|delta)_test'
 	$(GO) test -race -count=1 -timeout 5m -v ./internal/hostile | grep -E '^(--- |ok|FAIL|PASS|panic)|_test\.go:[0-9]+: '
 	@$(MAKE) --no-print-directory cover
 
@@ -61,7 +61,7 @@ cover:
 
 # SIGKILLs the real agent at random points of 500 installs.
 torture:
-	ROADSIGN_TORTURE_INSTALLS=500 $(GO) test -count=1 -timeout 30m -run '^TestPowerLossTorture$$' -v ./internal/e2e | grep -E '^(power-loss torture|--- |ok|FAIL|PASS)|safety_test'
+	ROADSIGN_TORTURE_INSTALLS=500 $(GO) test -count=1 -timeout 30m -run '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' -v ./internal/e2e | grep -E '^(power-loss torture|delta power-loss torture|--- |ok|FAIL|PASS)|(safety|delta)_test'
 
 # Go native fuzzing of everything that parses what an attacker can send:
 # each target below for FUZZTIME (go test's -fuzztime: 30s, 10000x). The

@@ -37,8 +37,8 @@ type DeltaProgress struct {
 var ErrDelta = errors.New("delta refused")
 
 // deltaCheckpoint is how much output a delta install rebuilds between
-// checkpoints.
-const deltaCheckpoint = 32 << 20
+// checkpoints: an eighth of the image, from 1 to 32 MiB.
+func deltaCheckpoint(length int64) int64 { return min(32<<20, max(1<<20, length/8)) }
 
 // DeltaWriter rebuilds the inactive slot from a delta streamed into it
 // (Write), reading the active slot as the base. Each operation's output
@@ -227,7 +227,7 @@ func (w *DeltaWriter) apply() error {
 		w.j.Written += int64(len(out))
 		w.consume(n)
 		d.Ops++
-		if w.j.Written-w.lastChk >= deltaCheckpoint {
+		if w.j.Written-w.lastChk >= deltaCheckpoint(w.j.Length) {
 			if err := w.checkpoint(); err != nil {
 				return err
 			}

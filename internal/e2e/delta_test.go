@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -218,4 +220,209 @@ func TestDeltaCampaignBytes(t *testing.T) {
 	if ratio > 0.10 {
 		t.Fatalf("served %.2f %% of what full images would have cost; want at most 10 %%", 100*ratio)
 	}
+}
+
+// TestDeltaPowerLossTorture kills the real agent process at 30 random
+// points of delta installs (random instants, and the simulator's power
+// cuts in every phase: mid-delta download, mid-rebuild, switch, commit)
+// and checks after every kill that no ECU is bricked or runs an
+// unverified image, and that every install ends on the new image,
+// resumed from the journal or fallen back to the full image.
+func TestDeltaPowerLossTorture(t *testing.T) {
+	const n = 30
+	w := newWorld(t)
+	base, target := deltaPair(t, w.dir, 12<<20)
+	w.signerInit()
+	hu := findSample(t, huHW, "1.0.0")
+	w.add(hu)
+	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
+	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
+	w.publish()
+	allowed := allowedImages(t, base, target, sampleFile(t, huHW, "1.0.0"))
+	vehicle := func(i int) vehicleState {
+		st := filepath.Join(w.dir, fmt.Sprintf("tv%d", i))
+		vin := testVIN(800 + i)
+		r := agent(t, "init", "--state", st, "--server", w.url, "--vin", vin,
+			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 800+i, huHW, filepath.Join(samplesDir(), hu.File)),
+			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 800+i, dcmHW, base), "--token", adminToken)
+		if r.code != 0 {
+			t.Fatalf("agent init: %s", r)
+		}
+		return vehicleState{dir: st, vin: vin}
+	}
+	// The first vehicle's check-in has the delta made (it gets the full
+	// image meanwhile); the second times a clean delta install.
+	if r := runAgent(t, 0, "update", "--state", vehicle(0).dir); r.code != 0 {
+		t.Fatalf("first install: %s", r.out)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the delta was not made")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	start := time.Now()
+	if r := runAgent(t, 0, "update", "--state", vehicle(1).dir, "--json"); r.code != 0 || !strings.Contains(r.out, `"delta": true`) {
+		t.Fatalf("clean delta install: %s", r.out)
+	}
+	span := time.Since(start)
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("ROADSIGN_TORTURE_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	rng := rand.New(rand.NewPCG(seed, 2))
+	t.Logf("a clean delta install takes %s; seed %d (ROADSIGN_TORTURE_SEED repeats it)", span, seed)
+
+	phases := []string{"download", "write", "switch", "commit"}
+	kills, bricked, unverified := 0, 0, 0
+	for i := range n {
+		v := vehicle(i + 2)
+		killed := false
+		for attempt := 0; attempt < 12; attempt++ {
+			var r run
+			switch {
+			case attempt >= 8 || (killed && attempt > 0 && rng.IntN(2) == 0): // let it finish
+				r = runAgent(t, 0, "update", "--state", v.dir)
+			case rng.IntN(2) == 0:
+				ph := phases[rng.IntN(len(phases))]
+				r = runAgent(t, 0, "update", "--state", v.dir, "--simulate", fmt.Sprintf("power-loss:%s:%d", ph, 1+rng.IntN(99)))
+			default:
+				r = runAgent(t, time.Duration(rng.Int64N(int64(span))), "update", "--state", v.dir)
+			}
+			if r.killed {
+				kills++
+				killed = true
+				b, u := checkInvariant(t, v, allowed)
+				bricked += b
+				unverified += u
+				if boot := runAgent(t, 0, "update", "--state", v.dir, "--simulate", "signal:0"); boot.killed {
+					t.Fatalf("install %d: the recovery start was killed\n%s", i, boot.out)
+				}
+			} else if r.code != 0 {
+				t.Fatalf("install %d attempt %d: exit %d\n%s", i, attempt, r.code, r.out)
+			} else if versions(t, v)["dcm"] == "3.0.0" {
+				break
+			}
+			b, u := checkInvariant(t, v, allowed)
+			bricked += b
+			unverified += u
+		}
+		if got := versions(t, v); got["dcm"] != "3.0.0" {
+			t.Fatalf("install %d did not complete: %v", i, got)
+		}
+		activeBytes(t, v)
+		os.RemoveAll(v.dir)
+	}
+	deltaBytes := metric(t, w.url, `roadsign_served_bytes_total{kind="delta"}`)
+	fullBytes := metric(t, w.url, `roadsign_served_bytes_total{kind="full"}`)
+	fmt.Printf("delta power-loss torture: %d installs, %d bricked, %d unverified (%d kills); served %.0f delta and %.0f full bytes\n", n, bricked, unverified, kills, deltaBytes, fullBytes)
+	if bricked+unverified > 0 {
+		t.Fatalf("%d installs, %d bricked, %d unverified", n, bricked, unverified)
+	}
+	if kills < n {
+		t.Fatalf("only %d kills in %d delta installs; the torture did not bite", kills, n)
+	}
+}
+
+// TestDeltaUSBBundle: a USB bundle carries the delta from the DCM image
+// the server recorded, not the full image, and the car rebuilds from it.
+// A car whose DCM slot was altered since cannot use the delta: a bundle
+// without the full image is refused, saying how to get one (?full=true),
+// and one made with it installs the full image.
+func TestDeltaUSBBundle(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none")
+	base, target := deltaPair(t, w.dir, 4<<20)
+	w.signerInit()
+	hu := findSample(t, huHW, "1.0.0")
+	w.add(hu)
+	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
+	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
+	w.publish()
+	fullInfo, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dealer := w.account("dealer", "dealer-1")
+	var cars []vehicleState
+	for i := range 2 {
+		st := filepath.Join(w.dir, fmt.Sprintf("uv%d", i))
+		vin := testVIN(850 + i)
+		r := agent(t, "init", "--state", st, "--server", w.url, "--vin", vin,
+			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 850+i, huHW, filepath.Join(samplesDir(), hu.File)),
+			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 850+i, dcmHW, base), "--token", adminToken)
+		if r.code != 0 {
+			t.Fatalf("agent init: %s", r)
+		}
+		update(t, st, 0) // the server records the DCM's image
+		w.job(dealer, map[string]any{"vin": vin, "ecu": "dcm", "version": "3.0.0", "reason": "USB update"})
+		cars = append(cars, vehicleState{dir: st, vin: vin})
+	}
+	// The first bundle asks for the delta (and carries the full image
+	// meanwhile); once it is made, bundles carry it instead.
+	if code, b := w.download(t, cars[0].vin, dealer, ""); code != 200 {
+		t.Fatalf("bundle: %d %s", code, b)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
+		if time.Now().After(deadline) {
+			_, m := httpGet(t, w.url+"/metrics", nil)
+			t.Fatalf("the delta was not made:\n%s\n%s", regexp.MustCompile(`(?m)^roadsign_delta.*$`).FindAll(m, -1), w.logBuf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stick := func(v vehicleState, query string) (string, int) {
+		code, b := w.download(t, v.vin, dealer, query)
+		if code != 200 {
+			t.Fatalf("bundle: %d %s", code, b)
+		}
+		p := filepath.Join(w.dir, fmt.Sprintf("%s%s.tar", v.vin, query))
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p, len(b)
+	}
+	installUSB := func(v vehicleState, bundle string) (deltaECU, result) {
+		r := agent(t, "install-usb", "--state", v.dir, "--json", bundle)
+		var rep struct{ ECUs []deltaECU }
+		json.Unmarshal([]byte(r.stdout), &rep)
+		for _, e := range rep.ECUs {
+			if e.Type == "dcm" {
+				return e, r
+			}
+		}
+		return deltaECU{}, r
+	}
+
+	// The delta only: small, and the car rebuilds the image from it.
+	p, size := stick(cars[0], "")
+	if int64(size) > fullInfo.Size()/4 {
+		t.Fatalf("the bundle is %d bytes for a %d-byte image: it should carry the delta only", size, fullInfo.Size())
+	}
+	e, r := installUSB(cars[0], p)
+	if r.code != 0 || e.Outcome != "installed" || !e.Delta {
+		t.Fatalf("install from a delta bundle: %+v\n%s", e, r)
+	}
+	activeBytes(t, cars[0])
+
+	// An altered DCM slot: the delta cannot apply.
+	slot := filepath.Join(cars[1].dir, "ecus", "DCM000851", "slot-a.img")
+	f, err := os.OpenFile(slot, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("altered"), 2<<20)
+	f.Close()
+	p, _ = stick(cars[1], "")
+	if _, r := installUSB(cars[1], p); r.code == 0 || !strings.Contains(r.stdout+r.stderr, "full=true") {
+		t.Fatalf("a delta-only bundle on an altered slot: want a refusal naming ?full=true, got %s", r)
+	}
+	p, _ = stick(cars[1], "?full=true")
+	e, r = installUSB(cars[1], p)
+	if r.code != 0 || e.Outcome != "installed" || e.Delta || e.DeltaFallback == "" {
+		t.Fatalf("install from a bundle with the full image: %+v\n%s", e, r)
+	}
+	activeBytes(t, cars[1])
 }

@@ -7,7 +7,7 @@ import (
 )
 
 // metric reads one series from the server's /metrics; -1 when absent.
-func metric(t *testing.T, url, series string) float64 {
+func metric(t testing.TB, url, series string) float64 {
 	t.Helper()
 	_, body := httpGet(t, url+"/metrics", nil)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(body)

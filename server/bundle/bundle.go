@@ -84,7 +84,10 @@ type Plan struct {
 // Prepare gathers and checks everything the bundle will hold, valid for
 // valid from now. It fails with a conflict (metadata_expires_too_soon) if
 // an offline-signed root or targets expires before the bundle would.
-func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Duration) (*Plan, error) {
+// Where the director offers a delta from the image the server records for
+// an ECU, the bundle carries the delta, and the full image as well only
+// with full (the fallback when the car's slot is not what was recorded).
+func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Duration, full bool) (*Plan, error) {
 	now := s.now().UTC().Truncate(time.Second)
 	until := now.Add(valid)
 	p := &Plan{Manifest: Manifest{VIN: v.VIN, IssuedAt: now, ValidUntil: until}, issued: s.issued}
@@ -116,22 +119,47 @@ func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Dura
 		p.files = append(p.files, file{name: name, data: m.Body})
 	}
 	for _, a := range assigned {
-		key, err := repo.TargetKey(a.Path, a.Target)
-		if err != nil {
+		what := fmt.Sprintf("%s -> ECU %s (%s %s)", a.Path, a.Serial, a.ECUType, a.Image.Version)
+		if a.Delta != "" {
+			dtf, ok, err := s.repo.Delta(ctx, a.Delta)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				if err := p.addTarget(s.repo, a.Delta, dtf); err != nil {
+					return nil, err
+				}
+				if !full {
+					p.Manifest.Images = append(p.Manifest.Images, what+" as a delta from the image recorded for it")
+					continue
+				}
+				what += ", with a delta from the image recorded for it"
+			}
+		}
+		if err := p.addTarget(s.repo, a.Path, a.Target); err != nil {
 			return nil, err
 		}
-		rel := strings.TrimPrefix(key, "repo/")
-		tf := a.Target
-		p.files = append(p.files, file{name: rel, size: tf.Length, open: func(ctx context.Context) (io.ReadCloser, int64, error) {
-			f, err := s.repo.Open(ctx, rel)
-			if err != nil {
-				return nil, 0, err
-			}
-			return f, f.Size, nil
-		}})
-		p.Manifest.Images = append(p.Manifest.Images, fmt.Sprintf("%s -> ECU %s (%s %s)", a.Path, a.Serial, a.ECUType, a.Image.Version))
+		p.Manifest.Images = append(p.Manifest.Images, what)
 	}
 	return p, nil
+}
+
+// addTarget adds a target file of the image repository, streamed from
+// the blob store when the bundle is written.
+func (p *Plan) addTarget(r *repo.Repo, path string, tf *metadata.TargetFiles) error {
+	key, err := repo.TargetKey(path, tf)
+	if err != nil {
+		return err
+	}
+	rel := strings.TrimPrefix(key, "repo/")
+	p.files = append(p.files, file{name: rel, size: tf.Length, open: func(ctx context.Context) (io.ReadCloser, int64, error) {
+		f, err := r.Open(ctx, rel)
+		if err != nil {
+			return nil, 0, err
+		}
+		return f, f.Size, nil
+	}})
+	return nil
 }
 
 func readAll(f *repo.File, err error) ([]byte, error) {
@@ -206,10 +234,19 @@ func (s *Service) imageRepo(ctx context.Context, now, until time.Time) ([]file, 
 	if err := checkExpiry("the image repository's targets", &h.Targets.Signed, h.Targets.Signed.Expires, until); err != nil {
 		return nil, nil, err
 	}
-	return append(out,
+	out = append(out,
 		file{name: "image/timestamp.json", data: h.TimestampRaw},
 		file{name: fmt.Sprintf("image/%d.snapshot.json", h.Snapshot.Signed.Version), data: h.SnapshotRaw},
-		file{name: fmt.Sprintf("image/%d.targets.json", h.Targets.Signed.Version), data: h.TargetsRaw}), h, nil
+		file{name: fmt.Sprintf("image/%d.targets.json", h.Targets.Signed.Version), data: h.TargetsRaw})
+	if dm, ok := h.Snapshot.Signed.Meta[meta.DeltaRole+".json"]; ok {
+		name := fmt.Sprintf("%d.%s.json", dm.Version, meta.DeltaRole)
+		b, err := readAll(s.repo.Open(ctx, name))
+		if err != nil {
+			return nil, nil, fmt.Errorf("image repository %s: %w", name, err)
+		}
+		out = append(out, file{name: "image/" + name, data: b})
+	}
+	return out, h, nil
 }
 
 const readme = `Roadsign USB update for VIN %s

@@ -109,7 +109,7 @@ func (a *api) apiRoutes() []route {
 		{"POST", "/api/v1/owners/me/vehicles/:vin/claim", []string{Owner}, "Accept or reject a claim on my vehicle", "ClaimDecision", a.decideClaim(true), Default},
 		{"POST", "/api/v1/vehicles/:vin/claim", adminDealer, "Resolve a claim on a vehicle (audited, with a reason)", "ClaimDecision", a.decideClaim(false), Default},
 		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle, Default},
-		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30)", "", a.usbBundle, Download},
+		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30, ?full=true to add full images beside deltas)", "", a.usbBundle, Download},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
 		{"GET", "/api/v1/vehicles/:vin/push", []string{Vehicle}, "Where the vehicle hears wake-ups: the MQTT broker (empty when none) and its own topic", "", a.pushInfo, Default},
@@ -632,7 +632,14 @@ func (a *api) usbBundle(c *gin.Context) {
 		}
 		valid = time.Duration(n) * 24 * time.Hour
 	}
-	plan, err := a.Bundles.Prepare(ctx, v, valid)
+	full := false
+	if s := c.Query("full"); s != "" {
+		if full, err = strconv.ParseBool(s); err != nil {
+			a.fail(c, server.Errorf(server.KindInvalid, "full %q: want true or false", s))
+			return
+		}
+	}
+	plan, err := a.Bundles.Prepare(ctx, v, valid, full)
 	if err != nil {
 		a.fail(c, err)
 		return

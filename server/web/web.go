@@ -573,7 +573,7 @@ func (w *Web) usb(c *gin.Context) {
 		c.String(http.StatusNotFound, message(err))
 		return
 	}
-	plan, err := w.Bundles.Prepare(ctx, v, bundle.DefaultValidity)
+	plan, err := w.Bundles.Prepare(ctx, v, bundle.DefaultValidity, false)
 	if err != nil {
 		c.String(http.StatusConflict, message(err))
 		return
