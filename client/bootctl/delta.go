@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"os"
+	"sync"
 
 	"github.com/roadsign/roadsign/internal/delta"
 )
@@ -36,13 +37,25 @@ type DeltaProgress struct {
 // to the full image; the slot was wiped and the journal cleared.
 var ErrDelta = errors.New("delta refused")
 
+// outChunk is one operation's output on its way to the slot.
+type outChunk struct {
+	mem, data []byte // the whole buffer, and the output in it
+	off       int64
+}
+
+// deltaBuffers is how many operation outputs may be in flight.
+const deltaBuffers = 3
+
 // deltaCheckpoint is how much output a delta install rebuilds between
 // checkpoints: an eighth of the image, from 1 to 32 MiB.
 func deltaCheckpoint(length int64) int64 { return min(32<<20, max(1<<20, length/8)) }
 
 // DeltaWriter rebuilds the inactive slot from a delta streamed into it
 // (Write), reading the active slot as the base. Each operation's output
-// is checked against its sha256 before it is written.
+// is checked against its sha256 before it is written. Two stages overlap:
+// the caller's goroutine parses and applies operations (base reads and
+// the operations' hashes) while a second one hashes the rebuilt image and
+// writes it, through a few operation-sized buffers.
 type DeltaWriter struct {
 	e       *ECU
 	j       *Journal
@@ -56,6 +69,18 @@ type DeltaWriter struct {
 	ended   bool
 	lastChk int64
 	err     error
+	// next is where the next operation's output goes (j.Written once the
+	// writing stage has drained).
+	next     int64
+	free     chan []byte
+	toWrite  chan outChunk
+	inFlight sync.WaitGroup
+	done     chan struct{}
+	closed   bool
+	// chk reports the checkpoint in flight (nil when none).
+	chk    chan error
+	werrMu sync.Mutex
+	werr   error
 
 	// WriteHook, if set, may fail (or end) a write of n bytes at off.
 	WriteHook func(off, n int64) error
@@ -135,8 +160,54 @@ func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
 		base.Close()
 		return nil, err
 	}
-	return &DeltaWriter{e: e, j: &j, slot: slot, base: base, app: app, dh: dh, oh: oh,
-		buf: make([]byte, 0, delta.MaxEncodedOp), header: resume, lastChk: j.Written}, nil
+	w := &DeltaWriter{e: e, j: &j, slot: slot, base: base, app: app, dh: dh, oh: oh,
+		buf: make([]byte, 0, delta.MaxEncodedOp), header: resume, lastChk: j.Written, next: j.Written,
+		free: make(chan []byte, deltaBuffers), toWrite: make(chan outChunk, deltaBuffers), done: make(chan struct{})}
+	for range deltaBuffers {
+		w.free <- make([]byte, delta.MaxOp)
+	}
+	go w.writeStage()
+	return w, nil
+}
+
+// writeStage hashes each rebuilt operation's output into the image's
+// sha256 and writes it to the slot; after a failure it only hands the
+// buffers back.
+func (w *DeltaWriter) writeStage() {
+	defer close(w.done)
+	for c := range w.toWrite {
+		if w.writeErr() == nil {
+			w.oh.Write(c.data)
+			if _, err := w.slot.WriteAt(c.data, c.off); err != nil {
+				w.werrMu.Lock()
+				w.werr = fmt.Errorf("write slot %s at %d: %w", w.j.Slot, c.off, err)
+				w.werrMu.Unlock()
+			} else {
+				// The storage writes while the next operations are
+				// applied; a checkpoint's fsync waits only for the tail.
+				startWriteback(w.slot, c.off, int64(len(c.data)))
+			}
+		}
+		w.free <- c.mem
+		w.inFlight.Done()
+	}
+}
+
+func (w *DeltaWriter) writeErr() error {
+	w.werrMu.Lock()
+	defer w.werrMu.Unlock()
+	return w.werr
+}
+
+// drain waits until every operation handed to the writing stage is
+// written; then j.Written and the image's hash cover all of them.
+func (w *DeltaWriter) drain() error {
+	w.inFlight.Wait()
+	if err := w.writeErr(); err != nil {
+		return err
+	}
+	w.j.Written = w.next
+	return nil
 }
 
 // Offset is where the delta download continues.
@@ -208,26 +279,30 @@ func (w *DeltaWriter) apply() error {
 			w.ended = true
 			return nil
 		}
-		out, err := w.app.Apply(op)
-		if err != nil {
-			return fmt.Errorf("%w: operation %d: %v", ErrDelta, d.Ops, err)
+		if err := w.writeErr(); err != nil {
+			return err
 		}
-		if w.j.Written+int64(len(out)) > w.j.Length {
+		if w.next+int64(op.Len) > w.j.Length {
 			return fmt.Errorf("%w: operations rebuild more than the signed %d bytes", ErrDelta, w.j.Length)
 		}
+		buf := <-w.free
+		out, err := w.app.ApplyTo(op, buf)
+		if err != nil {
+			w.free <- buf
+			return fmt.Errorf("%w: operation %d: %v", ErrDelta, d.Ops, err)
+		}
 		if w.WriteHook != nil {
-			if err := w.WriteHook(w.j.Written, int64(len(out))); err != nil {
+			if err := w.WriteHook(w.next, int64(len(out))); err != nil {
+				w.free <- buf
 				return err
 			}
 		}
-		if _, err := w.slot.WriteAt(out, w.j.Written); err != nil {
-			return fmt.Errorf("write slot %s at %d: %w", w.j.Slot, w.j.Written, err)
-		}
-		w.oh.Write(out)
-		w.j.Written += int64(len(out))
+		w.inFlight.Add(1)
+		w.toWrite <- outChunk{mem: buf, data: out, off: w.next}
+		w.next += int64(len(out))
 		w.consume(n)
 		d.Ops++
-		if w.j.Written-w.lastChk >= deltaCheckpoint(w.j.Length) {
+		if w.next-w.lastChk >= deltaCheckpoint(w.j.Length) {
 			if err := w.checkpoint(); err != nil {
 				return err
 			}
@@ -243,24 +318,59 @@ func (w *DeltaWriter) consume(n int) {
 }
 
 // checkpoint makes what was rebuilt durable and records where the delta
-// stands, with both hashes' states.
+// stands, with both hashes' states. The fsync and the journal write run
+// in the background while the next operations are applied (the next
+// checkpoint waits for them); the journal records only what was written
+// before its fsync began.
 func (w *DeltaWriter) checkpoint() error {
-	if err := w.slot.Sync(); err != nil {
-		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
+	if err := w.collect(); err != nil {
+		return err
 	}
-	dropCache(w.slot, w.lastChk, w.j.Written-w.lastChk)
-	w.lastChk = w.j.Written
+	if err := w.drain(); err != nil {
+		return err
+	}
+	j := *w.j
+	d := *w.j.Delta
 	var err error
-	if w.j.Delta.DeltaHash, err = w.dh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+	if d.DeltaHash, err = w.dh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 		return err
 	}
-	if w.j.Delta.OutHash, err = w.oh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+	if d.OutHash, err = w.oh.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 		return err
 	}
-	return w.e.SaveJournal(w.j)
+	j.Delta = &d
+	from := w.lastChk
+	w.lastChk = j.Written
+	done := make(chan error, 1)
+	w.chk = done
+	go func() {
+		if err := w.slot.Sync(); err != nil {
+			done <- fmt.Errorf("sync slot %s: %w", j.Slot, err)
+			return
+		}
+		dropCache(w.slot, from, j.Written-from)
+		done <- w.e.SaveJournal(&j)
+	}()
+	return nil
+}
+
+// collect waits for the checkpoint in flight, if any.
+func (w *DeltaWriter) collect() error {
+	if w.chk == nil {
+		return nil
+	}
+	err := <-w.chk
+	w.chk = nil
+	return err
 }
 
 func (w *DeltaWriter) close() {
+	w.collect()
+	if !w.closed {
+		w.closed = true
+		close(w.toWrite)
+		<-w.done
+	}
 	w.slot.Close()
 	w.base.Close()
 	w.app.Close()
@@ -273,7 +383,10 @@ func (w *DeltaWriter) Pause() error {
 	if w.err != nil {
 		return w.err
 	}
-	return w.checkpoint()
+	if err := w.checkpoint(); err != nil {
+		return err
+	}
+	return w.collect()
 }
 
 // Discard wipes what the delta rebuilt and clears the journal: the
@@ -292,6 +405,12 @@ func (w *DeltaWriter) Finish(hooks Hooks) error {
 		return w.err
 	}
 	hooks.at("write")
+	if err := w.collect(); err != nil {
+		return err
+	}
+	if err := w.drain(); err != nil {
+		return err
+	}
 	d := w.j.Delta
 	switch {
 	case !w.ended || w.pos != len(w.buf) || d.Consumed != d.Length:

@@ -29,7 +29,7 @@ func NewApplier(base io.ReaderAt, baseLen int64) (*Applier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delta: zstd decoder: %w", err)
 	}
-	return &Applier{base: base, baseLen: baseLen, out: make([]byte, MaxOp), win: make([]byte, MaxOp), dec: dec}, nil
+	return &Applier{base: base, baseLen: baseLen, win: make([]byte, MaxOp), dec: dec}, nil
 }
 
 // Close releases the decoder.
@@ -38,7 +38,19 @@ func (a *Applier) Close() { a.dec.Close() }
 // Apply returns op's output, valid until the next call, after checking
 // it against the operation's sha256 (ErrOpHash otherwise).
 func (a *Applier) Apply(op Op) ([]byte, error) {
-	out := a.out[:op.Len]
+	if a.out == nil {
+		a.out = make([]byte, MaxOp)
+	}
+	return a.ApplyTo(op, a.out)
+}
+
+// ApplyTo is Apply with the output in buf (at least MaxOp bytes), so a
+// caller can hand it on while the next operation is applied.
+func (a *Applier) ApplyTo(op Op, buf []byte) ([]byte, error) {
+	if cap(buf) < op.Len {
+		return nil, fmt.Errorf("delta: output buffer of %d bytes for a %d-byte operation", cap(buf), op.Len)
+	}
+	out := buf[:op.Len]
 	switch op.Kind {
 	case Copy:
 		if err := a.readBase(out, op.BaseOff); err != nil {
@@ -62,7 +74,7 @@ func (a *Applier) Apply(op Op) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("delta: zstd decoder: %w", err)
 		}
-		got, err := a.dec.DecodeAll(op.Data, a.out[:0:op.Len])
+		got, err := a.dec.DecodeAll(op.Data, buf[:0:op.Len])
 		if err != nil {
 			return nil, fmt.Errorf("%w: patch does not decode: %v", ErrCorrupt, err)
 		}

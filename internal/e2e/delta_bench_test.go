@@ -176,7 +176,7 @@ func benchDeltaInstall(b *testing.B, size int64) {
 				continue
 			}
 			if e.Outcome != "installed" || !e.Delta || e.StreamSeconds <= 0 {
-				b.Fatalf("the DCM did not install from the delta:\n%s%s", out.String(), errOut.String())
+				b.Fatalf("the DCM did not install from the delta:\n%s\n%s", out.String(), errOut.String())
 			}
 			install = append(install, mibs/e.StreamSeconds)
 			transferred = e.Transferred

@@ -426,3 +426,47 @@ func TestDeltaUSBBundle(t *testing.T) {
 	}
 	activeBytes(t, cars[1])
 }
+
+// TestDeltaSignedOffline: roadsign-signer delta makes a delta between two
+// signed images and signs it with the offline targets key; publish
+// uploads it, and a server that makes no deltas itself (--deltas off)
+// offers it: the car rebuilds its DCM from it.
+func TestDeltaSignedOffline(t *testing.T) {
+	w := newWorld(t, "--deltas", "off")
+	base, target := deltaPair(t, w.dir, 4<<20)
+	w.signerInit()
+	hu := findSample(t, huHW, "1.0.0")
+	w.add(hu)
+	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
+	if r := w.signer("delta", w.ws, "--from", "dcm/"+filepath.Base(base), "--to", "dcm/nothing.img"); r.code != 2 || !strings.Contains(r.stderr, "not a signed target") {
+		t.Fatalf("delta to an unknown target: %s", r)
+	}
+	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
+	r := w.mustSigner("delta", w.ws, "--from", "dcm/"+filepath.Base(base), "--to", "dcm/"+filepath.Base(target))
+	if !strings.Contains(r.stdout, "deltas/"+dcmHW+"/") {
+		t.Fatalf("signer delta: %s", r)
+	}
+	w.publish()
+	st := filepath.Join(w.dir, "ov")
+	if r := agent(t, "init", "--state", st, "--server", w.url, "--vin", testVIN(880),
+		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+		"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 880, huHW, filepath.Join(samplesDir(), hu.File)),
+		"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 880, dcmHW, base), "--token", adminToken); r.code != 0 {
+		t.Fatalf("agent init: %s", r)
+	}
+	var got deltaECU
+	for try := 0; try < 3 && got.Outcome != "installed"; try++ {
+		r = update(t, st, 0, "--json")
+		var rep struct{ ECUs []deltaECU }
+		json.Unmarshal([]byte(r.stdout), &rep)
+		for _, e := range rep.ECUs {
+			if e.Type == "dcm" {
+				got = e
+			}
+		}
+	}
+	if got.Outcome != "installed" || got.To != "3.0.0" || !got.Delta {
+		t.Fatalf("DCM: %+v\n%s", got, r)
+	}
+	activeBytes(t, vehicleState{dir: st})
+}

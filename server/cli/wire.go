@@ -57,7 +57,7 @@ type services struct {
 	jobs      *jobs.Service
 	campaigns *campaigns.Service
 	director  *director.Service
-	deltas    *deltas.Service // nil: --deltas off
+	deltas    *deltas.Service
 	diagnosis *diagnosis.Service
 	connect   *connect.Service
 	owners    *owners.Service
@@ -136,15 +136,12 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		Wake: s.push.Wake, Now: time.Now, Metrics: reg, Log: log}); err != nil {
 		return nil, err
 	}
-	var offers director.Deltas
-	if c.deltas == "on" {
-		if s.deltas, err = deltas.New(deltas.Config{Repo: s.images, Blobs: p.blobs, Queue: c.deltaQueue, Workers: c.deltaWorkers,
-			Timeout: c.deltaTimeout, Log: log, Metrics: reg}); err != nil {
-			return nil, err
-		}
-		offers = s.deltas
+	// With --deltas off the service only offers deltas signed offline.
+	if s.deltas, err = deltas.New(deltas.Config{Repo: s.images, Blobs: p.blobs, Off: c.deltas == "off", Queue: c.deltaQueue,
+		Workers: c.deltaWorkers, Timeout: c.deltaTimeout, Log: log, Metrics: reg}); err != nil {
+		return nil, err
 	}
-	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store, Deltas: offers,
+	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store, Deltas: s.deltas,
 		AutoAssign: c.autoAssign, Expiry: c.directorExpiry, VersionFloor: floor, Now: time.Now, Log: log}); err != nil {
 		return nil, err
 	}
@@ -230,9 +227,7 @@ func (s *services) background(ctx context.Context, c config, store *sqlstore.Sto
 	}
 	wg.Go(func() { s.images.Watch(bg) }) // every replica: the head it serves from memory
 	wg.Go(func() { s.elector.Run(bg) })
-	if s.deltas != nil {
-		wg.Go(func() { s.deltas.Run(bg) }) // every replica makes the deltas its vehicles ask for
-	}
+	wg.Go(func() { s.deltas.Run(bg) }) // every replica makes the deltas its vehicles ask for
 	every := func(d time.Duration, name string, f func(ctx context.Context, _ server.Fence) error) {
 		wg.Go(func() { s.elector.Every(bg, d, name, f) })
 	}

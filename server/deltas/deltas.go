@@ -50,6 +50,9 @@ type Repo interface {
 type Config struct {
 	Repo  Repo
 	Blobs server.BlobStore
+	// Off: make no deltas, offer only those signed offline
+	// (roadsign-signer delta).
+	Off bool
 	// Queue is how many deltas may wait; Workers how many are made at
 	// once; Timeout bounds one.
 	Queue   int
@@ -85,10 +88,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Repo == nil || cfg.Blobs == nil || cfg.Log == nil {
 		return nil, errors.New("deltas: repository, blob store and logger are required")
 	}
-	if cfg.Queue < 1 || cfg.Workers < 1 || cfg.Timeout <= 0 {
+	if !cfg.Off && (cfg.Queue < 1 || cfg.Workers < 1 || cfg.Timeout <= 0) {
 		return nil, fmt.Errorf("deltas: queue %d, workers %d and timeout %v must be positive", cfg.Queue, cfg.Workers, cfg.Timeout)
 	}
-	s := &Service{cfg: cfg, queue: make(chan job, cfg.Queue), state: map[key]int{}, m: newMetrics(cfg.Metrics)}
+	s := &Service{cfg: cfg, queue: make(chan job, max(cfg.Queue, 0)), state: map[key]int{}, m: newMetrics(cfg.Metrics)}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roadsign_delta_queue_depth", Help: "Deltas waiting to be made on this replica.",
@@ -121,6 +124,9 @@ func (s *Service) Offer(ctx context.Context, hw, baseSHA, path string, target *m
 		}
 		return "", None, nil
 	}
+	if s.cfg.Off {
+		return "", None, nil
+	}
 	k := key{hw: hw, baseSHA: baseSHA, target: path}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -143,6 +149,9 @@ func (s *Service) Offer(ctx context.Context, hw, baseSHA, path string, target *m
 
 // Run makes queued deltas with the configured parallelism until ctx ends.
 func (s *Service) Run(ctx context.Context) {
+	if s.cfg.Off {
+		return
+	}
 	var wg sync.WaitGroup
 	for range s.cfg.Workers {
 		wg.Add(1)

@@ -34,11 +34,21 @@ func (r *Repo) loadDeltas(ctx context.Context, v int64) (*metadata.Metadata[meta
 // is re-signed at half of it.
 func (r *Repo) deltasExpiry() time.Duration { return r.cfg.SnapshotExpiry }
 
-// Delta returns the delta target at path, if the served deltas role has it.
+// Delta returns the delta target at path: one signed offline into the
+// top-level targets (roadsign-signer delta) or one the served deltas role
+// has.
 func (r *Repo) Delta(ctx context.Context, path string) (*metadata.TargetFiles, bool, error) {
 	h, err := r.current(ctx)
-	if err != nil || h.deltas == nil {
+	if err != nil {
 		return nil, false, err
+	}
+	if h.targets != nil {
+		if tf, ok := h.targets.Signed.Targets[path]; ok {
+			return tf, true, nil
+		}
+	}
+	if h.deltas == nil {
+		return nil, false, nil
 	}
 	tf, ok := h.deltas.Signed.Targets[path]
 	return tf, ok, nil

@@ -37,6 +37,7 @@ const usage = `usage: roadsign-signer COMMAND WORKSPACE [flags]
 commands:
   init     WORKSPACE --online-keys FILE [--root-keys 3 --root-threshold 2]
   add      WORKSPACE FILE --ecu head-unit|dcm --hardware-id ID... --version SEMVER [--release-counter N] [--release-notes TEXT] [--requires TYPE>=VERSION]...
+  delta    WORKSPACE --from TARGET --to TARGET [--hardware-id ID]   make and sign a delta offline
   publish  WORKSPACE --server URL --token TOKEN
   status   WORKSPACE [--json]
   rotate   WORKSPACE --role root|targets [--repository image|director] [--root-keys N --root-threshold M]
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	return envflag.Dispatch("roadsign-signer", usage, args, env.Stdout, map[string]func([]string) error{
 		"init":    func(a []string) error { return cmdInit(a, env) },
 		"add":     func(a []string) error { return cmdAdd(a, env) },
+		"delta":   func(a []string) error { return cmdDelta(ctx, a, env) },
 		"publish": func(a []string) error { return cmdPublish(ctx, a, env) },
 		"status":  func(a []string) error { return cmdStatus(a, env) },
 		"rotate":  func(a []string) error { return cmdRotate(a, env) },
@@ -172,6 +174,28 @@ func cmdAdd(args []string, env Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "added %s (%d bytes, sha256 %s, release counter %d); %s targets v%d\n",
 		res.Path, res.Length, res.SHA256, res.ReleaseCounter, verb, res.TargetsVersion)
+	return nil
+}
+
+func cmdDelta(ctx context.Context, args []string, env Env) error {
+	fs := flag.NewFlagSet("delta", flag.ContinueOnError)
+	var o signer.DeltaOptions
+	fs.StringVar(&o.From, "from", "", "target path of the image vehicles run (the delta's base), as add printed it")
+	fs.StringVar(&o.To, "to", "", "target path of the image the delta rebuilds")
+	fs.StringVar(&o.HardwareID, "hardware-id", "", "hardware ID the delta is for (needed when --to is for several)")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer delta WORKSPACE --from TARGET --to TARGET [--hardware-id ID]")
+	if err != nil {
+		return err
+	}
+	w, err := signer.Open(pos[0], env.Now)
+	if err != nil {
+		return err
+	}
+	res, err := w.Delta(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "delta %s: %d bytes (%.1f %% of the full image); targets v%d\n", res.Path, res.Length, res.Percent, res.TargetsVersion)
 	return nil
 }
 
