@@ -68,10 +68,12 @@ func (s serverSource) Refresh(ctx context.Context) (images, directed *tufclient.
 	if a.API != nil {
 		dir.Sign = a.API.SignGet
 	}
-	if images, err = image.Refresh(ctx); err != nil {
+	// The director first: whatever it names (a new image, a new delta)
+	// was published before the image repository is read.
+	if directed, err = dir.Refresh(ctx); err != nil {
 		return nil, nil, err
 	}
-	if directed, err = dir.Refresh(ctx); err != nil {
+	if images, err = image.Refresh(ctx); err != nil {
 		return nil, nil, err
 	}
 	return images, directed, nil

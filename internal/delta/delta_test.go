@@ -183,5 +183,10 @@ func BenchmarkSynthetic256(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	got, err := apply(d, base)
+	if err != nil || sha256.Sum256(got) != sha256.Sum256(target) {
+		b.Fatalf("the image rebuilt from the delta does not match the target (%v)", err)
+	}
 	b.ReportMetric(100*float64(len(d))/float64(len(target)), "%-of-full")
 }

@@ -111,23 +111,8 @@ func benchDeltaInstall(b *testing.B, size int64) {
 	b.StopTimer()
 	w := newWorld(b, "--auto-assign", "latest", "--delta-timeout", "30m")
 	base, target := writeReleasePair(b, w.dir, size)
-	w.signerInit()
-	hu := findSample(b, huHW, "1.0.0")
-	w.add(hu)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "8.0.0", "--release-counter", "8")
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "8.1.0", "--release-counter", "9")
-	w.publish()
-	vehicle := func(i int) string {
-		st := filepath.Join(w.dir, fmt.Sprintf("bv%d", i))
-		r := agent(b, "init", "--state", st, "--server", w.url, "--vin", testVIN(900+i),
-			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 900+i, huHW, filepath.Join(samplesDir(), hu.File)),
-			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 900+i, dcmHW, base), "--token", adminToken)
-		if r.code != 0 {
-			b.Fatalf("agent init: %s", r)
-		}
-		return st
-	}
+	w.publishDeltaPair(base, target, "8.0.0", "8.1.0")
+	vehicle := func(i int) string { return w.deltaVehicle(900+i, base).dir }
 	// The first vehicle's check-in of the base has the server make the
 	// delta (it installs the full image meanwhile).
 	first := vehicle(0)

@@ -18,6 +18,7 @@ import (
 	"github.com/roadsign/roadsign/client/bootctl"
 	"github.com/roadsign/roadsign/client/fleetsim"
 	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/server/s3blob/s3test"
 )
 
 // deltaPair writes two bootable DCM images that share most of their
@@ -52,6 +53,39 @@ func deltaPair(t *testing.T, dir string, size int) (base, target string) {
 	return write("dcm-base-1.5.0.img", "1.5.0", p), write("dcm-target-3.0.0.img", "3.0.0", q)
 }
 
+// publishDeltaPair signs and publishes the head unit's 1.0.0 sample and a
+// DCM release pair (base as baseVersion, target as targetVersion), and
+// returns the head unit sample.
+func (w *world) publishDeltaPair(base, target, baseVersion, targetVersion string, extra ...sample) sample {
+	w.t.Helper()
+	w.signerInit()
+	hu := findSample(w.t, huHW, "1.0.0")
+	for _, x := range append([]sample{hu}, extra...) {
+		w.add(x)
+	}
+	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", baseVersion, "--release-counter", "2")
+	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", targetVersion, "--release-counter", "3")
+	w.publish()
+	return hu
+}
+
+// deltaVehicle provisions vehicle n with the head unit's 1.0.0 sample
+// and dcmFirmware in its DCM.
+func (w *world) deltaVehicle(n int, dcmFirmware string) vehicleState {
+	w.t.Helper()
+	st := filepath.Join(w.dir, fmt.Sprintf("dv%d", n))
+	vin := testVIN(n)
+	hu := findSample(w.t, huHW, "1.0.0")
+	r := agent(w.t, "init", "--state", st, "--server", w.url, "--vin", vin,
+		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
+		"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", n, huHW, filepath.Join(samplesDir(), hu.File)),
+		"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", n, dcmHW, dcmFirmware), "--token", adminToken)
+	if r.code != 0 {
+		w.t.Fatalf("agent init: %s", r)
+	}
+	return vehicleState{dir: st, vin: vin}
+}
+
 type deltaECU struct {
 	Type          string `json:"type"`
 	Outcome       string `json:"outcome"`
@@ -70,13 +104,8 @@ type deltaECU struct {
 func TestDeltaUpdates(t *testing.T) {
 	w := newWorld(t, "--campaign-tick", "50ms", "--auto-assign", "none")
 	base, target := deltaPair(t, w.dir, 4<<20)
-	w.signerInit()
-	hu, dcm1 := findSample(t, huHW, "1.0.0"), findSample(t, dcmHW, "1.0.0")
-	w.add(hu)
-	w.add(dcm1)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
-	w.publish()
+	dcm1 := findSample(t, dcmHW, "1.0.0")
+	w.publishDeltaPair(base, target, "1.5.0", "3.0.0", dcm1)
 	targetInfo, err := os.Stat(target)
 	if err != nil {
 		t.Fatal(err)
@@ -103,15 +132,8 @@ func TestDeltaUpdates(t *testing.T) {
 	dirs := map[string]string{}
 	for i, tc := range cases {
 		n := 700 + i
-		st := filepath.Join(w.dir, fmt.Sprintf("dv%d", n))
-		vin := testVIN(n)
-		r := agent(t, "init", "--state", st, "--server", w.url, "--vin", vin,
-			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", n, huHW, filepath.Join(samplesDir(), hu.File)),
-			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", n, dcmHW, tc.firmware), "--token", adminToken)
-		if r.code != 0 {
-			t.Fatalf("%s: agent init: %s", tc.name, r)
-		}
+		v := w.deltaVehicle(n, tc.firmware)
+		st, vin := v.dir, v.vin
 		update(t, st, 0) // checks in: the server learns what the DCM runs
 		if tc.reflash != "" {
 			e := bootctl.New(filepath.Join(st, "ecus", fmt.Sprintf("DCM%06d", n)), "dcm", dcmHW, time.Now)
@@ -176,12 +198,7 @@ func TestDeltaCampaignBytes(t *testing.T) {
 	const n = 200
 	w := newWorld(t, "--campaign-tick", "50ms", "--auto-assign", "none")
 	base, target := deltaPair(t, w.dir, 4<<20)
-	w.signerInit()
-	hu := findSample(t, huHW, "1.0.0")
-	w.add(hu)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
-	w.publish()
+	hu := w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	spec := func(typ, hw, version, file string) fleetsim.ECUSpec {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -232,25 +249,9 @@ func TestDeltaPowerLossTorture(t *testing.T) {
 	const n = 30
 	w := newWorld(t)
 	base, target := deltaPair(t, w.dir, 12<<20)
-	w.signerInit()
-	hu := findSample(t, huHW, "1.0.0")
-	w.add(hu)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
-	w.publish()
+	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	allowed := allowedImages(t, base, target, sampleFile(t, huHW, "1.0.0"))
-	vehicle := func(i int) vehicleState {
-		st := filepath.Join(w.dir, fmt.Sprintf("tv%d", i))
-		vin := testVIN(800 + i)
-		r := agent(t, "init", "--state", st, "--server", w.url, "--vin", vin,
-			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 800+i, huHW, filepath.Join(samplesDir(), hu.File)),
-			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 800+i, dcmHW, base), "--token", adminToken)
-		if r.code != 0 {
-			t.Fatalf("agent init: %s", r)
-		}
-		return vehicleState{dir: st, vin: vin}
-	}
+	vehicle := func(i int) vehicleState { return w.deltaVehicle(800+i, base) }
 	// The first vehicle's check-in has the delta made (it gets the full
 	// image meanwhile); the second times a clean delta install.
 	if r := runAgent(t, 0, "update", "--state", vehicle(0).dir); r.code != 0 {
@@ -334,12 +335,7 @@ func TestDeltaPowerLossTorture(t *testing.T) {
 func TestDeltaUSBBundle(t *testing.T) {
 	w := newWorld(t, "--auto-assign", "none")
 	base, target := deltaPair(t, w.dir, 4<<20)
-	w.signerInit()
-	hu := findSample(t, huHW, "1.0.0")
-	w.add(hu)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
-	w.publish()
+	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	fullInfo, err := os.Stat(target)
 	if err != nil {
 		t.Fatal(err)
@@ -347,18 +343,10 @@ func TestDeltaUSBBundle(t *testing.T) {
 	dealer := w.account("dealer", "dealer-1")
 	var cars []vehicleState
 	for i := range 2 {
-		st := filepath.Join(w.dir, fmt.Sprintf("uv%d", i))
-		vin := testVIN(850 + i)
-		r := agent(t, "init", "--state", st, "--server", w.url, "--vin", vin,
-			"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-			"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 850+i, huHW, filepath.Join(samplesDir(), hu.File)),
-			"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 850+i, dcmHW, base), "--token", adminToken)
-		if r.code != 0 {
-			t.Fatalf("agent init: %s", r)
-		}
-		update(t, st, 0) // the server records the DCM's image
-		w.job(dealer, map[string]any{"vin": vin, "ecu": "dcm", "version": "3.0.0", "reason": "USB update"})
-		cars = append(cars, vehicleState{dir: st, vin: vin})
+		v := w.deltaVehicle(850+i, base)
+		update(t, v.dir, 0) // the server records the DCM's image
+		w.job(dealer, map[string]any{"vin": v.vin, "ecu": "dcm", "version": "3.0.0", "reason": "USB update"})
+		cars = append(cars, v)
 	}
 	// The first bundle asks for the delta (and carries the full image
 	// meanwhile); once it is made, bundles carry it instead.
@@ -434,26 +422,16 @@ func TestDeltaUSBBundle(t *testing.T) {
 func TestDeltaSignedOffline(t *testing.T) {
 	w := newWorld(t, "--deltas", "off")
 	base, target := deltaPair(t, w.dir, 4<<20)
-	w.signerInit()
-	hu := findSample(t, huHW, "1.0.0")
-	w.add(hu)
-	w.mustSigner("add", w.ws, base, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "1.5.0", "--release-counter", "2")
+	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	if r := w.signer("delta", w.ws, "--from", "dcm/"+filepath.Base(base), "--to", "dcm/nothing.img"); r.code != 2 || !strings.Contains(r.stderr, "not a signed target") {
 		t.Fatalf("delta to an unknown target: %s", r)
 	}
-	w.mustSigner("add", w.ws, target, "--ecu", "dcm", "--hardware-id", dcmHW, "--version", "3.0.0", "--release-counter", "3")
 	r := w.mustSigner("delta", w.ws, "--from", "dcm/"+filepath.Base(base), "--to", "dcm/"+filepath.Base(target))
 	if !strings.Contains(r.stdout, "deltas/"+dcmHW+"/") {
 		t.Fatalf("signer delta: %s", r)
 	}
 	w.publish()
-	st := filepath.Join(w.dir, "ov")
-	if r := agent(t, "init", "--state", st, "--server", w.url, "--vin", testVIN(880),
-		"--image-root", filepath.Join(w.ws, "image.root.json"), "--director-root", filepath.Join(w.ws, "director.root.json"),
-		"--ecu", fmt.Sprintf("head-unit:HU%06d:%s:%s", 880, huHW, filepath.Join(samplesDir(), hu.File)),
-		"--ecu", fmt.Sprintf("dcm:DCM%06d:%s:%s", 880, dcmHW, base), "--token", adminToken); r.code != 0 {
-		t.Fatalf("agent init: %s", r)
-	}
+	st := w.deltaVehicle(880, base).dir
 	var got deltaECU
 	for try := 0; try < 3 && got.Outcome != "installed"; try++ {
 		r = update(t, st, 0, "--json")
@@ -469,4 +447,29 @@ func TestDeltaSignedOffline(t *testing.T) {
 		t.Fatalf("DCM: %+v\n%s", got, r)
 	}
 	activeBytes(t, vehicleState{dir: st})
+}
+
+// TestDeltaOnS3: with the blobs in a real S3-compatible store, the server
+// makes the delta from the images there, keeps it there, and the car
+// rebuilds its DCM from it.
+func TestDeltaOnS3(t *testing.T) {
+	gw := s3test.Start(t)
+	w := newS3World(t, gw)
+	base, target := deltaPair(t, w.dir, 2<<20)
+	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
+	v := w.deltaVehicle(890, base)
+	update(t, v.dir, 0) // the full image, while the delta is made
+	deadline := time.Now().Add(60 * time.Second)
+	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the delta was not made")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	v = w.deltaVehicle(891, base)
+	r := update(t, v.dir, 0, "--json")
+	if !strings.Contains(r.stdout, `"delta": true`) {
+		t.Fatalf("the second car did not rebuild from the delta:\n%s", r)
+	}
+	activeBytes(t, v)
 }
