@@ -248,7 +248,7 @@ func TestDeltaCampaignBytes(t *testing.T) {
 func TestDeltaPowerLossTorture(t *testing.T) {
 	const n = 30
 	w := newWorld(t)
-	base, target := deltaPair(t, w.dir, 12<<20)
+	base, target := deltaPair(t, w.dir, 8<<20)
 	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	allowed := allowedImages(t, base, target, sampleFile(t, huHW, "1.0.0"))
 	vehicle := func(i int) vehicleState { return w.deltaVehicle(800+i, base) }
