@@ -122,9 +122,9 @@ func (w *Workspace) Delta(ctx context.Context, o DeltaOptions) (DeltaResult, err
 		w.State.TargetFiles[path] = file
 		return res, w.save()
 	}
-	t.Signed.Targets[path] = &metadata.TargetFiles{Length: size, Hashes: metadata.Hashes{"sha256": sum}, Path: path,
-		Custom: meta.DeltaCustom(meta.Delta{Format: delta.Format, HardwareID: hw, BaseSHA256: baseSHA, BaseLength: from.Length,
-			BaseVersion: fc.Version, Target: o.To, TargetSHA256: hex.EncodeToString(to.Hashes["sha256"]), TargetLength: to.Length})}
+	tf := meta.NewDeltaTarget(delta.Format, hw, from, to, o.To, size, sum)
+	tf.Path = path
+	t.Signed.Targets[path] = tf
 	w.bumpTargets(t)
 	if err := w.signAndStoreTargets(t); err != nil {
 		return DeltaResult{}, err

@@ -13,7 +13,6 @@ import (
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/internal/delta"
 	"github.com/roadsign/roadsign/internal/meta"
-	"github.com/roadsign/roadsign/internal/progress"
 )
 
 // fetchDelta rebuilds p's image in the inactive slot from the delta the
@@ -43,10 +42,7 @@ func (a *Agent) fetchDelta(ctx context.Context, src Source, p *plan, sum string)
 	case len(dsum) != 64:
 		return 0, fmt.Sprintf("delta %s has no sha256 in signed metadata", p.delta), nil
 	}
-	w, err := ecu.BeginDelta(bootctl.Journal{
-		Target: p.path, Length: p.tf.Length, SHA256: sum,
-		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
-	}, bootctl.DeltaProgress{Target: p.delta, Length: dtf.Length, SHA256: dsum, BaseSHA256: d.BaseSHA256})
+	w, err := ecu.BeginDelta(p.journal(sum), bootctl.DeltaProgress{Target: p.delta, Length: dtf.Length, SHA256: dsum, BaseSHA256: d.BaseSHA256})
 	if errors.Is(err, bootctl.ErrDelta) {
 		return 0, err.Error(), nil
 	}
@@ -60,23 +56,8 @@ func (a *Agent) fetchDelta(ctx context.Context, src Source, p *plan, sum string)
 	if w.Offset() > 0 {
 		a.Log.Info("resuming delta", "delta", p.delta, "offset", w.Offset(), "length", dtf.Length)
 	}
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	canceled := false
-	if err := a.event(ctx, src, p, "downloading", int(100*w.Offset()/max(dtf.Length, 1)), "downloading delta "+p.delta); errors.Is(err, errJobCanceled) {
-		w.Pause()
-		return 0, "", errJobCanceled
-	}
-	bar := progress.New(a.Progress, "delta "+path.Base(p.delta), dtf.Length, w.Offset())
-	prog := &jobProgress{bar: bar, done: w.Offset(), total: dtf.Length, next: 25 * (1 + int(100*w.Offset()/max(dtf.Length, 1))/25),
-		report: func(pct int) {
-			if err := a.event(ctx, src, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
-				canceled = true
-				cancel()
-			}
-		}}
-	res, err := src.Fetch(dctx, Target{Path: p.delta, SHA256: dsum, Length: dtf.Length, Delta: true}, w, w.Offset(), prog)
-	bar.Finish()
+	res, canceled, err := a.stream(ctx, src, p, Target{Path: p.delta, SHA256: dsum, Length: dtf.Length, Delta: true}, w, w.Offset(),
+		"delta "+path.Base(p.delta), "downloading delta "+p.delta)
 	n := res.Transferred
 	switch {
 	case canceled:

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 
 	"github.com/roadsign/roadsign/client"
@@ -125,12 +126,15 @@ func (a *Agent) fetch(ctx context.Context, src Source, p *plan) (int64, error) {
 	return viaDelta + n, err
 }
 
+// journal is the install journal of p's image (sha256 sum).
+func (p *plan) journal(sum string) bootctl.Journal {
+	return bootctl.Journal{Target: p.path, Length: p.tf.Length, SHA256: sum,
+		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID}
+}
+
 // fetchFull streams the full image into the ECU's inactive slot.
 func (a *Agent) fetchFull(ctx context.Context, src Source, p *plan, sum string) (int64, error) {
-	w, err := p.boot.(*bootctl.ECU).Begin(bootctl.Journal{
-		Target: p.path, Length: p.tf.Length, SHA256: sum,
-		Version: p.custom.Version, ReleaseCounter: p.custom.ReleaseCounter, JobID: p.jobID,
-	})
+	w, err := p.boot.(*bootctl.ECU).Begin(p.journal(sum))
 	if err != nil {
 		return 0, fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
 	}
@@ -139,24 +143,8 @@ func (a *Agent) fetchFull(ctx context.Context, src Source, p *plan, sum string) 
 	if w.Offset() > 0 {
 		a.Log.Info("resuming download", "target", p.path, "offset", w.Offset(), "length", p.tf.Length)
 	}
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	canceled := false
-	if err := a.event(ctx, src, p, "downloading", int(100*w.Offset()/max(p.tf.Length, 1)), "downloading "+p.path); errors.Is(err, errJobCanceled) {
-		w.Pause()
-		return 0, errJobCanceled
-	}
 	name := path.Base(p.path)
-	bar := progress.New(a.Progress, "downloading "+name, p.tf.Length, w.Offset())
-	prog := &jobProgress{bar: bar, done: w.Offset(), total: p.tf.Length, next: 25 * (1 + int(100*w.Offset()/max(p.tf.Length, 1))/25),
-		report: func(pct int) {
-			if err := a.event(ctx, src, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
-				canceled = true
-				cancel()
-			}
-		}}
-	res, err := src.Fetch(dctx, Target{Path: p.path, SHA256: sum, Length: p.tf.Length}, w, w.Offset(), prog)
-	bar.Finish()
+	res, canceled, err := a.stream(ctx, src, p, Target{Path: p.path, SHA256: sum, Length: p.tf.Length}, w, w.Offset(), "downloading "+name, "downloading "+p.path)
 	n := res.Transferred
 	switch {
 	case canceled:
@@ -183,6 +171,29 @@ func (a *Agent) fetchFull(ctx context.Context, src Source, p *plan, sum string) 
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
 	a.say("verifying %s: length and sha256 against signed metadata", name)
 	return n, w.Finish(a.Faults.Hooks())
+}
+
+// stream fetches t into w from offset, drawing a progress bar (label)
+// and reporting "downloading" to p's job: msg at the start, then every
+// 25 %. canceled says the server canceled the job, before or during the
+// download (which it then stops).
+func (a *Agent) stream(ctx context.Context, src Source, p *plan, t Target, w io.Writer, offset int64, label, msg string) (res download.Result, canceled bool, err error) {
+	if err := a.event(ctx, src, p, "downloading", int(100*offset/max(t.Length, 1)), msg); errors.Is(err, errJobCanceled) {
+		return download.Result{}, true, nil
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bar := progress.New(a.Progress, label, t.Length, offset)
+	prog := &jobProgress{bar: bar, done: offset, total: t.Length, next: 25 * (1 + int(100*offset/max(t.Length, 1))/25),
+		report: func(pct int) {
+			if err := a.event(ctx, src, p, "downloading", pct, ""); errors.Is(err, errJobCanceled) {
+				canceled = true
+				cancel()
+			}
+		}}
+	res, err = src.Fetch(dctx, t, w, offset, prog)
+	bar.Finish()
+	return res, canceled, err
 }
 
 // jobProgress feeds the progress bar and reports every 25% to the job.

@@ -190,11 +190,12 @@ func (s bundleSource) Fetch(_ context.Context, t Target, w io.Writer, offset int
 	name := "targets/" + meta.ConsistentPath(t.Path, t.SHA256, false)
 	f, err := s.b.OpenFile(name)
 	if err != nil {
-		if download.IsNotFound(err) && !t.Delta {
-			return download.Result{}, fmt.Errorf("%w: the bundle lacks %s (a bundle with deltas carries full images only when made with ?full=true)", download.ErrServerLength, name)
-		}
 		if download.IsNotFound(err) {
-			return download.Result{}, fmt.Errorf("%w: the bundle lacks %s", download.ErrServerLength, name)
+			hint := " (a bundle with deltas carries full images only when made with ?full=true)"
+			if t.Delta {
+				hint = ""
+			}
+			return download.Result{}, fmt.Errorf("%w: the bundle lacks %s%s", download.ErrServerLength, name, hint)
 		}
 		return download.Result{}, err
 	}

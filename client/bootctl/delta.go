@@ -1,7 +1,6 @@
 package bootctl
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
@@ -92,12 +91,9 @@ type DeltaWriter struct {
 // recorded when it was verified); whether its bytes still are is checked
 // operation by operation.
 func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
-	rec, err := e.LoadRecord()
+	rec, old, err := e.beginInstall(&j)
 	if err != nil {
 		return nil, err
-	}
-	if rec.Trial {
-		return nil, errors.New("a trial boot is pending; recover first")
 	}
 	active := rec.Slots[rec.Active]
 	if active == nil || active.SHA256 != d.BaseSHA256 {
@@ -107,13 +103,7 @@ func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
 		}
 		return nil, fmt.Errorf("%w: it applies to the image %.12s…, slot %s holds %s", ErrDelta, d.BaseSHA256, rec.Active, have)
 	}
-	j.Slot, j.Phase = rec.Active.Other(), PhaseDownload
-	old, err := e.LoadJournal()
-	if err != nil {
-		return nil, err
-	}
-	resume := old != nil && old.Phase == PhaseDownload && old.Slot == j.Slot && old.SHA256 == j.SHA256 &&
-		old.Length == j.Length && old.Target == j.Target && old.Delta != nil && old.Delta.SHA256 == d.SHA256 && old.Delta.Consumed > 0
+	resume := sameDownload(old, &j) && old.Delta != nil && old.Delta.SHA256 == d.SHA256 && old.Delta.Consumed > 0
 	dh, oh := sha256.New(), sha256.New()
 	if resume {
 		if dh.(encoding.BinaryUnmarshaler).UnmarshalBinary(old.Delta.DeltaHash) != nil || oh.(encoding.BinaryUnmarshaler).UnmarshalBinary(old.Delta.OutHash) != nil {
@@ -124,30 +114,12 @@ func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
 	if resume {
 		j.Written, j.StartedAt, d = old.Written, old.StartedAt, *old.Delta
 	} else {
-		j.Written, j.StartedAt = 0, e.now().UTC()
 		d.Consumed, d.Ops, d.DeltaHash, d.OutHash = 0, 0, nil, nil
-		if rec.Slots[j.Slot] != nil {
-			rec.Slots[j.Slot] = nil
-			if err := e.SaveRecord(rec); err != nil {
-				return nil, err
-			}
-		}
 	}
 	j.Delta = &d
-	if err := e.SaveJournal(&j); err != nil {
-		return nil, err
-	}
-	slot, err := os.OpenFile(e.SlotPath(j.Slot), os.O_RDWR|os.O_CREATE, 0o600)
+	slot, err := e.openInactive(rec, &j, resume)
 	if err != nil {
-		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
-	}
-	if err := slot.Truncate(j.Written); err != nil {
-		slot.Close()
-		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
-	}
-	if err := reserve(slot, j.Length); err != nil {
-		slot.Close()
-		return nil, fmt.Errorf("reserve %d bytes in slot %s: %w; free space for the image and retry", j.Length, j.Slot, err)
+		return nil, err
 	}
 	base, err := os.Open(e.SlotPath(rec.Active))
 	if err != nil {
@@ -417,20 +389,12 @@ func (w *DeltaWriter) Finish(hooks Hooks) error {
 		return fmt.Errorf("%w: delta %s ends after %d of its signed %d bytes", ErrDelta, d.Target, w.Offset(), d.Length)
 	case hex.EncodeToString(w.dh.Sum(nil)) != d.SHA256:
 		return fmt.Errorf("%w: delta %s does not match its signed sha256", ErrDelta, d.Target)
-	case w.j.Written != w.j.Length || !bytes.Equal(w.oh.Sum(nil), mustHex(w.j.SHA256)):
+	case w.j.Written != w.j.Length || hex.EncodeToString(w.oh.Sum(nil)) != w.j.SHA256:
 		return fmt.Errorf("%w: the rebuilt image (%d bytes) does not match the signed %s (%d bytes)", ErrDelta, w.j.Written, w.j.Target, w.j.Length)
 	}
 	if err := w.slot.Sync(); err != nil {
 		return fmt.Errorf("sync slot %s: %w", w.j.Slot, err)
 	}
 	w.j.Phase, w.j.Delta = PhaseVerified, nil
-	if err := w.e.SaveJournal(w.j); err != nil {
-		return err
-	}
-	return nil
-}
-
-func mustHex(s string) []byte {
-	b, _ := hex.DecodeString(s)
-	return b
+	return w.e.SaveJournal(w.j)
 }

@@ -39,48 +39,17 @@ func (h Hooks) at(point string) {
 // fsynced is kept and re-hashed, the rest is downloaded again. The caller
 // writes the remaining bytes from Offset() on and then calls Finish.
 func (e *ECU) Begin(j Journal) (*Writer, error) {
-	rec, err := e.LoadRecord()
+	rec, old, err := e.beginInstall(&j)
 	if err != nil {
 		return nil, err
 	}
-	if rec.Trial {
-		return nil, errors.New("a trial boot is pending; recover first")
-	}
-	j.Slot = rec.Active.Other()
-	j.Phase = PhaseDownload
-	old, err := e.LoadJournal()
-	if err != nil {
-		return nil, err
-	}
-	resume := old != nil && old.Phase == PhaseDownload && old.Slot == j.Slot &&
-		old.SHA256 == j.SHA256 && old.Length == j.Length && old.Target == j.Target
+	resume := sameDownload(old, &j)
 	if resume {
 		j.Written, j.StartedAt = old.Written, old.StartedAt
-	} else {
-		j.Written, j.StartedAt = 0, e.now().UTC()
-		// The slot is about to be overwritten: forget what it held first.
-		if rec.Slots[j.Slot] != nil {
-			rec.Slots[j.Slot] = nil
-			if err := e.SaveRecord(rec); err != nil {
-				return nil, err
-			}
-		}
 	}
-	if err := e.SaveJournal(&j); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(e.SlotPath(j.Slot), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := e.openInactive(rec, &j, resume)
 	if err != nil {
-		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
-	}
-	// Drop anything past the fsynced prefix: it may be torn.
-	if err := f.Truncate(j.Written); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
-	}
-	if err := reserve(f, j.Length); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reserve %d bytes in slot %s: %w; free space for the image and retry", j.Length, j.Slot, err)
+		return nil, err
 	}
 	h := sha256.New()
 	if j.Written > 0 {
@@ -91,6 +60,64 @@ func (e *ECU) Begin(j Journal) (*Writer, error) {
 		}
 	}
 	return newWriter(e, &j, f, h), nil
+}
+
+// beginInstall points j at the inactive slot for a download, once no
+// trial boot is pending, and returns the boot record and the journal of
+// the install in progress (nil: none).
+func (e *ECU) beginInstall(j *Journal) (*Record, *Journal, error) {
+	rec, err := e.LoadRecord()
+	if err != nil {
+		return nil, nil, err
+	}
+	if rec.Trial {
+		return nil, nil, errors.New("a trial boot is pending; recover first")
+	}
+	j.Slot, j.Phase = rec.Active.Other(), PhaseDownload
+	old, err := e.LoadJournal()
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, old, nil
+}
+
+// sameDownload reports whether old is a download of j's image into j's
+// slot, which j may resume.
+func sameDownload(old, j *Journal) bool {
+	return old != nil && old.Phase == PhaseDownload && old.Slot == j.Slot &&
+		old.SHA256 == j.SHA256 && old.Length == j.Length && old.Target == j.Target
+}
+
+// openInactive records j and opens its slot for writing from j.Written
+// on. A fresh install (not resume) first forgets what the slot held and
+// starts at 0; a resumed one keeps the fsynced prefix and drops anything
+// past it, which may be torn.
+func (e *ECU) openInactive(rec *Record, j *Journal, resume bool) (*os.File, error) {
+	if !resume {
+		j.Written, j.StartedAt = 0, e.now().UTC()
+		if rec.Slots[j.Slot] != nil {
+			rec.Slots[j.Slot] = nil
+			if err := e.SaveRecord(rec); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := e.SaveJournal(j); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(e.SlotPath(j.Slot), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open slot %s: %w", j.Slot, err)
+	}
+	if err := f.Truncate(j.Written); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("truncate slot %s: %w", j.Slot, err)
+	}
+	if err := reserve(f, j.Length); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reserve %d bytes in slot %s: %w; free space for the image and retry", j.Length, j.Slot, err)
+	}
+	return f, nil
 }
 
 // Journal returns the install's journal.

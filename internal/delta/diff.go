@@ -240,7 +240,7 @@ func (d *differ) write(b []byte) error {
 	return err
 }
 
-// baseBlock reads base[off:off+len(p)] into p, false when out of range.
+// baseAt reads base[off:off+len(p)] into p, false when out of range.
 func (d *differ) baseAt(p []byte, off int64) (bool, error) {
 	if off < 0 || off+int64(len(p)) > d.baseLen {
 		return false, nil

@@ -120,12 +120,7 @@ func benchDeltaInstall(b *testing.B, size int64) {
 	if r := agent(b, "update", "--state", first); r.code != 0 {
 		b.Fatalf("first update: %s", r)
 	}
-	for metric(b, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
-		if time.Since(made) > 30*time.Minute {
-			b.Fatal("the delta was not made within 30 minutes")
-		}
-		time.Sleep(time.Second)
-	}
+	w.waitDeltaMade(30 * time.Minute)
 	b.Logf("delta made in %s", time.Since(made).Round(time.Millisecond))
 	os.RemoveAll(first)
 

@@ -86,6 +86,20 @@ func (w *world) deltaVehicle(n int, dcmFirmware string) vehicleState {
 	return vehicleState{dir: st, vin: vin}
 }
 
+// waitDeltaMade waits up to limit for the server to have made a delta,
+// failing the test with the server's delta metrics and log otherwise.
+func (w *world) waitDeltaMade(limit time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(limit)
+	for metric(w.t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
+		if time.Now().After(deadline) {
+			_, m := httpGet(w.t, w.url+"/metrics", nil)
+			w.t.Fatalf("the delta was not made within %s:\n%s\n%s", limit, regexp.MustCompile(`(?m)^roadsign_delta.*$`).FindAll(m, -1), w.logBuf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 type deltaECU struct {
 	Type          string `json:"type"`
 	Outcome       string `json:"outcome"`
@@ -257,13 +271,7 @@ func TestDeltaPowerLossTorture(t *testing.T) {
 	if r := runAgent(t, 0, "update", "--state", vehicle(0).dir); r.code != 0 {
 		t.Fatalf("first install: %s", r.out)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the delta was not made")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	w.waitDeltaMade(time.Minute)
 	start := time.Now()
 	if r := runAgent(t, 0, "update", "--state", vehicle(1).dir, "--json"); r.code != 0 || !strings.Contains(r.out, `"delta": true`) {
 		t.Fatalf("clean delta install: %s", r.out)
@@ -353,14 +361,7 @@ func TestDeltaUSBBundle(t *testing.T) {
 	if code, b := w.download(t, cars[0].vin, dealer, ""); code != 200 {
 		t.Fatalf("bundle: %d %s", code, b)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
-		if time.Now().After(deadline) {
-			_, m := httpGet(t, w.url+"/metrics", nil)
-			t.Fatalf("the delta was not made:\n%s\n%s", regexp.MustCompile(`(?m)^roadsign_delta.*$`).FindAll(m, -1), w.logBuf.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	w.waitDeltaMade(time.Minute)
 	stick := func(v vehicleState, query string) (string, int) {
 		code, b := w.download(t, v.vin, dealer, query)
 		if code != 200 {
@@ -459,13 +460,7 @@ func TestDeltaOnS3(t *testing.T) {
 	w.publishDeltaPair(base, target, "1.5.0", "3.0.0")
 	v := w.deltaVehicle(890, base)
 	update(t, v.dir, 0) // the full image, while the delta is made
-	deadline := time.Now().Add(60 * time.Second)
-	for metric(t, w.url, `roadsign_delta_generations_total{result="made"}`) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the delta was not made")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	w.waitDeltaMade(time.Minute)
 	v = w.deltaVehicle(891, base)
 	r := update(t, v.dir, 0, "--json")
 	if !strings.Contains(r.stdout, `"delta": true`) {

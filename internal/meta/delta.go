@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +45,16 @@ func DeltaCustom(d Delta) *json.RawMessage {
 	b, _ := json.Marshal(deltaCustom{Delta: &d})
 	raw := json.RawMessage(b)
 	return &raw
+}
+
+// NewDeltaTarget is the target for a delta of length bytes (sha256 sum)
+// in format, which rebuilds target (at targetPath) from base on hardware.
+func NewDeltaTarget(format, hardware string, base, target *metadata.TargetFiles, targetPath string, length int64, sum []byte) *metadata.TargetFiles {
+	bc, _ := TargetCustom(base)
+	return &metadata.TargetFiles{Length: length, Hashes: metadata.Hashes{"sha256": sum}, Custom: DeltaCustom(Delta{
+		Format: format, HardwareID: hardware, BaseSHA256: hex.EncodeToString(base.Hashes["sha256"]), BaseLength: base.Length,
+		BaseVersion: bc.Version, Target: targetPath, TargetSHA256: hex.EncodeToString(target.Hashes["sha256"]), TargetLength: target.Length,
+	})}
 }
 
 // TargetDelta decodes a delta target's custom metadata.

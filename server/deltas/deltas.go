@@ -64,19 +64,17 @@ type Config struct {
 	Metrics prometheus.Registerer
 }
 
-// key names one delta to make.
+// key names one delta to make: from the image with sha256 baseSHA to
+// the full target at path target, for hardware hw.
 type key struct{ hw, baseSHA, target string }
 
-// job is a queued delta.
-type job struct {
-	key
-	path string
-}
+// path is the delta's target path.
+func (k key) path() string { return meta.DeltaPath(k.hw, k.baseSHA, k.target) }
 
 // Service makes and offers deltas.
 type Service struct {
 	cfg   Config
-	queue chan job
+	queue chan key
 	mu    sync.Mutex
 	// state is what this replica knows of deltas it queued or tried.
 	state map[key]int
@@ -91,7 +89,7 @@ func New(cfg Config) (*Service, error) {
 	if !cfg.Off && (cfg.Queue < 1 || cfg.Workers < 1 || cfg.Timeout <= 0) {
 		return nil, fmt.Errorf("deltas: queue %d, workers %d and timeout %v must be positive", cfg.Queue, cfg.Workers, cfg.Timeout)
 	}
-	s := &Service{cfg: cfg, queue: make(chan job, max(cfg.Queue, 0)), state: map[key]int{}, m: newMetrics(cfg.Metrics)}
+	s := &Service{cfg: cfg, queue: make(chan key, max(cfg.Queue, 0)), state: map[key]int{}, m: newMetrics(cfg.Metrics)}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roadsign_delta_queue_depth", Help: "Deltas waiting to be made on this replica.",
@@ -112,7 +110,8 @@ func (s *Service) Offer(ctx context.Context, hw, baseSHA, path string, target *m
 	if len(baseSHA) != 64 || baseSHA == targetSHA {
 		return "", None, nil
 	}
-	dpath := meta.DeltaPath(hw, baseSHA, path)
+	k := key{hw: hw, baseSHA: baseSHA, target: path}
+	dpath := k.path()
 	tf, ok, err := s.cfg.Repo.Delta(ctx, dpath)
 	if err != nil {
 		return "", None, err
@@ -127,17 +126,13 @@ func (s *Service) Offer(ctx context.Context, hw, baseSHA, path string, target *m
 	if s.cfg.Off {
 		return "", None, nil
 	}
-	k := key{hw: hw, baseSHA: baseSHA, target: path}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch st, known := s.state[k]; {
-	case known && st == Pending:
-		return "", Pending, nil
-	case known:
-		return "", None, nil // not worth it, or failed: the full image
+	if st, known := s.state[k]; known {
+		return "", st, nil // being made, or not worth it or failed: the full image
 	}
 	select {
-	case s.queue <- job{key: k, path: dpath}:
+	case s.queue <- k:
 		s.state[k] = Pending
 		s.m.queued.Inc()
 		return "", Pending, nil
@@ -170,16 +165,14 @@ func (s *Service) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (s *Service) make(ctx context.Context, j job) {
+func (s *Service) make(ctx context.Context, j key) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	size, err := s.generate(ctx, j)
 	result := "made"
-	st := None
 	switch {
 	case err == nil:
-		st = Ready
 	case errors.Is(err, delta.ErrNotWorth):
 		result = "not_worth"
 	case errors.Is(err, context.DeadlineExceeded):
@@ -190,21 +183,21 @@ func (s *Service) make(ctx context.Context, j job) {
 	s.m.generations.WithLabelValues(result).Inc()
 	s.m.seconds.Observe(time.Since(start).Seconds())
 	if err != nil && result != "not_worth" {
-		s.cfg.Log.Warn("delta not made; vehicles get the full image", "delta", j.path, "err", err)
+		s.cfg.Log.Warn("delta not made; vehicles get the full image", "delta", j.path(), "err", err)
 	} else {
-		s.cfg.Log.Info("delta", "path", j.path, "result", result, "bytes", size, "seconds", time.Since(start).Seconds())
+		s.cfg.Log.Info("delta", "path", j.path(), "result", result, "bytes", size, "seconds", time.Since(start).Seconds())
 	}
 	s.mu.Lock()
-	if st == Ready {
-		delete(s.state, j.key) // the repository has it now
+	if err == nil {
+		delete(s.state, j) // the repository has it now
 	} else {
-		s.state[j.key] = st
+		s.state[j] = None // the full image from now on
 	}
 	s.mu.Unlock()
 }
 
 // generate makes one delta and signs it in; it returns its size.
-func (s *Service) generate(ctx context.Context, j job) (int64, error) {
+func (s *Service) generate(ctx context.Context, j key) (int64, error) {
 	if ok, err := s.cfg.Repo.DeltasDelegated(ctx); err != nil || !ok {
 		if err == nil {
 			err = errors.New("the published targets do not delegate deltas to this server's key; publish a targets version signed with a workspace made from this server's online-keys.json")
@@ -257,15 +250,11 @@ func (s *Service) generate(ctx context.Context, j job) (int64, error) {
 	if _, err := out.Seek(0, io.SeekStart); err != nil {
 		return 0, err
 	}
-	if _, err := s.cfg.Repo.UploadTarget(ctx, meta.ConsistentPath(j.path, hex.EncodeToString(sum), false), out, size); err != nil {
+	if _, err := s.cfg.Repo.UploadTarget(ctx, meta.ConsistentPath(j.path(), hex.EncodeToString(sum), false), out, size); err != nil {
 		return 0, fmt.Errorf("store delta: %w", err)
 	}
-	bc, _ := meta.TargetCustom(btf)
-	tf := &metadata.TargetFiles{Length: size, Hashes: metadata.Hashes{"sha256": sum}, Custom: meta.DeltaCustom(meta.Delta{
-		Format: delta.Format, HardwareID: j.hw, BaseSHA256: j.baseSHA, BaseLength: btf.Length, BaseVersion: bc.Version,
-		Target: j.target, TargetSHA256: hex.EncodeToString(ttf.Hashes["sha256"]), TargetLength: ttf.Length,
-	})}
-	if _, err := s.cfg.Repo.AddDelta(ctx, j.path, tf); err != nil {
+	tf := meta.NewDeltaTarget(delta.Format, j.hw, btf, ttf, j.target, size, sum)
+	if _, err := s.cfg.Repo.AddDelta(ctx, j.path(), tf); err != nil {
 		return 0, fmt.Errorf("sign delta: %w", err)
 	}
 	return size, nil

@@ -100,13 +100,9 @@ func (r *Repo) loadHead(ctx context.Context) (*head, error) {
 	h.files["timestamp.json"] = newMemFile(st.tsRaw, Mutable)
 	h.files[fmt.Sprintf("%d.snapshot.json", st.snapshot.Signed.Version)] = newMemFile(st.snapRaw, Immutable)
 	if st.targetsV > 0 {
-		raw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.targets.json", imagePrefix, st.targetsV), maxMetadata)
+		t, raw, err := r.loadRole(ctx, metadata.TARGETS, st.targetsV)
 		if err != nil {
-			return nil, fmt.Errorf("load targets v%d: %w", st.targetsV, err)
-		}
-		t, err := metadata.Targets().FromBytes(raw)
-		if err != nil {
-			return nil, fmt.Errorf("parse targets v%d: %w", st.targetsV, err)
+			return nil, err
 		}
 		for p, tf := range t.Signed.Targets {
 			tf.Path = p
@@ -115,7 +111,7 @@ func (r *Repo) loadHead(ctx context.Context) (*head, error) {
 		h.files[fmt.Sprintf("%d.targets.json", st.targetsV)] = newMemFile(raw, Immutable)
 	}
 	if st.deltasV > 0 {
-		d, raw, err := r.loadDeltas(ctx, st.deltasV)
+		d, raw, err := r.loadRole(ctx, meta.DeltaRole, st.deltasV)
 		if err != nil {
 			return nil, err
 		}

@@ -18,16 +18,18 @@ import (
 // delta by signing a new version of that role, then a new snapshot and
 // timestamp.
 
-func (r *Repo) loadDeltas(ctx context.Context, v int64) (*metadata.Metadata[metadata.TargetsType], []byte, error) {
-	raw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.%s.json", imagePrefix, v, meta.DeltaRole), maxMetadata)
+// loadRole reads and parses version v of a targets role: the top-level
+// targets or a delegated one (meta.DeltaRole).
+func (r *Repo) loadRole(ctx context.Context, role string, v int64) (*metadata.Metadata[metadata.TargetsType], []byte, error) {
+	raw, err := server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.%s.json", imagePrefix, v, role), maxMetadata)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load deltas v%d: %w", v, err)
+		return nil, nil, fmt.Errorf("load %s v%d: %w", role, v, err)
 	}
-	d, err := metadata.Targets().FromBytes(raw)
+	t, err := metadata.Targets().FromBytes(raw)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parse deltas v%d: %w", v, err)
+		return nil, nil, fmt.Errorf("parse %s v%d: %w", role, v, err)
 	}
-	return d, raw, nil
+	return t, raw, nil
 }
 
 // deltasExpiry is how long each version of the deltas role is valid; it
@@ -94,12 +96,12 @@ func (r *Repo) AddDelta(ctx context.Context, path string, tf *metadata.TargetFil
 	if st.targetsV == 0 {
 		return false, server.Errorf(server.KindConflict, "nothing is published in the image repository yet")
 	}
-	h, err := r.Head(ctx)
+	targets, _, err := r.loadRole(ctx, metadata.TARGETS, st.targetsV)
 	if err != nil {
 		return false, err
 	}
-	if r.keys.ImageDeltas == nil || !slices.Contains(meta.DeltaDelegation(&h.Targets.Signed), r.keys.ImageDeltas.ID) {
-		return false, server.Errorf(server.KindConflict, "targets v%d does not delegate %s to this server's deltas key; sign a new targets version with a workspace made from this server's online-keys.json", h.Targets.Signed.Version, meta.DeltaRole)
+	if r.keys.ImageDeltas == nil || !slices.Contains(meta.DeltaDelegation(&targets.Signed), r.keys.ImageDeltas.ID) {
+		return false, server.Errorf(server.KindConflict, "targets v%d does not delegate %s to this server's deltas key; sign a new targets version with a workspace made from this server's online-keys.json", st.targetsV, meta.DeltaRole)
 	}
 	role := metadata.DelegatedRole{Paths: meta.DeltaPaths}
 	if ok, _ := role.IsDelegatedPath(path); !ok {
@@ -107,7 +109,7 @@ func (r *Repo) AddDelta(ctx context.Context, path string, tf *metadata.TargetFil
 	}
 	d := metadata.Targets(meta.Expires(now, r.deltasExpiry()))
 	if st.deltasV > 0 {
-		cur, _, err := r.loadDeltas(ctx, st.deltasV)
+		cur, _, err := r.loadRole(ctx, meta.DeltaRole, st.deltasV)
 		if err != nil {
 			return false, err
 		}
@@ -154,7 +156,7 @@ func (r *Repo) resignDeltas(ctx context.Context, st *state, now time.Time) (bool
 	if st.deltasV == 0 || r.keys.ImageDeltas == nil {
 		return false, nil
 	}
-	d, _, err := r.loadDeltas(ctx, st.deltasV)
+	d, _, err := r.loadRole(ctx, meta.DeltaRole, st.deltasV)
 	if err != nil {
 		return false, err
 	}

@@ -282,11 +282,8 @@ func (r *Repo) Head(ctx context.Context) (*Head, error) {
 		return nil, server.Errorf(server.KindConflict, "nothing is published in the image repository yet")
 	}
 	h := &Head{TimestampRaw: st.tsRaw, SnapshotRaw: st.snapRaw, Timestamp: st.timestamp, Snapshot: st.snapshot}
-	if h.TargetsRaw, err = server.ReadBlob(ctx, r.blobs, fmt.Sprintf("%s%d.targets.json", imagePrefix, st.targetsV), maxMetadata); err != nil {
-		return nil, fmt.Errorf("load targets v%d: %w", st.targetsV, err)
-	}
-	if h.Targets, err = metadata.Targets().FromBytes(h.TargetsRaw); err != nil {
-		return nil, fmt.Errorf("parse targets v%d: %w", st.targetsV, err)
+	if h.Targets, h.TargetsRaw, err = r.loadRole(ctx, metadata.TARGETS, st.targetsV); err != nil {
+		return nil, err
 	}
 	return h, nil
 }
