@@ -78,6 +78,10 @@ type ECU struct {
 	// (what it was sent and why it would not install it), at AttackAt.
 	Attack   string    `json:"attack,omitempty"`
 	AttackAt time.Time `json:"attackAt,omitzero"`
+	// EncryptionKey is the ECU's X25519 key, separate from its signing
+	// key: encrypted images' file keys are wrapped to it. Nil until
+	// registered, or first reported in a check-in.
+	EncryptionKey []byte `json:"encryptionKey,omitempty"`
 }
 
 // Vehicle is a registered vehicle.
@@ -517,6 +521,10 @@ type Vehicles interface {
 	// oldSerial, and, unless publicKey is nil, the vehicle's new public
 	// key, revoking the old one.
 	ReplaceECU(ctx context.Context, vin, oldSerial string, e ECU, publicKey []byte) error
+	// SetEncryptionKey records an ECU's encryption key when it has none
+	// (registered before it had one, or re-provisioned without); it
+	// reports whether it did.
+	SetEncryptionKey(ctx context.Context, vin, serial string, key []byte) (bool, error)
 	// RecordRequestFault notes a refused request for vin (kind
 	// FaultBadSignature, FaultClockSkew or FaultCheckInRefused); nothing
 	// for an unknown VIN.

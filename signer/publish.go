@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,7 +97,11 @@ func (w *Workspace) Publish(ctx context.Context, o PublishOptions) (PublishResul
 			res.AlreadyThere++
 			continue
 		}
-		if err := upload(ctx, o, base+"/api/v1/repo/targets/"+rel, local, p, tf.Length); err != nil {
+		var hw []string
+		if c, err := meta.TargetCustom(tf); err == nil {
+			hw = c.HardwareIDs
+		}
+		if err := upload(ctx, o, base+"/api/v1/repo/targets/"+rel, local, p, hw, tf.Length); err != nil {
 			return res, err
 		}
 		res.Uploaded++
@@ -154,6 +159,11 @@ func exists(ctx context.Context, c *http.Client, target string, length int64) (b
 		return resp.ContentLength == length, nil
 	case http.StatusNotFound:
 		return false, nil
+	case http.StatusForbidden:
+		// Kept only encrypted: uploaded, never served in clear.
+		if n := resp.Header.Get("X-Roadsign-Encrypted"); n != "" {
+			return n == strconv.FormatInt(length, 10), nil
+		}
 	}
 	if resp.StatusCode == http.StatusBadRequest && resp.Request.URL.Scheme == "http" {
 		// The server never refuses a HEAD for a target as malformed: this
@@ -164,7 +174,9 @@ func exists(ctx context.Context, c *http.Client, target string, length int64) (b
 	return false, fmt.Errorf("check %s: server answered %s", target, resp.Status)
 }
 
-func upload(ctx context.Context, o PublishOptions, target, local, targetPath string, length int64) error {
+// upload sends a target file, saying which hardware it is for: a server
+// that keeps that hardware's images encrypted seals it as it arrives.
+func upload(ctx context.Context, o PublishOptions, target, local, targetPath string, hardwareIDs []string, length int64) error {
 	f, err := os.Open(local)
 	if err != nil {
 		return fmt.Errorf("%w: target %s: %v; add it again from its new location", ErrUsage, targetPath, err)
@@ -183,6 +195,9 @@ func upload(ctx context.Context, o PublishOptions, target, local, targetPath str
 	req.ContentLength = length
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Authorization", "Bearer "+o.Token)
+	if len(hardwareIDs) > 0 {
+		req.Header.Set("X-Roadsign-Hardware-Ids", strings.Join(hardwareIDs, ","))
+	}
 	resp, err := o.Client.Do(req)
 	bar.Finish()
 	if err != nil {

@@ -37,6 +37,14 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 			return err
 		}
 		r := vehicleauth.ECUReport{Serial: e.Serial, LastResult: rec.LastResult}
+		if e.Addr == "" && !a.V.EncryptionKeyReported(e.Serial) {
+			// Until the server took it once: its images may be encrypted.
+			ek, err := a.V.EncryptionKey(e.Serial)
+			if err != nil {
+				return err
+			}
+			r.EncryptionKey = ek.PublicKey().Bytes()
+		}
 		if s := rec.Slots[rec.Active]; s != nil {
 			r.InstalledTarget, r.Version, r.SHA256, r.Length = s.Target, s.Version, s.SHA256, s.Length
 			if m := a.health.running(e.Serial, s.SHA256); m != s.SHA256 {
@@ -65,6 +73,13 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	}
 	if err := a.V.SaveCheckIn(a.now()); err != nil {
 		return err
+	}
+	for _, r := range ecus {
+		if len(r.EncryptionKey) > 0 {
+			if err := a.V.MarkEncryptionKeyReported(r.Serial); err != nil {
+				return err
+			}
+		}
 	}
 	return a.V.ClearOfflineInstalls()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 
 	"github.com/roadsign/roadsign/client"
@@ -13,6 +14,7 @@ import (
 	"github.com/roadsign/roadsign/client/fault"
 	"github.com/roadsign/roadsign/internal/delta"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/sealed"
 )
 
 // fetchDelta rebuilds p's image in the inactive slot from the delta the
@@ -49,6 +51,15 @@ func (a *Agent) fetchDelta(ctx context.Context, src Source, p *plan, sum string)
 	if err != nil {
 		return 0, "", fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
 	}
+	if p.sealedDelta != nil && w.Offset() > 0 {
+		// The delta's own bytes are not kept, so its sealed sha256
+		// cannot be carried on: an encrypted delta starts over (it is
+		// small next to the image).
+		w.Discard()
+		if w, err = ecu.BeginDelta(p.journal(sum), bootctl.DeltaProgress{Target: p.delta, Length: dtf.Length, SHA256: dsum, BaseSHA256: d.BaseSHA256}); err != nil {
+			return 0, err.Error(), nil
+		}
+	}
 	w.WriteHook = a.Faults.WriteHook(p.tf.Length)
 	if a.Faults.CorruptDelta || a.Faults.TruncateDelta {
 		a.Log.Info("simulating a damaged delta", "delta", p.delta)
@@ -56,14 +67,25 @@ func (a *Agent) fetchDelta(ctx context.Context, src Source, p *plan, sum string)
 	if w.Offset() > 0 {
 		a.Log.Info("resuming delta", "delta", p.delta, "offset", w.Offset(), "length", dtf.Length)
 	}
-	res, canceled, err := a.stream(ctx, src, p, Target{Path: p.delta, SHA256: dsum, Length: dtf.Length, Delta: true}, w, w.Offset(),
-		"delta "+path.Base(p.delta), "downloading delta "+p.delta)
+	t, dst := Target{Path: p.delta, SHA256: dsum, Length: dtf.Length, Delta: true}, io.Writer(w)
+	var dec *sealed.Decrypter
+	if p.sealedDelta != nil {
+		if dec, _, err = p.sealedDelta.decrypter(w, dtf.Length, 0, ""); err != nil {
+			w.Discard()
+			return 0, fmt.Sprintf("encrypted delta %s: %v", p.delta, err), nil
+		}
+		t, dst = p.sealedDelta.target(true), dec
+	}
+	res, canceled, err := a.stream(ctx, src, p, t, dst, w.Offset(), "delta "+path.Base(p.delta), "downloading delta "+p.delta)
+	if dec != nil {
+		err = finishSealed(dec, canceled, err)
+	}
 	n := res.Transferred
 	switch {
 	case canceled:
 		w.Pause()
 		return n, "", errJobCanceled
-	case errors.Is(err, bootctl.ErrDelta), errors.Is(err, download.ErrServerLength), errors.Is(err, download.ErrNotFound):
+	case errors.Is(err, bootctl.ErrDelta), errors.Is(err, download.ErrServerLength), errors.Is(err, download.ErrNotFound), errors.Is(err, sealed.ErrAuth):
 		w.Discard()
 		return n, err.Error(), nil
 	case errors.Is(err, fault.ErrFlash):

@@ -122,7 +122,11 @@ func (a *Agent) fetch(ctx context.Context, src Source, p *plan) (int64, error) {
 		a.say("delta for %s given up (%s); downloading the full image", p.ecu.Serial, fallback)
 		p.deltaFallback, viaDelta = fallback, n
 	}
-	n, err := a.fetchFull(ctx, src, p, sum)
+	fetch := a.fetchFull
+	if p.sealed != nil {
+		fetch = a.fetchSealed
+	}
+	n, err := fetch(ctx, src, p, sum)
 	return viaDelta + n, err
 }
 
@@ -146,31 +150,41 @@ func (a *Agent) fetchFull(ctx context.Context, src Source, p *plan, sum string) 
 	name := path.Base(p.path)
 	res, canceled, err := a.stream(ctx, src, p, Target{Path: p.path, SHA256: sum, Length: p.tf.Length}, w, w.Offset(), "downloading "+name, "downloading "+p.path)
 	n := res.Transferred
-	switch {
-	case canceled:
-		w.Pause()
-		return n, errJobCanceled
-	case errors.Is(err, download.ErrServerLength):
-		w.Pause()
-		p.boot.Abort()
-		return n, fmt.Errorf("%w: target %s: %v; nothing installed", client.ErrRefused, p.path, err)
-	case errors.Is(err, fault.ErrFlash):
-		w.Pause()
-		p.boot.Abort()
-		return n, fmt.Errorf("%w: ECU %s: writing slot %s failed (%v); the active slot was not touched", client.ErrRolledBack, p.ecu.Serial, w.Journal().Slot, err)
-	case err != nil:
-		// Keep what arrived: the next attempt resumes from here.
-		if perr := w.Pause(); perr != nil {
-			return n, fmt.Errorf("download %s: %v; and saving progress failed: %w", p.path, err, perr)
-		}
-		if errors.Is(err, download.ErrNotFound) {
-			return n, fmt.Errorf("download %s: %w (%d of %d bytes kept; the next update resumes)", p.path, err, w.Offset(), p.tf.Length)
-		}
-		return n, fmt.Errorf("%w: download %s: %v (%d of %d bytes kept; the next update resumes)", client.ErrUnreachable, p.path, err, w.Offset(), p.tf.Length)
+	if err := a.afterStream(p, w, canceled, err); err != nil {
+		return n, err
 	}
 	a.Log.Info("downloaded", "target", p.path, "bytes", n, "attempts", res.Attempts)
 	a.say("verifying %s: length and sha256 against signed metadata", name)
 	return n, w.Finish(a.Faults.Hooks())
+}
+
+// afterStream is what a failed or canceled download into p's slot
+// (writer w) means; nil when it completed. What arrived is kept for the
+// next attempt, unless the failure means the slot must be wiped.
+func (a *Agent) afterStream(p *plan, w *bootctl.Writer, canceled bool, err error) error {
+	switch {
+	case canceled:
+		w.Pause()
+		return errJobCanceled
+	case errors.Is(err, download.ErrServerLength):
+		w.Pause()
+		p.boot.Abort()
+		return fmt.Errorf("%w: target %s: %v; nothing installed", client.ErrRefused, p.path, err)
+	case errors.Is(err, fault.ErrFlash):
+		w.Pause()
+		p.boot.Abort()
+		return fmt.Errorf("%w: ECU %s: writing slot %s failed (%v); the active slot was not touched", client.ErrRolledBack, p.ecu.Serial, w.Journal().Slot, err)
+	case err != nil:
+		// Keep what arrived: the next attempt resumes from here.
+		if perr := w.Pause(); perr != nil {
+			return fmt.Errorf("download %s: %v; and saving progress failed: %w", p.path, err, perr)
+		}
+		if errors.Is(err, download.ErrNotFound) {
+			return fmt.Errorf("download %s: %w (%d of %d bytes kept; the next update resumes)", p.path, err, w.Offset(), p.tf.Length)
+		}
+		return fmt.Errorf("%w: download %s: %v (%d of %d bytes kept; the next update resumes)", client.ErrUnreachable, p.path, err, w.Offset(), p.tf.Length)
+	}
+	return nil
 }
 
 // stream fetches t into w from offset, drawing a progress bar (label)

@@ -37,6 +37,9 @@ type plan struct {
 	delta         string
 	usedDelta     bool
 	deltaFallback string
+	// sealed (and sealedDelta), for hardware whose images are encrypted,
+	// is the sealed image (and delta) this ECU opens with its own key.
+	sealed, sealedDelta *sealedFile
 }
 
 type window struct{ start, end, tz string }
@@ -92,6 +95,9 @@ type directorCustom struct {
 	// Deltas, per ECU serial: a delta of the image repository that
 	// rebuilds the target from what that ECU runs.
 	Deltas map[string]string `json:"deltas"`
+	// Encrypted, per ECU serial: the sealed image (and delta) and its
+	// file key, wrapped for that ECU alone.
+	Encrypted map[string]*encryptedTarget `json:"encrypted"`
 	// Window, from a campaign: install only then (vehicle's local time).
 	Window *struct {
 		Start string `json:"start"`
@@ -163,6 +169,17 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 				return refuse("target %s is a %s image for %v, but ECU %s is a %s %s", p, ic.ECU, ic.HardwareIDs, serial, e.Type, e.HardwareID)
 			}
 			assigned[serial] = &plan{ecu: e, boot: a.boot(e), path: p, tf: itf, custom: ic, jobID: dc.JobID, delta: dc.Deltas[serial]}
+			if et := dc.Encrypted[serial]; et != nil {
+				pl := assigned[serial]
+				if pl.sealed, err = a.openSealed(serial, p, et); err != nil {
+					return refuse("%v", err)
+				}
+				if et.Delta != nil && pl.delta != "" {
+					if pl.sealedDelta, err = a.openSealed(serial, pl.delta, et.Delta); err != nil {
+						return refuse("%v", err)
+					}
+				}
+			}
 			if dc.Window != nil {
 				assigned[serial].window = &window{dc.Window.Start, dc.Window.End, dc.Window.TZ}
 			}

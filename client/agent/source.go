@@ -47,6 +47,9 @@ type Target struct {
 	Length int64
 	// Delta is set for a delta (its own download faults apply).
 	Delta bool
+	// Sealed is set for an encrypted image or delta: Path is then the
+	// sealed file's name (under /repo/sealed/), SHA256 and Length its.
+	Sealed bool
 }
 
 // Jobs hears job progress.
@@ -85,8 +88,12 @@ func (s serverSource) Fetch(ctx context.Context, t Target, w io.Writer, offset i
 	if t.Delta {
 		body = a.Faults.DeltaBody(t.Length)
 	}
+	url := a.V.Server + "/repo/targets/" + meta.ConsistentPath(t.Path, t.SHA256, true)
+	if t.Sealed {
+		url = a.V.Server + "/repo/sealed/" + t.Path
+	}
 	return download.Fetch(ctx, a.Client, download.Target{
-		URL: a.V.Server + "/repo/targets/" + meta.ConsistentPath(t.Path, t.SHA256, true), Length: t.Length, Offset: offset, W: w,
+		URL: url, Length: t.Length, Offset: offset, W: w,
 		Body: body, Progress: progress,
 	}, a.Policy)
 }
@@ -188,6 +195,9 @@ func (s bundleSource) Refresh(ctx context.Context) (images, directed *tufclient.
 // the signed length.
 func (s bundleSource) Fetch(_ context.Context, t Target, w io.Writer, offset int64, progress interface{ Add(int64) }) (download.Result, error) {
 	name := "targets/" + meta.ConsistentPath(t.Path, t.SHA256, false)
+	if t.Sealed {
+		name = "sealed/" + t.Path
+	}
 	f, err := s.b.OpenFile(name)
 	if err != nil {
 		if download.IsNotFound(err) {

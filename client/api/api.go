@@ -105,6 +105,8 @@ type ECU struct {
 	// PublicKey is the ECU's own key (base64 in JSON), for a vehicle
 	// whose ECUs have keys of their own.
 	PublicKey []byte `json:"publicKey,omitempty"`
+	// EncryptionKey is the ECU's X25519 encryption key (base64 in JSON).
+	EncryptionKey []byte `json:"encryptionKey,omitempty"`
 }
 
 // Registration is the body of POST /api/v1/vehicles.

@@ -136,6 +136,25 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return total, nil
 }
 
+// WriteWith takes n bytes for the slot that fill puts straight into the
+// pipeline's buffer (a decrypter opens a chunk there: no copy). Nothing is
+// taken when fill fails. ok is false, and nothing done, when the n bytes
+// do not fit the buffer at hand: the caller uses Write.
+func (w *Writer) WriteWith(n int, fill func(p []byte) error) (ok bool, err error) {
+	c := w.take()
+	if cap(c.data)-len(c.data) < n {
+		return false, nil
+	}
+	if err := w.check(n); err != nil {
+		return true, err
+	}
+	if err := fill(c.data[len(c.data) : len(c.data)+n : len(c.data)+n]); err != nil {
+		return true, err
+	}
+	w.accept(n)
+	return true, nil
+}
+
 // ReadFrom reads r straight into the chunks until r ends, with the same
 // checks as Write.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {

@@ -241,7 +241,15 @@ func register(v *vehicle.Vehicle, token string, reg api.Registration, env Env) e
 	}
 	reg.PublicKey = key.Private.Public().(ed25519.PublicKey)
 	for _, e := range v.ECUs {
-		reg.ECUs = append(reg.ECUs, api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID, PublicKey: e.PublicKey})
+		ae := api.ECU{Type: e.Type, Serial: e.Serial, HardwareID: e.HardwareID, PublicKey: e.PublicKey}
+		if e.Addr == "" {
+			ek, err := v.EncryptionKey(e.Serial)
+			if err != nil {
+				return err
+			}
+			ae.EncryptionKey = ek.PublicKey().Bytes()
+		}
+		reg.ECUs = append(reg.ECUs, ae)
 	}
 	a, err := newAgent(v, fault.Set{}, env)
 	if err != nil {

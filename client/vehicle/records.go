@@ -1,6 +1,7 @@
 package vehicle
 
 import (
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/roadsign/roadsign/internal/atomicfile"
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/keys"
+	"github.com/roadsign/roadsign/internal/sealed"
 )
 
 // Authorization states besides the server's failure codes.
@@ -238,4 +240,36 @@ func NextCounter(path string) (int64, error) {
 	}
 	n++
 	return n, atomicfile.Write(path, []byte(strconv.FormatInt(n, 10)), 0o600)
+}
+
+// EncryptionKeyPath is a local ECU's X25519 encryption key: separate from
+// any signing key, the key encrypted images' file keys are wrapped to.
+func (v *Vehicle) EncryptionKeyPath(serial string) string {
+	return filepath.Join(v.Dir, "ecus", serial, "encryption.key")
+}
+
+// EncryptionKey loads a local ECU's encryption key, making it on first
+// use (a vehicle provisioned before encryption, a replaced unit).
+func (v *Vehicle) EncryptionKey(serial string) (*ecdh.PrivateKey, error) {
+	p := v.EncryptionKeyPath(serial)
+	k, err := sealed.LoadECUKey(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, err
+		}
+		return sealed.GenerateECUKey(p)
+	}
+	return k, err
+}
+
+// EncryptionKeyReported says whether a check-in the server took carried
+// the ECU's encryption key; MarkEncryptionKeyReported records that one did.
+func (v *Vehicle) EncryptionKeyReported(serial string) bool {
+	_, err := os.Stat(filepath.Join(v.Dir, "ecus", serial, "encryption.reported"))
+	return err == nil
+}
+
+// MarkEncryptionKeyReported: see EncryptionKeyReported.
+func (v *Vehicle) MarkEncryptionKeyReported(serial string) error {
+	return atomicfile.Write(filepath.Join(v.Dir, "ecus", serial, "encryption.reported"), []byte("reported\n"), 0o600)
 }

@@ -10,6 +10,7 @@ const sample = `goos: linux
 BenchmarkAgentInstall/64MiB-2         	       1	 512000000 ns/op	 200.0 install-MiB/s	  12.00 peak-RSS-MiB	   0.20 ratio	1000 sha256-MiB/s	 150.0 update-MiB/s
 BenchmarkAgentInstall/1024MiB-2       	       1	2000000000 ns/op	 600.0 install-MiB/s	  %r peak-RSS-MiB	   0.60 ratio	1000 sha256-MiB/s	 450.0 update-MiB/s
 BenchmarkAgentDeltaInstall/1024MiB-2  	       1	3000000000 ns/op	 400.0 install-MiB/s	  15.00 peak-RSS-MiB	   4.50 %-of-full
+BenchmarkAgentEncryptedInstall/1024MiB-2	1	4000000000 ns/op	 500.0 install-MiB/s	  15.50 peak-RSS-MiB	 600.0 plaintext-MiB/s	   0.83 ratio
 BenchmarkSynthetic256-2               	       1	2000000000 ns/op	 126.0 MB/s	   2.04 %-of-full
 BenchmarkServeVsNginx/timestamp-2     	       1	 1 ns/op	 40000 nginx-req/s	0.90 ratio	 36000 roadsign-req/s
 BenchmarkServeVsNginx/download-1024MiB-2	1	 1 ns/op	 2000 nginx-MiB/s	0.95 ratio	 1900 roadsign-MiB/s

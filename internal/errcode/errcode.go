@@ -30,6 +30,8 @@ const (
 	HashMismatch      = "hash_mismatch"
 	TooManyEvents     = "too_many_events"
 	AccountDisabled   = "account_disabled"
+	// EncryptedOnly: the image is served only sealed, to its ECUs.
+	EncryptedOnly = "encrypted_only"
 )
 
 // Signed vehicle requests and check-ins.

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 )
 
 // decrypt feeds sealed[from:] to a Decrypter in pieces of step bytes
@@ -23,17 +24,27 @@ func decrypt(t *testing.T, plain, sealedFile, signed []byte, plainOffset int64, 
 	}
 	from, err := d.Resume(bytes.NewReader(plain), plainOffset)
 	if err != nil {
+		d.Stop()
 		return dst.Bytes(), err
 	}
 	rest := sealedFile[from:]
+	if step == 0 { // a download: ReadFrom
+		if _, err := d.ReadFrom(iotest.HalfReader(bytes.NewReader(rest))); err != nil {
+			d.Stop()
+			return dst.Bytes(), err
+		}
+		rest = nil
+	}
 	for len(rest) > 0 {
 		k := min(step, len(rest))
 		if _, err := d.Write(rest[:k]); err != nil {
+			d.Stop() // the stages may still write to dst until it returns
 			return dst.Bytes(), err
 		}
 		rest = rest[k:]
 	}
-	return dst.Bytes(), d.Finish()
+	err = d.Finish()
+	return dst.Bytes(), err
 }
 
 func TestDecrypter(t *testing.T) {
@@ -62,7 +73,7 @@ func TestDecrypter(t *testing.T) {
 		{"truncated mid-chunk", good[:len(good)-10], 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, step := range []int{1, 333, 1 << 20} {
+			for _, step := range []int{0, 1, 333, 1 << 20} {
 				got, err := decrypt(t, plain, tc.file, good, tc.resume, step)
 				if tc.ok != (err == nil) {
 					t.Fatalf("step %d: err %v", step, err)
@@ -88,8 +99,56 @@ func TestDecrypter(t *testing.T) {
 		t.Fatalf("wrong signed length: %v", err)
 	}
 	d, _ := NewDecrypter(key(2), good[:HeaderSize], int64(len(good)), sum[:], int64(len(plain)), &dst)
-	if _, err := d.Write(good); !errors.Is(err, ErrAuth) || dst.Len() != 0 {
+	d.Write(good)
+	if err := d.Finish(); !errors.Is(err, ErrAuth) || dst.Len() != 0 {
 		t.Fatalf("another file key: %v, %d bytes out", err, dst.Len())
+	}
+}
+
+// fillBuffer is a destination that lets chunks be opened into its own
+// buffer (as the slot writer does); only what fill succeeded on counts.
+type fillBuffer struct {
+	bytes.Buffer
+	scratch []byte
+}
+
+func (f *fillBuffer) WriteWith(n int, fill func(p []byte) error) (bool, error) {
+	if n > 4096 {
+		return false, nil // no room: Write
+	}
+	if cap(f.scratch) < n {
+		f.scratch = make([]byte, n)
+	}
+	p := f.scratch[:n]
+	if err := fill(p); err != nil {
+		return true, err
+	}
+	f.Write(p)
+	return true, nil
+}
+
+// TestDecrypterFillsInPlace: opened into the destination's own buffer,
+// a chunk that does not authenticate is never taken.
+func TestDecrypterFillsInPlace(t *testing.T) {
+	const chunk = 1024
+	plain := make([]byte, 5*chunk+300)
+	rand.NewChaCha8([32]byte{4}).Read(plain)
+	good := seal(t, plain, chunk)
+	sum := sha256.Sum256(good)
+	for name, file := range map[string][]byte{"good": good, "flipped": flip(good, HeaderSize+3*(chunk+Overhead)+5)} {
+		var dst fillBuffer
+		d, err := NewDecrypter(key(1), good[:HeaderSize], int64(len(good)), sum[:], int64(len(plain)), &dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Write(file)
+		err = d.Finish()
+		if (err == nil) != (name == "good") || !bytes.Equal(dst.Bytes(), plain[:dst.Len()]) {
+			t.Fatalf("%s: %v, %d bytes out", name, err, dst.Len())
+		}
+		if name == "flipped" && dst.Len() != 3*chunk {
+			t.Fatalf("flipped chunk 3: %d bytes out, want the 3 chunks before it", dst.Len())
+		}
 	}
 }
 
@@ -133,5 +192,33 @@ func TestWrapKey(t *testing.T) {
 		if _, err := UnwrapKey(tc.k, w, tc.b); !errors.Is(err, ErrNotRecipient) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestDecrypterAllocatesNothingPerChunk: the agent runs under a soft Go
+// memory limit of 8 MiB, where each allocation burst costs a collection
+// (one per chunk halved the install speed once).
+func TestDecrypterAllocatesNothingPerChunk(t *testing.T) {
+	const chunk = 1024
+	allocs := func(chunks int) float64 {
+		plain := make([]byte, chunks*chunk)
+		s := seal(t, plain, chunk)
+		sum := sha256.Sum256(s)
+		dst := &fillBuffer{}
+		return testing.AllocsPerRun(5, func() {
+			dst.Reset()
+			d, err := NewDecrypter(key(1), s[:HeaderSize], int64(len(s)), sum[:], int64(len(plain)), dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.ReadFrom(bytes.NewReader(s))
+			if err := d.Finish(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	few, many := allocs(4), allocs(256)
+	if many > few+8 { // bytes.Buffer growth in the test's destination
+		t.Fatalf("%v allocations for 4 chunks, %v for 256: something allocates per chunk", few, many)
 	}
 }

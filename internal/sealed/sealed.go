@@ -90,7 +90,11 @@ func SealedSize(n int64, chunk int) int64 {
 }
 
 func nonce(prefix [prefixSize]byte, index uint32, last bool) []byte {
-	n := make([]byte, 12)
+	return putNonce(make([]byte, 12), prefix, index, last)
+}
+
+// putNonce writes chunk index's nonce into n (12 bytes) and returns it.
+func putNonce(n []byte, prefix [prefixSize]byte, index uint32, last bool) []byte {
 	copy(n, prefix[:])
 	binary.BigEndian.PutUint32(n[prefixSize:], index)
 	if last {
@@ -147,11 +151,15 @@ func Seal(dst io.Writer, src io.Reader, key []byte, chunk int) (int64, error) {
 }
 
 // Opener authenticates and decrypts the chunks of one sealed file, in
-// any order: a reader that resumes at chunk i opens from there.
+// any order: a reader that resumes at chunk i opens from there. It is not
+// safe for concurrent use (its nonce buffer spares an allocation per
+// chunk, which under the agent's small memory limit would each cost a
+// garbage collection).
 type Opener struct {
-	aead cipher.AEAD
-	h    Header
-	ad   []byte
+	aead  cipher.AEAD
+	h     Header
+	ad    []byte
+	nonce [12]byte
 }
 
 // NewOpener reads the file's header from hdr (HeaderSize bytes).
@@ -178,7 +186,7 @@ func (o *Opener) Open(dst, chunk []byte, index uint32, last bool) ([]byte, error
 	if len(chunk) < Overhead || len(chunk) > o.h.Chunk+Overhead || (!last && len(chunk) != o.h.Chunk+Overhead) {
 		return dst, fmt.Errorf("%w: chunk %d has %d bytes", ErrAuth, index, len(chunk))
 	}
-	out, err := o.aead.Open(dst, nonce(o.h.Prefix, index, last), chunk, o.ad)
+	out, err := o.aead.Open(dst, putNonce(o.nonce[:], o.h.Prefix, index, last), chunk, o.ad)
 	if err != nil {
 		return dst, fmt.Errorf("%w: chunk %d", ErrAuth, index)
 	}

@@ -177,6 +177,10 @@ type ECUReport struct {
 	SHA256          string `json:"sha256"`
 	Length          int64  `json:"length"`
 	LastResult      string `json:"lastResult,omitempty"`
+	// EncryptionKey is the ECU's X25519 encryption key, reported until a
+	// check-in succeeds after provisioning or replacement (the server
+	// records it when it has none for the ECU).
+	EncryptionKey []byte `json:"encryptionKey,omitempty"`
 }
 
 // Manifest is what a vehicle reports at check-in.

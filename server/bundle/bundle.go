@@ -120,6 +120,21 @@ func (s *Service) Prepare(ctx context.Context, v server.Vehicle, valid time.Dura
 	}
 	for _, a := range assigned {
 		what := fmt.Sprintf("%s -> ECU %s (%s %s)", a.Path, a.Serial, a.ECUType, a.Image.Version)
+		if a.Encrypted != nil {
+			// Only the sealed files go on the stick; the director metadata
+			// carries their keys, wrapped for this car's ECUs alone.
+			if d := a.Encrypted.Delta; d != nil {
+				p.addSealed(s.repo, d)
+				if !full {
+					p.Manifest.Images = append(p.Manifest.Images, what+" as an encrypted delta from the image recorded for it")
+					continue
+				}
+				what += ", with a delta from the image recorded for it"
+			}
+			p.addSealed(s.repo, a.Encrypted)
+			p.Manifest.Images = append(p.Manifest.Images, what+", encrypted for this ECU")
+			continue
+		}
 		if a.Delta != "" {
 			dtf, ok, err := s.repo.Delta(ctx, a.Delta)
 			if err != nil {
@@ -160,6 +175,19 @@ func (p *Plan) addTarget(r *repo.Repo, path string, tf *metadata.TargetFiles) er
 		return f, f.Size, nil
 	}})
 	return nil
+}
+
+// addSealed adds a sealed file (an encrypted image or delta), at
+// sealed/NAME as the server serves it under /repo/.
+func (p *Plan) addSealed(r *repo.Repo, et *director.EncryptedTarget) {
+	rel := "sealed/" + et.Sealed
+	p.files = append(p.files, file{name: rel, size: et.Length, open: func(ctx context.Context) (io.ReadCloser, int64, error) {
+		f, err := r.Open(ctx, rel)
+		if err != nil {
+			return nil, 0, err
+		}
+		return f, f.Size, nil
+	}})
 }
 
 func readAll(f *repo.File, err error) ([]byte, error) {

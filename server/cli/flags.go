@@ -54,6 +54,7 @@ type config struct {
 	deltaQueue      int
 	deltaWorkers    int
 	deltaTimeout    time.Duration
+	encrypt         envflag.List
 }
 
 func parseFlags(cmd string, args []string, env Env) (config, error) {
@@ -73,6 +74,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.deltaQueue, "delta-queue", 256, "most deltas waiting to be made on this replica; more are asked for again at later polls")
 		fs.IntVar(&c.deltaWorkers, "delta-workers", 1, "deltas made at once on this replica (each reads both images and uses a CPU)")
 		fs.DurationVar(&c.deltaTimeout, "delta-timeout", 10*time.Minute, "longest time to make one delta; past it vehicles get the full image")
+		fs.Var(&c.encrypt, "encrypt-hardware-id", "keep, serve and bundle images for this hardware ID only encrypted, per ECU (repeatable, or comma-separated); the key-encryption key is DATA/keys/file-kek.key")
 		fs.BoolVar(&c.blobRedirect, "blob-redirect", false, "send target downloads straight to the S3 store with short-lived presigned URLs (vehicles must reach the store)")
 		fs.StringVar(&c.blob, "blob", "", "blob store: empty for DATA/blobs, file:///DIR, or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT&secure=false (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 		fs.StringVar(&c.adminToken, "admin-token", "", "bootstrap admin bearer token (prefer the environment variable ROADSIGN_ADMIN_TOKEN)")

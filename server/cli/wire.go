@@ -84,12 +84,23 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		return nil, err
 	}
 	replica := uuid.NewString()
+	var kek []byte
+	if len(c.encrypt) > 0 {
+		// The key-encryption key sits in the key store with the online
+		// keys (every replica needs the same), never in the database.
+		if kek, err = repo.LoadKEK(c.data); err != nil {
+			return nil, fmt.Errorf("--encrypt-hardware-id: %w", err)
+		}
+	}
 	s.images, err = repo.New(p.blobs, p.keys, repo.Config{
 		TimestampExpiry: c.timestampExpiry, SnapshotExpiry: c.snapshotExpiry, MaxTargetSize: c.maxTargetSize,
-		VersionFloor: floor, Leases: store, Holder: replica, Redirects: c.blobRedirect,
+		VersionFloor: floor, Leases: store, Holder: replica, Redirects: c.blobRedirect, Encrypt: c.encrypt, KEK: kek,
 	}, time.Now, log, reg)
 	if err != nil {
 		return nil, envflag.Usagef("--blob-redirect: %v", err)
+	}
+	if err := s.images.SealPublished(ctx); err != nil {
+		return nil, fmt.Errorf("--encrypt-hardware-id: %w", err)
 	}
 	if floor > 0 {
 		// Restored from a backup: sign above whatever the lost server
@@ -137,11 +148,11 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		return nil, err
 	}
 	// With --deltas off the service only offers deltas signed offline.
-	if s.deltas, err = deltas.New(deltas.Config{Repo: s.images, Blobs: p.blobs, Off: c.deltas == "off", Queue: c.deltaQueue,
+	if s.deltas, err = deltas.New(deltas.Config{Repo: s.images, Off: c.deltas == "off", Queue: c.deltaQueue,
 		Workers: c.deltaWorkers, Timeout: c.deltaTimeout, Log: log, Metrics: reg}); err != nil {
 		return nil, err
 	}
-	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store, Deltas: s.deltas,
+	if s.director, err = director.New(director.Config{Store: store, Images: s.images, Keys: p.keys, Jobs: s.jobs, Campaigns: store, Deltas: s.deltas, Sealer: s.images,
 		AutoAssign: c.autoAssign, Expiry: c.directorExpiry, VersionFloor: floor, Now: time.Now, Log: log}); err != nil {
 		return nil, err
 	}

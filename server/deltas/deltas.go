@@ -22,7 +22,6 @@ import (
 
 	"github.com/roadsign/roadsign/internal/delta"
 	"github.com/roadsign/roadsign/internal/meta"
-	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/repo"
 )
 
@@ -42,14 +41,16 @@ type Repo interface {
 	Delta(ctx context.Context, path string) (*metadata.TargetFiles, bool, error)
 	DeltasVersion(ctx context.Context) (int64, error)
 	DeltasDelegated(ctx context.Context) (bool, error)
-	UploadTarget(ctx context.Context, filePath string, body io.Reader, size int64) (bool, error)
+	UploadTarget(ctx context.Context, filePath string, hardwareIDs []string, body io.Reader, size int64) (bool, error)
+	// OpenPlain opens a stored image in clear (from its sealed form when
+	// its hardware's images are kept sealed).
+	OpenPlain(ctx context.Context, key, plainSHA string) (io.ReadCloser, error)
 	AddDelta(ctx context.Context, path string, tf *metadata.TargetFiles) (bool, error)
 }
 
 // Config tunes the service.
 type Config struct {
-	Repo  Repo
-	Blobs server.BlobStore
+	Repo Repo
 	// Off: make no deltas, offer only those signed offline
 	// (roadsign-signer delta).
 	Off bool
@@ -83,7 +84,7 @@ type Service struct {
 
 // New returns a service; Run makes its deltas.
 func New(cfg Config) (*Service, error) {
-	if cfg.Repo == nil || cfg.Blobs == nil || cfg.Log == nil {
+	if cfg.Repo == nil || cfg.Log == nil {
 		return nil, errors.New("deltas: repository, blob store and logger are required")
 	}
 	if !cfg.Off && (cfg.Queue < 1 || cfg.Workers < 1 || cfg.Timeout <= 0) {
@@ -250,7 +251,7 @@ func (s *Service) generate(ctx context.Context, j key) (int64, error) {
 	if _, err := out.Seek(0, io.SeekStart); err != nil {
 		return 0, err
 	}
-	if _, err := s.cfg.Repo.UploadTarget(ctx, meta.ConsistentPath(j.path(), hex.EncodeToString(sum), false), out, size); err != nil {
+	if _, err := s.cfg.Repo.UploadTarget(ctx, meta.ConsistentPath(j.path(), hex.EncodeToString(sum), false), []string{j.hw}, out, size); err != nil {
 		return 0, fmt.Errorf("store delta: %w", err)
 	}
 	tf := meta.NewDeltaTarget(delta.Format, j.hw, btf, ttf, j.target, size, sum)
@@ -267,7 +268,7 @@ func (s *Service) local(ctx context.Context, path string, tf *metadata.TargetFil
 	if err != nil {
 		return nil, err
 	}
-	rc, _, err := s.cfg.Blobs.Open(ctx, k)
+	rc, err := s.cfg.Repo.OpenPlain(ctx, k, hex.EncodeToString(tf.Hashes["sha256"]))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

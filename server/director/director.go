@@ -57,6 +57,7 @@ type Service struct {
 	jobs       AutoJobs
 	campaigns  Campaigns
 	deltas     Deltas
+	sealer     Sealer
 	keys       *repo.OnlineKeys
 	autoAssign string
 	expiry     time.Duration
@@ -79,6 +80,8 @@ type Config struct {
 	Campaigns Campaigns
 	// Deltas, if set, offers deltas from what each ECU runs.
 	Deltas Deltas
+	// Sealer, if set, sends images of encrypted hardware sealed.
+	Sealer Sealer
 	// AutoAssign is AutoLatest or AutoNone ("": none).
 	AutoAssign string
 	// Expiry is how long signed timestamp metadata lives.
@@ -107,7 +110,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("director: metadata expiry %v must be positive", cfg.Expiry)
 	}
 	return &Service{store: cfg.Store, images: cfg.Images, keys: cfg.Keys, jobs: cfg.Jobs, campaigns: cfg.Campaigns, deltas: cfg.Deltas,
-		autoAssign: cfg.AutoAssign, expiry: cfg.Expiry, floor: cfg.VersionFloor, now: cfg.Now, log: cfg.Log}, nil
+		sealer: cfg.Sealer, autoAssign: cfg.AutoAssign, expiry: cfg.Expiry, floor: cfg.VersionFloor, now: cfg.Now, log: cfg.Log}, nil
 }
 
 // Campaigns is what the director asks of campaigns.
@@ -162,6 +165,11 @@ type Assigned struct {
 	// Delta, when set, is the delta the vehicle may use instead of the
 	// full image (a path of the image repository's deltas role).
 	Delta string
+	// Encrypted, for hardware whose images are kept sealed, is the sealed
+	// image (and delta); EncryptionKey the ECU's key its file key is
+	// wrapped to.
+	Encrypted     *EncryptedTarget
+	EncryptionKey []byte
 }
 
 // Assignment decides what each ECU of v must run, without changing
@@ -347,6 +355,9 @@ func (d *Service) assign(ctx context.Context, v server.Vehicle, mode recordMode)
 		out = append(out, Assigned{Serial: e.Serial, HardwareID: e.HardwareID, ECUType: e.Type, Path: p, Target: tf, Image: c})
 	}
 	if out, err = d.withDeltas(ctx, v, out, &dec); err != nil {
+		return dec, err
+	}
+	if out, err = d.withSealed(ctx, v, out); err != nil {
 		return dec, err
 	}
 	dec.As = d.withRequirements(v, wholeSets(out, jobs))
@@ -538,6 +549,9 @@ type TargetCustom struct {
 	// Deltas name, per ECU serial, a delta of the image repository that
 	// rebuilds this target from what the ECU runs.
 	Deltas map[string]string `json:"deltas,omitempty"`
+	// Encrypted, per ECU serial, is where that ECU's sealed image is and
+	// its file key, wrapped for it alone.
+	Encrypted map[string]*EncryptedTarget `json:"encrypted,omitempty"`
 }
 
 // ECUIdentifier names the hardware an ECU serial must have.
@@ -565,17 +579,29 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 			}
 			c.Deltas[a.Serial] = a.Delta
 		}
+		if a.Encrypted != nil {
+			if c.Encrypted == nil {
+				c.Encrypted = map[string]*EncryptedTarget{}
+			}
+			c.Encrypted[a.Serial] = a.Encrypted
+		}
 		if a.JobID != "" {
 			c.JobID, c.Downgrade, c.Window = a.JobID, a.Downgrade, a.Window
 		}
 	}
-	for p, c := range customs {
-		b, err := json.Marshal(c)
-		if err != nil {
-			return nil, "", err
+	marshal := func() error {
+		for p, c := range customs {
+			b, err := json.Marshal(c)
+			if err != nil {
+				return err
+			}
+			raw := json.RawMessage(b)
+			files[p].Custom = &raw
 		}
-		raw := json.RawMessage(b)
-		files[p].Custom = &raw
+		return nil
+	}
+	if err := marshal(); err != nil {
+		return nil, "", err
 	}
 	h := sha256.New()
 	enc, _ := json.Marshal(struct {
@@ -583,6 +609,24 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 		Files map[string]*metadata.TargetFiles
 	}{vin, files})
 	h.Write(enc)
+	// The wrapped file keys are random each time: they are left out of
+	// the hash (their recipients are in it), and filled in after.
+	wrapped := false
+	for _, a := range as {
+		if a.Encrypted == nil {
+			continue
+		}
+		w, err := wrap(vin, a, a.Encrypted)
+		if err != nil {
+			return nil, "", err
+		}
+		customs[a.Path].Encrypted[a.Serial], wrapped = w, true
+	}
+	if wrapped {
+		if err := marshal(); err != nil {
+			return nil, "", err
+		}
+	}
 	return files, hex.EncodeToString(h.Sum(nil)), nil
 }
 

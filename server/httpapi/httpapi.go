@@ -378,8 +378,26 @@ func serveFile(c *gin.Context, name string, f *repo.File) {
 	http.ServeContent(c.Writer, c.Request, name, time.Time{}, f)
 }
 
+// HardwareIDsHeader, on a target upload, names the hardware the image is
+// for (comma-separated), so an image for encrypted hardware is sealed as
+// it streams in; EncryptedHeader marks a target kept only sealed.
+const (
+	HardwareIDsHeader = "X-Roadsign-Hardware-Ids"
+	EncryptedHeader   = "X-Roadsign-Encrypted"
+)
+
 func (a *api) repoFile(c *gin.Context) {
 	name := strings.TrimPrefix(c.Param("file"), "/")
+	// An image kept only sealed is never served in clear; HEAD still
+	// tells the signer it is uploaded.
+	if n, ok, err := a.Repo.SealedTarget(c.Request.Context(), name); err != nil || ok {
+		if err == nil {
+			c.Header(EncryptedHeader, strconv.FormatInt(n, 10))
+			err = server.CodedErrorf(server.KindForbidden, errcode.EncryptedOnly, "%s is served only encrypted, to the ECUs it is assigned to (their director metadata names the sealed file)", name)
+		}
+		a.fail(c, err)
+		return
+	}
 	// GET only: a presigned URL is for one method, and HEAD (the signer
 	// checking what is uploaded) is cheap here.
 	if c.Request.Method == http.MethodGet {
@@ -451,7 +469,13 @@ func (a *api) publish(c *gin.Context) {
 func (a *api) uploadTarget(c *gin.Context) {
 	ctx := c.Request.Context()
 	name := strings.TrimPrefix(c.Param("file"), "/")
-	created, err := a.Repo.UploadTarget(ctx, name, c.Request.Body, c.Request.ContentLength)
+	var hw []string
+	for _, id := range strings.Split(c.GetHeader(HardwareIDsHeader), ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			hw = append(hw, id)
+		}
+	}
+	created, err := a.Repo.UploadTarget(ctx, name, hw, c.Request.Body, c.Request.ContentLength)
 	if err != nil {
 		a.fail(c, err)
 		return

@@ -6,6 +6,7 @@ package registry
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
@@ -104,6 +105,9 @@ type ECURequest struct {
 	// version reports: given for every ECU or for none, and the primary's
 	// is the vehicle's publicKey.
 	PublicKey string `json:"publicKey,omitempty"`
+	// EncryptionKey is the ECU's X25519 encryption key (base64), to which
+	// encrypted images are wrapped; optional (a first check-in reports it).
+	EncryptionKey string `json:"encryptionKey,omitempty"`
 }
 
 // RegisterRequest is the body of POST /api/v1/vehicles.
@@ -151,7 +155,11 @@ func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterR
 			return server.Vehicle{}, server.Errorf(server.KindInvalid, "ecus: serial %s appears twice", e.Serial)
 		}
 		seen[e.Serial] = true
-		v.ECUs = append(v.ECUs, server.ECU{Serial: e.Serial, Type: e.Type, HardwareID: e.HardwareID})
+		ek, err := encryptionKey(e.EncryptionKey, fmt.Sprintf("ecus[%d].encryptionKey", i))
+		if err != nil {
+			return server.Vehicle{}, err
+		}
+		v.ECUs = append(v.ECUs, server.ECU{Serial: e.Serial, Type: e.Type, HardwareID: e.HardwareID, EncryptionKey: ek})
 	}
 	if err := ecuKeys(r, &v); err != nil {
 		return server.Vehicle{}, err
@@ -172,6 +180,21 @@ func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterR
 		}
 	}
 	return v, nil
+}
+
+// encryptionKey decodes an ECU's X25519 encryption key ("" for none).
+func encryptionKey(b64, field string) ([]byte, error) {
+	if b64 == "" {
+		return nil, nil
+	}
+	k, err := base64.StdEncoding.DecodeString(b64)
+	if err == nil {
+		_, err = ecdh.X25519().NewPublicKey(k)
+	}
+	if err != nil {
+		return nil, server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "%s: want a base64 X25519 public key (32 bytes)", field)
+	}
+	return k, nil
 }
 
 // ecuKeys decodes the ECUs' own keys of a registration into v: every
@@ -338,6 +361,23 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 			serials(m.ECUs), vinStr, registeredSerials(ctx, s.store, vinStr))
 	} else if err != nil {
 		return fmt.Errorf("check-in %s: %w", vinStr, err)
+	}
+	for _, e := range m.ECUs {
+		if len(e.EncryptionKey) == 0 {
+			continue
+		}
+		if _, err := ecdh.X25519().NewPublicKey(e.EncryptionKey); err != nil {
+			return server.CodedErrorf(server.KindInvalid, errcode.InvalidPublicKey, "ecus: %s reports an encryption key that is not an X25519 public key", e.Serial)
+		}
+		set, err := s.store.SetEncryptionKey(ctx, vinStr, e.Serial, e.EncryptionKey)
+		if err != nil {
+			return err
+		}
+		if set {
+			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vinStr}, "ecu.encryption_key", vinStr, e.Serial+": first reported"); err != nil {
+				return err
+			}
+		}
 	}
 	if len(m.Offline) > 0 {
 		added, err := s.recordOffline(ctx, before, m, now)
@@ -535,7 +575,10 @@ type ReplaceRequest struct {
 	Serial     string `json:"serial"`
 	HardwareID string `json:"hardwareId"`
 	PublicKey  string `json:"publicKey"`
-	Reason     string `json:"reason"`
+	// EncryptionKey is the new unit's X25519 key (base64); without it
+	// the unit's first check-in reports it.
+	EncryptionKey string `json:"encryptionKey,omitempty"`
+	Reason        string `json:"reason"`
 }
 
 // ReplaceECU re-provisions a replaced ECU: the new serial and hardware ID
@@ -570,7 +613,13 @@ func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, o
 	// With keys of their own, a replaced unit brings its own key, and
 	// the vehicle's changes only when the primary was replaced; without,
 	// the vehicle's key is the one the new unit brings.
-	n := server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID}
+	ek, err := encryptionKey(r.EncryptionKey, "encryptionKey")
+	if err != nil {
+		return v, err
+	}
+	// The removed unit's encryption key goes with it: it is no longer a
+	// recipient of any image.
+	n := server.ECU{Serial: r.Serial, Type: old.Type, HardwareID: r.HardwareID, EncryptionKey: ek}
 	vehicleKey, what := key, "vehicle key replaced, old key revoked"
 	if primary, keyed := Primary(v); keyed {
 		n.PublicKey = key

@@ -86,7 +86,7 @@ func FuzzUploadTarget(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		created, err := r.UploadTarget(context.Background(), filePath, bytes.NewReader(body), int64(len(body)))
+		created, err := r.UploadTarget(context.Background(), filePath, nil, bytes.NewReader(body), int64(len(body)))
 		sum := sha256.Sum256(body)
 		var stored []string
 		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {

@@ -59,6 +59,10 @@ type Config struct {
 	// so their bytes never pass through a replica. The blob store must be
 	// able to presign URLs (S3), and vehicles must reach it.
 	Redirects bool
+	// Encrypt lists the hardware IDs whose images are kept only sealed
+	// (--encrypt-hardware-id); KEK is the key-encryption key (LoadKEK).
+	Encrypt []string
+	KEK     []byte
 }
 
 // Leaser hands out named leases shared by all replicas (the state store).
@@ -98,6 +102,8 @@ type Repo struct {
 	cache     headCache
 	// presign, when set, sends target downloads to the blob store.
 	presign Presigner
+	// sealer keeps the images of Config.Encrypt sealed (nil: none).
+	sealer *sealer
 }
 
 // New returns a Repo, or an error for a configuration it cannot serve.
@@ -131,6 +137,10 @@ func New(blobs server.BlobStore, k *OnlineKeys, cfg Config, now func() time.Time
 			return nil, err
 		}
 		r.presign = p
+	}
+	var err error
+	if r.sealer, err = newSealer(blobs, cfg.KEK, cfg.Encrypt); err != nil {
+		return nil, err
 	}
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -511,6 +521,12 @@ func (r *Repo) checkTargets(ctx context.Context, root *metadata.Metadata[metadat
 		if err != nil {
 			return nil, server.Errorf(server.KindInvalid, "target %s: %v", p, err)
 		}
+		if c, err := meta.TargetCustom(tf); err == nil && r.Encrypts(c.HardwareIDs) {
+			if err := r.checkSealed(ctx, p, key, tf); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		info, err := r.blobs.Stat(ctx, key)
 		if errors.Is(err, server.ErrBlobNotFound) {
 			return nil, server.Errorf(server.KindConflict, "target %s has not been uploaded; upload it before publishing metadata that lists it", p)
@@ -543,8 +559,11 @@ var targetFileRE = regexp.MustCompile(`^([0-9a-f]{64})\.[^/]+$`)
 
 // UploadTarget stores a target file at its consistent-snapshot path
 // (DIR/SHA256.NAME), verifying while it streams that the content has that
-// sha256 and size bytes; a mismatch stores nothing.
-func (r *Repo) UploadTarget(ctx context.Context, filePath string, body io.Reader, size int64) (created bool, err error) {
+// sha256 and size bytes; a mismatch stores nothing. An image for hardware
+// whose images are kept sealed (hardwareIDs, as the uploader says; publish
+// checks again from the signed metadata) is sealed as it streams and never
+// stored in clear.
+func (r *Repo) UploadTarget(ctx context.Context, filePath string, hardwareIDs []string, body io.Reader, size int64) (created bool, err error) {
 	key := imagePrefix + "targets/" + filePath
 	if err := server.CheckBlobKey(key); err != nil {
 		return false, server.Errorf(server.KindInvalid, "target path %q is not a clean relative path", filePath)
@@ -558,6 +577,19 @@ func (r *Repo) UploadTarget(ctx context.Context, filePath string, body io.Reader
 	}
 	if size > r.cfg.MaxTargetSize {
 		return false, server.Errorf(server.KindTooLarge, "target %s is %d bytes, over the server's limit of %d", filePath, size, r.cfg.MaxTargetSize)
+	}
+	if r.Encrypts(hardwareIDs) {
+		if img, ok, err := r.sealer.lookup(ctx, m[1]); err != nil || (ok && img.PlainLength == size) {
+			return false, err
+		}
+		if _, err := r.sealer.seal(ctx, m[1], body, size); err != nil {
+			if errors.Is(err, errHashMismatch) {
+				return false, server.CodedErrorf(server.KindInvalid, errcode.HashMismatch, "target %s: %v", filePath, err)
+			}
+			return false, err
+		}
+		r.m.uploadedBytes.Add(float64(size))
+		return true, nil
 	}
 	if info, err := r.blobs.Stat(ctx, key); err == nil && info.Size == size {
 		return false, nil // content-addressed: same name and size is the same file

@@ -60,6 +60,11 @@ func openRepoFile(ctx context.Context, blobs server.BlobStore, prefix, name stri
 			return nil, server.Errorf(server.KindNotFound, "no such target file %q (want targets/[DIR/]SHA256.NAME)", name)
 		}
 		f.Kind, f.SHA256 = Target, m[1]
+	case strings.HasPrefix(name, "sealed/"):
+		if !sealedNameRE.MatchString(name) {
+			return nil, server.Errorf(server.KindNotFound, "no such sealed file %q", name)
+		}
+		f.Kind = Immutable
 	case name == "timestamp.json" || name == "root.json":
 	default:
 		if _, _, ok := ParseVersionedName(name); !ok || strings.Contains(name, "/") {
@@ -109,7 +114,8 @@ func presigner(b server.BlobStore) (Presigner, error) {
 // the bytes come from.
 func (r *Repo) TargetRedirect(ctx context.Context, name string) (string, bool, error) {
 	name = strings.TrimPrefix(name, "/")
-	if r.presign == nil || !strings.HasPrefix(name, "targets/") || targetFileRE.FindStringSubmatch(path.Base(name)) == nil || server.CheckBlobKey(name) != nil {
+	target := strings.HasPrefix(name, "targets/") && targetFileRE.FindStringSubmatch(path.Base(name)) != nil
+	if r.presign == nil || !(target || sealedNameRE.MatchString(name)) || server.CheckBlobKey(name) != nil {
 		return "", false, nil
 	}
 	u, err := r.presign.PresignGet(ctx, imagePrefix+name, redirectTTL)

@@ -156,6 +156,10 @@ var migrations = []string{
 	ALTER TABLE ecus ADD COLUMN report_counter BIGINT NOT NULL DEFAULT 0;
 	ALTER TABLE ecus ADD COLUMN attack TEXT NOT NULL DEFAULT '';
 	ALTER TABLE ecus ADD COLUMN attack_at BIGINT NOT NULL DEFAULT 0;`,
+	// 17: an ECU's X25519 encryption key (base64, '' until registered or
+	// first reported), to which the files keys of encrypted images are
+	// wrapped.
+	`ALTER TABLE ecus ADD COLUMN encryption_key TEXT NOT NULL DEFAULT '';`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -21,8 +21,8 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 			return err
 		}
 		for i, e := range v.ECUs {
-			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position, public_key) VALUES (?, ?, ?, ?, ?, ?)`,
-				e.Serial, v.VIN, e.Type, e.HardwareID, i, encodeKey(e.PublicKey)); err != nil {
+			if _, err := s.txExec(ctx, tx, `INSERT INTO ecus (serial, vin, type, hardware_id, position, public_key, encryption_key) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				e.Serial, v.VIN, e.Type, e.HardwareID, i, encodeKey(e.PublicKey), encodeKey(e.EncryptionKey)); err != nil {
 				return err
 			}
 		}
@@ -46,17 +46,17 @@ func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 }
 
 // ecuCols are an ECU's columns, as ecuRow scans them.
-const ecuCols = `serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at, public_key, report_counter, attack, attack_at`
+const ecuCols = `serial, type, hardware_id, installed_target, installed_version, installed_sha256, reported_at, public_key, report_counter, attack, attack_at, encryption_key`
 
 // ecuRow scans ecuCols; every column may be NULL (a vehicle without
 // ECUs, joined).
 type ecuRow struct {
-	serial, typ, hw, target, version, sum, key, attack sql.NullString
+	serial, typ, hw, target, version, sum, key, attack, enc sql.NullString
 	rep, counter, attackAt                             sql.NullInt64
 }
 
 func (r *ecuRow) dest() []any {
-	return []any{&r.serial, &r.typ, &r.hw, &r.target, &r.version, &r.sum, &r.rep, &r.key, &r.counter, &r.attack, &r.attackAt}
+	return []any{&r.serial, &r.typ, &r.hw, &r.target, &r.version, &r.sum, &r.rep, &r.key, &r.counter, &r.attack, &r.attackAt, &r.enc}
 }
 
 func (r *ecuRow) ecu() server.ECU {
@@ -65,6 +65,9 @@ func (r *ecuRow) ecu() server.ECU {
 		ReportCounter: r.counter.Int64, Attack: r.attack.String, AttackAt: fromMicros(r.attackAt.Int64)}
 	if r.key.String != "" {
 		e.PublicKey, _ = base64.StdEncoding.DecodeString(r.key.String)
+	}
+	if r.enc.String != "" {
+		e.EncryptionKey, _ = base64.StdEncoding.DecodeString(r.enc.String)
 	}
 	return e
 }
@@ -348,7 +351,8 @@ func (s *Store) VehicleKey(ctx context.Context, vin string) ([]byte, error) {
 func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.ECU, key []byte) error {
 	return s.wrap("replace ECU "+oldSerial+" of "+vin, s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := s.txExec(ctx, tx, `UPDATE ecus SET serial = ?, hardware_id = ?, installed_target = '', installed_version = '', installed_sha256 = '', reported_at = 0,
-			public_key = ?, report_counter = 0, attack = '', attack_at = 0 WHERE vin = ? AND serial = ?`, e.Serial, e.HardwareID, encodeKey(e.PublicKey), vin, oldSerial)
+			public_key = ?, report_counter = 0, attack = '', attack_at = 0, encryption_key = ? WHERE vin = ? AND serial = ?`,
+			e.Serial, e.HardwareID, encodeKey(e.PublicKey), encodeKey(e.EncryptionKey), vin, oldSerial)
 		if err != nil {
 			return err
 		}
@@ -366,6 +370,19 @@ func (s *Store) ReplaceECU(ctx context.Context, vin, oldSerial string, e server.
 			director_gen = director_gen + 1 WHERE vin = ?`, key, vin)
 		return err
 	}))
+}
+
+// SetEncryptionKey implements server.Vehicles.
+func (s *Store) SetEncryptionKey(ctx context.Context, vin, serial string, key []byte) (bool, error) {
+	res, err := s.exec(ctx, `UPDATE ecus SET encryption_key = ? WHERE vin = ? AND serial = ? AND encryption_key = ''`, encodeKey(key), vin, serial)
+	if err != nil {
+		return false, s.wrap("encryption key of "+serial, err)
+	}
+	n, _ := res.RowsAffected()
+	if n > 0 {
+		_, err = s.exec(ctx, `UPDATE vehicles SET director_gen = director_gen + 1 WHERE vin = ?`, vin)
+	}
+	return n > 0, s.wrap("encryption key of "+serial, err)
 }
 
 // RecordRequestFault implements server.Vehicles.

@@ -143,3 +143,6 @@ func (g *Gateway) Env() []string {
 func (g *Gateway) URL() string {
 	return fmt.Sprintf("s3://roadsign-url-%d?endpoint=%s&secure=false", g.n.Add(1), g.Endpoint)
 }
+
+// Dir is the directory the gateway keeps the objects in (posix backend).
+func (g *Gateway) Dir() string { return g.dir }
