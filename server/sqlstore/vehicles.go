@@ -52,7 +52,7 @@ const ecuCols = `serial, type, hardware_id, installed_target, installed_version,
 // ECUs, joined).
 type ecuRow struct {
 	serial, typ, hw, target, version, sum, key, attack, enc sql.NullString
-	rep, counter, attackAt                             sql.NullInt64
+	rep, counter, attackAt                                  sql.NullInt64
 }
 
 func (r *ecuRow) dest() []any {
