@@ -111,6 +111,9 @@ type Vehicle struct {
 	// RequestFaults are the vehicle's last refused requests: evidence for
 	// the diagnosis.
 	RequestFaults RequestFaults `json:"requestFaults"`
+	// TimeUntrusted is why the vehicle held no trusted time at its last
+	// check-in ("" when it did): it installs nothing until it does.
+	TimeUntrusted string `json:"timeUntrusted,omitempty"`
 }
 
 // RequestFaults are the last requests for a VIN the server refused before
@@ -159,6 +162,8 @@ type Health struct {
 	// then refuses it (ecu_missing) in the same statement, without a
 	// read of its own.
 	Unsigned bool
+	// TimeUntrusted is why the vehicle holds no trusted time ("": it does).
+	TimeUntrusted string
 }
 
 // DTCEpisode is one trouble code episode as the vehicle reported it, the

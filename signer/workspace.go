@@ -21,6 +21,7 @@ import (
 	"github.com/roadsign/roadsign/internal/atomicfile"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/timeattest"
 )
 
 // Repository names.
@@ -272,6 +273,12 @@ func (w *Workspace) newRoot(repoName string) (*metadata.Metadata[metadata.RootTy
 	} else {
 		roles[metadata.TARGETS] = online.Director.Targets
 		roles[metadata.SNAPSHOT], roles[metadata.TIMESTAMP] = online.Director.Snapshot, online.Director.Timestamp
+		if online.Director.Time != nil {
+			// The server's time key: vehicles trust its attestations of
+			// the time because this root names it.
+			root.Signed.Roles[timeattest.Role] = &metadata.Role{KeyIDs: []string{}, Threshold: 1}
+			roles[timeattest.Role] = online.Director.Time
+		}
 	}
 	for role, k := range roles {
 		if err := root.Signed.AddKey(k, role); err != nil {

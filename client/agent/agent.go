@@ -39,8 +39,13 @@ type Agent struct {
 	Progress io.Writer
 	Faults   fault.Set
 	Policy   download.Policy
-	// Now is the clock metadata expiry is checked against (nil: time.Now).
+	// Now is the vehicle's clock (nil: time.Now): its RTC until a time
+	// attestation gives the cycle a trusted one (clock.go).
 	Now func() time.Time
+	// trustedClock says Now is the attested time; rtc is the vehicle's
+	// own clock once Now is replaced.
+	trustedClock bool
+	rtc          func() time.Time
 	// health is what this cycle found about the vehicle's units.
 	health *health
 	// jobs are this cycle's reports on update-set jobs.

@@ -481,8 +481,14 @@ func TestMirrorServingOtherBytes(t *testing.T) {
 	}
 }
 
+// TestUSBBundleForAnotherCarOrExpired: a bundle for another VIN, and one
+// past its life by the time the car already trusts (from an attestation
+// online; its RTC plays no part), are refused.
 func TestUSBBundleForAnotherCarOrExpired(t *testing.T) {
 	c := newCar(t)
+	if _, err := c.a.Update(context.Background()); err != nil { // online once: the car trusts the time now
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		m    usb.Manifest

@@ -68,8 +68,24 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	if info.DTCs, info.Signal, err = a.healthReport(); err != nil {
 		return err
 	}
-	if err := a.API.CheckIn(ctx, ecus, offline, info); err != nil {
+	ts, err := a.V.LoadTimeState()
+	if err != nil {
 		return err
+	}
+	info.AttestTime, info.TimeUntrusted = true, ts.Untrusted
+	res, err := a.API.CheckIn(ctx, ecus, offline, info)
+	if err != nil {
+		return err
+	}
+	if res.Time != nil {
+		// The server's time for this check-in's nonce keeps the clock
+		// trusted (and makes a vehicle whose RTC was right trusted again).
+		faults := a.Faults.Attestation
+		a.Faults.Attestation = "" // simulated damage is the cycle's own attestation's
+		if err := a.acceptAttestation(*res.Time, res.Nonce); err != nil {
+			a.Log.Warn("the check-in's time attestation was refused", "err", err)
+		}
+		a.Faults.Attestation = faults
 	}
 	if err := a.V.SaveCheckIn(a.now()); err != nil {
 		return err

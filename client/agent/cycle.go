@@ -27,6 +27,19 @@ func (a *Agent) Update(ctx context.Context) (Report, error) {
 }
 
 func (a *Agent) cycle(ctx context.Context) (Report, error) {
+	// No expiry verdict, window or signed request before a trusted time.
+	if err := a.secureTime(ctx); err != nil {
+		if !errors.Is(err, client.ErrUnreachable) {
+			// The refusal is evidence: the check-in reports it (signed
+			// with the RTC's time, which the server may refuse as skewed:
+			// that is evidence too).
+			if cerr := a.CheckIn(ctx); cerr != nil {
+				a.Log.Warn("could not report the untrusted time", "err", cerr)
+			}
+		}
+		return Report{}, err
+	}
+	defer a.raiseFloor()
 	// Uptane order: the director hears what the vehicle runs before it
 	// decides. After the first time, the check-in at the end of each
 	// cycle keeps it current; USB installs not yet reported are reported
@@ -85,6 +98,9 @@ func installedAny(rep Report) bool {
 func (a *Agent) InstallUSB(ctx context.Context, b *usb.Bundle) (Report, error) {
 	if b.Manifest.VIN != a.V.VIN {
 		return Report{}, fmt.Errorf("%w: this USB bundle is for VIN %s, this vehicle is %s; nothing installed", client.ErrRefused, b.Manifest.VIN, a.V.VIN)
+	}
+	if err := a.usbTime(b.Manifest.IssuedAt); err != nil {
+		return Report{}, err
 	}
 	if a.now().After(b.Manifest.ValidUntil) {
 		return Report{}, fmt.Errorf("%w: this USB bundle expired on %s; download a new one; nothing installed", client.ErrRefused, b.Manifest.ValidUntil.Format(time.DateOnly))

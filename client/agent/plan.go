@@ -238,7 +238,7 @@ func (a *Agent) plan(images, directed *tufclient.Trusted) (planned, error) {
 			results = append(results, res)
 			continue
 		case p.window != nil:
-			in, err := meta.InWindow(p.window.start, p.window.end, p.window.tz, a.now())
+			in, err := meta.InWindow(p.window.start, p.window.end, p.window.tz, a.localTime())
 			if err != nil || !in {
 				res.Outcome = Waiting
 				res.Detail = fmt.Sprintf("waiting for the maintenance window %s-%s %s", p.window.start, p.window.end, p.window.tz)

@@ -169,6 +169,13 @@ func (s bundleSource) Refresh(ctx context.Context) (images, directed *tufclient.
 		return refuse("made for VIN %s, this vehicle is %s", ub.VIN, a.V.VIN)
 	case !a.now().Before(ub.ValidUntil):
 		return refuse("it expired on %s; download a new one", ub.ValidUntil.Format(time.DateOnly))
+	case !ub.IssuedAt.Equal(b.Manifest.IssuedAt):
+		return refuse("its signed issue time %s is not the one it claims (%s)", ub.IssuedAt.Format(time.RFC3339), b.Manifest.IssuedAt.Format(time.RFC3339))
+	}
+	// The signed issue time is a time the vehicle can trust from now on.
+	if st, err := a.V.LoadTimeState(); err == nil && ub.IssuedAt.After(st.Floor) {
+		st.Floor = ub.IssuedAt
+		a.logErr("raising the time floor to the bundle's issue time", a.V.SaveTimeState(st))
 	}
 	image.Now = func() time.Time { return ub.IssuedAt }
 	if images, err = image.Refresh(ctx); err != nil {

@@ -17,6 +17,8 @@ type Status struct {
 	DTCs          []vehicleauth.DTCEpisode `json:"dtcs"`
 	// SignalBars is the DCM's last cellular signal reading (-1: none yet).
 	SignalBars int `json:"signalBars"`
+	// Time is whether the vehicle holds a trusted time, and its floor.
+	Time TimeStatus `json:"time"`
 }
 
 // ECUStatus is one ECU's state.
@@ -47,7 +49,7 @@ type AuthStatus struct {
 
 // VehicleStatus reads the state directory.
 func VehicleStatus(v *vehicle.Vehicle) (Status, error) {
-	st := Status{VIN: v.VIN, DTCs: []vehicleauth.DTCEpisode{}}
+	st := Status{VIN: v.VIN, DTCs: []vehicleauth.DTCEpisode{}, Time: timeStatus(v)}
 	auth, err := v.Auth()
 	if err != nil {
 		return st, err

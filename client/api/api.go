@@ -17,6 +17,7 @@ import (
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/download"
+	"github.com/roadsign/roadsign/internal/timeattest"
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
@@ -51,6 +52,12 @@ func (c *Client) SignGet(req *http.Request) { c.Sign(req, nil) }
 
 // do sends a JSON request; auth is "vehicle", a bearer token, or "".
 func (c *Client) do(ctx context.Context, method, path, bearer string, in, out any) error {
+	return c.send(ctx, method, path, bearer, true, in, out)
+}
+
+// send is do; sign says whether a request without a bearer token is
+// signed with the vehicle key.
+func (c *Client) send(ctx context.Context, method, path, bearer string, sign bool, in, out any) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -65,7 +72,7 @@ func (c *Client) do(ctx context.Context, method, path, bearer string, in, out an
 	req.Header.Set("Content-Type", "application/json")
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
-	} else {
+	} else if sign {
 		c.Sign(req, body)
 	}
 	resp, err := c.HTTP.Do(req)
@@ -91,7 +98,7 @@ func (c *Client) do(ctx context.Context, method, path, bearer string, in, out an
 		}
 		return apiErr
 	}
-	if out != nil {
+	if out != nil && len(raw) > 0 {
 		return json.Unmarshal(raw, out)
 	}
 	return nil
@@ -145,13 +152,11 @@ func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
 }
 
 // CheckIn posts a signed manifest with a fresh nonce.
-func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h CheckInInfo) error {
-	nonce := make([]byte, 16)
-	if _, err := rand.Read(nonce); err != nil {
-		return err
-	}
-	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: hex.EncodeToString(nonce), Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
-		DTCDetails: h.DTCs, Signal: h.Signal, PrimarySerial: h.PrimarySerial, ECUReports: h.ECUReports, Unreachable: h.Unreachable}
+func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h CheckInInfo) (CheckInResult, error) {
+	nonce := Nonce()
+	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: nonce, Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
+		DTCDetails: h.DTCs, Signal: h.Signal, PrimarySerial: h.PrimarySerial, ECUReports: h.ECUReports, Unreachable: h.Unreachable,
+		AttestTime: h.AttestTime, TimeUntrusted: h.TimeUntrusted}
 	for _, d := range h.DTCs {
 		if d.ClearedAt.IsZero() {
 			m.DTCs = append(m.DTCs, d.Code)
@@ -159,10 +164,37 @@ func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offl
 	}
 	signed, err := json.Marshal(m)
 	if err != nil {
-		return err
+		return CheckInResult{}, err
 	}
 	sm := vehicleauth.SignedManifest{Signed: signed, Signature: ed25519.Sign(c.Key, signed)}
-	return c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, nil)
+	res := CheckInResult{Nonce: nonce}
+	err = c.do(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/manifest", "", sm, &res)
+	res.Nonce = nonce
+	return res, err
+}
+
+// CheckInResult is the server's answer to a check-in: with AttestTime,
+// its time for the manifest's nonce.
+type CheckInResult struct {
+	Nonce string                  `json:"-"`
+	Time  *timeattest.Attestation `json:"time"`
+}
+
+// Nonce returns a fresh random nonce (32 hex digits).
+func Nonce() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// TimeAttestation asks the server for its time, signed, for nonce.
+// The request is not signed: a vehicle whose clock is wrong could not
+// sign one the server takes, and the answer is worth nothing to anyone
+// but the holder of the nonce.
+func (c *Client) TimeAttestation(ctx context.Context, nonce string) (timeattest.Attestation, error) {
+	var a timeattest.Attestation
+	err := c.send(ctx, http.MethodPost, "/api/v1/vehicles/"+url.PathEscape(c.VIN)+"/time", "", false, map[string]string{"nonce": nonce}, &a)
+	return a, err
 }
 
 // CheckInInfo is what the vehicle reports at check-in besides what each
@@ -176,6 +208,10 @@ type CheckInInfo struct {
 	PrimarySerial string
 	ECUReports    []vehicleauth.SignedECUReport
 	Unreachable   []string
+	// AttestTime asks the server for its signed time for the manifest's
+	// nonce; TimeUntrusted reports why the vehicle has no trusted time.
+	AttestTime    bool
+	TimeUntrusted string
 }
 
 // Firmware is what one ECU runs, for the authorization handshake.

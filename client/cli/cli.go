@@ -70,7 +70,8 @@ power-loss:PHASE[:PCT] (download, write, switch, commit), flash-error, boot-fail
 signal:BARS (0 to 5; 0: nothing reaches the server), can-loss (the head unit
 silent on the bus), corrupt-active (bytes flipped in the DCM's active slot),
 corrupt-delta and truncate-delta (a delta damaged in transit: the full image follows),
-rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD (the vehicle's clock wrong)
+rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD (the vehicle's clock wrong; 30d, 5y),
+attestation=stale|wrong-nonce|bad-sig (the cycle's time attestation damaged)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 refused for security (nothing installed),
 4 install failed and the ECU rolled back. 'roadsign-agent COMMAND --help' lists flags.`
@@ -451,7 +452,7 @@ func cmdStatus(args []string, env Env) error {
 	if st.SignalBars >= 0 {
 		signal = fmt.Sprintf("signal: %d bars", st.SignalBars)
 	}
-	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   %s   DTCs: %s\n", st.VIN, authDesc(st.Authorization), signal, dtcs(st.DTCs))
+	fmt.Fprintf(env.Stdout, "VIN %s   authorization: %s   %s   DTCs: %s   time: %s\n", st.VIN, authDesc(st.Authorization), signal, dtcs(st.DTCs), timeDesc(st.Time))
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ECU\tSERIAL\tHARDWARE\tACTIVE\tVERSION\tSLOT A\tSLOT B\tLAST RESULT")
 	for _, e := range st.ECUs {
@@ -640,4 +641,17 @@ func cmdClientCert(args []string, env Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "installed the client certificate for %s; requests to %s now present it\n", v.VIN, v.Server)
 	return nil
+}
+
+// timeDesc says whether the vehicle holds a trusted time.
+func timeDesc(t agent.TimeStatus) string {
+	switch {
+	case t.State == "trusted":
+		return "trusted"
+	case t.Untrusted != "":
+		return "untrusted (" + t.Untrusted + ")"
+	case !t.Floor.IsZero():
+		return "untrusted until the next attestation (floor " + t.Floor.Local().Format(time.DateTime) + ")"
+	}
+	return "untrusted until the first attestation"
 }

@@ -55,6 +55,10 @@ type Set struct {
 	// rtc=-DURATION, rtc=YYYY-MM-DD): what it signs and checks against.
 	RTCOffset time.Duration
 	RTCDate   time.Time
+	// Attestation damages the cycle's time attestation (attestation=...):
+	// stale (before what the vehicle trusts), wrong-nonce (replayed from
+	// another request) or bad-sig (signed by another key).
+	Attestation string
 	// Kill ends the process at once; the default sends SIGKILL to itself,
 	// so nothing is cleaned up, as with a real power loss.
 	Kill func()
@@ -73,6 +77,13 @@ func Parse(s string) (Set, error) {
 		return f, nil
 	}
 	for _, item := range strings.Split(s, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(item), "attestation="); ok {
+			if v != "stale" && v != "wrong-nonce" && v != "bad-sig" {
+				return f, fmt.Errorf("attestation=%q: want attestation=stale, attestation=wrong-nonce or attestation=bad-sig", v)
+			}
+			f.Attestation = v
+			continue
+		}
 		if v, ok := strings.CutPrefix(strings.TrimSpace(item), "rtc="); ok {
 			if err := f.parseRTC(v); err != nil {
 				return f, err
@@ -138,7 +149,7 @@ func Parse(s string) (Set, error) {
 }
 
 // Names lists every fault, as --simulate takes them.
-const Names = "corrupt-download, truncate-download, corrupt-delta, truncate-delta, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss, corrupt-active, rtc=+DURATION, rtc=-DURATION or rtc=YYYY-MM-DD"
+const Names = "corrupt-download, truncate-download, corrupt-delta, truncate-delta, network-drop:PCT, power-loss:PHASE[:PCT], flash-error, boot-fail, signal:BARS, can-loss, corrupt-active, rtc=+DURATION, rtc=-DURATION, rtc=YYYY-MM-DD or attestation=stale|wrong-nonce|bad-sig"
 
 func (f *Set) parseRTC(v string) error {
 	if d, err := time.Parse(time.DateOnly, v); err == nil {
@@ -149,6 +160,12 @@ func (f *Set) parseRTC(v string) error {
 		if d, err := time.ParseDuration(v); err == nil {
 			f.RTCOffset = d
 			return nil
+		}
+		for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "y": 365 * 24 * time.Hour} {
+			if n, err := strconv.Atoi(strings.TrimSuffix(v, suffix)); err == nil && strings.HasSuffix(v, suffix) {
+				f.RTCOffset = time.Duration(n) * unit
+				return nil
+			}
 		}
 	}
 	return fmt.Errorf("rtc=%q: want rtc=+DURATION, rtc=-DURATION (such as rtc=+20m) or rtc=YYYY-MM-DD", v)
@@ -186,7 +203,7 @@ func contains(list []string, s string) bool {
 // Any reports whether any fault is set.
 func (f Set) Any() bool {
 	return f.CorruptDownload || f.TruncateDownload || f.FlashError || f.BootFail || f.NetworkDropPct > 0 || f.PowerLoss != "" ||
-		f.CANLoss || f.SignalBars != nil || f.CorruptActive || f.CorruptDelta || f.TruncateDelta || f.RTCOffset != 0 || !f.RTCDate.IsZero()
+		f.CANLoss || f.SignalBars != nil || f.CorruptActive || f.CorruptDelta || f.TruncateDelta || f.RTCOffset != 0 || !f.RTCDate.IsZero() || f.Attestation != ""
 }
 
 func (f Set) kill() {

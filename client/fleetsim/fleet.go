@@ -35,6 +35,7 @@ import (
 	"github.com/roadsign/roadsign/client/tufclient"
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/timeattest"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/internal/vin"
 )
@@ -68,6 +69,9 @@ type Config struct {
 	// version report at each check-in (Uptane); the first ECU is the
 	// primary, whose key is the vehicle's.
 	Secondaries bool
+	// AttestTime asks for the server's signed time at each check-in and
+	// verifies it against the director root's time key, as an agent does.
+	AttestTime bool
 	// StateDir keeps each vehicle's verified director metadata.
 	StateDir string
 	// DirectorRoot is the pinned director root; nil: fetched from the
@@ -122,7 +126,12 @@ type Fleet struct {
 	rootOnce sync.Once
 	// rootCheck checks the pinned root once: every vehicle pins the same.
 	rootCheck sync.Once
-	rootErr   error
+	// timeRoot is the parsed director root the time attestations are
+	// verified against.
+	timeRootOnce sync.Once
+	timeRoot     *metadata.Metadata[metadata.RootType]
+	timeRootErr  error
+	rootErr      error
 	// images is the verified image repository, refreshed when the
 	// director offers a delta it does not list yet (deltas.go).
 	images images
@@ -332,11 +341,17 @@ func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
 		info.PrimarySerial = v.ecus[0].Serial
 		info.ECUReports = append(info.ECUReports, sr)
 	}
+	info.AttestTime = f.cfg.AttestTime
 	t0 := time.Now()
-	err := v.api.CheckIn(ctx, reports, nil, info)
+	res, err := v.api.CheckIn(ctx, reports, nil, info)
 	d := time.Since(t0)
 	if err != nil {
 		return 0, fmt.Errorf("check-in: %w", err)
+	}
+	if f.cfg.AttestTime {
+		if err := f.checkTime(ctx, v, res); err != nil {
+			return 0, err
+		}
 	}
 	f.checkIns.Add(1)
 	if f.cfg.CheckInOnly {
@@ -433,6 +448,26 @@ func (f *Fleet) unchanged(ctx context.Context, v *Vehicle, base string) (bool, e
 		Signed struct{ Version int64 } `json:"signed"`
 	}
 	return json.Unmarshal(raw, &ts) != nil || ts.Signed.Version == v.dirVersion, nil
+}
+
+// checkTime verifies a check-in's time attestation as an agent does:
+// signed by the director root's time key, for this VIN and nonce.
+func (f *Fleet) checkTime(ctx context.Context, v *Vehicle, res api.CheckInResult) error {
+	if res.Time == nil {
+		return errors.New("check-in: the server sent no time attestation")
+	}
+	raw, err := f.directorRoot(ctx, v)
+	if err != nil {
+		return err
+	}
+	f.timeRootOnce.Do(func() { f.timeRoot, f.timeRootErr = metadata.Root().FromBytes(raw) })
+	if f.timeRootErr != nil {
+		return f.timeRootErr
+	}
+	if _, err := timeattest.Verify(f.timeRoot, *res.Time, v.VIN, res.Nonce); err != nil {
+		return fmt.Errorf("check-in: %w", err)
+	}
+	return nil
 }
 
 func (f *Fleet) directorRoot(ctx context.Context, v *Vehicle) ([]byte, error) {

@@ -273,3 +273,44 @@ func (v *Vehicle) EncryptionKeyReported(serial string) bool {
 func (v *Vehicle) MarkEncryptionKeyReported(serial string) error {
 	return atomicfile.Write(filepath.Join(v.Dir, "ecus", serial, "encryption.reported"), []byte("reported\n"), 0o600)
 }
+
+// TimeState is what the vehicle knows of the time (STATE/time.json):
+// the floor (the latest time it ever trusted, never lowered), and the
+// last attestation it accepted with the boot clock's reading then, from
+// which it counts on (internal/boottime).
+type TimeState struct {
+	Floor      time.Time `json:"floor,omitzero"`
+	AttestedAt time.Time `json:"attestedAt,omitzero"`
+	Boot       string    `json:"boot,omitempty"`
+	// BootNanos is CLOCK_BOOTTIME at AttestedAt; ValidSeconds how long
+	// the vehicle counts on from it.
+	BootNanos    int64 `json:"bootNanos,omitempty"`
+	ValidSeconds int64 `json:"validSeconds,omitempty"`
+	// Untrusted is why the last attempt to get a trusted time failed
+	// ("" after a success): reported at the next check-in.
+	Untrusted string `json:"untrusted,omitempty"`
+}
+
+// LoadTimeState reads STATE/time.json (zero when none).
+func (v *Vehicle) LoadTimeState() (TimeState, error) {
+	var st TimeState
+	b, err := os.ReadFile(filepath.Join(v.Dir, "time.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return TimeState{}, fmt.Errorf("time.json: %w", err)
+	}
+	return st, nil
+}
+
+// SaveTimeState writes STATE/time.json; the floor never goes down.
+func (v *Vehicle) SaveTimeState(st TimeState) error {
+	if old, err := v.LoadTimeState(); err == nil && old.Floor.After(st.Floor) {
+		st.Floor = old.Floor
+	}
+	return v.writeJSON("time.json", st)
+}

@@ -21,6 +21,7 @@ BenchmarkFleet/sqlite/100000-2        	       1	 1 ns/op	 4800 checkins/s	 24.0 
 BenchmarkFleet/postgres/10000-2       	       1	 1 ns/op	 2500 checkins/s	 25.0 p99-ms	 14000 ed25519-verify/s
 BenchmarkFleet/postgres/100000-2      	       1	 1 ns/op	 %s checkins/s	 30.0 p99-ms	 1600 cycles/s	 %p cycle-p99-ms	 14000 ed25519-verify/s
 BenchmarkFleetSecondaries/100000-2    	       1	 1 ns/op	 3600 checkins/s	 28.0 p99-ms	 1900 cycles/s	 35.0 cycle-p99-ms	 14000 ed25519-verify/s
+BenchmarkFleetTimeAttested/100000-2   	       1	 1 ns/op	 4300 checkins/s	 26.0 p99-ms	 2000 cycles/s	 33.0 cycle-p99-ms	 14000 ed25519-verify/s
 PASS
 `
 

@@ -93,6 +93,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/api/v1/vehicles/{vin}/owner", "/api/v1/vehicles/" + v1.vin + "/owner", "admin dealer"},
 		{"GET", "/api/v1/vehicles/{vin}/usb-bundle", "/api/v1/vehicles/" + v1.vin + "/usb-bundle", "dealer owner"},
 		{"POST", "/api/v1/vehicles/{vin}/auth", "/api/v1/vehicles/" + v1.vin + "/auth", "vehicle"},
+		// Public: a car whose clock is wrong cannot sign a request (docs/api.md).
+		{"POST", "/api/v1/vehicles/{vin}/time", "/api/v1/vehicles/" + v1.vin + "/time", all},
 		{"POST", "/api/v1/vehicles/{vin}/ecus/{serial}/replace", "/api/v1/vehicles/" + v1.vin + "/ecus/DCM000001/replace", "dealer"},
 		// Pages authenticate by session cookie, not by these credentials
 		// (TestWeb* drive them); here they must only never fail with 5xx.

@@ -330,7 +330,11 @@ func TestDeltaPowerLossTorture(t *testing.T) {
 	if bricked+unverified > 0 {
 		t.Fatalf("%d installs, %d bricked, %d unverified", n, bricked, unverified)
 	}
-	if kills < n {
+	// About one kill per install is expected (half the first attempts
+	// simulate a power loss at a random phase, half a kill at a random
+	// time within a clean install); under two thirds of that, the kills
+	// missed the installs.
+	if kills < 2*n/3 {
 		t.Fatalf("only %d kills in %d delta installs; the torture did not bite", kills, n)
 	}
 }

@@ -389,7 +389,15 @@ func TestUSBBundleRefusals(t *testing.T) {
 		})
 	}
 	t.Run("an expired bundle", func(t *testing.T) {
-		r := agentAt(t, time.Now().Add(72*time.Hour), "install-usb", "--state", v1.dir, f1)
+		// The car's clock decides nothing: the bundle is past its life
+		// by a time the car already trusts (a later bundle's signed issue
+		// time, or an attestation, raised its floor).
+		floor := time.Now().Add(400 * 24 * time.Hour).UTC().Format(time.RFC3339)
+		if err := os.WriteFile(filepath.Join(v1.dir, "time.json"), []byte(`{"floor": "`+floor+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(filepath.Join(v1.dir, "time.json"))
+		r := agent(t, "install-usb", "--state", v1.dir, f1)
 		if r.code != 3 || !strings.Contains(r.stderr, "expired") {
 			t.Fatalf("want exit 3, got %s", r)
 		}

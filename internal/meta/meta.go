@@ -150,6 +150,9 @@ type OnlineKeys struct {
 		Targets   *metadata.Key `json:"targets"`
 		Snapshot  *metadata.Key `json:"snapshot"`
 		Timestamp *metadata.Key `json:"timestamp"`
+		// Time signs time attestations (role "time" of the director
+		// root); servers before secure time had none.
+		Time *metadata.Key `json:"time,omitempty"`
 	} `json:"director"`
 }
 

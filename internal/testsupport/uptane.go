@@ -3,6 +3,7 @@ package testsupport
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,8 @@ import (
 	"github.com/roadsign/roadsign/internal/fwimage"
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
+	"github.com/roadsign/roadsign/internal/sealed"
+	"github.com/roadsign/roadsign/internal/timeattest"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
@@ -54,6 +57,18 @@ type Uptane struct {
 	// targetLength overrides the served length of a target (a mirror
 	// that serves more or fewer bytes than signed).
 	targetLength map[string]int
+	// sealedImages are the images kept only sealed (Seal), by target
+	// path; sealedFiles their sealed bytes by name.
+	sealedImages map[string]*sealedImage
+	sealedFiles  map[string][]byte
+}
+
+// sealedImage is an image kept sealed for some ECUs.
+type sealedImage struct {
+	name, sha256, header string
+	length               int64
+	fileKey              []byte
+	recipients           map[string][]byte // serial -> X25519 public key
 }
 
 // JobEvent is one job event an agent posted.
@@ -64,19 +79,21 @@ type JobEvent struct {
 }
 
 type tufRepo struct {
-	root, targets, snapshot, timestamp *keys.Key
-	rootRaw                            []byte
-	targetsMeta                        *metadata.Metadata[metadata.TargetsType]
-	files                              map[string][]byte // N.targets.json, timestamp.json, ...
-	version                            int64
+	// time, the director's, signs time attestations (role "time").
+	root, targets, snapshot, timestamp, time *keys.Key
+	rootRaw                                  []byte
+	targetsMeta                              *metadata.Metadata[metadata.TargetsType]
+	files                                    map[string][]byte // N.targets.json, timestamp.json, ...
+	version                                  int64
 }
 
 // NewUptane builds both repositories for vin (empty targets) and serves them.
 func NewUptane(t testing.TB, vin string) *Uptane {
 	t.Helper()
 	u := &Uptane{VIN: vin, t: t, expires: time.Now().Add(30 * 24 * time.Hour).UTC().Truncate(time.Second),
-		blobs: map[string][]byte{}, cancel: map[string]bool{}, targetLength: map[string]int{}}
-	u.image, u.director = u.newRepo(), u.newRepo()
+		blobs: map[string][]byte{}, cancel: map[string]bool{}, targetLength: map[string]int{},
+		sealedImages: map[string]*sealedImage{}, sealedFiles: map[string][]byte{}}
+	u.image, u.director = u.newRepo(false), u.newRepo(true)
 	u.director.targetsMeta.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{"vin": vin}}
 	u.Publish()
 	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
@@ -84,7 +101,7 @@ func NewUptane(t testing.TB, vin string) *Uptane {
 	return u
 }
 
-func (u *Uptane) newRepo() *tufRepo {
+func (u *Uptane) newRepo(director bool) *tufRepo {
 	dir := u.t.TempDir()
 	gen := func(name string) *keys.Key {
 		k, err := keys.Generate(filepath.Join(dir, name))
@@ -95,7 +112,13 @@ func (u *Uptane) newRepo() *tufRepo {
 	}
 	r := &tufRepo{root: gen("root"), targets: gen("targets"), snapshot: gen("snapshot"), timestamp: gen("timestamp"), files: map[string][]byte{}}
 	root := metadata.Root(u.expires)
-	for role, k := range map[string]*keys.Key{metadata.ROOT: r.root, metadata.TARGETS: r.targets, metadata.SNAPSHOT: r.snapshot, metadata.TIMESTAMP: r.timestamp} {
+	roles := map[string]*keys.Key{metadata.ROOT: r.root, metadata.TARGETS: r.targets, metadata.SNAPSHOT: r.snapshot, metadata.TIMESTAMP: r.timestamp}
+	if director {
+		r.time = gen("time")
+		root.Signed.Roles[timeattest.Role] = &metadata.Role{KeyIDs: []string{}, Threshold: 1}
+		roles[timeattest.Role] = r.time
+	}
+	for role, k := range roles {
 		if err := root.Signed.AddKey(k.Public, role); err != nil {
 			u.t.Fatal(err)
 		}
@@ -205,6 +228,22 @@ func (u *Uptane) Direct(vin string, as ...Assign) {
 		if a.Window != nil {
 			custom["window"] = a.Window
 		}
+		if si := u.sealedImages[a.Path]; si != nil {
+			enc := map[string]any{}
+			for serial := range a.ECUs {
+				pub, ok := si.recipients[serial]
+				if !ok {
+					continue
+				}
+				w, err := sealed.WrapKey(pub, si.fileKey, sealed.Binding{VIN: vin, Serial: serial, Target: a.Path, SealedSHA256: si.sha256})
+				if err != nil {
+					u.t.Fatal(err)
+				}
+				enc[serial] = map[string]any{"sealed": si.name, "sha256": si.sha256, "length": si.length, "header": si.header,
+					"recipient": "test", "key": base64.StdEncoding.EncodeToString(w)}
+			}
+			custom["encrypted"] = enc
+		}
 		c, _ := json.Marshal(custom)
 		raw := json.RawMessage(c)
 		tf.Custom = &raw
@@ -212,6 +251,39 @@ func (u *Uptane) Direct(vin string, as ...Assign) {
 	}
 	u.director.targetsMeta.Signed.Targets = files
 	u.director.targetsMeta.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{"vin": vin}}
+}
+
+// Seal keeps the image at target path p only sealed (internal/sealed,
+// 1 KiB chunks), its file key wrapped by Direct for each serial of
+// recipients (serial -> the ECU's X25519 encryption key), served at
+// /repo/sealed/NAME. It returns the sealed file's name.
+func (u *Uptane) Seal(p string, recipients map[string][]byte) string {
+	u.t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	tf := u.image.targetsMeta.Signed.Targets[p]
+	plain := u.blobs[meta.ConsistentPath(p, hex.EncodeToString(tf.Hashes["sha256"]), false)]
+	key := sealed.NewFileKey()
+	var out bytes.Buffer
+	if _, err := sealed.Seal(&out, bytes.NewReader(plain), key, 1024); err != nil {
+		u.t.Fatal(err)
+	}
+	b := out.Bytes()
+	sum := sha256.Sum256(b)
+	name := hex.EncodeToString(tf.Hashes["sha256"]) + ".0011223344556677"
+	u.sealedFiles[name] = b
+	u.sealedImages[p] = &sealedImage{name: name, sha256: hex.EncodeToString(sum[:]), header: hex.EncodeToString(b[:sealed.HeaderSize]),
+		length: int64(len(b)), fileKey: key, recipients: recipients}
+	return name
+}
+
+// DamageSealed flips one bit of the sealed file name at offset at.
+func (u *Uptane) DamageSealed(name string, at int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b := bytes.Clone(u.sealedFiles[name])
+	b[at] ^= 0x08
+	u.sealedFiles[name] = b
 }
 
 // Publish signs new targets, snapshot and timestamp versions of both
@@ -245,6 +317,14 @@ func (u *Uptane) Publish() {
 		r.files[fmt.Sprintf("%d.snapshot.json", v)] = sraw
 		r.files["timestamp.json"] = tsraw
 	}
+}
+
+// ExpireAt makes the metadata Publish signs from now on expire at t
+// (truncated to the second).
+func (u *Uptane) ExpireAt(t time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.expires = t.UTC().Truncate(time.Second)
 }
 
 // LastManifest is the manifest of the last check-in.
@@ -348,6 +428,13 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 			b = append(b, make([]byte, max(n-len(b), 0))...)[:n]
 		}
 		http.ServeContent(w, r, path.Base(name), time.Time{}, bytes.NewReader(b))
+	case strings.HasPrefix(p, "/repo/sealed/"):
+		b, ok := u.sealedFiles[strings.TrimPrefix(p, "/repo/sealed/")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "sealed", time.Time{}, bytes.NewReader(b))
 	case strings.HasPrefix(p, "/repo/"):
 		serveFile(u.image.files, strings.TrimPrefix(p, "/repo/"))
 	case strings.HasPrefix(p, "/director/"+u.VIN+"/"):
@@ -372,6 +459,16 @@ func (u *Uptane) serve(w http.ResponseWriter, r *http.Request) {
 			json.Unmarshal(sm.Signed, &u.lastManifest)
 		}
 		w.WriteHeader(http.StatusNoContent)
+	case p == "/api/v1/vehicles/"+u.VIN+"/time":
+		var body struct{ Nonce string }
+		json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body)
+		att, err := timeattest.Sign(u.director.time.Private, u.director.time.ID, timeattest.Statement{VIN: u.VIN, Nonce: body.Nonce,
+			Time: time.Now().UTC(), ValidSeconds: int64(timeattest.Validity / time.Second)})
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid", err.Error())
+			return
+		}
+		json.NewEncoder(w).Encode(att)
 	case p == "/api/v1/vehicles/"+u.VIN+"/auth" && u.refuseAuth != "":
 		writeError(w, http.StatusForbidden, u.refuseAuth, "refused by the test")
 	case p == "/api/v1/vehicles/"+u.VIN+"/auth":

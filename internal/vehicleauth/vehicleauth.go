@@ -205,6 +205,12 @@ type Manifest struct {
 	PrimarySerial string            `json:"primarySerial,omitempty"`
 	ECUReports    []SignedECUReport `json:"ecuReports,omitempty"`
 	Unreachable   []string          `json:"unreachable,omitempty"`
+	// AttestTime asks for the server's signed time for Nonce in the
+	// answer (internal/timeattest).
+	AttestTime bool `json:"attestTime,omitempty"`
+	// TimeUntrusted, when set, is why the vehicle holds no trusted time
+	// (it installs nothing until it does): evidence for the diagnosis.
+	TimeUntrusted string `json:"timeUntrusted,omitempty"`
 }
 
 // DTCEpisode is one diagnostic trouble code episode, the one type for it

@@ -209,7 +209,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		Bundles: bundles, Web: pages, Campaigns: s.campaigns, Diagnosis: s.diagnosis,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready:              map[string]httpapi.Pinger{"blobs": p.blobs, "state": store},
-		VehicleClientCerts: s.clientCAs != nil, RecordKey: p.keys.ImageTimestamp, Push: s.push, PublicHosts: publicHosts,
+		VehicleClientCerts: s.clientCAs != nil, RecordKey: p.keys.ImageTimestamp, TimeKey: p.keys.DirectorTime, Push: s.push, PublicHosts: publicHosts,
 		OnPublish: func() {
 			if err := backup.MarkPublished(c.data, time.Now()); err != nil {
 				log.Warn("recording the first publish after the restore", "err", err)

@@ -116,6 +116,21 @@ var Rules = []Rule{
 		},
 	},
 	{
+		Code: "time_untrusted", Severity: Problem,
+		Fix: "The car could not get a time it can trust from the server's signed time attestation, so it installs nothing (its own clock decides nothing). A wrong nonce or signature means something between the car and the server answers in the server's place (a proxy, a captive portal, an attack): check the car's network path. A stale time means the server's clock is behind what the car already trusted: check the servers' time (NTP).",
+		Owner: OwnerStep{Title: "Your car could not confirm the time, so it waits with its updates", Steps: []string{
+			"Your car checks the time with our service before it installs anything, and that check failed.",
+			"Drive somewhere with good mobile coverage (not through a public Wi-Fi login page); it checks again on its own.",
+			"If it keeps failing, a dealer checks the car's connection."}, SeeDealer: true},
+		Match: func(e Evidence) []Finding {
+			if e.Vehicle.TimeUntrusted == "" {
+				return nil
+			}
+			return []Finding{{Title: "The car holds no trusted time, so it installs nothing",
+				Evidence: []Fact{{Record: "check-in", At: e.Vehicle.LastSeen, Detail: e.Vehicle.TimeUntrusted}}}}
+		},
+	},
+	{
 		Code: "ecu_refused_image", Severity: Problem,
 		Fix: "The unit refused an image or metadata its primary sent it that the director did not sign for it. Nothing was installed on it. Inspect the head unit (the primary) for tampering before the next update; the unit itself is fine.",
 		Owner: OwnerStep{Title: "One of your car's units refused software it was not meant to get", Steps: []string{

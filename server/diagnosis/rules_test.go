@@ -66,6 +66,9 @@ func TestEachRule(t *testing.T) {
 		{"ecu_refused_image", "", func(e *Evidence) {
 			e.Vehicle.ECUs[1].Attack, e.Vehicle.ECUs[1].AttackAt = "refused dcm/evil.img: not signed by the director for DCM1", t0.Add(-time.Hour)
 		}},
+		{"time_untrusted", "", func(e *Evidence) {
+			e.Vehicle.TimeUntrusted = "time attestation answers another nonce (replayed)"
+		}},
 		{"clock_skew", "", func(e *Evidence) {
 			e.Vehicle.RequestFaults = server.RequestFaults{ClockSkewAt: t0.Add(-time.Second), ClockSkew: -15 * time.Minute}
 		}},

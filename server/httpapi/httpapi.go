@@ -90,6 +90,9 @@ type Deps struct {
 	// RecordKey signs software record exports (the image timestamp key,
 	// published in online-keys.json); nil: no signed exports.
 	RecordKey *keys.Key
+	// TimeKey signs time attestations (the director root's "time" role);
+	// nil: none are given.
+	TimeKey *keys.Key
 	// Push tells vehicles where to hear wake-ups (nil: nowhere).
 	Push *push.Service
 	// OnPublish, if set, hears of each publish that changed the

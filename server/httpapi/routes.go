@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/roadsign/roadsign/internal/timeattest"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
@@ -110,6 +112,7 @@ func (a *api) apiRoutes() []route {
 		{"POST", "/api/v1/vehicles/:vin/claim", adminDealer, "Resolve a claim on a vehicle (audited, with a reason)", "ClaimDecision", a.decideClaim(false), Default},
 		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle, Default},
 		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30, ?full=true to add full images beside deltas)", "", a.usbBundle, Download},
+		{"POST", "/api/v1/vehicles/:vin/time", pub, "Time attestation: the server's time, signed by the director root's time key, for the vehicle's fresh nonce (secure time)", "", a.timeAttestation, Default},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
 		{"GET", "/api/v1/vehicles/:vin/push", []string{Vehicle}, "Where the vehicle hears wake-ups: the MQTT broker (empty when none) and its own topic", "", a.pushInfo, Default},
@@ -413,7 +416,55 @@ func (a *api) manifest(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "recorded"})
+	// A manifest that asks for it gets the server's time for its nonce:
+	// the vehicle's clock stays trusted between cycles.
+	var m struct {
+		Nonce      string `json:"nonce"`
+		AttestTime bool   `json:"attestTime"`
+	}
+	body := gin.H{"status": "recorded"}
+	if json.Unmarshal(sm.Signed, &m) == nil && m.AttestTime && a.TimeKey != nil {
+		att, err := a.attest(c.Param("vin"), m.Nonce)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		body["time"] = att
+	}
+	c.JSON(http.StatusOK, body)
+}
+
+// timeAttestation answers POST /api/v1/vehicles/{vin}/time {"nonce"}:
+// public, as the signed time is worth nothing to anyone but the vehicle
+// that chose the nonce, and a vehicle whose clock is wrong cannot sign a
+// request the server takes (its time would be refused as skewed).
+func (a *api) timeAttestation(c *gin.Context) {
+	var req struct {
+		Nonce string `json:"nonce"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if a.TimeKey == nil {
+		a.fail(c, server.Errorf(server.KindUnavailable, "this server has no time key"))
+		return
+	}
+	att, err := a.attest(c.Param("vin"), req.Nonce)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, att)
+}
+
+func (a *api) attest(vin, nonce string) (timeattest.Attestation, error) {
+	att, err := timeattest.Sign(a.TimeKey.Private, a.TimeKey.ID, timeattest.Statement{VIN: vin, Nonce: nonce,
+		Time: a.Now().UTC(), ValidSeconds: int64(timeattest.Validity / time.Second)})
+	if err != nil {
+		return att, server.Errorf(server.KindInvalid, "time attestation: %v", err)
+	}
+	return att, nil
 }
 
 func (a *api) createJob(c *gin.Context) {

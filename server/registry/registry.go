@@ -320,7 +320,7 @@ func (s *Service) checkIn(ctx context.Context, vinStr string, sm vehicleauth.Sig
 	for _, e := range m.ECUs {
 		ecus = append(ecus, server.ECU{Serial: e.Serial, InstalledTarget: e.InstalledTarget, InstalledVersion: e.Version, InstalledSHA256: e.SHA256})
 	}
-	h := server.Health{Active: strings.Join(m.DTCs, ",")}
+	h := server.Health{Active: strings.Join(m.DTCs, ","), TimeUntrusted: m.TimeUntrusted}
 	if m.Signal != nil {
 		h.SignalBars, h.SignalAt = m.Signal.Bars, m.Signal.At
 	}

@@ -23,6 +23,9 @@ type OnlineKeys struct {
 	DirectorTargets   *keys.Key
 	DirectorSnapshot  *keys.Key
 	DirectorTimestamp *keys.Key
+	// DirectorTime signs time attestations (internal/timeattest); the
+	// director root lists it under the role "time".
+	DirectorTime *keys.Key
 }
 
 // PublicKeysFile is where init writes the public halves for the signer.
@@ -36,8 +39,13 @@ func keyFiles(k *OnlineKeys) map[string]**keys.Key {
 		"director-targets.key":   &k.DirectorTargets,
 		"director-snapshot.key":  &k.DirectorSnapshot,
 		"director-timestamp.key": &k.DirectorTimestamp,
+		timeKeyFile:              &k.DirectorTime,
 	}
 }
+
+// timeKeyFile came after the others too (secure time): a data directory
+// from before gets it at its next start.
+const timeKeyFile = "director-time.key"
 
 // deltasKeyFile came after the others: a data directory from before
 // deltas gets it at its next start.
@@ -81,7 +89,7 @@ func LoadKeys(dataDir string) (*OnlineKeys, error) {
 		var err error
 		p := filepath.Join(dataDir, "keys", name)
 		*dst, err = keys.Load(p)
-		if errors.Is(err, fs.ErrNotExist) && name == deltasKeyFile {
+		if errors.Is(err, fs.ErrNotExist) && (name == deltasKeyFile || name == timeKeyFile) {
 			if _, serr := os.Stat(filepath.Join(dataDir, "keys", "image-snapshot.key")); serr == nil {
 				*dst, err = keys.Generate(p)
 				added = true
@@ -108,6 +116,7 @@ func (k *OnlineKeys) Public() meta.OnlineKeys {
 	p.Director.Targets = k.DirectorTargets.Public
 	p.Director.Snapshot = k.DirectorSnapshot.Public
 	p.Director.Timestamp = k.DirectorTimestamp.Public
+	p.Director.Time = k.DirectorTime.Public
 	return p
 }
 

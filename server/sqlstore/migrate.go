@@ -160,6 +160,9 @@ var migrations = []string{
 	// first reported), to which the files keys of encrypted images are
 	// wrapped.
 	`ALTER TABLE ecus ADD COLUMN encryption_key TEXT NOT NULL DEFAULT '';`,
+	// 18: why the vehicle held no trusted time at its last check-in ('':
+	// it did), for the diagnosis.
+	`ALTER TABLE vehicles ADD COLUMN time_untrusted TEXT NOT NULL DEFAULT '';`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

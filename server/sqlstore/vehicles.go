@@ -31,13 +31,13 @@ func (s *Store) CreateVehicle(ctx context.Context, v server.Vehicle) error {
 }
 
 const vehicleCols = `vin, model, year, region, public_key, created_at, last_seen, auth_state, auth_at, auth_message, auth_expires, dtcs, ` +
-	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused`
+	`signal_bars, signal_at, bad_signature_at, bad_signature_count, clock_skew_at, clock_skew_micros, checkin_refused_at, checkin_refused, time_untrusted`
 
 func scanVehicle(sc interface{ Scan(...any) error }) (server.Vehicle, error) {
 	var v server.Vehicle
 	var created, seen, authAt, authExp, signalAt, badAt, skewAt, skew, refusedAt int64
 	err := sc.Scan(&v.VIN, &v.Model, &v.Year, &v.Region, &v.PublicKey, &created, &seen, &v.AuthState, &authAt, &v.AuthMessage, &authExp, &v.DTCs,
-		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused)
+		&v.SignalBars, &signalAt, &badAt, &v.RequestFaults.BadSignatureCount, &skewAt, &skew, &refusedAt, &v.RequestFaults.CheckInRefused, &v.TimeUntrusted)
 	v.RequestFaults.CheckInRefusedAt = fromMicros(refusedAt)
 	v.CreatedAt, v.LastSeen, v.AuthAt, v.AuthExpires = fromMicros(created), fromMicros(seen), fromMicros(authAt), fromMicros(authExp)
 	v.SignalAt, v.RequestFaults.BadSignatureAt, v.RequestFaults.ClockSkewAt = fromMicros(signalAt), fromMicros(badAt), fromMicros(skewAt)
@@ -205,7 +205,7 @@ func prefixCols(p, cols string) string {
 // does (SQLite), each in a savepoint of its own.
 func (s *Store) ReportECUs(ctx context.Context, vin string, ecus []server.ECU, h server.Health, at time.Time) error {
 	return s.wrap("report ECUs of "+vin, s.grouped(ctx, true, func(ctx context.Context, tx *sql.Tx) error {
-		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?`, []any{micros(at), h.Active}
+		q, args := `UPDATE vehicles SET last_seen = ?, dtcs = ?, time_untrusted = ?`, []any{micros(at), h.Active, truncate(h.TimeUntrusted, 512)}
 		if !h.SignalAt.IsZero() {
 			q, args = q+`, signal_bars = ?, signal_at = ?`, append(args, h.SignalBars, micros(h.SignalAt))
 		}
