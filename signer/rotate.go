@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/roadsign/roadsign/internal/meta"
 )
 
 // RotateRoot replaces a repository's root keys with n new keys and the
@@ -211,4 +213,17 @@ func (w *Workspace) Extend(role, repoName string) (int64, error) {
 		return t.Signed.Version, nil
 	}
 	return 0, fmt.Errorf("%w: --role %q: want root or targets", ErrUsage, role)
+}
+
+// AdoptOnlineKeys takes in the server's current online-keys.json for the
+// next roots this workspace makes: a server that gained a key since the
+// workspace was made (the director's time key, which signs time
+// attestations) is named by the next director root (RotateRoot). It
+// changes nothing until then.
+func (w *Workspace) AdoptOnlineKeys(ok meta.OnlineKeys) error {
+	if err := ok.Validate(); err != nil {
+		return fmt.Errorf("%w: --online-keys: %v", ErrUsage, err)
+	}
+	w.State.OnlineKeys = ok
+	return nil
 }

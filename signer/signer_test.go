@@ -16,6 +16,7 @@ import (
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/testsupport"
+	"github.com/roadsign/roadsign/internal/timeattest"
 	"github.com/roadsign/roadsign/signer"
 )
 
@@ -333,5 +334,46 @@ func TestMultiPartyThresholds(t *testing.T) {
 	}
 	if got := signer.ShortIDs([]string{holders[0].ID}); len(got) != 12 || signer.ShortIDs(nil) != "-" {
 		t.Fatalf("ShortIDs: %q", got)
+	}
+}
+
+// TestAdoptTimeKey: a workspace made before its server had a time key
+// takes it in with the server's online-keys.json again, and the next
+// director root lists it under the role "time" (vehicles then trust the
+// server's time attestations), chained to the previous root.
+func TestAdoptTimeKey(t *testing.T) {
+	w := initWorkspace(t, signer.InitOptions{RootKeys: 1, RootThreshold: 1})
+	chain, err := w.RootChain(signer.Director)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := (&metadata.Metadata[metadata.RootType]{}).FromBytes(chain[len(chain)-1])
+	if _, ok := r1.Signed.Roles[timeattest.Role]; ok {
+		t.Fatal("a workspace without a time key lists one")
+	}
+	ok := w.State.OnlineKeys
+	k, err := keys.Generate(filepath.Join(t.TempDir(), "time.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok.Director.Time = k.Public
+	if err := w.AdoptOnlineKeys(ok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.RotateRoot(signer.Director, 0, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	chain, _ = w.RootChain(signer.Director)
+	r2, _ := (&metadata.Metadata[metadata.RootType]{}).FromBytes(chain[len(chain)-1])
+	if err := meta.VerifyNextRoot(r1, r2); err != nil {
+		t.Fatalf("the new director root does not follow the old: %v", err)
+	}
+	if ids, th := meta.RoleKeyIDs(&r2.Signed, timeattest.Role); len(ids) != 1 || ids[0] != k.ID || th != 1 {
+		t.Fatalf("director root v%d time role: %v threshold %d, want %s", r2.Signed.Version, ids, th, k.ID)
+	}
+	broken := ok
+	broken.Director.Targets = nil
+	if err := w.AdoptOnlineKeys(broken); !errors.Is(err, signer.ErrUsage) {
+		t.Fatalf("incomplete online keys: %v", err)
 	}
 }

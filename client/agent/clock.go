@@ -23,7 +23,8 @@ import (
 // against the time key of its trusted director root, and counted on with
 // the boot clock (CLOCK_BOOTTIME: suspend counts, a changed RTC does not).
 // The latest trusted time is kept as a floor that never goes down: an
-// attestation before it is stale. Without a valid attestation the
+// attestation before it is stale, and one more than ten years past it is
+// refused unless the director root changed since. Without a valid attestation the
 // vehicle's time is untrusted and it installs nothing (time_untrusted).
 
 // TimeUntrusted is the refusal code of a cycle without a trusted time.
@@ -91,15 +92,16 @@ func (a *Agent) acceptAttestation(att timeattest.Attestation, nonce string) erro
 	case !st.Floor.IsZero() && s.Time.Before(st.Floor):
 		return a.untrusted(fmt.Sprintf("the attested time %s is before %s, a time this vehicle already trusted (stale or replayed)",
 			s.Time.Format(time.RFC3339), st.Floor.Format(time.RFC3339)))
-	case !st.Floor.IsZero() && s.Time.Sub(st.Floor) > maxTimeJump:
-		return a.untrusted(fmt.Sprintf("the attested time %s is more than ten years past %s, the last time this vehicle trusted",
+	case !st.Floor.IsZero() && s.Time.Sub(st.Floor) > maxTimeJump && root.Signed.Version <= st.RootVersion:
+		return a.untrusted(fmt.Sprintf("the attested time %s is more than ten years past %s, the last time this vehicle trusted (only a new director root may move it that far)",
 			s.Time.Format(time.RFC3339), st.Floor.Format(time.RFC3339)))
 	}
 	r, err := boottime.Now()
 	if err != nil {
 		return a.untrusted(fmt.Sprintf("no boot clock: %v", err))
 	}
-	st = vehicle.TimeState{Floor: s.Time, AttestedAt: s.Time, Boot: r.Boot, BootNanos: int64(r.Since), ValidSeconds: s.ValidSeconds}
+	st = vehicle.TimeState{Floor: s.Time, AttestedAt: s.Time, Boot: r.Boot, BootNanos: int64(r.Since), ValidSeconds: s.ValidSeconds,
+		RootVersion: root.Signed.Version}
 	if err := a.V.SaveTimeState(st); err != nil {
 		return err
 	}

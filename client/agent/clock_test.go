@@ -10,6 +10,7 @@ import (
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/client/agent"
 	"github.com/roadsign/roadsign/client/fault"
+	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
@@ -103,5 +104,20 @@ func TestSecureTimeFreeze(t *testing.T) {
 	_, err := c.a.Update(context.Background())
 	if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("frozen metadata with the RTC set back: %v, want refused as expired", err)
+	}
+}
+
+// TestSecureTimeJump: an attestation more than ten years past the last
+// time the car trusted is refused while its director root is the one it
+// had then.
+func TestSecureTimeJump(t *testing.T) {
+	c := newCar(t)
+	old := vehicle.TimeState{Floor: time.Now().AddDate(-20, 0, 0), RootVersion: 1}
+	if err := c.v.SaveTimeState(old); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.a.Update(context.Background())
+	if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), "ten years") {
+		t.Fatalf("update: %v, want a refusal of the jump", err)
 	}
 }

@@ -286,6 +286,10 @@ type TimeState struct {
 	// the vehicle counts on from it.
 	BootNanos    int64 `json:"bootNanos,omitempty"`
 	ValidSeconds int64 `json:"validSeconds,omitempty"`
+	// RootVersion is the director root version the last attestation was
+	// verified with: a far larger jump past the floor is taken only with
+	// a newer root.
+	RootVersion int64 `json:"rootVersion,omitempty"`
 	// Untrusted is why the last attempt to get a trusted time failed
 	// ("" after a success): reported at the next check-in.
 	Untrusted string `json:"untrusted,omitempty"`

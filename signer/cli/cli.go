@@ -301,9 +301,13 @@ func cmdRotate(args []string, env Env) error {
 	var holders holderFlags
 	holders.register(fs, "multi-party, --role root: a new root key holder's public key file (repeat)", "multi-party, --role targets: a new targets key holder's public key file (repeat)")
 	tm := fs.Int("targets-threshold", 0, "multi-party, --role targets: new threshold (default: as now)")
-	pos, err := parse(fs, args, env, 1, "roadsign-signer rotate WORKSPACE --role root|targets [--repository image|director]")
+	online := fs.String("online-keys", "", "with --role root: the server's online-keys.json again, for the keys it gained since init (the director's time key: rotate the director root with it)")
+	pos, err := parse(fs, args, env, 1, "roadsign-signer rotate WORKSPACE --role root|targets [--repository image|director] [--online-keys FILE]")
 	if err != nil {
 		return err
+	}
+	if *online != "" && *role != "root" {
+		return envflag.Usagef("--online-keys goes with --role root")
 	}
 	rootHolders, targetsHolders, err := holders.load()
 	if err != nil {
@@ -312,6 +316,19 @@ func cmdRotate(args []string, env Env) error {
 	w, err := signer.Open(pos[0], env.Now)
 	if err != nil {
 		return err
+	}
+	if *online != "" {
+		b, err := os.ReadFile(*online)
+		if err != nil {
+			return envflag.Usagef("--online-keys: %v", err)
+		}
+		var ok meta.OnlineKeys
+		if err := json.Unmarshal(b, &ok); err != nil {
+			return envflag.Usagef("--online-keys %s: not an online-keys.json: %v", *online, err)
+		}
+		if err := w.AdoptOnlineKeys(ok); err != nil {
+			return err
+		}
 	}
 	switch *role {
 	case "root":
