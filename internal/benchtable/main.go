@@ -85,7 +85,7 @@ var rows = []row{
 	{what: "agent rebuild of 1 GiB from a delta (2 % of 4 KiB blocks rewritten, 100 KiB inserted): delta download, base reads, per-operation and whole-image sha256, slot write, fsynced, MiB/s", bench: "BenchmarkAgentDeltaInstall/1024MiB",
 		value: "install-MiB/s", ref: "install-MiB/s", refBench: "BenchmarkAgentInstall/1024MiB", refName: "full-image verified install", atLeast: 0.5},
 	{what: "agent peak RSS, delta install of a 1 GiB image", bench: "BenchmarkAgentDeltaInstall/1024MiB", value: "peak-RSS-MiB", atMost: 24, unit: "MiB"},
-	{what: "agent encrypted install of 1 GiB (sealed download hashed, each 64 KiB chunk authenticated and decrypted before the slot, plaintext sha256, slot write, fsynced), MiB/s", bench: "BenchmarkAgentEncryptedInstall/1024MiB",
+	{what: "agent encrypted install of 1 GiB (sealed download hashed, each 128 KiB chunk authenticated and decrypted before the slot, plaintext sha256, slot write, fsynced), MiB/s", bench: "BenchmarkAgentEncryptedInstall/1024MiB",
 		value: "install-MiB/s", ref: "plaintext-MiB/s", refName: "plaintext verified install, same runs", atLeast: 0.75},
 	{what: "agent peak RSS, encrypted install of a 1 GiB image", bench: "BenchmarkAgentEncryptedInstall/1024MiB", value: "peak-RSS-MiB", atMost: 16, unit: "MiB"},
 	{what: "delta size, 256 MiB image with 2 % of 4 KiB blocks rewritten and 100 KiB inserted near the start, % of the full image", bench: "BenchmarkSynthetic256",

@@ -100,6 +100,29 @@ func (w *world) waitDeltaMade(limit time.Duration) {
 	}
 }
 
+// updateUntilDCMInstalled runs update --json (with args) on the vehicle
+// in dir up to tries times, until its DCM installs, and returns the
+// DCM's result and the last run.
+func updateUntilDCMInstalled(t *testing.T, dir string, tries int, args ...string) (deltaECU, result) {
+	t.Helper()
+	var got deltaECU
+	var last result
+	for try := 0; try < tries && got.Outcome != "installed"; try++ {
+		last = agent(t, append([]string{"update", "--state", dir, "--json"}, args...)...)
+		var rep struct{ ECUs []deltaECU }
+		json.Unmarshal([]byte(last.stdout), &rep)
+		for _, e := range rep.ECUs {
+			if e.Type == "dcm" {
+				got = e
+			}
+		}
+		if got.Outcome != "installed" {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return got, last
+}
+
 type deltaECU struct {
 	Type          string `json:"type"`
 	Outcome       string `json:"outcome"`
@@ -161,25 +184,11 @@ func TestDeltaUpdates(t *testing.T) {
 
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var got deltaECU
-			var last result
-			for try := 0; try < 100 && got.Outcome != "installed"; try++ {
-				args := []string{"--json"}
-				if tc.simulate != "" {
-					args = append(args, "--simulate", tc.simulate)
-				}
-				last = agent(t, append([]string{"update", "--state", dirs[tc.name]}, args...)...)
-				var rep struct{ ECUs []deltaECU }
-				json.Unmarshal([]byte(last.stdout), &rep)
-				for _, e := range rep.ECUs {
-					if e.Type == "dcm" {
-						got = e
-					}
-				}
-				if got.Outcome != "installed" {
-					time.Sleep(100 * time.Millisecond)
-				}
+			var args []string
+			if tc.simulate != "" {
+				args = append(args, "--simulate", tc.simulate)
 			}
+			got, last := updateUntilDCMInstalled(t, dirs[tc.name], 100, args...)
 			t.Logf("DCM: delta %v, %d bytes transferred, fallback %q", got.Delta, got.Transferred, got.DeltaFallback)
 			if got.Outcome != "installed" || got.To != "3.0.0" {
 				t.Fatalf("DCM never installed 3.0.0: %+v\n%s", got, last)

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -173,21 +171,7 @@ func TestEncryptedImages(t *testing.T) {
 
 	// Car 2 waits for its delta, sealed too, and installs from it.
 	w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "3.0.0", "selector": map[string]any{"vins": []string{cars[2].vin}}, "waves": []int{100}, "deltas": "wait"})
-	var got deltaECU
-	var last result
-	for try := 0; try < 200 && got.Outcome != "installed"; try++ {
-		last = agent(t, "update", "--state", cars[2].dir, "--json")
-		var rep struct{ ECUs []deltaECU }
-		json.Unmarshal([]byte(last.stdout), &rep)
-		for _, e := range rep.ECUs {
-			if e.Type == "dcm" {
-				got = e
-			}
-		}
-		if got.Outcome != "installed" {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	got, last := updateUntilDCMInstalled(t, cars[2].dir, 200)
 	if got.Outcome != "installed" || !got.Delta || got.Transferred > int64(len(plain))/10 {
 		t.Fatalf("want 3.0.0 from an encrypted delta: %+v\n%s", got, last)
 	}
@@ -249,20 +233,8 @@ func TestEncryptedImages(t *testing.T) {
 	if n := plaintextBlocks(plain, stick); n > 0 {
 		t.Fatalf("%d blocks of the image in clear on the USB stick", n)
 	}
-	tr := tar.NewReader(bytes.NewReader(stick))
-	var names []string
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, h.Name)
-	}
-	if all := strings.Join(names, " "); !strings.Contains(all, "sealed/") || strings.Contains(all, "targets/dcm/") {
-		t.Fatalf("the stick should carry the DCM image sealed only: %v", names)
+	if names := tarNames(t, stick); !strings.Contains(names, "sealed/") || strings.Contains(names, "targets/dcm/") {
+		t.Fatalf("the stick should carry the DCM image sealed only:\n%s", names)
 	}
 	p := filepath.Join(w.dir, "stick.tar")
 	if err := os.WriteFile(p, stick, 0o600); err != nil {

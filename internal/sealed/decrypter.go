@@ -88,7 +88,7 @@ func NewDecrypter(key, header []byte, sealedLength int64, sealedSHA256 []byte, p
 		toHash: make(chan *sealedChunk, decrypterDepth), toOpen: make(chan *sealedChunk, decrypterDepth),
 		free: make(chan *sealedChunk, decrypterDepth), hashed: make(chan struct{}), opened: make(chan struct{})}
 	for range decrypterDepth {
-		d.free <- &sealedChunk{data: make([]byte, 0, o.h.Chunk+Overhead), plain: make([]byte, 0, o.h.Chunk)}
+		d.free <- &sealedChunk{data: make([]byte, 0, o.h.Chunk+Overhead)} // plain: only when needed (open)
 	}
 	d.fill = d.openInto
 	go d.hashStage()
@@ -314,6 +314,9 @@ func (d *Decrypter) open(c *sealedChunk, filler WriterWith) error {
 		if ok {
 			return err
 		}
+	}
+	if c.plain == nil {
+		c.plain = make([]byte, 0, d.o.h.Chunk)
 	}
 	plain, err := d.o.Open(c.plain[:0], c.data, c.index, c.last)
 	if err != nil {

@@ -32,8 +32,10 @@ const (
 	Overhead = 16
 	// MaxChunk bounds the chunk size a reader accepts.
 	MaxChunk = 4 << 20
-	// DefaultChunk is the chunk size Seal uses by default.
-	DefaultChunk = 64 << 10
+	// DefaultChunk is the chunk size the server seals with: the slot
+	// writer's buffer size (client/bootctl), so a chunk opens straight
+	// into it, and few enough chunks that their handling costs little.
+	DefaultChunk = 128 << 10
 )
 
 // ErrAuth means a chunk, or the file's structure, did not authenticate:
