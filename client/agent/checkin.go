@@ -80,12 +80,10 @@ func (a *Agent) CheckIn(ctx context.Context) error {
 	if res.Time != nil {
 		// The server's time for this check-in's nonce keeps the clock
 		// trusted (and makes a vehicle whose RTC was right trusted again).
-		faults := a.Faults.Attestation
-		a.Faults.Attestation = "" // simulated damage is the cycle's own attestation's
-		if err := a.acceptAttestation(*res.Time, res.Nonce); err != nil {
+		// (Simulated damage is the cycle's own attestation's.)
+		if err := a.acceptAttestation(*res.Time, res.Nonce, ""); err != nil {
 			a.Log.Warn("the check-in's time attestation was refused", "err", err)
 		}
-		a.Faults.Attestation = faults
 	}
 	if err := a.V.SaveCheckIn(a.now()); err != nil {
 		return err

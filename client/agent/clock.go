@@ -11,10 +11,10 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/roadsign/roadsign/client"
-	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/vehicle"
 	"github.com/roadsign/roadsign/internal/boottime"
 	"github.com/roadsign/roadsign/internal/timeattest"
+	"github.com/roadsign/roadsign/internal/vehicleauth"
 )
 
 // Secure time. The vehicle's RTC decides nothing: every expiry verdict,
@@ -41,7 +41,7 @@ func (a *Agent) secureTime(ctx context.Context) error {
 	if a.API == nil {
 		return a.untrusted("no server to attest the time")
 	}
-	nonce := api.Nonce()
+	nonce := vehicleauth.Nonce()
 	att, err := a.API.TimeAttestation(ctx, nonce)
 	if err != nil {
 		st, lerr := a.V.LoadTimeState()
@@ -54,15 +54,16 @@ func (a *Agent) secureTime(ctx context.Context) error {
 		}
 		return a.untrusted(fmt.Sprintf("the server gave no time attestation: %v", err))
 	}
-	return a.acceptAttestation(att, nonce)
+	return a.acceptAttestation(att, nonce, a.Faults.Attestation)
 }
 
 // acceptAttestation verifies att (for nonce) and makes it the cycle's
-// clock; otherwise the vehicle's time is untrusted.
-func (a *Agent) acceptAttestation(att timeattest.Attestation, nonce string) error {
-	switch a.Faults.Attestation {
+// clock; otherwise the vehicle's time is untrusted. damage simulates a
+// bad attestation (fault.Set.Attestation; "" for none).
+func (a *Agent) acceptAttestation(att timeattest.Attestation, nonce, damage string) error {
+	switch damage {
 	case "wrong-nonce": // an attestation replayed from another request
-		nonce = api.Nonce()
+		nonce = vehicleauth.Nonce()
 	case "bad-sig": // one signed by another key
 		if len(att.Sig) > 0 {
 			att.Sig = append([]byte(nil), att.Sig...)
@@ -85,7 +86,7 @@ func (a *Agent) acceptAttestation(att timeattest.Attestation, nonce string) erro
 	if err != nil {
 		return err
 	}
-	if a.Faults.Attestation == "stale" { // as if the server's clock were behind what the vehicle trusts
+	if damage == "stale" { // as if the server's clock were behind what the vehicle trusts
 		s.Time = laterOf(st.Floor, s.Time).Add(-time.Hour)
 	}
 	switch {

@@ -34,7 +34,9 @@ type sealedFile struct {
 	sha256 []byte
 	length int64
 	header []byte
-	key    []byte
+	// chunk is the plaintext chunk size its header gives.
+	chunk int
+	key   []byte
 }
 
 // openSealed unwraps the file key of et, wrapped for ECU serial's
@@ -44,7 +46,8 @@ func (a *Agent) openSealed(serial, path string, et *encryptedTarget) (*sealedFil
 	sum, err1 := hex.DecodeString(et.SHA256)
 	hdr, err2 := hex.DecodeString(et.Header)
 	wrapped, err3 := base64.StdEncoding.DecodeString(et.Key)
-	if err := errors.Join(err1, err2, err3); err != nil || len(sum) != 32 || len(hdr) != sealed.HeaderSize || et.Sealed == "" {
+	h, err4 := sealed.ParseHeader(hdr)
+	if err := errors.Join(err1, err2, err3, err4); err != nil || len(sum) != 32 || len(hdr) != sealed.HeaderSize || et.Sealed == "" {
 		return nil, fmt.Errorf("the encrypted target %s for ECU %s is malformed", path, serial)
 	}
 	priv, err := a.V.EncryptionKey(serial)
@@ -55,7 +58,7 @@ func (a *Agent) openSealed(serial, path string, et *encryptedTarget) (*sealedFil
 	if err != nil {
 		return nil, fmt.Errorf("the file key of %s does not open with ECU %s's encryption key (%v): it was wrapped for another unit, VIN or file", path, serial, err)
 	}
-	return &sealedFile{name: et.Sealed, sha256: sum, length: et.Length, header: hdr, key: key}, nil
+	return &sealedFile{name: et.Sealed, sha256: sum, length: et.Length, header: hdr, chunk: h.Chunk, key: key}, nil
 }
 
 // target is the download of the sealed file.
@@ -103,7 +106,7 @@ func (a *Agent) fetchSealed(ctx context.Context, src Source, p *plan, sum string
 	if err != nil {
 		return 0, fmt.Errorf("ECU %s: %w", p.ecu.Serial, err)
 	}
-	if w.Offset()%int64(sealedChunk(p.sealed)) != 0 {
+	if w.Offset()%int64(p.sealed.chunk) != 0 {
 		// Not on a chunk boundary (an older agent's progress): start over.
 		w.Pause()
 		if err := ecu.Abort(); err != nil {
@@ -138,15 +141,6 @@ func (a *Agent) fetchSealed(ctx context.Context, src Source, p *plan, sum string
 	a.Log.Info("downloaded and decrypted", "target", p.path, "sealed_bytes", n, "attempts", res.Attempts)
 	a.say("verifying %s: decrypted, length and sha256 against signed metadata", p.path)
 	return n, w.Finish(a.Faults.Hooks())
-}
-
-// sealedChunk is the chunk size of a sealed file (from its header).
-func sealedChunk(s *sealedFile) int {
-	h, err := sealed.ParseHeader(s.header)
-	if err != nil {
-		return 1
-	}
-	return h.Chunk
 }
 
 // finishSealed ends a sealed download into d: after a complete one, the

@@ -6,8 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -153,7 +151,7 @@ func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
 
 // CheckIn posts a signed manifest with a fresh nonce.
 func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h CheckInInfo) (CheckInResult, error) {
-	nonce := Nonce()
+	nonce := vehicleauth.Nonce()
 	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: nonce, Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
 		DTCDetails: h.DTCs, Signal: h.Signal, PrimarySerial: h.PrimarySerial, ECUReports: h.ECUReports, Unreachable: h.Unreachable,
 		AttestTime: h.AttestTime, TimeUntrusted: h.TimeUntrusted}
@@ -178,13 +176,6 @@ func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offl
 type CheckInResult struct {
 	Nonce string                  `json:"-"`
 	Time  *timeattest.Attestation `json:"time"`
-}
-
-// Nonce returns a fresh random nonce (32 hex digits).
-func Nonce() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // TimeAttestation asks the server for its time, signed, for nonce.

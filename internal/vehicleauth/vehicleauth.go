@@ -77,12 +77,17 @@ func requestHost(r *http.Request) string {
 	return r.Host
 }
 
+// Nonce returns a fresh random nonce: 32 hex digits.
+func Nonce() string {
+	n := make([]byte, 16)
+	rand.Read(n)
+	return hex.EncodeToString(n)
+}
+
 // Sign sets req's Authorization header for a request with body, signed by
 // key for vin at now with a fresh nonce.
 func Sign(req *http.Request, key ed25519.PrivateKey, vin string, body []byte, now time.Time) {
-	n := make([]byte, 16)
-	rand.Read(n)
-	c := Claim{VIN: vin, TS: now.Unix(), Nonce: hex.EncodeToString(n), BodySHA256: BodySHA256(body)}
+	c := Claim{VIN: vin, TS: now.Unix(), Nonce: Nonce(), BodySHA256: BodySHA256(body)}
 	c.Sig = ed25519.Sign(key, c.stringToSign(req, requestHost(req)))
 	req.Header.Set("Authorization", fmt.Sprintf("%s vin=%s,ts=%d,nonce=%s,body=%s,sig=%s", Scheme, c.VIN, c.TS, c.Nonce, c.BodySHA256,
 		base64.RawURLEncoding.EncodeToString(c.Sig)))

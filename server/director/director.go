@@ -560,8 +560,11 @@ type ECUIdentifier struct {
 }
 
 // build turns an assignment into director targets (without version and
-// expiry) and a hash identifying it.
-func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string, error) {
+// expiry) and a hash identifying it. With wrapKeys, the encrypted
+// targets carry their file keys wrapped for each ECU: random each time,
+// so only for targets about to be signed, and never part of the hash
+// (their recipients are).
+func build(vin string, as []Assigned, wrapKeys bool) (map[string]*metadata.TargetFiles, string, error) {
 	sort.Slice(as, func(i, j int) bool { return as[i].Serial < as[j].Serial })
 	customs := map[string]*TargetCustom{}
 	files := map[string]*metadata.TargetFiles{}
@@ -609,11 +612,9 @@ func build(vin string, as []Assigned) (map[string]*metadata.TargetFiles, string,
 		Files map[string]*metadata.TargetFiles
 	}{vin, files})
 	h.Write(enc)
-	// The wrapped file keys are random each time: they are left out of
-	// the hash (their recipients are in it), and filled in after.
 	wrapped := false
 	for _, a := range as {
-		if a.Encrypted == nil {
+		if a.Encrypted == nil || !wrapKeys {
 			continue
 		}
 		w, err := wrap(vin, a, a.Encrypted)
@@ -671,7 +672,7 @@ func (d *Service) ForBundle(ctx context.Context, v server.Vehicle, b meta.USBBun
 	if err != nil {
 		return nil, nil, err
 	}
-	files, _, err := build(v.VIN, as)
+	files, _, err := build(v.VIN, as, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -720,7 +721,7 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 		if err != nil {
 			return head, nil, err
 		}
-		files, hash, err := build(vin, dec.As)
+		_, hash, err := build(vin, dec.As, false)
 		if err != nil {
 			return head, nil, err
 		}
@@ -735,6 +736,10 @@ func (d *Service) refresh(ctx context.Context, vin string, load func(context.Con
 				}
 			}
 			return head, nil, nil
+		}
+		files, _, err := build(vin, dec.As, true)
+		if err != nil {
+			return head, nil, err
 		}
 		next, metas, err := d.Sign(vin, head, files, hash, now, life)
 		if err != nil {

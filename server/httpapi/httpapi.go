@@ -391,16 +391,6 @@ const (
 
 func (a *api) repoFile(c *gin.Context) {
 	name := strings.TrimPrefix(c.Param("file"), "/")
-	// An image kept only sealed is never served in clear; HEAD still
-	// tells the signer it is uploaded.
-	if n, ok, err := a.Repo.SealedTarget(c.Request.Context(), name); err != nil || ok {
-		if err == nil {
-			c.Header(EncryptedHeader, strconv.FormatInt(n, 10))
-			err = server.CodedErrorf(server.KindForbidden, errcode.EncryptedOnly, "%s is served only encrypted, to the ECUs it is assigned to (their director metadata names the sealed file)", name)
-		}
-		a.fail(c, err)
-		return
-	}
 	// GET only: a presigned URL is for one method, and HEAD (the signer
 	// checking what is uploaded) is cheap here.
 	if c.Request.Method == http.MethodGet {
@@ -409,19 +399,41 @@ func (a *api) repoFile(c *gin.Context) {
 			a.fail(c, err)
 			return
 		}
-		if ok {
+		if ok && !a.sealedOnly(c, name) {
 			c.Header("Cache-Control", "no-store") // the URL expires
 			c.Redirect(http.StatusTemporaryRedirect, u)
+		}
+		if ok {
 			return
 		}
 	}
 	f, err := a.Repo.Open(c.Request.Context(), name)
+	if server.ErrorOf(err).Kind == server.KindNotFound && a.sealedOnly(c, name) {
+		return
+	}
 	if err != nil {
 		a.fail(c, err)
 		return
 	}
 	defer f.Close()
 	serveFile(c, name, f)
+}
+
+// sealedOnly answers for a target kept only sealed, which is never served
+// in clear (HEAD still tells the signer it is uploaded), and reports
+// whether it did. It is asked only where the clear file would be missing
+// (or not looked at: a redirect), so clear targets cost no extra read.
+func (a *api) sealedOnly(c *gin.Context, name string) bool {
+	n, ok, err := a.Repo.SealedTarget(c.Request.Context(), name)
+	if err == nil && !ok {
+		return false
+	}
+	if err == nil {
+		c.Header(EncryptedHeader, strconv.FormatInt(n, 10))
+		err = server.CodedErrorf(server.KindForbidden, errcode.EncryptedOnly, "%s is served only encrypted, to the ECUs it is assigned to (their director metadata names the sealed file)", name)
+	}
+	a.fail(c, err)
+	return true
 }
 
 // decodeJSON strictly decodes a size-limited JSON body.
