@@ -151,7 +151,7 @@ func (a *Agent) useTrustedClock(st vehicle.TimeState) {
 	a.keepRTC()
 	a.Now, a.trustedClock = clock, true
 	if a.API != nil {
-		a.API.Now = clock
+		a.API.UseClock(clock)
 	}
 }
 

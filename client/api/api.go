@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/roadsign/roadsign/client"
@@ -26,7 +27,31 @@ type Client struct {
 	HTTP *http.Client
 	VIN  string
 	Key  ed25519.PrivateKey
-	Now  func() time.Time
+	// Now is the clock requests are signed with, until UseClock.
+	Now func() time.Time
+
+	clockMu sync.Mutex
+	clock   func() time.Time
+}
+
+// UseClock makes requests signed with clock from now on (a trusted time
+// replacing the vehicle's RTC). Other goroutines may be signing with the
+// client meanwhile (the wake listener).
+func (c *Client) UseClock(clock func() time.Time) {
+	c.clockMu.Lock()
+	defer c.clockMu.Unlock()
+	c.clock = clock
+}
+
+// now is the time a request is signed with.
+func (c *Client) now() time.Time {
+	c.clockMu.Lock()
+	clock := c.clock
+	c.clockMu.Unlock()
+	if clock != nil {
+		return clock()
+	}
+	return c.Now()
 }
 
 // Error is an error answer from the server.
@@ -42,7 +67,7 @@ func (e *Error) Error() string {
 
 // Sign adds the vehicle's signature to a request with the given body.
 func (c *Client) Sign(req *http.Request, body []byte) {
-	vehicleauth.Sign(req, c.Key, c.VIN, body, c.Now())
+	vehicleauth.Sign(req, c.Key, c.VIN, body, c.now())
 }
 
 // SignGet signs a body-less request (for the TUF fetcher).
@@ -152,7 +177,7 @@ func (c *Client) JobEvent(ctx context.Context, jobID string, e JobEvent) error {
 // CheckIn posts a signed manifest with a fresh nonce.
 func (c *Client) CheckIn(ctx context.Context, ecus []vehicleauth.ECUReport, offline []string, h CheckInInfo) (CheckInResult, error) {
 	nonce := vehicleauth.Nonce()
-	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: nonce, Time: c.Now().UTC(), ECUs: ecus, Offline: offline,
+	m := vehicleauth.Manifest{VIN: c.VIN, Nonce: nonce, Time: c.now().UTC(), ECUs: ecus, Offline: offline,
 		DTCDetails: h.DTCs, Signal: h.Signal, PrimarySerial: h.PrimarySerial, ECUReports: h.ECUReports, Unreachable: h.Unreachable,
 		AttestTime: h.AttestTime, TimeUntrusted: h.TimeUntrusted}
 	for _, d := range h.DTCs {
