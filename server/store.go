@@ -480,8 +480,32 @@ type Store interface {
 	Campaigns
 	Rollouts
 	Leases
+	Throttles
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Throttles keep log-in throttling in the database, so that every
+// replica counts the same attempts.
+type Throttles interface {
+	// ThrottleEntry is key's entry (the zero entry when there is none).
+	ThrottleEntry(ctx context.Context, key string) (ThrottleEntry, error)
+	// UpdateThrottle lets fn change key's entry and stores what it
+	// returns (the zero entry deletes it), atomically against every
+	// replica: no two replicas see the same entry.
+	UpdateThrottle(ctx context.Context, key string, fn func(ThrottleEntry) ThrottleEntry) (ThrottleEntry, error)
+	// PruneThrottles deletes the entries last used before idle and not
+	// locked at now, and then the least recently used beyond keep.
+	PruneThrottles(ctx context.Context, idle, now time.Time, keep int) error
+}
+
+// ThrottleEntry is one key's throttling state: a token bucket (Tokens,
+// refilled since Last) and a run of failures locking it until Until.
+type ThrottleEntry struct {
+	Tokens   float64
+	Last     time.Time
+	Failures int
+	Until    time.Time
 }
 
 // Accounts are the people and systems that log in.

@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"testing"
+	"time"
 
 	"github.com/roadsign/roadsign/server/postgres/pgtest"
 )
@@ -34,5 +39,44 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	}
 	if got := a.getJob(dealer, j.ID); got.State != "succeeded" {
 		t.Fatalf("replica a sees job %s", got.State)
+	}
+}
+
+// TestLoginThrottleAcrossReplicas: behind a load balancer one address's
+// log-in attempts land on every replica in turn; together the replicas
+// allow what one would (10 a minute), not 10 each.
+func TestLoginThrottleAcrossReplicas(t *testing.T) {
+	db := pgtest.Schema(t)
+	a := newWorld(t, "--database", db)
+	b := &world{t: t, dir: a.dir, data: a.data, ws: a.ws, extra: a.extra, env: a.env}
+	b.start()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	csrf := formCSRF(t, c, a.url+"/")
+	var codes []int
+	t0 := time.Now()
+	for i := range 14 {
+		replica := []string{a.url, b.url}[i%2]
+		// A new name each time: only the address is throttled.
+		resp, err := c.PostForm(replica+"/login", url.Values{"name": {fmt.Sprintf("guess-%d", i)}, "secret": {"y"}, "csrf": {csrf}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	// The bucket refills one attempt every 6 s.
+	refilled := int(time.Since(t0) / (6 * time.Second))
+	passed := 0
+	for _, code := range codes {
+		if code == http.StatusSeeOther {
+			passed++
+		}
+	}
+	if codes[9] != http.StatusSeeOther || passed > 10+refilled || passed == len(codes) {
+		t.Fatalf("answers of two replicas taking turns: %v; want 10 × 303 (and %d refilled) then 429", codes, refilled)
 	}
 }

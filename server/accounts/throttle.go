@@ -1,9 +1,12 @@
 package accounts
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/roadsign/roadsign/server"
 )
 
 // ThrottleConfig paces log-in attempts.
@@ -17,7 +20,7 @@ type ThrottleConfig struct {
 	// before is not held by it, so an attacker cannot keep an owner out.
 	LockAfter         int
 	LockBase, LockMax time.Duration
-	// MaxEntries bounds the memory the throttle keeps.
+	// MaxEntries bounds the entries the throttle keeps.
 	MaxEntries int
 }
 
@@ -26,129 +29,108 @@ var DefaultThrottle = ThrottleConfig{PerIP: 10, LockAfter: 5, LockBase: 30 * tim
 
 // Throttle limits log-in attempts per client address (a token bucket)
 // and per account name (a lockout after repeated failures). Unknown names
-// are throttled exactly like known ones. It is kept in memory: with
-// several replicas each throttles what it sees.
+// are throttled exactly like known ones. Its state is in the database, so
+// several replicas behind a load balancer allow what one would, not a
+// multiple of it.
 type Throttle struct {
 	cfg   ThrottleConfig
+	store server.Throttles
 	now   func() time.Time
-	mu    sync.Mutex
-	ips   map[string]*bucket
-	names map[string]*failures
+
+	mu        sync.Mutex
+	lastPrune time.Time
 }
 
-type bucket struct {
-	tokens float64
-	last   time.Time
+// NewThrottle returns a throttle keeping its state in store.
+func NewThrottle(cfg ThrottleConfig, store server.Throttles, now func() time.Time) *Throttle {
+	return &Throttle{cfg: cfg, store: store, now: now}
 }
 
-type failures struct {
-	n     int
-	until time.Time
-	last  time.Time
-}
+func ipKey(ip string) string { return "ip:" + ip }
 
-// NewThrottle returns a throttle.
-func NewThrottle(cfg ThrottleConfig, now func() time.Time) *Throttle {
-	return &Throttle{cfg: cfg, now: now, ips: map[string]*bucket{}, names: map[string]*failures{}}
-}
+func nameKey(name string) string { return "name:" + strings.ToLower(strings.TrimSpace(name)) }
 
 // AllowIP takes one attempt from ip's allowance; if there is none left it
 // returns how long until there is.
-func (t *Throttle) AllowIP(ip string) time.Duration {
+func (t *Throttle) AllowIP(ctx context.Context, ip string) (time.Duration, error) {
 	if t.cfg.PerIP <= 0 {
-		return 0
+		return 0, nil
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	if err := t.prune(ctx); err != nil {
+		return 0, err
+	}
 	now := t.now()
-	b := t.ips[ip]
-	if b == nil {
-		t.prune(now)
-		b = &bucket{tokens: float64(t.cfg.PerIP), last: now}
-		t.ips[ip] = b
-	}
 	rate := float64(t.cfg.PerIP) / float64(time.Minute)
-	b.tokens = min(float64(t.cfg.PerIP), b.tokens+float64(now.Sub(b.last))*rate)
-	b.last = now
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) / rate)
-	}
-	b.tokens--
-	return 0
+	var wait time.Duration
+	_, err := t.store.UpdateThrottle(ctx, ipKey(ip), func(e server.ThrottleEntry) server.ThrottleEntry {
+		wait = 0
+		tokens := float64(t.cfg.PerIP)
+		if !e.Last.IsZero() {
+			tokens = min(tokens, e.Tokens+float64(max(now.Sub(e.Last), 0))*rate)
+		}
+		if tokens < 1 {
+			wait = time.Duration((1 - tokens) / rate)
+		} else {
+			tokens--
+		}
+		e.Tokens, e.Last = tokens, now
+		return e
+	})
+	return wait, err
 }
 
-func nameKey(name string) string { return strings.ToLower(strings.TrimSpace(name)) }
-
 // LockedFor says how long name is still locked (0: not locked).
-func (t *Throttle) LockedFor(name string) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if f := t.names[nameKey(name)]; f != nil {
-		return max(f.until.Sub(t.now()), 0)
+func (t *Throttle) LockedFor(ctx context.Context, name string) (time.Duration, error) {
+	e, err := t.store.ThrottleEntry(ctx, nameKey(name))
+	if err != nil || e.Until.IsZero() {
+		return 0, err
 	}
-	return 0
+	return max(e.Until.Sub(t.now()), 0), nil
 }
 
 // Fail records a failed attempt for name.
-func (t *Throttle) Fail(name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+func (t *Throttle) Fail(ctx context.Context, name string) error {
+	if err := t.prune(ctx); err != nil {
+		return err
+	}
 	now := t.now()
-	f := t.names[nameKey(name)]
-	if f == nil {
-		t.prune(now)
-		f = &failures{}
-		t.names[nameKey(name)] = f
-	}
-	f.n++
-	f.last = now
-	if over := f.n - t.cfg.LockAfter; t.cfg.LockAfter > 0 && over >= 0 {
-		d := t.cfg.LockBase << min(over, 20)
-		if d > t.cfg.LockMax || d <= 0 {
-			d = t.cfg.LockMax
+	_, err := t.store.UpdateThrottle(ctx, nameKey(name), func(e server.ThrottleEntry) server.ThrottleEntry {
+		e.Failures++
+		e.Last = now
+		if over := e.Failures - t.cfg.LockAfter; t.cfg.LockAfter > 0 && over >= 0 {
+			d := t.cfg.LockBase << min(over, 20)
+			if d > t.cfg.LockMax || d <= 0 {
+				d = t.cfg.LockMax
+			}
+			e.Until = now.Add(d)
 		}
-		f.until = now.Add(d)
-	}
+		return e
+	})
+	return err
 }
 
 // Succeed clears name's failures.
-func (t *Throttle) Succeed(name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.names, nameKey(name))
+func (t *Throttle) Succeed(ctx context.Context, name string) error {
+	_, err := t.store.UpdateThrottle(ctx, nameKey(name), func(server.ThrottleEntry) server.ThrottleEntry {
+		return server.ThrottleEntry{}
+	})
+	return err
 }
 
-// prune drops entries nobody has used for LockMax once the maps are
-// full, and then, if still full, an arbitrary half: the throttle's
-// memory stays bounded whatever an attacker sends.
-func (t *Throttle) prune(now time.Time) {
-	if len(t.ips)+len(t.names) < t.cfg.MaxEntries {
-		return
+// prune, at most once a minute per replica, drops the entries nobody
+// has used for LockMax, and beyond MaxEntries the least recently used:
+// the throttle's table stays bounded whatever an attacker sends.
+func (t *Throttle) prune(ctx context.Context) error {
+	now := t.now()
+	t.mu.Lock()
+	due := now.Sub(t.lastPrune) >= time.Minute
+	if due {
+		t.lastPrune = now
+	}
+	t.mu.Unlock()
+	if !due {
+		return nil
 	}
 	idle := max(t.cfg.LockMax, time.Minute)
-	for k, b := range t.ips {
-		if now.Sub(b.last) > idle {
-			delete(t.ips, k)
-		}
-	}
-	for k, f := range t.names {
-		if now.Sub(f.last) > idle && now.After(f.until) {
-			delete(t.names, k)
-		}
-	}
-	if len(t.ips)+len(t.names) >= t.cfg.MaxEntries {
-		n := 0
-		for k := range t.ips {
-			if n%2 == 0 {
-				delete(t.ips, k)
-			}
-			n++
-		}
-		for k := range t.names {
-			if n%2 == 0 {
-				delete(t.names, k)
-			}
-			n++
-		}
-	}
+	return t.store.PruneThrottles(ctx, now.Add(-idle), now, t.cfg.MaxEntries)
 }

@@ -195,7 +195,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 	throttle := accounts.DefaultThrottle
 	throttle.PerIP = c.loginsPerMinute
 	pages, err := web.New(web.Deps{
-		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, time.Now), Owners: s.owners, Registry: s.registry, Jobs: s.jobs,
+		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, store, time.Now), Owners: s.owners, Registry: s.registry, Jobs: s.jobs,
 		Bundles: bundles, Campaigns: s.campaigns, Store: store, Secret: secret, Now: time.Now, Log: log,
 		Diagnosis: s.diagnosis, Status: status,
 	})

@@ -163,6 +163,12 @@ var migrations = []string{
 	// 18: why the vehicle held no trusted time at its last check-in ('':
 	// it did), for the diagnosis.
 	`ALTER TABLE vehicles ADD COLUMN time_untrusted TEXT NOT NULL DEFAULT '';`,
+	// 19: log-in throttling, shared by every replica (a token bucket per
+	// client address, failures and a lock per account name).
+	`CREATE TABLE login_throttle (
+		name TEXT PRIMARY KEY, tokens_milli BIGINT NOT NULL, last_at BIGINT NOT NULL,
+		failures INTEGER NOT NULL, locked_until BIGINT NOT NULL);
+	CREATE INDEX login_throttle_last ON login_throttle (last_at);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"Director", testDirector},
 		{"DirectorInputs", testDirectorInputs},
 		{"Leases", testLeases},
+		{"Throttles", testThrottles},
 		{"Owners", testOwners},
 		{"AccountsAndSessions", testAccountsAndSessions},
 		{"LeadershipAndFencing", testLeadership},
@@ -570,6 +571,72 @@ func testDirectorInputs(t *testing.T, s server.Store) {
 	must(t, s.SaveDirectorBasis(ctx, vin, 7, "stale"))
 	if h := head(); h.Basis != "b2" || string(h.Timestamp) != "ts1" || h.TimestampVersion != 1 {
 		t.Fatalf("head after saving bases: %+v", h)
+	}
+}
+
+// testThrottles: concurrent updates of one key never see the same entry
+// (every replica's increment counts), the zero entry deletes, pruning
+// drops idle entries but not locked ones, and beyond its bound all but
+// the most recent.
+func testThrottles(t *testing.T, s server.Store) {
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				_, err := s.UpdateThrottle(ctx, "ip:192.0.2.1", func(e server.ThrottleEntry) server.ThrottleEntry {
+					e.Failures++
+					e.Tokens += 0.5
+					e.Last = now
+					return e
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	e, err := s.ThrottleEntry(ctx, "ip:192.0.2.1")
+	must(t, err)
+	if e.Failures != 80 || e.Tokens != 40 || !e.Last.Equal(now) {
+		t.Fatalf("after 80 concurrent updates: %+v, want 80 failures and 40 tokens", e)
+	}
+	if _, err := s.UpdateThrottle(ctx, "ip:192.0.2.1", func(server.ThrottleEntry) server.ThrottleEntry { return server.ThrottleEntry{} }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := s.ThrottleEntry(ctx, "ip:192.0.2.1"); err != nil || e != (server.ThrottleEntry{}) {
+		t.Fatalf("after the zero entry: %+v, %v", e, err)
+	}
+	set := func(key string, last, until time.Time) {
+		_, err := s.UpdateThrottle(ctx, key, func(server.ThrottleEntry) server.ThrottleEntry {
+			return server.ThrottleEntry{Failures: 1, Last: last, Until: until}
+		})
+		must(t, err)
+	}
+	set("name:idle", now.Add(-time.Hour), time.Time{})
+	set("name:locked", now.Add(-time.Hour), now.Add(time.Minute))
+	for i := range 5 {
+		set(fmt.Sprintf("name:recent-%d", i), now.Add(time.Duration(i)*time.Second), time.Time{})
+	}
+	must(t, s.PruneThrottles(ctx, now.Add(-15*time.Minute), now, 100))
+	for key, kept := range map[string]bool{"name:idle": false, "name:locked": true, "name:recent-0": true} {
+		e, err := s.ThrottleEntry(ctx, key)
+		must(t, err)
+		if got := e != (server.ThrottleEntry{}); got != kept {
+			t.Errorf("after pruning idle entries, %s kept %v, want %v", key, got, kept)
+		}
+	}
+	must(t, s.PruneThrottles(ctx, now.Add(-15*time.Minute), now, 3))
+	for key, kept := range map[string]bool{"name:idle": false, "name:locked": false, "name:recent-0": false, "name:recent-1": false,
+		"name:recent-2": true, "name:recent-3": true, "name:recent-4": true} {
+		e, err := s.ThrottleEntry(ctx, key)
+		must(t, err)
+		if got := e != (server.ThrottleEntry{}); got != kept {
+			t.Errorf("after pruning to 3, %s kept %v, want %v", key, got, kept)
+		}
 	}
 }
 

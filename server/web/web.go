@@ -448,11 +448,20 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 			w.redirect(c, back, "", "err", "That name and password do not match an account.")
 			return
 		}
-		if wait := w.Throttle.AllowIP(c.ClientIP()); wait > 0 {
+		wait, err := w.Throttle.AllowIP(ctx, c.ClientIP())
+		if err != nil {
+			w.loginBusy(c, err)
+			return
+		}
+		if wait > 0 {
 			w.tooMany(c, wait, "Too many log-in attempts from your address.")
 			return
 		}
-		if wait := w.Throttle.LockedFor(name); wait > 0 && !w.deviceOK(c, w.Accounts.AccountID(ctx, name)) {
+		if wait, err = w.Throttle.LockedFor(ctx, name); err != nil {
+			w.loginBusy(c, err)
+			return
+		}
+		if wait > 0 && !w.deviceOK(c, w.Accounts.AccountID(ctx, name)) {
 			w.tooMany(c, wait, "Too many failed log-ins for this account.")
 			return
 		}
@@ -466,8 +475,7 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 			var err error
 			p, ok, err = w.Accounts.CheckOwnerPassword(ctx, name, secret)
 			if errors.Is(err, accounts.ErrBusy) {
-				c.Header("Retry-After", "5")
-				w.render(c, http.StatusServiceUnavailable, "login", page{Title: "Log in", Action: c.Request.URL.Path, CSRF: w.loginCSRF(c), Error: message(err)})
+				w.loginBusy(c, err)
 				return
 			}
 			if err != nil {
@@ -476,11 +484,17 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 			}
 		}
 		if !ok {
-			w.Throttle.Fail(name)
+			if err := w.Throttle.Fail(ctx, name); err != nil {
+				w.loginBusy(c, err)
+				return
+			}
 			w.redirect(c, back, "", "err", "That name and password do not match an account.")
 			return
 		}
-		w.Throttle.Succeed(name)
+		if err := w.Throttle.Succeed(ctx, name); err != nil {
+			w.loginBusy(c, err)
+			return
+		}
 		if err := w.startSession(c, p); err != nil {
 			w.Log.Error("start session", "err", err)
 			w.redirect(c, back, "", "err", "something went wrong; try again later")
@@ -489,6 +503,19 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 		w.setCookie(c, deviceCookie, p.ID+"."+w.sign("device", p.ID), 365*24*3600)
 		c.Redirect(http.StatusSeeOther, back)
 	}
+}
+
+// loginBusy answers a log-in the server cannot judge now (the password
+// hashers are all busy, or the throttle's database failed): 503 with
+// Retry-After, and nothing let through.
+func (w *Web) loginBusy(c *gin.Context, err error) {
+	msg := message(err)
+	if !errors.Is(err, accounts.ErrBusy) {
+		w.Log.Error("log-in throttle", "err", err)
+		msg = "Log-in is unavailable for a moment; try again in a few seconds."
+	}
+	c.Header("Retry-After", "5")
+	w.render(c, http.StatusServiceUnavailable, "login", page{Title: "Log in", Action: c.Request.URL.Path, CSRF: w.loginCSRF(c), Error: msg})
 }
 
 // tooMany answers a throttled log-in: 429 with Retry-After.
