@@ -22,7 +22,7 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
            -X github.com/roadsign/roadsign/internal/buildinfo.Commit=$(COMMIT) \
            -X github.com/roadsign/roadsign/internal/buildinfo.Date=$(DATE)
 
-.PHONY: all build test demo bench benchdeps torture fuzz lint cover tools testdeps release clean
+.PHONY: all build test demo bench benchdeps torture fuzz lint cover tools testdeps release clean cluster-test
 
 all: build
 
@@ -43,7 +43,7 @@ build:
 # The power-loss torture and the hostile suite (it measures the server's
 # memory and latency under floods) each run alone after the rest.
 test: lint tools testdeps
-	ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 ROADSIGN_REQUIRE_QEMU=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' $$($(GO) list ./... | grep -v /internal/hostile)
+	ROADSIGN_REQUIRE_CLUSTER=1 ROADSIGN_REQUIRE_S3=1 ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_BROWSER=1 ROADSIGN_REQUIRE_HSM=1 ROADSIGN_REQUIRE_RELEASE_TOOLS=1 ROADSIGN_REQUIRE_MQTT=1 ROADSIGN_REQUIRE_QEMU=1 VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 12m -skip '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' $$($(GO) list ./... | grep -v /internal/hostile)
 	$(GO) test -race -count=1 -timeout 8m -run '^(TestPowerLossTorture|TestDeltaPowerLossTorture)$$' -v ./internal/e2e | grep -E '^(power-loss torture|delta power-loss torture|--- |ok|FAIL|PASS)|(safety|delta)_test'
 	$(GO) test -race -count=1 -timeout 5m -v ./internal/hostile | grep -E '^(--- |ok|FAIL|PASS|panic)|_test\.go:[0-9]+: '
 	@$(MAKE) --no-print-directory cover
@@ -58,6 +58,25 @@ cover:
 	awk -v min=$(COVER_MIN) '/coverage:/ { for (i = 1; i <= NF; i++) if ($$i == "coverage:") { pct = $$(i+1); sub("%", "", pct); \
 		if (pct + 0 < min) { print "coverage of " $$2 " is " pct "%, under " min "%"; bad = 1 } } } END { exit bad }' $$out; bad=$$?; \
 	rm -f $$out; [ $$rc -eq 0 ] && [ $$bad -eq 0 ]
+
+# The whole deployment under faults (TestCluster at full size): three
+# replicas behind HAProxy, a PostgreSQL primary and synchronous standby of
+# its own (initdb, pg_basebackup, pg_ctl; never the machine's), versitygw,
+# a private Mosquitto, 5 000 simulated vehicles and a campaign of four
+# waves, once undisturbed and once while replicas are SIGKILLed, S3 is
+# frozen, the broker restarted, the primary killed and the standby
+# promoted, and the leader frozen past its lease. Prints the figures and,
+# last, one invariant per line (ok: / FAIL:). make test runs it small.
+CLUSTER_REPORT ?= cluster-report.txt
+cluster-test: tools testdeps
+	@rm -f $(CLUSTER_REPORT); ROADSIGN_CLUSTER=full ROADSIGN_CLUSTER_REPORT=$(CURDIR)/$(CLUSTER_REPORT) ROADSIGN_REQUIRE_CLUSTER=1 ROADSIGN_REQUIRE_S3=1 \
+		ROADSIGN_REQUIRE_POSTGRES=1 ROADSIGN_REQUIRE_MQTT=1 VERSITYGW=$(VERSITYGW) \
+		$(GO) test -count=1 -timeout 30m -run '^TestCluster$$' -v ./internal/e2e > $(CLUSTER_REPORT).log 2>&1; rc=$$?; \
+	if [ -s $(CLUSTER_REPORT) ]; then \
+		grep -vE '^(ok|FAIL): ' $(CLUSTER_REPORT); [ $$rc -eq 0 ] || grep -E '^(---|\s+cluster_test)' $(CLUSTER_REPORT).log | tail -n 20; \
+		grep -E '^(ok|FAIL): ' $(CLUSTER_REPORT); \
+	else tail -n 60 $(CLUSTER_REPORT).log; echo "FAIL: the cluster test ended before its invariants (see $(CLUSTER_REPORT).log)"; fi; \
+	exit $$rc
 
 # SIGKILLs the real agent at random points of 500 installs.
 torture:
@@ -130,6 +149,7 @@ testdeps:
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; [ -x /bin/kill ] || missing="$$missing procps"; \
 	command -v qemu-aarch64 >/dev/null || missing="$$missing qemu-user"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; command -v pgrep >/dev/null || missing="$$missing procps"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VERSITYGW):

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -116,6 +117,41 @@ type Vehicle struct {
 	// dirVersion is the director timestamp version last verified.
 	dirVersion int64
 	receipts   []Receipt
+	health     Health
+}
+
+// Health is what one vehicle saw of the server: its failed cycles, and
+// the longest time between two cycles that went through.
+type Health struct {
+	VIN        string
+	Errors     int
+	LongestGap time.Duration
+	// lastOK is when the last cycle that went through ended.
+	lastOK time.Time
+}
+
+// Health lists every vehicle's (safe once no cycle runs).
+func (f *Fleet) Health() []Health {
+	out := make([]Health, len(f.vehicles))
+	for i, v := range f.vehicles {
+		out[i] = v.health
+		out[i].VIN = v.VIN
+	}
+	return out
+}
+
+// Installed is each vehicle's ECUs' installed versions: VIN → ECU type →
+// version (safe once no cycle runs).
+func (f *Fleet) Installed() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, v := range f.vehicles {
+		m := map[string]string{}
+		for _, e := range v.ecus {
+			m[e.Type] = e.Version
+		}
+		out[v.VIN] = m
+	}
+	return out
 }
 
 // Fleet is the simulated fleet.
@@ -136,9 +172,9 @@ type Fleet struct {
 	// director offers a delta it does not list yet (deltas.go).
 	images images
 
-	checkIns, errs atomic.Int64
-	mu             sync.Mutex
-	latencies      []time.Duration
+	checkIns, errs, lostEvents, wakeups atomic.Int64
+	mu                                  sync.Mutex
+	latencies                           []time.Duration
 	// cycleLatencies are whole cycles': check-in, director poll and
 	// whatever the poll brought.
 	cycleLatencies []time.Duration
@@ -298,27 +334,35 @@ func (f *Fleet) CycleUntil(ctx context.Context, end time.Time) bool {
 		f.started = time.Now()
 	}
 	f.mu.Unlock()
-	var mu sync.Mutex
-	var lat, whole []time.Duration
 	var n atomic.Int64
 	f.eachUntil(ctx, end, func(ctx context.Context, v *Vehicle) error {
 		n.Add(1)
-		t0 := time.Now()
-		d, err := f.cycle(ctx, v)
-		if d > 0 {
-			w := time.Since(t0)
-			mu.Lock()
-			lat, whole = append(lat, d), append(whole, w)
-			mu.Unlock()
-		}
-		return err
+		return f.cycleOne(ctx, v)
 	})
-	f.mu.Lock()
-	f.latencies = append(f.latencies, lat...)
-	f.cycleLatencies = append(f.cycleLatencies, whole...)
-	f.done = time.Now()
-	f.mu.Unlock()
 	return n.Load() == int64(len(f.vehicles))
+}
+
+// cycleOne runs v's cycle and keeps its statistics and health.
+func (f *Fleet) cycleOne(ctx context.Context, v *Vehicle) error {
+	t0 := time.Now()
+	d, err := f.cycle(ctx, v)
+	end := time.Now()
+	if err != nil {
+		v.health.Errors++
+	} else {
+		if !v.health.lastOK.IsZero() {
+			v.health.LongestGap = max(v.health.LongestGap, end.Sub(v.health.lastOK))
+		}
+		v.health.lastOK = end
+	}
+	f.mu.Lock()
+	if d > 0 {
+		f.latencies = append(f.latencies, d)
+		f.cycleLatencies = append(f.cycleLatencies, end.Sub(t0))
+	}
+	f.done = end
+	f.mu.Unlock()
+	return err
 }
 
 func (f *Fleet) cycle(ctx context.Context, v *Vehicle) (time.Duration, error) {
@@ -520,7 +564,7 @@ func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf
 		if kind == "succeeded" {
 			ev.SHA256 = sum
 		}
-		return v.api.JobEvent(ctx, jobID, ev)
+		return f.report(ctx, v, jobID, ev)
 	}
 	defer func() { v.receipts = append(v.receipts, rec) }()
 	steps := []struct {
@@ -562,6 +606,47 @@ func (f *Fleet) install(ctx context.Context, v *Vehicle, e *ecu, path string, tf
 	rec.Outcome = "succeeded"
 	return event("succeeded", 100, version+" booted and committed (simulated)")
 }
+
+// Event reports are retried while the server cannot take them (no
+// answer, 5xx, 429), with exponential backoff and jitter, for at most
+// eventTries attempts; a repeated report is harmless (the server takes a
+// repeated outcome as the one it has).
+const (
+	eventTries   = 6
+	eventBackoff = 250 * time.Millisecond
+)
+
+// report posts a job event as an agent does. After the retries it gives
+// up on the event, as an agent does, and goes on: the next check-in tells
+// the server what the ECU runs. Only job_canceled stops the install.
+func (f *Fleet) report(ctx context.Context, v *Vehicle, jobID string, ev api.JobEvent) error {
+	var err error
+	for attempt := range eventTries {
+		if err = v.api.JobEvent(ctx, jobID, ev); err == nil {
+			return nil
+		}
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code == errcode.JobCanceled {
+			return err
+		}
+		if errors.As(err, &ae) && ae.Status < 500 && ae.Status != http.StatusTooManyRequests {
+			break // the server heard it and said no: retrying changes nothing
+		}
+		d := eventBackoff << attempt
+		d += time.Duration(rand.Int64N(int64(d))) // jitter: replicas coming back are not hit at once
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	f.lostEvents.Add(1)
+	f.cfg.Log.Warn("job event not delivered", "vin", v.VIN, "job", jobID, "kind", ev.Kind, "err", err)
+	return nil
+}
+
+// LostEvents is how many job events were given up on.
+func (f *Fleet) LostEvents() int64 { return f.lostEvents.Load() }
 
 // fetch downloads an image and checks it against the signed hash.
 func (f *Fleet) fetch(ctx context.Context, path, sum string, length int64) error {

@@ -108,7 +108,7 @@ func openAuditStore(ctx context.Context, c config) (*sqlstore.Store, error) {
 			return nil, envflag.Usagef("no database at %s: give the server's --data or --database", filepath.Join(c.data, "roadsign.db"))
 		}
 	}
-	return openStore(ctx, c)
+	return openStore(ctx, c, 0, nil)
 }
 
 // checkpointKey is the online key that signs audit checkpoints (the image

@@ -34,6 +34,7 @@ type config struct {
 	hashConcurrency int
 	loginsPerMinute int
 	leaderLease     time.Duration
+	databaseWait    time.Duration
 	campaignTick    time.Duration
 	offlineAfter    time.Duration
 	blobRedirect    bool
@@ -86,6 +87,7 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.IntVar(&c.maxConnections, "max-connections", 4096, "most HTTP connections open at once; more wait to be accepted, and near the cap idle keep-alive connections are closed (lowered to fit the process's open-file limit)")
 		fs.Var(&c.publicURLs, "public-url", "a URL vehicles are given for this server (repeatable, or comma-separated): their signed requests verify over its host even when a reverse proxy rewrote Host")
 		fs.IntVar(&c.perAddress, "max-connections-per-address", 256, "most HTTP connections open at once from one client address (0: no cap); --trusted-proxies are exempt")
+		fs.DurationVar(&c.databaseWait, "database-wait", 2*time.Minute, "at start, how long to keep trying a PostgreSQL --database that does not take writes (a failover in progress) before exiting")
 		fs.DurationVar(&c.leaderLease, "leader-lease", 15*time.Second, "lease of the replica that runs campaign waves, job timeouts and re-signing; renewed at a third")
 		fs.DurationVar(&c.campaignTick, "campaign-tick", time.Second, "how often the leader advances running campaigns")
 		fs.DurationVar(&c.offlineAfter, "offline-after", 72*time.Hour, "a vehicle not heard from for this long is diagnosed as offline")
@@ -126,6 +128,9 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && (c.hashConcurrency < 0 || c.loginsPerMinute < 1) {
 		return c, envflag.Usagef("--password-hash-concurrency must be 0 or more and --login-attempts-per-minute at least 1")
+	}
+	if cmd == "serve" && c.databaseWait < 0 {
+		return c, envflag.Usagef("--database-wait must not be negative")
 	}
 	if cmd == "serve" && (c.leaderLease < time.Second || c.campaignTick <= 0) {
 		return c, envflag.Usagef("--leader-lease must be at least 1s and --campaign-tick positive")

@@ -87,12 +87,18 @@ func openBlobs(ctx context.Context, c config, getenv func(string) string) (serve
 	return nil, envflag.Usagef("--blob %q: want file:///DIR or s3://BUCKET?endpoint=HOST:PORT", c.blob)
 }
 
-func openStore(ctx context.Context, c config) (*sqlstore.Store, error) {
+// openStore opens the state store; a PostgreSQL that does not answer is
+// waited for up to wait, each failure logged to log (nil: not logged).
+func openStore(ctx context.Context, c config, wait time.Duration, log *slog.Logger) (*sqlstore.Store, error) {
 	switch {
 	case c.database == "":
 		return sqlite.Open(ctx, filepath.Join(c.data, "roadsign.db"))
 	case strings.HasPrefix(c.database, "postgres://"), strings.HasPrefix(c.database, "postgresql://"):
-		return postgres.Open(ctx, c.database)
+		return postgres.OpenWaiting(ctx, c.database, wait, func(err error) {
+			if log != nil {
+				log.Warn("waiting for a writable database (--database-wait)", "err", err)
+			}
+		})
 	case strings.HasPrefix(c.database, "sqlite://"):
 		return sqlite.Open(ctx, strings.TrimPrefix(c.database, "sqlite://"))
 	}
@@ -115,7 +121,7 @@ func serve(ctx context.Context, c config, env Env) error {
 	if err != nil {
 		return err
 	}
-	store, err := openStore(ctx, c)
+	store, err := openStore(ctx, c, c.databaseWait, log)
 	if err != nil {
 		return err
 	}

@@ -208,7 +208,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		Director: s.director, Jobs: s.jobs, Owners: s.owners, Connect: s.connect,
 		Bundles: bundles, Web: pages, Campaigns: s.campaigns, Diagnosis: s.diagnosis,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
-		Ready:              map[string]httpapi.Pinger{"blobs": p.blobs, "state": store},
+		Ready: map[string]httpapi.Pinger{"state": store}, Degraded: map[string]httpapi.Pinger{"blobs": p.blobs},
 		VehicleClientCerts: s.clientCAs != nil, RecordKey: p.keys.ImageTimestamp, TimeKey: p.keys.DirectorTime, Push: s.push, PublicHosts: publicHosts,
 		OnPublish: func() {
 			if err := backup.MarkPublished(c.data, time.Now()); err != nil {

@@ -76,10 +76,17 @@ type Deps struct {
 	Diagnosis *diagnosis.Service
 	Web       *web.Web
 	Store     Store
-	Ready     map[string]Pinger
-	Log       *slog.Logger
-	Metrics   *prometheus.Registry
-	Now       func() time.Time
+	// Ready are the dependencies without which the replica serves
+	// nothing useful (the state store): one failing makes /readyz 503, so
+	// a load balancer sends it no traffic. Degraded are those only some
+	// requests need (the blob store: downloads, publishing): one failing
+	// is reported ("status": "degraded") but the replica stays ready, for
+	// every other replica would be failing it too and check-ins and
+	// director metadata do not need it.
+	Ready, Degraded map[string]Pinger
+	Log             *slog.Logger
+	Metrics         *prometheus.Registry
+	Now             func() time.Time
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed
 	// (nil: none).
 	TrustedProxies []string
@@ -331,21 +338,42 @@ func (a *api) logRequest(r *http.Request, status, size int, d time.Duration, rem
 }
 
 func (a *api) readyz(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 3*time.Second)
-	defer cancel()
+	// The checks run at once, each with its own deadline: a load
+	// balancer's health check must be answered in time even while a
+	// dependency hangs (a frozen blob store would otherwise hold the
+	// answer past the check's timeout and take the replica out).
+	var mu sync.Mutex
 	checks := gin.H{}
-	ok := true
-	for name, p := range a.Ready {
-		if err := p.Ping(ctx); err != nil {
+	ok, degraded := true, false
+	var wg sync.WaitGroup
+	check := func(name string, p Pinger, within time.Duration, failed *bool) {
+		ctx, cancel := context.WithTimeout(c.Request.Context(), within)
+		defer cancel()
+		err := p.Ping(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
 			// The cause (paths, hosts) goes to the log, not to the world.
 			a.Log.WarnContext(ctx, "readiness check failed", "check", name, "err", err)
 			checks[name] = "unavailable"
-			ok = false
-		} else {
-			checks[name] = "ok"
+			*failed = true
+			return
 		}
+		checks[name] = "ok"
 	}
+	var down bool
+	for name, p := range a.Ready {
+		wg.Go(func() { check(name, p, 3*time.Second, &down) })
+	}
+	for name, p := range a.Degraded {
+		wg.Go(func() { check(name, p, time.Second, &degraded) })
+	}
+	wg.Wait()
+	ok = !down
 	body := gin.H{"status": "ok", "checks": checks}
+	if degraded {
+		body["status"] = "degraded"
+	}
 	if a.Notices != nil {
 		if n := a.Notices(); len(n) > 0 {
 			body["notices"] = n

@@ -480,6 +480,17 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 			return j, server.CodedErrorf(server.KindConflict, errcode.JobCanceled, "job %s was canceled; abandon it", id)
 		}
 		if server.JobTerminal(j.State) {
+			// A vehicle repeating the outcome it reported (its answer was
+			// lost: a replica died, a connection dropped) is told it
+			// landed, and nothing is recorded twice.
+			if r.Kind == j.State {
+				if r.Kind == server.JobSucceeded {
+					if err := s.checkEvent(ctx, j, r); err != nil {
+						return j, err
+					}
+				}
+				return j, nil
+			}
 			return j, server.Errorf(server.KindConflict, "job %s is already %s", id, j.State)
 		}
 		if err := s.checkEvent(ctx, j, r); err != nil {

@@ -100,6 +100,11 @@ func TestEventsFollowTheStateMachine(t *testing.T) {
 		{"percent over 100", nil, jobs.EventRequest{Kind: "downloading", Percent: 250}, "want 0 to 100"},
 		{"an unknown kind", nil, jobs.EventRequest{Kind: "hacked"}, "want downloading"},
 		{"failed from queued", nil, jobs.EventRequest{Kind: "failed"}, ""},
+		// A vehicle whose answer was lost repeats its outcome: it lands once.
+		{"succeeded again (a retry)", []string{"downloading", "succeeded"}, jobs.EventRequest{Kind: "succeeded", SHA256: imageSHA}, ""},
+		{"succeeded again with another hash", []string{"downloading", "succeeded"}, jobs.EventRequest{Kind: "succeeded", SHA256: strings.Repeat("ab", 32)}, "must name the job's image"},
+		{"failed after succeeded", []string{"downloading", "succeeded"}, jobs.EventRequest{Kind: "failed"}, "already succeeded"},
+		{"rolled back again (a retry)", []string{"installing", "rolled_back"}, jobs.EventRequest{Kind: "rolled_back"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,9 +114,13 @@ func TestEventsFollowTheStateMachine(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			before, _ := svc.Get(ctx, j.ID)
 			_, err := svc.Event(ctx, "VIN1", j.ID, tt.req)
 			if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			if after, _ := svc.Get(ctx, j.ID); server.JobTerminal(before.State) && len(after.Events) != len(before.Events) {
+				t.Fatalf("a repeated outcome was recorded: %d events, before %d", len(after.Events), len(before.Events))
 			}
 		})
 	}

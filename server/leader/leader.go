@@ -80,7 +80,13 @@ func (e *Elector) try(ctx context.Context) {
 		if ctx.Err() == nil {
 			e.log.Warn("lease renewal failed", "lease", e.name, "err", err)
 		}
-		return // keep what we had until it runs out
+		// Keep what we had until it runs out; once it has, say so (the
+		// gauge, and whoever watches it for a hand-over, must not see
+		// two leaders while the database is away).
+		if _, still := e.Fence(); !still {
+			e.set(0, time.Time{})
+		}
+		return
 	case !ok:
 		if _, was := e.Fence(); was {
 			e.log.Warn("lost leadership", "lease", e.name)

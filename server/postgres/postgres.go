@@ -47,8 +47,41 @@ var Dialect = sqlstore.Dialect{
 	},
 }
 
-// Open connects to url (postgres://...) and migrates the schema.
+// connect pings db until it answers, with backoff (250 ms doubling to
+// 5 s), for at most patience; onRetry, if set, hears each failure.
+func connect(ctx context.Context, db *sql.DB, patience time.Duration, onRetry func(error)) error {
+	deadline := time.Now().Add(patience)
+	wait := 250 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := db.PingContext(pctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		if onRetry != nil {
+			onRetry(err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// Open connects to url (postgres://...) and migrates the schema; it fails
+// at once when no host of url takes writes.
 func Open(ctx context.Context, rawURL string) (*sqlstore.Store, error) {
+	return OpenWaiting(ctx, rawURL, 0, nil)
+}
+
+// OpenWaiting is Open that keeps trying to connect for up to patience
+// (onRetry hears each failure): a replica started, or restarted by its
+// supervisor, while the primary is lost and the standby not yet promoted
+// waits for the promotion instead of exiting.
+func OpenWaiting(ctx context.Context, rawURL string, patience time.Duration, onRetry func(error)) (*sqlstore.Store, error) {
 	// A replica that stalls inside a transaction (paused, swapped out) must
 	// not hold its locks, the leader's lease row among them, for long:
 	// PostgreSQL ends such a session after 10 s.
@@ -70,7 +103,7 @@ func Open(ctx context.Context, rawURL string) (*sqlstore.Store, error) {
 	db.SetMaxOpenConns(20)
 	db.SetMaxIdleConns(20)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	if err := db.PingContext(ctx); err != nil {
+	if err := connect(ctx, db, patience, onRetry); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect to postgres: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +29,7 @@ type Gateway struct {
 	n        atomic.Int64
 	bin, dir string
 	stop     func()
+	proc     *os.Process
 }
 
 // Binary finds versitygw: $VERSITYGW, then PATH, then GOBIN/GOPATH/bin.
@@ -86,7 +88,9 @@ func (g *Gateway) run(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	g.proc = cmd.Process
 	g.stop = func() {
+		cmd.Process.Signal(syscall.SIGCONT)
 		cmd.Process.Kill()
 		<-done
 	}
@@ -116,6 +120,13 @@ func (g *Gateway) Stop() {
 		g.stop = nil
 	}
 }
+
+// Pause freezes the gateway (SIGSTOP): connections to it hang, as to a
+// store that stopped answering; Resume thaws it.
+func (g *Gateway) Pause() error { return g.proc.Signal(syscall.SIGSTOP) }
+
+// Resume thaws a paused gateway.
+func (g *Gateway) Resume() error { return g.proc.Signal(syscall.SIGCONT) }
 
 // Restart starts the stopped gateway again, with the data it had.
 func (g *Gateway) Restart(t *testing.T) {
