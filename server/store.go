@@ -595,6 +595,10 @@ type Jobs interface {
 	// transaction, if the stored job is still in state from (optimistic
 	// concurrency); ErrConflict otherwise (nothing written).
 	UpdateJob(ctx context.Context, j Job, from string, events ...JobEvent) error
+	// UpdateJobRecorded is UpdateJob that also appends rec to the
+	// software record, in the same transaction: an outcome is never
+	// recorded on the job but missing from the record.
+	UpdateJobRecorded(ctx context.Context, j Job, from string, rec SoftwareRecord, events ...JobEvent) error
 	AddJobEvent(ctx context.Context, jobID string, e JobEvent) error
 	// OpenJobs lists jobs not yet finished (for the sweeper), oldest first.
 	OpenJobs(ctx context.Context, limit int) ([]Job, error)

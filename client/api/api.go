@@ -117,7 +117,7 @@ func (c *Client) send(ctx context.Context, method, path, bearer string, sign boo
 		json.Unmarshal(raw, &e)
 		apiErr := &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
 		if resp.StatusCode >= 500 {
-			return fmt.Errorf("%w: %v", client.ErrUnreachable, apiErr)
+			return fmt.Errorf("%w: %w", client.ErrUnreachable, apiErr)
 		}
 		return apiErr
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -45,10 +46,11 @@ func TestPrimaryFailover(t *testing.T) {
 		sent, done time.Time
 	}
 	var (
-		mu     sync.Mutex
-		acks   []ack
-		failed int
-		wg     sync.WaitGroup
+		mu       sync.Mutex
+		acks     []ack
+		failed   int
+		statuses = map[int]int{} // the refusals' HTTP statuses
+		wg       sync.WaitGroup
 	)
 	stop := make(chan struct{})
 	hc := download.NewHTTPClient()
@@ -73,6 +75,10 @@ func TestPrimaryFailover(t *testing.T) {
 					acks = append(acks, ack{j.ID, seq, sent, time.Now()})
 				} else {
 					failed++
+					var ae *api.Error
+					if errors.As(err, &ae) {
+						statuses[ae.Status]++
+					}
 				}
 				mu.Unlock()
 				if err != nil {
@@ -127,10 +133,16 @@ func TestPrimaryFailover(t *testing.T) {
 	if back.IsZero() {
 		t.Fatalf("no write accepted within 30 s of the primary's loss (%d refused)\nreplica a: %s\nreplica b: %s", failed, a.logBuf.String(), b.logBuf.String())
 	}
-	t.Logf("primary killed: writes accepted again after %.1f s (standby promoted after 5 s); %d events acknowledged, %d refused during the failover",
-		back.Sub(killed).Seconds(), len(acks), failed)
+	t.Logf("primary killed: writes accepted again after %.1f s (standby promoted after 5 s); %d events acknowledged, %d refused during the failover (HTTP statuses %v)",
+		back.Sub(killed).Seconds(), len(acks), failed, statuses)
 	if back.Sub(killed) > 30*time.Second {
 		t.Errorf("writes resumed %.1f s after the primary's loss; want within 30 s", back.Sub(killed).Seconds())
+	}
+
+	// A replica without its database says "retry" (503), never
+	// "internal error" (500).
+	if statuses[500] > 0 {
+		t.Errorf("vehicles got 500 during the failover (%v); want 503 with Retry-After", statuses)
 	}
 
 	// Every acknowledged event is in the promoted database.

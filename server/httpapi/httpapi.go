@@ -176,8 +176,12 @@ func (a *api) fail(c *gin.Context, err error) {
 		// to 256 KiB, as slowly as the client likes) before answering.
 		c.Header("Connection", "close")
 	}
-	if e.Kind == server.KindInternal {
+	switch e.Kind {
+	case server.KindInternal:
 		a.Log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
+	case server.KindUnavailable:
+		a.Log.WarnContext(c.Request.Context(), "request not served now", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
+		c.Header("Retry-After", "5")
 	}
 	if e.Code == errcode.MethodNotAllowed {
 		c.AbortWithStatusJSON(http.StatusMethodNotAllowed, gin.H{"error": gin.H{"code": e.Code, "message": e.Message}})

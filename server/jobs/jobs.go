@@ -518,13 +518,21 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 			}
 		}
 		ev := server.JobEvent{At: now, Kind: r.Kind, Percent: r.Percent, Message: msg}
-		if err := s.store.UpdateJob(ctx, j, from, ev); errors.Is(err, server.ErrConflict) {
+		// An outcome goes to the software record in the job's own
+		// transaction: a replica or database lost between the two would
+		// leave the job ended and the record without it, for good (the
+		// vehicle's repeat is taken as already recorded).
+		if rec, ok := s.recordFor(ctx, j, r.Kind, msg, now); ok {
+			err = s.store.UpdateJobRecorded(ctx, j, from, rec, ev)
+		} else {
+			err = s.store.UpdateJob(ctx, j, from, ev)
+		}
+		if errors.Is(err, server.ErrConflict) {
 			continue
 		} else if err != nil {
 			return j, err
 		}
 		j.Events, j.EventCount = append(j.Events, ev), j.EventCount+1
-		s.record(ctx, j, r.Kind, msg, now)
 		if from != j.State {
 			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
 				return j, err
@@ -567,10 +575,10 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 // record adds an install attempt's outcome to the vehicle's software
 // record: what the ECU ran (as last reported) and what the job installs;
 // an update set is one entry with its parts.
-func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, now time.Time) {
+func (s *Service) recordFor(ctx context.Context, j server.Job, kind, msg string, now time.Time) (server.SoftwareRecord, bool) {
 	outcome := map[string]string{server.JobSucceeded: "installed", server.JobRolledBack: "rolled_back", server.JobFailed: "failed"}[kind]
 	if outcome == "" {
-		return
+		return server.SoftwareRecord{}, false
 	}
 	var v server.Vehicle
 	if got, err := s.store.Vehicle(ctx, j.VIN); err == nil {
@@ -593,7 +601,7 @@ func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, no
 		p := parts[0]
 		rec.ECUSerial, rec.ECUType, rec.FromVersion, rec.FromSHA256, rec.ToVersion, rec.ToSHA256 = p.ECUSerial, p.ECUType, p.FromVersion, p.FromSHA256, p.ToVersion, p.ToSHA256
 		if outcome == "installed" && rec.FromSHA256 != "" && rec.FromSHA256 == rec.ToSHA256 {
-			return // the ECU already ran it (installed offline, recorded then)
+			return rec, false // the ECU already ran it (installed offline, recorded then)
 		}
 	} else {
 		rec.ECUType, rec.Parts = SetECUType, parts
@@ -605,9 +613,7 @@ func (s *Service) record(ctx context.Context, j server.Job, kind, msg string, no
 		}
 		rec.ECUSerial, rec.FromVersion, rec.ToVersion = strings.Join(serials, " + "), strings.Join(from, " + "), strings.Join(to, " + ")
 	}
-	if err := s.store.AddSoftwareRecord(ctx, rec); err != nil {
-		s.log.Error("software record not written", "vin", j.VIN, "job", j.ID, "err", err)
-	}
+	return rec, true
 }
 
 // SetECUType is the ECU type of an update set's software record entry.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -33,6 +34,17 @@ var Dialect = sqlstore.Dialect{
 	IsUnique: func(err error) bool {
 		var pe *pgconn.PgError
 		return errors.As(err, &pe) && pe.Code == "23505"
+	},
+	// Connection exceptions (class 08), a server shutting down or not yet
+	// accepting connections (57P01-57P03), a read-only transaction on a
+	// standby (25006), or no host of the URL taking writes.
+	IsUnavailable: func(err error) bool {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03" || pe.Code == "25006"
+		}
+		var ce *pgconn.ConnectError
+		return errors.As(err, &ce) || pgconn.SafeToRetry(err) || pgconn.Timeout(err)
 	},
 	ForUpdate: " FOR UPDATE",
 	LockMigrations: func(ctx context.Context, tx *sql.Tx) error {

@@ -200,6 +200,15 @@ const insertJobEvent = `INSERT INTO job_events (job_id, at, kind, percent, messa
 // UpdateJob implements server.Jobs: the job, its events and its
 // vehicle's generation in one transaction.
 func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events ...server.JobEvent) error {
+	return s.updateJob(ctx, j, from, nil, events)
+}
+
+// UpdateJobRecorded implements server.Jobs.
+func (s *Store) UpdateJobRecorded(ctx context.Context, j server.Job, from string, rec server.SoftwareRecord, events ...server.JobEvent) error {
+	return s.updateJob(ctx, j, from, &rec, events)
+}
+
+func (s *Store) updateJob(ctx context.Context, j server.Job, from string, rec *server.SoftwareRecord, events []server.JobEvent) error {
 	return s.wrap("update job "+j.ID, s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := s.txExec(ctx, tx, `UPDATE jobs SET state = ?, updated_at = ?, attempts = ?, next_attempt_at = ?, cancel_requested = ?, phase = ?
 			WHERE id = ? AND state = ?`,
@@ -215,6 +224,13 @@ func (s *Store) UpdateJob(ctx context.Context, j server.Job, from string, events
 		}
 		for _, e := range events {
 			if _, err := s.txExec(ctx, tx, insertJobEvent, j.ID, micros(e.At), e.Kind, e.Percent, e.Message); err != nil {
+				return err
+			}
+		}
+		if rec != nil {
+			r := *rec
+			if _, err := s.txExec(ctx, tx, insertSoftwareRecord, r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256,
+				r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail, jsonOrEmpty(r.Parts)); err != nil {
 				return err
 			}
 		}

@@ -13,9 +13,11 @@ import (
 )
 
 // AddSoftwareRecord implements server.Records.
+const insertSoftwareRecord = `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail, parts)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
 func (s *Store) AddSoftwareRecord(ctx context.Context, r server.SoftwareRecord) error {
-	_, err := s.exec(ctx, `INSERT INTO software_record (vin, ecu_serial, ecu_type, at, from_version, from_sha256, to_version, to_sha256, via, job_id, campaign_id, outcome, detail, parts)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, insertSoftwareRecord,
 		r.VIN, r.ECUSerial, r.ECUType, micros(r.At), r.FromVersion, r.FromSHA256, r.ToVersion, r.ToSHA256, r.Via, r.JobID, r.CampaignID, r.Outcome, r.Detail, jsonOrEmpty(r.Parts))
 	return s.wrap("software record", err)
 }

@@ -7,8 +7,11 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -24,6 +27,10 @@ type Dialect struct {
 	AutoID, Blob string
 	// IsUnique reports a unique-constraint violation.
 	IsUnique func(error) bool
+	// IsUnavailable (may be nil) reports an error that says the database
+	// cannot take the request now (lost, shutting down, read-only during
+	// a failover) rather than that the request is wrong.
+	IsUnavailable func(error) bool
 	// LockMigrations serializes migrations across processes (may be nil).
 	LockMigrations func(ctx context.Context, tx *sql.Tx) error
 	// LockAudit serializes audit appends across processes (nil where a
@@ -115,8 +122,23 @@ func (s *Store) wrap(what string, err error) error {
 		return server.Errorf(server.KindConflict, "%s: already exists", what)
 	case errors.Is(err, server.ErrNotFound), errors.Is(err, server.ErrConflict):
 		return err // made below with its own words
+	case s.unavailable(err):
+		// 503 with Retry-After, not 500: the client should try again.
+		// The client hears the kind; the cause (hosts, ports) is for the log.
+		return fmt.Errorf("%w: %w", server.Errorf(server.KindUnavailable, "%s: the database is not available right now; retry shortly", what), err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// unavailable says err is the database's absence, not the request's
+// fault: a broken connection, or what the dialect says.
+func (s *Store) unavailable(err error) bool {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne), errors.Is(err, driver.ErrBadConn), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return true
+	}
+	return s.d.IsUnavailable != nil && s.d.IsUnavailable(err)
 }
 
 func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {

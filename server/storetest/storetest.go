@@ -278,8 +278,17 @@ func testJobs(t *testing.T, s server.Store) {
 	if head, err := s.JobHead(ctx, j1.ID); err != nil || head.EventCount != 2 || head.Events != nil || head.State != server.JobInProgress {
 		t.Fatalf("a refused update wrote something: %+v %v", head, err)
 	}
+	// An outcome and its software record entry are one write too.
+	rec := server.SoftwareRecord{VIN: "VIN1", ECUSerial: "DCM1", ECUType: "dcm", At: done.At, ToVersion: "2.0.0", Via: server.OriginDealer, JobID: j1.ID, Outcome: "installed"}
+	wantErr(t, s.UpdateJobRecorded(ctx, stale, server.JobQueued, rec, done), server.ErrConflict)
+	if recs, err := s.SoftwareRecords(ctx, "VIN1", server.RecordQuery{Limit: 10}); err != nil || len(recs) != 0 {
+		t.Fatalf("a refused outcome wrote the software record: %+v %v", recs, err)
+	}
 	j1.State = server.JobSucceeded
-	must(t, s.UpdateJob(ctx, j1, server.JobInProgress, done))
+	must(t, s.UpdateJobRecorded(ctx, j1, server.JobInProgress, rec, done))
+	if recs, err := s.SoftwareRecords(ctx, "VIN1", server.RecordQuery{Limit: 10}); err != nil || len(recs) != 1 || recs[0].JobID != j1.ID {
+		t.Fatalf("the outcome's software record: %+v %v", recs, err)
+	}
 	head, err := s.JobHead(ctx, j1.ID)
 	must(t, err)
 	if head.State != server.JobSucceeded || head.EventCount != 3 || head.VIN != "VIN1" {
