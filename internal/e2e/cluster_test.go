@@ -41,16 +41,19 @@ type clusterPlan struct {
 	leaderLease          time.Duration
 	promoteAfter         time.Duration
 	campaignTimeout      time.Duration
-	maxGap               time.Duration
-	fleetConns           int
-	run                  fleetsim.RunConfig
+	// maxGap bounds the longest time a vehicle goes without a good
+	// cycle: two poll intervals at their longest (a poll, then a failed
+	// one), the longest fault (the S3 stop) and the longest retry wait.
+	maxGap     time.Duration
+	fleetConns int
+	run        fleetsim.RunConfig
 }
 
 func planFor(full bool) clusterPlan {
 	if full {
 		return clusterPlan{vehicles: 5000, soak: "20s", killEvery: 20 * time.Second, s3Pause: 60 * time.Second,
 			s3At: 5 * time.Second, brokerAt: 70 * time.Second, pgAt: 80 * time.Second, freezeAt: 110 * time.Second,
-			leaderLease: 5 * time.Second, promoteAfter: 5 * time.Second, campaignTimeout: 15 * time.Minute, maxGap: 3 * time.Minute,
+			leaderLease: 5 * time.Second, promoteAfter: 5 * time.Second, campaignTimeout: 15 * time.Minute, maxGap: 4 * time.Minute,
 			fleetConns: 64, run: fleetsim.RunConfig{Interval: 60 * time.Second, RetryMin: 2 * time.Second, RetryMax: 30 * time.Second, Jitter: 0.2, Push: true}}
 	}
 	return clusterPlan{vehicles: 150, soak: "4s", killEvery: 8 * time.Second, s3Pause: 10 * time.Second,
