@@ -329,17 +329,22 @@ func (f *Fleet) Cycle(ctx context.Context) { f.CycleUntil(ctx, time.Time{}) }
 // end): the vehicles in flight then finish, the rest wait for the next
 // cycle. It reports whether the whole fleet was done.
 func (f *Fleet) CycleUntil(ctx context.Context, end time.Time) bool {
-	f.mu.Lock()
-	if f.started.IsZero() {
-		f.started = time.Now()
-	}
-	f.mu.Unlock()
+	f.begin()
 	var n atomic.Int64
 	f.eachUntil(ctx, end, func(ctx context.Context, v *Vehicle) error {
 		n.Add(1)
 		return f.cycleOne(ctx, v)
 	})
 	return n.Load() == int64(len(f.vehicles))
+}
+
+// begin starts the measured window, unless it runs already.
+func (f *Fleet) begin() {
+	f.mu.Lock()
+	if f.started.IsZero() {
+		f.started = time.Now()
+	}
+	f.mu.Unlock()
 }
 
 // cycleOne runs v's cycle and keeps its statistics and health.

@@ -29,11 +29,7 @@ type RunConfig struct {
 // once, until ctx ends: agent-like, where Cycle moves the whole fleet in
 // lock step.
 func (f *Fleet) Run(ctx context.Context, rc RunConfig) {
-	f.mu.Lock()
-	if f.started.IsZero() {
-		f.started = time.Now()
-	}
-	f.mu.Unlock()
+	f.begin()
 	slots := make(chan struct{}, f.cfg.Concurrency)
 	var wg sync.WaitGroup
 	for _, v := range f.vehicles {

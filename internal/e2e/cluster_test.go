@@ -194,13 +194,13 @@ func startCluster(t *testing.T, plan clusterPlan) *cluster {
 	w.data, w.ws = filepath.Join(w.dir, "data"), filepath.Join(w.dir, "ws")
 	c.w = w
 	blob := c.gw.URL()
-	lbPort := freeAddr(t)
+	lbPort := testsupport.FreeAddr(t)
 	flags := []string{"--database", c.pg.URL(), "--blob", blob, "--mqtt-broker", "mqtt://" + c.broker.addr,
 		"--leader-lease", plan.leaderLease.String(), "--campaign-tick", "200ms", "--auto-assign", "none",
 		"--trusted-proxies", "127.0.0.1", "--public-url", "http://" + lbPort}
 	// The first replica makes the online keys; the others share them.
 	for i := range 3 {
-		r := &clusterReplica{t: t, addr: freeAddr(t), data: w.data, flags: flags, env: c.gw.Env()}
+		r := &clusterReplica{t: t, addr: testsupport.FreeAddr(t), data: w.data, flags: flags, env: c.gw.Env()}
 		r.start()
 		c.replicas = append(c.replicas, r)
 		if i == 0 {
@@ -971,9 +971,9 @@ func (r *clusterReplica) leads() bool {
 
 // privateBroker is a private Mosquitto broker on a port of its own.
 type privateBroker struct {
-	addr, conf string
-	cmd        *exec.Cmd
-	done       chan struct{}
+	bin, addr, conf string
+	cmd             *exec.Cmd
+	done            chan struct{}
 }
 
 func startMosquitto(t *testing.T) *privateBroker {
@@ -988,20 +988,20 @@ func startMosquitto(t *testing.T) *privateBroker {
 			t.Skip("mosquitto not installed")
 		}
 	}
-	m := &privateBroker{addr: freeAddr(t)}
+	m := &privateBroker{addr: testsupport.FreeAddr(t)}
 	_, port, _ := net.SplitHostPort(m.addr)
 	m.conf = filepath.Join(t.TempDir(), "mosquitto.conf")
 	if err := os.WriteFile(m.conf, []byte("listener "+port+" 127.0.0.1\nallow_anonymous true\npersistence false\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m.cmd = exec.Command(bin, "-c", m.conf)
+	m.bin = bin
 	m.start(t)
 	t.Cleanup(m.stop)
 	return m
 }
 
 func (m *privateBroker) start(t *testing.T) {
-	cmd := exec.Command(m.cmd.Path, "-c", m.conf)
+	cmd := exec.Command(m.bin, "-c", m.conf)
 	if err := cmd.Start(); err != nil {
 		t.Errorf("start mosquitto: %v", err)
 		return
@@ -1106,16 +1106,5 @@ backend replicas
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
 %s`
-
-// freeAddr is a loopback address nobody listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -198,13 +198,21 @@ func (p *PGPair) run(name string, args ...string) {
 	}
 }
 
-// freePort is a loopback TCP port nobody listens on now.
-func freePort(t testing.TB) int {
+// FreeAddr is a loopback address (127.0.0.1:PORT) nobody listens on now.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().String()
+}
+
+// freePort is the port of FreeAddr.
+func freePort(t testing.TB) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(FreeAddr(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }

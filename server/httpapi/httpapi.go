@@ -348,7 +348,7 @@ func (a *api) readyz(c *gin.Context) {
 	// answer past the check's timeout and take the replica out).
 	var mu sync.Mutex
 	checks := gin.H{}
-	ok, degraded := true, false
+	var down, degraded bool
 	var wg sync.WaitGroup
 	check := func(name string, p Pinger, within time.Duration, failed *bool) {
 		ctx, cancel := context.WithTimeout(c.Request.Context(), within)
@@ -365,7 +365,6 @@ func (a *api) readyz(c *gin.Context) {
 		}
 		checks[name] = "ok"
 	}
-	var down bool
 	for name, p := range a.Ready {
 		wg.Go(func() { check(name, p, 3*time.Second, &down) })
 	}
@@ -373,7 +372,6 @@ func (a *api) readyz(c *gin.Context) {
 		wg.Go(func() { check(name, p, time.Second, &degraded) })
 	}
 	wg.Wait()
-	ok = !down
 	body := gin.H{"status": "ok", "checks": checks}
 	if degraded {
 		body["status"] = "degraded"
@@ -383,7 +381,7 @@ func (a *api) readyz(c *gin.Context) {
 			body["notices"] = n
 		}
 	}
-	if !ok {
+	if down {
 		body["status"] = "unavailable"
 		c.JSON(http.StatusServiceUnavailable, body)
 		return
