@@ -62,7 +62,11 @@ func (e *Elector) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			if _, ok := e.Fence(); ok {
-				e.store.ReleaseLease(context.WithoutCancel(ctx), e.name, e.holder)
+				// Bounded: a shutdown must not hang on a database that
+				// does not answer (the lease then simply runs out).
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+				e.store.ReleaseLease(rctx, e.name, e.holder)
+				cancel()
 				e.log.Info("gave up leadership", "lease", e.name)
 			}
 			e.set(0, time.Time{})
