@@ -24,23 +24,15 @@ func NoVehicle(vin string) *Error {
 	return Errorf(KindNotFound, "no vehicle %s is registered", vin)
 }
 
-// Role is what an account may do.
-type Role string
-
-// Roles.
-const (
-	RoleAdmin  Role = "admin"
-	RoleDealer Role = "dealer"
-	RoleOwner  Role = "owner"
-)
-
-// Valid reports whether r is a known role.
-func (r Role) Valid() bool { return r == RoleAdmin || r == RoleDealer || r == RoleOwner }
-
 // Account is a person or system that calls the API with a bearer token.
 type Account struct {
-	ID           string
-	Role         Role
+	ID    string
+	Roles Roles
+	// Regions scope a dealer: the vehicle regions it may act on.
+	Regions []string
+	// Subject names a single sign-on account: "ISSUER SUBJECT" ("" for a
+	// local account). Its roles come from the provider at each log-in.
+	Subject      string
 	Name         string
 	PasswordHash string // argon2id, owners only
 	TokenHash    string // sha256 of the bearer token, hex
@@ -481,6 +473,9 @@ type Store interface {
 	Rollouts
 	Leases
 	Throttles
+	APITokens
+	Approvals
+	Webhooks
 	Ping(ctx context.Context) error
 	Close() error
 }
@@ -518,6 +513,11 @@ type Accounts interface {
 	SetAccountDisabled(ctx context.Context, id string, disabled bool) error
 	SetAccountToken(ctx context.Context, id, tokenHash string) error
 	SetAccountPassword(ctx context.Context, id, passwordHash string) error
+	// AdminExists reports whether an enabled account holds the admin role.
+	AdminExists(ctx context.Context) (bool, error)
+	// AccountBySubject finds a single sign-on account.
+	AccountBySubject(ctx context.Context, subject string) (Account, error)
+	SetAccountRoles(ctx context.Context, id string, roles Roles, regions []string) error
 }
 
 // Sessions are the web pages' logged-in sessions.
@@ -683,6 +683,9 @@ type Campaigns interface {
 	// SetCampaignState moves a campaign from one of from to to (an
 	// operator's action); ErrConflict if it is in none of them.
 	SetCampaignState(ctx context.Context, id string, from []string, to string, at time.Time) error
+	// SetCampaignConfig replaces the configuration of a campaign in one of
+	// from; ErrConflict if it is in none of them.
+	SetCampaignConfig(ctx context.Context, id string, from []string, cfg CampaignConfig, at time.Time) error
 	// CampaignCounts counts the members of each wave by where they are,
 	// and the campaign's members in all.
 	CampaignCounts(ctx context.Context, id string) ([]WaveCount, int, error)

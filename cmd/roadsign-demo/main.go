@@ -148,11 +148,18 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d.step("5. The admin creates a dealer account and an owner account (tokens are shown once).")
-	var dealer, owner struct {
+	d.step("5. The admin creates a dealer account (for its region), an owner account, and the fleet team: a release\n" +
+		"   manager who proposes rollouts and an approver who must approve them (four eyes; tokens are shown once).")
+	var dealer, owner, rm, approver struct {
 		Token string `json:"token"`
 	}
-	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "dealer", "name": "dealer-demo"}, &dealer); err != nil {
+	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"roles": []string{"release-manager"}, "name": "release-demo"}, &rm); err != nil {
+		return err
+	}
+	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"roles": []string{"approver"}, "name": "approver-demo"}, &approver); err != nil {
+		return err
+	}
+	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "dealer", "name": "dealer-demo", "regions": []string{"NA"}}, &dealer); err != nil {
 		return err
 	}
 	if err := d.api(ctx, url, token, "POST", "/api/v1/accounts", map[string]any{"role": "owner", "name": "owner-demo", "password": "demo-password"}, &owner); err != nil {
@@ -212,7 +219,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if j.State != "succeeded" {
 		return fmt.Errorf("job %s ended %s", job.ID, j.State)
 	}
-	if err := d.rehearse(ctx, url, token, ws, *samples, state, v); err != nil {
+	if err := d.rehearse(ctx, url, token, team{rm.Token, approver.Token}, ws, *samples, state, v); err != nil {
 		return err
 	}
 	d.step("Status after the update and the campaign:")
@@ -238,7 +245,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // on a simulated fleet whose installs fail on a third of the cars halts
 // in its first wave; a good one, on the fleet and the demo car, completes
 // wave by wave.
-func (d *demo) rehearse(ctx context.Context, url, token, ws, samples, car, vin string) error {
+func (d *demo) rehearse(ctx context.Context, url, token string, t team, ws, samples, car, vin string) error {
 	const vehicles = 100
 	d.step(fmt.Sprintf("9. The new head-unit release 2.0.0 goes out as a staged campaign. The fleet team first rehearses it on %d\n"+
 		"   simulated cars (roadsign-fleetsim: real keys, signed check-ins, verified director metadata) on 1.0.0.", vehicles))
@@ -258,11 +265,11 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples, car, vin s
 	} {
 		d.step(r.title)
 		var c campaigns.View
-		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns", map[string]any{"name": "Head unit 2.0.0", "ecu": "head-unit", "version": "2.0.0",
+		if err := d.api(ctx, url, t.releaseManager, "POST", "/api/v1/campaigns", map[string]any{"name": "Head unit 2.0.0", "ecu": "head-unit", "version": "2.0.0",
 			"selector": map[string]any{"models": r.models}, "waves": []int{10, 50, 100}, "minSamples": 5, "soak": "0s", "maxPerMinute": 6000}, &c); err != nil {
 			return err
 		}
-		if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, &c); err != nil {
+		if err := d.startApproved(ctx, url, t, &c); err != nil {
 			return err
 		}
 		fmt.Fprintf(d.out, "   %d vehicles selected; watch it at %s/dealer/campaigns/%s (until the demo ends; --serve keeps the server up)\n", c.Selected, url, c.ID)
@@ -301,12 +308,39 @@ func (d *demo) rehearse(ctx context.Context, url, token, ws, samples, car, vin s
 		}
 		if c.State == server.CampaignHalted {
 			fmt.Fprintf(d.out, "   halted: %s\n", c.HaltReason)
-			if err := d.api(ctx, url, token, "POST", "/api/v1/campaigns/"+c.ID+"/abort", nil, &c); err != nil {
+			if err := d.api(ctx, url, t.releaseManager, "POST", "/api/v1/campaigns/"+c.ID+"/abort", nil, &c); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// team is the fleet team's tokens: who proposes and who approves.
+type team struct{ releaseManager, approver string }
+
+// startApproved starts a campaign the four-eyes way: the release
+// manager's start is answered 409 approval_required, the approver
+// approves exactly that campaign, and the start goes through.
+func (d *demo) startApproved(ctx context.Context, url string, t team, c *campaigns.View) error {
+	err := d.api(ctx, url, t.releaseManager, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, c)
+	if err == nil || !strings.Contains(err.Error(), "approval_required") {
+		return fmt.Errorf("the release manager's start without an approval: %v, want 409 approval_required", err)
+	}
+	fmt.Fprintf(d.out, "  -> 409 approval_required: nobody starts a rollout alone\n")
+	var a struct {
+		State string `json:"state"`
+		What  struct {
+			Images map[string]struct{ SHA256 string } `json:"images"`
+		} `json:"what"`
+	}
+	if err := d.api(ctx, url, t.approver, "POST", "/api/v1/campaigns/"+c.ID+"/approve", nil, &a); err != nil {
+		return err
+	}
+	for hw, img := range a.What.Images {
+		fmt.Fprintf(d.out, "   the approver approved %s for %s, image sha256 %s…\n", c.ID[:8], hw, img.SHA256[:16])
+	}
+	return d.api(ctx, url, t.releaseManager, "POST", "/api/v1/campaigns/"+c.ID+"/start", nil, c)
 }
 
 // showCampaignJob prints the demo car's job in a campaign.

@@ -26,11 +26,14 @@ func TestAuthorizationMatrix(t *testing.T) {
 	w.setup(nil)
 	v1, v2 := w.vehicle(1), w.vehicle(2)
 	dealer, owner := w.account("dealer", "dealer-1"), w.account("owner", "owner-1")
+	rm, ap, sp := w.account("release-manager", "rm-1"), w.account("approver", "approver-1"), w.account("support", "support-1")
 	job := w.job(dealer, map[string]any{"vin": v1.vin, "ecu": "dcm", "version": "latest", "reason": "authz test"})
 	var camp struct{ ID string } // a campaign the admin routes may act on
 	w.api("POST", "/api/v1/campaigns", adminToken, map[string]any{"name": "authz", "ecu": "dcm", "version": "2.0.0"}, &camp)
 	var spare struct{ ID string } // an account the admin routes may disable and re-key
-	w.api("POST", "/api/v1/accounts", adminToken, map[string]string{"role": "dealer", "name": "spare"}, &spare)
+	w.api("POST", "/api/v1/accounts", adminToken, map[string]any{"role": "dealer", "name": "spare", "regions": []string{"NA"}}, &spare)
+	// Once an admin account exists, the bootstrap token only creates accounts.
+	admin := w.account("admin", "ops-admin")
 	vkey := func(v vehicleState) ed25519.PrivateKey {
 		k, err := keys.Load(filepath.Join(v.dir, "vehicle.key"))
 		if err != nil {
@@ -40,7 +43,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	k1, k2 := vkey(v1), vkey(v2)
 
-	const all = "none admin dealer owner vehicle other-vehicle"
+	const all = "none bootstrap admin release-manager approver support dealer owner vehicle other-vehicle"
+	const read = "admin release-manager approver support dealer"
+	const people = "admin release-manager approver dealer owner"
+	someID := uuid.NewString()
 	matrix := []struct {
 		method, path, concrete string
 		allowed                string
@@ -52,45 +58,57 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/repo/{file}", "/repo/timestamp.json", all},
 		{"HEAD", "/repo/{file}", "/repo/timestamp.json", all},
 		{"GET", "/director/{vin}/{file}", "/director/" + v1.vin + "/timestamp.json", "vehicle"},
-		{"POST", "/api/v1/repo/publish", "", "admin"},
-		{"PUT", "/api/v1/repo/targets/{file}", "/api/v1/repo/targets/dcm/" + strings.Repeat("ab", 32) + ".x.img", "admin"},
-		{"POST", "/api/v1/accounts", "", "admin"},
-		{"GET", "/api/v1/accounts", "", "admin"},
+		{"POST", "/api/v1/repo/publish", "", "admin release-manager"},
+		{"PUT", "/api/v1/repo/targets/{file}", "/api/v1/repo/targets/dcm/" + strings.Repeat("ab", 32) + ".x.img", "admin release-manager"},
+		{"POST", "/api/v1/accounts", "", "bootstrap admin"},
+		{"GET", "/api/v1/accounts", "", "admin support"},
 		{"POST", "/api/v1/accounts/{id}/disable", "/api/v1/accounts/" + spare.ID + "/disable", "admin"},
 		{"POST", "/api/v1/accounts/{id}/enable", "/api/v1/accounts/" + spare.ID + "/enable", "admin"},
 		{"POST", "/api/v1/accounts/{id}/token", "/api/v1/accounts/" + spare.ID + "/token", "admin"},
 		{"POST", "/api/v1/owners/me/password", "", "owner"},
 		{"POST", "/api/v1/owners/me/vehicles/{vin}/claim", "/api/v1/owners/me/vehicles/" + v1.vin + "/claim", "owner"},
-		{"POST", "/api/v1/vehicles/{vin}/claim", "/api/v1/vehicles/" + v1.vin + "/claim", "admin dealer"},
-		{"POST", "/api/v1/vehicles", "", "admin dealer"},
-		{"GET", "/api/v1/vehicles", "", "admin dealer"},
+		{"POST", "/api/v1/vehicles/{vin}/claim", "/api/v1/vehicles/" + v1.vin + "/claim", "admin release-manager dealer"},
+		{"POST", "/api/v1/vehicles", "", "admin release-manager dealer"},
+		{"GET", "/api/v1/vehicles", "", read},
 		// Owners may call it; for a VIN not theirs they get 404 (tested below).
-		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, "admin dealer owner"},
+		{"GET", "/api/v1/vehicles/{vin}", "/api/v1/vehicles/" + v1.vin, read + " owner"},
 		{"POST", "/api/v1/vehicles/{vin}/manifest", "/api/v1/vehicles/" + v1.vin + "/manifest", "vehicle"},
-		{"GET", "/api/v1/vehicles/{vin}/diagnosis", "/api/v1/vehicles/" + v1.vin + "/diagnosis", "admin dealer owner"},
-		{"GET", "/api/v1/vehicles/{vin}/software-record", "/api/v1/vehicles/" + v1.vin + "/software-record", "admin dealer owner"},
+		{"GET", "/api/v1/vehicles/{vin}/diagnosis", "/api/v1/vehicles/" + v1.vin + "/diagnosis", read + " owner"},
+		{"GET", "/api/v1/vehicles/{vin}/software-record", "/api/v1/vehicles/" + v1.vin + "/software-record", read + " owner"},
 		{"GET", "/api/v1/vehicles/{vin}/push", "/api/v1/vehicles/" + v1.vin + "/push", "vehicle"},
-		{"GET", "/api/v1/diagnoses", "", "admin dealer"},
-		{"POST", "/api/v1/jobs", "", "admin dealer"},
-		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, "admin dealer"},
-		{"GET", "/api/v1/jobs/{id}", "/api/v1/jobs/" + job.ID, "admin dealer"},
-		{"POST", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/" + job.ID + "/cancel", "admin dealer"},
+		{"GET", "/api/v1/diagnoses", "", read},
+		{"POST", "/api/v1/tokens", "", people},
+		{"GET", "/api/v1/tokens", "", people + " support"},
+		{"POST", "/api/v1/tokens/{id}/revoke", "/api/v1/tokens/" + someID + "/revoke", people},
+		{"POST", "/api/v1/webhooks", "", "admin"},
+		{"GET", "/api/v1/webhooks", "", "admin support"},
+		{"DELETE", "/api/v1/webhooks/{id}", "/api/v1/webhooks/" + someID, "admin"},
+		{"GET", "/api/v1/approvals", "", read},
+		{"POST", "/api/v1/approvals/{id}/approve", "/api/v1/approvals/" + someID + "/approve", "approver"},
+		{"POST", "/api/v1/approvals/{id}/refuse", "/api/v1/approvals/" + someID + "/refuse", "approver"},
+		{"POST", "/api/v1/jobs", "", "admin release-manager dealer"},
+		{"GET", "/api/v1/jobs", "/api/v1/jobs?vin=" + v1.vin, read},
+		{"GET", "/api/v1/jobs/{id}", "/api/v1/jobs/" + job.ID, read},
+		{"POST", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/" + job.ID + "/cancel", "admin release-manager dealer"},
 		{"POST", "/api/v1/jobs/{id}/events", "/api/v1/jobs/" + job.ID + "/events", "vehicle"},
-		{"GET", "/api/v1/audit", "", "admin"},
-		{"POST", "/api/v1/campaigns", "", "admin"},
-		{"GET", "/api/v1/campaigns", "", "admin dealer"},
-		{"GET", "/api/v1/campaigns/{id}", "/api/v1/campaigns/" + camp.ID, "admin dealer"},
-		{"POST", "/api/v1/campaigns/{id}/start", "/api/v1/campaigns/" + camp.ID + "/start", "admin"},
-		{"POST", "/api/v1/campaigns/{id}/pause", "/api/v1/campaigns/" + camp.ID + "/pause", "admin"},
-		{"POST", "/api/v1/campaigns/{id}/resume", "/api/v1/campaigns/" + camp.ID + "/resume", "admin"},
-		{"POST", "/api/v1/campaigns/{id}/abort", "/api/v1/campaigns/" + camp.ID + "/abort", "admin"},
+		{"GET", "/api/v1/audit", "", "admin support approver"},
+		{"POST", "/api/v1/campaigns", "", "admin release-manager"},
+		{"GET", "/api/v1/campaigns", "", read},
+		{"GET", "/api/v1/campaigns/{id}", "/api/v1/campaigns/" + camp.ID, read},
+		{"PATCH", "/api/v1/campaigns/{id}", "/api/v1/campaigns/" + camp.ID, "admin release-manager"},
+		{"POST", "/api/v1/campaigns/{id}/approve", "/api/v1/campaigns/" + camp.ID + "/approve", "approver"},
+		{"POST", "/api/v1/campaigns/{id}/refuse", "/api/v1/campaigns/" + camp.ID + "/refuse", "approver"},
+		{"POST", "/api/v1/campaigns/{id}/start", "/api/v1/campaigns/" + camp.ID + "/start", "admin release-manager"},
+		{"POST", "/api/v1/campaigns/{id}/pause", "/api/v1/campaigns/" + camp.ID + "/pause", "admin release-manager"},
+		{"POST", "/api/v1/campaigns/{id}/resume", "/api/v1/campaigns/" + camp.ID + "/resume", "admin release-manager"},
+		{"POST", "/api/v1/campaigns/{id}/abort", "/api/v1/campaigns/" + camp.ID + "/abort", "admin release-manager"},
 		{"GET", "/api/v1/owners/me/updates", "", "owner"},
 		{"POST", "/api/v1/owners/me/vehicles/{vin}/consent", "/api/v1/owners/me/vehicles/" + v1.vin + "/consent", "owner"},
 		{"POST", "/api/v1/vehicles/{vin}/link-code", "/api/v1/vehicles/" + v1.vin + "/link-code", "vehicle"},
 		{"POST", "/api/v1/owners/me/vehicles", "", "owner"},
 		{"GET", "/api/v1/owners/me/vehicles", "", "owner"},
 		{"DELETE", "/api/v1/owners/me/vehicles/{vin}", "/api/v1/owners/me/vehicles/" + v1.vin, "owner"},
-		{"POST", "/api/v1/vehicles/{vin}/owner", "/api/v1/vehicles/" + v1.vin + "/owner", "admin dealer"},
+		{"POST", "/api/v1/vehicles/{vin}/owner", "/api/v1/vehicles/" + v1.vin + "/owner", "admin release-manager dealer"},
 		{"GET", "/api/v1/vehicles/{vin}/usb-bundle", "/api/v1/vehicles/" + v1.vin + "/usb-bundle", "dealer owner"},
 		{"POST", "/api/v1/vehicles/{vin}/auth", "/api/v1/vehicles/" + v1.vin + "/auth", "vehicle"},
 		// Public: a car whose clock is wrong cannot sign a request (docs/api.md).
@@ -107,6 +125,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/vehicles/{vin}/usb", "/vehicles/" + v1.vin + "/usb", "browser"},
 		{"GET", "/dealer", "", "browser"},
 		{"POST", "/dealer/login", "", "browser"},
+		{"GET", "/dealer/sso", "", "browser"},
+		{"GET", "/dealer/sso/callback", "/dealer/sso/callback?state=x&code=y", "browser"},
 		{"POST", "/dealer/jobs", "", "browser"},
 		{"GET", "/dealer/jobs/{id}", "/dealer/jobs/" + job.ID + ".json", "browser"},
 		{"POST", "/dealer/jobs/{id}/cancel", "/dealer/jobs/" + job.ID + "/cancel", "browser"},
@@ -117,6 +137,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/vehicles/{vin}/help", "/vehicles/" + v1.vin + "/help", "browser"},
 		{"GET", "/vehicles/{vin}/record", "/vehicles/" + v1.vin + "/record", "browser"},
 		{"GET", "/dealer/campaigns", "", "browser"},
+		{"GET", "/dealer/approvals", "", "browser"},
+		{"POST", "/dealer/approvals/{id}", "/dealer/approvals/" + someID, "browser"},
+		{"GET", "/dealer/tokens", "", "browser"},
+		{"POST", "/dealer/tokens/{id}/revoke", "/dealer/tokens/" + someID + "/revoke", "browser"},
+		{"GET", "/dealer/webhooks", "", "browser"},
 		{"GET", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},
 		{"POST", "/dealer/campaigns/{id}", "/dealer/campaigns/" + uuid.NewString(), "browser"},
 		{"POST", "/consent", "", "browser"},
@@ -162,8 +187,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 				t.Fatal(err)
 			}
 			switch caller {
-			case "admin":
+			case "bootstrap":
 				req.Header.Set("Authorization", "Bearer "+adminToken)
+			case "admin":
+				req.Header.Set("Authorization", "Bearer "+admin)
+			case "release-manager":
+				req.Header.Set("Authorization", "Bearer "+rm)
+			case "approver":
+				req.Header.Set("Authorization", "Bearer "+ap)
+			case "support":
+				req.Header.Set("Authorization", "Bearer "+sp)
 			case "dealer":
 				req.Header.Set("Authorization", "Bearer "+dealer)
 			case "owner":

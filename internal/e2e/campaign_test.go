@@ -64,10 +64,29 @@ func (w *world) startCampaign(t *testing.T, body map[string]any) string {
 	if code := w.api("POST", "/api/v1/campaigns", adminToken, body, &c); code != 201 || c.State != "draft" {
 		t.Fatalf("create campaign: %d %+v", code, c)
 	}
+	w.approveStart(t, c.ID)
 	if code := w.api("POST", "/api/v1/campaigns/"+c.ID+"/start", adminToken, nil, &c); code != 200 || c.State != "running" {
 		t.Fatalf("start campaign: %d %+v", code, c)
 	}
 	return c.ID
+}
+
+// approveStart asks to start campaign id (409 approval_required) and has
+// a second account, an approver, approve it.
+func (w *world) approveStart(t *testing.T, id string) {
+	t.Helper()
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	if code := w.api("POST", "/api/v1/campaigns/"+id+"/start", adminToken, nil, &e); code != 409 || e.Error.Code != "approval_required" {
+		t.Fatalf("start without an approval: %d %+v, want 409 approval_required", code, e)
+	}
+	if w.approver == "" {
+		w.approver = w.account("approver", "approver-1")
+	}
+	if code := w.api("POST", "/api/v1/campaigns/"+id+"/approve", w.approver, nil, nil); code != 200 {
+		t.Fatalf("approve campaign %s: %d", id, code)
+	}
 }
 
 // simFleet registers n simulated vehicles on HU-GEN5-NA and DCM-4G-24MM 1.0.0.

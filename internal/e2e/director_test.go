@@ -56,9 +56,12 @@ func (w *world) api(method, path, token string, body any, out any) int {
 func (w *world) account(role, name string) string {
 	w.t.Helper()
 	var out struct{ Token string }
-	body := map[string]string{"role": role, "name": name}
-	if role == "owner" {
+	body := map[string]any{"role": role, "name": name}
+	switch role {
+	case "owner":
 		body["password"] = "correct horse battery"
+	case "dealer":
+		body["regions"] = []string{"NA", "EU"} // where the test vehicles are
 	}
 	if code := w.api("POST", "/api/v1/accounts", adminToken, body, &out); code != 201 || out.Token == "" {
 		w.t.Fatalf("create %s account: %d", role, code)

@@ -72,6 +72,9 @@ type world struct {
 	// reload stands for SIGHUP: it asks the server to reread its TLS
 	// certificate and key.
 	reload chan os.Signal
+	// approver is the token of the account that approves campaigns
+	// (made at the first start).
+	approver string
 }
 
 // newWorld starts a server on 127.0.0.1:0 with extra flags.

@@ -226,7 +226,7 @@ func TestAuditNamesActorsAndPublishes(t *testing.T) {
 	}
 
 	var dealer struct{ ID, Token string }
-	if code := w.api("POST", "/api/v1/accounts", adminToken, map[string]string{"role": "dealer", "name": "dealer-berlin"}, &dealer); code != 201 {
+	if code := w.api("POST", "/api/v1/accounts", adminToken, map[string]any{"role": "dealer", "name": "dealer-berlin", "regions": []string{"NA"}}, &dealer); code != 201 {
 		t.Fatalf("dealer account: %d", code)
 	}
 	v := w.vehicle(1)
@@ -244,7 +244,7 @@ func TestAuditNamesActorsAndPublishes(t *testing.T) {
 		var e struct {
 			Error struct{ Code string } `json:"error"`
 		}
-		if code := w.api("POST", "/api/v1/accounts", adminToken, map[string]string{"role": "dealer", "name": name}, &e); code != 400 || e.Error.Code != "reserved_name" {
+		if code := w.api("POST", "/api/v1/accounts", adminToken, map[string]any{"role": "dealer", "name": name, "regions": []string{"NA"}}, &e); code != 400 || e.Error.Code != "reserved_name" {
 			t.Errorf("account named %q: %d %s, want 400 reserved_name", name, code, e.Error.Code)
 		}
 	}

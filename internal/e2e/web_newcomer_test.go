@@ -157,6 +157,7 @@ func TestWebHaltedCampaignExplainsItself(t *testing.T) {
 	var e struct {
 		Error struct{ Code, Message string }
 	}
+	w.approveStart(t, c.ID)
 	if code := w.api("POST", "/api/v1/campaigns/"+c.ID+"/start", adminToken, nil, &e); code != 409 || e.Error.Code != "campaign_empty" {
 		t.Fatalf("starting a campaign that selects no vehicle: %d %+v", code, e)
 	}

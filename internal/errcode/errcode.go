@@ -34,6 +34,19 @@ const (
 	EncryptedOnly = "encrypted_only"
 )
 
+// Operators: API tokens, roles and four-eyes approvals.
+const (
+	TokenExpired  = "token_expired"
+	TokenRevoked  = "token_revoked"
+	ScopeExceeded = "scope_exceeded"
+	// OutsideRegion: a dealer acting on a vehicle of another region.
+	OutsideRegion = "outside_region"
+	// ApprovalRequired: the action needs another account's approval.
+	ApprovalRequired = "approval_required"
+	// OwnApproval: an account may not approve what it proposed.
+	OwnApproval = "own_approval"
+)
+
 // Signed vehicle requests and check-ins.
 const (
 	BadSignature              = "bad_signature"

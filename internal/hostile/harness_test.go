@@ -230,9 +230,12 @@ type account struct{ ID, Token string }
 
 func (s *server) account(t testing.TB, role, name string) account {
 	t.Helper()
-	body := map[string]string{"role": role, "name": name}
-	if role == "owner" {
+	body := map[string]any{"role": role, "name": name}
+	switch role {
+	case "owner":
 		body["password"] = "correct horse battery"
+	case "dealer":
+		body["regions"] = []string{"EU", "NA"} // where the test vehicles are
 	}
 	var a account
 	if code := s.api(t, "POST", "/api/v1/accounts", adminToken, body, &a); code != 201 {

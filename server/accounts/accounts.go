@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 type Store interface {
 	server.Accounts
 	server.Sessions
+	server.APITokens
 	auditlog.Appender
 }
 
@@ -56,32 +58,55 @@ func HashToken(token string) string {
 	return hex.EncodeToString(s[:])
 }
 
-// Bootstrap is the principal of the bootstrap admin token.
-var Bootstrap = server.Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Role: server.RoleAdmin}
+// Bootstrap is the principal of the bootstrap admin token while no
+// admin account exists.
+var Bootstrap = server.Principal{ID: "bootstrap-admin", Name: "bootstrap-admin", Roles: server.Roles{server.RoleAdmin}}
+
+// RoleBootstrap is all the bootstrap admin token holds once an admin
+// account exists: it may create accounts (a locked-out admin's way back
+// in) and nothing else. No account can hold it.
+const RoleBootstrap server.Role = "bootstrap"
 
 // Authenticate returns the principal a bearer token belongs to.
-func (s *Service) Authenticate(ctx context.Context, token string) (server.Principal, error) {
+// from is the caller's address, recorded as an API token's last use.
+func (s *Service) Authenticate(ctx context.Context, token, from string) (server.Principal, error) {
 	if token == "" {
 		return server.Principal{}, server.Errorf(server.KindUnauthorized, "missing bearer token; send Authorization: Bearer TOKEN")
 	}
 	if s.bootstrapToken != "" && subtle.ConstantTimeCompare([]byte(HashToken(token)), []byte(HashToken(s.bootstrapToken))) == 1 {
-		return Bootstrap, nil
+		return s.bootstrap(ctx)
 	}
 	a, err := s.store.AccountByTokenHash(ctx, HashToken(token))
 	if errors.Is(err, server.ErrNotFound) {
-		return server.Principal{}, server.Errorf(server.KindUnauthorized, "unknown bearer token; ask an admin for an account")
+		return s.apiToken(ctx, token, from)
 	}
 	if err != nil {
 		return server.Principal{}, err
 	}
 	if a.Disabled {
-		return server.Principal{}, server.CodedErrorf(server.KindUnauthorized, errcode.AccountDisabled, "account %s is disabled; ask an admin", a.Name)
+		return server.Principal{}, disabledError(a)
 	}
 	return principalOf(a), nil
 }
 
+func disabledError(a server.Account) error {
+	return server.CodedErrorf(server.KindUnauthorized, errcode.AccountDisabled, "account %s is disabled; ask an admin", a.Name)
+}
+
+// bootstrap is the bootstrap token's principal: an admin until an
+// enabled admin account exists, then only an account creator.
+func (s *Service) bootstrap(ctx context.Context) (server.Principal, error) {
+	admin, err := s.store.AdminExists(ctx)
+	if err != nil || !admin {
+		return Bootstrap, err
+	}
+	p := Bootstrap
+	p.Roles = server.Roles{RoleBootstrap}
+	return p, nil
+}
+
 func principalOf(a server.Account) server.Principal {
-	return server.Principal{ID: a.ID, Name: a.Name, Role: a.Role}
+	return server.Principal{ID: a.ID, Name: a.Name, Roles: a.Roles, Regions: a.Regions}
 }
 
 // CheckOwnerPassword checks an owner's name and password. Unknown names,
@@ -93,7 +118,7 @@ func (s *Service) CheckOwnerPassword(ctx context.Context, name, password string)
 		return server.Principal{}, false, err
 	}
 	hash := ""
-	if err == nil && a.Role == server.RoleOwner && !a.Disabled {
+	if err == nil && a.Roles.Has(server.RoleOwner) && !a.Disabled {
 		hash = a.PasswordHash
 	}
 	ok, err := s.passwords.Check(ctx, hash, password)
@@ -112,26 +137,89 @@ func (s *Service) AccountID(ctx context.Context, name string) string {
 	return a.ID
 }
 
-// CreateRequest is the body of POST /api/v1/accounts.
+// CreateRequest is the body of POST /api/v1/accounts: Roles, or one Role
+// (as before roles existed). A dealer names its Regions.
 type CreateRequest struct {
-	Role     string `json:"role"`
-	Name     string `json:"name"`
-	Password string `json:"password,omitempty"`
+	Role     string   `json:"role,omitempty"`
+	Roles    []string `json:"roles,omitempty"`
+	Name     string   `json:"name"`
+	Password string   `json:"password,omitempty"`
+	Regions  []string `json:"regions,omitempty"`
 }
 
 // Created is the answer: the token is shown only here.
 type Created struct {
-	ID    string `json:"id"`
-	Role  string `json:"role"`
-	Name  string `json:"name"`
-	Token string `json:"token"`
+	ID      string       `json:"id"`
+	Role    string       `json:"role"`
+	Roles   server.Roles `json:"roles"`
+	Name    string       `json:"name"`
+	Regions []string     `json:"regions,omitempty"`
+	Token   string       `json:"token"`
+}
+
+func created(a server.Account, token string) Created {
+	return Created{ID: a.ID, Role: string(a.Roles[0]), Roles: a.Roles, Name: a.Name, Regions: a.Regions, Token: token}
+}
+
+// ParseRoles checks a request's roles: known, no repeats, at least one;
+// an owner is an owner only. one is the older single "role" field.
+func ParseRoles(one string, many []string) (server.Roles, error) {
+	if one != "" {
+		many = append([]string{one}, many...)
+	}
+	if len(many) == 0 {
+		return nil, server.Errorf(server.KindInvalid, "roles: give at least one of %s", server.Roles(server.AllRoles))
+	}
+	var rs server.Roles
+	for _, r := range many {
+		role := server.Role(strings.TrimSpace(r))
+		if !role.Valid() {
+			return nil, server.Errorf(server.KindInvalid, "role %q: want one of %s", r, server.Roles(server.AllRoles))
+		}
+		if !rs.Has(role) {
+			rs = append(rs, role)
+		}
+	}
+	if rs.Has(server.RoleOwner) && len(rs) > 1 {
+		return nil, server.Errorf(server.KindInvalid, "roles: an owner account holds no other role; make a separate account for staff work")
+	}
+	return rs, nil
+}
+
+// checkRegions checks a dealer's regions (required) and that no other
+// account names any.
+func checkRegions(rs server.Roles, regions []string) ([]string, error) {
+	if !rs.Has(server.RoleDealer) {
+		if len(regions) > 0 {
+			return nil, server.Errorf(server.KindInvalid, "regions: only dealer accounts are scoped to regions")
+		}
+		return nil, nil
+	}
+	if len(regions) == 0 || len(regions) > 32 {
+		return nil, server.Errorf(server.KindInvalid, "regions: a dealer acts only on vehicles of its regions; give 1 to 32 region codes such as [\"EU\"]")
+	}
+	var out []string
+	for _, r := range regions {
+		r = strings.TrimSpace(r)
+		if r == "" || len(r) > 16 || strings.Contains(r, ",") {
+			return nil, server.Errorf(server.KindInvalid, "region %q: give a region code such as NA or EU", r)
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // Create makes an account and returns its token once.
 func (s *Service) Create(ctx context.Context, by server.Principal, req CreateRequest) (Created, error) {
-	role := server.Role(req.Role)
-	if !role.Valid() {
-		return Created{}, server.Errorf(server.KindInvalid, "role %q: want admin, dealer or owner", req.Role)
+	roles, err := ParseRoles(req.Role, req.Roles)
+	if err != nil {
+		return Created{}, err
+	}
+	regions, err := checkRegions(roles, req.Regions)
+	if err != nil {
+		return Created{}, err
 	}
 	name := strings.TrimSpace(req.Name)
 	if name == "" || len(name) > 100 {
@@ -140,8 +228,8 @@ func (s *Service) Create(ctx context.Context, by server.Principal, req CreateReq
 	if reserved(name) {
 		return Created{}, server.CodedErrorf(server.KindInvalid, errcode.ReservedName, "name %q is reserved (it names the server, a role or a vehicle in the audit log); choose another name", name)
 	}
-	a := server.Account{ID: uuid.NewString(), Role: role, Name: name, CreatedAt: s.now().UTC()}
-	if role == server.RoleOwner {
+	a := server.Account{ID: uuid.NewString(), Roles: roles, Regions: regions, Name: name, CreatedAt: s.now().UTC()}
+	if roles.Has(server.RoleOwner) {
 		if len(req.Password) < 8 || len(req.Password) > 256 {
 			return Created{}, server.Errorf(server.KindInvalid, "password: owners need one of 8 to 256 characters")
 		}
@@ -162,12 +250,13 @@ func (s *Service) Create(ctx context.Context, by server.Principal, req CreateReq
 		}
 		return Created{}, err
 	}
-	return Created{ID: a.ID, Role: string(role), Name: name, Token: token}, nil
+	return created(a, token), nil
 }
 
 // reservedNames are what the audit log calls the server, the bootstrap
 // token and the roles; an account may not pass itself off as one of them.
-var reservedNames = []string{"bootstrap-admin", "server", "system", "vehicle", "admin", "dealer", "owner", "root", "anonymous"}
+var reservedNames = []string{"bootstrap-admin", "bootstrap", "server", "system", "vehicle", "admin", "dealer", "owner", "root", "anonymous",
+	"release-manager", "approver", "support"}
 
 // reserved reports whether name is reserved: one of reservedNames (in any
 // case) or a VIN, which is how vehicles appear in the audit log.
@@ -193,11 +282,21 @@ func NewToken() (string, error) {
 
 // View is an account as GET /api/v1/accounts shows it.
 type View struct {
-	ID        string      `json:"id"`
-	Role      server.Role `json:"role"`
-	Name      string      `json:"name"`
-	Disabled  bool        `json:"disabled"`
-	CreatedAt time.Time   `json:"createdAt"`
+	ID        string       `json:"id"`
+	Role      server.Role  `json:"role"`
+	Roles     server.Roles `json:"roles"`
+	Name      string       `json:"name"`
+	Regions   []string     `json:"regions,omitempty"`
+	Disabled  bool         `json:"disabled"`
+	CreatedAt time.Time    `json:"createdAt"`
+}
+
+func viewOf(a server.Account) View {
+	v := View{ID: a.ID, Roles: a.Roles, Name: a.Name, Regions: a.Regions, Disabled: a.Disabled, CreatedAt: a.CreatedAt}
+	if len(a.Roles) > 0 {
+		v.Role = a.Roles[0]
+	}
+	return v
 }
 
 // List returns every account.
@@ -205,7 +304,7 @@ func (s *Service) List(ctx context.Context) ([]View, error) {
 	as, err := s.store.ListAccounts(ctx)
 	out := make([]View, 0, len(as))
 	for _, a := range as {
-		out = append(out, View{ID: a.ID, Role: a.Role, Name: a.Name, Disabled: a.Disabled, CreatedAt: a.CreatedAt})
+		out = append(out, viewOf(a))
 	}
 	return out, err
 }
@@ -242,7 +341,7 @@ func (s *Service) SetDisabled(ctx context.Context, by server.Principal, id strin
 		return View{}, err
 	}
 	a.Disabled = disabled
-	return View{ID: a.ID, Role: a.Role, Name: a.Name, Disabled: a.Disabled, CreatedAt: a.CreatedAt}, nil
+	return viewOf(a), nil
 }
 
 // RotateToken gives an account a new token; the old one stops working.
@@ -261,7 +360,7 @@ func (s *Service) RotateToken(ctx context.Context, by server.Principal, id strin
 	if err := auditlog.Record(ctx, s.store, s.now(), by, "account.token", id, "token replaced; the old one is revoked"); err != nil {
 		return Created{}, err
 	}
-	return Created{ID: a.ID, Role: string(a.Role), Name: a.Name, Token: token}, nil
+	return created(a, token), nil
 }
 
 // ChangePassword sets an owner's new password after checking the current
@@ -274,7 +373,7 @@ func (s *Service) ChangePassword(ctx context.Context, p server.Principal, curren
 	if err != nil {
 		return err
 	}
-	if a.Role != server.RoleOwner {
+	if !a.Roles.Has(server.RoleOwner) {
 		return server.Errorf(server.KindForbidden, "only owner accounts have passwords; others use tokens")
 	}
 	ok, err := s.passwords.Check(ctx, a.PasswordHash, current)

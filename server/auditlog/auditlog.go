@@ -227,9 +227,12 @@ type Appender interface {
 // account's UUID, "bootstrap-admin", a vehicle's VIN, or "server") as
 // well as by name and role.
 func Record(ctx context.Context, store Appender, now time.Time, p server.Principal, action, subject, detail string) error {
-	id, actor, role := p.ID, p.Name, string(p.Role)
+	id, actor, role := p.ID, p.Name, p.Roles.String()
 	if p.IsVehicle() {
 		id, actor, role = p.VIN, p.VIN, "vehicle"
+	}
+	if p.TokenID != "" {
+		detail += " (API token " + p.TokenID + ")"
 	}
 	return store.AppendAudit(ctx, server.AuditEntry{At: now.UTC(), ActorID: id, Actor: actor, Role: role, Action: action, Subject: subject, Detail: detail})
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/internal/vin"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/auditlog"
 )
 
@@ -55,13 +56,15 @@ type Canceler interface {
 
 // Service manages campaigns.
 type Service struct {
-	store  Store
-	images Images
-	jobs   Canceler
-	now    func() time.Time
-	m      *metrics
-	wake   func(vins ...string)
-	log    *slog.Logger
+	store     Store
+	images    Images
+	jobs      Canceler
+	approvals *approvals.Service
+	notify    server.Notify
+	now       func() time.Time
+	m         *metrics
+	wake      func(vins ...string)
+	log       *slog.Logger
 }
 
 // Config is what the campaign service is built from.
@@ -77,17 +80,22 @@ type Config struct {
 	Metrics prometheus.Registerer
 	// Log (may be nil) hears of members the engine cannot assign.
 	Log *slog.Logger
+	// Approvals is the four-eyes rule: starting a campaign and raising
+	// its waves need another account's approval.
+	Approvals *approvals.Service
+	// Notify hears of waves opened and campaigns halted or completed.
+	Notify server.Notify
 }
 
 // New returns the service, or an error naming what cfg lacks.
 func New(cfg Config) (*Service, error) {
-	if cfg.Store == nil || cfg.Images == nil || cfg.Jobs == nil || cfg.Now == nil {
-		return nil, errors.New("campaigns: store, image repository, jobs and clock are required")
+	if cfg.Store == nil || cfg.Images == nil || cfg.Jobs == nil || cfg.Now == nil || cfg.Approvals == nil {
+		return nil, errors.New("campaigns: store, image repository, jobs, approvals and clock are required")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, images: cfg.Images, jobs: cfg.Jobs, now: cfg.Now, m: newMetrics(cfg.Metrics), wake: cfg.Wake, log: cfg.Log}, nil
+	return &Service{store: cfg.Store, images: cfg.Images, jobs: cfg.Jobs, approvals: cfg.Approvals, notify: cfg.Notify, now: cfg.Now, m: newMetrics(cfg.Metrics), wake: cfg.Wake, log: cfg.Log}, nil
 }
 
 // CreateRequest is the body of POST /api/v1/campaigns.
@@ -158,24 +166,15 @@ func (r CreateRequest) config() (server.CampaignConfig, error) {
 		return c, invalid("ecu %q: want head-unit or dcm", r.ECU)
 	case r.Version == "":
 		return c, invalid("version: name the image's version, e.g. 2.0.0")
-	case len(r.Selector.VINs) > 10_000:
-		return c, invalid("selector.vins: at most 10000 VINs; select by model, year, region or hardware instead")
 	}
-	for _, v := range r.Selector.VINs {
-		if err := vin.Validate(v); err != nil {
-			return c, invalid("selector.vins: %v", err)
-		}
+	if err := checkSelector(r.Selector); err != nil {
+		return c, err
 	}
 	if len(c.Waves) == 0 {
 		c.Waves = []int{1, 10, 50, 100}
 	}
-	for i, w := range c.Waves {
-		if w < 1 || w > 100 || (i > 0 && w <= c.Waves[i-1]) {
-			return c, invalid("waves %v: want increasing percentages from 1 to 100", c.Waves)
-		}
-	}
-	if c.Waves[len(c.Waves)-1] != 100 {
-		return c, invalid("waves %v: the last wave must be 100 (percent, cumulative)", c.Waves)
+	if err := checkWaves(c.Waves); err != nil {
+		return c, err
 	}
 	if c.MinSamples == 0 {
 		c.MinSamples = 20
@@ -228,6 +227,19 @@ func (r CreateRequest) config() (server.CampaignConfig, error) {
 	return c, nil
 }
 
+// checkSelector checks a selector's VINs.
+func checkSelector(sel server.Selector) error {
+	if len(sel.VINs) > 10_000 {
+		return invalid("selector.vins: at most 10000 VINs; select by model, year, region or hardware instead")
+	}
+	for _, v := range sel.VINs {
+		if err := vin.Validate(v); err != nil {
+			return invalid("selector.vins: %v", err)
+		}
+	}
+	return nil
+}
+
 // CheckWindow validates a maintenance window.
 func CheckWindow(w server.Window) error {
 	if _, err := time.LoadLocation(w.TZ); err != nil || w.TZ == "" {
@@ -255,9 +267,8 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 	if err != nil {
 		return View{}, err
 	}
-	cfg.Targets = imagesOf(targets, cfg.ECU, cfg.Version, cfg.Selector.HardwareIDs)
-	if len(cfg.Targets) == 0 {
-		return View{}, server.CodedErrorf(server.KindConflict, errcode.NoSuchImage, "no %s image version %s is published (for the selected hardware); publish it first", cfg.ECU, cfg.Version)
+	if cfg.Targets, err = resolve(targets, cfg); err != nil {
+		return View{}, err
 	}
 	for _, p := range r.ECUs[min(1, len(r.ECUs)):] {
 		part := server.CampaignPart{ECU: p.ECU, Version: p.Version, Targets: imagesOf(targets, p.ECU, p.Version, nil)}
@@ -286,6 +297,16 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 }
 
 func uuidBytes() []byte { u := uuid.New(); return u[:8] }
+
+// resolve is the campaign's image for each hardware ID its selector
+// allows: an error when none is published.
+func resolve(targets map[string]*metadata.TargetFiles, cfg server.CampaignConfig) (map[string]string, error) {
+	out := imagesOf(targets, cfg.ECU, cfg.Version, cfg.Selector.HardwareIDs)
+	if len(out) == 0 {
+		return nil, server.CodedErrorf(server.KindConflict, errcode.NoSuchImage, "no %s image version %s is published (for the selected hardware); publish it first", cfg.ECU, cfg.Version)
+	}
+	return out, nil
+}
 
 // imagesOf is every published image of an ECU type and version, by
 // hardware ID (only those in hws, unless it is empty).
@@ -336,6 +357,23 @@ func (s *Service) Start(ctx context.Context, by server.Principal, id string) (Vi
 	if c.State != server.CampaignDraft {
 		return View{}, server.Errorf(server.KindConflict, "campaign %s is %s; only a draft starts", id, c.State)
 	}
+	what, err := s.approvalContent(ctx, c, c.Config)
+	if err != nil {
+		return View{}, err
+	}
+	grant, err := s.approvals.Require(ctx, by, approvals.Request{Action: approvals.ActionCampaignStart, Subject: id, What: what, Proposers: []string{c.CreatedBy}})
+	if err != nil {
+		return View{}, err
+	}
+	v, err := s.start(ctx, by, c)
+	if err != nil {
+		grant.Release(ctx)
+	}
+	return v, err
+}
+
+func (s *Service) start(ctx context.Context, by server.Principal, c server.Campaign) (View, error) {
+	id := c.ID
 	hws := make([]string, 0, len(c.Config.Targets))
 	for hw := range c.Config.Targets {
 		hws = append(hws, hw)

@@ -17,8 +17,11 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/jobs"
+	"github.com/roadsign/roadsign/server/postgres"
+	"github.com/roadsign/roadsign/server/postgres/pgtest"
 	"github.com/roadsign/roadsign/server/sqlite"
 	"github.com/roadsign/roadsign/server/sqlstore"
 )
@@ -44,30 +47,54 @@ var catalog = images{
 	"hu-2.0.bin":  image("head-unit", "HU-A", "2.0.0", 2, ""),
 }
 
-var admin = server.Principal{ID: "a1", Name: "release-manager", Role: server.RoleAdmin}
+var (
+	admin    = server.Principal{ID: "a1", Name: "release-manager", Roles: server.Roles{server.RoleReleaseManager}}
+	approver = server.Principal{ID: "ap1", Name: "approver-1", Roles: server.Roles{server.RoleApprover}}
+)
 
 type world struct {
-	store *sqlstore.Store
-	jobs  *jobs.Service
-	svc   *campaigns.Service
-	now   time.Time
-	fence server.Fence
-	woken []string
+	store     *sqlstore.Store
+	approvals *approvals.Service
+	jobs      *jobs.Service
+	svc       *campaigns.Service
+	now       time.Time
+	fence     server.Fence
+	woken     []string
 }
 
 func newWorld(t *testing.T, vehicles int) *world {
 	t.Helper()
+	return newWorldOn(t, sqliteStore(t), vehicles)
+}
+
+func sqliteStore(t *testing.T) *sqlstore.Store {
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func postgresStore(t *testing.T) *sqlstore.Store {
+	st, err := postgres.Open(ctx, pgtest.Schema(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func newWorldOn(t *testing.T, st *sqlstore.Store, vehicles int) *world {
+	t.Helper()
+	var err error
 	w := &world{store: st, now: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	w.approvals = approvals.New(st, w.clock, nil)
 	w.jobs, err = jobs.New(jobs.Config{Store: st, Images: catalog, Now: w.clock, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.svc, err = campaigns.New(campaigns.Config{Store: st, Images: catalog, Jobs: w.jobs, Now: w.clock,
+	w.svc, err = campaigns.New(campaigns.Config{Store: st, Images: catalog, Jobs: w.jobs, Now: w.clock, Approvals: w.approvals,
 		Wake: func(vins ...string) { w.woken = append(w.woken, vins...) }})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +111,24 @@ func newWorld(t *testing.T, vehicles int) *world {
 }
 
 func (w *world) clock() time.Time { return w.now }
+
+// start starts campaign id as the release manager, with the approval a
+// second account gives when the first try asks for one.
+func (w *world) start(t *testing.T, id string) (campaigns.View, error) {
+	t.Helper()
+	v, err := w.svc.Start(ctx, admin, id)
+	if server.ErrorOf(err).Code != errcode.ApprovalRequired {
+		return v, err
+	}
+	pending, ok, err := w.approvals.Pending(ctx, id)
+	if err != nil || !ok {
+		t.Fatalf("no pending approval after approval_required: %v", err)
+	}
+	if _, err := w.approvals.Decide(ctx, approver, pending.ID, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	return w.svc.Start(ctx, admin, id)
+}
 
 func vinOf(i int) string { return fmt.Sprintf("1RSDA0000000%05d", i) }
 
@@ -172,7 +217,7 @@ func TestRolloutRunsItsWaves(t *testing.T) {
 	if c.State != server.CampaignDraft || c.Config.Targets["DCM-A"] != "dcm-2.0.bin" {
 		t.Fatalf("created: %+v", c)
 	}
-	v, err := w.svc.Start(ctx, admin, c.ID)
+	v, err := w.start(t, c.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +273,7 @@ func TestRolloutRunsItsWaves(t *testing.T) {
 func TestFailuresHaltTheCampaign(t *testing.T) {
 	w := newWorld(t, 20)
 	c := w.create(t, campaigns.CreateRequest{Waves: []int{50, 100}, MinSamples: 5, Soak: "0s"})
-	if _, err := w.svc.Start(ctx, admin, c.ID); err != nil {
+	if _, err := w.start(t, c.ID); err != nil {
 		t.Fatal(err)
 	}
 	w.tick(t)
@@ -280,7 +325,7 @@ func TestOperatorActions(t *testing.T) {
 		var v campaigns.View
 		var err error
 		if s.action == "start" {
-			v, err = w.svc.Start(ctx, admin, c.ID)
+			v, err = w.start(t, c.ID)
 		} else {
 			v, err = w.svc.Act(ctx, admin, c.ID, s.action)
 		}
@@ -307,11 +352,11 @@ func TestCreateAndStartRefusals(t *testing.T) {
 		t.Fatalf("an unpublished version: %v", err)
 	}
 	c := w.create(t, campaigns.CreateRequest{})
-	if _, err := w.svc.Start(ctx, admin, c.ID); server.ErrorOf(err).Code != errcode.CampaignEmpty {
+	if _, err := w.start(t, c.ID); server.ErrorOf(err).Code != errcode.CampaignEmpty {
 		t.Fatalf("no vehicle: %v, want campaign_empty", err)
 	}
 	open := w.create(t, campaigns.CreateRequest{Name: "for new cars", IncludeNew: true, Waves: []int{100}, MinSamples: 1, Consent: "owner"})
-	if v, err := w.svc.Start(ctx, admin, open.ID); err != nil || v.State != server.CampaignRunning {
+	if v, err := w.start(t, open.ID); err != nil || v.State != server.CampaignRunning {
 		t.Fatalf("an empty campaign that includes new vehicles starts: %+v %v", v, err)
 	}
 }
@@ -322,7 +367,7 @@ func TestCreateAndStartRefusals(t *testing.T) {
 func TestNewVehiclesAndConsent(t *testing.T) {
 	w := newWorld(t, 0)
 	c := w.create(t, campaigns.CreateRequest{IncludeNew: true, Waves: []int{100}, MinSamples: 1, Consent: "owner"})
-	if _, err := w.svc.Start(ctx, admin, c.ID); err != nil {
+	if _, err := w.start(t, c.ID); err != nil {
 		t.Fatal(err)
 	}
 	w.tick(t) // opens its only wave
@@ -336,7 +381,7 @@ func TestNewVehiclesAndConsent(t *testing.T) {
 	if err != nil || len(p) != 1 || p[0].Version != "2.0.0" || p[0].ReleaseNotes != "fixes the modem" {
 		t.Fatalf("pending consent: %+v %v", p, err)
 	}
-	owner := server.Principal{ID: "o", Name: "owner", Role: server.RoleOwner}
+	owner := server.Principal{ID: "o", Name: "owner", Roles: server.Roles{server.RoleOwner}}
 	if err := w.svc.Consent(ctx, owner, vinOf(0), c.ID, "accept"); err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +445,7 @@ func TestCampaignOfAnUpdateSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.svc.Start(ctx, admin, c.ID); err != nil {
+	if _, err := w.start(t, c.ID); err != nil {
 		t.Fatal(err)
 	}
 	w.tick(t)

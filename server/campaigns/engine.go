@@ -79,6 +79,8 @@ func (s *Service) advance(ctx context.Context, f server.Fence, c server.Campaign
 				fmt.Sprintf("wave %d (%d%%): %d more vehicles", c.OpenWaves, cfg.Waves[c.OpenWaves-1], take)); err != nil {
 				return err
 			}
+			s.notify.Emit(ctx, "campaign.wave_opened", CampaignEvent{Campaign: c.ID, Name: c.Name, ECU: cfg.ECU, Version: cfg.Version,
+				State: c.State, Wave: c.OpenWaves, Percent: cfg.Waves[c.OpenWaves-1], Added: take})
 		}
 	} else {
 		done := true
@@ -253,15 +255,34 @@ func (s *Service) end(ctx context.Context, f server.Fence, c server.Campaign, to
 	} else if err != nil {
 		return err
 	}
-	action := "campaign.complete"
+	action, event := "campaign.complete", "campaign.completed"
 	if to == server.CampaignHalted {
-		action = "campaign.halt"
+		action, event = "campaign.halt", "campaign.halted"
 		s.m.halts.Inc()
 		if err := s.cancelQueued(ctx, c.ID, "campaign halted: "+reason); err != nil {
 			return err
 		}
 	}
-	return auditlog.Record(ctx, s.store, now, server.System, action, c.ID, reason)
+	if err := auditlog.Record(ctx, s.store, now, server.System, action, c.ID, reason); err != nil {
+		return err
+	}
+	s.notify.Emit(ctx, event, CampaignEvent{Campaign: c.ID, Name: c.Name, ECU: c.Config.ECU, Version: c.Config.Version, State: to, Reason: reason, Wave: c.OpenWaves})
+	return nil
+}
+
+// CampaignEvent is the data of the campaign.* webhook events.
+type CampaignEvent struct {
+	Campaign string `json:"campaign"`
+	Name     string `json:"name"`
+	ECU      string `json:"ecu"`
+	Version  string `json:"version"`
+	State    string `json:"state"`
+	// Wave is the number of waves open; Percent (wave_opened) how much
+	// of the fleet they cover, Added how many vehicles the wave added.
+	Wave    int    `json:"wave"`
+	Percent int    `json:"percent,omitempty"`
+	Added   int    `json:"added,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 type metrics struct {

@@ -56,6 +56,13 @@ type config struct {
 	deltaWorkers    int
 	deltaTimeout    time.Duration
 	encrypt         envflag.List
+	approveJobsOver int
+	webhookRetryFor time.Duration
+	oidcIssuer      string
+	oidcClientID    string
+	oidcSecret      string
+	oidcRolesClaim  string
+	oidcRedirect    string
 }
 
 func parseFlags(cmd string, args []string, env Env) (config, error) {
@@ -69,6 +76,13 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 		fs.StringVar(&c.autoAssign, "auto-assign", director.AutoLatest, "what the director assigns to an ECU no job covers: latest (newest image for its hardware) or none")
 		fs.DurationVar(&c.directorExpiry, "director-expiry", 24*time.Hour, "lifetime of per-VIN director metadata; re-signed at half-life when fetched")
 		fs.DurationVar(&c.jobTimeout, "job-timeout", 72*time.Hour, "a job the vehicle does not report on for this long is timed_out")
+		fs.IntVar(&c.approveJobsOver, "approve-jobs-over", 10, "jobs for more than this many vehicles in one request need another account's approval (four eyes)")
+		fs.StringVar(&c.oidcIssuer, "oidc-issuer", "", "single sign-on to the console: the OpenID Connect provider's issuer URL (with --oidc-client-id and --oidc-client-secret)")
+		fs.StringVar(&c.oidcClientID, "oidc-client-id", "", "this server's client ID at the OpenID Connect provider")
+		fs.StringVar(&c.oidcSecret, "oidc-client-secret", "", "this server's client secret at the provider (prefer the environment variable ROADSIGN_OIDC_CLIENT_SECRET)")
+		fs.StringVar(&c.oidcRolesClaim, "oidc-roles-claim", "roles", "the ID token claim that holds a user's Roadsign roles (a dealer's regions come from the regions claim)")
+		fs.StringVar(&c.oidcRedirect, "oidc-redirect-url", "", "the redirect URL registered at the provider (default: the console's /dealer/sso/callback at the address the browser used)")
+		fs.DurationVar(&c.webhookRetryFor, "webhook-retry-for", 24*time.Hour, "how long a webhook delivery is retried (exponential backoff) before it is marked failed")
 		fs.DurationVar(&c.jobRetry, "job-retry", time.Minute, "first retry delay of a failed job (doubles per attempt)")
 		fs.DurationVar(&c.authTokenTTL, "auth-token-ttl", time.Hour, "lifetime of a connected-services token; vehicles renew it with a third left")
 		fs.StringVar(&c.deltas, "deltas", "on", "make deltas from the images vehicles run to the ones they are assigned, and offer them instead of full images: on or off")
@@ -134,6 +148,21 @@ func parseFlags(cmd string, args []string, env Env) (config, error) {
 	}
 	if cmd == "serve" && (c.leaderLease < time.Second || c.campaignTick <= 0) {
 		return c, envflag.Usagef("--leader-lease must be at least 1s and --campaign-tick positive")
+	}
+	if cmd == "serve" && c.oidcIssuer != "" {
+		u, err := url.Parse(c.oidcIssuer)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return c, envflag.Usagef("--oidc-issuer %q: give the provider's issuer URL, such as https://login.example.com", c.oidcIssuer)
+		}
+		if c.oidcClientID == "" || c.oidcSecret == "" {
+			return c, envflag.Usagef("--oidc-issuer needs --oidc-client-id and --oidc-client-secret (or ROADSIGN_OIDC_CLIENT_SECRET)")
+		}
+	}
+	if cmd == "serve" && c.oidcIssuer == "" && (c.oidcClientID != "" || c.oidcSecret != "") {
+		return c, envflag.Usagef("--oidc-client-id and --oidc-client-secret need --oidc-issuer")
+	}
+	if cmd == "serve" && (c.approveJobsOver < 0 || c.webhookRetryFor < time.Minute) {
+		return c, envflag.Usagef("--approve-jobs-over must be 0 or more and --webhook-retry-for at least 1m")
 	}
 	if cmd == "serve" && c.offlineAfter <= 0 {
 		return c, envflag.Usagef("--offline-after must be positive, such as 72h")

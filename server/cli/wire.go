@@ -18,6 +18,7 @@ import (
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/backup"
 	"github.com/roadsign/roadsign/server/bundle"
@@ -35,6 +36,7 @@ import (
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/sqlstore"
 	"github.com/roadsign/roadsign/server/web"
+	"github.com/roadsign/roadsign/server/webhooks"
 )
 
 // parts are what serve opened before wiring: the stores, the online
@@ -62,6 +64,7 @@ type services struct {
 	connect   *connect.Service
 	owners    *owners.Service
 	registry  *registry.Service
+	webhooks  *webhooks.Service
 	handler   http.Handler
 
 	certs     *tlsconf.Reloader // nil: plain HTTP
@@ -138,13 +141,16 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 	}
 	s.push = push.New(s.pusher, log, time.Now)
 
+	s.webhooks = webhooks.New(webhooks.Config{Store: store, Now: time.Now, Log: log, Metrics: reg, RetryFor: c.webhookRetryFor})
+	notify := server.Notify(s.webhooks.Emit)
+	approvalSvc := approvals.New(store, time.Now, notify)
 	if s.jobs, err = jobs.New(jobs.Config{Store: store, Images: s.images, Timeout: c.jobTimeout, RetryBase: c.jobRetry,
-		Wake: s.push.Wake, Now: time.Now, Log: log}); err != nil {
+		Wake: s.push.Wake, Now: time.Now, Log: log, Notify: notify, Approvals: approvalSvc, ApproveOver: c.approveJobsOver}); err != nil {
 		return nil, err
 	}
 	reg.MustRegister(s.jobs.Collector())
 	if s.campaigns, err = campaigns.New(campaigns.Config{Store: store, Images: s.images, Jobs: s.jobs,
-		Wake: s.push.Wake, Now: time.Now, Metrics: reg, Log: log}); err != nil {
+		Wake: s.push.Wake, Now: time.Now, Metrics: reg, Log: log, Approvals: approvalSvc, Notify: notify}); err != nil {
 		return nil, err
 	}
 	// With --deltas off the service only offers deltas signed offline.
@@ -175,7 +181,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 	// every few seconds per replica, so a fleet's handshakes do not poll
 	// the stores.
 	if s.diagnosis, err = diagnosis.New(diagnosis.Config{Store: store, Director: s.director, Images: s.images,
-		Status: memoize(5*time.Second, status), OfflineAfter: c.offlineAfter, Now: time.Now, Log: log, Metrics: reg}); err != nil {
+		Status: memoize(5*time.Second, status), OfflineAfter: c.offlineAfter, Now: time.Now, Log: log, Metrics: reg, Notify: notify}); err != nil {
 		return nil, err
 	}
 	if s.connect, err = connect.New(connect.Config{Store: store, Director: s.director, Images: s.images, Secret: secret,
@@ -186,7 +192,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		return nil, err
 	}
 	if s.registry, err = registry.New(registry.Config{Store: store, Images: s.images, Owns: s.owners.Owns,
-		Registered: s.campaigns.OnRegister, Now: time.Now, Log: log}); err != nil {
+		Registered: s.campaigns.OnRegister, Now: time.Now, Log: log, Notify: notify}); err != nil {
 		return nil, err
 	}
 
@@ -194,10 +200,14 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 	accountSvc := accounts.New(store, accounts.NewPasswords(c.hashConcurrency, reg), c.adminToken, time.Now)
 	throttle := accounts.DefaultThrottle
 	throttle.PerIP = c.loginsPerMinute
+	var sso *web.SSO
+	if c.oidcIssuer != "" {
+		sso = &web.SSO{Issuer: c.oidcIssuer, ClientID: c.oidcClientID, ClientSecret: c.oidcSecret, RolesClaim: c.oidcRolesClaim, RedirectURL: c.oidcRedirect}
+	}
 	pages, err := web.New(web.Deps{
 		Accounts: accountSvc, Throttle: accounts.NewThrottle(throttle, store, time.Now), Owners: s.owners, Registry: s.registry, Jobs: s.jobs,
 		Bundles: bundles, Campaigns: s.campaigns, Store: store, Secret: secret, Now: time.Now, Log: log,
-		Diagnosis: s.diagnosis, Status: status,
+		Diagnosis: s.diagnosis, Status: status, Approvals: approvalSvc, Webhooks: s.webhooks, SSO: sso,
 	})
 	if err != nil {
 		return nil, err
@@ -207,6 +217,7 @@ func wire(ctx context.Context, c config, p parts) (_ *services, err error) {
 		Repo: s.images, Accounts: accountSvc, Registry: s.registry,
 		Director: s.director, Jobs: s.jobs, Owners: s.owners, Connect: s.connect,
 		Bundles: bundles, Web: pages, Campaigns: s.campaigns, Diagnosis: s.diagnosis,
+		Approvals: approvalSvc, Webhooks: s.webhooks,
 		Store: store, Log: log, Metrics: reg, Now: time.Now, TrustedProxies: c.proxies(),
 		Ready: map[string]httpapi.Pinger{"state": store}, Degraded: map[string]httpapi.Pinger{"blobs": p.blobs},
 		VehicleClientCerts: s.clientCAs != nil, RecordKey: p.keys.ImageTimestamp, TimeKey: p.keys.DirectorTime, Push: s.push, PublicHosts: publicHosts,
@@ -238,7 +249,8 @@ func (s *services) background(ctx context.Context, c config, store *sqlstore.Sto
 	}
 	wg.Go(func() { s.images.Watch(bg) }) // every replica: the head it serves from memory
 	wg.Go(func() { s.elector.Run(bg) })
-	wg.Go(func() { s.deltas.Run(bg) }) // every replica makes the deltas its vehicles ask for
+	wg.Go(func() { s.deltas.Run(bg) })                // every replica makes the deltas its vehicles ask for
+	wg.Go(func() { s.webhooks.Run(bg, time.Second) }) // every replica delivers; each delivery is claimed by one
 	every := func(d time.Duration, name string, f func(ctx context.Context, _ server.Fence) error) {
 		wg.Go(func() { s.elector.Every(bg, d, name, f) })
 	}

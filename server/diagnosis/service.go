@@ -51,6 +51,7 @@ type Service struct {
 	offlineAfter time.Duration
 	opened       *prometheus.CounterVec
 	resolved     *prometheus.CounterVec
+	notify       server.Notify
 }
 
 // Config is what the diagnosis is built from.
@@ -64,6 +65,8 @@ type Config struct {
 	OfflineAfter time.Duration
 	Now          func() time.Time
 	Log          *slog.Logger
+	// Notify hears of findings raised (diagnosis.finding_raised).
+	Notify server.Notify
 	// Metrics (may be nil) gets the findings counters.
 	Metrics prometheus.Registerer
 }
@@ -77,7 +80,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.OfflineAfter = 72 * time.Hour
 	}
 	reg := cfg.Metrics
-	s := &Service{store: cfg.Store, director: cfg.Director, images: cfg.Images, status: cfg.Status, now: cfg.Now, log: cfg.Log, offlineAfter: cfg.OfflineAfter,
+	s := &Service{store: cfg.Store, director: cfg.Director, images: cfg.Images, status: cfg.Status, now: cfg.Now, log: cfg.Log, offlineAfter: cfg.OfflineAfter, notify: cfg.Notify,
 		opened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roadsign_diagnosis_findings_opened_total",
 			Help: "Diagnosis findings (problems) opened, by code."}, []string{"code"}),
 		resolved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roadsign_diagnosis_findings_resolved_total",
@@ -103,6 +106,13 @@ func (s *Service) Diagnose(ctx context.Context, vin string) (Report, error) {
 	}
 	for _, c := range opened {
 		s.opened.WithLabelValues(c).Inc()
+		f := FindingRaised{VIN: vin, Code: c}
+		for _, rf := range r.Findings {
+			if rf.Code == c {
+				f.Title, f.Fix = rf.Title, rf.Fix
+			}
+		}
+		s.notify.Emit(ctx, "diagnosis.finding_raised", f)
 	}
 	for _, c := range resolved {
 		s.resolved.WithLabelValues(c).Inc()
@@ -203,4 +213,12 @@ func (s *Service) History(ctx context.Context, vin string) ([]server.Finding, er
 // 30 days.
 func (s *Service) Counts(ctx context.Context) ([]server.FindingCount, error) {
 	return s.store.FindingCounts(ctx, s.now().Add(-30*24*time.Hour))
+}
+
+// FindingRaised is the data of a diagnosis.finding_raised event.
+type FindingRaised struct {
+	VIN   string `json:"vin"`
+	Code  string `json:"code"`
+	Title string `json:"title,omitempty"`
+	Fix   string `json:"fix,omitempty"`
 }

@@ -16,15 +16,24 @@ import (
 	"github.com/roadsign/roadsign/internal/tlsconf"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/accounts"
 )
 
-// Who may call a route.
+// Who may call a route: anyone (Public), the vehicle whose VIN is in the
+// path (or owns the job), or an account holding one of the roles
+// (docs/roles.md has the permission table).
 const (
-	Public  = "public"
-	Admin   = "admin"
-	Dealer  = "dealer"
-	Owner   = "owner"
-	Vehicle = "vehicle" // the vehicle whose VIN is in the path (or owns the job)
+	Public         = "public"
+	Vehicle        = "vehicle"
+	Admin          = string(server.RoleAdmin)
+	ReleaseManager = string(server.RoleReleaseManager)
+	Approver       = string(server.RoleApprover)
+	Support        = string(server.RoleSupport)
+	Dealer         = string(server.RoleDealer)
+	Owner          = string(server.RoleOwner)
+	// Bootstrap is the bootstrap admin token once an admin account
+	// exists: it may only create accounts.
+	Bootstrap = string(accounts.RoleBootstrap)
 )
 
 const principalKey = "roadsign.principal"
@@ -46,7 +55,7 @@ func (a *api) authenticate(c *gin.Context) {
 		c.Next()
 		return
 	case strings.HasPrefix(h, "Bearer "):
-		p, err := a.Accounts.Authenticate(c.Request.Context(), strings.TrimSpace(strings.TrimPrefix(h, "Bearer ")))
+		p, err := a.Accounts.Authenticate(c.Request.Context(), strings.TrimSpace(strings.TrimPrefix(h, "Bearer ")), c.ClientIP())
 		if err != nil {
 			a.fail(c, err)
 			return
@@ -159,20 +168,47 @@ func (a *api) allow(who []string) gin.HandlerFunc {
 				a.fail(c, server.Errorf(server.KindForbidden, "vehicle %s may not act for %s", p.VIN, vin))
 				return
 			}
-		case !p.IsVehicle() && slices.Contains(who, string(p.Role)):
+		case !p.IsVehicle() && slices.ContainsFunc(who, func(w string) bool { return p.Is(server.Role(w)) }):
+			if err := a.reach(c, p); err != nil {
+				a.fail(c, err)
+				return
+			}
 		default:
-			a.fail(c, server.Errorf(server.KindForbidden, "%s may not call %s %s (allowed: %s)", callerKind(p), c.Request.Method, c.FullPath(), strings.Join(who, ", ")))
+			a.fail(c, server.CodedErrorf(server.KindForbidden, errcode.Forbidden, "%s may not call %s %s (allowed: %s)", callerKind(p), c.Request.Method, c.FullPath(), strings.Join(who, ", ")))
 			return
 		}
 		c.Next()
 	}
 }
 
-func callerKind(p server.Principal) string {
-	if p.IsVehicle() {
-		return "a vehicle"
+// reach holds a dealer to the vehicles of its regions on every route
+// with a VIN in its path (routes naming a vehicle otherwise, by a job or
+// in the body, check in their handler).
+func (a *api) reach(c *gin.Context, p server.Principal) error {
+	vin := c.Param("vin")
+	if vin == "" || !p.DealerOnly() {
+		return nil
 	}
-	return "a " + string(p.Role)
+	v, err := a.Store.Vehicle(c.Request.Context(), vin)
+	if errors.Is(err, server.ErrNotFound) || server.ErrorOf(err).Kind == server.KindNotFound {
+		return nil // the handler says there is no such vehicle
+	}
+	if err != nil {
+		return err
+	}
+	return p.Reach(v)
+}
+
+func callerKind(p server.Principal) string {
+	switch {
+	case p.IsVehicle():
+		return "a vehicle"
+	case p.TokenID != "":
+		return "an API token with roles " + p.Roles.String()
+	case len(p.Roles) == 0:
+		return "an account with no role"
+	}
+	return "an account with roles " + p.Roles.String()
 }
 
 // publicHostsNote names the --public-url hosts a signature was also

@@ -24,6 +24,7 @@ import (
 	"github.com/roadsign/roadsign/internal/keys"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
@@ -36,6 +37,7 @@ import (
 	"github.com/roadsign/roadsign/server/registry"
 	"github.com/roadsign/roadsign/server/repo"
 	"github.com/roadsign/roadsign/server/web"
+	"github.com/roadsign/roadsign/server/webhooks"
 )
 
 // ginMode sets gin's process-wide mode once; gin keeps it in a global.
@@ -74,6 +76,9 @@ type Deps struct {
 	// Campaigns may be nil in tests that do not use them.
 	Campaigns *campaigns.Service
 	Diagnosis *diagnosis.Service
+	// Approvals are the four-eyes approvals; Webhooks the subscriptions.
+	Approvals *approvals.Service
+	Webhooks  *webhooks.Service
 	Web       *web.Web
 	Store     Store
 	// Ready are the dependencies without which the replica serves

@@ -6,7 +6,18 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/webhooks"
 )
+
+func roleNames() []string {
+	out := make([]string, len(server.AllRoles))
+	for i, r := range server.AllRoles {
+		out[i] = string(r)
+	}
+	return out
+}
 
 var ginParam = regexp.MustCompile(`[:*]([A-Za-z]+)`)
 
@@ -15,17 +26,31 @@ func OpenAPIPath(p string) string { return ginParam.ReplaceAllString(p, "{$1}") 
 
 // schemas are the request bodies the API keeps (docs/api.md).
 var schemas = map[string]any{
-	"AccountRequest": obj(map[string]any{"role": enum("admin", "dealer", "owner"), "name": str(), "password": str()}, "role", "name"),
+	"AccountRequest": obj(map[string]any{
+		"roles": map[string]any{"type": "array", "items": enum(roleNames()...), "description": "what the account may do (docs/roles.md); an owner holds no other role"},
+		"role":  map[string]any{"type": "string", "enum": roleNames(), "description": "one role (older form of roles)"},
+		"name":  str(), "password": map[string]any{"type": "string", "description": "owners only"},
+		"regions": map[string]any{"type": "array", "items": str(), "description": "dealers only, and required: the vehicle regions it acts on"},
+	}, "name"),
+	"TokenRequest": obj(map[string]any{
+		"name": str(), "roles": map[string]any{"type": "array", "items": enum(roleNames()...), "description": "a subset of the caller's roles"},
+		"expiresIn": map[string]any{"type": "string", "description": "the token's life: 30d, 12h (at most 366d)"},
+	}, "name", "roles", "expiresIn"),
+	"RefuseRequest": obj(map[string]any{"reason": str()}, "reason"),
+	"CampaignChange": obj(map[string]any{"version": str(), "selector": map[string]any{"type": "object"}, "includeNew": map[string]any{"type": "boolean"},
+		"waves": map[string]any{"type": "array", "items": map[string]any{"type": "integer"}}}),
+	"WebhookRequest": obj(map[string]any{"url": str(), "events": map[string]any{"type": "array", "items": enum(webhooks.Events...)},
+		"secret": map[string]any{"type": "string", "description": "16 to 256 characters; signs each delivery (HMAC-SHA256)"}}, "url", "events", "secret"),
 	"VehicleRequest": obj(map[string]any{
 		"vin": str(), "model": str(), "year": map[string]any{"type": "integer"}, "region": str(),
 		"publicKey": map[string]any{"type": "string", "description": "ed25519 public key, base64"},
 		"ecus":      map[string]any{"type": "array", "items": obj(map[string]any{"type": enum("head-unit", "dcm"), "serial": str(), "hardwareId": str()}, "type", "serial", "hardwareId")},
 	}, "vin", "model", "year", "region", "publicKey", "ecus"),
 	"JobRequest": obj(map[string]any{
-		"vin": str(), "ecu": map[string]any{"type": "string", "description": "dcm, head-unit or an ECU serial"},
+		"vin": str(), "vins": map[string]any{"type": "array", "items": str(), "description": "instead of vin: the same job for many vehicles"}, "ecu": map[string]any{"type": "string", "description": "dcm, head-unit or an ECU serial"},
 		"version": map[string]any{"type": "string", "description": "a version such as 1.1.0, or latest"},
 		"forced":  map[string]any{"type": "boolean"}, "reason": str(),
-	}, "vin", "ecu", "version", "reason"),
+	}, "reason"),
 	"JobEvent": obj(map[string]any{
 		"kind":    enum("downloading", "installing", "rebooting", "succeeded", "failed", "rolled_back"),
 		"percent": map[string]any{"type": "integer"}, "message": str(),

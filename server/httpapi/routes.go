@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,7 +61,16 @@ func (a *api) routes() []route {
 }
 
 func (a *api) apiRoutes() []route {
-	pub, admin, adminDealer := []string{Public}, []string{Admin}, []string{Admin, Dealer}
+	// The permission table (docs/roles.md): staff read everything; the
+	// fleet's releases are run by release managers (and admins), approved
+	// by approvers; dealers act on vehicles of their regions; support
+	// changes nothing.
+	pub, admin := []string{Public}, []string{Admin}
+	read := []string{Admin, ReleaseManager, Approver, Support, Dealer}
+	readOwner := append(slices.Clone(read), Owner)
+	release := []string{Admin, ReleaseManager}
+	actors := []string{Admin, ReleaseManager, Dealer}
+	people := []string{Admin, ReleaseManager, Approver, Dealer, Owner}
 	return []route{
 		{"GET", "/healthz", pub, "Liveness", "", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }, Default},
 		{"GET", "/readyz", pub, "Readiness: state and blob stores reachable", "", a.readyz, Default},
@@ -71,36 +81,42 @@ func (a *api) apiRoutes() []route {
 		{"HEAD", "/repo/*file", pub, "Image repository file headers", "", a.repoFile, Download},
 		{"GET", "/director/:vin/*file", []string{Vehicle}, "Per-VIN director metadata, for that vehicle only", "", a.directorFile, Default},
 
-		{"POST", "/api/v1/repo/publish", admin, "Publish signed root and targets metadata (signer)", "PublishRequest", a.publish, LargeJSON},
-		{"PUT", "/api/v1/repo/targets/*file", admin, "Upload a target file at DIR/SHA256.NAME (streamed, verified)", "", a.uploadTarget, Upload},
+		{"POST", "/api/v1/repo/publish", release, "Publish signed root and targets metadata (signer)", "PublishRequest", a.publish, LargeJSON},
+		{"PUT", "/api/v1/repo/targets/*file", release, "Upload a target file at DIR/SHA256.NAME (streamed, verified)", "", a.uploadTarget, Upload},
 
-		{"POST", "/api/v1/accounts", admin, "Create an account; the token is shown only in the answer", "AccountRequest", a.createAccount, Default},
-		{"GET", "/api/v1/accounts", admin, "List accounts", "", a.listAccounts, Default},
+		{"POST", "/api/v1/accounts", []string{Admin, Bootstrap}, "Create an account with its roles (a dealer with its regions); the token is shown only in the answer", "AccountRequest", a.createAccount, Default},
+		{"GET", "/api/v1/accounts", []string{Admin, Support}, "List accounts", "", a.listAccounts, Default},
 		{"POST", "/api/v1/accounts/:id/disable", admin, "Disable an account: its token and sessions stop working at once", "", a.setDisabled(true), Default},
 		{"POST", "/api/v1/accounts/:id/enable", admin, "Enable a disabled account again", "", a.setDisabled(false), Default},
 		{"POST", "/api/v1/accounts/:id/token", admin, "Give an account a new token; the old one is revoked", "", a.rotateToken, Default},
 		{"POST", "/api/v1/owners/me/password", []string{Owner}, "Change my password; every portal session ends", "PasswordRequest", a.changePassword, Default},
 
-		{"POST", "/api/v1/vehicles", adminDealer, "Register a vehicle", "VehicleRequest", a.registerVehicle, Default},
-		{"GET", "/api/v1/vehicles", adminDealer, "List vehicles (keyset pages: ?after=VIN&limit=&hardwareId=)", "", a.listVehicles, Default},
-		{"GET", "/api/v1/vehicles/:vin", []string{Admin, Dealer, Owner}, "A vehicle: ECUs, installed versions, open jobs", "", a.getVehicle, Default},
+		{"POST", "/api/v1/vehicles", actors, "Register a vehicle", "VehicleRequest", a.registerVehicle, Default},
+		{"GET", "/api/v1/vehicles", read, "List vehicles (keyset pages: ?after=VIN&limit=&hardwareId=)", "", a.listVehicles, Default},
+		{"GET", "/api/v1/vehicles/:vin", readOwner, "A vehicle: ECUs, installed versions, open jobs", "", a.getVehicle, Default},
 		{"POST", "/api/v1/vehicles/:vin/manifest", []string{Vehicle}, "Signed version manifest (check-in)", "SignedManifest", a.manifest, Default},
 
-		{"POST", "/api/v1/jobs", adminDealer, "Create a reflash job", "JobRequest", a.createJob, Default},
-		{"GET", "/api/v1/jobs", adminDealer, "Jobs of a vehicle (?vin=)", "", a.listJobs, Default},
-		{"GET", "/api/v1/jobs/:id", adminDealer, "A job with its event history", "", a.getJob, Default},
-		{"POST", "/api/v1/jobs/:id/cancel", adminDealer, "Cancel a job", "", a.cancelJob, Default},
+		{"POST", "/api/v1/jobs", actors, "Create a reflash job (\"vin\"), or jobs for many vehicles (\"vins\"; over the approval threshold, approved first)", "JobRequest", a.createJob, Default},
+		{"GET", "/api/v1/jobs", read, "Jobs of a vehicle (?vin=)", "", a.listJobs, Default},
+		{"GET", "/api/v1/jobs/:id", read, "A job with its event history", "", a.getJob, Default},
+		{"POST", "/api/v1/jobs/:id/cancel", actors, "Cancel a job", "", a.cancelJob, Default},
 		{"POST", "/api/v1/jobs/:id/events", []string{Vehicle}, "Progress report from the job's vehicle", "JobEvent", a.jobEvent, Default},
 
-		{"GET", "/api/v1/audit", admin, "Audit log (?after=ID&limit=)", "", a.audit, Default},
+		{"GET", "/api/v1/audit", []string{Admin, Support, Approver}, "Audit log (?after=ID&limit=)", "", a.audit, Default},
 
-		{"POST", "/api/v1/campaigns", admin, "Create a campaign (draft): one image for the vehicles a selector picks, in waves", "CampaignRequest", a.createCampaign, Default},
-		{"GET", "/api/v1/campaigns", adminDealer, "Campaigns with their waves and counts, newest first", "", a.listCampaigns, Default},
-		{"GET", "/api/v1/campaigns/:id", adminDealer, "A campaign: state, halt reason, waves with counts, totals", "", a.getCampaign, Default},
-		{"POST", "/api/v1/campaigns/:id/start", admin, "Start a draft campaign: its vehicles are fixed now", "", a.campaignAction("start"), Default},
-		{"POST", "/api/v1/campaigns/:id/pause", admin, "Pause a running campaign: nothing new is assigned", "", a.campaignAction("pause"), Default},
-		{"POST", "/api/v1/campaigns/:id/resume", admin, "Resume a paused campaign", "", a.campaignAction("resume"), Default},
-		{"POST", "/api/v1/campaigns/:id/abort", admin, "Abort a campaign: jobs not started are canceled", "", a.campaignAction("abort"), Default},
+		{"POST", "/api/v1/campaigns", release, "Create a campaign (draft): one image for the vehicles a selector picks, in waves", "CampaignRequest", a.createCampaign, Default},
+		{"GET", "/api/v1/campaigns", read, "Campaigns with their waves and counts, newest first", "", a.listCampaigns, Default},
+		{"GET", "/api/v1/campaigns/:id", read, "A campaign: state, halt reason, waves with counts, totals", "", a.getCampaign, Default},
+		{"PATCH", "/api/v1/campaigns/:id", release, "Change a campaign: its image version, selector or waves (a draft), or raise its waves (running or paused, approved first); any change voids its approval", "CampaignChange", a.changeCampaign, Default},
+		{"POST", "/api/v1/campaigns/:id/start", release, "Start a draft campaign: its vehicles are fixed now (approved first: else 409 approval_required)", "", a.campaignAction("start"), Default},
+		{"POST", "/api/v1/campaigns/:id/approve", []string{Approver}, "Approve what the campaign's proposer asked for (start, or raised waves); not by the proposer", "", a.decideCampaign(true), Default},
+		{"POST", "/api/v1/campaigns/:id/refuse", []string{Approver}, "Refuse a campaign's approval request, with a reason", "RefuseRequest", a.decideCampaign(false), Default},
+		{"GET", "/api/v1/approvals", read, "Approval requests and decisions, newest first (?state=pending)", "", a.listApprovals, Default},
+		{"POST", "/api/v1/approvals/:id/approve", []string{Approver}, "Approve a request (a campaign's, or jobs for many vehicles); not by its proposer", "", a.decideApproval(true), Default},
+		{"POST", "/api/v1/approvals/:id/refuse", []string{Approver}, "Refuse a request, with a reason", "RefuseRequest", a.decideApproval(false), Default},
+		{"POST", "/api/v1/campaigns/:id/pause", release, "Pause a running campaign: nothing new is assigned", "", a.campaignAction("pause"), Default},
+		{"POST", "/api/v1/campaigns/:id/resume", release, "Resume a paused campaign", "", a.campaignAction("resume"), Default},
+		{"POST", "/api/v1/campaigns/:id/abort", release, "Abort a campaign: jobs not started are canceled", "", a.campaignAction("abort"), Default},
 		{"GET", "/api/v1/owners/me/updates", []string{Owner}, "Campaign updates waiting for my consent, with release notes", "", a.pendingUpdates, Default},
 		{"POST", "/api/v1/owners/me/vehicles/:vin/consent", []string{Owner}, "Accept or decline a campaign's update for my vehicle", "ConsentRequest", a.consent, Default},
 
@@ -109,16 +125,22 @@ func (a *api) apiRoutes() []route {
 		{"GET", "/api/v1/owners/me/vehicles", []string{Owner}, "My vehicles with ECU versions and subscription state", "", a.myVehicles, Default},
 		{"DELETE", "/api/v1/owners/me/vehicles/:vin", []string{Owner}, "Release a vehicle (sold); a pending claim is dropped", "", a.releaseVehicle, Default},
 		{"POST", "/api/v1/owners/me/vehicles/:vin/claim", []string{Owner}, "Accept or reject a claim on my vehicle", "ClaimDecision", a.decideClaim(true), Default},
-		{"POST", "/api/v1/vehicles/:vin/claim", adminDealer, "Resolve a claim on a vehicle (audited, with a reason)", "ClaimDecision", a.decideClaim(false), Default},
-		{"POST", "/api/v1/vehicles/:vin/owner", adminDealer, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle, Default},
+		{"POST", "/api/v1/vehicles/:vin/claim", actors, "Resolve a claim on a vehicle (audited, with a reason)", "ClaimDecision", a.decideClaim(false), Default},
+		{"POST", "/api/v1/vehicles/:vin/owner", actors, "Link or transfer a vehicle to an owner account (audited)", "TransferRequest", a.transferVehicle, Default},
 		{"GET", "/api/v1/vehicles/:vin/usb-bundle", []string{Owner, Dealer}, "Streamed USB bundle for that VIN (?valid_days=30, ?full=true to add full images beside deltas)", "", a.usbBundle, Download},
 		{"POST", "/api/v1/vehicles/:vin/time", pub, "Time attestation: the server's time, signed by the director root's time key, for the vehicle's fresh nonce (secure time)", "", a.timeAttestation, Default},
 		{"POST", "/api/v1/vehicles/:vin/auth", []string{Vehicle}, "Connected-services challenge/response; returns a short-lived token", "AuthRequest", a.auth, Default},
 		{"POST", "/api/v1/vehicles/:vin/ecus/:serial/replace", []string{Dealer}, "Re-provision a replaced DCM or head unit", "ReplaceRequest", a.replaceECU, Default},
 		{"GET", "/api/v1/vehicles/:vin/push", []string{Vehicle}, "Where the vehicle hears wake-ups: the MQTT broker (empty when none) and its own topic", "", a.pushInfo, Default},
-		{"GET", "/api/v1/vehicles/:vin/software-record", []string{Admin, Dealer, Owner}, "The vehicle's software record: every install attempt per ECU (?format=json, csv or signed)", "", a.softwareRecord, Default},
-		{"GET", "/api/v1/vehicles/:vin/diagnosis", []string{Admin, Dealer, Owner}, "Why connected services fail: findings, likeliest first, with evidence and fixes (owners get their own wording)", "", a.diagnose, Default},
-		{"GET", "/api/v1/diagnoses", adminDealer, "Findings across the fleet by cause: open now, resolved in the last 30 days", "", a.diagnosisCounts, Default},
+		{"GET", "/api/v1/vehicles/:vin/software-record", readOwner, "The vehicle's software record: every install attempt per ECU (?format=json, csv or signed)", "", a.softwareRecord, Default},
+		{"GET", "/api/v1/vehicles/:vin/diagnosis", readOwner, "Why connected services fail: findings, likeliest first, with evidence and fixes (owners get their own wording)", "", a.diagnose, Default},
+		{"POST", "/api/v1/tokens", people, "Create an API token: a name, roles (a subset of mine) and a life (expiresIn: \"30d\"); the token is shown only in the answer", "TokenRequest", create(a, a.Accounts.CreateToken), Default},
+		{"GET", "/api/v1/tokens", append(slices.Clone(people), Support), "My API tokens (an admin: everyone's), with their last use and address", "", a.listTokens, Default},
+		{"POST", "/api/v1/tokens/:id/revoke", people, "Revoke one of my API tokens (an admin: anyone's)", "", a.revokeToken, Default},
+		{"POST", "/api/v1/webhooks", admin, "Subscribe a URL to events; deliveries are signed with the secret (HMAC-SHA256)", "WebhookRequest", create(a, a.Webhooks.Create), Default},
+		{"GET", "/api/v1/webhooks", []string{Admin, Support}, "Webhook subscriptions, with their newest deliveries", "", a.listWebhooks, Default},
+		{"DELETE", "/api/v1/webhooks/:id", admin, "Delete a subscription (deliveries not yet made are dropped)", "", a.deleteWebhook, Default},
+		{"GET", "/api/v1/diagnoses", read, "Findings across the fleet by cause: open now, resolved in the last 30 days", "", a.diagnosisCounts, Default},
 	}
 }
 
@@ -134,7 +156,7 @@ func (a *api) diagnose(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	if p.Role == server.RoleOwner {
+	if p.Is(server.RoleOwner) {
 		c.JSON(http.StatusOK, r.ForOwner())
 		return
 	}
@@ -176,7 +198,7 @@ func (a *api) createAccount(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	if err := auditlog.Record(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "role="+created.Role); err != nil {
+	if err := auditlog.Record(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "roles="+created.Roles.String()+regionsNote(created.Regions)); err != nil {
 		a.fail(c, err)
 		return
 	}
@@ -474,6 +496,15 @@ func (a *api) createJob(c *gin.Context) {
 		return
 	}
 	p, _ := principal(c)
+	if len(req.VINs) > 0 {
+		js, err := a.Jobs.CreateMany(c.Request.Context(), p, req)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		c.JSON(http.StatusCreated, gin.H{"jobs": js})
+		return
+	}
 	j, err := a.Jobs.Create(c.Request.Context(), p, req)
 	if err != nil {
 		a.fail(c, err)

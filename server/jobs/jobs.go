@@ -27,6 +27,7 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/internal/meta"
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/auditlog"
 )
 
@@ -43,6 +44,12 @@ type Config struct {
 	Wake func(vins ...string)
 	Now  func() time.Time
 	Log  *slog.Logger
+	// Notify hears of job state changes (job.state_changed).
+	Notify server.Notify
+	// Approvals and ApproveOver: jobs for more than ApproveOver vehicles
+	// in one request need another account's approval (four eyes).
+	Approvals   *approvals.Service
+	ApproveOver int
 }
 
 // Images is the image repository as jobs need it.
@@ -89,9 +96,12 @@ func New(cfg Config) (*Service, error) {
 // CreateRequest is the body of POST /api/v1/jobs: one ECU (ECU and
 // Version), or an update set (ECUs).
 type CreateRequest struct {
-	VIN     string `json:"vin"`
-	ECU     string `json:"ecu"`     // dcm, head-unit or an ECU serial
-	Version string `json:"version"` // e.g. 1.1.0, or latest
+	VIN string `json:"vin,omitempty"`
+	// VINs, instead of VIN, make the same job for each of many vehicles
+	// (over the approval threshold, approved first).
+	VINs    []string `json:"vins,omitempty"`
+	ECU     string   `json:"ecu"`     // dcm, head-unit or an ECU serial
+	Version string   `json:"version"` // e.g. 1.1.0, or latest
 	// ECUs, instead of ECU and Version, make an update set: several ECUs
 	// that install together, in this order, all or none.
 	ECUs   []PartRequest `json:"ecus,omitempty"`
@@ -110,48 +120,73 @@ type PartRequest struct {
 // recorded software with the job's images installed; an update set is
 // how two ECUs that need each other move together.
 func (s *Service) Create(ctx context.Context, by server.Principal, r CreateRequest) (server.Job, error) {
-	v, err := s.store.Vehicle(ctx, r.VIN)
-	if err != nil {
-		return server.Job{}, err
-	}
-	asked := r.ECUs
-	switch {
-	case len(asked) > 0 && (r.ECU != "" || r.Version != ""):
-		return server.Job{}, server.Errorf(server.KindInvalid, "give ecu and version for one ECU, or ecus for an update set, not both")
-	case len(asked) == 0:
-		asked = []PartRequest{{ECU: r.ECU, Version: r.Version}}
-	case len(asked) > len(v.ECUs):
-		return server.Job{}, server.Errorf(server.KindInvalid, "ecus names %d ECUs; %s has %d", len(asked), v.VIN, len(v.ECUs))
-	}
-	if strings.TrimSpace(r.Reason) == "" {
-		return server.Job{}, server.Errorf(server.KindInvalid, "reason is required: say why this ECU is reflashed (it is audited)")
+	if len(r.VINs) > 0 {
+		return server.Job{}, server.Errorf(server.KindInvalid, "vins: jobs for many vehicles are made by CreateMany")
 	}
 	targets, _, err := s.images.CurrentTargets(ctx)
 	if err != nil {
 		return server.Job{}, err
+	}
+	pl, err := s.plan(ctx, by, r, targets)
+	if err != nil {
+		return server.Job{}, err
+	}
+	return s.store1(ctx, by, pl)
+}
+
+// planned is a job checked and ready to be stored.
+type planned struct {
+	job    server.Job
+	v      server.Vehicle
+	parts  []server.JobPart
+	audit  string
+	reason string
+	forced bool
+}
+
+// plan resolves and checks a job for one vehicle, storing nothing.
+func (s *Service) plan(ctx context.Context, by server.Principal, r CreateRequest, targets map[string]*metadata.TargetFiles) (planned, error) {
+	v, err := s.store.Vehicle(ctx, r.VIN)
+	if err == nil {
+		err = by.Reach(v)
+	}
+	if err != nil {
+		return planned{}, err
+	}
+	asked := r.ECUs
+	switch {
+	case len(asked) > 0 && (r.ECU != "" || r.Version != ""):
+		return planned{}, server.Errorf(server.KindInvalid, "give ecu and version for one ECU, or ecus for an update set, not both")
+	case len(asked) == 0:
+		asked = []PartRequest{{ECU: r.ECU, Version: r.Version}}
+	case len(asked) > len(v.ECUs):
+		return planned{}, server.Errorf(server.KindInvalid, "ecus names %d ECUs; %s has %d", len(asked), v.VIN, len(v.ECUs))
+	}
+	if strings.TrimSpace(r.Reason) == "" {
+		return planned{}, server.Errorf(server.KindInvalid, "reason is required: say why this ECU is reflashed (it is audited)")
 	}
 	var parts []server.JobPart
 	customs := map[string]meta.Custom{}
 	for _, a := range asked {
 		ecu, err := pickECU(v, a.ECU)
 		if err != nil {
-			return server.Job{}, err
+			return planned{}, err
 		}
 		if _, dup := customs[ecu.Serial]; dup {
-			return server.Job{}, server.Errorf(server.KindInvalid, "ecus names ECU %s twice; an update set installs one image per ECU", ecu.Serial)
+			return planned{}, server.Errorf(server.KindInvalid, "ecus names ECU %s twice; an update set installs one image per ECU", ecu.Serial)
 		}
 		path, c, err := pickImage(targets, ecu, a.Version)
 		if err != nil {
-			return server.Job{}, err
+			return planned{}, err
 		}
 		if err := checkDowngrade(targets, ecu, path, c, r.Forced); err != nil {
-			return server.Job{}, err
+			return planned{}, err
 		}
 		customs[ecu.Serial] = c
 		parts = append(parts, server.JobPart{ECUSerial: ecu.Serial, ECUType: ecu.Type, TargetPath: path, Version: c.Version})
 	}
 	if err := CheckRequirements(v, parts, customs); err != nil {
-		return server.Job{}, err
+		return planned{}, err
 	}
 	now := s.now().UTC()
 	first := parts[0]
@@ -167,10 +202,17 @@ func (s *Service) Create(ctx context.Context, by server.Principal, r CreateReque
 		what, audit = "update set "+describeParts(parts), fmt.Sprintf("vin=%s set=%s", j.VIN, auditParts(parts))
 	}
 	j.Events = []server.JobEvent{{At: now, Kind: server.JobQueued, Message: fmt.Sprintf("%s, by %s: %s", what, by.Name, r.Reason)}}
+	return planned{job: j, v: v, parts: parts, audit: audit, reason: r.Reason, forced: r.Forced}, nil
+}
+
+// store1 stores a planned job and ends the campaign and auto-assign
+// installs it supersedes.
+func (s *Service) store1(ctx context.Context, by server.Principal, pl planned) (server.Job, error) {
+	j, v, parts, now := pl.job, pl.v, pl.parts, pl.job.CreatedAt
 	if err := s.store.CreateJob(ctx, j); err != nil {
 		return server.Job{}, err
 	}
-	if err := auditlog.Record(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("%s forced=%v reason=%q", audit, r.Forced, r.Reason)); err != nil {
+	if err := auditlog.Record(ctx, s.store, now, by, "job.create", j.ID, fmt.Sprintf("%s forced=%v reason=%q", pl.audit, pl.forced, pl.reason)); err != nil {
 		return server.Job{}, err
 	}
 	defer s.wake(j.VIN)
@@ -351,6 +393,17 @@ func flashing(j server.Job) bool { return j.Phase == "installing" || j.Phase == 
 // Cancel cancels a job that has not started flashing; once flashing has
 // started it records the request and the job ends as the install does.
 func (s *Service) Cancel(ctx context.Context, by server.Principal, id string) (server.Job, error) {
+	j, err := s.Get(ctx, id)
+	if err != nil {
+		return j, err
+	}
+	v, err := s.store.Vehicle(ctx, j.VIN)
+	if err == nil {
+		err = by.Reach(v)
+	}
+	if err != nil {
+		return server.Job{}, err
+	}
 	return s.cancel(ctx, by, id, "canceled by "+by.Name)
 }
 
@@ -380,6 +433,9 @@ func (s *Service) cancel(ctx context.Context, by server.Principal, id, why strin
 		}
 		if err := auditlog.Record(ctx, s.store, now, by, "job.cancel", j.ID, ev.Message); err != nil {
 			return j, err
+		}
+		if j.State != from {
+			s.cfg.Notify.Emit(ctx, "job.state_changed", server.JobChanged(j, from, why))
 		}
 		s.wake(j.VIN) // a vehicle mid-download hears of it at once
 		return s.Get(ctx, id)
@@ -537,6 +593,7 @@ func (s *Service) Event(ctx context.Context, vin, id string, r EventRequest) (se
 			if err := auditlog.Record(ctx, s.store, now, server.Principal{VIN: vin}, "job.state", id, from+" -> "+j.State); err != nil {
 				return j, err
 			}
+			s.cfg.Notify.Emit(ctx, "job.state_changed", server.JobChanged(j, from, msg))
 		}
 		return j, nil
 	}
@@ -567,6 +624,7 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		if err := auditlog.Record(ctx, s.store, now, server.System, "job.state", j.ID, from+" -> timed_out: "+msg); err != nil {
 			return n, err
 		}
+		s.cfg.Notify.Emit(ctx, "job.state_changed", server.JobChanged(j, from, msg))
 		n++
 	}
 	return n, nil

@@ -56,7 +56,7 @@ func setup(t *testing.T) (*jobs.Service, server.Store, *clock) {
 	return svc, st, c
 }
 
-var dealer = server.Principal{ID: "d", Name: "dealer-1", Role: server.RoleDealer}
+var dealer = server.Principal{ID: "d", Name: "dealer-1", Roles: server.Roles{server.RoleDealer}, Regions: []string{"EU"}}
 
 func create(t *testing.T, svc *jobs.Service, version string, forced bool) server.Job {
 	t.Helper()

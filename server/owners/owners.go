@@ -164,6 +164,11 @@ type ClaimDecision struct {
 func (s *Service) DecideClaim(ctx context.Context, by server.Principal, vin string, d ClaimDecision, asOwner bool) (server.Link, error) {
 	var l server.Link
 	var err error
+	if !asOwner {
+		if err := s.reach(ctx, by, vin); err != nil {
+			return l, err
+		}
+	}
 	if asOwner {
 		l, err = s.ownLink(ctx, by, vin)
 	} else {
@@ -213,11 +218,11 @@ type TransferRequest struct {
 
 // Transfer links vin to another owner (dealer approval or transfer).
 func (s *Service) Transfer(ctx context.Context, by server.Principal, vin string, r TransferRequest) (server.Link, error) {
-	if _, err := s.store.Vehicle(ctx, vin); err != nil {
+	if err := s.reach(ctx, by, vin); err != nil {
 		return server.Link{}, err
 	}
 	to, err := s.store.AccountByName(ctx, r.Owner)
-	if errors.Is(err, server.ErrNotFound) || (err == nil && to.Role != server.RoleOwner) {
+	if errors.Is(err, server.ErrNotFound) || (err == nil && !to.Roles.Has(server.RoleOwner)) {
 		return server.Link{}, server.Errorf(server.KindInvalid, "no owner account named %q", r.Owner)
 	}
 	if err != nil {
@@ -241,6 +246,9 @@ func (s *Service) Transfer(ctx context.Context, by server.Principal, vin string,
 // Renew extends vin's subscription by a year, from its end or from now,
 // whichever is later (a dealer's renewal).
 func (s *Service) Renew(ctx context.Context, by server.Principal, vin string) (server.Link, error) {
+	if err := s.reach(ctx, by, vin); err != nil {
+		return server.Link{}, err
+	}
 	l, err := s.store.Link(ctx, vin)
 	if errors.Is(err, server.ErrNotFound) {
 		return l, server.Errorf(server.KindConflict, "%s is not linked to an owner; link it first, then renew", vin)
@@ -286,4 +294,14 @@ func (s *Service) SubscriptionState(l server.Link) string {
 		return "expired"
 	}
 	return "active"
+}
+
+// reach is nil when by may act on vin's vehicle: a dealer only in its
+// regions.
+func (s *Service) reach(ctx context.Context, by server.Principal, vin string) error {
+	v, err := s.store.Vehicle(ctx, vin)
+	if err != nil {
+		return err
+	}
+	return by.Reach(v)
 }

@@ -66,6 +66,8 @@ type Config struct {
 	Registered func(ctx context.Context, v server.Vehicle) error
 	Now        func() time.Time
 	Log        *slog.Logger
+	// Notify hears of re-provisioned ECUs (vehicle.reprovisioned).
+	Notify server.Notify
 }
 
 // New returns a registry, or an error naming what cfg lacks.
@@ -133,6 +135,9 @@ func (s *Service) Register(ctx context.Context, by server.Principal, r RegisterR
 	}
 	if r.Region == "" || len(r.Region) > 16 {
 		return server.Vehicle{}, server.Errorf(server.KindInvalid, "region: give a region code such as NA or EU")
+	}
+	if err := by.Reach(server.Vehicle{VIN: r.VIN, Region: r.Region}); err != nil {
+		return server.Vehicle{}, err // a dealer registers vehicles of its regions
 	}
 	key, err := base64.StdEncoding.DecodeString(r.PublicKey)
 	if err != nil || len(key) != ed25519.PublicKeySize {
@@ -245,9 +250,10 @@ func Primary(v server.Vehicle) (server.ECU, bool) {
 	return server.ECU{}, false
 }
 
-// Get returns a vehicle; admins and dealers see any, owners only their own.
+// Get returns a vehicle; staff see any, dealers those of their regions,
+// owners only their own.
 func (s *Service) Get(ctx context.Context, by server.Principal, vinStr string) (server.Vehicle, error) {
-	if by.Role == server.RoleOwner {
+	if by.Is(server.RoleOwner) {
 		ok, err := false, error(nil)
 		if s.cfg.Owns != nil {
 			ok, err = s.cfg.Owns(ctx, by, vinStr)
@@ -260,7 +266,11 @@ func (s *Service) Get(ctx context.Context, by server.Principal, vinStr string) (
 			return server.Vehicle{}, server.Errorf(server.KindNotFound, "vehicle %s is not linked to your account", vinStr)
 		}
 	}
-	return s.store.Vehicle(ctx, vinStr)
+	v, err := s.store.Vehicle(ctx, vinStr)
+	if err == nil {
+		err = by.Reach(v)
+	}
+	return v, err
 }
 
 // List pages through vehicles, optionally by hardware ID.
@@ -587,6 +597,9 @@ type ReplaceRequest struct {
 // new serial on the vehicle's next refresh.
 func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, oldSerial string, r ReplaceRequest) (server.Vehicle, error) {
 	v, err := s.store.Vehicle(ctx, vinStr)
+	if err == nil {
+		err = by.Reach(v)
+	}
 	if err != nil {
 		return v, err
 	}
@@ -638,7 +651,20 @@ func (s *Service) ReplaceECU(ctx context.Context, by server.Principal, vinStr, o
 		fmt.Sprintf("%s %s (%s) -> %s (%s); %s; reason=%q", old.Type, oldSerial, old.HardwareID, r.Serial, r.HardwareID, what, r.Reason)); err != nil {
 		return v, err
 	}
+	s.cfg.Notify.Emit(ctx, "vehicle.reprovisioned", Reprovisioned{VIN: vinStr, ECUType: old.Type, OldSerial: oldSerial, NewSerial: r.Serial,
+		HardwareID: r.HardwareID, By: by.Name, Reason: r.Reason})
 	return s.store.Vehicle(ctx, vinStr)
+}
+
+// Reprovisioned is the data of a vehicle.reprovisioned event.
+type Reprovisioned struct {
+	VIN        string `json:"vin"`
+	ECUType    string `json:"ecuType"`
+	OldSerial  string `json:"oldSerial"`
+	NewSerial  string `json:"newSerial"`
+	HardwareID string `json:"hardwareId"`
+	By         string `json:"by"`
+	Reason     string `json:"reason"`
 }
 
 // checkHardware refuses a replacement's hardware ID that belongs to

@@ -2,27 +2,36 @@ package sqlstore
 
 import (
 	"context"
+	"strings"
 
 	"github.com/roadsign/roadsign/server"
 )
 
 // CreateAccount implements server.Accounts.
 func (s *Store) CreateAccount(ctx context.Context, a server.Account) error {
-	_, err := s.exec(ctx, `INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at, disabled) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		a.ID, string(a.Role), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt), boolInt(a.Disabled))
+	_, err := s.exec(ctx, `INSERT INTO accounts (id, role, name, password_hash, token_hash, created_at, disabled, regions, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.ID, a.Roles.String(), a.Name, a.PasswordHash, a.TokenHash, micros(a.CreatedAt), boolInt(a.Disabled), strings.Join(a.Regions, ","), a.Subject)
 	return s.wrap("create account "+a.Name, err)
 }
 
-const accountCols = `id, role, name, password_hash, token_hash, created_at, disabled`
+const accountCols = `id, role, name, password_hash, token_hash, created_at, disabled, regions, subject`
 
 func scanAccount(sc interface{ Scan(...any) error }) (server.Account, error) {
 	var a server.Account
-	var role string
+	var roles, regions string
 	var created int64
 	var disabled int
-	err := sc.Scan(&a.ID, &role, &a.Name, &a.PasswordHash, &a.TokenHash, &created, &disabled)
-	a.Role, a.CreatedAt, a.Disabled = server.Role(role), fromMicros(created), disabled == 1
+	err := sc.Scan(&a.ID, &roles, &a.Name, &a.PasswordHash, &a.TokenHash, &created, &disabled, &regions, &a.Subject)
+	a.Roles, a.CreatedAt, a.Disabled, a.Regions = server.ParseRoles(roles), fromMicros(created), disabled == 1, splitList(regions)
 	return a, err
+}
+
+// splitList splits a comma-separated column ("" is none).
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 func (s *Store) account(ctx context.Context, where string, arg any) (server.Account, error) {
@@ -57,6 +66,27 @@ func (s *Store) updateAccount(ctx context.Context, id, set string, arg any) erro
 		return server.Errorf(server.KindNotFound, "no account %s", id)
 	}
 	return nil
+}
+
+// AdminExists implements server.Accounts. Roles are stored comma-
+// separated, so admin is the whole column, its first, last or a middle
+// item.
+func (s *Store) AdminExists(ctx context.Context) (bool, error) {
+	var n int
+	err := s.queryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM accounts WHERE disabled = 0 AND
+		(role = 'admin' OR role LIKE 'admin,%' OR role LIKE '%,admin' OR role LIKE '%,admin,%') LIMIT 1) a`).Scan(&n)
+	return n > 0, s.wrap("find an admin account", err)
+}
+
+// AccountBySubject implements server.Accounts.
+func (s *Store) AccountBySubject(ctx context.Context, subject string) (server.Account, error) {
+	return s.account(ctx, "subject", subject)
+}
+
+// SetAccountRoles implements server.Accounts.
+func (s *Store) SetAccountRoles(ctx context.Context, id string, roles server.Roles, regions []string) error {
+	res, err := s.exec(ctx, `UPDATE accounts SET role = ?, regions = ? WHERE id = ?`, roles.String(), strings.Join(regions, ","), id)
+	return s.changedOne("account "+id, res, err)
 }
 
 // SetAccountDisabled disables or enables an account.

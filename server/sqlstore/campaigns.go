@@ -110,6 +110,25 @@ func (s *Store) SetCampaignState(ctx context.Context, id string, from []string, 
 	}))
 }
 
+// SetCampaignConfig implements server.Campaigns.
+func (s *Store) SetCampaignConfig(ctx context.Context, id string, from []string, cfg server.CampaignConfig, at time.Time) error {
+	config, err := json.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("campaign %s config: %w", id, err)
+	}
+	args := []any{string(config), micros(at), id}
+	for _, f := range from {
+		args = append(args, f)
+	}
+	return s.wrap("campaign "+id, s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := s.txExec(ctx, tx, `UPDATE campaigns SET config = ?, updated_at = ? WHERE id = ? AND state IN (`+placeholders(len(from))+`)`, args...)
+		if err := s.oneRow(res, err); err != nil {
+			return err
+		}
+		return s.bumpCampaigns(ctx, tx)
+	}))
+}
+
 func (s *Store) oneRow(res sql.Result, err error) error {
 	if err != nil {
 		return err

@@ -169,6 +169,34 @@ var migrations = []string{
 		name TEXT PRIMARY KEY, tokens_milli BIGINT NOT NULL, last_at BIGINT NOT NULL,
 		failures INTEGER NOT NULL, locked_until BIGINT NOT NULL);
 	CREATE INDEX login_throttle_last ON login_throttle (last_at);`,
+	// 20: operators. An account's role column holds its roles, comma-
+	// separated; a dealer's regions scope it; subject names a single
+	// sign-on account ("ISSUER SUBJECT", '' for a local one). Scoped API tokens, four-eyes
+	// approvals, webhook subscriptions and their delivery queue.
+	`ALTER TABLE accounts ADD COLUMN regions TEXT NOT NULL DEFAULT '';
+	ALTER TABLE accounts ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+	CREATE INDEX accounts_subject ON accounts (subject);
+	CREATE TABLE api_tokens (
+		id TEXT PRIMARY KEY, account_id TEXT NOT NULL, name TEXT NOT NULL, roles TEXT NOT NULL,
+		token_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+		revoked_at BIGINT NOT NULL DEFAULT 0, last_used_at BIGINT NOT NULL DEFAULT 0, last_used_from TEXT NOT NULL DEFAULT '');
+	CREATE INDEX api_tokens_account ON api_tokens (account_id, created_at);
+	CREATE TABLE approvals (
+		id TEXT PRIMARY KEY, action TEXT NOT NULL, subject TEXT NOT NULL, what TEXT NOT NULL, fingerprint TEXT NOT NULL,
+		state TEXT NOT NULL, requested_by_id TEXT NOT NULL, requested_by TEXT NOT NULL, requested_at BIGINT NOT NULL,
+		decided_by_id TEXT NOT NULL DEFAULT '', decided_by TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
+		decided_at BIGINT NOT NULL DEFAULT 0);
+	CREATE INDEX approvals_subject ON approvals (subject, requested_at);
+	CREATE INDEX approvals_state ON approvals (state, requested_at);
+	CREATE TABLE webhooks (
+		id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, secret TEXT NOT NULL,
+		created_by TEXT NOT NULL, created_at BIGINT NOT NULL, disabled INTEGER NOT NULL DEFAULT 0);
+	CREATE TABLE webhook_deliveries (
+		id TEXT PRIMARY KEY, webhook_id TEXT NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
+		attempts INTEGER NOT NULL, created_at BIGINT NOT NULL, next_at BIGINT NOT NULL,
+		last_status INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', delivered_at BIGINT NOT NULL DEFAULT 0);
+	CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_at);
+	CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_at);`,
 }
 
 // Migrate applies the migrations not yet applied and records them in

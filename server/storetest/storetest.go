@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) server.Store) {
 		{"DiagnosisEvidence", testDiagnosisEvidence},
 		{"RepoVersion", testRepoVersion},
 		{"ErrorsCarryTheirKind", testErrorKinds},
+		{"Operators", testOperators},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore(t)) })
@@ -72,11 +73,11 @@ func wantErr(t *testing.T, err, want error) {
 }
 
 func testAccounts(t *testing.T, s server.Store) {
-	a := server.Account{ID: uuid.NewString(), Role: server.RoleDealer, Name: "dealer-1", TokenHash: "h1", CreatedAt: now}
+	a := server.Account{ID: uuid.NewString(), Roles: server.Roles{server.RoleDealer, server.RoleApprover}, Regions: []string{"EU", "NA"}, Name: "dealer-1", TokenHash: "h1", CreatedAt: now}
 	must(t, s.CreateAccount(ctx, a))
 	got, err := s.AccountByTokenHash(ctx, "h1")
 	must(t, err)
-	if got != a {
+	if !reflect.DeepEqual(got, a) {
 		t.Fatalf("got %+v, want %+v", got, a)
 	}
 	got, err = s.AccountByName(ctx, "dealer-1")
@@ -730,8 +731,8 @@ func testOwners(t *testing.T, s server.Store) {
 }
 
 func testAccountsAndSessions(t *testing.T, s server.Store) {
-	a := server.Account{ID: uuid.NewString(), Role: server.RoleOwner, Name: "alice", PasswordHash: "p1", TokenHash: "t1", CreatedAt: now}
-	b := server.Account{ID: uuid.NewString(), Role: server.RoleDealer, Name: "bob", TokenHash: "t2", CreatedAt: now}
+	a := server.Account{ID: uuid.NewString(), Roles: server.Roles{server.RoleOwner}, Name: "alice", PasswordHash: "p1", TokenHash: "t1", CreatedAt: now}
+	b := server.Account{ID: uuid.NewString(), Roles: server.Roles{server.RoleDealer}, Name: "bob", TokenHash: "t2", CreatedAt: now}
 	must(t, s.CreateAccount(ctx, a))
 	must(t, s.CreateAccount(ctx, b))
 	must(t, s.SetAccountDisabled(ctx, b.ID, true))

@@ -7,6 +7,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/campaigns"
 )
 
@@ -85,6 +86,9 @@ type campaignPage struct {
 	Actions   []string
 	// Failures are the campaign's failed installs, newest first.
 	Failures []campaigns.Failure
+	// Approvals are the campaign's approval requests and decisions,
+	// newest first.
+	Approvals []approvals.View
 }
 
 // failuresShown is how many failed installs a campaign page lists.
@@ -107,11 +111,11 @@ func campaignActions(state string) []string {
 
 func (w *Web) campaignsPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, staff) {
 		w.loginPage(c, "Dealer console", "/dealer/login", true)
 		return
 	}
-	p := campaignPage{page: w.base(c, s, "Campaigns"), Admin: s.Role == server.RoleAdmin}
+	p := campaignPage{page: w.base(c, s, "Campaigns"), Admin: s.Roles.Any(server.RoleAdmin, server.RoleReleaseManager)}
 	list, err := w.Campaigns.List(c.Request.Context())
 	if err != nil {
 		p.Error = message(err)
@@ -122,7 +126,7 @@ func (w *Web) campaignsPage(c *gin.Context) {
 
 func (w *Web) campaignPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, staff) {
 		w.loginPage(c, "Dealer console", "/dealer/login", true)
 		return
 	}
@@ -131,17 +135,20 @@ func (w *Web) campaignPage(c *gin.Context) {
 		w.redirect(c, "/dealer/campaigns", "", "err", message(err))
 		return
 	}
-	p := campaignPage{page: w.base(c, s, "Campaign "+v.Name), Campaign: &v, Admin: s.Role == server.RoleAdmin, Actions: campaignActions(v.State)}
+	p := campaignPage{page: w.base(c, s, "Campaign "+v.Name), Campaign: &v, Admin: s.Roles.Any(server.RoleAdmin, server.RoleReleaseManager), Actions: campaignActions(v.State)}
 	p.Bars, p.Height = chart(v)
 	if p.Failures, err = w.Campaigns.Failures(c.Request.Context(), v.ID, failuresShown); err != nil {
 		w.Log.Warn("campaign failures", "campaign", v.ID, "err", err)
+	}
+	if p.Approvals, err = w.Approvals.Of(c.Request.Context(), v.ID); err != nil {
+		w.Log.Warn("campaign approvals", "campaign", v.ID, "err", err)
 	}
 	w.render(c, http.StatusOK, "campaign", p)
 }
 
 // campaignAction is an admin's start, pause, resume or abort.
 func (w *Web) campaignAction(c *gin.Context) {
-	s, ok := w.form(c, server.RoleAdmin)
+	s, ok := w.form(c, server.RoleAdmin, server.RoleReleaseManager)
 	if !ok {
 		return
 	}

@@ -10,6 +10,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -33,6 +34,7 @@ import (
 	"github.com/roadsign/roadsign/internal/errcode"
 	"github.com/roadsign/roadsign/server"
 	"github.com/roadsign/roadsign/server/accounts"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/auditlog"
 	"github.com/roadsign/roadsign/server/bundle"
 	"github.com/roadsign/roadsign/server/campaigns"
@@ -41,6 +43,7 @@ import (
 	"github.com/roadsign/roadsign/server/jobs"
 	"github.com/roadsign/roadsign/server/owners"
 	"github.com/roadsign/roadsign/server/registry"
+	"github.com/roadsign/roadsign/server/webhooks"
 )
 
 //go:embed templates/*.html
@@ -62,11 +65,15 @@ type Deps struct {
 	Bundles   *bundle.Service
 	Campaigns *campaigns.Service
 	Diagnosis *diagnosis.Service
-	Store     Store
-	Status    func(ctx context.Context) []Check
-	Secret    []byte
-	Now       func() time.Time
-	Log       *slog.Logger
+	Approvals *approvals.Service
+	Webhooks  *webhooks.Service
+	// SSO, if set, offers single sign-on (OpenID Connect) on the console.
+	SSO    *SSO
+	Store  Store
+	Status func(ctx context.Context) []Check
+	Secret []byte
+	Now    func() time.Time
+	Log    *slog.Logger
 }
 
 // Store is what the pages read of the state store directly (the rest
@@ -105,6 +112,17 @@ func New(d Deps) (*Web, error) {
 		// open, done; people read what happened to each.
 		"waveState": waveState,
 		"outcome":   func(s string) string { return strings.ReplaceAll(s, "_", " ") },
+		"approvalTitle": func(action string) string {
+			return map[string]string{approvals.ActionCampaignStart: "Start campaign", approvals.ActionCampaignWaves: "Raise a campaign's waves",
+				approvals.ActionJobs: "Jobs for many vehicles"}[action]
+		},
+		"json": func(raw json.RawMessage) string {
+			var b bytes.Buffer
+			if json.Indent(&b, raw, "", "  ") != nil {
+				return string(raw)
+			}
+			return b.String()
+		},
 	}).ParseFS(templateFS, "templates/*.html")
 	if err != nil {
 		return nil, fmt.Errorf("web templates: %w", err)
@@ -128,6 +146,8 @@ func (w *Web) Routes() []Route {
 		{"GET", "/vehicles/:vin/usb", "Owner or dealer: download the USB update", w.usb, true},
 		{"GET", "/dealer", "Dealer console: find a VIN, jobs, re-provisioning (HTML)", w.dealerPage, false},
 		{"POST", "/dealer/login", "Dealer log-in form", w.login(true), false},
+		{"GET", "/dealer/sso", "Single sign-on: to the OpenID Connect provider (authorization code with PKCE)", w.ssoStart, false},
+		{"GET", "/dealer/sso/callback", "Single sign-on: the provider's answer; starts a console session", w.ssoCallback, false},
 		{"POST", "/dealer/jobs", "Dealer: push a reflash job", w.pushJob, false},
 		{"GET", "/dealer/jobs/:id", "Dealer: one job as JSON, for live progress (ID.json)", w.jobJSON, false},
 		{"POST", "/dealer/jobs/:id/cancel", "Dealer: cancel a job", w.cancelJob, false},
@@ -139,7 +159,12 @@ func (w *Web) Routes() []Route {
 		{"GET", "/vehicles/:vin/record", "Owner, dealer or admin: a vehicle's software record, 50 entries a page, newest first (?before=ID) (HTML)", w.recordPage, false},
 		{"GET", "/dealer/campaigns", "Campaigns: state and progress (HTML)", w.campaignsPage, false},
 		{"GET", "/dealer/campaigns/:id", "A campaign: waves, progress chart, halt reason, controls (HTML)", w.campaignPage, false},
-		{"POST", "/dealer/campaigns/:id", "Admin: start, pause, resume or abort a campaign", w.campaignAction, false},
+		{"POST", "/dealer/campaigns/:id", "Release manager: start, pause, resume or abort a campaign", w.campaignAction, false},
+		{"GET", "/dealer/approvals", "Approvals: requests waiting for a second person, and decisions (HTML)", w.approvalsPage, false},
+		{"POST", "/dealer/approvals/:id", "Approver: approve or refuse a request (with a reason)", w.decide, false},
+		{"GET", "/dealer/tokens", "My API tokens: scope, expiry, last use (HTML)", w.tokensPage, false},
+		{"POST", "/dealer/tokens/:id/revoke", "Revoke one of my API tokens", w.revokeToken, false},
+		{"GET", "/dealer/webhooks", "Webhook subscriptions and their delivery log (HTML)", w.webhooksPage, false},
 		{"POST", "/consent", "Owner: accept or decline a campaign's update", w.consent, false},
 		{"GET", "/status", "Service status: repository, director, stores, re-signing (HTML)", w.statusPage, false},
 		{"GET", "/static/*file", "Embedded style sheet and script", func(c *gin.Context) {
@@ -231,14 +256,14 @@ func (w *Web) form(c *gin.Context, roles ...server.Role) (session, bool) {
 	return s, true
 }
 
-func hasRole(s session, roles []server.Role) bool {
-	for _, r := range roles {
-		if s.Role == r {
-			return true
-		}
-	}
-	return false
-}
+func hasRole(s session, roles []server.Role) bool { return s.Roles.Any(roles...) }
+
+// actors are the console's roles that change vehicles (jobs, claims,
+// renewals); the other staff roles only look.
+var actors = []server.Role{server.RoleAdmin, server.RoleReleaseManager, server.RoleDealer}
+
+// staff are the roles the console is for.
+var staff = []server.Role{server.RoleAdmin, server.RoleReleaseManager, server.RoleApprover, server.RoleSupport, server.RoleDealer}
 
 // loginCSRF returns the log-in form's CSRF token, setting the cookie it
 // is bound to when the browser has none yet.
@@ -297,11 +322,13 @@ type page struct {
 	Title, User, CSRF, Flash, Error string
 	Action                          string
 	Dealer                          bool
-	Vehicles                        any
-	Vehicle                         *server.Vehicle
-	Auth                            connect.State
-	VIN                             string
-	Jobs                            []server.Job
+	// SSO: the console offers single sign-on.
+	SSO      bool
+	Vehicles any
+	Vehicle  *server.Vehicle
+	Auth     connect.State
+	VIN      string
+	Jobs     []server.Job
 	// USBValidUntil is until when a USB bundle downloaded now installs.
 	USBValidUntil time.Time
 	// Diagnosis is the vehicle's, on the dealer console.
@@ -358,7 +385,7 @@ func (w *Web) base(c *gin.Context, s session, title string) page {
 
 // loginPage renders a log-in form (owner or dealer) with its CSRF token.
 func (w *Web) loginPage(c *gin.Context, title, action string, dealer bool) {
-	p := page{Title: title, Action: action, Dealer: dealer, CSRF: w.loginCSRF(c)}
+	p := page{Title: title, Action: action, Dealer: dealer, CSRF: w.loginCSRF(c), SSO: dealer && w.SSO != nil}
 	w.takeFlash(c, &p)
 	w.render(c, http.StatusOK, "login", p)
 }
@@ -385,7 +412,7 @@ func message(err error) string {
 
 func (w *Web) ownerPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || s.Role != server.RoleOwner {
+	if !ok || !s.Is(server.RoleOwner) {
 		w.loginPage(c, "Owner portal", "/login", false)
 		return
 	}
@@ -468,8 +495,8 @@ func (w *Web) login(dealer bool) gin.HandlerFunc {
 		var p server.Principal
 		ok := false
 		if dealer {
-			got, err := w.Accounts.Authenticate(ctx, secret)
-			ok = err == nil && got.Name == name && (got.Role == server.RoleDealer || got.Role == server.RoleAdmin) && got.ID != accounts.Bootstrap.ID
+			got, err := w.Accounts.Authenticate(ctx, secret, c.ClientIP())
+			ok = err == nil && got.Name == name && got.Roles.Any(staff...) && got.ID != accounts.Bootstrap.ID && got.TokenID == ""
 			p = got
 		} else {
 			var err error
@@ -527,7 +554,7 @@ func (w *Web) tooMany(c *gin.Context, wait time.Duration, why string) {
 }
 
 func (w *Web) logout(c *gin.Context) {
-	s, ok := w.form(c, server.RoleOwner, server.RoleDealer, server.RoleAdmin)
+	s, ok := w.form(c, append(staff, server.RoleOwner)...)
 	if !ok {
 		return
 	}
@@ -613,7 +640,7 @@ func (w *Web) usb(c *gin.Context) {
 
 func (w *Web) dealerPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, staff) {
 		w.loginPage(c, "Dealer console", "/dealer/login", true)
 		return
 	}
@@ -646,7 +673,7 @@ func (w *Web) dealerPage(c *gin.Context) {
 }
 
 func (w *Web) pushJob(c *gin.Context) {
-	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	s, ok := w.form(c, actors...)
 	if !ok {
 		return
 	}
@@ -660,7 +687,7 @@ func (w *Web) pushJob(c *gin.Context) {
 }
 
 func (w *Web) cancelJob(c *gin.Context) {
-	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	s, ok := w.form(c, actors...)
 	if !ok {
 		return
 	}
@@ -679,7 +706,7 @@ func (w *Web) cancelJob(c *gin.Context) {
 
 func (w *Web) jobJSON(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, staff) {
 		c.JSON(http.StatusUnauthorized, gin.H{"error": gin.H{"code": errcode.Unauthorized, "message": "log in first"}})
 		return
 	}
@@ -709,7 +736,7 @@ func (w *Web) replace(c *gin.Context) {
 
 // renew is a dealer's one-click renewal from the diagnosis.
 func (w *Web) renew(c *gin.Context) {
-	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	s, ok := w.form(c, actors...)
 	if !ok {
 		return
 	}
@@ -725,7 +752,7 @@ func (w *Web) renew(c *gin.Context) {
 // transfer is a dealer's one-click acceptance of a claim from the
 // diagnosis: the car moves to the owner who claims it.
 func (w *Web) transfer(c *gin.Context) {
-	s, ok := w.form(c, server.RoleDealer, server.RoleAdmin)
+	s, ok := w.form(c, actors...)
 	if !ok {
 		return
 	}
@@ -741,7 +768,7 @@ func (w *Web) transfer(c *gin.Context) {
 // diagnosesPage shows the commonest causes across the fleet.
 func (w *Web) diagnosesPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, staff) {
 		w.loginPage(c, "Dealer console", "/dealer/login", true)
 		return
 	}
@@ -820,7 +847,7 @@ func (w *Web) record(ctx context.Context, vin string, before int64, n int) recor
 // a dealer or an admin.
 func (w *Web) recordPage(c *gin.Context) {
 	s, ok := w.session(c)
-	if !ok || !hasRole(s, []server.Role{server.RoleOwner, server.RoleDealer, server.RoleAdmin}) {
+	if !ok || !hasRole(s, append(staff, server.RoleOwner)) {
 		w.loginPage(c, "Roadsign", "/login", false)
 		return
 	}
@@ -836,7 +863,7 @@ func (w *Web) recordPage(c *gin.Context) {
 		Back   string
 		Before int64
 	}{page: w.base(c, s, "Software record of "+v.VIN), Back: "/", Before: before}
-	if s.Role != server.RoleOwner {
+	if !s.Is(server.RoleOwner) {
 		p.Back = "/dealer?vin=" + v.VIN
 	}
 	p.Record = w.record(ctx, v.VIN, before, recordPage)
