@@ -201,8 +201,10 @@ func (v *Vehicle) ECUBySerial(serial string) (ECU, bool) {
 // with After (the last VIN of the previous page).
 type VehicleFilter struct {
 	HardwareID string
-	After      string
-	Limit      int
+	// Regions, if any, keeps only vehicles of these regions (a dealer's).
+	Regions []string
+	After   string
+	Limit   int
 }
 
 // Job states.

@@ -216,7 +216,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		fmt.Fprintln(env.Stdout, ended)
 	}
 	if s.Errors > 0 {
-		return fmt.Errorf("%d vehicle cycles failed (run with a smaller --concurrency, or see the server)", s.Errors)
+		return fmt.Errorf("%d vehicle cycles failed, the last: %s (run with a smaller --concurrency, or see the server)", s.Errors, s.LastError)
 	}
 	return nil
 }

@@ -173,8 +173,10 @@ type Fleet struct {
 	images images
 
 	checkIns, errs, lostEvents, wakeups atomic.Int64
-	mu                                  sync.Mutex
-	latencies                           []time.Duration
+	// lastErr is the last failed cycle's error, for the summary.
+	lastErr   atomic.Value
+	mu        sync.Mutex
+	latencies []time.Duration
 	// cycleLatencies are whole cycles': check-in, director poll and
 	// whatever the poll brought.
 	cycleLatencies []time.Duration
@@ -276,8 +278,7 @@ func (f *Fleet) eachUntil(ctx context.Context, end time.Time, fn func(context.Co
 					return
 				}
 				if err := fn(ctx, f.vehicles[i]); err != nil && ctx.Err() == nil {
-					f.errs.Add(1)
-					f.cfg.Log.Warn("vehicle", "vin", f.vehicles[i].VIN, "err", err)
+					f.failed(f.vehicles[i], err)
 				}
 			}
 		})
@@ -711,7 +712,9 @@ type Summary struct {
 	Vehicles int
 	CheckIns int64
 	Errors   int64
-	Elapsed  time.Duration
+	// LastError is the last failed cycle's error ("" when none failed).
+	LastError string
+	Elapsed   time.Duration
 	// P50 and P99 are check-ins' latencies; CycleP50 and CycleP99 whole
 	// cycles' (check-in, director poll and what it brought).
 	P50, P99           time.Duration
@@ -741,13 +744,21 @@ func (f *Fleet) ResetStats() {
 	f.errs.Store(0)
 }
 
+// failed counts a vehicle's failed cycle and keeps its error.
+func (f *Fleet) failed(v *Vehicle, err error) {
+	f.errs.Add(1)
+	f.lastErr.Store(v.VIN + ": " + err.Error())
+	f.cfg.Log.Warn("vehicle", "vin", v.VIN, "err", err)
+}
+
 // Summary says what the cycles so far did.
 func (f *Fleet) Summary() Summary {
 	f.mu.Lock()
 	lat, whole := slices.Clone(f.latencies), slices.Clone(f.cycleLatencies)
 	elapsed := f.done.Sub(f.started)
 	f.mu.Unlock()
-	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), Elapsed: max(elapsed, 0),
+	last, _ := f.lastErr.Load().(string)
+	return Summary{Vehicles: len(f.vehicles), CheckIns: f.checkIns.Load(), Errors: f.errs.Load(), LastError: last, Elapsed: max(elapsed, 0),
 		P50: quantile(lat, 0.50), P99: quantile(lat, 0.99), CycleP50: quantile(whole, 0.50), CycleP99: quantile(whole, 0.99)}
 }
 

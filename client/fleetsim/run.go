@@ -67,8 +67,7 @@ func (f *Fleet) runVehicle(ctx context.Context, v *Vehicle, rc RunConfig, slots 
 			return
 		}
 		if err != nil {
-			f.errs.Add(1)
-			f.cfg.Log.Warn("vehicle", "vin", v.VIN, "err", err)
+			f.failed(v, err)
 			fails++
 			wait = jittered(min(rc.RetryMin<<min(fails-1, 20), rc.RetryMax), rc.Jitter)
 			continue

@@ -100,6 +100,13 @@ func TestDealerStaysInItsRegion(t *testing.T) {
 			t.Errorf("EU dealer %s %s on an NA car: %d %q, want 403 outside_region", c.method, c.path, code, e.Error.Code)
 		}
 	}
+	var list struct{ Vehicles []struct{ VIN string } }
+	if w.api("GET", "/api/v1/vehicles", eu.Token, nil, &list); len(list.Vehicles) != 0 {
+		t.Errorf("the EU dealer lists %d NA vehicles", len(list.Vehicles))
+	}
+	if w.api("GET", "/api/v1/vehicles", na.Token, nil, &list); len(list.Vehicles) != 1 || list.Vehicles[0].VIN != v.vin {
+		t.Errorf("the NA dealer's list: %+v", list.Vehicles)
+	}
 	var j struct{ ID string }
 	if code := w.api("POST", "/api/v1/jobs", na.Token, job, &j); code != 201 {
 		t.Fatalf("NA dealer's job on an NA car: %d", code)
@@ -329,4 +336,3 @@ func TestWebhookDeliveredThroughFailuresAndRestart(t *testing.T) {
 		t.Fatalf("delivery log entry: %+v", d)
 	}
 }
-

@@ -388,7 +388,11 @@ func (a *api) registerVehicle(c *gin.Context) {
 
 func (a *api) listVehicles(c *gin.Context) {
 	limit, _ := strconv.Atoi(c.Query("limit"))
-	vs, err := a.Registry.List(c.Request.Context(), server.VehicleFilter{HardwareID: c.Query("hardwareId"), After: c.Query("after"), Limit: limit})
+	f := server.VehicleFilter{HardwareID: c.Query("hardwareId"), After: c.Query("after"), Limit: limit}
+	if p, _ := principal(c); p.DealerOnly() {
+		f.Regions = p.Regions // a dealer sees the vehicles it serves
+	}
+	vs, err := a.Registry.List(c.Request.Context(), f)
 	if err != nil {
 		a.fail(c, err)
 		return

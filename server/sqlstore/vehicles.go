@@ -155,12 +155,21 @@ func (s *Store) ListVehicles(ctx context.Context, f server.VehicleFilter) ([]ser
 	}
 	var rows *sql.Rows
 	var err error
+	region, regionArgs := "", []any{}
+	if len(f.Regions) > 0 {
+		region = ` AND v.region IN (` + placeholders(len(f.Regions)) + `)`
+		for _, r := range f.Regions {
+			regionArgs = append(regionArgs, r)
+		}
+	}
 	if f.HardwareID != "" {
 		// Walks the (hardware_id, vin) index in order and stops at the limit.
+		args := append(append([]any{f.HardwareID, f.After}, regionArgs...), f.Limit)
 		rows, err = s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+` FROM ecus e JOIN vehicles v ON v.vin = e.vin
-			WHERE e.hardware_id = ? AND e.vin > ? ORDER BY e.vin LIMIT ?`, f.HardwareID, f.After, f.Limit)
+			WHERE e.hardware_id = ? AND e.vin > ?`+region+` ORDER BY e.vin LIMIT ?`, args...)
 	} else {
-		rows, err = s.query(ctx, `SELECT `+vehicleCols+` FROM vehicles WHERE vin > ? ORDER BY vin LIMIT ?`, f.After, f.Limit)
+		args := append(append([]any{f.After}, regionArgs...), f.Limit)
+		rows, err = s.query(ctx, `SELECT `+prefixCols("v.", vehicleCols)+` FROM vehicles v WHERE v.vin > ?`+region+` ORDER BY v.vin LIMIT ?`, args...)
 	}
 	if err != nil {
 		return nil, s.wrap("list vehicles", err)

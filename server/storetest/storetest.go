@@ -140,6 +140,9 @@ func testPagination(t *testing.T, s server.Store) {
 		if i%2 == 1 {
 			v.ECUs[1].HardwareID = "DCM-5G"
 		}
+		if i%5 == 0 {
+			v.Region = "NA"
+		}
 		must(t, s.CreateVehicle(ctx, v))
 	}
 	var all []string
@@ -170,6 +173,22 @@ func testPagination(t *testing.T, s server.Store) {
 	must(t, err)
 	if len(page) != 2 {
 		t.Fatalf("DCM-5G after the 10th: %d, want 2", len(page))
+	}
+	// A dealer's view: its regions only, by pages too.
+	na, err := s.ListVehicles(ctx, server.VehicleFilter{Regions: []string{"NA"}, Limit: 3})
+	must(t, err)
+	if len(na) != 3 || na[0].VIN != "VIN00000000000000" || na[2].VIN != "VIN00000000000010" {
+		t.Fatalf("NA vehicles, first page: %v", na)
+	}
+	na, err = s.ListVehicles(ctx, server.VehicleFilter{Regions: []string{"NA", "SA"}, After: na[2].VIN, Limit: 10})
+	must(t, err)
+	if len(na) != 2 {
+		t.Fatalf("NA vehicles after the 3rd: %d, want 2", len(na))
+	}
+	naFive, err := s.ListVehicles(ctx, server.VehicleFilter{HardwareID: "DCM-5G", Regions: []string{"NA"}, Limit: 100})
+	must(t, err)
+	if len(naFive) != 2 || naFive[0].VIN != "VIN00000000000005" { // 5 and 15
+		t.Fatalf("NA DCM-5G vehicles: %v", naFive)
 	}
 }
 
