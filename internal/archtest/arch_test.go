@@ -55,6 +55,9 @@ func TestRoomsImportOnlyWhatTheyMay(t *testing.T) {
 		{"the server imports nothing of the vehicle or the signer",
 			[]string{"./server/...", "./cmd/roadsign-server"},
 			[]string{module + "client", module + "signer"}},
+		{"no program carries the test identity provider",
+			[]string{"./cmd/..."},
+			[]string{module + "internal/testoidc", "github.com/zitadel/oidc"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
