@@ -64,7 +64,7 @@ func (s *Service) SSOLogin(ctx context.Context, u SSOUser) (server.Principal, er
 		} else if err != nil {
 			return server.Principal{}, err
 		}
-		if err := auditlog.Record(ctx, s.store, now, principalOf(a), "account.sso_create", a.ID, fmt.Sprintf("%s from %s, roles=%s%s", name, u.Issuer, roles, regionsAudit(regions))); err != nil {
+		if err := auditlog.Record(ctx, s.store, now, principalOf(a), "account.sso_create", a.ID, fmt.Sprintf("%s from %s, roles=%s%s", name, u.Issuer, roles, RegionsAudit(regions))); err != nil {
 			return server.Principal{}, err
 		}
 	case err != nil:
@@ -75,7 +75,7 @@ func (s *Service) SSOLogin(ctx context.Context, u SSOUser) (server.Principal, er
 		if err := s.store.SetAccountRoles(ctx, a.ID, roles, regions); err != nil {
 			return server.Principal{}, err
 		}
-		if err := auditlog.Record(ctx, s.store, now, principalOf(a), "account.sso_roles", a.ID, fmt.Sprintf("roles %s -> %s%s (from %s)", a.Roles, roles, regionsAudit(regions), u.Issuer)); err != nil {
+		if err := auditlog.Record(ctx, s.store, now, principalOf(a), "account.sso_roles", a.ID, fmt.Sprintf("roles %s -> %s%s (from %s)", a.Roles, roles, RegionsAudit(regions), u.Issuer)); err != nil {
 			return server.Principal{}, err
 		}
 		a.Roles, a.Regions = roles, regions
@@ -83,7 +83,8 @@ func (s *Service) SSOLogin(ctx context.Context, u SSOUser) (server.Principal, er
 	return principalOf(a), nil
 }
 
-func regionsAudit(regions []string) string {
+// RegionsAudit is what an account's audit record says of its regions.
+func RegionsAudit(regions []string) string {
 	if len(regions) == 0 {
 		return ""
 	}

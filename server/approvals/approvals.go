@@ -246,11 +246,15 @@ func (s *Service) Pending(ctx context.Context, subject string) (server.Approval,
 // Of lists the approvals of subject, newest first.
 func (s *Service) Of(ctx context.Context, subject string) ([]View, error) {
 	all, err := s.store.ApprovalsOf(ctx, subject)
-	out := make([]View, 0, len(all))
-	for _, a := range all {
+	return views(all), err
+}
+
+func views(as []server.Approval) []View {
+	out := make([]View, 0, len(as))
+	for _, a := range as {
 		out = append(out, ViewOf(a))
 	}
-	return out, err
+	return out
 }
 
 // List lists approvals in the states (all when none), newest first.
@@ -259,11 +263,7 @@ func (s *Service) List(ctx context.Context, limit int, states ...string) ([]View
 		states = []string{server.ApprovalPending, server.ApprovalApproved, server.ApprovalRefused, server.ApprovalVoided, server.ApprovalUsed}
 	}
 	all, err := s.store.ApprovalsIn(ctx, limit, states...)
-	out := make([]View, 0, len(all))
-	for _, a := range all {
-		out = append(out, ViewOf(a))
-	}
-	return out, err
+	return views(all), err
 }
 
 // Decide approves or refuses a pending request. The approver holds the

@@ -76,20 +76,38 @@ func (s *Service) approvalContent(ctx context.Context, c server.Campaign, cfg se
 	return out, nil
 }
 
-// ApprovalContent is what an approval of the campaign as it is now names.
-func (s *Service) ApprovalContent(ctx context.Context, id string) (Content, error) {
-	c, err := s.load(ctx, id)
+// Decide approves or refuses approval request id. Neither the account
+// that asked nor, for a campaign's request, the campaign's author may.
+func (s *Service) Decide(ctx context.Context, by server.Principal, id string, approve bool, reason string) (approvals.View, error) {
+	a, err := s.approvals.Get(ctx, id)
 	if err != nil {
-		return Content{}, err
+		return approvals.View{}, err
 	}
-	return s.approvalContent(ctx, c, c.Config)
+	var authors []string
+	if a.Action == approvals.ActionCampaignStart || a.Action == approvals.ActionCampaignWaves {
+		c, err := s.load(ctx, a.Subject)
+		if err != nil {
+			return approvals.View{}, err
+		}
+		authors = append(authors, c.CreatedBy)
+	}
+	return s.approvals.Decide(ctx, by, id, approve, reason, authors...)
 }
 
-// Proposer is the account that proposed the campaign (its author), who
-// may not approve it.
-func (s *Service) Proposer(ctx context.Context, id string) (string, error) {
-	c, err := s.load(ctx, id)
-	return c.CreatedBy, err
+// DecidePending decides campaign id's pending request (start, or raised
+// waves).
+func (s *Service) DecidePending(ctx context.Context, by server.Principal, id string, approve bool, reason string) (approvals.View, error) {
+	if _, err := s.load(ctx, id); err != nil {
+		return approvals.View{}, err
+	}
+	pending, ok, err := s.approvals.Pending(ctx, id)
+	if err != nil {
+		return approvals.View{}, err
+	}
+	if !ok {
+		return approvals.View{}, server.Errorf(server.KindConflict, "campaign %s has no request waiting for approval: its proposer asks by starting it (or raising its waves)", id)
+	}
+	return s.Decide(ctx, by, pending.ID, approve, reason)
 }
 
 // ChangeRequest is the body of PATCH /api/v1/campaigns/{id}: the fields

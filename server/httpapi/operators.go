@@ -8,17 +8,10 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/roadsign/roadsign/server"
+	"github.com/roadsign/roadsign/server/approvals"
 	"github.com/roadsign/roadsign/server/campaigns"
 	"github.com/roadsign/roadsign/server/webhooks"
 )
-
-// regionsNote is what an account's audit record says of its regions.
-func regionsNote(regions []string) string {
-	if len(regions) == 0 {
-		return ""
-	}
-	return " regions=" + strings.Join(regions, ",")
-}
 
 func (a *api) changeCampaign(c *gin.Context) {
 	var req campaigns.ChangeRequest
@@ -72,61 +65,24 @@ func decision(c *gin.Context, approve bool) (string, error) {
 }
 
 // decideCampaign approves or refuses the campaign's pending request
-// (start, or raised waves); its author may not.
+// (start, or raised waves); decideApproval any request by its ID.
 func (a *api) decideCampaign(approve bool) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		reason, err := decision(c, approve)
-		if err != nil {
-			a.fail(c, err)
-			return
-		}
-		ctx := c.Request.Context()
-		id := c.Param("id")
-		author, err := a.Campaigns.Proposer(ctx, id)
-		if err != nil {
-			a.fail(c, err)
-			return
-		}
-		pending, ok, err := a.Approvals.Pending(ctx, id)
-		if err != nil {
-			a.fail(c, err)
-			return
-		}
-		if !ok {
-			a.fail(c, server.Errorf(server.KindConflict, "campaign %s has no request waiting for approval: its proposer asks by starting it (or raising its waves)", id))
-			return
-		}
-		p, _ := principal(c)
-		v, err := a.Approvals.Decide(ctx, p, pending.ID, approve, reason, author)
-		if err != nil {
-			a.fail(c, err)
-			return
-		}
-		c.JSON(http.StatusOK, v)
-	}
+	return a.decide(approve, a.Campaigns.DecidePending)
 }
 
-// decideApproval approves or refuses any pending request by its ID.
 func (a *api) decideApproval(approve bool) gin.HandlerFunc {
+	return a.decide(approve, a.Campaigns.Decide)
+}
+
+func (a *api) decide(approve bool, fn func(context.Context, server.Principal, string, bool, string) (approvals.View, error)) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		reason, err := decision(c, approve)
 		if err != nil {
 			a.fail(c, err)
 			return
 		}
-		ctx := c.Request.Context()
 		p, _ := principal(c)
-		var proposers []string
-		ap, err := a.Approvals.Get(ctx, c.Param("id"))
-		if err == nil && strings.HasPrefix(ap.Action, "campaign.") {
-			author, err := a.Campaigns.Proposer(ctx, ap.Subject)
-			if err != nil {
-				a.fail(c, err)
-				return
-			}
-			proposers = append(proposers, author)
-		}
-		v, err := a.Approvals.Decide(ctx, p, c.Param("id"), approve, reason, proposers...)
+		v, err := fn(c.Request.Context(), p, c.Param("id"), approve, reason)
 		if err != nil {
 			a.fail(c, err)
 			return

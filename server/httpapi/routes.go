@@ -198,7 +198,7 @@ func (a *api) createAccount(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	if err := auditlog.Record(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "roles="+created.Roles.String()+regionsNote(created.Regions)); err != nil {
+	if err := auditlog.Record(c.Request.Context(), a.Store, a.Now(), p, "account.create", created.Name, "roles="+created.Roles.String()+accounts.RegionsAudit(created.Regions)); err != nil {
 		a.fail(c, err)
 		return
 	}

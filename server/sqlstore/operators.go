@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"strings"
 	"time"
 
@@ -64,13 +65,13 @@ func (s *Store) TouchAPIToken(ctx context.Context, id string, at time.Time, from
 	return s.wrap("note API token use", err)
 }
 
-// changedOne is ErrNotFound when an update touched no row.
+// changedOne is oneRow for an update of a row that may not exist: no row
+// touched is ErrNotFound.
 func (s *Store) changedOne(what string, res sql.Result, err error) error {
-	if err != nil {
-		return s.wrap(what, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if err := s.oneRow(res, err); errors.Is(err, server.ErrConflict) {
 		return server.ErrNotFound
+	} else if err != nil {
+		return s.wrap(what, err)
 	}
 	return nil
 }
@@ -140,11 +141,7 @@ func (s *Store) ApprovalsIn(ctx context.Context, limit int, states ...string) ([
 func (s *Store) SetApprovalState(ctx context.Context, a server.Approval, from string) error {
 	res, err := s.exec(ctx, `UPDATE approvals SET state = ?, decided_by_id = ?, decided_by = ?, reason = ?, decided_at = ? WHERE id = ? AND state = ?`,
 		a.State, a.DecidedByID, a.DecidedBy, a.Reason, micros(a.DecidedAt), a.ID, from)
-	err = s.changedOne("approval "+a.ID, res, err)
-	if err == server.ErrNotFound {
-		return server.ErrConflict
-	}
-	return err
+	return s.wrap("approval "+a.ID, s.oneRow(res, err)) // no row: decided meanwhile (ErrConflict)
 }
 
 // --- webhooks ---

@@ -45,15 +45,7 @@ func (w *Web) decide(c *gin.Context) {
 	if !ok {
 		return
 	}
-	ctx, id := c.Request.Context(), c.Param("id")
-	approve := c.PostForm("action") == "approve"
-	var proposers []string
-	if a, err := w.Approvals.Get(ctx, id); err == nil && a.Action != approvals.ActionJobs {
-		if author, err := w.Campaigns.Proposer(ctx, a.Subject); err == nil {
-			proposers = append(proposers, author)
-		}
-	}
-	v, err := w.Approvals.Decide(ctx, s.principal(), id, approve, c.PostForm("reason"), proposers...)
+	v, err := w.Campaigns.Decide(c.Request.Context(), s.principal(), c.Param("id"), c.PostForm("action") == "approve", c.PostForm("reason"))
 	if err != nil {
 		w.redirect(c, "/dealer/approvals", "", "err", message(err))
 		return

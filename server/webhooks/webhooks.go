@@ -210,16 +210,6 @@ func (s *Service) List(ctx context.Context, deliveries int) ([]View, error) {
 	return out, nil
 }
 
-// Log is the newest deliveries of every subscription.
-func (s *Service) Log(ctx context.Context, limit int) ([]DeliveryView, error) {
-	ds, err := s.cfg.Store.Deliveries(ctx, "", limit)
-	out := make([]DeliveryView, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, deliveryView(d))
-	}
-	return out, err
-}
-
 func (s *Service) forget() {
 	s.mu.Lock()
 	s.hooksAt = time.Time{}
