@@ -26,13 +26,21 @@ func browserCtx(t *testing.T) context.Context {
 		}
 		t.Skip("chromium not installed")
 	}
+	// Not t.TempDir: Chromium's helper processes can still write to the
+	// profile for a moment after the browser is gone, and t.TempDir's
+	// removal then fails the test (seen in make test).
+	profile, err := os.MkdirTemp("", "roadsign-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeWhenQuiet(t, profile) }) // after the browser's cancel, below
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path),
 		chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1100, 900),
+		chromedp.UserDataDir(profile), chromedp.WindowSize(1100, 900),
 	}
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancel)
@@ -41,6 +49,19 @@ func browserCtx(t *testing.T) context.Context {
 	ctx, cancel3 := context.WithTimeout(ctx, 90*time.Second)
 	t.Cleanup(cancel3)
 	return ctx
+}
+
+// removeWhenQuiet removes dir, trying again for a few seconds while
+// processes that are exiting still write to it.
+func removeWhenQuiet(t *testing.T, dir string) {
+	var err error
+	for range 50 {
+		if err = os.RemoveAll(dir); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("remove the browser's profile %s: %v", dir, err)
 }
 
 // screenshot saves a full-page PNG under screenshots/ at the module root.
