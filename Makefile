@@ -26,12 +26,16 @@ LDFLAGS := -X github.com/roadsign/roadsign/internal/buildinfo.Version=$(VERSION)
 
 all: build
 
+# The programs are static, as make release builds them (the agent that is
+# measured is the one that ships); the signer is built again with cgo,
+# where a C compiler is found, for PKCS#11 keys.
 # The TUF conformance suite reads expected failures beside the client.
 # -v names each package as it compiles: on a cold Go cache the first build
 # downloads and compiles every dependency (a few minutes).
 build:
 	@echo "building the programs into bin/ (the first build on a cold Go cache fetches and compiles every dependency: a few minutes)"
-	$(GO) build -v -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -v -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	if command -v gcc >/dev/null; then $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/roadsign-signer ./cmd/roadsign-signer; fi
 	cp cmd/roadsign-tuf-client/roadsign-tuf-client.xfails $(BIN)/
 
 # All tests, with the race detector, including the state-store suite on

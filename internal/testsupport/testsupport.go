@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,17 +75,36 @@ func StampedPrograms(ldflags string) (string, error) {
 		if b.dir, b.err = os.MkdirTemp("", "roadsign-programs-"); b.err != nil {
 			return
 		}
-		args := []string{"build", "-o", b.dir + string(filepath.Separator)}
+		b.err = buildPrograms(root, b.dir, ldflags)
+	})
+	return b.dir, b.err
+}
+
+// buildPrograms builds ./cmd/... into dir as the release does
+// (internal/release): static, without cgo, so the agent measured is the
+// one that ships; then the signer again with cgo where a C compiler is
+// found, for its PKCS#11 keys.
+func buildPrograms(root, dir, ldflags string) error {
+	run := func(cgo, out string, pkgs ...string) error {
+		args := []string{"build", "-o", out}
 		if ldflags != "" {
 			args = append(args, "-trimpath", "-ldflags", ldflags)
 		}
-		cmd := exec.Command("go", append(args, "./cmd/...")...)
+		cmd := exec.Command("go", append(args, pkgs...)...)
 		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("build the programs: %v\n%s", err, out)
+			return fmt.Errorf("build %s (CGO_ENABLED=%s): %v\n%s", strings.Join(pkgs, " "), cgo, err, out)
 		}
-	})
-	return b.dir, b.err
+		return nil
+	}
+	if err := run("0", dir+string(filepath.Separator), "./cmd/..."); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("gcc"); err != nil {
+		return nil
+	}
+	return run("1", filepath.Join(dir, "roadsign-signer"), "./cmd/roadsign-signer")
 }
 
 // MustPrograms is Programs for a test: a build error fails tb.
