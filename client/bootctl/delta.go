@@ -77,7 +77,9 @@ type DeltaWriter struct {
 	done     chan struct{}
 	closed   bool
 	// chk reports the checkpoint in flight (nil when none).
-	chk    chan error
+	chk chan error
+	// wb is the writing stage's.
+	wb     *writeback
 	werrMu sync.Mutex
 	werr   error
 
@@ -138,6 +140,7 @@ func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
 	for range deltaBuffers {
 		w.free <- make([]byte, delta.MaxOp)
 	}
+	w.wb = newWriteback(slot, w.next)
 	go w.writeStage()
 	return w, nil
 }
@@ -147,6 +150,7 @@ func (e *ECU) BeginDelta(j Journal, d DeltaProgress) (*DeltaWriter, error) {
 // buffers back.
 func (w *DeltaWriter) writeStage() {
 	defer close(w.done)
+	defer w.wb.stop()
 	for c := range w.toWrite {
 		if w.writeErr() == nil {
 			w.oh.Write(c.data)
@@ -156,8 +160,8 @@ func (w *DeltaWriter) writeStage() {
 				w.werrMu.Unlock()
 			} else {
 				// The storage writes while the next operations are
-				// applied; a checkpoint's fsync waits only for the tail.
-				startWriteback(w.slot, c.off, int64(len(c.data)))
+				// applied.
+				w.wb.wrote(c.off + int64(len(c.data)))
 			}
 		}
 		w.free <- c.mem

@@ -42,6 +42,7 @@ type Writer struct {
 
 	// The writing stage's, while it runs.
 	written, lastChk int64
+	wb               *writeback
 	// chk reports the checkpoint in flight (nil when none), which makes
 	// the first lastChk bytes durable and records them in the journal.
 	chk chan error
@@ -73,6 +74,7 @@ func newWriter(e *ECU, j *Journal, f *os.File, h hash.Hash) *Writer {
 		toHash: make(chan *chunk, queueDepth), toWrite: make(chan *chunk, queueDepth),
 		free: make(chan *chunk, queueDepth), done: make(chan struct{})}
 	w.n, w.written, w.lastChk = j.Written, j.Written, j.Written
+	w.wb = newWriteback(f, j.Written)
 	for range queueDepth {
 		w.free <- &chunk{mem: make([]byte, chunkSize)}
 	}
@@ -207,6 +209,7 @@ func (w *Writer) hashStage() {
 // network side never blocks on it.
 func (w *Writer) writeStage() {
 	defer close(w.done)
+	defer w.wb.stop()
 	for c := range w.toWrite {
 		if w.failed() == nil {
 			if err := w.put(c); err != nil {
@@ -223,10 +226,7 @@ func (w *Writer) put(c *chunk) error {
 	if err != nil {
 		return fmt.Errorf("write slot %s at %d: %w", w.j.Slot, c.off, err)
 	}
-	// Start writing the chunk to the device now, so the storage works
-	// while the network does and a checkpoint's (or the last) fsync
-	// waits only for what is still in flight.
-	startWriteback(w.f, c.off, int64(n))
+	w.wb.wrote(w.written)
 	if err := w.collect(false); err != nil {
 		return err
 	}
