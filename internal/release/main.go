@@ -20,11 +20,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/roadsign/roadsign/internal/gobuild"
 )
 
 //go:embed debian
@@ -107,40 +108,18 @@ func run(o options, log io.Writer) error {
 	return sums(filepath.Join(o.out, "SHA256SUMS"), files)
 }
 
-// build builds every program for arch into dir with one go build (it
-// links them in parallel), then the signer again with cgo where that
-// brings PKCS#11 support.
+// build builds every program for arch into dir as they ship (static, the
+// signer again with cgo where that brings PKCS#11 support).
 func build(o options, arch, dir string) error {
 	var pkgs []string
 	for _, p := range programs {
 		pkgs = append(pkgs, "./cmd/"+p)
 	}
-	if err := goBuild(o, arch, "0", dir+string(filepath.Separator), pkgs...); err != nil {
-		return err
-	}
-	if arch == "amd64" && hostHasCC() {
-		return goBuild(o, arch, "1", filepath.Join(dir, "roadsign-signer"), "./cmd/roadsign-signer")
-	}
-	return nil
-}
-
-func goBuild(o options, arch, cgo, out string, pkgs ...string) error {
 	ldflags := fmt.Sprintf("-s -w -buildid= -X github.com/roadsign/roadsign/internal/buildinfo.Version=%s "+
 		"-X github.com/roadsign/roadsign/internal/buildinfo.Commit=%s -X github.com/roadsign/roadsign/internal/buildinfo.Date=%s",
 		o.version, o.commit, o.date.Format(time.RFC3339))
-	args := append([]string{"build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out}, pkgs...)
-	cmd := exec.Command("go", args...)
-	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+arch, "CGO_ENABLED="+cgo)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s for %s: %v\n%s", strings.Join(pkgs, " "), arch, err, b)
-	}
-	return nil
-}
-
-// hostHasCC reports whether this amd64 host can build the cgo signer.
-func hostHasCC() bool {
-	_, err := exec.LookPath("gcc")
-	return err == nil && runtime.GOARCH == "amd64"
+	b := gobuild.Build{Env: []string{"GOOS=linux", "GOARCH=" + arch}, Flags: []string{"-trimpath", "-buildvcs=false", "-ldflags", ldflags}}
+	return b.Programs(dir, pkgs...)
 }
 
 // tarball writes dir's files as NAME/bin/FILE, sorted, owned by root,

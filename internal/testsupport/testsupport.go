@@ -6,15 +6,13 @@ package testsupport
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/roadsign/roadsign/internal/gobuild"
 	"github.com/roadsign/roadsign/internal/vin"
 )
 
@@ -75,36 +73,15 @@ func StampedPrograms(ldflags string) (string, error) {
 		if b.dir, b.err = os.MkdirTemp("", "roadsign-programs-"); b.err != nil {
 			return
 		}
-		b.err = buildPrograms(root, b.dir, ldflags)
+		// As they ship (static, the signer with cgo), so the agent
+		// measured is the one that ships.
+		build := gobuild.Build{Dir: root}
+		if ldflags != "" {
+			build.Flags = []string{"-trimpath", "-ldflags", ldflags}
+		}
+		b.err = build.Programs(b.dir, "./cmd/...")
 	})
 	return b.dir, b.err
-}
-
-// buildPrograms builds ./cmd/... into dir as the release does
-// (internal/release): static, without cgo, so the agent measured is the
-// one that ships; then the signer again with cgo where a C compiler is
-// found, for its PKCS#11 keys.
-func buildPrograms(root, dir, ldflags string) error {
-	run := func(cgo, out string, pkgs ...string) error {
-		args := []string{"build", "-o", out}
-		if ldflags != "" {
-			args = append(args, "-trimpath", "-ldflags", ldflags)
-		}
-		cmd := exec.Command("go", append(args, pkgs...)...)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s (CGO_ENABLED=%s): %v\n%s", strings.Join(pkgs, " "), cgo, err, out)
-		}
-		return nil
-	}
-	if err := run("0", dir+string(filepath.Separator), "./cmd/..."); err != nil {
-		return err
-	}
-	if _, err := exec.LookPath("gcc"); err != nil {
-		return nil
-	}
-	return run("1", filepath.Join(dir, "roadsign-signer"), "./cmd/roadsign-signer")
 }
 
 // MustPrograms is Programs for a test: a build error fails tb.
