@@ -98,7 +98,7 @@ FUZZ_TARGETS := internal/vin:FuzzValidate internal/vehicleauth:FuzzParse interna
 	server/registry:FuzzCheckInManifest client/usb:FuzzOpenArchive client/usb:FuzzBundleDirectory \
 	server/repo:FuzzPublish server/repo:FuzzUploadTarget internal/fwimage:FuzzParseHeader internal/delta:FuzzParseOp client/fault:FuzzParse \
 	internal/vehicleauth:FuzzVerifyMQTTPassword server/backup:FuzzRestore signer/hsm:FuzzParseURI \
-	client/ecunet:FuzzFrames internal/vehicleauth:FuzzECUReport
+	client/ecunet:FuzzFrames internal/vehicleauth:FuzzECUReport internal/pairhash:FuzzWrite
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn (./$$pkg, $(FUZZTIME))"; \

@@ -1,0 +1,5 @@
+//go:build !race
+
+package pairhash
+
+const raceEnabled = false
