@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/roadsign/roadsign/client"
+	"github.com/roadsign/roadsign/internal/pairhash"
 )
 
 // Writer streams an image into the inactive slot while hashing it.
@@ -27,6 +28,8 @@ type Writer struct {
 	j *Journal
 	f *os.File
 	h hash.Hash
+	// pair hashes a chunk and its companion together (hashing stage).
+	pair pairhash.Hasher
 	// n counts the bytes accepted by Write and ReadFrom.
 	n int64
 	// cur is the chunk being filled; toHash and toWrite carry full chunks
@@ -63,10 +66,12 @@ const (
 )
 
 // chunk is one buffer of the pipeline: mem is all of it, data the bytes
-// it carries for the slot at off.
+// it carries for the slot at off; with, if set, the companion the
+// hashing stage hashes along (WriteWithCompanion).
 type chunk struct {
 	mem, data []byte
 	off       int64
+	with      pairhash.Companion
 }
 
 func newWriter(e *ECU, j *Journal, f *os.File, h hash.Hash) *Writer {
@@ -97,11 +102,11 @@ func (w *Writer) take() *chunk {
 }
 
 // accept counts m more bytes of the current chunk and sends it on when
-// it is full.
+// it is full, or carries a companion.
 func (w *Writer) accept(m int) {
 	w.cur.data = w.cur.data[:len(w.cur.data)+m]
 	w.n += int64(m)
-	if len(w.cur.data) == cap(w.cur.data) {
+	if len(w.cur.data) == cap(w.cur.data) || w.cur.with != nil {
 		w.toHash <- w.cur
 		w.cur = nil
 	}
@@ -143,6 +148,22 @@ func (w *Writer) Write(p []byte) (int, error) {
 // taken when fill fails. ok is false, and nothing done, when the n bytes
 // do not fit the buffer at hand: the caller uses Write.
 func (w *Writer) WriteWith(n int, fill func(p []byte) error) (ok bool, err error) {
+	return w.writeWith(n, fill, nil)
+}
+
+// WriteWithCompanion is WriteWith for bytes that come with a companion
+// (the sealed bytes they were opened from): the hashing stage hashes the
+// companion into its own digest in the same pass as the chunk, which with
+// two SHA-256 streams costs little more than one (internal/pairhash), and
+// then calls its Done. The chunk goes on at once, whole or not, so the
+// companion never waits for bytes to come. The writer takes the
+// companion only when it returns ok and no error; otherwise it is the
+// caller's, untouched.
+func (w *Writer) WriteWithCompanion(n int, fill func(p []byte) error, with pairhash.Companion) (ok bool, err error) {
+	return w.writeWith(n, fill, with)
+}
+
+func (w *Writer) writeWith(n int, fill func(p []byte) error, with pairhash.Companion) (ok bool, err error) {
 	c := w.take()
 	if cap(c.data)-len(c.data) < n {
 		return false, nil
@@ -153,6 +174,7 @@ func (w *Writer) WriteWith(n int, fill func(p []byte) error) (ok bool, err error
 	if err := fill(c.data[len(c.data) : len(c.data)+n : len(c.data)+n]); err != nil {
 		return true, err
 	}
+	c.with = with
 	w.accept(n)
 	return true, nil
 }
@@ -196,7 +218,19 @@ func (w *Writer) fail(err error) {
 
 func (w *Writer) hashStage() {
 	for c := range w.toHash {
-		if w.failed() == nil {
+		switch {
+		case c.with != nil:
+			// The companion is hashed even after a failure, so its owner's
+			// digest stays whole; its Done gives its bytes back.
+			p, h := c.with.Bytes()
+			if w.failed() == nil {
+				w.pair.Write(w.h, h, c.data, p)
+			} else {
+				h.Write(p)
+			}
+			c.with.Done()
+			c.with = nil
+		case w.failed() == nil:
 			w.h.Write(c.data)
 		}
 		w.toWrite <- c

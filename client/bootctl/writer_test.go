@@ -2,10 +2,14 @@ package bootctl
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
+	"hash"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/roadsign/roadsign/client"
 	"github.com/roadsign/roadsign/internal/fwimage"
@@ -65,6 +69,8 @@ func TestWriterStreams(t *testing.T) {
 			_, err := w.ReadFrom(bytes.NewReader(b))
 			return err
 		}},
+		{name: "opened into the buffer, with companions", feed: feedWithCompanions},
+		{name: "with companions, paused off a chunk boundary", pauseAt: chunkSize + 777, feed: feedWithCompanions},
 		{name: "bytes past the signed length", feed: func(w *Writer, b []byte) error {
 			_, err := w.ReadFrom(io.MultiReader(bytes.NewReader(b), bytes.NewReader([]byte("extra"))))
 			return err
@@ -119,6 +125,61 @@ func TestWriterStreams(t *testing.T) {
 		})
 	}
 }
+
+// feedWithCompanions gives b in pieces of a chunk, each opened into the
+// writer's buffer with a companion (the piece's bytes reversed, as a
+// sealed chunk stands for its plaintext), as a decrypter does. Every
+// companion must be hashed, in order, and given back before Finish
+// (nothing else comes to push the last one through).
+func feedWithCompanions(w *Writer, b []byte) error {
+	h, want := sha256.New(), sha256.New()
+	done := make(chan struct{}, 64)
+	n := 0
+	for len(b) > 0 {
+		piece := b[:min(len(b), chunkSize)]
+		b = b[len(piece):]
+		c := &testCompanion{p: slices.Clone(piece), h: h, done: done}
+		slices.Reverse(c.p)
+		want.Write(c.p)
+		fill := func(p []byte) error { copy(p, piece); return nil }
+		ok, err := w.WriteWithCompanion(len(piece), fill, c)
+		if err != nil {
+			return err
+		}
+		if !ok { // no room: as a decrypter, write it and hash the companion here
+			for range n {
+				<-done
+			}
+			n = 0
+			h.Write(c.p)
+			if _, err := w.Write(piece); err != nil {
+				return err
+			}
+			continue
+		}
+		n++
+	}
+	for range n {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			return errors.New("a companion was not given back before Finish")
+		}
+	}
+	if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+		return errors.New("the companions' digest is not the sha256 of their bytes in order")
+	}
+	return nil
+}
+
+type testCompanion struct {
+	p    []byte
+	h    hash.Hash
+	done chan struct{}
+}
+
+func (c *testCompanion) Bytes() ([]byte, hash.Hash) { return c.p, c.h }
+func (c *testCompanion) Done()                      { c.done <- struct{}{} }
 
 // TestWriterFlashError: a write the flash refuses ends the install; what
 // was written before it is kept for a resume, and nothing is switched.

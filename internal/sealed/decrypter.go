@@ -10,6 +10,8 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+
+	"github.com/roadsign/roadsign/internal/pairhash"
 )
 
 // ErrNotAligned: a download can only resume on a chunk boundary.
@@ -25,7 +27,11 @@ var ErrNotAligned = errors.New("sealed: resume offset is not on a chunk boundary
 // Whole chunks go to two stages of their own that work side by side,
 // one hashing the sealed bytes, the other opening each chunk and writing
 // its plaintext to dst, so the download, both and the slot's own stages
-// overlap. A failure of a stage shows on a later Write, and on Finish.
+// overlap. A dst that hashes what it is given (bootctl.Writer, a
+// WriterWithCompanion) is handed each chunk's sealed bytes with its
+// plaintext, to hash both in one pass (internal/pairhash), and the
+// hashing stage is not started. A failure of a stage shows on a later
+// Write, and on Finish.
 // Stop (or Finish) must be called before dst is used again: until then a
 // stage may write to it.
 type Decrypter struct {
@@ -45,6 +51,10 @@ type Decrypter struct {
 
 	toHash, toOpen, free chan *sealedChunk
 	hashed, opened       chan struct{}
+	// companions counts the chunks whose sealed bytes dst hashes (their
+	// Done not called yet); only when dst hashes them (withDst).
+	withDst    WriterWithCompanion
+	companions sync.WaitGroup
 	// opening is the chunk the open stage is opening into dst's buffer
 	// with fill (d.openInto, bound once).
 	opening *sealedChunk
@@ -56,12 +66,24 @@ type Decrypter struct {
 
 // sealedChunk is one chunk in flight: its sealed bytes, index and
 // whether it is the last, and room for its plaintext. refs counts the
-// stages yet to finish with it.
+// stages yet to finish with it (dst's hashing stage counts as the
+// hashing stage when it takes the chunk as a companion).
 type sealedChunk struct {
+	d           *Decrypter
 	data, plain []byte
 	index       uint32
 	last        bool
 	refs        atomic.Int32
+}
+
+// Bytes and Done make a chunk the companion of its plaintext
+// (pairhash.Companion): dst hashes its sealed bytes into the sealed
+// file's digest, then hands it back.
+func (c *sealedChunk) Bytes() ([]byte, hash.Hash) { return c.data, c.d.h }
+
+func (c *sealedChunk) Done() {
+	c.d.companions.Done()
+	c.d.done(c)
 }
 
 // decrypterDepth is how many chunks are in flight. Nothing is allocated
@@ -88,10 +110,15 @@ func NewDecrypter(key, header []byte, sealedLength int64, sealedSHA256 []byte, p
 		toHash: make(chan *sealedChunk, decrypterDepth), toOpen: make(chan *sealedChunk, decrypterDepth),
 		free: make(chan *sealedChunk, decrypterDepth), hashed: make(chan struct{}), opened: make(chan struct{})}
 	for range decrypterDepth {
-		d.free <- &sealedChunk{data: make([]byte, 0, o.h.Chunk+Overhead)} // plain: only when needed (open)
+		d.free <- &sealedChunk{d: d, data: make([]byte, 0, o.h.Chunk+Overhead)} // plain: only when needed (open)
 	}
 	d.fill = d.openInto
-	go d.hashStage()
+	d.withDst, _ = dst.(WriterWithCompanion)
+	if d.withDst == nil {
+		go d.hashStage()
+	} else {
+		close(d.hashed)
+	}
 	go d.openStage()
 	return d, nil
 }
@@ -177,7 +204,9 @@ func (d *Decrypter) sendIfFull() {
 		return
 	}
 	d.cur.refs.Store(2)
-	d.toHash <- d.cur
+	if d.withDst == nil {
+		d.toHash <- d.cur
+	}
 	d.toOpen <- d.cur
 	d.cur = nil
 	d.index++
@@ -288,10 +317,19 @@ func (d *Decrypter) openStage() {
 	defer close(d.opened)
 	filler, _ := d.dst.(WriterWith)
 	for c := range d.toOpen {
-		if d.failed() == nil {
-			if err := d.open(c, filler); err != nil {
-				d.fail(err)
+		var err error
+		switch {
+		case d.failed() != nil:
+			if d.withDst != nil {
+				d.done(c) // nobody hashes it
 			}
+		case d.withDst != nil:
+			err = d.openWith(c)
+		default:
+			err = d.open(c, filler)
+		}
+		if err != nil {
+			d.fail(err)
 		}
 		d.done(c)
 	}
@@ -301,6 +339,15 @@ func (d *Decrypter) openStage() {
 // its own buffer (bootctl.Writer); ok false: it has no room, use Write.
 type WriterWith interface {
 	WriteWith(n int, fill func(p []byte) error) (ok bool, err error)
+}
+
+// WriterWithCompanion is a WriterWith that hashes what it is given and
+// can hash a companion's bytes in the same pass (bootctl.Writer): it
+// takes the companion, and calls its Done, only when it returns ok and
+// no error.
+type WriterWithCompanion interface {
+	WriterWith
+	WriteWithCompanion(n int, fill func(p []byte) error, with pairhash.Companion) (ok bool, err error)
 }
 
 // open authenticates chunk c and writes its plaintext to dst, into dst's
@@ -326,6 +373,27 @@ func (d *Decrypter) open(c *sealedChunk, filler WriterWith) error {
 	return err
 }
 
+// openWith is open for a dst that hashes the sealed bytes with their
+// plaintext (the chunk is its companion, whose Done releases it);
+// a chunk dst does not take is hashed here, once dst is through with
+// the chunks before, and opened by open.
+func (d *Decrypter) openWith(c *sealedChunk) error {
+	d.opening = c
+	d.companions.Add(1)
+	ok, err := d.withDst.WriteWithCompanion(len(c.data)-Overhead, d.fill, c)
+	if ok && err == nil {
+		return nil
+	}
+	d.companions.Done()
+	d.companions.Wait()
+	d.h.Write(c.data)
+	d.done(c)
+	if ok {
+		return err
+	}
+	return d.open(c, nil)
+}
+
 // openInto opens the chunk at hand into p.
 func (d *Decrypter) openInto(p []byte) error {
 	c := d.opening
@@ -343,6 +411,7 @@ func (d *Decrypter) Stop() error {
 		close(d.toOpen)
 		<-d.hashed
 		<-d.opened
+		d.companions.Wait() // dst's hashing stage is through with them
 	}
 	return d.failed()
 }

@@ -5,20 +5,39 @@ import (
 	"crypto/ecdh"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"testing/iotest"
+	"time"
+
+	"github.com/roadsign/roadsign/internal/pairhash"
 )
+
+// destination is where a test's plaintext goes: what reached it so far.
+type destination interface {
+	io.Writer
+	Bytes() []byte
+}
+
+// destinations are the kinds of dst a Decrypter meets: a plain writer,
+// one that lets a chunk be opened into its buffer, and one that also
+// hashes each chunk's sealed bytes, later, in a stage of its own (the
+// slot writer), and sometimes has no room.
+var destinations = map[string]func(t *testing.T) destination{
+	"writer":    func(*testing.T) destination { return new(bytes.Buffer) },
+	"fill":      func(*testing.T) destination { return new(fillBuffer) },
+	"companion": newCompanionBuffer,
+}
 
 // decrypt feeds sealed[from:] to a Decrypter in pieces of step bytes
 // after resuming at plainOffset, and returns what reached dst.
-func decrypt(t *testing.T, plain, sealedFile, signed []byte, plainOffset int64, step int) ([]byte, error) {
+func decrypt(t *testing.T, dst destination, plain, sealedFile, signed []byte, plainOffset int64, step int) ([]byte, error) {
 	t.Helper()
-	var dst bytes.Buffer
 	dst.Write(plain[:plainOffset])
 	sum := sha256.Sum256(signed)
-	d, err := NewDecrypter(key(1), signed[:HeaderSize], int64(len(signed)), sum[:], int64(len(plain)), &dst)
+	d, err := NewDecrypter(key(1), signed[:HeaderSize], int64(len(signed)), sum[:], int64(len(plain)), dst)
 	if err != nil {
 		return nil, err
 	}
@@ -73,24 +92,26 @@ func TestDecrypter(t *testing.T) {
 		{"truncated mid-chunk", good[:len(good)-10], 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, step := range []int{0, 1, 333, 1 << 20} {
-				got, err := decrypt(t, plain, tc.file, good, tc.resume, step)
-				if tc.ok != (err == nil) {
-					t.Fatalf("step %d: err %v", step, err)
-				}
-				if !bytes.Equal(got, plain[:len(got)]) {
-					t.Fatalf("step %d: unauthenticated bytes reached the slot", step)
-				}
-				if !tc.ok && !errors.Is(err, ErrAuth) {
-					t.Fatalf("step %d: %v is not ErrAuth", step, err)
-				}
-				if !tc.ok && len(got)%chunk != 0 {
-					t.Fatalf("step %d: %d bytes reached the slot: not whole chunks", step, len(got))
+			for dname, dst := range destinations {
+				for _, step := range []int{0, 1, 333, 1 << 20} {
+					got, err := decrypt(t, dst(t), plain, tc.file, good, tc.resume, step)
+					if tc.ok != (err == nil) {
+						t.Fatalf("%s, step %d: err %v", dname, step, err)
+					}
+					if !bytes.Equal(got, plain[:len(got)]) {
+						t.Fatalf("%s, step %d: unauthenticated bytes reached the slot", dname, step)
+					}
+					if !tc.ok && !errors.Is(err, ErrAuth) {
+						t.Fatalf("%s, step %d: %v is not ErrAuth", dname, step, err)
+					}
+					if !tc.ok && len(got)%chunk != 0 {
+						t.Fatalf("%s, step %d: %d bytes reached the slot: not whole chunks", dname, step, len(got))
+					}
 				}
 			}
 		})
 	}
-	if _, err := decrypt(t, plain, good, good, 100, 1); !errors.Is(err, ErrNotAligned) {
+	if _, err := decrypt(t, new(bytes.Buffer), plain, good, good, 100, 1); !errors.Is(err, ErrNotAligned) {
 		t.Fatalf("resume mid-chunk: %v", err)
 	}
 	var dst bytes.Buffer
@@ -125,6 +146,43 @@ func (f *fillBuffer) WriteWith(n int, fill func(p []byte) error) (bool, error) {
 	}
 	f.Write(p)
 	return true, nil
+}
+
+// companionBuffer is a destination that, like the slot writer, takes
+// each chunk's sealed bytes as a companion and hashes them in a stage of
+// its own, a little later; every third chunk it has no room for.
+type companionBuffer struct {
+	fillBuffer
+	calls int
+	later chan pairhash.Companion
+}
+
+func newCompanionBuffer(t *testing.T) destination {
+	c := &companionBuffer{later: make(chan pairhash.Companion, 4)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for with := range c.later {
+			time.Sleep(time.Millisecond) // after the next chunk would have been hashed
+			p, h := with.Bytes()
+			h.Write(p)
+			with.Done()
+		}
+	}()
+	t.Cleanup(func() { close(c.later); <-done })
+	return c
+}
+
+func (c *companionBuffer) WriteWithCompanion(n int, fill func(p []byte) error, with pairhash.Companion) (bool, error) {
+	c.calls++
+	if c.calls%3 == 0 {
+		return false, nil
+	}
+	ok, err := c.WriteWith(n, fill)
+	if ok && err == nil {
+		c.later <- with
+	}
+	return ok, err
 }
 
 // TestDecrypterFillsInPlace: opened into the destination's own buffer,
