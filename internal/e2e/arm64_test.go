@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/roadsign/roadsign/internal/fwimage"
+	"github.com/roadsign/roadsign/internal/gobuild"
 	"github.com/roadsign/roadsign/internal/testsupport"
 )
 
@@ -33,15 +34,14 @@ func TestSecondaryOnArm64(t *testing.T) {
 		}
 		t.Skip("qemu-aarch64 not installed; make test installs qemu-user")
 	}
-	bin := filepath.Join(t.TempDir(), "roadsign-agent-arm64")
+	bin := filepath.Join(t.TempDir(), "roadsign-agent")
 	root, err := testsupport.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/roadsign-agent")
-	build.Dir, build.Env = root, append(os.Environ(), "GOOS=linux", "GOARCH=arm64", "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build for linux/arm64: %v\n%s", err, out)
+	// As make release builds it (and sharing its compiled packages).
+	if err := (gobuild.Build{Dir: root, Env: []string{"GOOS=linux", "GOARCH=arm64"}}).Programs(filepath.Dir(bin), "./cmd/roadsign-agent"); err != nil {
+		t.Fatal(err)
 	}
 	if f, err := elf.Open(bin); err != nil || f.Machine != elf.EM_AARCH64 {
 		t.Fatalf("%s is not an arm64 program: %v", bin, err)

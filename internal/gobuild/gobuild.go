@@ -1,6 +1,8 @@
 // Package gobuild builds Roadsign's programs the way they ship: static,
 // without cgo, then the signer again with cgo, where the host can, for
-// its PKCS#11 keys. make release (internal/release) and the programs the
+// its PKCS#11 keys, always with -trimpath (so every build of the same
+// target shares the compiled packages in Go's build cache: make test
+// builds for amd64 and arm64 in several tests). make release (internal/release) and the programs the
 // tests and benchmarks run (internal/testsupport) both build through it,
 // so what is measured is what ships.
 package gobuild
@@ -16,7 +18,7 @@ import (
 
 // Build is how to run go build: in Dir (the module's folder; "" for the
 // current one), with Env added to the environment (GOOS, GOARCH) and
-// Flags before the packages (-trimpath, -ldflags …).
+// Flags before the packages (-ldflags …), after -trimpath.
 type Build struct {
 	Dir   string
 	Env   []string
@@ -51,7 +53,7 @@ func (b Build) goarch() string {
 }
 
 func (b Build) run(cgo, out string, pkgs ...string) error {
-	args := append(append([]string{"build"}, b.Flags...), "-o", out)
+	args := append(append([]string{"build", "-trimpath"}, b.Flags...), "-o", out)
 	cmd := exec.Command("go", append(args, pkgs...)...)
 	cmd.Dir = b.Dir
 	cmd.Env = append(append(os.Environ(), b.Env...), "CGO_ENABLED="+cgo)

@@ -118,7 +118,7 @@ func build(o options, arch, dir string) error {
 	ldflags := fmt.Sprintf("-s -w -buildid= -X github.com/roadsign/roadsign/internal/buildinfo.Version=%s "+
 		"-X github.com/roadsign/roadsign/internal/buildinfo.Commit=%s -X github.com/roadsign/roadsign/internal/buildinfo.Date=%s",
 		o.version, o.commit, o.date.Format(time.RFC3339))
-	b := gobuild.Build{Env: []string{"GOOS=linux", "GOARCH=" + arch}, Flags: []string{"-trimpath", "-buildvcs=false", "-ldflags", ldflags}}
+	b := gobuild.Build{Env: []string{"GOOS=linux", "GOARCH=" + arch}, Flags: []string{"-buildvcs=false", "-ldflags", ldflags}}
 	return b.Programs(dir, pkgs...)
 }
 

@@ -77,7 +77,7 @@ func StampedPrograms(ldflags string) (string, error) {
 		// measured is the one that ships.
 		build := gobuild.Build{Dir: root}
 		if ldflags != "" {
-			build.Flags = []string{"-trimpath", "-ldflags", ldflags}
+			build.Flags = []string{"-ldflags", ldflags}
 		}
 		b.err = build.Programs(b.dir, "./cmd/...")
 	})
