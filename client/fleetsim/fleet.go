@@ -461,7 +461,22 @@ func (f *Fleet) direct(ctx context.Context, v *Vehicle) error {
 		sum := hex.EncodeToString(tf.Hashes["sha256"])
 		for i := range v.ecus {
 			e := &v.ecus[i]
-			if _, ok := c.ECUIdentifiers[e.Serial]; !ok || e.SHA256 == sum {
+			if _, ok := c.ECUIdentifiers[e.Serial]; !ok {
+				continue
+			}
+			if e.SHA256 == sum {
+				if c.JobID != "" {
+					// As the agent: the ECU runs the job's image already (an
+					// earlier job, say of an aborted campaign, installed it),
+					// so the job succeeded. Until the server takes that, the
+					// metadata is looked at again each cycle.
+					err := f.report(ctx, v, c.JobID, api.JobEvent{Kind: "succeeded", Percent: 100, SHA256: sum, Message: c.Version + " was already installed"})
+					var ae *api.Error
+					if !errors.As(err, &ae) || ae.Code != errcode.JobCanceled {
+						errs = append(errs, err)
+					}
+					v.dirVersion = 0
+				}
 				continue
 			}
 			if c.Window != nil {

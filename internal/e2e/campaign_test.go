@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roadsign/roadsign/client/api"
 	"github.com/roadsign/roadsign/client/fleetsim"
 	"github.com/roadsign/roadsign/internal/testsupport"
 	"github.com/roadsign/roadsign/internal/vehicleauth"
@@ -307,6 +308,57 @@ func TestCampaignPauseResumeAbort(t *testing.T) {
 	}
 	if code := w.api("POST", "/api/v1/campaigns/"+id+"/resume", adminToken, nil, nil); code != 409 {
 		t.Fatalf("resuming an aborted campaign: %d, want 409", code)
+	}
+}
+
+// TestCampaignAfterOneAbortedMidInstall: a campaign aborted while a
+// vehicle was installing its image (its job stays open: started installs
+// finish), then a second campaign for the same image, as the demo's
+// rehearsal does. The vehicle installs through the first job, the older
+// one, and runs the image when the second job reaches it: it reports that
+// job done too (as the agent does), and the second campaign completes.
+func TestCampaignAfterOneAbortedMidInstall(t *testing.T) {
+	w := newWorld(t, "--auto-assign", "none", "--campaign-tick", "50ms")
+	w.setup(func(s sample) bool { return s.Version != "2.0.0" })
+	f := w.simFleet(t, 3, 6, nil, nil)
+	x := f.Vehicles()[0]
+	first := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{100}, "minSamples": 1})
+	w.waitCampaign(t, first, "the first campaign's jobs", func(c campaignView) bool { return c.Totals.Queued == 3 })
+	// x starts installing, and its program stops (the fleet never ran).
+	var started string
+	for _, j := range w.jobsOf(t, x.VIN) {
+		if j.Origin == "campaign" && j.ECUType == "dcm" {
+			started = j.ID
+		}
+	}
+	xapi := &api.Client{Base: w.url, VIN: x.VIN, Key: x.Key, HTTP: http.DefaultClient, Now: time.Now}
+	if err := xapi.JobEvent(context.Background(), started, api.JobEvent{Kind: "downloading"}); err != nil {
+		t.Fatal(err)
+	}
+	w.campaignAction(t, first, "abort")
+
+	second := w.startCampaign(t, map[string]any{"ecu": "dcm", "version": "1.1.0", "waves": []int{100}, "minSamples": 1})
+	runUntil(t, f, "the second campaign to complete", func() bool { return w.campaign(t, second).State == "completed" })
+	if c := w.campaign(t, second); c.Totals.Succeeded != 3 {
+		t.Fatalf("the second campaign completed with %d of 3 succeeded: %+v", c.Totals.Succeeded, c.Totals)
+	}
+	states := map[string]string{}
+	for _, j := range w.jobsOf(t, x.VIN) {
+		if j.Origin == "campaign" && j.ECUType == "dcm" {
+			states[j.ID] = j.State + ": " + j.Events[len(j.Events)-1].Message
+		}
+	}
+	already := 0
+	for id, st := range states {
+		if !strings.HasPrefix(st, "succeeded") {
+			t.Errorf("job %s: %s", id, st)
+		}
+		if strings.Contains(st, "was already installed") {
+			already++
+		}
+	}
+	if len(states) != 2 || already != 1 || !strings.Contains(states[started], "booted") {
+		t.Fatalf("the vehicle's two campaign jobs: %q; want the first (%s) installed, the second already done", states, started)
 	}
 }
 
