@@ -32,7 +32,7 @@ func BenchmarkEventsService(b *testing.B) {
 	ids := make([]string, vehicles)
 	for i := range vehicles {
 		vin := fmt.Sprintf("VIN%02d", i)
-		if err := st.CreateVehicle(ctx, server.Vehicle{VIN: vin, PublicKey: []byte{byte(i)}, ECUs: []server.ECU{{Serial: "DCM" + vin, Type: "dcm", HardwareID: "DCM-4G"}}}); err != nil {
+		if err := st.CreateVehicle(ctx, server.Vehicle{VIN: vin, Region: "EU", PublicKey: []byte{byte(i)}, ECUs: []server.ECU{{Serial: "DCM" + vin, Type: "dcm", HardwareID: "DCM-4G"}}}); err != nil {
 			b.Fatal(err)
 		}
 		j, err := svc.Create(ctx, dealer, jobs.CreateRequest{VIN: vin, ECU: "dcm", Version: "3.0.0", Reason: "bench"})
