@@ -56,15 +56,11 @@ func (x *Hasher) Write(h1, h2 hash.Hash, p1, p2 []byte) {
 // topUp writes to h the first bytes of p that complete the block h has
 // buffered, and returns the rest.
 func (x *Hasher) topUp(h hash.Hash, p []byte) []byte {
-	a, ok := h.(encoding.BinaryAppender)
+	b, ok := state(h, x.s1[:0])
 	if !ok {
 		return p
 	}
-	b, err := a.AppendBinary(x.s1[:0])
-	if err != nil || len(b) != stateSize || string(b[:len(magic)]) != magic {
-		return p
-	}
-	if nx := int(binary.BigEndian.Uint64(b[stateSize-8:]) % blockSize); nx != 0 {
+	if nx := int(length(b) % blockSize); nx != 0 {
 		k := min(len(p), blockSize-nx)
 		h.Write(p[:k])
 		p = p[k:]
@@ -78,7 +74,7 @@ func (x *Hasher) topUp(h hash.Hash, p []byte) []byte {
 func (x *Hasher) pair(h1, h2 hash.Hash, p1, p2 []byte) bool {
 	b1, ok1 := state(h1, x.s1[:0])
 	b2, ok2 := state(h2, x.s2[:0])
-	if !ok1 || !ok2 {
+	if !ok1 || !ok2 || length(b1)%blockSize != 0 || length(b2)%blockSize != 0 {
 		return false
 	}
 	var v1, v2 [8]uint32
@@ -92,8 +88,8 @@ func (x *Hasher) pair(h1, h2 hash.Hash, p1, p2 []byte) bool {
 		binary.BigEndian.PutUint32(b2[len(magic)+4*i:], v2[i])
 	}
 	n := uint64(len(p1))
-	binary.BigEndian.PutUint64(b1[stateSize-8:], binary.BigEndian.Uint64(b1[stateSize-8:])+n)
-	binary.BigEndian.PutUint64(b2[stateSize-8:], binary.BigEndian.Uint64(b2[stateSize-8:])+n)
+	binary.BigEndian.PutUint64(b1[stateSize-8:], length(b1)+n)
+	binary.BigEndian.PutUint64(b2[stateSize-8:], length(b2)+n)
 	// The states came from these digests, whole blocks later: taking them
 	// back cannot fail.
 	if err := h1.(encoding.BinaryUnmarshaler).UnmarshalBinary(b1); err != nil {
@@ -105,8 +101,8 @@ func (x *Hasher) pair(h1, h2 hash.Hash, p1, p2 []byte) bool {
 	return true
 }
 
-// state is h's binary form appended to buf, if h is a SHA-256 digest at a
-// block boundary that can take its state back.
+// state is h's binary form appended to buf, if h is a SHA-256 digest
+// that can take its state back.
 func state(h hash.Hash, buf []byte) ([]byte, bool) {
 	a, ok := h.(encoding.BinaryAppender)
 	if !ok {
@@ -116,11 +112,14 @@ func state(h hash.Hash, buf []byte) ([]byte, bool) {
 		return nil, false
 	}
 	b, err := a.AppendBinary(buf)
-	if err != nil || len(b) != stateSize || string(b[:len(magic)]) != magic || binary.BigEndian.Uint64(b[stateSize-8:])%blockSize != 0 {
+	if err != nil || len(b) != stateSize || string(b[:len(magic)]) != magic {
 		return nil, false
 	}
 	return b, true
 }
+
+// length is how many bytes the digest in binary form b has taken.
+func length(b []byte) uint64 { return binary.BigEndian.Uint64(b[stateSize-8:]) }
 
 // Companion is bytes of a second stream that travel with a chunk of a
 // first: whoever hashes the chunk hashes Bytes into their digest in the
